@@ -1,0 +1,279 @@
+"""Metrics and reports for SASRecLLM: the numbers of the paper's Table 1 (Section 4.2).
+
+Every metric is hand-written with numpy and carries its formula:
+- AUC: rank-based (Mann-Whitney U), tie-aware, O(n log n).
+- UAUC: the mean of per-user AUC over users with both classes (CoLLM's definition).
+- LogLoss, precision, recall, F1, accuracy at threshold 0.5.
+- Rel.Imp.: the relative improvement of the best row over a row, averaged over AUC and UAUC
+  (CoLLM's Table 2 convention, which the SASRecLLM paper's Table 1 follows).
+
+Models hand us logits s (pre-sigmoid); p = sigmoid(s) is the probability of "like".
+
+CLI:
+    python eval.py --preds FILE.tsv       # metrics for a prediction file
+    python eval.py --table runs/*         # the paper-style table over runs' metrics.json
+"""
+import argparse
+import json
+import math
+import os
+import sys
+
+import numpy as np
+
+# -----------------------------------------------------------------------------
+# metrics
+
+
+def _average_ranks(x):
+    """1-based ranks of x, tied values sharing the mean of their ranks."""
+    order = np.argsort(x, kind="mergesort")
+    xs = x[order]
+    # start index of each run of equal values, and the run lengths
+    starts = np.flatnonzero(np.r_[True, xs[1:] != xs[:-1]])
+    counts = np.diff(np.r_[starts, len(xs)])
+    mean_rank = starts + (counts + 1) / 2.0  # mean of ranks starts+1 .. starts+counts
+    ranks = np.empty(len(x), dtype=np.float64)
+    ranks[order] = np.repeat(mean_rank, counts)
+    return ranks
+
+
+def auc(labels, scores):
+    """AUC = P(s+ > s-) + 1/2 P(s+ = s-), via ranks:
+
+        AUC = (sum_{i: y_i=1} rank_i - n1 (n1 + 1) / 2) / (n1 n0)
+
+    with tied scores sharing their mean rank. NaN when a class is absent.
+    """
+    y = np.asarray(labels).astype(bool).ravel()
+    s = np.asarray(scores, dtype=np.float64).ravel()
+    if len(y) != len(s):
+        raise ValueError(f"auc: {len(y)} labels but {len(s)} scores")
+    n1 = int(y.sum())
+    n0 = len(y) - n1
+    if n1 == 0 or n0 == 0:
+        return float("nan")
+    r = _average_ranks(s)
+    return float((r[y].sum() - n1 * (n1 + 1) / 2.0) / (n1 * n0))
+
+
+def uauc(users, labels, scores):
+    """UAUC = (1/|U'|) sum_{u in U'} AUC_u, U' = users with both a positive and a negative.
+
+    Returns (uauc, |U'|)."""
+    u = np.asarray(users).ravel()
+    y = np.asarray(labels).ravel()
+    s = np.asarray(scores, dtype=np.float64).ravel()
+    order = np.argsort(u, kind="mergesort")
+    u, y, s = u[order], y[order], s[order]
+    bounds = np.flatnonzero(np.r_[True, u[1:] != u[:-1], True])
+    aucs = []
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        v = auc(y[a:b], s[a:b])
+        if not math.isnan(v):
+            aucs.append(v)
+    if not aucs:
+        return float("nan"), 0
+    return float(np.mean(aucs)), len(aucs)
+
+
+def sigmoid(x):
+    x = np.asarray(x, dtype=np.float64)
+    return 0.5 * (1.0 + np.tanh(0.5 * x))  # numerically safe for large |x|
+
+
+def logloss(labels, probs, eps=1e-7):
+    """LogLoss = -mean(y log p + (1 - y) log(1 - p)), p clipped to [eps, 1 - eps]."""
+    y = np.asarray(labels, dtype=np.float64).ravel()
+    p = np.clip(np.asarray(probs, dtype=np.float64).ravel(), eps, 1 - eps)
+    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+
+
+def _confusion(labels, probs, threshold):
+    y = np.asarray(labels).astype(bool).ravel()
+    yhat = np.asarray(probs, dtype=np.float64).ravel() >= threshold
+    tp = int((y & yhat).sum())
+    fp = int((~y & yhat).sum())
+    fn = int((y & ~yhat).sum())
+    tn = int((~y & ~yhat).sum())
+    return tp, fp, fn, tn
+
+
+def precision(labels, probs, threshold=0.5):
+    """TP / (TP + FP); 0 when nothing is predicted positive."""
+    tp, fp, _, _ = _confusion(labels, probs, threshold)
+    return tp / (tp + fp) if tp + fp else 0.0
+
+
+def recall(labels, probs, threshold=0.5):
+    """TP / (TP + FN); 0 when there are no positives."""
+    tp, _, fn, _ = _confusion(labels, probs, threshold)
+    return tp / (tp + fn) if tp + fn else 0.0
+
+
+def f1(labels, probs, threshold=0.5):
+    """2 P R / (P + R) = 2 TP / (2 TP + FP + FN)."""
+    tp, fp, fn, _ = _confusion(labels, probs, threshold)
+    return 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0
+
+
+def accuracy(labels, probs, threshold=0.5):
+    """(TP + TN) / n."""
+    tp, fp, fn, tn = _confusion(labels, probs, threshold)
+    n = tp + fp + fn + tn
+    return (tp + tn) / n if n else float("nan")
+
+
+def metrics(users, labels, logits):
+    """All of Table 1's metrics for one set of predictions; logits are pre-sigmoid scores."""
+    p = sigmoid(logits)
+    u, n_users = uauc(users, labels, logits)
+    return dict(auc=auc(labels, logits), uauc=u, uauc_users=n_users, logloss=logloss(labels, p),
+                precision=precision(labels, p), recall=recall(labels, p), f1=f1(labels, p),
+                accuracy=accuracy(labels, p), n=int(len(np.asarray(labels).ravel())))
+
+
+def rel_imp(best, row):
+    """Rel.Imp. of the best row over `row`: mean over m in {AUC, UAUC} of (best_m - row_m) / row_m."""
+    return float(np.mean([(best[m] - row[m]) / row[m] for m in ("auc", "uauc")]))
+
+
+def split_report(ds, logits_valid, logits_test):
+    """metrics.json's content: valid, test, and test's seen/unseen (CoLLM) and warm/cold (paper) parts.
+
+    ds is a data.Dataset; logits_* follow the row order of ds.idx("valid") / ds.idx("test")."""
+    out = {}
+    for name, logits in (("valid", logits_valid), ("test", logits_test)):
+        rows = ds.idx(name)
+        logits = np.asarray(logits, dtype=np.float64).ravel()
+        if len(logits) != len(rows):
+            raise ValueError(f"split_report: {len(logits)} {name} logits for {len(rows)} {name} rows")
+        out[name] = metrics(ds.user[rows], ds.label[rows], logits)
+        if name == "test":
+            for part, mask in (("seen", ds.seen[rows]), ("unseen", ~ds.seen[rows]),
+                               ("warm", ds.warm[rows]), ("cold", ~ds.warm[rows])):
+                out[f"test_{part}"] = metrics(ds.user[rows][mask], ds.label[rows][mask], logits[mask])
+    return out
+
+
+# -----------------------------------------------------------------------------
+# tables
+
+COLUMNS = [("logloss", "Log Loss"), ("precision", "Precision"), ("recall", "Recall"), ("f1", "F1"),
+           ("accuracy", "Accuracy"), ("auc", "AUC"), ("uauc", "UAUC")]
+
+
+def fmt(v):
+    return "nan" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"
+
+
+def markdown_table(rows, rel=True):
+    """rows: list of (name, metrics dict). Rel.Imp. is measured against the row with the best AUC."""
+    head = ["model"] + [c for _, c in COLUMNS] + (["Rel. Imp."] if rel else [])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    valid = [m for _, m in rows if not math.isnan(m.get("auc", float("nan")))]
+    best = max(valid, key=lambda m: m["auc"]) if valid else None
+    for name, m in rows:
+        cells = [name] + [fmt(m.get(k, float("nan"))) for k, _ in COLUMNS]
+        if rel:
+            cells.append("-" if best is None or m is best else f"{100 * rel_imp(best, m):+.2f}%")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def read_preds(path):
+    """A TSV with header: user_id, item_id, label, score, and optionally split, seen, warm."""
+    with open(path, encoding="utf-8") as f:
+        header = f.readline().rstrip("\n").split("\t")
+        need = ["user_id", "item_id", "label", "score"]
+        missing = [c for c in need if c not in header]
+        if missing:
+            raise ValueError(f"{path}:1: missing column(s) {missing}; expected at least {need}")
+        cols = {c: [] for c in header}
+        for lineno, line in enumerate(f, start=2):
+            if not line.strip():
+                continue
+            parts = line.rstrip("\n").split("\t")
+            if len(parts) != len(header):
+                raise ValueError(f"{path}:{lineno}: expected {len(header)} tab-separated fields, got {len(parts)}")
+            for c, v in zip(header, parts):
+                cols[c].append(v)
+    try:
+        out = dict(user=np.array(cols["user_id"], dtype=np.int64),
+                   label=np.array(cols["label"], dtype=np.float64).astype(np.int64),
+                   score=np.array(cols["score"], dtype=np.float64))
+    except ValueError as e:
+        raise ValueError(f"{path}: non-numeric user_id/label/score ({e})") from None
+    if not np.isin(out["label"], (0, 1)).all():
+        raise ValueError(f"{path}: labels must be 0 or 1")
+    for c in ("split", "seen", "warm"):
+        if c in cols:
+            out[c] = np.array(cols[c])
+    return out
+
+
+def _truthy(a):
+    return np.isin(np.char.lower(a.astype(str)), ("1", "true", "yes"))
+
+
+def preds_table(path):
+    """Markdown table for a prediction file: test (or all rows) and its seen/unseen/warm/cold parts.
+
+    Scores are treated as logits unless they all lie in [0, 1], in which case they are probabilities."""
+    d = read_preds(path)
+    keep = d["split"] == "test" if "split" in d else np.ones(len(d["user"]), dtype=bool)
+    if not keep.any():
+        raise ValueError(f"{path}: no test rows")
+    s = d["score"]
+    if s.min() >= 0 and s.max() <= 1:  # probabilities -> logits, so that metrics() sees one kind
+        s = np.log(np.clip(s, 1e-7, 1 - 1e-7) / np.clip(1 - s, 1e-7, 1))
+    rows = [("test", metrics(d["user"][keep], d["label"][keep], s[keep]))]
+    for col, pos, neg in (("seen", "seen", "unseen"), ("warm", "warm", "cold")):
+        if col in d:
+            flag = _truthy(d[col])
+            for name, m in ((pos, flag), (neg, ~flag)):
+                m = keep & m
+                if m.any():
+                    rows.append((f"test_{name}", metrics(d["user"][m], d["label"][m], s[m])))
+    return markdown_table(rows, rel=False)
+
+
+def runs_table(run_dirs, part="test"):
+    rows = []
+    for d in run_dirs:
+        path = os.path.join(d, "metrics.json")
+        if not os.path.exists(path):
+            print(f"warning: {path} not found, skipped", file=sys.stderr)
+            continue
+        with open(path) as f:
+            m = json.load(f)
+        if part not in m:
+            raise ValueError(f"{path}: no '{part}' section")
+        rows.append((os.path.basename(os.path.normpath(d)), m[part]))
+    if not rows:
+        raise ValueError("no metrics.json found in the given run directories")
+    return markdown_table(rows)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preds", help="TSV with user_id, item_id, label, score [, split, seen, warm]")
+    ap.add_argument("--table", nargs="+", metavar="RUN", help="run directories holding metrics.json")
+    ap.add_argument("--part", default="test", help="which metrics.json section --table shows")
+    args = ap.parse_args(argv)
+    try:
+        if args.preds:
+            print(preds_table(args.preds))
+        elif args.table:
+            print(runs_table(args.table, args.part))
+        else:
+            ap.print_help()
+            return 2
+    except (OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
