@@ -255,6 +255,99 @@ def runs_table(run_dirs, part="test"):
     return markdown_table(rows)
 
 
+# -----------------------------------------------------------------------------
+# plots: hand-written SVG, no plotting dependency
+
+PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b"]
+
+
+def _esc(s):
+    return str(s).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def svg_lines(series, title, xlabel="epoch", boundaries=(), width=640, height=360):
+    """A line chart. series: {name: [(x, y), ...]}; boundaries: [(x, label)] drawn as dashed lines."""
+    pad_l, pad_r, pad_t, pad_b = 56, 150, 30, 40
+    pts = [p for s in series.values() for p in s if p[1] is not None and math.isfinite(p[1])]
+    if not pts:
+        raise ValueError(f"svg_lines: nothing to plot for '{title}'")
+    xs = [p[0] for p in pts] + [b[0] for b in boundaries]
+    x0, x1 = min(xs), max(xs)
+    y0, y1 = min(p[1] for p in pts), max(p[1] for p in pts)
+    if x1 == x0:
+        x1 = x0 + 1
+    if y1 == y0:
+        y0, y1 = y0 - 0.5, y1 + 0.5
+    m = 0.05 * (y1 - y0)
+    y0, y1 = y0 - m, y1 + m
+    W, H = width - pad_l - pad_r, height - pad_t - pad_b
+    X = lambda x: pad_l + W * (x - x0) / (x1 - x0)
+    Y = lambda y: pad_t + H * (1 - (y - y0) / (y1 - y0))
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="11">',
+           f'<rect width="{width}" height="{height}" fill="white"/>',
+           f'<text x="{pad_l}" y="18" font-size="13">{_esc(title)}</text>',
+           f'<rect x="{pad_l}" y="{pad_t}" width="{W}" height="{H}" fill="none" stroke="#444"/>']
+    for k in range(5):  # y ticks
+        v = y0 + (y1 - y0) * k / 4
+        out.append(f'<text x="{pad_l - 6}" y="{Y(v) + 4:.1f}" text-anchor="end">{v:.3f}</text>')
+        out.append(f'<line x1="{pad_l}" x2="{pad_l + W}" y1="{Y(v):.1f}" y2="{Y(v):.1f}" stroke="#eee"/>')
+    for k in range(5):  # x ticks
+        v = x0 + (x1 - x0) * k / 4
+        out.append(f'<text x="{X(v):.1f}" y="{pad_t + H + 16}" text-anchor="middle">{v:g}</text>')
+    out.append(f'<text x="{pad_l + W / 2}" y="{height - 6}" text-anchor="middle">{_esc(xlabel)}</text>')
+    for bx, label in boundaries:
+        out.append(f'<line x1="{X(bx):.1f}" x2="{X(bx):.1f}" y1="{pad_t}" y2="{pad_t + H}" stroke="#888" stroke-dasharray="4,3"/>')
+        out.append(f'<text x="{X(bx) + 3:.1f}" y="{pad_t + 12}" fill="#555">{_esc(label)}</text>')
+    for n, (name, s) in enumerate(series.items()):
+        color = PALETTE[n % len(PALETTE)]
+        s = [p for p in s if p[1] is not None and math.isfinite(p[1])]
+        if s:
+            path = " ".join(f"{X(x):.1f},{Y(y):.1f}" for x, y in s)
+            out.append(f'<polyline points="{path}" fill="none" stroke="{color}" stroke-width="1.8"/>')
+        out.append(f'<rect x="{pad_l + W + 12}" y="{pad_t + 16 * n}" width="10" height="10" fill="{color}"/>')
+        out.append(f'<text x="{pad_l + W + 26}" y="{pad_t + 16 * n + 9}">{_esc(name)}</text>')
+    out.append("</svg>")
+    return "\n".join(out)
+
+
+def svg_bars(groups, title, width=640, height=360):
+    """A grouped bar chart. groups: {group: {bar name: value}} (e.g. {"test": {"SASRec": 0.7}})."""
+    pad_l, pad_r, pad_t, pad_b = 56, 150, 30, 40
+    names = list(dict.fromkeys(b for g in groups.values() for b in g))
+    vals = [v for g in groups.values() for v in g.values() if v is not None and math.isfinite(v)]
+    if not vals:
+        raise ValueError(f"svg_bars: nothing to plot for '{title}'")
+    y0 = min(0.5, min(vals) - 0.02)  # AUC-like values: start at 0.5 (chance) when everything is above it
+    y1 = max(vals) + 0.02
+    W, H = width - pad_l - pad_r, height - pad_t - pad_b
+    Y = lambda y: pad_t + H * (1 - (y - y0) / (y1 - y0))
+    gw = W / len(groups)
+    bw = 0.8 * gw / max(1, len(names))
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="11">',
+           f'<rect width="{width}" height="{height}" fill="white"/>',
+           f'<text x="{pad_l}" y="18" font-size="13">{_esc(title)}</text>',
+           f'<line x1="{pad_l}" x2="{pad_l + W}" y1="{pad_t + H}" y2="{pad_t + H}" stroke="#444"/>']
+    for k in range(5):
+        v = y0 + (y1 - y0) * k / 4
+        out.append(f'<text x="{pad_l - 6}" y="{Y(v) + 4:.1f}" text-anchor="end">{v:.3f}</text>')
+        out.append(f'<line x1="{pad_l}" x2="{pad_l + W}" y1="{Y(v):.1f}" y2="{Y(v):.1f}" stroke="#eee"/>')
+    for gi, (group, bars) in enumerate(groups.items()):
+        gx = pad_l + gi * gw + 0.1 * gw
+        out.append(f'<text x="{pad_l + (gi + 0.5) * gw:.1f}" y="{pad_t + H + 16}" text-anchor="middle">{_esc(group)}</text>')
+        for bi, name in enumerate(names):
+            v = bars.get(name)
+            if v is None or not math.isfinite(v):
+                continue
+            x = gx + bi * bw
+            out.append(f'<rect x="{x:.1f}" y="{Y(v):.1f}" width="{bw - 2:.1f}" height="{Y(y0) - Y(v):.1f}" fill="{PALETTE[bi % len(PALETTE)]}"/>')
+            out.append(f'<text x="{x + bw / 2 - 1:.1f}" y="{Y(v) - 3:.1f}" text-anchor="middle" font-size="9">{v:.3f}</text>')
+    for bi, name in enumerate(names):
+        out.append(f'<rect x="{pad_l + W + 12}" y="{pad_t + 16 * bi}" width="10" height="10" fill="{PALETTE[bi % len(PALETTE)]}"/>')
+        out.append(f'<text x="{pad_l + W + 26}" y="{pad_t + 16 * bi + 9}">{_esc(name)}</text>')
+    out.append("</svg>")
+    return "\n".join(out)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preds", help="TSV with user_id, item_id, label, score [, split, seen, warm]")
