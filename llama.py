@@ -1,0 +1,549 @@
+"""A hand-written Llama (TinyLlama-1.1B and friends) that loads Hugging Face checkpoints as they are.
+
+SASRecLLM (the paper this repository follows) fine-tunes TinyLlama-1.1B with LoRA and reads the
+answer from two logits: "Yes" and "No" at the last prompt position. This file is that backbone:
+
+    RMSNorm -> grouped-query attention with rotary embeddings -> SwiGLU MLP -> block -> model
+
+References: Touvron et al. 2023, "Llama 2" (architecture); Su et al. 2021, "RoFormer" (RoPE, here
+in the rotate-half layout of HF transformers, so HF q/k weights load without any permutation);
+Ainslie et al. 2023, "GQA" (TinyLlama: 32 query heads share 4 key/value heads).
+Module names copy HF's (`model.layers.N.self_attn.q_proj` ...), so `model.safetensors` keys load
+with no mapping table, and tests/test_llama.py checks the logits against transformers.
+
+Shape letters: B batch, T sequence, D hidden size, nh query heads, nkv key/value heads,
+hs head size, V vocabulary.
+
+CLI sanity check on a downloaded checkpoint (greedy decoding, *no* KV cache: every new token
+re-runs the whole sequence, which is slow but simple and enough for a check):
+    python llama.py --ckpt DIR --prompt "Is the sky blue? Answer Yes or No." --max-new-tokens 8
+Writing checkpoints with random weights in the real layout:
+    python llama.py --write-tiny DIR [--tokenizer tokenizer.model]       # the embedded tiny backbone
+    python llama.py --write-tinyllama DIR --tokenizer tokenizer.model    # TinyLlama's exact shape, 2.2 GB
+"""
+import argparse
+import io
+import json
+import os
+import shutil
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import sentencepiece as spm
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+# ----------------------------------------------------------------------------------------------
+# Config
+
+
+@dataclass
+class LlamaConfig:
+    vocab_size: int = 32000
+    hidden_size: int = 2048
+    intermediate_size: int = 5632
+    num_hidden_layers: int = 22
+    num_attention_heads: int = 32
+    num_key_value_heads: int = 4
+    head_dim: int = 0                  # 0: hidden_size // num_attention_heads
+    rms_norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    max_position_embeddings: int = 2048
+    tie_word_embeddings: bool = False
+    torch_dtype: str = "bfloat16"      # the dtype the weights were saved in
+    bos_token_id: int = 1
+    eos_token_id: int = 2
+
+    def __post_init__(self):
+        if self.head_dim == 0:
+            self.head_dim = self.hidden_size // self.num_attention_heads
+        if self.num_attention_heads % self.num_key_value_heads != 0:
+            raise ValueError(f"num_attention_heads={self.num_attention_heads} is not a multiple of "
+                             f"num_key_value_heads={self.num_key_value_heads}")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LlamaConfig":
+        """Read an HF config.json dict. Both spellings are accepted: TinyLlama's (`rope_theta`,
+        `torch_dtype` at the top level) and transformers>=5's (`rope_parameters`, `dtype`,
+        `head_dim`). Anything this file does not implement is refused, never silently ignored."""
+        if d.get("model_type", "llama") != "llama":
+            raise ValueError(f"model_type={d['model_type']!r}: only 'llama' is implemented")
+        if d.get("hidden_act", "silu") != "silu":
+            raise ValueError(f"hidden_act={d['hidden_act']!r}: only 'silu' (SwiGLU) is implemented")
+        if d.get("attention_bias") or d.get("mlp_bias"):
+            raise ValueError("attention_bias/mlp_bias=true: biases in the projections are not implemented")
+        rope = d.get("rope_parameters") or {}
+        scaling = d.get("rope_scaling")
+        if scaling or rope.get("rope_type", "default") != "default":
+            raise ValueError(f"rope scaling ({scaling or rope}) is not implemented; only plain RoPE is")
+        theta = d.get("rope_theta", rope.get("rope_theta", 10000.0))
+        eos = d.get("eos_token_id", 2)
+        return cls(
+            vocab_size=d["vocab_size"],
+            hidden_size=d["hidden_size"],
+            intermediate_size=d["intermediate_size"],
+            num_hidden_layers=d["num_hidden_layers"],
+            num_attention_heads=d["num_attention_heads"],
+            num_key_value_heads=d.get("num_key_value_heads") or d["num_attention_heads"],
+            head_dim=d.get("head_dim") or 0,
+            rms_norm_eps=d.get("rms_norm_eps", 1e-6),
+            rope_theta=float(theta),
+            max_position_embeddings=d.get("max_position_embeddings", 2048),
+            tie_word_embeddings=d.get("tie_word_embeddings", False),
+            torch_dtype=d.get("dtype") or d.get("torch_dtype") or "float32",
+            bos_token_id=d.get("bos_token_id", 1),
+            eos_token_id=eos[0] if isinstance(eos, list) else eos,
+        )
+
+    @classmethod
+    def from_json(cls, path) -> "LlamaConfig":
+        with open(path) as f:
+            return cls.from_dict(json.load(f))
+
+    def to_dict(self) -> dict:
+        """config.json in TinyLlama's spelling (also readable by transformers)."""
+        return dict(architectures=["LlamaForCausalLM"], model_type="llama", hidden_act="silu",
+                    vocab_size=self.vocab_size, hidden_size=self.hidden_size,
+                    intermediate_size=self.intermediate_size, num_hidden_layers=self.num_hidden_layers,
+                    num_attention_heads=self.num_attention_heads,
+                    num_key_value_heads=self.num_key_value_heads, head_dim=self.head_dim,
+                    rms_norm_eps=self.rms_norm_eps, rope_theta=self.rope_theta,
+                    max_position_embeddings=self.max_position_embeddings,
+                    tie_word_embeddings=self.tie_word_embeddings, torch_dtype=self.torch_dtype,
+                    bos_token_id=self.bos_token_id, eos_token_id=self.eos_token_id)
+
+
+# TinyLlama-1.1B's config.json, the fields that matter (see ../shared/models/README.md).
+TINYLLAMA = dict(architectures=["LlamaForCausalLM"], model_type="llama", hidden_act="silu",
+                 hidden_size=2048, intermediate_size=5632, num_hidden_layers=22,
+                 num_attention_heads=32, num_key_value_heads=4, vocab_size=32000,
+                 max_position_embeddings=2048, rms_norm_eps=1e-05, rope_theta=10000.0,
+                 tie_word_embeddings=False, torch_dtype="bfloat16", bos_token_id=1, eos_token_id=2)
+
+
+# ----------------------------------------------------------------------------------------------
+# Model, from leaves to root
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        # Normalise in fp32 even for bf16 activations, then scale in the input dtype (as HF does).
+        dtype = x.dtype
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x.to(dtype)
+
+
+def rope_cos_sin(positions, head_dim: int, theta: float, dtype):
+    """cos/sin tables for rotate-half RoPE at the given integer positions (B, T) -> (B, T, hs)."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float,
+                                             device=positions.device) / head_dim))  # (hs/2,)
+    freqs = positions[..., None].float() * inv_freq        # (B, T, hs/2)
+    angles = torch.cat((freqs, freqs), dim=-1)             # (B, T, hs): both halves share angles
+    return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+def rotate_half(x):
+    # Pairs dimension i with i + hs/2 (HF's layout), not 2i with 2i+1 (Meta's original layout).
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rope(x, cos, sin):
+    # x (B, n, T, hs); cos, sin (B, T, hs) -> broadcast over heads
+    return x * cos[:, None] + rotate_half(x) * sin[:, None]
+
+
+def repeat_kv(x, n_rep: int):
+    """(B, nkv, T, hs) -> (B, nkv * n_rep, T, hs): each kv head serves n_rep query heads."""
+    if n_rep == 1:
+        return x
+    B, nkv, T, hs = x.shape
+    return x[:, :, None].expand(B, nkv, n_rep, T, hs).reshape(B, nkv * n_rep, T, hs)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: LlamaConfig):
+        super().__init__()
+        self.nh, self.nkv, self.hs = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        D = cfg.hidden_size
+        self.q_proj = nn.Linear(D, self.nh * self.hs, bias=False)
+        self.k_proj = nn.Linear(D, self.nkv * self.hs, bias=False)
+        self.v_proj = nn.Linear(D, self.nkv * self.hs, bias=False)
+        self.o_proj = nn.Linear(self.nh * self.hs, D, bias=False)
+
+    def forward(self, x, cos, sin, mask):
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.nh, self.hs).transpose(1, 2)   # (B, nh, T, hs)
+        k = self.k_proj(x).view(B, T, self.nkv, self.hs).transpose(1, 2)  # (B, nkv, T, hs)
+        v = self.v_proj(x).view(B, T, self.nkv, self.hs).transpose(1, 2)  # (B, nkv, T, hs)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        k, v = repeat_kv(k, self.nh // self.nkv), repeat_kv(v, self.nh // self.nkv)  # (B, nh, T, hs)
+        if mask is None:  # no padding: the plain causal kernel (flash attention on GPU)
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, nh, T, hs)
+        y = y.transpose(1, 2).reshape(B, T, self.nh * self.hs)            # (B, T, nh*hs)
+        return self.o_proj(y)
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: LlamaConfig):
+        super().__init__()
+        D, H = cfg.hidden_size, cfg.intermediate_size
+        self.gate_proj = nn.Linear(D, H, bias=False)
+        self.up_proj = nn.Linear(D, H, bias=False)
+        self.down_proj = nn.Linear(H, D, bias=False)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))  # SwiGLU
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: LlamaConfig):
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.self_attn = Attention(cfg)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x, cos, sin, mask):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class LlamaModel(nn.Module):
+    """The decoder stack; its own class only so that parameter names read `model.layers.N...`."""
+
+    def __init__(self, cfg: LlamaConfig):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.num_hidden_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+
+def attention_mask_4d(attention_mask):
+    """(B, T) with 1 = token, 0 = left padding -> boolean (B, 1, T, T), True = may attend."""
+    B, T = attention_mask.shape
+    dev = attention_mask.device
+    causal = torch.ones(T, T, dtype=torch.bool, device=dev).tril()        # query i sees keys <= i
+    keep = causal[None] & attention_mask.bool()[:, None, :]               # (B, T, T) and no pad keys
+    # A padding query would then see no key at all and softmax would give NaN (which leaks into
+    # gradients). Let every query see itself: real queries already do, pad outputs are ignored.
+    keep = keep | torch.eye(T, dtype=torch.bool, device=dev)[None]
+    return keep[:, None]                                                  # (B, 1, T, T)
+
+
+class Llama(nn.Module):
+    def __init__(self, cfg: LlamaConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.model = LlamaModel(cfg)
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        if cfg.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+
+    def forward(self, input_ids=None, inputs_embeds=None, attention_mask=None):
+        """Final hidden states (B, T, D), final norm applied. Give input_ids (B, T) or inputs_embeds
+        (B, T, D) (how SASRecLLM splices its projected tokens in). attention_mask (B, T) marks
+        real tokens with 1 and LEFT padding with 0; None means no padding."""
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("give exactly one of input_ids and inputs_embeds")
+        x = self.model.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, D)
+        B, T, _ = x.shape
+        if attention_mask is None:
+            positions = torch.arange(T, device=x.device).expand(B, T)
+            mask = None
+        else:
+            # Left padding: the first real token is position 0 whatever the padding before it.
+            positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, T)
+            mask = attention_mask_4d(attention_mask)
+        cos, sin = rope_cos_sin(positions, self.cfg.head_dim, self.cfg.rope_theta, x.dtype)
+        for layer in self.model.layers:
+            x = layer(x, cos, sin, mask)
+        return self.model.norm(x)
+
+    def token_logits(self, hidden_last, token_ids):
+        """Logits of a few chosen tokens only: (B, D) -> (B, len(token_ids)), using just those rows
+        of lm_head instead of the whole (V, D) matrix (for Yes/No that is 2 rows, not 32000)."""
+        rows = self.lm_head.weight[torch.as_tensor(token_ids, device=hidden_last.device)]  # (k, D)
+        # In fp32: k rows cost nothing, and bf16 logits come in steps of 1/64 to 1/8 near 1-10.
+        return hidden_last.float() @ rows.float().T
+
+    def logits(self, hidden):
+        """Full-vocabulary logits (..., V); only for decoding."""
+        return self.lm_head(hidden)
+
+
+# ----------------------------------------------------------------------------------------------
+# Tokenizer
+
+
+class Tokenizer:
+    """A thin sentencepiece wrapper. The Yes/No ids come from the model file, never a constant."""
+
+    def __init__(self, path):
+        self.path = str(path)
+        self.sp = spm.SentencePieceProcessor(model_file=self.path)
+        self.bos_id, self.eos_id, self.unk_id = self.sp.bos_id(), self.sp.eos_id(), self.sp.unk_id()
+        self.vocab_size = self.sp.vocab_size()
+
+    def encode(self, text: str, bos: bool = True) -> list:
+        ids = self.sp.encode(text)
+        return [self.bos_id] + ids if bos else ids
+
+    def decode(self, ids) -> str:
+        return self.sp.decode(list(ids))
+
+    def word_id(self, word: str) -> int:
+        """The id of a word that must be a single piece, e.g. "Yes" -> 3869 ("▁Yes") for Llama 2."""
+        ids = self.sp.encode(word)
+        if len(ids) != 1:
+            raise ValueError(f"{word!r} is not a single token in {self.path}: {self.sp.encode(word, out_type=str)}")
+        return ids[0]
+
+    @property
+    def yes_id(self) -> int:
+        return self.word_id("Yes")
+
+    @property
+    def no_id(self) -> int:
+        return self.word_id("No")
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading
+
+
+def check_safetensors(path):
+    """Fail with a clear message if a .safetensors file is truncated or its header is broken."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise ValueError(f"{path}: not a safetensors file ({size} bytes, too short for a header)")
+        (n,) = struct.unpack("<Q", head)
+        if 8 + n > size:
+            raise ValueError(f"{path}: truncated or corrupt safetensors file: header says {n} header "
+                             f"bytes but the file has {size} bytes")
+        try:
+            header = json.loads(f.read(n))
+        except ValueError as e:
+            raise ValueError(f"{path}: corrupt safetensors header ({e})") from None
+    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    if 8 + n + end != size:
+        raise ValueError(f"{path}: truncated or corrupt safetensors file: expected {8 + n + end} "
+                         f"bytes from its header, found {size}")
+
+
+def read_weights(ckpt_dir, dtype=None, device="cpu") -> dict:
+    """All tensors of model.safetensors, or of the shards named in model.safetensors.index.json,
+    each moved to dtype/device as soon as it is read so only one copy of the weights exists."""
+    ckpt_dir = Path(ckpt_dir)
+    index = ckpt_dir / "model.safetensors.index.json"
+    if index.exists():
+        weight_map = json.loads(index.read_text())["weight_map"]  # key -> shard file name
+        files = sorted(set(weight_map.values()))
+    elif (ckpt_dir / "model.safetensors").exists():
+        weight_map, files = None, ["model.safetensors"]
+    else:
+        raise FileNotFoundError(f"{ckpt_dir}: no model.safetensors or model.safetensors.index.json")
+    state = {}
+    for name in files:
+        path = ckpt_dir / name
+        check_safetensors(path)
+        try:
+            with safe_open(path, framework="pt") as f:
+                for key in f.keys():
+                    if weight_map is not None and weight_map.get(key) != name:
+                        raise ValueError(f"{path}: key {key!r} is not mapped to this shard in {index.name}")
+                    state[key] = f.get_tensor(key).to(device=device, dtype=dtype)
+        except SafetensorError as e:
+            raise ValueError(f"{path}: corrupt safetensors file ({e})") from None
+    if weight_map is not None and set(weight_map) != set(state):
+        missing = sorted(set(weight_map) - set(state))
+        raise ValueError(f"{index}: keys listed but not found in any shard: {missing[:5]}")
+    return state
+
+
+def load_model(ckpt_dir, dtype=torch.float32, device="cpu") -> Llama:
+    """The Llama in an HF-layout directory (config.json, model.safetensors or shards). It is built on
+    the meta device (no memory) and the tensors read from disk become its parameters directly
+    (load_state_dict(assign=True)): one copy of the weights, never two. dtype may be "auto"."""
+    ckpt_dir = Path(ckpt_dir)
+    cfg = LlamaConfig.from_json(ckpt_dir / "config.json")
+    if isinstance(dtype, str):
+        dtype = DTYPES[cfg.torch_dtype if dtype == "auto" else dtype]
+    with torch.device("meta"):
+        model = Llama(cfg)
+    state = read_weights(ckpt_dir, dtype, device)
+    if cfg.tie_word_embeddings:
+        state.pop("lm_head.weight", None)  # HF omits it for tied models; the embedding is used
+    expected = {k: v.shape for k, v in model.state_dict().items()
+                if not (cfg.tie_word_embeddings and k == "lm_head.weight")}
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing:
+        raise ValueError(f"{ckpt_dir}: missing key {missing[0]!r} ({len(missing)} missing in all)")
+    if unexpected:
+        raise ValueError(f"{ckpt_dir}: unexpected key {unexpected[0]!r} ({len(unexpected)} in all)")
+    for k, shape in expected.items():
+        if state[k].shape != shape:
+            raise ValueError(f"{ckpt_dir}: key {k!r} has shape {tuple(state[k].shape)}, "
+                             f"config.json implies {tuple(shape)}")
+    if cfg.tie_word_embeddings:
+        state["lm_head.weight"] = state["model.embed_tokens.weight"]
+    model.load_state_dict(state, strict=True, assign=True)
+    if cfg.tie_word_embeddings:
+        model.lm_head.weight = model.model.embed_tokens.weight  # one Parameter, as before loading
+    return model.eval()  # the backbone has no dropout; eval() only states intent
+
+
+def load(ckpt_dir, dtype=torch.float32, device="cpu"):
+    """(Llama, Tokenizer) from a checkpoint directory that also holds tokenizer.model."""
+    return load_model(ckpt_dir, dtype, device), Tokenizer(Path(ckpt_dir) / "tokenizer.model")
+
+
+# ----------------------------------------------------------------------------------------------
+# Random checkpoints in the real layout: the embedded tiny backbone and a TinyLlama-shape one
+
+
+TINY_TEXTS = [
+    "Given a user who has watched the following movies: Toy Story (1995), Heat (1995), "
+    "Jumanji (1995). Will the user enjoy the movie Casino (1995)? Answer Yes or No.",
+    "The user has read the following books. Will the user like the target book? Yes or No.",
+    "Answer: Yes", "Answer: No", "<UserID> <TargetItemID> user item movie book title history",
+]
+
+
+def train_tokenizer(texts, out_path, vocab_size=1000):
+    """A small BPE sentencepiece model with Llama's special ids (unk 0, bos 1, eos 2), byte fallback
+    for unseen characters, and "Yes" / "No" as single pieces (checked)."""
+    # Many copies of the two answer words make BPE learn them as whole pieces.
+    lines = list(texts) + ["Yes", "No"] * 500
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(lines), model_writer=buf,
+                                   vocab_size=vocab_size, model_type="bpe", byte_fallback=True,
+                                   hard_vocab_limit=False, num_threads=1, minloglevel=2)
+    Path(out_path).write_bytes(buf.getvalue())
+    tok = Tokenizer(out_path)
+    tok.yes_id, tok.no_id  # raise now if either is not a single piece
+    return tok
+
+
+def write_random(out_dir, cfg: LlamaConfig, tokenizer_model, dtype=torch.float32, seed=0):
+    """config.json + model.safetensors + tokenizer.model with random weights (std 0.02, norms 1,
+    HF's init). Tensors are made one at a time in `dtype`, so a 2.2 GB model needs ~2.2 GB RAM."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    g = torch.Generator().manual_seed(seed)
+    with torch.device("meta"):
+        shapes = {k: v.shape for k, v in Llama(cfg).state_dict().items()}
+    if cfg.tie_word_embeddings:
+        shapes.pop("lm_head.weight")
+    state = {}
+    for k, shape in shapes.items():
+        if k.endswith("norm.weight"):
+            state[k] = torch.ones(shape, dtype=dtype)
+        else:
+            state[k] = torch.empty(shape, dtype=dtype).normal_(0.0, 0.02, generator=g)
+    save_file(state, out_dir / "model.safetensors", metadata={"format": "pt"})
+    (out_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+    if Path(tokenizer_model).resolve() != (out_dir / "tokenizer.model").resolve():
+        shutil.copyfile(tokenizer_model, out_dir / "tokenizer.model")
+    return out_dir
+
+
+def make_tiny(out_dir, texts=None, tokenizer_model=None, seed=0):
+    """The embedded tiny backbone (`--llm tiny`): a 2-layer Llama with GQA (hidden 64, 4 query heads
+    over 2 kv heads) in the real layout, so the same loader runs.
+
+    Its weights are RANDOM. It checks the plumbing and trains on a laptop; it knows nothing about
+    movies or books and its Yes/No answers mean nothing until fine-tuned (and little after).
+    The tokenizer is the real Llama-2 one when `tokenizer_model` is given, otherwise a small
+    sentencepiece model trained here on `texts` (e.g. the data set's titles and prompts)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if tokenizer_model is None:
+        tok = train_tokenizer(list(texts or []) + TINY_TEXTS, out_dir / "tokenizer.model")
+        tokenizer_model = out_dir / "tokenizer.model"
+    else:
+        tok = Tokenizer(tokenizer_model)
+    cfg = LlamaConfig(vocab_size=tok.vocab_size, hidden_size=64, intermediate_size=172,
+                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                      rms_norm_eps=1e-5, max_position_embeddings=2048, torch_dtype="float32",
+                      bos_token_id=tok.bos_id, eos_token_id=tok.eos_id)
+    write_random(out_dir, cfg, tokenizer_model, torch.float32, seed)
+    return out_dir
+
+
+def make_tinyllama_shape(out_dir, tokenizer_model, seed=0):
+    """Random weights at TinyLlama-1.1B's exact shape and config.json (2.2 GB of bf16)."""
+    return write_random(out_dir, LlamaConfig.from_dict(TINYLLAMA), tokenizer_model, torch.bfloat16, seed)
+
+
+# ----------------------------------------------------------------------------------------------
+# CLI
+
+
+@torch.no_grad()
+def greedy(model, ids, max_new_tokens, eos_id):
+    """Greedy decoding without a KV cache: each step re-runs the whole sequence."""
+    new = []
+    for _ in range(max_new_tokens):
+        x = torch.tensor([ids + new], device=model.lm_head.weight.device)  # (1, T)
+        nxt = int(model.logits(model(input_ids=x)[0, -1]).argmax())
+        if nxt == eos_id:
+            break
+        new.append(nxt)
+    return new
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ckpt", help="checkpoint dir: config.json, model.safetensors, tokenizer.model")
+    p.add_argument("--prompt", default="Is the sky blue? Answer Yes or No.")
+    p.add_argument("--max-new-tokens", type=int, default=8)
+    p.add_argument("--dtype", default="auto", choices=["auto", *DTYPES], help="auto: config.json's")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--write-tiny", metavar="DIR", help="write the embedded tiny backbone and exit")
+    p.add_argument("--write-tinyllama", metavar="DIR", help="write a random TinyLlama-shape checkpoint")
+    p.add_argument("--tokenizer", help="tokenizer.model to copy into --write-* checkpoints")
+    args = p.parse_args()
+
+    if args.write_tiny:
+        print(make_tiny(args.write_tiny, tokenizer_model=args.tokenizer))
+        return
+    if args.write_tinyllama:
+        if not args.tokenizer:
+            p.error("--write-tinyllama needs --tokenizer (the Llama-2 tokenizer.model)")
+        print(make_tinyllama_shape(args.write_tinyllama, args.tokenizer))
+        return
+    if not args.ckpt:
+        p.error("--ckpt is required")
+
+    model, tok = load(args.ckpt, args.dtype, args.device)
+    ids = tok.encode(args.prompt, bos=True)
+    with torch.no_grad():
+        h = model(input_ids=torch.tensor([ids], device=args.device))[:, -1]  # (1, D)
+        yes_no = model.token_logits(h, [tok.yes_id, tok.no_id])[0].float()
+    new = greedy(model, ids, args.max_new_tokens, tok.eos_id)
+    print(f"# greedy decoding without KV cache, dtype {model.lm_head.weight.dtype}, device {args.device}")
+    print(json.dumps({"prompt_tokens": len(ids), "new_ids": new, "text": tok.decode(new),
+                      "yes_minus_no": round(float(yes_no[0] - yes_no[1]), 6)}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,186 @@
+"""LoRA (Hu et al. 2021, "LoRA: Low-Rank Adaptation of Large Language Models") for llama.py.
+
+A frozen linear layer W gains a trainable low-rank update:
+
+    y = x W^T + (alpha / r) * dropout(x) A^T B^T        A: (r, in), B: (out, r)
+
+A starts Kaiming-uniform and B at zero (as loralib and peft do), so a fresh adapter changes
+nothing. SASRecLLM, like TALLRec, puts r=8, alpha=16, dropout 0.05 on q_proj and v_proj.
+
+`LoRALinear` subclasses nn.Linear and keeps the same `weight` Parameter, so the base checkpoint's
+names survive injection. Adapters are saved in peft's format (adapter_model.safetensors +
+adapter_config.json, keys `base_model.model.<module>.lora_A.weight`), so an adapter trained here
+loads in peft and one trained with peft (e.g. TALLRec's) loads here; tests/test_lora.py checks both.
+Merging W + scale * B A into the base weight is explicit (merge/unmerge), never a side effect of
+train() or eval().
+"""
+import json
+import math
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+PEFT_PREFIX = "base_model.model."  # peft's PeftModel(LoraModel(model)) prefix in saved keys
+
+
+class LoRALinear(nn.Linear):
+    def __init__(self, base: nn.Linear, r: int = 8, alpha: float = 16, dropout: float = 0.0):
+        # nn.Module.__init__ only: nn.Linear.__init__ would allocate a second weight. The base
+        # Parameters are reused as they are, so no memory is copied and names stay `weight`/`bias`.
+        nn.Module.__init__(self)
+        self.in_features, self.out_features = base.in_features, base.out_features
+        self.weight = base.weight
+        self.bias = base.bias
+        self.weight.requires_grad_(False)
+        if self.bias is not None:
+            self.bias.requires_grad_(False)
+        self.r, self.alpha, self.scaling = r, alpha, alpha / r
+        # The adapter lives in fp32 (trainable parameters in fp32) on the base weight's device.
+        dev = base.weight.device
+        self.lora_A = nn.Linear(self.in_features, r, bias=False, device=dev, dtype=torch.float32)   # (r, in)
+        self.lora_B = nn.Linear(r, self.out_features, bias=False, device=dev, dtype=torch.float32)  # (out, r)
+        self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.merged = False
+        self.reset_lora_parameters()
+
+    def reset_lora_parameters(self):
+        nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))  # nn.Linear's default, as peft
+        nn.init.zeros_(self.lora_B.weight)
+
+    def delta_weight(self):
+        return (self.lora_B.weight @ self.lora_A.weight) * self.scaling  # (out, in)
+
+    def forward(self, x):
+        y = F.linear(x, self.weight, self.bias)
+        if self.merged:
+            return y
+        x = self.lora_dropout(x.to(self.lora_A.weight.dtype))
+        return y + (self.lora_B(self.lora_A(x)) * self.scaling).to(y.dtype)
+
+    @torch.no_grad()
+    def merge(self):
+        if not self.merged:
+            self.weight += self.delta_weight().to(self.weight.dtype)
+            self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self):
+        # Exact in fp32 up to rounding; in bf16 merge + unmerge loses the low bits of W.
+        if self.merged:
+            self.weight -= self.delta_weight().to(self.weight.dtype)
+            self.merged = False
+
+    def extra_repr(self):
+        return f"{self.in_features}, {self.out_features}, r={self.r}, alpha={self.alpha}, merged={self.merged}"
+
+
+def lora_layers(model):
+    return {name: m for name, m in model.named_modules() if isinstance(m, LoRALinear)}
+
+
+def inject(model, targets=("q_proj", "v_proj"), r=8, alpha=16, dropout=0.05):
+    """Replace every nn.Linear whose last name is in `targets` by a LoRALinear, freeze everything
+    else, and return the model. Afterwards only lora_A / lora_B weights require grad."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    replaced = 0
+    for name, module in list(model.named_modules()):
+        for child_name, child in list(module.named_children()):
+            if child_name in targets and type(child) is nn.Linear:
+                # Keep the replaced layer's train/eval mode: a new Dropout would start in train mode.
+                setattr(module, child_name, LoRALinear(child, r, alpha, dropout).train(child.training))
+                replaced += 1
+    if replaced == 0:
+        raise ValueError(f"no nn.Linear named any of {targets} in the model")
+    return model
+
+
+def merge(model):
+    for m in lora_layers(model).values():
+        m.merge()
+    return model
+
+
+def unmerge(model):
+    for m in lora_layers(model).values():
+        m.unmerge()
+    return model
+
+
+def lora_state_dict(model) -> dict:
+    """Only the adapter tensors, under the model's own names (`...q_proj.lora_A.weight`)."""
+    return {k: v for k, v in model.state_dict().items() if ".lora_A." in k or ".lora_B." in k}
+
+
+def adapter_config(model) -> dict:
+    """adapter_config.json as peft writes it for plain LoRA (the fields that matter to peft)."""
+    layers = lora_layers(model)
+    if not layers:
+        raise ValueError("the model has no LoRA layers; call inject() first")
+    first = next(iter(layers.values()))
+    if any((m.r, m.alpha) != (first.r, first.alpha) for m in layers.values()):
+        raise ValueError("LoRA layers with different r/alpha cannot be written as one peft config")
+    drop = first.lora_dropout.p if isinstance(first.lora_dropout, nn.Dropout) else 0.0
+    return {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": first.r, "lora_alpha": first.alpha,
+            "lora_dropout": drop, "target_modules": sorted({n.rsplit(".", 1)[-1] for n in layers}),
+            "bias": "none", "fan_in_fan_out": False, "use_rslora": False, "use_dora": False,
+            "init_lora_weights": True, "modules_to_save": None, "rank_pattern": {},
+            "alpha_pattern": {}, "layers_to_transform": None, "layers_pattern": None,
+            "base_model_name_or_path": None, "inference_mode": True}
+
+
+def save_adapter(model, out_dir):
+    """adapter_model.safetensors + adapter_config.json in peft's format."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    state = {PEFT_PREFIX + k: v.detach().contiguous() for k, v in lora_state_dict(model).items()}
+    save_file(state, out_dir / "adapter_model.safetensors", metadata={"format": "pt"})
+    (out_dir / "adapter_config.json").write_text(json.dumps(adapter_config(model), indent=2) + "\n")
+    return out_dir
+
+
+def load_adapter(model, adapter_dir):
+    """Load a peft LoRA adapter (ours or peft's, .safetensors or the older .bin). Injects LoRA with
+    the adapter's r / alpha / dropout / targets first if the model has none. Strict: every adapter
+    key must exist in the model with the same shape, and every LoRA layer must be covered."""
+    adapter_dir = Path(adapter_dir)
+    cfg = json.loads((adapter_dir / "adapter_config.json").read_text())
+    unsupported = {"peft_type": cfg.get("peft_type", "LORA") != "LORA",
+                   "use_dora": cfg.get("use_dora"), "use_rslora": cfg.get("use_rslora"),
+                   "fan_in_fan_out": cfg.get("fan_in_fan_out"), "bias": cfg.get("bias", "none") != "none",
+                   "modules_to_save": cfg.get("modules_to_save"), "rank_pattern": cfg.get("rank_pattern"),
+                   "alpha_pattern": cfg.get("alpha_pattern")}
+    bad = [k for k, v in unsupported.items() if v]
+    if bad:
+        raise ValueError(f"{adapter_dir}: adapter uses {bad}, which lora.py does not implement")
+    if not lora_layers(model):
+        targets = cfg["target_modules"]
+        if isinstance(targets, str):
+            raise ValueError(f"{adapter_dir}: target_modules as a regex ({targets!r}) is not supported")
+        inject(model, tuple(targets), cfg["r"], cfg["lora_alpha"], cfg.get("lora_dropout", 0.0))
+    if (adapter_dir / "adapter_model.safetensors").exists():
+        state = load_file(adapter_dir / "adapter_model.safetensors")
+    else:
+        state = torch.load(adapter_dir / "adapter_model.bin", map_location="cpu", weights_only=True)
+    if any(m.merged for m in lora_layers(model).values()):
+        raise ValueError("unmerge() the model before loading another adapter into it")
+    ours = lora_state_dict(model)
+    loaded = {}
+    for key, tensor in state.items():
+        # peft drops the adapter name ("default") from saved keys; tolerate it if present.
+        name = key.removeprefix(PEFT_PREFIX).replace(".lora_A.default.", ".lora_A.").replace(
+            ".lora_B.default.", ".lora_B.")
+        if name not in ours:
+            raise ValueError(f"{adapter_dir}: adapter key {key!r} matches no LoRA layer in the model")
+        if tensor.shape != ours[name].shape:
+            raise ValueError(f"{adapter_dir}: {key!r} has shape {tuple(tensor.shape)}, "
+                             f"the model expects {tuple(ours[name].shape)}")
+        loaded[name] = tensor
+    missing = sorted(set(ours) - set(loaded))
+    if missing:
+        raise ValueError(f"{adapter_dir}: adapter lacks {missing[0]!r} ({len(missing)} missing)")
+    model.load_state_dict(loaded, strict=False)  # strict=False: the base weights are not in it
+    return model

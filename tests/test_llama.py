@@ -1,0 +1,231 @@
+"""llama.py: parity with HF transformers, invariants, loader errors, tokenizers.
+
+All models here are toy-sized (hidden 64, 2 layers) and run in well under a second each.
+"""
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+import llama
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    """The embedded tiny backbone with its own trained sentencepiece model."""
+    return llama.make_tiny(tmp_path_factory.mktemp("tiny"), texts=["Toy Story (1995)", "Heat (1995)"])
+
+
+def copy_ckpt(src, dst):
+    shutil.copytree(src, dst)
+    return Path(dst)
+
+
+def left_padded_batch(vocab, lengths, seed=0):
+    """Random ids, LEFT-padded with id 0 to the longest length; attention_mask 1 on real tokens."""
+    g = torch.Generator().manual_seed(seed)
+    T = max(lengths)
+    ids = torch.zeros(len(lengths), T, dtype=torch.long)
+    mask = torch.zeros(len(lengths), T, dtype=torch.long)
+    for i, n in enumerate(lengths):
+        ids[i, T - n:] = torch.randint(3, vocab, (n,), generator=g)
+        mask[i, T - n:] = 1
+    return ids, mask
+
+
+# ----------------------------------------------------------------------------------------------
+# Parity with HF transformers
+
+
+def save_hf_tiny(out_dir, style, tie):
+    """A tiny random LlamaForCausalLM (GQA: 4 query heads over 2 kv heads) in HF's own layout.
+    style "new" keeps transformers' spelling (rope_parameters, dtype, head_dim); "old" rewrites
+    config.json in TinyLlama's (rope_theta, torch_dtype at the top level, no head_dim)."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=96, hidden_size=64, intermediate_size=128,
+                                   num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                   rms_norm_eps=1e-5, max_position_embeddings=256,
+                                   tie_word_embeddings=tie,
+                                   rope_parameters={"rope_type": "default", "rope_theta": 5000.0})
+    hf = transformers.LlamaForCausalLM(cfg)
+    with torch.no_grad():  # HF inits norms to 1; perturb them so a dropped norm weight would show
+        for name, p in hf.named_parameters():
+            if "norm" in name:
+                p.add_(0.1 * torch.randn_like(p))
+    hf.save_pretrained(out_dir)
+    if style == "old":
+        path = Path(out_dir) / "config.json"
+        d = json.loads(path.read_text())
+        d["rope_theta"] = d.pop("rope_parameters")["rope_theta"]
+        d["torch_dtype"] = d.pop("dtype")
+        d.pop("head_dim")
+        path.write_text(json.dumps(d))
+    return hf.eval()
+
+
+@pytest.mark.parametrize("style,tie", [("new", False), ("old", False), ("old", True)])
+def test_logits_match_hf_on_left_padded_batch(tmp_path, style, tie):
+    hf = save_hf_tiny(tmp_path, style, tie)
+    cfg = llama.LlamaConfig.from_json(tmp_path / "config.json")
+    assert (cfg.rope_theta, cfg.head_dim, cfg.num_key_value_heads) == (5000.0, 16, 2)
+    model = llama.load_model(tmp_path)
+    ids, mask = left_padded_batch(96, [7, 12, 3])
+    # With only attention_mask, HF numbers positions 0..T-1 including the padding (RoPE is relative,
+    # so real tokens differ only by rounding); give it the padding-aware positions llama.py uses.
+    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        want = hf(input_ids=ids, attention_mask=mask, position_ids=position_ids).logits
+        got = model.logits(model(input_ids=ids, attention_mask=mask))
+    real = mask.bool()
+    torch.testing.assert_close(got[real], want[real], atol=1e-5, rtol=1e-5)
+    # Only the two chosen lm_head rows, at the last position.
+    last = model(input_ids=ids, attention_mask=mask)[:, -1]
+    torch.testing.assert_close(model.token_logits(last, [5, 9]), want[:, -1, [5, 9]], atol=1e-5, rtol=1e-5)
+
+
+def test_refuses_what_is_not_implemented():
+    base = {k: v for k, v in llama.TINYLLAMA.items()}
+    for change, words in [({"model_type": "mistral"}, "model_type"),
+                          ({"rope_scaling": {"type": "linear", "factor": 2.0}}, "rope scaling"),
+                          ({"rope_parameters": {"rope_type": "llama3", "rope_theta": 5e5}}, "rope scaling"),
+                          ({"attention_bias": True}, "bias")]:
+        with pytest.raises(ValueError, match=words):
+            llama.LlamaConfig.from_dict({**base, **change})
+
+
+# ----------------------------------------------------------------------------------------------
+# Invariants
+
+
+def test_causality(tiny_dir):
+    model = llama.load_model(tiny_dir)
+    ids, _ = left_padded_batch(model.cfg.vocab_size, [10, 10])
+    changed = ids.clone()
+    changed[:, 6] = (changed[:, 6] + 1) % model.cfg.vocab_size
+    with torch.no_grad():
+        a, b = model(input_ids=ids), model(input_ids=changed)
+    torch.testing.assert_close(a[:, :6], b[:, :6], atol=0, rtol=0)
+    assert not torch.allclose(a[:, 6:], b[:, 6:])
+
+
+def test_left_padding_does_not_change_last_token(tiny_dir):
+    model = llama.load_model(tiny_dir)
+    ids, mask = left_padded_batch(model.cfg.vocab_size, [5, 11, 8], seed=1)
+    with torch.no_grad():
+        batched = model(input_ids=ids, attention_mask=mask)
+        assert not torch.isnan(batched).any()  # padding query rows stay finite
+        for i, n in enumerate([5, 11, 8]):
+            alone = model(input_ids=ids[i:i + 1, -n:])
+            torch.testing.assert_close(batched[i, -1], alone[0, -1], atol=1e-5, rtol=1e-5)
+
+
+def test_inputs_embeds_equal_input_ids_and_grads_are_finite(tiny_dir):
+    model = llama.load_model(tiny_dir)
+    ids, mask = left_padded_batch(model.cfg.vocab_size, [4, 9], seed=2)
+    emb = model.model.embed_tokens(ids).detach().requires_grad_(True)
+    h = model(inputs_embeds=emb, attention_mask=mask)
+    torch.testing.assert_close(h, model(input_ids=ids, attention_mask=mask))
+    model.token_logits(h[:, -1], [3, 4]).sum().backward()
+    assert torch.isfinite(emb.grad).all()
+    assert emb.grad[0, :5].abs().sum() == 0  # padding positions feed nothing forward
+
+
+# ----------------------------------------------------------------------------------------------
+# Loader errors and layouts
+
+
+def test_truncated_file(tiny_dir, tmp_path):
+    d = copy_ckpt(tiny_dir, tmp_path / "ckpt")
+    path = d / "model.safetensors"
+    path.write_bytes(path.read_bytes()[:-1000])
+    with pytest.raises(ValueError, match="truncated"):
+        llama.load_model(d)
+
+
+def test_corrupt_header(tiny_dir, tmp_path):
+    d = copy_ckpt(tiny_dir, tmp_path / "ckpt")
+    path = d / "model.safetensors"
+    data = bytearray(path.read_bytes())
+    data[8:20] = b"not json!!!!"
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="corrupt"):
+        llama.load_model(d)
+
+
+def test_wrong_shape_names_the_key(tiny_dir, tmp_path):
+    d = copy_ckpt(tiny_dir, tmp_path / "ckpt")
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["intermediate_size"] += 4
+    (d / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match=r"key .model\.layers\.0\.mlp\.gate_proj\.weight. has shape \(172, 64\)"):
+        llama.load_model(d)
+
+
+@pytest.mark.parametrize("edit,words", [("drop", "missing key 'model.norm.weight'"),
+                                        ("add", "unexpected key 'extra.weight'")])
+def test_missing_or_unexpected_key(tiny_dir, tmp_path, edit, words):
+    d = copy_ckpt(tiny_dir, tmp_path / "ckpt")
+    state = load_file(d / "model.safetensors")
+    if edit == "drop":
+        del state["model.norm.weight"]
+    else:
+        state["extra.weight"] = torch.zeros(2)
+    save_file(state, d / "model.safetensors")
+    with pytest.raises(ValueError, match=words):
+        llama.load_model(d)
+
+
+def test_sharded_checkpoint_and_dtype(tiny_dir, tmp_path):
+    d = copy_ckpt(tiny_dir, tmp_path / "ckpt")
+    state = load_file(d / "model.safetensors")
+    (d / "model.safetensors").unlink()
+    keys = sorted(state)
+    shards = {"model-00001-of-00002.safetensors": keys[:len(keys) // 2],
+              "model-00002-of-00002.safetensors": keys[len(keys) // 2:]}
+    weight_map = {}
+    for name, ks in shards.items():
+        save_file({k: state[k] for k in ks}, d / name)
+        weight_map.update({k: name for k in ks})
+    (d / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    a, b = llama.load_model(tiny_dir), llama.load_model(d, dtype=torch.bfloat16)
+    assert b.lm_head.weight.dtype == torch.bfloat16
+    for k, v in a.state_dict().items():
+        assert torch.equal(v.to(torch.bfloat16), b.state_dict()[k]), k
+
+
+# ----------------------------------------------------------------------------------------------
+# Tokenizers
+
+
+def test_tiny_tokenizer(tiny_dir):
+    tok = llama.Tokenizer(tiny_dir / "tokenizer.model")
+    assert (tok.unk_id, tok.bos_id, tok.eos_id) == (0, 1, 2)
+    assert tok.encode("Yes", bos=False) == [tok.yes_id] and tok.encode("No", bos=False) == [tok.no_id]
+    ids = tok.encode("Toy Story (1995) Ω", bos=True)  # Ω is unseen: byte fallback, not unk
+    assert ids[0] == tok.bos_id and tok.unk_id not in ids
+    assert tok.decode(ids[1:]) == "Toy Story (1995) Ω"
+
+
+def test_real_tokenizer_yes_no(tokenizer_path):
+    tok = llama.Tokenizer(tokenizer_path)
+    assert (tok.yes_id, tok.no_id) == (3869, 1939)
+    assert (tok.vocab_size, tok.bos_id, tok.eos_id, tok.unk_id) == (32000, 1, 2, 0)
+    assert tok.encode("Answer: Yes", bos=True) == [1, 673, 29901, 3869]
+
+
+def test_make_tiny_with_real_tokenizer_and_cli(tokenizer_path, tmp_path, capsys, monkeypatch):
+    d = llama.make_tiny(tmp_path / "tiny", tokenizer_model=tokenizer_path)
+    model, tok = llama.load(d)
+    assert model.cfg.vocab_size == 32000 and tok.yes_id == 3869
+    monkeypatch.setattr("sys.argv", ["llama.py", "--ckpt", str(d), "--prompt", "Yes or No?",
+                                     "--max-new-tokens", "3"])
+    llama.main()
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(out) == {"prompt_tokens", "new_ids", "text", "yes_minus_no"}
+    assert out["prompt_tokens"] == len(tok.encode("Yes or No?", bos=True))
