@@ -1,0 +1,619 @@
+"""Data for SASRecLLM: interactions -> histories -> prompts -> tensors.
+
+Follows the paper "When Transformers Meet Recommenders: Integrating Self-Attentive Sequential
+Recommendation with Fine-Tuned LLMs":
+- Sec. 3.1, problem formulation: each sample is (user u, item i, label y), y = 1 when the user
+  rated the item >= 4 ("liked"), and the user's history is the items u liked before this one,
+  oldest first.
+- Prompt construction: a fixed template that lists the last 10 liked titles and the target
+  title; the SASRecLLM variant adds <UserID> and <TargetItemID> markers where the model later
+  splices projected collaborative embeddings (k = proj_token_num slots per marker).
+
+The data recipe is CoLLM's (zyang1580/CoLLM, dataset/ml-1m/processing_ood.ipynb and
+minigpt4/datasets/datasets/rec_datasets.py):
+- join ratings with titles, label = rating >= 4;
+- number calendar months (UTC) from the first month: months 14-23 train, 24-28 valid,
+  29-33 test (other months are dropped);
+- sort by (user, timestamp) with a stable sort and renumber users and items 1..N by first
+  appearance (0 is padding);
+- a row's history is every item the same user liked earlier, valid and test rows included.
+
+Three sources give the same in-memory Dataset (files under the data root, --data-dir, default
+$SASRECLLM_DATA or data/):
+- "ml1m":      ml1m/interactions.tsv + ml1m/items.tsv, CoLLM's published ML-1M split as TSV.
+- "movielens": ml-1m/ratings.dat + ml-1m/movies.dat, the raw GroupLens files.
+- "amazon":    amazon-book/Books_5.json.gz + amazon-book/meta_Books.json.gz (2018 Amazon
+               Review Data; any category in that format via reviews=..., meta=...).
+
+Run `python data.py ml1m --stats` for the split statistics, `--export FILE.jsonl` for one JSON
+object per row.
+"""
+import argparse
+import gzip
+import json
+import os
+import re
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+DATA_DIR = os.environ.get("SASRECLLM_DATA", "data")
+SPLITS = ("train", "valid", "test")
+MONTH_WINDOWS = {"train": range(14, 24), "valid": range(24, 29), "test": range(29, 34)}
+RATIO = (0.8, 0.1, 0.1)        # the paper's chronological 8:1:1 split
+LIKE_THRESHOLD = 4             # rating >= 4 is a like (label 1)
+AMAZON_MAX_ID = 4000           # the paper keeps Amazon Book user and item ids <= 4000
+WARM_MIN_TRAIN = 3             # the paper's warm flag: >= 3 train rows for user and for item
+PROMPT_TITLES = 10             # the prompt lists the last 10 liked titles
+
+GROUPLENS_URL = "https://files.grouplens.org/datasets/movielens/ml-1m.zip"
+AMAZON_URL = "https://nijianmo.github.io/amazon/index.html"
+COLLM_URL = "https://github.com/zyang1580/CoLLM (collm-datasets/ml-1m.zip)"
+
+
+class DataError(Exception):
+    """Bad or missing input. The message names the file, the line and what was expected."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Dataset: the one in-memory form every loader produces
+
+@dataclass
+class Dataset:
+    name: str
+    domain: str                  # "movie" or "book": picks the prompt wording
+    user: np.ndarray             # (N,) int64, ids 1..n_users
+    item: np.ndarray             # (N,) int64, ids 1..n_items
+    label: np.ndarray            # (N,) int64 in {0, 1}
+    timestamp: np.ndarray        # (N,) int64 unix seconds
+    split: np.ndarray            # (N,) str in SPLITS
+    titles: list                 # titles[item_id]; titles[0] == ""
+    n_users: int
+    n_items: int
+    history: list                # history[row]: item ids the user liked earlier, oldest first
+    seen: np.ndarray             # (N,) bool: user and item both occur in train (CoLLM's warm)
+    warm: np.ndarray             # (N,) bool: user and item each have >= 3 train rows (paper)
+
+    def __len__(self):
+        return len(self.user)
+
+    def idx(self, split):
+        """Row indices of one split, in row order."""
+        if split not in SPLITS:
+            raise DataError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
+        return np.flatnonzero(self.split == split)
+
+
+def build_histories(user, item, label, timestamp):
+    """history[r] = items user[r] liked in rows that come before r in (user, timestamp) order.
+
+    np.lexsort is stable, so rows with the same (user, timestamp) keep their row order.
+    One pass over the sorted rows; each history is a copy of the user's running list.
+    """
+    order = np.lexsort((timestamp, user))                      # (N,) primary key: user
+    history = [None] * len(user)
+    liked = {}                                                 # user -> liked items so far
+    for r, u, i, y in zip(order.tolist(), user[order].tolist(), item[order].tolist(),
+                          label[order].tolist()):
+        h = liked.setdefault(u, [])
+        history[r] = h[:]
+        if y == 1:
+            h.append(i)
+    return history
+
+
+def make_dataset(name, domain, user, item, label, timestamp, split, titles, source):
+    """Checks the splits, then derives histories and the seen / warm flags."""
+    for s in SPLITS:
+        if not np.any(split == s):
+            raise DataError(f"{source}: split {s!r} is empty; expected rows in each of "
+                            f"{', '.join(SPLITS)}")
+    n_users, n_items = int(user.max()), int(item.max())
+    train = split == "train"
+    user_train = np.bincount(user[train], minlength=n_users + 1)    # (n_users+1,)
+    item_train = np.bincount(item[train], minlength=n_items + 1)    # (n_items+1,)
+    seen = (user_train[user] > 0) & (item_train[item] > 0)
+    warm = (user_train[user] >= WARM_MIN_TRAIN) & (item_train[item] >= WARM_MIN_TRAIN)
+    return Dataset(name=name, domain=domain, user=user, item=item, label=label,
+                   timestamp=timestamp, split=split, titles=titles, n_users=n_users,
+                   n_items=n_items, history=build_histories(user, item, label, timestamp),
+                   seen=seen, warm=warm)
+
+
+# ----------------------------------------------------------------------------------------------
+# Loader 1: CoLLM's ML-1M split as TSV (the benchmark)
+
+def _need(path, what):
+    if not os.path.exists(path):
+        raise DataError(f"{path} not found; expected {what}")
+
+
+def load_ml1m(data_dir):
+    """ml1m/interactions.tsv (user_id item_id label timestamp split) + ml1m/items.tsv."""
+    inter_path = os.path.join(data_dir, "ml1m", "interactions.tsv")
+    items_path = os.path.join(data_dir, "ml1m", "items.tsv")
+    what = ("CoLLM's ML-1M split as interactions.tsv and items.tsv; get collm-datasets/ml-1m.zip "
+            f"from {COLLM_URL}, or the raw GroupLens files ({GROUPLENS_URL}) and load 'movielens'")
+    _need(inter_path, what)
+    _need(items_path, what)
+
+    titles = {}
+    for n, fields in _tsv(items_path, ["item_id", "title"]):
+        titles[_int(fields[0], items_path, n, "item_id")] = fields[1]
+
+    rows = []
+    for n, (u, i, y, t, s) in _tsv(inter_path, ["user_id", "item_id", "label", "timestamp",
+                                                 "split"]):
+        u, i = _int(u, inter_path, n, "user_id"), _int(i, inter_path, n, "item_id")
+        if y not in ("0", "1"):
+            raise DataError(f"{inter_path}:{n}: expected label 0 or 1, got {y!r}")
+        if s not in SPLITS:
+            raise DataError(f"{inter_path}:{n}: expected split train, valid or test, got {s!r}")
+        if u < 1 or i < 1:
+            raise DataError(f"{inter_path}:{n}: expected ids >= 1 (0 is padding)")
+        if i not in titles:
+            raise DataError(f"{inter_path}:{n}: item_id {i} has no title in {items_path}")
+        rows.append((u, i, int(y), _int(t, inter_path, n, "timestamp"), s))
+    if not rows:
+        raise DataError(f"{inter_path}: no rows; expected interactions after the header")
+
+    user, item, label, timestamp = (np.array(c, dtype=np.int64) for c in list(zip(*rows))[:4])
+    split = np.array([r[4] for r in rows])
+    title_list = [""] + [titles.get(i, "") for i in range(1, max(titles) + 1)]
+    return make_dataset("ml1m", "movie", user, item, label, timestamp, split, title_list,
+                        inter_path)
+
+
+def _lines(path, encoding="utf-8"):
+    """Yields (line number, line without its newline); .gz files are decompressed."""
+    opener = gzip.open if path.endswith(".gz") else open
+    n = 0
+    try:
+        with opener(path, "rt", encoding=encoding) as f:
+            for n, line in enumerate(f, start=1):
+                yield n, line.rstrip("\r\n")
+    except (OSError, EOFError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}:{n + 1}: expected readable {encoding} text"
+                        f"{' (gzip)' if path.endswith('.gz') else ''} ({e})") from None
+
+
+def _tsv(path, header):
+    """Yields (line number, fields) of a tab-separated file after checking its header."""
+    lines = _lines(path)
+    n, first = next(lines, (1, ""))
+    if first.split("\t") != header:
+        raise DataError(f"{path}:1: expected the header {chr(9).join(header)!r} (tab-separated), "
+                        f"got {first!r}")
+    for n, line in lines:
+        fields = line.split("\t")
+        if len(fields) != len(header):
+            raise DataError(f"{path}:{n}: expected {len(header)} tab-separated fields "
+                            f"({', '.join(header)}), got {len(fields)}")
+        yield n, fields
+
+
+def _int(text, path, n, what):
+    try:
+        return int(text)
+    except ValueError:
+        raise DataError(f"{path}:{n}: expected an integer {what}, got {text!r}") from None
+
+
+# ----------------------------------------------------------------------------------------------
+# Loaders 2 and 3: raw ratings -> CoLLM's recipe
+
+def months_since_start(timestamp):
+    """Calendar month index in UTC, 0 = the first month in the data.  (N,) int64"""
+    month = timestamp.astype("datetime64[s]").astype("datetime64[M]").astype(np.int64)
+    return month - month.min()
+
+
+def from_ratings(name, domain, user_raw, item_raw, rating, timestamp, titles_raw, split,
+                 source, first_review_only=False, max_id=None):
+    """CoLLM's recipe on raw ratings; returns a Dataset with rows in train, valid, test blocks.
+
+    user_raw, item_raw: (N,) raw ids (ints or strings) in file order; titles_raw: raw item id ->
+    title. Ratings of items without a title are dropped (CoLLM joins with an inner merge).
+    pandas' merge groups the rows by item, in order of the item's first appearance, so rows with
+    the same (user, timestamp) keep that order here too; within an item, file order.
+    """
+    if split not in ("months", "ratio"):
+        raise DataError(f"unknown split option {split!r}; expected 'months' or 'ratio'")
+    has_title = np.array([i in titles_raw for i in item_raw.tolist()], dtype=bool)
+    if not has_title.any():
+        raise DataError(f"{source}: no ratings of items that have a title; expected the rated "
+                        "items to appear in the metadata / movies file")
+    rows = dict(user=user_raw, item=item_raw, label=(rating >= LIKE_THRESHOLD).astype(np.int64),
+                timestamp=timestamp, split=np.full(len(rating), "", dtype=object))
+    rows = _take(rows, has_title)
+    rows = _take(rows, np.argsort(renumber(rows["item"]), kind="stable"))   # the merge's order
+
+    if split == "months":
+        month = months_since_start(rows["timestamp"])
+        for s, window in MONTH_WINDOWS.items():
+            rows["split"][np.isin(month, list(window))] = s
+        rows = _take(rows, rows["split"] != "")
+
+    # Stable sort by (user, timestamp); raw user ids sort as numbers (GroupLens) or strings.
+    user_code = np.unique(rows["user"], return_inverse=True)[1]
+    rows = _take(rows, np.lexsort((rows["timestamp"], user_code)))
+    if first_review_only:
+        # A repeated (user, item) review is not a new event: keep the user's first review, so
+        # a target never sits in its own history.
+        pairs = np.stack([np.unique(rows[k], return_inverse=True)[1] for k in ("user", "item")], 1)
+        first = np.unique(pairs, axis=0, return_index=True)[1]
+        rows = _take(rows, np.sort(first))
+
+    rows["raw_item"] = rows["item"]
+    rows["user"], rows["item"] = renumber(rows["user"]), renumber(rows["item"])
+    if max_id is not None:
+        rows = _take(rows, (rows["user"] <= max_id) & (rows["item"] <= max_id))
+        # close the gaps; the first-appearance order of the survivors is unchanged
+        rows["user"], rows["item"] = renumber(rows["user"]), renumber(rows["item"])
+    if split == "ratio":
+        rows["split"] = ratio_split(rows["timestamp"])
+
+    rows = _take(rows, np.concatenate([np.flatnonzero(rows["split"] == s) for s in SPLITS]))
+    titles = [""] * (int(rows["item"].max(initial=0)) + 1)
+    for i, raw in zip(rows["item"].tolist(), rows["raw_item"].tolist()):
+        titles[i] = titles_raw[raw]
+    return make_dataset(name, domain, rows["user"], rows["item"], rows["label"],
+                        rows["timestamp"], rows["split"].astype(str), titles, source)
+
+
+def _take(rows, index):
+    """Selects (mask) or reorders (indices) every column of a dict of (N,) arrays."""
+    return {k: v[index] for k, v in rows.items()}
+
+
+def renumber(raw):
+    """Ids 1..N in order of first appearance.  (N,) -> (N,) int64"""
+    _, first, code = np.unique(raw, return_index=True, return_inverse=True)
+    rank = np.empty(len(first), dtype=np.int64)
+    rank[np.argsort(first)] = np.arange(1, len(first) + 1)
+    return rank[code]
+
+
+def ratio_split(timestamp):
+    """The paper's 8:1:1 chronological split over all rows (stable on ties)."""
+    order = np.argsort(timestamp, kind="stable")
+    n = len(order)
+    n_train, n_valid = int(round(n * RATIO[0])), int(round(n * RATIO[1]))
+    part = np.empty(n, dtype=object)
+    part[order[:n_train]] = "train"
+    part[order[n_train:n_train + n_valid]] = "valid"
+    part[order[n_train + n_valid:]] = "test"
+    return part
+
+
+def load_movielens(data_dir, split="months"):
+    """Raw GroupLens ml-1m/ratings.dat (UserID::MovieID::Rating::Timestamp) + movies.dat."""
+    ratings_path = os.path.join(data_dir, "ml-1m", "ratings.dat")
+    movies_path = os.path.join(data_dir, "ml-1m", "movies.dat")
+    what = (f"the GroupLens MovieLens-1M files; download {GROUPLENS_URL} and unzip it in "
+            f"{data_dir} (it unpacks to ml-1m/)")
+    _need(ratings_path, what)
+    _need(movies_path, what)
+
+    titles = {}
+    for n, line in _lines(movies_path, "latin-1"):
+        fields = line.split("::")
+        if len(fields) != 3:
+            raise DataError(f"{movies_path}:{n}: expected MovieID::Title::Genres, got {line!r}")
+        titles[_int(fields[0], movies_path, n, "MovieID")] = fields[1]
+
+    rows = []
+    for n, line in _lines(ratings_path, "latin-1"):
+        fields = line.split("::")
+        if len(fields) != 4:
+            raise DataError(f"{ratings_path}:{n}: expected UserID::MovieID::Rating::Timestamp, "
+                            f"got {line!r}")
+        rows.append([_int(x, ratings_path, n, name) for x, name in
+                     zip(fields, ("UserID", "MovieID", "Rating", "Timestamp"))])
+    if not rows:
+        raise DataError(f"{ratings_path}: no ratings; expected UserID::MovieID::Rating::Timestamp")
+    user, item, rating, timestamp = np.array(rows, dtype=np.int64).T
+    return from_ratings("movielens", "movie", user, item, rating, timestamp, titles, split,
+                        ratings_path)
+
+
+def _json_lines(path):
+    """Yields (line number, object) from a JSON-lines file, plain or .gz."""
+    for n, line in _lines(path):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{n}: expected one JSON object per line ({e.msg})") from None
+        if not isinstance(obj, dict):
+            raise DataError(f"{path}:{n}: expected a JSON object, got {type(obj).__name__}")
+        yield n, obj
+
+
+def load_amazon(data_dir, split="months", reviews=None, meta=None):
+    """2018 Amazon Review Data: reviews (reviewerID, asin, overall, unixReviewTime) + metadata
+    (asin, title), JSON lines, plain or .gz. Default files: amazon-book/Books_5.json.gz and
+    amazon-book/meta_Books.json.gz. Items without a title are dropped, a later metadata line
+    for the same asin wins (CoLLM: drop_duplicates(keep='last')). A repeated (user, item) review
+    keeps only the first one. split="months" applies ML-1M's month windows counted from the first
+    month of the data; Amazon Book starts in 1996, so use split="ratio" there."""
+    reviews = reviews or os.path.join(data_dir, "amazon-book", "Books_5.json.gz")
+    meta = meta or os.path.join(data_dir, "amazon-book", "meta_Books.json.gz")
+    what = (f"Amazon Review Data (2018), {AMAZON_URL}: the 5-core reviews (Books_5.json.gz) and "
+            "the metadata (meta_Books.json.gz); or pass --reviews FILE --meta FILE")
+    _need(reviews, what)
+    _need(meta, what)
+
+    titles = {}
+    for n, obj in _json_lines(meta):
+        if not isinstance(obj.get("asin"), str):
+            raise DataError(f"{meta}:{n}: expected a string field 'asin'")
+        title = obj.get("title")
+        if isinstance(title, str) and title.strip():
+            titles[obj["asin"]] = title.strip()
+
+    users, items, ratings, times = [], [], [], []
+    for n, obj in _json_lines(reviews):
+        try:
+            u, i = obj["reviewerID"], obj["asin"]
+            r, t = float(obj["overall"]), int(obj["unixReviewTime"])
+        except (KeyError, TypeError, ValueError):
+            raise DataError(f"{reviews}:{n}: expected fields reviewerID, asin, overall (number) "
+                            "and unixReviewTime (integer)") from None
+        users.append(str(u))
+        items.append(str(i))
+        ratings.append(r)
+        times.append(t)
+    if not users:
+        raise DataError(f"{reviews}: no reviews; expected JSON lines with reviewerID, asin, "
+                        "overall, unixReviewTime")
+    return from_ratings("amazon", "book", np.array(users), np.array(items), np.array(ratings),
+                        np.array(times, dtype=np.int64), titles, split, reviews,
+                        first_review_only=True, max_id=AMAZON_MAX_ID)
+
+
+def load(name, data_dir=None, split="months", reviews=None, meta=None):
+    """Loads "ml1m" (CoLLM's fixed month split), "movielens" or "amazon"."""
+    data_dir = data_dir or DATA_DIR
+    if name == "ml1m":
+        if split != "months":
+            raise DataError(f"ml1m is CoLLM's fixed month split; --split {split} needs the raw "
+                            "files: load 'movielens'")
+        return load_ml1m(data_dir)
+    if name == "movielens":
+        return load_movielens(data_dir, split)
+    if name == "amazon":
+        return load_amazon(data_dir, split, reviews, meta)
+    raise DataError(f"unknown dataset {name!r}; expected ml1m, movielens or amazon")
+
+
+# ----------------------------------------------------------------------------------------------
+# Prompts (paper: prompt construction; CoLLM's prompt files and rec_datasets.py)
+#
+# The "\n" before #Answer: is a literal backslash followed by n (written "\\n" below), exactly
+# as in CoLLM's prompt files; it is not a newline.
+
+PROMPT_TEXT = {
+    "movie": '#Question: A user has given high ratings to the following movies: '
+             '<HisItemTitleList>. Leverage the information to predict whether the user would '
+             'enjoy the movie titled <TargetItemTitle>? Answer with "Yes" or "No". \\n#Answer:',
+    "book": '#Question: A user has given high ratings to the following books: '
+            '<HisItemTitleList>. Leverage the information to predict whether the user would '
+            'enjoy the book titled <TargetItemTitle>? Answer with "Yes" or "No". \\n#Answer:',
+}
+PROMPT_COLLAB = {
+    "movie": '#Question: A user has given high ratings to the following movies: '
+             '<HisItemTitleList>. Additionally, we have information about the user\'s '
+             'preferences encoded in the feature <UserID>. Using all available information, make '
+             'a prediction about whether the user would enjoy the movie titled <TargetItemTitle> '
+             'with the feature <TargetItemID>? Answer with "Yes" or "No". \\n#Answer:',
+    "book": '#Question: A user has given high ratings to the following books: '
+            '<HisItemTitleList>. Additionally, we have information about the user\'s '
+            'preferences encoded in the feature <UserID>. Using all available information, make '
+            'a prediction about whether the user would enjoy the book titled <TargetItemTitle> '
+            'with the feature <TargetItemID>? Answer with "Yes" or "No". \\n#Answer:',
+}
+MARKERS = ("<UserID>", "<TargetItemID>")
+# An empty history prints CoLLM's placeholder, typo included (convert_title_list_v2 returns
+# "unkow"), so our prompts match the ones CoLLM trained on.
+EMPTY_HISTORY = "unkow"
+
+
+def history_titles(ds, i):
+    """The last 10 liked titles, each in double quotes, joined by ", "."""
+    titles = [f'"{ds.titles[j]}"' for j in ds.history[i][-PROMPT_TITLES:]]
+    return ", ".join(titles) if titles else EMPTY_HISTORY
+
+
+def _fill(template, ds, i):
+    target = '"' + ds.titles[ds.item[i]].strip(" ") + '"'
+    return (template.replace("<HisItemTitleList>", history_titles(ds, i))
+                    .replace("<TargetItemTitle>", target))
+
+
+def prompt_text(ds, i):
+    """Text-only prompt of row i (ICL, TALLRec)."""
+    return _fill(PROMPT_TEXT[ds.domain], ds, i)
+
+
+def prompt_collab(ds, i):
+    """SASRecLLM prompt of row i; <UserID> and <TargetItemID> stay as markers."""
+    return _fill(PROMPT_COLLAB[ds.domain], ds, i)
+
+
+# ----------------------------------------------------------------------------------------------
+# Tensors
+
+def pad_left(histories, maxlen=25):
+    """Last maxlen ids of each history, left-padded with 0.  -> (B, maxlen) long"""
+    out = torch.zeros(len(histories), maxlen, dtype=torch.long)
+    for b, h in enumerate(histories):
+        h = h[-maxlen:] if maxlen > 0 else []
+        if h:
+            out[b, maxlen - len(h):] = torch.tensor(h, dtype=torch.long)
+    return out
+
+
+def crm_batch(ds, rows, maxlen=25):
+    """A batch for the collaborative models (SASRec, MF, GRU4Rec...)."""
+    rows = np.asarray(rows, dtype=np.int64)
+    return dict(user=torch.from_numpy(ds.user[rows]),                       # (B,)
+                item=torch.from_numpy(ds.item[rows]),                       # (B,)
+                hist=pad_left([ds.history[r] for r in rows], maxlen),       # (B, maxlen)
+                label=torch.from_numpy(ds.label[rows]).float())             # (B,)
+
+
+@dataclass
+class Prompt:
+    ids: list          # token ids, BOS first
+    user_pos: list     # k positions of the <UserID> slots (empty for text-only prompts)
+    item_pos: list     # k positions of the <TargetItemID> slots
+
+
+def encode_prompt(text, tok, proj_token_num=1):
+    """Tokenizes the text between markers piece by piece (BOS only on the first piece); each
+    marker becomes proj_token_num placeholder ids (tok.unk_id) whose positions are recorded."""
+    ids, pos = [tok.bos_id], {m: [] for m in MARKERS}
+    for piece in re.split("(<UserID>|<TargetItemID>)", text):
+        if piece in MARKERS:
+            pos[piece] += range(len(ids), len(ids) + proj_token_num)
+            ids += [tok.unk_id] * proj_token_num
+        elif piece:
+            ids += tok.encode(piece, bos=False)   # BOS was added once, before the first piece
+    return Prompt(ids=ids, user_pos=pos["<UserID>"], item_pos=pos["<TargetItemID>"])
+
+
+def encode_prompts(ds, rows, tok, collab, proj_token_num=1):
+    """Prompts of the given rows; collab picks the SASRecLLM template."""
+    make = prompt_collab if collab else prompt_text
+    return [encode_prompt(make(ds, int(r)), tok, proj_token_num) for r in rows]
+
+
+def collate_prompts(prompts, pad_id=0):
+    """Left-pads to the longest prompt, so the last position is every row's answer slot.
+    Marker positions shift right by the padding."""
+    T = max(len(p.ids) for p in prompts)
+    k = max(len(p.user_pos) for p in prompts)
+    B = len(prompts)
+    input_ids = torch.full((B, T), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros(B, T, dtype=torch.long)
+    user_pos = torch.zeros(B, k, dtype=torch.long)
+    item_pos = torch.zeros(B, k, dtype=torch.long)
+    for b, p in enumerate(prompts):
+        pad = T - len(p.ids)
+        input_ids[b, pad:] = torch.tensor(p.ids, dtype=torch.long)
+        attention_mask[b, pad:] = 1
+        if k:
+            user_pos[b] = torch.tensor(p.user_pos, dtype=torch.long) + pad
+            item_pos[b] = torch.tensor(p.item_pos, dtype=torch.long) + pad
+    return dict(input_ids=input_ids, attention_mask=attention_mask,   # (B, T), (B, T)
+                user_pos=user_pos, item_pos=item_pos)                 # (B, k), (B, k)
+
+
+def bucket_batches(lengths, batch_size, shuffle, seed=0):
+    """Batches of indices with similar lengths, so left padding stays small.
+
+    Sort by length (ties shuffled when shuffle=True), cut into batches of batch_size, then
+    shuffle the order of the batches. Every index appears exactly once.
+    """
+    lengths = np.asarray(lengths)
+    rng = np.random.default_rng(seed)
+    idx = rng.permutation(len(lengths)) if shuffle else np.arange(len(lengths))
+    idx = idx[np.argsort(lengths[idx], kind="stable")]
+    batches = [idx[s:s + batch_size].tolist() for s in range(0, len(idx), batch_size)]
+    if shuffle:
+        batches = [batches[j] for j in rng.permutation(len(batches))]
+    return batches
+
+
+# ----------------------------------------------------------------------------------------------
+# Command line
+
+class SPTokenizer:
+    """Minimal sentencepiece tokenizer with llama.Tokenizer's interface (for the CLI / tests)."""
+
+    def __init__(self, path):
+        import sentencepiece
+        if not os.path.exists(path):
+            raise DataError(f"{path} not found; expected a sentencepiece tokenizer.model")
+        try:
+            self.sp = sentencepiece.SentencePieceProcessor(model_file=str(path))
+        except (OSError, RuntimeError) as e:
+            raise DataError(f"{path}: expected a sentencepiece tokenizer.model ({e})") from None
+        self.bos_id, self.eos_id = self.sp.bos_id(), self.sp.eos_id()
+        self.unk_id, self.vocab_size = self.sp.unk_id(), self.sp.vocab_size()
+
+    def encode(self, text, bos=True):
+        return ([self.bos_id] if bos else []) + self.sp.encode(text)
+
+    def decode(self, ids):
+        return self.sp.decode(ids)
+
+
+def _uauc_users(ds, rows):
+    """Users with both a like and a dislike among rows (the users UAUC can average over)."""
+    pos = np.bincount(ds.user[rows], weights=ds.label[rows], minlength=ds.n_users + 1)
+    tot = np.bincount(ds.user[rows], minlength=ds.n_users + 1)
+    return int(np.sum((pos > 0) & (pos < tot)))
+
+
+def stats(ds, tok=None):
+    out = {"dataset": ds.name, "rows": {}, "users": ds.n_users, "items": ds.n_items,
+           "positive_rate": {}, "seen": {}, "warm": {}, "uauc_users": {}}
+    for s in SPLITS:
+        rows = ds.idx(s)
+        out["rows"][s] = len(rows)
+        out["positive_rate"][s] = round(float(ds.label[rows].mean()), 3)
+        out["seen"][s] = round(float(ds.seen[rows].mean()), 3)
+        out["warm"][s] = round(float(ds.warm[rows].mean()), 3)
+        out["uauc_users"][s] = _uauc_users(ds, rows)
+    if tok is not None:
+        out["prompt_tokens"] = {}
+        for kind, collab in (("text", False), ("collab", True)):
+            n = np.array([len(p.ids) for p in encode_prompts(ds, range(len(ds)), tok, collab)])
+            out["prompt_tokens"][kind] = {"mean": round(float(n.mean()), 1),
+                                          "p95": int(np.percentile(n, 95)), "max": int(n.max())}
+    return out
+
+
+def export(ds, path):
+    with open(path, "w", encoding="utf-8") as f:
+        for i in range(len(ds)):
+            f.write(json.dumps({
+                "user_id": int(ds.user[i]), "item_id": int(ds.item[i]),
+                "label": int(ds.label[i]), "timestamp": int(ds.timestamp[i]),
+                "split": str(ds.split[i]), "history": ds.history[i],
+                "seen": bool(ds.seen[i]), "warm": bool(ds.warm[i]),
+                "prompt_text": prompt_text(ds, i), "prompt_collab": prompt_collab(ds, i),
+            }, ensure_ascii=False) + "\n")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("dataset", choices=["ml1m", "movielens", "amazon"])
+    p.add_argument("--data-dir", default=DATA_DIR)
+    p.add_argument("--split", default="months", choices=["months", "ratio"])
+    p.add_argument("--reviews", help="amazon: reviews JSON lines (.gz or plain)")
+    p.add_argument("--meta", help="amazon: metadata JSON lines (.gz or plain)")
+    p.add_argument("--stats", action="store_true", help="print one JSON object of statistics")
+    p.add_argument("--tokenizer", help="sentencepiece tokenizer.model for prompt lengths")
+    p.add_argument("--export", metavar="FILE.jsonl", help="write one JSON object per row")
+    args = p.parse_args(argv)
+    try:
+        ds = load(args.dataset, args.data_dir, args.split, args.reviews, args.meta)
+        if args.export:
+            export(ds, args.export)
+        if args.stats or not args.export:
+            tok = SPTokenizer(args.tokenizer) if args.tokenizer else None
+            print(json.dumps(stats(ds, tok)))
+    except (DataError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,454 @@
+"""data.py: loaders on self-written fixtures and on the real files, histories, prompts, tensors,
+the CLI and its error messages."""
+import csv
+import gzip
+import json
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import data
+from data import DataError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def ml1m(data_dir):
+    return data.load("ml1m", data_dir)
+
+
+# ---------------------------------------------------------------------------------------------
+# The real ML-1M benchmark split
+
+def test_ml1m_counts(ml1m):
+    assert [len(ml1m.idx(s)) for s in data.SPLITS] == [33891, 10401, 7331]
+    assert (ml1m.n_users, ml1m.n_items) == (838, 3255)
+    assert len(np.unique(ml1m.user)) == 838 and len(np.unique(ml1m.item)) == 3255
+    assert len(ml1m.titles) == 3256 and ml1m.titles[0] == ""
+    assert ml1m.titles[1] == "Shawshank Redemption, The (1994)"
+    assert ml1m.domain == "movie"
+    for s, rate in zip(data.SPLITS, (0.537, 0.528, 0.545)):
+        assert ml1m.label[ml1m.idx(s)].mean() == pytest.approx(rate, abs=5e-4)
+
+
+def test_ml1m_seen_warm_and_uauc_users(ml1m):
+    valid, test = ml1m.idx("valid"), ml1m.idx("test")
+    assert ml1m.seen[valid].mean() == pytest.approx(0.635, abs=5e-4)
+    assert ml1m.seen[test].mean() == pytest.approx(0.566, abs=5e-4)
+    assert ml1m.seen[ml1m.idx("train")].all()
+    assert not (ml1m.warm & ~ml1m.seen).any()          # the paper's warm is stricter
+    # users with both classes, counted here without data.py's helper
+    def both(rows):
+        return sum(len(set(ml1m.label[rows][ml1m.user[rows] == u])) == 2
+                   for u in np.unique(ml1m.user[rows]))
+    assert both(test) == 224
+    assert both(valid) == 282
+
+
+def test_ml1m_time_order(ml1m):
+    t = ml1m.timestamp
+    assert t[ml1m.idx("train")].max() < t[ml1m.idx("valid")].min()
+    assert t[ml1m.idx("valid")].max() < t[ml1m.idx("test")].min()
+
+
+def test_ml1m_loads_fast(data_dir):
+    start = time.perf_counter()
+    data.load("ml1m", data_dir)
+    assert time.perf_counter() - start < 10      # about 0.5 s on one core
+
+
+def test_history_by_hand(ml1m):
+    """Rows copied out of interactions.tsv; expected histories worked out by hand."""
+    # user 274: a disliked train row, then four test rows with the same timestamp (file order
+    # decides), then one more.  user 683: two dislikes do not enter the history.
+    expected = {
+        14104: [],                     # 274  2146 0 1008687727 train
+        47051: [],                     # 274   606 1 1033878378 test
+        47052: [606],                  # 274   349 1 1033878378 test
+        47053: [606, 349],             # 274   370 1 1033878378 test
+        47054: [606, 349, 370],        # 274   534 1 1033878378 test
+        47055: [606, 349, 370, 534],   # 274   608 1 1033878412 test
+        28813: [],                     # 683   321 0 train
+        28814: [],                     # 683   191 1 train
+        28815: [191],                  # 683    81 1 train
+        28816: [191, 81],              # 683   843 0 train
+        42270: [191, 81],              # 683  3105 0 valid
+        50139: [191, 81],              # 683  1292 0 test
+        0: [], 1: [1],                 # user 1 liked items 1 then 2
+    }
+    for row, hist in expected.items():
+        assert ml1m.history[row] == hist, row
+
+
+def test_history_recomputed_from_raw_tsv(ml1m, data_dir):
+    """Independent recomputation for a few users straight from the TSV with Python's sort."""
+    with open(data_dir / "ml1m" / "interactions.tsv", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))
+    for user in ("4", "211", "274", "683"):
+        mine = [(int(r["timestamp"]), n, int(r["item_id"]), r["label"])
+                for n, r in enumerate(rows) if r["user_id"] == user]
+        mine.sort(key=lambda x: (x[0], x[1]))            # time, then file order
+        liked = []
+        for _, n, item, label in mine:
+            assert ml1m.history[n] == liked, (user, n)
+            if label == "1":
+                liked = liked + [item]
+
+
+def test_history_invariants(ml1m):
+    rng = np.random.default_rng(0)
+    for r in rng.choice(len(ml1m), 300, replace=False):
+        u, t = ml1m.user[r], ml1m.timestamp[r]
+        earlier = (ml1m.user == u) & (ml1m.timestamp <= t) & (ml1m.label == 1)
+        assert set(ml1m.history[r]) <= set(ml1m.item[earlier].tolist())
+    assert max(len(h) for h in ml1m.history) > 25     # full, not truncated
+
+
+# ---------------------------------------------------------------------------------------------
+# Prompts
+
+def test_prompt_one_real_row(ml1m):
+    row = 44292          # first test row: user 4, item 96, with more than 10 liked titles
+    assert (ml1m.user[row], ml1m.item[row]) == (4, 96)
+    history = ('"When We Were Kings (1996)", "Celluloid Closet, The (1995)", '
+               '"War Room, The (1993)", "U2: Rattle and Hum (1988)", '
+               '"Madonna: Truth or Dare (1991)", "Breaking Away (1979)", "Tombstone (1993)", '
+               '"High Noon (1952)", "Space Cowboys (2000)", "Better Than Chocolate (1999)"')
+    assert data.prompt_collab(ml1m, row) == (
+        '#Question: A user has given high ratings to the following movies: ' + history + '. '
+        "Additionally, we have information about the user's preferences encoded in the feature "
+        '<UserID>. Using all available information, make a prediction about whether the user '
+        'would enjoy the movie titled "Deconstructing Harry (1997)" with the feature '
+        '<TargetItemID>? Answer with "Yes" or "No". \\n#Answer:')
+    assert data.prompt_text(ml1m, row) == (
+        '#Question: A user has given high ratings to the following movies: ' + history + '. '
+        'Leverage the information to predict whether the user would enjoy the movie titled '
+        '"Deconstructing Harry (1997)"? Answer with "Yes" or "No". \\n#Answer:')
+    assert "\n" not in data.prompt_text(ml1m, row)           # a literal backslash-n
+
+
+def test_prompt_empty_history(ml1m):
+    assert data.prompt_text(ml1m, 0) == (
+        '#Question: A user has given high ratings to the following movies: unkow. Leverage the '
+        'information to predict whether the user would enjoy the movie titled '
+        '"Shawshank Redemption, The (1994)"? Answer with "Yes" or "No". \\n#Answer:')
+
+
+# ---------------------------------------------------------------------------------------------
+# Raw GroupLens files
+
+def _ts(year, month, day=15):
+    return int(datetime(year, month, day, 12, tzinfo=timezone.utc).timestamp())
+
+
+def _write_grouplens(root, ratings):
+    d = root / "ml-1m"
+    d.mkdir(parents=True)
+    movies = ["10::Toy Story (1995)::Animation", "20::Café au lait (1993)::Comedy",
+              "30::Heat (1995)::Action", "40::Alien³ (1992)::Horror"]
+    (d / "movies.dat").write_bytes(("\n".join(movies) + "\n").encode("latin-1"))
+    (d / "ratings.dat").write_text("\n".join("::".join(map(str, r)) for r in ratings) + "\n")
+
+
+# first month 2000-04 = month 0; month 14 = 2001-06, 24 = 2002-04, 29 = 2002-09, 34 = 2003-02
+GROUPLENS = [
+    (1, 10, 5, _ts(2000, 4)),        # month 0: dropped, but it anchors month 0
+    (7, 30, 5, _ts(2001, 7)),        # train
+    (7, 20, 4, _ts(2001, 6)),        # train, earlier than the row above
+    (3, 40, 4, _ts(2001, 8)),        # train
+    (3, 30, 5, _ts(2001, 8)),        # train, same second as the row above
+    (7, 40, 3, _ts(2002, 5)),        # valid
+    (3, 20, 5, _ts(2002, 6)),        # valid
+    (7, 30, 1, _ts(2002, 10)),       # test
+    (3, 10, 4, _ts(2003, 1)),        # test (month 33)
+    (3, 30, 5, _ts(2003, 2)),        # month 34: dropped
+]
+
+
+def test_movielens_months(tmp_path):
+    _write_grouplens(tmp_path, GROUPLENS)
+    ds = data.load("movielens", tmp_path)
+    assert ds.domain == "movie"
+    assert [len(ds.idx(s)) for s in data.SPLITS] == [4, 2, 2]
+    # Users sorted by raw id (3 before 7); items renumbered by first appearance in that order.
+    # User 3's two rows at the same second follow CoLLM's merge order, not file order: movie 30
+    # appears in ratings.dat before movie 40, so 30 comes first (item 1) and is in 40's history.
+    assert ds.titles == ["", "Heat (1995)", "Alien³ (1992)", "Café au lait (1993)",
+                         "Toy Story (1995)"]
+    assert (ds.n_users, ds.n_items) == (2, 4)
+    rows = sorted(zip(ds.user.tolist(), ds.timestamp.tolist(), ds.item.tolist(),
+                      ds.label.tolist(), ds.split.tolist(), ds.history))
+    assert [(u, i, y, s, h) for u, _, i, y, s, h in rows] == [
+        (1, 1, 1, "train", []), (1, 2, 1, "train", [1]),
+        (1, 3, 1, "valid", [1, 2]), (1, 4, 1, "test", [1, 2, 3]),
+        (2, 3, 1, "train", []), (2, 1, 1, "train", [3]),
+        (2, 2, 0, "valid", [3, 1]), (2, 1, 0, "test", [3, 1]),
+    ]
+    assert ds.seen.sum() == 7                       # Toy Story (item 4) is only in test
+    assert not ds.warm.any()                        # nobody has 3 train rows
+
+
+def test_movielens_ratio(tmp_path):
+    ratings = [(u, 10 * (1 + k % 4), 1 + (u * k) % 5, 1_000_000_000 + 1000 * (u * 7 + k))
+               for u in range(1, 5) for k in range(5)]
+    _write_grouplens(tmp_path, ratings)
+    ds = data.load("movielens", tmp_path, split="ratio")
+    assert [len(ds.idx(s)) for s in data.SPLITS] == [16, 2, 2]
+    t = ds.timestamp
+    assert t[ds.idx("train")].max() <= t[ds.idx("valid")].min()
+    assert t[ds.idx("valid")].max() <= t[ds.idx("test")].min()
+    assert ds.label.sum() == sum(r[2] >= 4 for r in ratings)
+
+
+# ---------------------------------------------------------------------------------------------
+# Amazon 2018 format
+
+REVIEWS = [
+    {"reviewerID": "B", "asin": "i1", "overall": 5.0, "unixReviewTime": 300},
+    {"reviewerID": "A", "asin": "i2", "overall": 3.0, "unixReviewTime": 200},
+    {"reviewerID": "A", "asin": "i1", "overall": 4.0, "unixReviewTime": 100},
+    {"reviewerID": "A", "asin": "i1", "overall": 1.0, "unixReviewTime": 400},   # duplicate pair
+    {"reviewerID": "B", "asin": "i9", "overall": 5.0, "unixReviewTime": 350},   # no title
+    {"reviewerID": "C", "asin": "i3", "overall": 5.0, "unixReviewTime": 500},
+    {"reviewerID": "B", "asin": "i3", "overall": 2.0, "unixReviewTime": 600},
+    {"reviewerID": "C", "asin": "i2", "overall": 4.0, "unixReviewTime": 700},
+    {"reviewerID": "A", "asin": "i3", "overall": 5.0, "unixReviewTime": 800},
+    {"reviewerID": "B", "asin": "i2", "overall": 5.0, "unixReviewTime": 900},
+    {"reviewerID": "C", "asin": "i1", "overall": 5.0, "unixReviewTime": 1000},
+]
+META = [{"asin": "i1", "title": "Old Title"}, {"asin": "i2", "title": "Dune"},
+        {"asin": "i3", "title": "Emma"}, {"asin": "i1", "title": "Les Misérables"},
+        {"asin": "i9"}]
+
+
+def _write_jsonl(path, objs):
+    text = "".join(json.dumps(o) + "\n" for o in objs)
+    if path.suffix == ".gz":
+        with gzip.open(path, "wt", encoding="utf-8") as f:
+            f.write(text)
+    else:
+        path.write_text(text, encoding="utf-8")
+
+
+@pytest.mark.parametrize("suffix", ["", ".gz"])
+def test_amazon_fixture(tmp_path, suffix):
+    reviews, meta = tmp_path / f"r.json{suffix}", tmp_path / f"m.json{suffix}"
+    _write_jsonl(reviews, REVIEWS)
+    _write_jsonl(meta, META)
+    ds = data.load("amazon", tmp_path, split="ratio", reviews=str(reviews), meta=str(meta))
+    assert ds.domain == "book"
+    # 11 reviews - 1 repeated (A, i1) - 1 without a title = 9 rows, 8:1:1 by time
+    assert len(ds) == 9 and [len(ds.idx(s)) for s in data.SPLITS] == [7, 1, 1]
+    # users A, B, C (string order); items by first appearance: i1 (A@100), i2, i3
+    assert ds.titles == ["", "Les Misérables", "Dune", "Emma"]
+    a = ds.user == 1
+    assert sorted(zip(ds.timestamp[a].tolist(), ds.item[a].tolist(), ds.label[a].tolist())) == [
+        (100, 1, 1), (200, 2, 0), (800, 3, 1)]                    # first (A, i1) review kept
+    last_c = int(np.flatnonzero(ds.user == 3)[-1])
+    assert ds.history[last_c] == [3, 2]
+    text = data.prompt_collab(ds, last_c)
+    assert text.startswith('#Question: A user has given high ratings to the following books: '
+                           '"Emma", "Dune". Additionally')
+    assert 'enjoy the book titled "Les Misérables" with the feature <TargetItemID>?' in text
+
+
+def test_amazon_max_id(tmp_path, monkeypatch):
+    # 6 users x 6 items, every pair reviewed once; keeping ids <= 4 leaves a 4 x 4 block
+    reviews = [{"reviewerID": f"u{u}", "asin": f"i{i}", "overall": 5.0 if (u + i) % 3 else 2.0,
+                "unixReviewTime": 1000 + 10 * (6 * u + i)} for u in range(6) for i in range(6)]
+    _write_jsonl(tmp_path / "r.json", reviews)
+    _write_jsonl(tmp_path / "m.json", [{"asin": f"i{i}", "title": f"Book {i}"} for i in range(6)])
+    monkeypatch.setattr(data, "AMAZON_MAX_ID", 4)
+    ds = data.load("amazon", tmp_path, split="ratio", reviews=str(tmp_path / "r.json"),
+                   meta=str(tmp_path / "m.json"))
+    assert len(ds) == 16 and (ds.n_users, ds.n_items) == (4, 4)
+    assert ds.titles == ["", "Book 0", "Book 1", "Book 2", "Book 3"]
+
+
+def test_amazon_giftcards(data_dir):
+    d = data_dir / "amazon-giftcards"
+    reviews, meta = str(d / "Gift_Cards_5.json.gz"), str(d / "meta_Gift_Cards.json.gz")
+    with gzip.open(reviews, "rt") as f:
+        pairs = {(r["reviewerID"], r["asin"]) for r in map(json.loads, f)}
+    ds = data.load("amazon", data_dir, split="ratio", reviews=reviews, meta=meta)
+    assert len(ds) == len(pairs) == 2972 - 7
+    assert (ds.n_users, ds.n_items) == (458, 148)
+    assert all(ds.titles[1:]) and "Fandango Gift Card" in ds.titles
+    assert (ds.label == 0).sum() == 66 - 1     # one dislike (rating 3) was a repeated pair
+    months = data.load("amazon", data_dir, reviews=reviews, meta=meta)   # CoLLM month windows
+    assert all(len(months.idx(s)) > 0 for s in data.SPLITS)
+
+
+# ---------------------------------------------------------------------------------------------
+# Tensors
+
+class CharTokenizer:
+    """One id per character (ord + 3); enough to check positions and padding."""
+    bos_id, eos_id, unk_id, vocab_size = 1, 2, 0, 70000
+
+    def encode(self, text, bos=True):
+        return ([self.bos_id] if bos else []) + [ord(c) + 3 for c in text]
+
+    def decode(self, ids):
+        return "".join(chr(i - 3) for i in ids if i > 2)
+
+
+def test_pad_left_and_crm_batch(ml1m):
+    out = data.pad_left([[], [5], list(range(1, 31))], maxlen=4)
+    assert out.tolist() == [[0, 0, 0, 0], [0, 0, 0, 5], [27, 28, 29, 30]]
+    assert out.dtype == torch.long
+    rows = ml1m.idx("test")[:8]
+    b = data.crm_batch(ml1m, rows, maxlen=25)
+    assert b["user"].shape == b["item"].shape == b["label"].shape == (8,)
+    assert b["hist"].shape == (8, 25) and b["label"].dtype == torch.float32
+    assert b["hist"][0, -3:].tolist() == ml1m.history[rows[0]][-3:]
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_encode_and_collate(ml1m, k):
+    tok = CharTokenizer()
+    rows = [0, 1, 44292]
+    prompts = data.encode_prompts(ml1m, rows, tok, collab=True, proj_token_num=k)
+    for r, p in zip(rows, prompts):
+        assert p.ids[0] == tok.bos_id and p.ids.count(tok.bos_id) == 1
+        assert len(p.user_pos) == len(p.item_pos) == k
+        assert all(p.ids[j] == tok.unk_id for j in p.user_pos + p.item_pos)
+        assert p.ids.count(tok.unk_id) == 2 * k
+        text = data.prompt_collab(ml1m, r)
+        assert tok.decode(p.ids) == text.replace("<UserID>", "").replace("<TargetItemID>", "")
+    batch = data.collate_prompts(prompts)
+    T = max(len(p.ids) for p in prompts)
+    assert batch["input_ids"].shape == batch["attention_mask"].shape == (3, T)
+    assert batch["user_pos"].shape == batch["item_pos"].shape == (3, k)
+    assert batch["attention_mask"].sum(1).tolist() == [len(p.ids) for p in prompts]
+    assert batch["attention_mask"][:, -1].all()                     # left padded
+    for b, p in enumerate(prompts):
+        assert batch["input_ids"][b, T - len(p.ids):].tolist() == p.ids
+        for pos in (batch["user_pos"][b], batch["item_pos"][b]):
+            assert (batch["input_ids"][b, pos] == tok.unk_id).all()
+            assert batch["attention_mask"][b, pos].all()
+    text_only = data.encode_prompts(ml1m, rows, tok, collab=False)
+    assert all(p.user_pos == [] and p.item_pos == [] for p in text_only)
+    assert data.collate_prompts(text_only)["user_pos"].shape == (3, 0)
+
+
+def test_bucket_batches():
+    lengths = np.random.default_rng(1).integers(100, 300, size=1003)
+    for shuffle in (False, True):
+        batches = data.bucket_batches(lengths, 16, shuffle=shuffle, seed=3)
+        flat = sorted(i for b in batches for i in b)
+        assert flat == list(range(1003))                           # each index exactly once
+        assert sorted(map(len, batches)) == [1003 % 16] + [16] * (1003 // 16)
+        spread = np.mean([np.ptp(lengths[b]) for b in batches])
+        assert spread < 10                                         # random batches: ~180
+    assert data.bucket_batches(lengths, 16, True, 3) == data.bucket_batches(lengths, 16, True, 3)
+    assert data.bucket_batches(lengths, 16, True, 3) != data.bucket_batches(lengths, 16, True, 4)
+
+
+def test_real_tokenizer_prompt_lengths(ml1m, tokenizer_path):
+    tok = data.SPTokenizer(str(tokenizer_path))
+    rows = np.arange(0, len(ml1m), 10)                     # every 10th row keeps this quick
+    prompts = data.encode_prompts(ml1m, rows, tok, collab=True)
+    n = np.array([len(p.ids) for p in prompts])
+    assert 185 < n.mean() < 205                            # full split: mean 192.7, max 288
+    assert n.max() <= 300
+    p = prompts[0]
+    assert p.ids[0] == tok.bos_id and p.ids[p.user_pos[0]] == tok.unk_id
+    assert tok.encode("Yes", bos=False) == [3869] and tok.encode("No", bos=False) == [1939]
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI and bad input
+
+def test_cli_stats_and_export(data_dir, tmp_path, capsys):
+    out = tmp_path / "ml1m.jsonl"
+    assert data.main(["ml1m", "--data-dir", str(data_dir), "--stats", "--export", str(out)]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert stats["rows"] == {"train": 33891, "valid": 10401, "test": 7331}
+    assert (stats["users"], stats["items"]) == (838, 3255)
+    assert stats["seen"]["valid"] == 0.635 and stats["seen"]["test"] == 0.566
+    assert stats["uauc_users"]["test"] == 224 and stats["uauc_users"]["valid"] == 282
+    with open(out, encoding="utf-8") as f:
+        lines = f.readlines()
+    assert len(lines) == 51623
+    row = json.loads(lines[44292])
+    assert set(row) == {"user_id", "item_id", "label", "timestamp", "split", "history", "seen",
+                        "warm", "prompt_text", "prompt_collab"}
+    assert (row["user_id"], row["item_id"], row["split"]) == (4, 96, "test")
+    assert len(row["history"]) > 10 and "<UserID>" in row["prompt_collab"]
+
+
+def _ml1m_dir(root, lines, items="item_id\ttitle\n1\tA (2000)\n2\tB (2001)\n"):
+    d = root / "ml1m"
+    d.mkdir(parents=True)
+    (d / "items.tsv").write_text(items)
+    (d / "interactions.tsv").write_text(
+        "user_id\titem_id\tlabel\ttimestamp\tsplit\n" + "".join(l + "\n" for l in lines))
+    return str(d / "interactions.tsv")
+
+
+GOOD = ["1\t1\t1\t10\ttrain", "1\t2\t0\t20\tvalid", "1\t1\t1\t30\ttest"]
+
+
+@pytest.mark.parametrize("bad_line, line_no, expect", [
+    ("1\t2\t2\t15\ttrain", 3, "expected label 0 or 1, got '2'"),
+    ("1\t2\t1\t15\tdev", 3, "expected split train, valid or test, got 'dev'"),
+    ("1\t2\t1\t15", 3, "expected 5 tab-separated fields"),
+    ("1\tx\t1\t15\ttrain", 3, "expected an integer item_id, got 'x'"),
+    ("1\t9\t1\t15\ttrain", 3, "item_id 9 has no title"),
+])
+def test_bad_tsv_lines(tmp_path, capsys, bad_line, line_no, expect):
+    path = _ml1m_dir(tmp_path, GOOD[:1] + [bad_line] + GOOD[1:])
+    assert data.main(["ml1m", "--data-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: {path}:{line_no}: ")
+    assert expect in err
+
+
+def test_empty_split(tmp_path, capsys):
+    path = _ml1m_dir(tmp_path, GOOD[:2])
+    assert data.main(["ml1m", "--data-dir", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == (f"error: {path}: split 'test' is empty; expected rows in "
+                                       "each of train, valid, test\n")
+
+
+def test_missing_datasets_say_where_to_get_them(tmp_path, capsys):
+    for name, hint in (("ml1m", "ml-1m.zip"), ("movielens", "files.grouplens.org/datasets/"
+                                                            "movielens/ml-1m.zip"),
+                       ("amazon", "Amazon Review Data (2018)")):
+        assert data.main([name, "--data-dir", str(tmp_path)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and err.count("\n") == 1 and hint in err
+        assert str(tmp_path) in err
+
+
+def test_bad_raw_lines(tmp_path):
+    _write_grouplens(tmp_path, [(1, 10, 5, 100), (1, 20, "five", 200)])
+    with pytest.raises(DataError, match=r"ratings.dat:2: expected an integer Rating, got 'five'"):
+        data.load("movielens", tmp_path)
+    reviews, meta = tmp_path / "r.json", tmp_path / "m.json"
+    _write_jsonl(meta, META)
+    reviews.write_text(json.dumps(REVIEWS[0]) + "\n{not json\n")
+    with pytest.raises(DataError, match=r"r.json:2: expected one JSON object per line"):
+        data.load("amazon", tmp_path, reviews=str(reviews), meta=str(meta))
+    reviews.write_text(json.dumps({"reviewerID": "A", "asin": "i1"}) + "\n")
+    with pytest.raises(DataError, match=r"r.json:1: expected fields reviewerID, asin, overall"):
+        data.load("amazon", tmp_path, reviews=str(reviews), meta=str(meta))
+    with pytest.raises(DataError, match="ml1m is CoLLM's fixed month split"):
+        data.load("ml1m", tmp_path, split="ratio")
+
+
+def test_cli_error_exit_code_no_traceback(tmp_path):
+    path = _ml1m_dir(tmp_path, GOOD[:1] + ["1\t2\t7\t15\ttrain"] + GOOD[1:])
+    res = subprocess.run([sys.executable, str(ROOT / "data.py"), "ml1m", "--stats",
+                          "--data-dir", str(tmp_path)], capture_output=True, text=True)
+    assert res.returncode == 2 and res.stdout == ""
+    assert res.stderr == f"error: {path}:3: expected label 0 or 1, got '7'\n"
+    assert "Traceback" not in res.stderr
