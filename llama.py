@@ -279,8 +279,10 @@ class Llama(nn.Module):
         """Logits of a few chosen tokens only: (B, D) -> (B, len(token_ids)), using just those rows
         of lm_head instead of the whole (V, D) matrix (for Yes/No that is 2 rows, not 32000)."""
         rows = self.lm_head.weight[torch.as_tensor(token_ids, device=hidden_last.device)]  # (k, D)
-        # In fp32: k rows cost nothing, and bf16 logits come in steps of 1/64 to 1/8 near 1-10.
-        return hidden_last.float() @ rows.float().T
+        # In fp32 even under autocast: k rows cost nothing, and bf16 logits near 1-10 come in
+        # steps of 1/128 to 1/16, coarse for a score that is ranked by AUC.
+        with torch.autocast(hidden_last.device.type, enabled=False):
+            return hidden_last.float() @ rows.float().T
 
     def logits(self, hidden):
         """Full-vocabulary logits (..., V); only for decoding."""
