@@ -163,7 +163,8 @@ def test_wrong_shape_names_the_key(tiny_dir, tmp_path):
     cfg = json.loads((d / "config.json").read_text())
     cfg["intermediate_size"] += 4
     (d / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(ValueError, match=r"key .model\.layers\.0\.mlp\.gate_proj\.weight. has shape \(172, 64\)"):
+    words = r"key .model\.layers\.0\.mlp\.gate_proj\.weight. has shape \(172, 64\)"
+    with pytest.raises(ValueError, match=words):
         llama.load_model(d)
 
 
@@ -229,3 +230,20 @@ def test_make_tiny_with_real_tokenizer_and_cli(tokenizer_path, tmp_path, capsys,
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert set(out) == {"prompt_tokens", "new_ids", "text", "yes_minus_no"}
     assert out["prompt_tokens"] == len(tok.encode("Yes or No?", bos=True))
+
+
+def test_real_ml1m_prompt_length(tokenizer_path, data_dir):
+    """A real ML-1M prompt through the real tokenizer. 181 is what data.py's text template gave for
+    the first test row when this test was written: a change in the template, the titles or the
+    split moves it, and should be a conscious one. SASRecLLM prompts average ~195 tokens."""
+    data = pytest.importorskip("data")
+    if not hasattr(data, "prompt_text"):
+        pytest.skip("data.py has no prompt_text yet")
+    ds = data.load("ml1m", data_dir)
+    tok = llama.Tokenizer(tokenizer_path)
+    rows = ds.idx("test")
+    ids = tok.encode(data.prompt_text(ds, int(rows[0])), bos=True)
+    assert ids[0] == tok.bos_id and tok.unk_id not in ids
+    assert len(ids) == 181
+    lengths = [len(tok.encode(data.prompt_text(ds, int(i)), bos=True)) for i in rows[:300]]
+    assert 120 < sum(lengths) / len(lengths) < 230 and max(lengths) < 2048
