@@ -1,0 +1,160 @@
+"""SASRec, the collaborative encoder that SASRecLLM plugs into the LLM.
+
+SASRec: Kang & McAuley, "Self-Attentive Sequential Recommendation", ICDM 2018
+(arXiv:1808.09781). Pre-LayerNorm blocks of causal self-attention and a point-wise
+feed-forward network read a user's liked-item history; the last position's output is the user
+state, and a (user, item) score is the dot product of the user state with the item embedding.
+
+Differences from the original, each chosen for this benchmark (CoLLM's ML-1M split):
+- the default objective is pointwise BCE on the like/dislike label (`forward`), as CoLLM trains
+  it; the original next-item objective with sampled negatives is kept as `seq_logits` and
+  train.py's `--objective next`;
+- optional learned user/item/global biases are added to the dot product;
+- positions are counted from the right end of the sequence (the last item always gets position
+  maxlen-1), so the user state does not depend on how much left padding a batch carries.
+
+Shapes: B batch, T sequence length (<= maxlen), d model width. Item id 0 is padding.
+
+The SASRecLLM parts (mapping layer, prompt splice, the hybrid model) follow below SASRec.
+"""
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# -----------------------------------------------------------------------------
+# SASRec
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head attention where position t sees positions <= t, and never a padded key.
+
+    Dropout is applied to the block's output (in Block), not to the attention probabilities:
+    on CPU the (B, nh, T, T) dropout mask cost more than the rest of the layer."""
+
+    def __init__(self, dim, n_heads):
+        super().__init__()
+        assert dim % n_heads == 0, f"dim {dim} is not divisible by n_heads {n_heads}"
+        self.n_heads = n_heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.out = nn.Linear(dim, dim)
+
+    def forward(self, x, keep):
+        # x: (B, T, d); keep: (B, T) bool, False at padding
+        B, T, d = x.shape
+        qkv = self.qkv(x).view(B, T, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]  # (B, nh, T, hs) each
+        causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()  # (T, T) query x key
+        # A padded query would see no key at all (softmax of all -inf is NaN), so every query
+        # may always see itself; padded outputs are zeroed by the caller anyway.
+        allowed = causal & keep[:, None, :] | torch.eye(T, dtype=torch.bool, device=x.device)  # (B, T, T)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed[:, None])  # (B, nh, T, hs)
+        y = y.transpose(1, 2).reshape(B, T, d)  # (B, T, d)
+        return self.out(y)
+
+
+class PointWiseFFN(nn.Module):
+    """Two Conv1d(k=1) layers with ReLU: the same two-layer MLP applied at every position.
+
+    A kernel-1 convolution is a per-position linear map, so the Conv1d weights (d, d, 1) are
+    applied as F.linear on (B, T, d): the same numbers without two transposes, and much faster
+    on CPU than the convolution kernel."""
+
+    def __init__(self, dim, dropout):
+        super().__init__()
+        self.conv1 = nn.Conv1d(dim, dim, kernel_size=1)
+        self.conv2 = nn.Conv1d(dim, dim, kernel_size=1)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x):
+        # x: (B, T, d); conv.weight: (d_out, d_in, 1)
+        y = F.relu(F.linear(x, self.conv1.weight.squeeze(-1), self.conv1.bias))
+        return F.linear(self.dropout(y), self.conv2.weight.squeeze(-1), self.conv2.bias)
+
+
+class Block(nn.Module):
+    """x + Dropout(Attn(LN(x))), then x + Dropout(FFN(LN(x))); padded positions are zeroed."""
+
+    def __init__(self, dim, n_heads, dropout):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(dim)
+        self.attn = CausalSelfAttention(dim, n_heads)
+        self.ln_2 = nn.LayerNorm(dim)
+        self.ffn = PointWiseFFN(dim, dropout)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x, keep):
+        x = x + self.dropout(self.attn(self.ln_1(x), keep))
+        x = x + self.dropout(self.ffn(self.ln_2(x)))
+        return x * keep[..., None]
+
+
+class SASRec(nn.Module):
+    """score(user, hist, item) = <user state of hist, e_item> (+ b_user + b_item + b).
+
+    The user argument is used only by the optional user bias."""
+
+    def __init__(self, n_items, n_users=0, dim=64, n_layers=2, n_heads=4, maxlen=25, dropout=0.2,
+                 bias=True):
+        super().__init__()
+        self.dim, self.maxlen = dim, maxlen
+        self.item_emb = nn.Embedding(n_items + 1, dim, padding_idx=0)
+        self.pos_emb = nn.Embedding(maxlen, dim)
+        self.emb_dropout = nn.Dropout(dropout)
+        self.blocks = nn.ModuleList([Block(dim, n_heads, dropout) for _ in range(n_layers)])
+        self.ln_f = nn.LayerNorm(dim)
+        self.bias = bias
+        if bias:
+            self.user_bias = nn.Embedding(n_users + 1, 1)
+            self.item_bias = nn.Embedding(n_items + 1, 1)
+            self.global_bias = nn.Parameter(torch.zeros(1))
+            nn.init.zeros_(self.user_bias.weight)
+            nn.init.zeros_(self.item_bias.weight)
+        nn.init.normal_(self.item_emb.weight, std=1.0 / math.sqrt(dim))
+        with torch.no_grad():
+            self.item_emb.weight[0].zero_()
+
+    def encode(self, hist):
+        """hist: (B, T) left-padded item ids -> (B, T, d), position t having read hist[:, :t+1]."""
+        B, T = hist.shape
+        assert T <= self.maxlen, f"history length {T} > maxlen {self.maxlen}"
+        keep = hist != 0  # (B, T)
+        pos = torch.arange(self.maxlen - T, self.maxlen, device=hist.device)  # right-aligned positions
+        x = self.item_emb(hist) * math.sqrt(self.dim) + self.pos_emb(pos)  # (B, T, d)
+        x = self.emb_dropout(x) * keep[..., None]
+        for block in self.blocks:
+            x = block(x, keep)
+        # A fully padded history ends in a zero vector, so its user state is ln_f's bias: a
+        # learned "no history yet" state.
+        return self.ln_f(x)
+
+    def user_embedding(self, user, hist):
+        """(B,), (B, T) -> (B, d): the last position's output.
+
+        A user's rows with no new like between them share one history, so each distinct
+        history is encoded once (train.py batches such rows together)."""
+        uniq, inv = torch.unique(hist, dim=0, return_inverse=True)  # (U, T), (B,)
+        return self.encode(uniq)[:, -1][inv]
+
+    def item_embedding(self, item):
+        """(B,) -> (B, d)"""
+        return self.item_emb(item)
+
+    def _bias(self, user, item):
+        if not self.bias:
+            return 0.0
+        b = self.item_bias(item).squeeze(-1) + self.global_bias
+        return b if user is None else b + self.user_bias(user).squeeze(-1)
+
+    def forward(self, user, hist, item):
+        """(B,), (B, T), (B,) -> logit (B,)"""
+        u = self.user_embedding(user, hist)
+        return (u * self.item_embedding(item)).sum(-1) + self._bias(user, item)
+
+    def seq_logits(self, hist, targets):
+        """The next-item objective: logit of targets[:, t] as the item after hist[:, :t+1].
+
+        (B, T), (B, T) -> (B, T). The user bias is left out: it cannot rank items for a user."""
+        h = self.encode(hist)  # (B, T, d)
+        return (h * self.item_emb(targets)).sum(-1) + self._bias(None, targets)

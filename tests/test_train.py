@@ -1,0 +1,120 @@
+"""train.py's runner: checkpoints, determinism, resume, NaN guard, and a small end-to-end run."""
+import json
+import math
+import os
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+import data
+import train
+from sasrecllm import SASRec
+from test_sasrec import toy_rows
+
+torch.set_num_threads(1)
+SECTIONS = ("valid", "test", "test_seen", "test_unseen", "test_warm", "test_cold")
+KEYS = ("auc", "uauc", "uauc_users", "logloss", "precision", "recall", "f1", "accuracy", "n")
+
+
+@pytest.fixture(scope="module")
+def ml1m(data_dir):
+    return data.load("ml1m", str(data_dir))
+
+
+def run(ml1m, out, *extra):
+    args = train.parse_args(["--out", str(out), "--limit", "1500", "--threads", "1", *extra])
+    return train.run_crm(args, ds=ml1m)
+
+
+def test_mf_end_to_end_writes_well_formed_files(data_dir, tmp_path):
+    out = tmp_path / "mf"
+    rc = train.main(["--stage", "mf", "--data", "ml1m", "--data-dir", str(data_dir), "--out", str(out),
+                     "--limit", "1500", "--max-epochs", "3", "--threads", "1"])
+    assert rc == 0
+    m = json.loads((out / "metrics.json").read_text())
+    for s in SECTIONS:
+        assert set(KEYS) <= set(m[s]), s
+        assert 0.0 <= m[s]["auc"] <= 1.0 and m[s]["n"] > 0
+    assert m["valid"]["n"] == 1500 and m["test"]["n"] == 1500
+    assert m["test_seen"]["n"] + m["test_unseen"]["n"] == m["test"]["n"]
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [1, 2, 3]
+    assert {"train_loss", "valid", "lr", "seconds", "samples_per_s"} <= set(log[0])
+    ck = torch.load(out / "best.pt", weights_only=False)
+    assert ck["args"]["stage"] == "mf" and ck["best_valid_auc"] == max(r["valid"]["auc"] for r in log)
+    assert not any(p.endswith(".tmp") for p in os.listdir(out))
+
+
+def test_same_seed_same_metrics(ml1m, tmp_path):
+    a = run(ml1m, tmp_path / "a", "--stage", "sasrec", "--max-epochs", "2")
+    b = run(ml1m, tmp_path / "b", "--stage", "sasrec", "--max-epochs", "2")
+    assert a == b
+    c = run(ml1m, tmp_path / "c", "--stage", "sasrec", "--max-epochs", "2", "--seed", "1")
+    assert c["valid"]["auc"] != a["valid"]["auc"]
+
+
+def test_resume_continues_the_same_curve(ml1m, tmp_path):
+    straight = run(ml1m, tmp_path / "straight", "--stage", "sasrec", "--max-epochs", "2")
+    assert run(ml1m, tmp_path / "split", "--stage", "sasrec", "--max-epochs", "2", "--stop-after", "1") is None
+    resumed = run(ml1m, tmp_path / "split", "--stage", "sasrec", "--max-epochs", "2", "--resume")
+    assert resumed == straight
+    log = [json.loads(line) for line in (tmp_path / "split" / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [1, 2]
+
+
+def test_next_item_objective_and_closed_form_stages_run(ml1m, tmp_path):
+    m = run(ml1m, tmp_path / "next", "--stage", "sasrec", "--objective", "next", "--max-epochs", "1")
+    assert 0.0 <= m["test"]["auc"] <= 1.0
+    for stage in ("pop", "mc"):
+        m = run(ml1m, tmp_path / stage, "--stage", stage)
+        assert set(SECTIONS) <= set(m) and (tmp_path / stage / "best.pt").exists()
+
+
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_autocast_runs_and_keeps_parameters_fp32(ml1m, tmp_path, amp):
+    m = run(ml1m, tmp_path / amp, "--stage", "gru4rec", "--max-epochs", "1", "--amp", amp)
+    assert math.isfinite(m["test"]["auc"])
+    ck = torch.load(tmp_path / amp / "best.pt", weights_only=False)
+    assert all(t.dtype == torch.float32 for t in ck["model"].values())
+
+
+def test_checkpoint_round_trip_gives_identical_scores(tmp_path):
+    torch.manual_seed(0)
+    rows = toy_rows()
+    model = SASRec(n_items=30, n_users=10, dim=16, n_heads=2, maxlen=8).eval()
+    path = str(tmp_path / "ck.pt")
+    train.save_atomic(dict(model=train.trainable_state(model)), path)
+    torch.manual_seed(1)
+    other = SASRec(n_items=30, n_users=10, dim=16, n_heads=2, maxlen=8).eval()
+    train.load_trainable(other, torch.load(path)["model"])
+    with torch.no_grad():
+        assert torch.equal(model(rows["user"], rows["hist"], rows["item"]),
+                           other(rows["user"], rows["hist"], rows["item"]))
+    state = train.trainable_state(model)
+    state.pop("ln_f.bias")
+    with pytest.raises(KeyError, match="ln_f.bias"):
+        train.load_trainable(other, state)
+
+
+def test_frozen_parameters_stay_out_of_checkpoints():
+    model = SASRec(n_items=30, dim=16, n_heads=2, maxlen=8)
+    model.item_emb.weight.requires_grad_(False)
+    assert "item_emb.weight" not in train.trainable_state(model)
+
+
+def test_nan_loss_stops_the_run(tmp_path):
+    model = SASRec(n_items=30, n_users=10, dim=16, n_heads=2, maxlen=8)
+    rows = toy_rows()
+    args = SimpleNamespace(out=str(tmp_path), seed=0, lr=1e-3, wd=0.0, max_epochs=2, patience=2,
+                           warmup_epochs=0, clip=1.0, amp="none", device="cpu", resume=False, stop_after=0)
+    with pytest.raises(FloatingPointError, match="loss is nan"):
+        train.fit(args, model, lambda epoch: [rows], lambda m, b: m(b["user"], b["hist"], b["item"]).sum() * np.nan,
+                  predict=None, ds=None)
+
+
+def test_lr_schedule_warms_up_then_decays_to_zero():
+    f = train.lr_lambda(warmup_steps=4, total_steps=20)
+    assert [f(s) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert f(4) == 1.0 and f(12) == pytest.approx(0.5) and f(20) == pytest.approx(0.0)

@@ -1,0 +1,427 @@
+"""Training for SASRecLLM's stages. This file holds the CRM stages (the paper's Section 4.1
+baselines and the SASRec pre-training of Section 3.2): sasrec, pop, mf, ncf, gru4rec, mc.
+
+    python train.py --stage sasrec --data ml1m --out runs/sasrec
+
+One runner, `fit`, trains any model whose loss and predictions are given as functions:
+AdamW, linear warm-up then cosine decay, optional autocast (bf16, or fp16 with a GradScaler),
+gradient clipping, early stopping on valid AUC, atomic checkpoints (every 8 epochs, best, last),
+`--resume`, a log.jsonl line and a progress line per epoch. At the end it reloads best.pt and
+writes metrics.json = eval.split_report(...): valid, test and test's seen/unseen/warm/cold parts.
+
+Pop and MC are fitted in closed form from the train rows (`fit_closed_form`); they still write
+best.pt, log.jsonl and metrics.json.
+
+Outputs in --out: best.pt, last.pt, epoch_XXX.pt, log.jsonl, metrics.json. A checkpoint holds
+the args, the epoch, the best valid AUC and only the trainable tensors (last.pt adds the
+optimizer, scheduler, scaler and RNG states for --resume).
+"""
+import argparse
+import dataclasses
+import json
+import math
+import os
+import random
+import sys
+import time
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import data
+import eval as ev
+from baselines import MC, MF, NCF, GRU4Rec, Pop
+from sasrecllm import SASRec
+
+CRM_STAGES = ("sasrec", "pop", "mf", "ncf", "gru4rec", "mc")
+
+# Defaults chosen on ML-1M *validation* AUC (see the README's CRM table); --lr/--wd/--dim/--dropout
+# override them.
+CRM_DEFAULTS = {
+    "sasrec": dict(lr=1e-3, wd=0.1, dim=64, dropout=0.2),
+    "mf": dict(lr=1e-3, wd=0.1, dim=64, dropout=0.0),
+    "ncf": dict(lr=1e-3, wd=0.1, dim=64, dropout=0.2),
+    "gru4rec": dict(lr=1e-3, wd=0.1, dim=64, dropout=0.2),
+    "pop": dict(lr=0.0, wd=0.0, dim=1, dropout=0.0),
+    "mc": dict(lr=0.0, wd=0.0, dim=1, dropout=0.0),
+}
+
+# -----------------------------------------------------------------------------
+# checkpoints
+
+
+def trainable_state(model):
+    """Only the tensors that train: a frozen backbone never lands in a checkpoint."""
+    return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def load_trainable(model, state):
+    """Load trainable tensors, failing loudly on a missing, unexpected or mis-shaped key."""
+    params = dict(model.named_parameters())
+    want = {n for n, p in params.items() if p.requires_grad}
+    missing, unexpected = want - set(state), set(state) - set(params)
+    if missing or unexpected:
+        raise KeyError(f"checkpoint mismatch: missing {sorted(missing)}, unexpected {sorted(unexpected)}")
+    with torch.no_grad():
+        for n, t in state.items():
+            if params[n].shape != t.shape:
+                raise ValueError(f"checkpoint {n}: shape {tuple(t.shape)}, model has {tuple(params[n].shape)}")
+            params[n].copy_(t)
+
+
+def save_atomic(obj, path):
+    tmp = path + ".tmp"
+    torch.save(obj, tmp)
+    os.replace(tmp, path)  # a reader never sees half a file
+
+
+def rng_state():
+    return dict(torch=torch.get_rng_state(), numpy=np.random.get_state(), python=random.getstate())
+
+
+def set_rng_state(s):
+    torch.set_rng_state(s["torch"])
+    np.random.set_state(s["numpy"])
+    random.setstate(s["python"])
+
+
+def seed_everything(seed):
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+# -----------------------------------------------------------------------------
+# the runner
+
+
+def lr_lambda(warmup_steps, total_steps):
+    """Linear warm-up from 0 to 1, then cosine decay to 0 at total_steps."""
+    def f(step):
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        t = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
+    return f
+
+
+def param_groups(model, wd):
+    """Weight decay on matrices (embeddings, linear and conv weights), none on biases and norms:
+    decaying the user/item biases would pull every like-rate toward 50%."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    decay = [p for n, p in named if p.ndim >= 2 and "bias" not in n]
+    no_decay = [p for n, p in named if not (p.ndim >= 2 and "bias" not in n)]
+    return [dict(params=decay, weight_decay=wd), dict(params=no_decay, weight_decay=0.0)]
+
+
+def log_line(out, rec):
+    with open(os.path.join(out, "log.jsonl"), "a") as f:
+        f.write(json.dumps(rec) + "\n")
+
+
+def fit(args, model, train_batches, loss_fn, predict, ds):
+    """Train `model`'s trainable parameters; return the metrics.json dict of the best epoch.
+
+    train_batches(epoch) -> list of batches, each a dict holding at least "label" (its size);
+        the order must depend only on (args.seed, epoch), so that runs and resumes repeat.
+    loss_fn(model, batch) -> scalar loss tensor.
+    predict(model, split) -> np.ndarray of logits, one per row of ds.idx(split), in that order;
+        called under torch.no_grad() with model.eval().
+    args needs: out, seed, lr, wd, max_epochs, patience, warmup_epochs, clip, amp, device,
+        resume, stop_after, plus whatever the caller's functions read.
+    """
+    out = args.out
+    os.makedirs(out, exist_ok=True)
+    params = [p for p in model.parameters() if p.requires_grad]
+    assert all(p.dtype == torch.float32 for p in params), "trainable parameters must stay fp32"
+    steps_per_epoch = len(train_batches(0))
+    total_steps = args.max_epochs * steps_per_epoch
+    opt = torch.optim.AdamW(param_groups(model, args.wd), lr=args.lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lr_lambda(int(args.warmup_epochs * steps_per_epoch), total_steps))
+    device_type = torch.device(args.device).type
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.amp)
+    scaler = torch.amp.GradScaler(device_type, enabled=args.amp == "fp16")
+    autocast = (lambda: torch.autocast(device_type, dtype=amp_dtype)) if amp_dtype else nullcontext
+
+    def evaluate(split):
+        model.eval()
+        with torch.no_grad(), autocast():
+            logits = predict(model, split)
+        model.train()
+        rows = ds.idx(split)
+        return logits, ev.metrics(ds.user[rows], ds.label[rows], logits)
+
+    def checkpoint(epoch, best_auc, full=False):
+        ck = dict(args=vars(args), epoch=epoch, best_valid_auc=best_auc, model=trainable_state(model))
+        if full:
+            ck.update(optimizer=opt.state_dict(), scheduler=sched.state_dict(),
+                      scaler=scaler.state_dict(), rng=rng_state(), bad_epochs=bad_epochs,
+                      best_epoch=best_epoch)
+        return ck
+
+    start, best_auc, best_epoch, bad_epochs = 1, -1.0, 0, 0
+    last_path = os.path.join(out, "last.pt")
+    if args.resume:
+        if not os.path.exists(last_path):
+            raise FileNotFoundError(f"--resume: no {last_path}; run without --resume first")
+        ck = torch.load(last_path, weights_only=False)
+        load_trainable(model, ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        sched.load_state_dict(ck["scheduler"])
+        scaler.load_state_dict(ck["scaler"])
+        set_rng_state(ck["rng"])
+        start, best_auc = ck["epoch"] + 1, ck["best_valid_auc"]
+        best_epoch, bad_epochs = ck["best_epoch"], ck["bad_epochs"]
+        print(f"resumed from {last_path} after epoch {ck['epoch']} (best valid AUC {best_auc:.4f})")
+    elif os.path.exists(os.path.join(out, "log.jsonl")):
+        os.remove(os.path.join(out, "log.jsonl"))  # a fresh run starts a fresh log
+
+    model.train()
+    t_run = time.time()
+    for epoch in range(start, args.max_epochs + 1):
+        if bad_epochs >= args.patience:
+            break
+        t0 = time.time()
+        total_loss, n_seen = 0.0, 0
+        for batch in train_batches(epoch):
+            with autocast():
+                loss = loss_fn(model, batch)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"epoch {epoch}: loss is {loss.item()}; stopping rather than training on garbage "
+                    f"(try a lower --lr, --amp none, or check the data)")
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.unscale_(opt)  # clip the true gradients, not the scaled ones
+            torch.nn.utils.clip_grad_norm_(params, args.clip)
+            scaler.step(opt)
+            scaler.update()
+            sched.step()
+            n = len(batch["label"])
+            total_loss += loss.item() * n
+            n_seen += n
+        train_seconds = time.time() - t0
+        _, m = evaluate("valid")
+        seconds = time.time() - t0
+        if m["auc"] > best_auc:
+            best_auc, best_epoch, bad_epochs = m["auc"], epoch, 0
+            save_atomic(checkpoint(epoch, best_auc), os.path.join(out, "best.pt"))
+        else:
+            bad_epochs += 1
+        if epoch % 8 == 0:
+            save_atomic(checkpoint(epoch, best_auc), os.path.join(out, f"epoch_{epoch:03d}.pt"))
+        save_atomic(checkpoint(epoch, best_auc, full=True), last_path)
+        rec = dict(epoch=epoch, train_loss=total_loss / n_seen, valid=m, lr=sched.get_last_lr()[0],
+                   seconds=seconds, samples_per_s=n_seen / train_seconds)
+        log_line(out, rec)
+        eta = (time.time() - t_run) / (epoch - start + 1) * (args.max_epochs - epoch)
+        print(f"epoch {epoch:3d} | loss {rec['train_loss']:.4f} | valid auc {m['auc']:.4f} uauc {m['uauc']:.4f} "
+              f"| best {best_auc:.4f}@{best_epoch} | lr {rec['lr']:.2e} | {seconds:.1f}s "
+              f"{rec['samples_per_s']:.0f}/s | eta <= {eta / 60:.1f} min", flush=True)
+        if args.stop_after and epoch >= args.stop_after:
+            print(f"--stop-after {args.stop_after}: stopping early (continue with --resume)")
+            return None
+    print(f"done: best valid AUC {best_auc:.4f} at epoch {best_epoch} ({(time.time() - t_run) / 60:.1f} min)")
+    return finish(args, model, evaluate, ds)
+
+
+def finish(args, model, evaluate, ds):
+    """Reload best.pt, score valid and test, write metrics.json."""
+    ck = torch.load(os.path.join(args.out, "best.pt"), weights_only=False)
+    load_trainable(model, ck["model"])
+    logits_valid, _ = evaluate("valid")
+    logits_test, _ = evaluate("test")
+    report = ev.split_report(ds, logits_valid, logits_test)
+    report["best_epoch"] = ck["epoch"]
+    with open(os.path.join(args.out, "metrics.json"), "w") as f:
+        json.dump(report, f, indent=2)
+    t = report["test"]
+    print(f"test auc {t['auc']:.4f} uauc {t['uauc']:.4f} | valid auc {report['valid']['auc']:.4f} "
+          f"-> {os.path.join(args.out, 'metrics.json')}")
+    return report
+
+
+def fit_closed_form(args, model, fit_rows, predict, ds):
+    """Pop and MC: set the tables from the train rows, then write the same files as `fit`."""
+    os.makedirs(args.out, exist_ok=True)
+    t0 = time.time()
+    model.fit(*fit_rows)
+    model.eval()
+
+    def evaluate(split):
+        with torch.no_grad():
+            logits = predict(model, split)
+        rows = ds.idx(split)
+        return logits, ev.metrics(ds.user[rows], ds.label[rows], logits)
+
+    _, m = evaluate("valid")
+    ck = dict(args=vars(args), epoch=0, best_valid_auc=m["auc"], model=trainable_state(model))
+    save_atomic(ck, os.path.join(args.out, "best.pt"))
+    with open(os.path.join(args.out, "log.jsonl"), "w") as f:
+        f.write(json.dumps(dict(epoch=0, train_loss=None, valid=m, lr=0.0, seconds=time.time() - t0,
+                                samples_per_s=None)) + "\n")
+    print(f"fitted {args.stage} in closed form | valid auc {m['auc']:.4f} uauc {m['uauc']:.4f}")
+    return finish(args, model, evaluate, ds)
+
+# -----------------------------------------------------------------------------
+# CRM stages
+
+
+def build_crm(args, ds):
+    if args.stage == "sasrec":
+        return SASRec(ds.n_items, ds.n_users, dim=args.dim, n_layers=args.layers, n_heads=args.heads,
+                      maxlen=args.maxlen, dropout=args.dropout, bias=not args.no_bias)
+    if args.stage == "mf":
+        return MF(ds.n_users, ds.n_items, dim=args.dim)
+    if args.stage == "ncf":
+        return NCF(ds.n_users, ds.n_items, dim=args.dim, dropout=args.dropout)
+    if args.stage == "gru4rec":
+        return GRU4Rec(ds.n_items, dim=args.dim, dropout=args.dropout)
+    if args.stage == "pop":
+        return Pop(ds.n_users, ds.n_items)
+    if args.stage == "mc":
+        return MC(ds.n_items)
+    raise ValueError(f"unknown CRM stage {args.stage!r}; choose from {CRM_STAGES}")
+
+
+def crm_tensors(ds, rows, maxlen, next_item=False):
+    """All rows' tensors at once (ML-1M is small): user, item, hist (B, maxlen), label, group
+    (rows with one history share it), and for the next-item objective
+    seq = (hist + [item])[-(maxlen+1):], left-padded."""
+    t = data.crm_batch(ds, rows, maxlen)
+    key = ds.user[rows] * (ds.n_items + 1) + np.array([len(ds.history[r]) for r in rows])
+    t["group"] = torch.from_numpy(np.unique(key, return_inverse=True)[1].ravel())  # shared-history id
+    if next_item:
+        t["seq"] = data.pad_left([list(ds.history[r]) + [int(ds.item[r])] for r in rows], maxlen + 1)
+    return t
+
+
+def shuffled_batches(tensors, batch_size, seed, epoch):
+    """Batches of batch_size rows in an order that depends only on (seed, epoch).
+
+    Rows that share a history (same user, same number of earlier likes) stay next to each other,
+    so a sequence model encodes that history once per batch; the groups themselves are shuffled."""
+    group = tensors["group"]  # (N,) sorted group id per row
+    n_groups = int(group.max()) + 1
+    rank = torch.from_numpy(np.random.default_rng([seed, epoch]).permutation(n_groups))
+    order = torch.argsort(rank[group], stable=True)  # rows of the shuffled groups, in turn
+    return [{k: v[order[i:i + batch_size]] for k, v in tensors.items()}
+            for i in range(0, len(group), batch_size)]
+
+
+def bce_loss(model, batch):
+    return F.binary_cross_entropy_with_logits(model(batch["user"], batch["hist"], batch["item"]), batch["label"])
+
+
+def next_item_loss(model, batch):
+    """SASRec's original objective: at every position, the true next liked item against one
+    uniformly sampled negative, BCE on both; padded targets are ignored."""
+    seq = batch["seq"]  # (B, T+1)
+    hist, pos = seq[:, :-1], seq[:, 1:]  # (B, T) each
+    neg = torch.randint(1, model.item_emb.num_embeddings, pos.shape)
+    keep = (pos != 0) & (hist != 0)  # a position with no history yet predicts nothing
+    pos_logit, neg_logit = model.seq_logits(hist, pos), model.seq_logits(hist, neg)
+    loss = (F.binary_cross_entropy_with_logits(pos_logit, torch.ones_like(pos_logit), reduction="none")
+            + F.binary_cross_entropy_with_logits(neg_logit, torch.zeros_like(neg_logit), reduction="none"))
+    return (loss * keep).sum() / keep.sum().clamp(min=1)
+
+
+def crm_predictor(ds, maxlen, batch_size):
+    cache = {s: crm_tensors(ds, ds.idx(s), maxlen) for s in ("valid", "test")}
+
+    def predict(model, split):
+        t = cache[split]
+        out = [model(t["user"][i:i + batch_size], t["hist"][i:i + batch_size], t["item"][i:i + batch_size])
+               for i in range(0, len(t["label"]), batch_size)]
+        return torch.cat(out).float().numpy()
+    return predict
+
+
+def run_crm(args, ds=None):
+    """Train or fit one CRM stage; ds (already loaded) saves tests a reload."""
+    ds = ds if ds is not None else data.load(args.data, args.data_dir)
+    if args.limit:  # a smoke-test slice: the first N rows of each split
+        ds = data_slice(ds, args.limit)
+    seed_everything(args.seed)
+    model = build_crm(args, ds)
+    predict = crm_predictor(ds, args.maxlen, 4096)
+    train_rows = ds.idx("train")
+    if args.stage in ("pop", "mc"):
+        last = torch.tensor([ds.history[r][-1] if ds.history[r] else 0 for r in train_rows])
+        fit_rows = (torch.from_numpy(ds.user[train_rows]), torch.from_numpy(ds.item[train_rows]),
+                    torch.from_numpy(ds.label[train_rows]), last)
+        return fit_closed_form(args, model, fit_rows, predict, ds)
+    if args.stage == "sasrec" and args.objective == "next":
+        train_rows = train_rows[ds.label[train_rows] == 1]  # the next-item objective reads liked items only
+        tensors, loss_fn = crm_tensors(ds, train_rows, args.maxlen, next_item=True), next_item_loss
+    else:
+        tensors, loss_fn = crm_tensors(ds, train_rows, args.maxlen), bce_loss
+    return fit(args, model, lambda epoch: shuffled_batches(tensors, args.batch_size, args.seed, epoch),
+               loss_fn, predict, ds)
+
+
+def data_slice(ds, limit):
+    """Keep the first `limit` rows of each split (row order), for smoke tests."""
+    keep = np.sort(np.concatenate([ds.idx(s)[:limit] for s in ("train", "valid", "test")]))
+    arrays = {f.name: getattr(ds, f.name)[keep] for f in dataclasses.fields(ds)
+              if isinstance(getattr(ds, f.name), np.ndarray)}
+    return dataclasses.replace(ds, history=[ds.history[i] for i in keep], **arrays)
+
+# -----------------------------------------------------------------------------
+# command line
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--stage", required=True, choices=CRM_STAGES)
+    ap.add_argument("--data", default="ml1m", help="ml1m, movielens or amazon")
+    ap.add_argument("--data-dir", default=None, help="data root (default: $SASRECLLM_DATA or data/)")
+    ap.add_argument("--out", default=None, help="run directory (default: runs/<stage>)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--limit", type=int, default=0, help="keep only the first N rows of each split (smoke tests)")
+    ap.add_argument("--device", default="cpu")
+    # optimization; None means the stage's default from CRM_DEFAULTS
+    ap.add_argument("--lr", type=float, default=None)
+    ap.add_argument("--wd", type=float, default=None, help="AdamW weight decay")
+    ap.add_argument("--batch-size", type=int, default=1024)
+    ap.add_argument("--max-epochs", type=int, default=300)
+    ap.add_argument("--patience", type=int, default=10, help="epochs without a better valid AUC before stopping")
+    ap.add_argument("--warmup-epochs", type=float, default=1.0)
+    ap.add_argument("--clip", type=float, default=1.0, help="max gradient norm")
+    ap.add_argument("--amp", default="none", choices=("none", "bf16", "fp16"))
+    ap.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    ap.add_argument("--stop-after", type=int, default=0, help="stop after this epoch, as if interrupted (tests --resume)")
+    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    # models
+    ap.add_argument("--dim", type=int, default=None)
+    ap.add_argument("--dropout", type=float, default=None)
+    ap.add_argument("--maxlen", type=int, default=25, help="history length the sequence models read")
+    ap.add_argument("--layers", type=int, default=2, help="SASRec blocks")
+    ap.add_argument("--heads", type=int, default=4, help="SASRec attention heads")
+    ap.add_argument("--no-bias", action="store_true", help="SASRec without user/item biases")
+    ap.add_argument("--objective", default="bce", choices=("bce", "next"),
+                    help="SASRec: pointwise BCE on labels, or next-item with sampled negatives")
+    args = ap.parse_args(argv)
+    for k, v in CRM_DEFAULTS[args.stage].items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
+    if args.out is None:
+        args.out = os.path.join("runs", args.stage)
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    try:
+        run_crm(args)
+    except (FileNotFoundError, FloatingPointError, data.DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
