@@ -532,25 +532,16 @@ def bucket_batches(lengths, batch_size, shuffle, seed=0):
 # ----------------------------------------------------------------------------------------------
 # Command line
 
-class SPTokenizer:
-    """Minimal sentencepiece tokenizer with llama.Tokenizer's interface (for the CLI / tests)."""
-
-    def __init__(self, path):
-        import sentencepiece
-        if not os.path.exists(path):
-            raise DataError(f"{path} not found; expected a sentencepiece tokenizer.model")
-        try:
-            self.sp = sentencepiece.SentencePieceProcessor(model_file=str(path))
-        except (OSError, RuntimeError) as e:
-            raise DataError(f"{path}: expected a sentencepiece tokenizer.model ({e})") from None
-        self.bos_id, self.eos_id = self.sp.bos_id(), self.sp.eos_id()
-        self.unk_id, self.vocab_size = self.sp.unk_id(), self.sp.vocab_size()
-
-    def encode(self, text, bos=True):
-        return ([self.bos_id] if bos else []) + self.sp.encode(text)
-
-    def decode(self, ids):
-        return self.sp.decode(ids)
+def load_tokenizer(path):
+    """llama.Tokenizer for the CLI's token counts. The library itself only duck-types a tokenizer
+    (encode(text, bos), bos_id, unk_id), so data.py imports llama here and nowhere else."""
+    if not os.path.exists(path):
+        raise DataError(f"{path} not found; expected a sentencepiece tokenizer.model")
+    from llama import Tokenizer
+    try:
+        return Tokenizer(path)
+    except (OSError, RuntimeError) as e:
+        raise DataError(f"{path}: expected a sentencepiece tokenizer.model ({e})") from None
 
 
 def _uauc_users(ds, rows):
@@ -607,7 +598,7 @@ def main(argv=None):
         if args.export:
             export(ds, args.export)
         if args.stats or not args.export:
-            tok = SPTokenizer(args.tokenizer) if args.tokenizer else None
+            tok = load_tokenizer(args.tokenizer) if args.tokenizer else None
             print(json.dumps(stats(ds, tok)))
     except (DataError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)

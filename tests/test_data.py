@@ -353,7 +353,7 @@ def test_bucket_batches():
 
 
 def test_real_tokenizer_prompt_lengths(ml1m, tokenizer_path):
-    tok = data.SPTokenizer(str(tokenizer_path))
+    tok = data.load_tokenizer(str(tokenizer_path))
     rows = np.arange(0, len(ml1m), 10)                     # every 10th row keeps this quick
     prompts = data.encode_prompts(ml1m, rows, tok, collab=True)
     n = np.array([len(p.ids) for p in prompts])
