@@ -98,6 +98,18 @@ def test_checkpoint_round_trip_gives_identical_scores(tmp_path):
         train.load_trainable(other, state)
 
 
+def test_bias_init_starts_from_pop(ml1m):
+    from baselines import MF, Pop
+    rows = ml1m.idx("train")
+    model = MF(ml1m.n_users, ml1m.n_items, dim=4)
+    torch.nn.init.zeros_(model.user_emb.weight)
+    train.init_biases(model, ml1m, rows)
+    pop = Pop(ml1m.n_users, ml1m.n_items)
+    pop.fit(*(torch.from_numpy(a[rows]) for a in (ml1m.user, ml1m.item, ml1m.label)))
+    u, i = torch.from_numpy(ml1m.user[:50]), torch.from_numpy(ml1m.item[:50])
+    torch.testing.assert_close(model(u, None, i), pop(u, None, i))
+
+
 def test_frozen_parameters_stay_out_of_checkpoints():
     model = SASRec(n_items=30, dim=16, n_heads=2, maxlen=8)
     model.item_emb.weight.requires_grad_(False)
