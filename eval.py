@@ -256,6 +256,97 @@ def runs_table(run_dirs, part="test"):
 
 
 # -----------------------------------------------------------------------------
+# runs: re-evaluate a run's best checkpoint, the --shuffle-cf ablation, mean +- std
+
+
+def read_metrics(run_dir):
+    path = os.path.join(run_dir, "metrics.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} not found; train the run first (python train.py ... --out {run_dir})")
+    with open(path) as f:
+        return json.load(f)
+
+
+def evaluate_run(run_dir, shuffle_cf=False, seed=0):
+    """Rebuild the run from its best.pt (args + trainable tensors) and score valid and test.
+
+    shuffle_cf permutes the collaborative inputs (user, history, target item fed to the CF
+    encoder) across each evaluation split with `seed`, while every prompt keeps its own text:
+    if the spliced tokens carry signal, AUC must drop."""
+    import torch
+    import train  # train imports eval for its metrics; importing it here avoids a cycle
+    args, ds, model, predict = train.load_run(run_dir, shuffle_cf=shuffle_cf, seed=seed)
+    model.eval()
+    with torch.no_grad():
+        return split_report(ds, predict(model, "valid"), predict(model, "test"))
+
+
+def mean_std(reports):
+    """{part: {metric: (mean, std)}} over a list of metrics.json dicts (std over runs, ddof 0)."""
+    out = {}
+    for part, m in reports[0].items():
+        if not isinstance(m, dict):
+            continue
+        out[part] = {k: (float(np.mean([r[part][k] for r in reports])), float(np.std([r[part][k] for r in reports])))
+                     for k in m}
+    return out
+
+
+def mean_std_table(stats, parts=("valid", "test", "test_seen", "test_unseen", "test_warm", "test_cold")):
+    head = ["part"] + [c for _, c in COLUMNS]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for part in parts:
+        if part in stats:
+            lines.append("| " + " | ".join([part] + [f"{stats[part][k][0]:.4f} ± {stats[part][k][1]:.4f}"
+                                                     for k, _ in COLUMNS]) + " |")
+    return "\n".join(lines)
+
+
+def plot_run(run_dir):
+    """RQ4 curves and RQ2/RQ3 bars beside a run. For a joint run, the curves run through the
+    SASRec and text stages it was built from (boundaries marked), and the bars compare SASRec,
+    TALLRec (text) and SASRecLLM (joint) on test and its warm and cold parts."""
+    import train
+    chain = train.run_chain(run_dir)  # [(stage name, run dir)], oldest first, ending with run_dir
+    curves = {"valid AUC": [], "valid UAUC": [], "train loss": []}
+    boundaries, offset = [], 0
+    for name, d in chain:
+        path = os.path.join(d, "log.jsonl")
+        if not os.path.exists(path):
+            continue
+        with open(path) as f:
+            log = [json.loads(line) for line in f if line.strip()]
+        if offset:
+            boundaries.append((offset + 0.5, name))
+        for rec in log:
+            x = offset + max(1, rec["epoch"])
+            curves["valid AUC"].append((x, rec["valid"]["auc"]))
+            curves["valid UAUC"].append((x, rec["valid"]["uauc"]))
+            curves["train loss"].append((x, rec["train_loss"]))
+        offset += max(1, max(rec["epoch"] for rec in log)) if log else 0
+    written = []
+    auc_curves = {k: v for k, v in curves.items() if k != "train loss"}
+    for fname, series, title in (("curves_auc.svg", auc_curves, "validation AUC / UAUC per epoch"),
+                                 ("curves_loss.svg", {"train loss": curves["train loss"]}, "train loss per epoch")):
+        path = os.path.join(run_dir, fname)
+        with open(path, "w") as f:
+            f.write(svg_lines(series, title, xlabel="epoch (stages in turn)", boundaries=boundaries))
+        written.append(path)
+    labels = {"sasrec": "SASRec", "text": "TALLRec", "joint": "SASRecLLM"}
+    groups = {"test": {}, "test_warm": {}, "test_cold": {}}
+    for name, d in chain:
+        if os.path.exists(os.path.join(d, "metrics.json")):
+            m = read_metrics(d)
+            for g in groups:
+                groups[g][labels.get(name, name)] = m[g]["auc"]
+    path = os.path.join(run_dir, "bars_auc.svg")
+    with open(path, "w") as f:
+        f.write(svg_bars(groups, "test AUC: all, warm and cold rows"))
+    written.append(path)
+    return written
+
+
+# -----------------------------------------------------------------------------
 # plots: hand-written SVG, no plotting dependency
 
 PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b"]
@@ -350,19 +441,42 @@ def svg_bars(groups, title, width=640, height=360):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("run", nargs="?", help="a run directory: re-evaluate its best.pt, write metrics.json")
     ap.add_argument("--preds", help="TSV with user_id, item_id, label, score [, split, seen, warm]")
     ap.add_argument("--table", nargs="+", metavar="RUN", help="run directories holding metrics.json")
     ap.add_argument("--part", default="test", help="which metrics.json section --table shows")
+    ap.add_argument("--shuffle-cf", action="store_true",
+                    help="ablation: permute the collaborative tokens across the evaluation set")
+    ap.add_argument("--repeats", type=int, default=1, help="evaluate K times (K permutation seeds with --shuffle-cf)")
+    ap.add_argument("--seeds", nargs="+", metavar="RUN", help="runs trained with different --seed: mean +- std")
+    ap.add_argument("--plot", action="store_true", help="write SVG curves and bars beside RUN")
     args = ap.parse_args(argv)
     try:
         if args.preds:
             print(preds_table(args.preds))
         elif args.table:
             print(runs_table(args.table, args.part))
+        elif args.seeds:
+            reports = [read_metrics(d) for d in args.seeds]
+            print(f"mean ± std over {len(reports)} runs: {', '.join(args.seeds)}")
+            print(mean_std_table(mean_std(reports)))
+        elif args.run:
+            if args.plot:
+                for path in plot_run(args.run):
+                    print(f"wrote {path}")
+                return 0
+            reports = [evaluate_run(args.run, args.shuffle_cf, seed=k) for k in range(args.repeats)]
+            if args.repeats == 1 and not args.shuffle_cf:
+                with open(os.path.join(args.run, "metrics.json"), "w") as f:
+                    json.dump(reports[0], f, indent=2)
+                print(f"wrote {os.path.join(args.run, 'metrics.json')}")
+            what = " with the CF tokens shuffled" if args.shuffle_cf else ""
+            print(f"{args.run}{what}, mean ± std over {args.repeats} evaluation(s):")
+            print(mean_std_table(mean_std(reports)))
         else:
             ap.print_help()
             return 2
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, KeyError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0
