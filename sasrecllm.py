@@ -158,3 +158,82 @@ class SASRec(nn.Module):
         (B, T), (B, T) -> (B, T). The user bias is left out: it cannot rank items for a user."""
         h = self.encode(hist)  # (B, T, d)
         return (h * self.item_emb(targets)).sum(-1) + self._bias(None, targets)
+
+
+# -----------------------------------------------------------------------------
+# SASRecLLM: collaborative tokens spliced into the LLM's prompt (paper Section 3.2)
+#
+#   history ──SASRec.user_embedding──> u (B, d) ──MappingLayer──> (B, k, D) ─┐
+#   target  ──SASRec.item_embedding──> i (B, d) ──MappingLayer──> (B, k, D) ─┤ splice at the
+#   prompt  ──embed_tokens──────────────────────────────────────> (B, T, D) ─┘ <UserID>/<TargetItemID> slots
+#        ──> LLM (+ LoRA) ──> last position ──> z_Yes - z_No = s,  p = sigmoid(s),  BCE(s, y)
+
+
+class MappingLayer(nn.Module):
+    """Projects a d-wide CF embedding into k pseudo-token embeddings of the LLM's width D.
+
+    Linear(d, 10 d) -> ReLU -> Linear(10 d, k D), reshaped to (B, k, D): the 2-layer MLP that
+    expands x10 and then projects (paper Section 3.2; CoLLM's `llama_proj`). One mapping serves
+    both the user and the item embedding, as they live in the same SASRec space."""
+
+    def __init__(self, d, D, proj_token_num=1):
+        super().__init__()
+        self.k, self.D = proj_token_num, D
+        self.fc1 = nn.Linear(d, 10 * d)
+        self.fc2 = nn.Linear(10 * d, proj_token_num * D)
+
+    def forward(self, x):  # x: (B, d)
+        return self.fc2(F.relu(self.fc1(x))).view(x.size(0), self.k, self.D)  # (B, k, D)
+
+
+def splice(token_embeds, user_pos, item_pos, user_tokens, item_tokens):
+    """The hybrid prompt: the text's token embeddings, with the collaborative tokens written into
+    the placeholder slots that data.encode_prompts left at <UserID> and <TargetItemID>.
+
+    token_embeds: (B, T, D)  embed_tokens(input_ids), left-padded
+    user_pos, item_pos: (B, k) slot indices into T (already shifted by each row's left padding)
+    user_tokens, item_tokens: (B, k, D) from the mapping layer
+    Every other position, padding included, keeps its token embedding."""
+    x = token_embeds.clone()                                  # keep embed_tokens' output intact
+    rows = torch.arange(x.size(0), device=x.device)[:, None]  # (B, 1), broadcasts against (B, k)
+    x[rows, user_pos] = user_tokens.to(x.dtype)               # x[b, user_pos[b, j]] = user_tokens[b, j]
+    x[rows, item_pos] = item_tokens.to(x.dtype)
+    return x
+
+
+class SASRecLLM(nn.Module):
+    """The LLM recommender in its three modes (paper Sections 3.2 and 4.1):
+
+    - "icl":       the base LLM on the text-only prompt, no LoRA, no training;
+    - "tallrec":   LoRA on the text-only prompt (TALLRec, and the paper's stage 2);
+    - "sasrecllm": LoRA plus collaborative tokens from `cf` spliced in (stage 3).
+
+    Score: s = z_Yes - z_No, the last position's logits of the "Yes" and "No" tokens, computed from
+    those two rows of lm_head only. p = sigmoid(s) = softmax([z_Yes, z_No])[0] is the probability of
+    "Yes" against "No", and BCE is taken on s. CoLLM instead uses sigmoid(z_Yes) alone, which makes
+    the probability depend on the absolute level of one logit (shifted by anything that moves all
+    logits together) and lets "No" rise with "Yes"; the two-way softmax is invariant to a shared
+    shift and compares exactly the two answers the prompt allows.
+    """
+
+    def __init__(self, llm, yes_id, no_id, cf=None, proj_token_num=1):
+        super().__init__()
+        self.llm = llm
+        self.answer_ids = [yes_id, no_id]
+        self.cf = cf
+        self.mapping = MappingLayer(cf.dim, llm.cfg.hidden_size, proj_token_num) if cf is not None else None
+
+    def collab_tokens(self, user, hist, item):
+        """(B, k, D) user tokens and (B, k, D) item tokens from the CF encoder."""
+        u = self.mapping(self.cf.user_embedding(user, hist))  # (B, d) -> (B, k, D)
+        i = self.mapping(self.cf.item_embedding(item))        # (B, d) -> (B, k, D)
+        return u, i
+
+    def forward(self, input_ids, attention_mask, user_pos=None, item_pos=None, user=None, hist=None, item=None):
+        x = self.llm.model.embed_tokens(input_ids)  # (B, T, D)
+        if self.cf is not None:
+            u, i = self.collab_tokens(user, hist, item)
+            x = splice(x, user_pos, item_pos, u, i)
+        h = self.llm(inputs_embeds=x, attention_mask=attention_mask)  # (B, T, D)
+        z = self.llm.token_logits(h[:, -1], self.answer_ids)           # (B, 2): left padding puts every prompt's end at T-1
+        return z[:, 0] - z[:, 1]                                        # (B,) s = z_Yes - z_No

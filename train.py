@@ -28,12 +28,15 @@ from contextlib import nullcontext
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 
 import data
 import eval as ev
 from baselines import MC, MF, NCF, GRU4Rec, Pop
-from sasrecllm import SASRec
+import llama
+import lora
+from sasrecllm import SASRec, SASRecLLM
 
 CRM_STAGES = ("sasrec", "pop", "mf", "ncf", "gru4rec", "mc")
 
@@ -51,6 +54,67 @@ CRM_DEFAULTS = {
     "pop": dict(lr=0.0, wd=0.0, dim=1, dropout=0.0),
     "mc": dict(lr=0.0, wd=0.0, dim=1, dropout=0.0),
 }
+
+LLM_STAGES = ("text", "joint", "icl", "all")
+TINYLLAMA_DIR = os.path.join("checkpoints", "TinyLlama-1.1B")
+# The LLM stages: TALLRec's lr 1e-4 for LoRA; CoLLM's 1e-3 for the mapping layer (joint).
+LLM_DEFAULTS = {
+    "text": dict(lr=1e-4, wd=1e-3, dim=None, dropout=None, batch_size=16, patience=3),
+    "joint": dict(lr=1e-3, wd=1e-3, dim=None, dropout=None, batch_size=16, patience=3),
+    "icl": dict(lr=0.0, wd=0.0, dim=None, dropout=None, batch_size=16, patience=1),
+}
+STAGE_DEFAULTS = {**{s: dict(batch_size=1024, patience=5, **d) for s, d in CRM_DEFAULTS.items()}, **LLM_DEFAULTS}
+
+# -----------------------------------------------------------------------------
+# distributed: torchrun sets RANK / WORLD_SIZE; one process is rank 0 of a world of 1
+
+
+def rank_world():
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def is_main():
+    return rank_world()[0] == 0
+
+
+def barrier():
+    if rank_world()[1] > 1:
+        dist.barrier()
+
+
+def init_distributed(args):
+    """Under torchrun: join the process group (NCCL on GPUs, gloo on CPU) and pick this rank's GPU."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return
+    backend = "nccl" if args.device.startswith("cuda") else "gloo"
+    dist.init_process_group(backend)
+    if backend == "nccl":
+        args.device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+        torch.cuda.set_device(args.device)
+
+
+def all_reduce_grads(params):
+    """Sum the gradients over ranks. Each rank's loss was pre-weighted by its share of the global
+    batch (see `fit`), so the sum is the gradient of the global batch's mean loss. Written out
+    instead of DistributedDataParallel: with a frozen LLM only a few tensors train, and the
+    reader sees the one collective that data parallelism needs."""
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        dist.all_reduce(p.grad)
+
+
+def gather_scores(local):
+    """{row position: score} from every rank -> one dict (every rank gets all of it)."""
+    if rank_world()[1] == 1:
+        return local
+    parts = [None] * rank_world()[1]
+    dist.all_gather_object(parts, local)
+    return {k: v for part in parts for k, v in part.items()}
+
+
 
 # -----------------------------------------------------------------------------
 # checkpoints
@@ -76,6 +140,8 @@ def load_trainable(model, state):
 
 
 def save_atomic(obj, path):
+    if not is_main():  # under torchrun, rank 0 alone writes
+        return
     tmp = path + ".tmp"
     torch.save(obj, tmp)
     os.replace(tmp, path)  # a reader never sees half a file
@@ -120,6 +186,8 @@ def param_groups(model, wd):
 
 
 def log_line(out, rec):
+    if not is_main():
+        return
     with open(os.path.join(out, "log.jsonl"), "a") as f:
         f.write(json.dumps(rec) + "\n")
 
@@ -178,11 +246,14 @@ def fit(args, model, train_batches, loss_fn, predict, ds):
         set_rng_state(ck["rng"])
         start, best_auc = ck["epoch"] + 1, ck["best_valid_auc"]
         best_epoch, bad_epochs = ck["best_epoch"], ck["bad_epochs"]
-        print(f"resumed from {last_path} after epoch {ck['epoch']} (best valid AUC {best_auc:.4f})")
-    elif os.path.exists(os.path.join(out, "log.jsonl")):
+        say(f"resumed from {last_path} after epoch {ck['epoch']} (best valid AUC {best_auc:.4f})")
+    elif is_main() and os.path.exists(os.path.join(out, "log.jsonl")):
         os.remove(os.path.join(out, "log.jsonl"))  # a fresh run starts a fresh log
 
     model.train()
+    rank, world = rank_world()
+    say = print if rank == 0 else (lambda *a, **k: None)
+    steps = 0
     t_run = time.time()
     for epoch in range(start, args.max_epochs + 1):
         if bad_epochs >= args.patience:
@@ -197,15 +268,22 @@ def fit(args, model, train_batches, loss_fn, predict, ds):
                     f"epoch {epoch}: loss is {loss.item()}; stopping rather than training on garbage "
                     f"(try a lower --lr, --amp none, or check the data)")
             opt.zero_grad(set_to_none=True)
+            if world > 1:  # weight by this rank's share of the global batch, then sum over ranks
+                loss = loss * (len(batch["label"]) * world / batch["n_global"])
             scaler.scale(loss).backward()
+            if world > 1:
+                all_reduce_grads(params)
             scaler.unscale_(opt)  # clip the true gradients, not the scaled ones
             torch.nn.utils.clip_grad_norm_(params, args.clip)
             scaler.step(opt)
             scaler.update()
             sched.step()
-            n = len(batch["label"])
-            total_loss += loss.item() * n
+            n = batch.get("n_global", len(batch["label"]))
+            total_loss += loss.item() * n / world
             n_seen += n
+            steps += 1
+            if args.max_steps and steps >= args.max_steps:
+                break
         train_seconds = time.time() - t0
         _, m = evaluate("valid")
         seconds = time.time() - t0
@@ -221,24 +299,30 @@ def fit(args, model, train_batches, loss_fn, predict, ds):
                    seconds=seconds, samples_per_s=n_seen / train_seconds)
         log_line(out, rec)
         eta = (time.time() - t_run) / (epoch - start + 1) * (args.max_epochs - epoch)
-        print(f"epoch {epoch:3d} | loss {rec['train_loss']:.4f} | valid auc {m['auc']:.4f} uauc {m['uauc']:.4f} "
+        say(f"epoch {epoch:3d} | loss {rec['train_loss']:.4f} | valid auc {m['auc']:.4f} uauc {m['uauc']:.4f} "
               f"| best {best_auc:.4f}@{best_epoch} | lr {rec['lr']:.2e} | {seconds:.1f}s "
               f"{rec['samples_per_s']:.0f}/s | eta <= {eta / 60:.1f} min", flush=True)
+        if args.max_steps and steps >= args.max_steps:
+            say(f"--max-steps {args.max_steps}: stopping after {steps} steps")
+            break
         if args.stop_after and epoch >= args.stop_after:
-            print(f"--stop-after {args.stop_after}: stopping early (continue with --resume)")
+            say(f"--stop-after {args.stop_after}: stopping early (continue with --resume)")
             return None
-    print(f"done: best valid AUC {best_auc:.4f} at epoch {best_epoch} ({(time.time() - t_run) / 60:.1f} min)")
+    say(f"done: best valid AUC {best_auc:.4f} at epoch {best_epoch} ({(time.time() - t_run) / 60:.1f} min)")
     return finish(args, model, evaluate, ds)
 
 
 def finish(args, model, evaluate, ds):
     """Reload best.pt, score valid and test, write metrics.json."""
-    ck = torch.load(os.path.join(args.out, "best.pt"), weights_only=False)
+    barrier()  # rank 0 has written best.pt
+    ck = torch.load(os.path.join(args.out, "best.pt"), weights_only=False, map_location="cpu")
     load_trainable(model, ck["model"])
     logits_valid, _ = evaluate("valid")
     logits_test, _ = evaluate("test")
     report = ev.split_report(ds, logits_valid, logits_test)
     report["best_epoch"] = ck["epoch"]
+    if not is_main():
+        return report
     with open(os.path.join(args.out, "metrics.json"), "w") as f:
         json.dump(report, f, indent=2)
     t = report["test"]
@@ -390,12 +474,246 @@ def data_slice(ds, limit):
     return dataclasses.replace(ds, history=[ds.history[i] for i in keep], **arrays)
 
 # -----------------------------------------------------------------------------
+# LLM stages (paper Sections 3.2-3.3): text = LoRA on text-only prompts (TALLRec),
+# joint = mapping layer + SASRec with LoRA frozen (SASRecLLM), icl = the untuned LLM.
+
+TINYLLAMA_HINT = (
+    "Put TinyLlama-1.1B there in Hugging Face format (config.json, model.safetensors, tokenizer.model; "
+    "e.g. a download of TinyLlama/TinyLlama-1.1B-intermediate-step-1431k-3T), or point --llm at such a "
+    "directory. To run the whole pipeline without it, use the embedded random backbone: --llm tiny")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def backbone_dir(args, ds):
+    """The HF-format LLM directory: --llm DIR, or the embedded tiny backbone written once under --runs."""
+    if args.llm != "tiny":
+        if not os.path.exists(os.path.join(args.llm, "config.json")):
+            raise FileNotFoundError(f"no LLM checkpoint at {args.llm} (config.json missing). {TINYLLAMA_HINT}")
+        return args.llm
+    d = os.path.join(args.runs, "tiny-llm")
+    if not os.path.exists(os.path.join(d, "model.safetensors")):
+        if is_main():
+            texts = ds.titles[1:] + [data.prompt_collab(ds, int(i)) for i in ds.idx("train")[:2000]]
+            llama.make_tiny(d, texts=texts, tokenizer_model=args.tokenizer, seed=0)
+            print(f"wrote the embedded tiny backbone (random weights) to {d}")
+        barrier()
+    return d
+
+
+def load_cf(path, ds, device):
+    """A CRM encoder (SASRec, MF, GRU4Rec...) rebuilt from its own best.pt: plug-and-play."""
+    if not os.path.exists(path):
+        stage = os.path.basename(os.path.dirname(path)) or "sasrec"
+        raise FileNotFoundError(f"no CF checkpoint at {path}; make it with: python train.py --stage {stage} "
+                                f"--data {ds.name} --out {os.path.dirname(path)}")
+    ck = torch.load(path, weights_only=False, map_location="cpu")
+    cf = build_crm(argparse.Namespace(**ck["args"]), ds)
+    load_trainable(cf, ck["model"])
+    return cf.to(device)
+
+
+def build_llm_model(args, ds, stage):
+    """SASRecLLM in the configuration of `stage`, with exactly that stage's parts trainable
+    (hierarchical freezing):
+        icl   : nothing trains            text-only prompt, no LoRA
+        text  : LoRA trains               text-only prompt
+        joint : mapping (+ SASRec) train  collaborative prompt, LoRA loaded and frozen"""
+    llm, tok = llama.load(backbone_dir(args, ds), dtype=DTYPES[args.dtype], device=args.device)
+    llm.requires_grad_(False)
+    cf = None
+    if stage == "text":
+        lora.inject(llm, r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout)  # only LoRA trains
+    elif stage == "joint":
+        if not os.path.exists(os.path.join(args.lora, "adapter_config.json")):
+            raise FileNotFoundError(f"no LoRA adapter at {args.lora}; make it with: python train.py --stage text "
+                                    f"--data {ds.name} --llm {args.llm} --out {os.path.dirname(args.lora)}")
+        lora.load_adapter(llm, args.lora)
+        llm.requires_grad_(False)  # LoRA frozen in the joint stage
+        cf = load_cf(args.cf_ckpt, ds, args.device)
+        cf.requires_grad_(not args.freeze_sasrec)
+    model = SASRecLLM(llm, tok.yes_id, tok.no_id, cf=cf, proj_token_num=args.proj_token_num)
+    if model.mapping is not None:
+        model.mapping.to(args.device)  # fp32: trainable parameters stay fp32
+    return model, tok
+
+
+class PromptBatches:
+    """One epoch's batches, collated lazily. Rows are length-bucketed (little left padding), and
+    each global batch is split across ranks, so ranks see disjoint rows (the DistributedSampler's
+    job) while every global batch stays one length bucket."""
+
+    def __init__(self, groups, make):
+        self.groups, self.make = groups, make
+
+    def __len__(self):
+        return len(self.groups)
+
+    def __iter__(self):
+        return (self.make(g) for g in self.groups)
+
+
+def prompt_batch(ds, prompts, rows, positions, maxlen, device, cf_rows=None):
+    """Tensors for rows[positions]: the prompt (input_ids, attention_mask, marker slots), the CF
+    encoder's inputs (user, hist, item) and the labels. cf_rows, when given, feeds the CF encoder
+    other rows' users and items (the --shuffle-cf ablation)."""
+    r = rows[positions]
+    b = data.collate_prompts([prompts[i] for i in r])
+    c = data.crm_batch(ds, r if cf_rows is None else cf_rows[positions], maxlen)
+    b.update(user=c["user"], hist=c["hist"], item=c["item"], label=torch.from_numpy(ds.label[r]).float())
+    return {k: v.to(device) for k, v in b.items()}
+
+
+def llm_forward(model, b):
+    return model(b["input_ids"], b["attention_mask"], b["user_pos"], b["item_pos"], b["user"], b["hist"], b["item"])
+
+
+def llm_loss(model, b):
+    """BCE on s = z_Yes - z_No."""
+    return F.binary_cross_entropy_with_logits(llm_forward(model, b), b["label"])
+
+
+def llm_train_batches(args, ds, prompts):
+    rows = ds.idx("train")
+    lengths = [len(prompts[i].ids) for i in rows]
+    rank, world = rank_world()
+
+    def one_pass(p):  # a shuffled, bucketed pass over the train rows; depends only on (seed, p)
+        return data.bucket_batches(lengths, args.batch_size, shuffle=True, seed=[args.seed, p])
+
+    def make(g):
+        b = prompt_batch(ds, prompts, rows, np.asarray(g[rank::world], dtype=np.int64), args.maxlen, args.device)
+        b["n_global"] = len(g)
+        return b
+
+    def batches(epoch):
+        if not args.iters_per_epoch:  # an epoch is one pass over the train rows
+            return PromptBatches(one_pass(epoch), make)
+        # CoLLM's epochs: a fixed number of iterations, drawn from a stream of passes
+        P = len(one_pass(0))
+        start = (epoch - 1) * args.iters_per_epoch
+        idx = [(g // P, g % P) for g in range(start, start + args.iters_per_epoch)]
+        passes = {p: one_pass(p) for p in {p for p, _ in idx}}
+        return PromptBatches([passes[p][j] for p, j in idx], make)
+    return batches
+
+
+def llm_predictor(args, ds, prompts, shuffle_cf=False, seed=0):
+    """predict(model, split) -> logits in ds.idx(split)'s order. Each rank scores a share of the
+    length buckets; the scores are gathered so that every rank computes the same metrics."""
+    rank, world = rank_world()
+
+    def predict(model, split):
+        rows = ds.idx(split)
+        cf_rows = rows[np.random.default_rng(seed).permutation(len(rows))] if shuffle_cf else None
+        groups = data.bucket_batches([len(prompts[i].ids) for i in rows], args.eval_batch_size, shuffle=False)
+        local = {}
+        for g in groups[rank::world]:
+            s = llm_forward(model, prompt_batch(ds, prompts, rows, np.asarray(g), args.maxlen, args.device, cf_rows))
+            local.update(zip(g, s.float().cpu().tolist()))
+        scores = gather_scores(local)
+        return np.array([scores[j] for j in range(len(rows))])
+    return predict
+
+
+def encode_all(ds, tok, collab, proj_token_num):
+    t0 = time.time()
+    prompts = data.encode_prompts(ds, range(len(ds)), tok, collab, proj_token_num)
+    if is_main():
+        n = np.array([len(p.ids) for p in prompts])
+        print(f"tokenized {len(prompts)} {'collaborative' if collab else 'text-only'} prompts in "
+              f"{time.time() - t0:.1f}s: {n.mean():.0f} tokens on average, max {n.max()}")
+    return prompts
+
+
+def run_llm(args, ds=None):
+    """One LLM stage: icl (evaluate only), text (TALLRec) or joint (SASRecLLM)."""
+    ds = ds if ds is not None else data.load(args.data, args.data_dir)
+    if args.limit:
+        ds = data_slice(ds, args.limit)
+    seed_everything(args.seed)
+    model, tok = build_llm_model(args, ds, args.stage)
+    prompts = encode_all(ds, tok, collab=args.stage == "joint", proj_token_num=args.proj_token_num)
+    predict = llm_predictor(args, ds, prompts)
+    if args.stage == "icl":
+        return evaluate_only(args, model, predict, ds)
+    report = fit(args, model, llm_train_batches(args, ds, prompts), llm_loss, predict, ds)
+    if args.stage == "text" and report is not None and is_main():
+        # fit() has reloaded the best epoch: publish its LoRA in peft's format (plug-and-play)
+        lora.save_adapter(model.llm, os.path.join(args.out, "adapter"))
+    barrier()
+    return report
+
+
+def evaluate_only(args, model, predict, ds):
+    """ICL: no training; score valid and test with the base LLM and write the same files."""
+    os.makedirs(args.out, exist_ok=True)
+    model.eval()
+    save_atomic(dict(args=vars(args), epoch=0, best_valid_auc=None, model=trainable_state(model)),
+                os.path.join(args.out, "best.pt"))
+
+    def evaluate(split):
+        with torch.no_grad():
+            logits = predict(model, split)
+        rows = ds.idx(split)
+        return logits, ev.metrics(ds.user[rows], ds.label[rows], logits)
+    return finish(args, model, evaluate, ds)
+
+
+def run_all(args):
+    """The dual-stage chain: SASRec alone, then LoRA on text-only prompts, then joint tuning."""
+    ds = data.load(args.data, args.data_dir)
+    reports = {}
+    for stage in ("sasrec", "text", "joint"):
+        a = argparse.Namespace(**vars(args))
+        a.stage, a.out = stage, os.path.join(args.runs, stage)
+        for k, v in STAGE_DEFAULTS[stage].items():
+            if getattr(args, k) is None:
+                setattr(a, k, v)
+        if is_main():
+            print(f"=== stage {stage} -> {a.out}", flush=True)
+        reports[stage] = (run_crm if stage == "sasrec" else run_llm)(a, ds)
+    return reports
+
+
+def load_run(run_dir, shuffle_cf=False, seed=0):
+    """(args, ds, model, predict) for a finished run, rebuilt from its best.pt (eval.py uses it)."""
+    path = os.path.join(run_dir, "best.pt")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} not found; train the run first")
+    ck = torch.load(path, weights_only=False, map_location="cpu")
+    args = argparse.Namespace(**ck["args"])
+    ds = data.load(args.data, args.data_dir)
+    if args.limit:
+        ds = data_slice(ds, args.limit)
+    if args.stage in CRM_STAGES:
+        model = build_crm(args, ds)
+        load_trainable(model, ck["model"])
+        return args, ds, model, crm_predictor(ds, args.maxlen, 4096)
+    stage = "joint" if args.stage == "joint" else ("icl" if args.stage == "icl" else "text")
+    model, tok = build_llm_model(args, ds, stage)
+    load_trainable(model, ck["model"])
+    prompts = encode_all(ds, tok, collab=stage == "joint", proj_token_num=args.proj_token_num)
+    predict = llm_predictor(args, ds, prompts, shuffle_cf=shuffle_cf, seed=seed)  # seed: a permutation per repeat
+    return args, ds, model, predict
+
+
+def run_chain(run_dir):
+    """[(stage, run dir)] that built run_dir, oldest first: a joint run names its SASRec and text runs."""
+    ck = torch.load(os.path.join(run_dir, "best.pt"), weights_only=False, map_location="cpu")
+    a = ck["args"]
+    chain = []
+    if a["stage"] == "joint":
+        chain = [("sasrec", os.path.dirname(a["cf_ckpt"])), ("text", os.path.dirname(a["lora"]))]
+    return chain + [(a["stage"], run_dir)]
+
+
+# -----------------------------------------------------------------------------
 # command line
 
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--stage", required=True, choices=CRM_STAGES)
+    ap.add_argument("--stage", required=True, choices=CRM_STAGES + LLM_STAGES)
     ap.add_argument("--data", default="ml1m", help="ml1m, movielens or amazon")
     ap.add_argument("--data-dir", default=None, help="data root (default: $SASRECLLM_DATA or data/)")
     ap.add_argument("--out", default=None, help="run directory (default: runs/<stage>)")
@@ -405,9 +723,9 @@ def parse_args(argv=None):
     # optimization; None means the stage's default from CRM_DEFAULTS
     ap.add_argument("--lr", type=float, default=None)
     ap.add_argument("--wd", type=float, default=None, help="AdamW weight decay")
-    ap.add_argument("--batch-size", type=int, default=1024)
+    ap.add_argument("--batch-size", type=int, default=None, help="default: 1024 for CRMs, 16 for LLM stages")
     ap.add_argument("--max-epochs", type=int, default=300)
-    ap.add_argument("--patience", type=int, default=5, help="epochs without a better valid AUC before stopping")
+    ap.add_argument("--patience", type=int, default=None, help="epochs without a better valid AUC before stopping")
     ap.add_argument("--warmup-epochs", type=float, default=1.0)
     ap.add_argument("--clip", type=float, default=1.0, help="max gradient norm")
     ap.add_argument("--amp", default="none", choices=("none", "bf16", "fp16"))
@@ -424,21 +742,48 @@ def parse_args(argv=None):
     ap.add_argument("--init-bias", type=int, default=1, help="1: start biases at Pop's log-odds (MF, SASRec, GRU4Rec)")
     ap.add_argument("--objective", default="bce", choices=("bce", "next"),
                     help="SASRec: pointwise BCE on labels, or next-item with sampled negatives")
+    # LLM stages
+    ap.add_argument("--runs", default="runs", help="root of the stage runs (--stage all, the tiny backbone, defaults)")
+    ap.add_argument("--llm", default=TINYLLAMA_DIR, help="HF-format LLM directory, or 'tiny' for the embedded random backbone")
+    ap.add_argument("--tokenizer", default=None, help="--llm tiny: use this tokenizer.model (else one is trained on the data)")
+    ap.add_argument("--dtype", default="float32", choices=tuple(DTYPES), help="LLM weight dtype")
+    ap.add_argument("--cf", default="sasrec", choices=("sasrec", "mf", "gru4rec"), help="the CF encoder of the joint stage")
+    ap.add_argument("--sasrec", dest="cf_ckpt", default=None, help="CF checkpoint (default: RUNS/<cf>/best.pt)")
+    ap.add_argument("--lora", default=None, help="text-stage LoRA adapter dir (default: RUNS/text/adapter)")
+    ap.add_argument("--freeze-sasrec", action="store_true", help="joint stage: train the mapping layer only")
+    ap.add_argument("--proj-token-num", type=int, default=1, help="pseudo-tokens per <UserID> / <TargetItemID>")
+    ap.add_argument("--lora-r", type=int, default=8)
+    ap.add_argument("--lora-alpha", type=float, default=16)
+    ap.add_argument("--lora-dropout", type=float, default=0.05)
+    ap.add_argument("--eval-batch-size", type=int, default=64)
+    ap.add_argument("--iters-per-epoch", type=int, default=0, help="CoLLM-style epochs of N iterations (0: one pass)")
+    ap.add_argument("--max-steps", type=int, default=0, help="stop after N optimizer steps (smoke runs)")
     args = ap.parse_args(argv)
-    for k, v in CRM_DEFAULTS[args.stage].items():
-        if getattr(args, k) is None:
-            setattr(args, k, v)
+    if args.stage != "all":
+        for k, v in STAGE_DEFAULTS[args.stage].items():
+            if getattr(args, k) is None:
+                setattr(args, k, v)
     if args.out is None:
-        args.out = os.path.join("runs", args.stage)
+        args.out = os.path.join(args.runs, args.stage)
+    if args.cf_ckpt is None:
+        args.cf_ckpt = os.path.join(args.runs, args.cf, "best.pt")
+    if args.lora is None:
+        args.lora = os.path.join(args.runs, "text", "adapter")
     return args
 
 
 def main(argv=None):
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
+    init_distributed(args)
     try:
-        run_crm(args)
-    except (FileNotFoundError, FloatingPointError, data.DataError) as e:
+        if args.stage == "all":
+            run_all(args)
+        elif args.stage in CRM_STAGES:
+            run_crm(args)
+        else:
+            run_llm(args)
+    except (FileNotFoundError, FloatingPointError, ValueError, data.DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0
