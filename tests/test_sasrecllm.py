@@ -1,0 +1,119 @@
+"""SASRecLLM: the splice, the per-stage freezing, and the LLM stages end to end on a data slice."""
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import data
+import eval as ev
+import llama
+import train
+from sasrecllm import SASRec, SASRecLLM, MappingLayer, splice
+
+
+class CharTok:
+    """Enough of a tokenizer for encode_prompt: one id per character, BOS 1, UNK 0."""
+    bos_id, eos_id, unk_id, vocab_size = 1, 2, 0, 300
+
+    def encode(self, text, bos=True):
+        return ([1] if bos else []) + [3 + (ord(c) % 290) for c in text]
+
+
+def test_splice_writes_exactly_the_marker_slots():
+    tok, k, D = CharTok(), 2, 8
+    texts = ["ab <UserID> cd <TargetItemID> e", "a much longer prompt <UserID> x <TargetItemID> yz"]
+    prompts = [data.encode_prompt(t, tok, proj_token_num=k) for t in texts]
+    b = data.collate_prompts(prompts)                               # left-padded, positions shifted
+    emb = torch.randn(2, b["input_ids"].shape[1], D)
+    u, i = torch.full((2, k, D), 7.0), torch.full((2, k, D), -7.0)
+    x = splice(emb, b["user_pos"], b["item_pos"], u, i)
+    for r in range(2):
+        pad = int((b["attention_mask"][r] == 0).sum())
+        ids = b["input_ids"][r].tolist()
+        slots = [pad + j for j, t in enumerate(prompts[r].ids) if t == tok.unk_id]  # the placeholders
+        assert sorted(b["user_pos"][r].tolist() + b["item_pos"][r].tolist()) == slots
+        for t in range(len(ids)):
+            if t in b["user_pos"][r].tolist():
+                assert torch.equal(x[r, t], u[r, 0])
+            elif t in b["item_pos"][r].tolist():
+                assert torch.equal(x[r, t], i[r, 0])
+            else:  # every other position, padding included, keeps its token embedding
+                assert torch.equal(x[r, t], emb[r, t])
+    # gradients reach the mapped tokens
+    u.requires_grad_(True)
+    splice(emb, b["user_pos"], b["item_pos"], u, i).sum().backward()
+    assert torch.equal(u.grad, torch.ones_like(u))
+
+
+def test_mapping_layer_shape():
+    m = MappingLayer(d=16, D=32, proj_token_num=3)
+    assert m.fc1.out_features == 160  # expands x10
+    assert m(torch.randn(5, 16)).shape == (5, 3, 32)
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tiny")
+    llama.make_tiny(d, texts=["a user has given high ratings to the following movies"] * 20)
+    return d
+
+
+def test_score_is_yes_minus_no_from_two_rows(tiny_dir):
+    llm, tok = llama.load(tiny_dir)
+    model = SASRecLLM(llm, tok.yes_id, tok.no_id)
+    ids = torch.tensor([[tok.bos_id] + tok.encode("Will the user like it?", bos=False)])
+    mask = torch.ones_like(ids)
+    s = model(ids, mask)
+    full = llm.logits(llm(input_ids=ids, attention_mask=mask))[:, -1]  # (1, V)
+    assert torch.allclose(s, full[:, tok.yes_id] - full[:, tok.no_id], atol=1e-5)
+
+
+def _args(tmp_path, stage, extra=()):
+    return train.parse_args(["--stage", stage, "--data", "ml1m", "--llm", "tiny", "--runs", str(tmp_path),
+                             "--limit", "120", "--max-epochs", "1", *extra])
+
+
+def test_stages_freeze_exactly_their_parts(tmp_path, data_dir):
+    ds = train.data_slice(data.load("ml1m", data_dir), 120)
+    icl, _ = train.build_llm_model(_args(tmp_path, "icl"), ds, "icl")
+    assert not any(p.requires_grad for p in icl.parameters())
+    text, _ = train.build_llm_model(_args(tmp_path, "text"), ds, "text")
+    trainable = {n for n, p in text.named_parameters() if p.requires_grad}
+    assert trainable and all(".lora_A." in n or ".lora_B." in n for n in trainable)
+    assert {n.split(".")[-2] for n in trainable} == {"lora_A", "lora_B"}
+    assert all("q_proj" in n or "v_proj" in n for n in trainable)
+    # joint needs a SASRec checkpoint and a text-stage adapter: make both (plug-and-play parts)
+    cf = SASRec(ds.n_items, ds.n_users, dim=16, n_heads=2)
+    os.makedirs(tmp_path / "sasrec")
+    torch.save(dict(args=dict(stage="sasrec", dim=16, layers=2, heads=2, maxlen=25, dropout=0.0, no_bias=False),
+                    model=train.trainable_state(cf)), tmp_path / "sasrec" / "best.pt")
+    import lora
+    lora.save_adapter(text.llm, tmp_path / "text" / "adapter")
+    for freeze, expect_cf in ((False, True), (True, False)):
+        extra = ["--freeze-sasrec"] if freeze else []
+        joint, _ = train.build_llm_model(_args(tmp_path, "joint", extra), ds, "joint")
+        assert not any(p.requires_grad for p in joint.llm.parameters())  # LoRA frozen too
+        assert all(p.requires_grad for p in joint.mapping.parameters())
+        assert all(p.requires_grad == expect_cf for p in joint.cf.parameters())
+
+
+def test_chain_writes_runs_and_checkpoints_round_trip(tmp_path, data_dir, monkeypatch):
+    monkeypatch.setenv("SASRECLLM_DATA", str(data_dir))
+    assert train.main(["--stage", "all", "--data", "ml1m", "--data-dir", str(data_dir), "--llm", "tiny",
+                       "--runs", str(tmp_path), "--limit", "150", "--max-epochs", "1", "--threads", "1"]) == 0
+    for stage in ("sasrec", "text", "joint"):
+        m = json.load(open(tmp_path / stage / "metrics.json"))
+        assert set(m) >= {"valid", "test", "test_seen", "test_unseen", "test_warm", "test_cold"}
+        assert 0.0 <= m["test"]["auc"] <= 1.0
+    assert (tmp_path / "text" / "adapter" / "adapter_model.safetensors").exists()
+    # the joint checkpoint holds only mapping + SASRec tensors, and rebuilding it gives the same scores
+    ck = torch.load(tmp_path / "joint" / "best.pt", weights_only=False)
+    assert all(k.startswith(("mapping.", "cf.")) for k in ck["model"])
+    saved = json.load(open(tmp_path / "joint" / "metrics.json"))
+    again = ev.evaluate_run(str(tmp_path / "joint"))
+    assert again["test"]["auc"] == pytest.approx(saved["test"]["auc"], abs=1e-9)
+    shuffled = ev.evaluate_run(str(tmp_path / "joint"), shuffle_cf=True)
+    assert shuffled["test"]["n"] == saved["test"]["n"]
+    assert not np.isclose(shuffled["test"]["logloss"], saved["test"]["logloss"])  # the CF tokens matter at all
