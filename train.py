@@ -205,6 +205,8 @@ def fit(args, model, train_batches, loss_fn, predict, ds):
     """
     out = args.out
     os.makedirs(out, exist_ok=True)
+    rank, world = rank_world()
+    say = print if rank == 0 else (lambda *a, **k: None)  # rank 0 alone prints
     params = [p for p in model.parameters() if p.requires_grad]
     assert all(p.dtype == torch.float32 for p in params), "trainable parameters must stay fp32"
     steps_per_epoch = len(train_batches(0))
@@ -251,8 +253,6 @@ def fit(args, model, train_batches, loss_fn, predict, ds):
         os.remove(os.path.join(out, "log.jsonl"))  # a fresh run starts a fresh log
 
     model.train()
-    rank, world = rank_world()
-    say = print if rank == 0 else (lambda *a, **k: None)
     steps = 0
     t_run = time.time()
     for epoch in range(start, args.max_epochs + 1):
