@@ -268,6 +268,7 @@ def fit(args, model, train_batches, loss_fn, predict, ds):
                     f"epoch {epoch}: loss is {loss.item()}; stopping rather than training on garbage "
                     f"(try a lower --lr, --amp none, or check the data)")
             opt.zero_grad(set_to_none=True)
+            total_loss += loss.item() * len(batch["label"])  # this rank's rows
             if world > 1:  # weight by this rank's share of the global batch, then sum over ranks
                 loss = loss * (len(batch["label"]) * world / batch["n_global"])
             scaler.scale(loss).backward()
@@ -278,12 +279,14 @@ def fit(args, model, train_batches, loss_fn, predict, ds):
             scaler.step(opt)
             scaler.update()
             sched.step()
-            n = batch.get("n_global", len(batch["label"]))
-            total_loss += loss.item() * n / world
-            n_seen += n
+            n_seen += batch.get("n_global", len(batch["label"]))
             steps += 1
             if args.max_steps and steps >= args.max_steps:
                 break
+        if world > 1:  # the mean train loss over all ranks' rows
+            t = torch.tensor([total_loss])
+            dist.all_reduce(t)
+            total_loss = t.item()
         train_seconds = time.time() - t0
         _, m = evaluate("valid")
         seconds = time.time() - t0
@@ -590,7 +593,7 @@ def llm_train_batches(args, ds, prompts):
             return PromptBatches(one_pass(epoch), make)
         # CoLLM's epochs: a fixed number of iterations, drawn from a stream of passes
         P = len(one_pass(0))
-        start = (epoch - 1) * args.iters_per_epoch
+        start = max(epoch - 1, 0) * args.iters_per_epoch  # fit asks for epoch 0 to count the steps
         idx = [(g // P, g % P) for g in range(start, start + args.iters_per_epoch)]
         passes = {p: one_pass(p) for p in {p for p, _ in idx}}
         return PromptBatches([passes[p][j] for p, j in idx], make)
