@@ -290,7 +290,7 @@ def fit(args, model, train_batches, loss_fn, predict, ds):
         train_seconds = time.time() - t0
         _, m = evaluate("valid")
         seconds = time.time() - t0
-        if m["auc"] > best_auc:
+        if m["auc"] > best_auc or best_epoch == 0:  # the first epoch is kept even when AUC is undefined (one class)
             best_auc, best_epoch, bad_epochs = m["auc"], epoch, 0
             save_atomic(checkpoint(epoch, best_auc), os.path.join(out, "best.pt"))
         else:
