@@ -145,3 +145,16 @@ def test_two_gloo_processes_match_one(tmp_path, data_dir):
     la = [json.loads(x)["train_loss"] for x in open(one / "text" / "log.jsonl")]
     lb = [json.loads(x)["train_loss"] for x in open(two / "text" / "log.jsonl")]
     assert np.allclose(la, lb, atol=2e-3)
+
+
+def test_llm_stage_resume_continues_the_same_curve(tmp_path, data_dir):
+    flags = ["--stage", "text", "--data", "ml1m", "--data-dir", str(data_dir), "--llm", "tiny", "--limit", "60",
+             "--max-epochs", "2", "--threads", "1", "--batch-size", "8", "--lr", "1e-3"]
+    straight, split = tmp_path / "a", tmp_path / "b"
+    assert train.main(flags + ["--runs", str(straight)]) == 0
+    assert train.main(flags + ["--runs", str(split), "--stop-after", "1"]) == 0
+    assert not (split / "text" / "metrics.json").exists()
+    assert train.main(flags + ["--runs", str(split), "--resume"]) == 0
+    a = json.load(open(straight / "text" / "metrics.json"))
+    b = json.load(open(split / "text" / "metrics.json"))
+    assert a["test"] == b["test"] and a["valid"] == b["valid"]
