@@ -318,6 +318,8 @@ def plot_run(run_dir):
             log = [json.loads(line) for line in f if line.strip()]
         if offset:
             boundaries.append((offset + 0.5, name))
+            for series in curves.values():  # no line across a stage boundary
+                series.append((offset + 0.5, None))
         for rec in log:
             x = offset + max(1, rec["epoch"])
             curves["valid AUC"].append((x, rec["valid"]["auc"]))
@@ -391,10 +393,16 @@ def svg_lines(series, title, xlabel="epoch", boundaries=(), width=640, height=36
         out.append(f'<text x="{X(bx) + 3:.1f}" y="{pad_t + 12}" fill="#555">{_esc(label)}</text>')
     for n, (name, s) in enumerate(series.items()):
         color = PALETTE[n % len(PALETTE)]
-        s = [p for p in s if p[1] is not None and math.isfinite(p[1])]
-        if s:
-            path = " ".join(f"{X(x):.1f},{Y(y):.1f}" for x, y in s)
-            out.append(f'<polyline points="{path}" fill="none" stroke="{color}" stroke-width="1.8"/>')
+        segments, seg = [], []  # a None value breaks the line (e.g. between training stages)
+        for x, y in s:
+            if y is None or not math.isfinite(y):
+                segments, seg = segments + [seg], []
+            else:
+                seg.append((x, y))
+        for seg in segments + [seg]:
+            if seg:
+                path = " ".join(f"{X(x):.1f},{Y(y):.1f}" for x, y in seg)
+                out.append(f'<polyline points="{path}" fill="none" stroke="{color}" stroke-width="1.8"/>')
         out.append(f'<rect x="{pad_l + W + 12}" y="{pad_t + 16 * n}" width="10" height="10" fill="{color}"/>')
         out.append(f'<text x="{pad_l + W + 26}" y="{pad_t + 16 * n + 9}">{_esc(name)}</text>')
     out.append("</svg>")
