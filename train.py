@@ -192,6 +192,19 @@ def log_line(out, rec):
         f.write(json.dumps(rec) + "\n")
 
 
+def make_evaluate(model, predict, ds, autocast=nullcontext, train_after=False):
+    """evaluate(split) -> (logits, metrics) with the model in eval mode and no gradients."""
+    def evaluate(split):
+        model.eval()
+        with torch.no_grad(), autocast():
+            logits = predict(model, split)
+        if train_after:
+            model.train()
+        rows = ds.idx(split)
+        return logits, ev.metrics(ds.user[rows], ds.label[rows], logits)
+    return evaluate
+
+
 def fit(args, model, train_batches, loss_fn, predict, ds):
     """Train `model`'s trainable parameters; return the metrics.json dict of the best epoch.
 
@@ -219,13 +232,7 @@ def fit(args, model, train_batches, loss_fn, predict, ds):
     scaler = torch.amp.GradScaler(device_type, enabled=args.amp == "fp16")
     autocast = (lambda: torch.autocast(device_type, dtype=amp_dtype)) if amp_dtype else nullcontext
 
-    def evaluate(split):
-        model.eval()
-        with torch.no_grad(), autocast():
-            logits = predict(model, split)
-        model.train()
-        rows = ds.idx(split)
-        return logits, ev.metrics(ds.user[rows], ds.label[rows], logits)
+    evaluate = make_evaluate(model, predict, ds, autocast, train_after=True)
 
     def checkpoint(epoch, best_auc, full=False):
         ck = dict(args=vars(args), epoch=epoch, best_valid_auc=best_auc, model=trainable_state(model))
@@ -341,11 +348,7 @@ def fit_closed_form(args, model, fit_rows, predict, ds):
     model.fit(*fit_rows)
     model.eval()
 
-    def evaluate(split):
-        with torch.no_grad():
-            logits = predict(model, split)
-        rows = ds.idx(split)
-        return logits, ev.metrics(ds.user[rows], ds.label[rows], logits)
+    evaluate = make_evaluate(model, predict, ds)
 
     _, m = evaluate("valid")
     ck = dict(args=vars(args), epoch=0, best_valid_auc=m["auc"], model=trainable_state(model))
@@ -654,11 +657,7 @@ def evaluate_only(args, model, predict, ds):
     save_atomic(dict(args=vars(args), epoch=0, best_valid_auc=None, model=trainable_state(model)),
                 os.path.join(args.out, "best.pt"))
 
-    def evaluate(split):
-        with torch.no_grad():
-            logits = predict(model, split)
-        rows = ds.idx(split)
-        return logits, ev.metrics(ds.user[rows], ds.label[rows], logits)
+    evaluate = make_evaluate(model, predict, ds)
     return finish(args, model, evaluate, ds)
 
 
