@@ -267,18 +267,23 @@ def read_metrics(run_dir):
         return json.load(f)
 
 
-def evaluate_run(run_dir, shuffle_cf=False, seed=0):
-    """Rebuild the run from its best.pt (args + trainable tensors) and score valid and test.
+def evaluate_run(run_dir, shuffle_cf=False, repeats=1):
+    """Rebuild the run from its best.pt (args + trainable tensors) and score valid and test,
+    `repeats` times; returns one metrics.json-style report per evaluation.
 
     shuffle_cf permutes the collaborative inputs (user, history, target item fed to the CF
-    encoder) across each evaluation split with `seed`, while every prompt keeps its own text:
-    if the spliced tokens carry signal, AUC must drop."""
+    encoder) across each evaluation split, with seed k on the k-th repeat, while every prompt keeps
+    its own text: if the spliced tokens carry signal, AUC must drop."""
     import torch
     import train  # train imports eval for its metrics; importing it here avoids a cycle
-    args, ds, model, predict = train.load_run(run_dir, shuffle_cf=shuffle_cf, seed=seed)
+    args, ds, model, make_predict = train.load_run(run_dir)
     model.eval()
-    with torch.no_grad():
-        return split_report(ds, predict(model, "valid"), predict(model, "test"))
+    reports = []
+    for seed in range(repeats):
+        predict = make_predict(shuffle_cf, seed)
+        with torch.no_grad():
+            reports.append(split_report(ds, predict(model, "valid"), predict(model, "test")))
+    return reports
 
 
 def mean_std(reports):
@@ -473,7 +478,7 @@ def main(argv=None):
                 for path in plot_run(args.run):
                     print(f"wrote {path}")
                 return 0
-            reports = [evaluate_run(args.run, args.shuffle_cf, seed=k) for k in range(args.repeats)]
+            reports = evaluate_run(args.run, args.shuffle_cf, args.repeats)
             if args.repeats == 1 and not args.shuffle_cf:
                 with open(os.path.join(args.run, "metrics.json"), "w") as f:
                     json.dump(reports[0], f, indent=2)

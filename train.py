@@ -449,9 +449,7 @@ def crm_predictor(ds, maxlen, batch_size):
 
 def run_crm(args, ds=None):
     """Train or fit one CRM stage; ds (already loaded) saves tests a reload."""
-    ds = ds if ds is not None else data.load(args.data, args.data_dir)
-    if args.limit:  # a smoke-test slice: the first N rows of each split
-        ds = data_slice(ds, args.limit)
+    ds = load_data(args, ds)
     seed_everything(args.seed)
     model = build_crm(args, ds)
     predict = crm_predictor(ds, args.maxlen, 4096)
@@ -470,6 +468,12 @@ def run_crm(args, ds=None):
         tensors, loss_fn = crm_tensors(ds, train_rows, args.maxlen), bce_loss
     return fit(args, model, lambda epoch: shuffled_batches(tensors, args.batch_size, args.seed, epoch),
                loss_fn, predict, ds)
+
+
+def load_data(args, ds=None):
+    """args.data from args.data_dir (or the given ds), cut to the first --limit rows of each split."""
+    ds = ds if ds is not None else data.load(args.data, args.data_dir)
+    return data_slice(ds, args.limit) if args.limit else ds
 
 
 def data_slice(ds, limit):
@@ -631,14 +635,17 @@ def encode_all(ds, tok, collab, proj_token_num):
     return prompts
 
 
+def build_llm_stage(args, ds):
+    """The stage's model and every row's prompt, tokenized once (collaborative for joint)."""
+    model, tok = build_llm_model(args, ds, args.stage)
+    return model, encode_all(ds, tok, collab=args.stage == "joint", proj_token_num=args.proj_token_num)
+
+
 def run_llm(args, ds=None):
     """One LLM stage: icl (evaluate only), text (TALLRec) or joint (SASRecLLM)."""
-    ds = ds if ds is not None else data.load(args.data, args.data_dir)
-    if args.limit:
-        ds = data_slice(ds, args.limit)
+    ds = load_data(args, ds)
     seed_everything(args.seed)
-    model, tok = build_llm_model(args, ds, args.stage)
-    prompts = encode_all(ds, tok, collab=args.stage == "joint", proj_token_num=args.proj_token_num)
+    model, prompts = build_llm_stage(args, ds)
     predict = llm_predictor(args, ds, prompts)
     if args.stage == "icl":
         return evaluate_only(args, model, predict, ds)
@@ -677,26 +684,32 @@ def run_all(args):
     return reports
 
 
-def load_run(run_dir, shuffle_cf=False, seed=0):
-    """(args, ds, model, predict) for a finished run, rebuilt from its best.pt (eval.py uses it)."""
+def load_run(run_dir):
+    """(args, ds, model, make_predict) for a finished run, rebuilt from its best.pt (eval.py uses it).
+
+    make_predict(shuffle_cf=False, seed=0) -> predict(model, split); shuffle_cf (joint runs only)
+    feeds the CF encoder a seed-permuted copy of the split's rows. The model and the tokenized
+    prompts are built once, whatever the number of evaluations."""
     path = os.path.join(run_dir, "best.pt")
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path} not found; train the run first")
     ck = torch.load(path, weights_only=False, map_location="cpu")
     args = argparse.Namespace(**ck["args"])
-    ds = data.load(args.data, args.data_dir)
-    if args.limit:
-        ds = data_slice(ds, args.limit)
+    ds = load_data(args)
     if args.stage in CRM_STAGES:
         model = build_crm(args, ds)
-        load_trainable(model, ck["model"])
-        return args, ds, model, crm_predictor(ds, args.maxlen, 4096)
-    stage = "joint" if args.stage == "joint" else ("icl" if args.stage == "icl" else "text")
-    model, tok = build_llm_model(args, ds, stage)
+        prompts = None
+    else:
+        model, prompts = build_llm_stage(args, ds)
     load_trainable(model, ck["model"])
-    prompts = encode_all(ds, tok, collab=stage == "joint", proj_token_num=args.proj_token_num)
-    predict = llm_predictor(args, ds, prompts, shuffle_cf=shuffle_cf, seed=seed)  # seed: a permutation per repeat
-    return args, ds, model, predict
+
+    def make_predict(shuffle_cf=False, seed=0):
+        if shuffle_cf and args.stage != "joint":
+            raise ValueError(f"--shuffle-cf needs a joint run; {run_dir} is a '{args.stage}' run")
+        if prompts is None:
+            return crm_predictor(ds, args.maxlen, 4096)
+        return llm_predictor(args, ds, prompts, shuffle_cf=shuffle_cf, seed=seed)
+    return args, ds, model, make_predict
 
 
 def run_chain(run_dir):

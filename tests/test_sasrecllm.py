@@ -112,9 +112,9 @@ def test_chain_writes_runs_and_checkpoints_round_trip(tmp_path, data_dir, monkey
     ck = torch.load(tmp_path / "joint" / "best.pt", weights_only=False)
     assert all(k.startswith(("mapping.", "cf.")) for k in ck["model"])
     saved = json.load(open(tmp_path / "joint" / "metrics.json"))
-    again = ev.evaluate_run(str(tmp_path / "joint"))
+    [again] = ev.evaluate_run(str(tmp_path / "joint"))
     assert again["test"]["auc"] == pytest.approx(saved["test"]["auc"], abs=1e-9)
-    shuffled = ev.evaluate_run(str(tmp_path / "joint"), shuffle_cf=True)
+    [shuffled] = ev.evaluate_run(str(tmp_path / "joint"), shuffle_cf=True)
     assert shuffled["test"]["n"] == saved["test"]["n"]
     assert not np.isclose(shuffled["test"]["logloss"], saved["test"]["logloss"])  # the CF tokens matter at all
 
