@@ -130,9 +130,13 @@ class MF(nn.Module):
     def item_embedding(self, item):
         return self.item_emb(item)
 
+    def biases(self, user, item):
+        """(B,), (B,) -> the score's bias split by side: (b_u + b, b_i), each (B,)."""
+        return self.user_bias(user).squeeze(-1) + self.global_bias, self.item_bias(item).squeeze(-1)
+
     def forward(self, user, hist, item):
-        dot = (self.user_emb(user) * self.item_emb(item)).sum(-1)
-        return dot + self.user_bias(user).squeeze(-1) + self.item_bias(item).squeeze(-1) + self.global_bias
+        bu, bi = self.biases(user, item)
+        return (self.user_emb(user) * self.item_emb(item)).sum(-1) + bu + bi
 
 
 class NCF(nn.Module):
@@ -203,6 +207,10 @@ class GRU4Rec(nn.Module):
     def item_embedding(self, item):
         return self.item_emb(item)
 
+    def biases(self, user, item):
+        """(B,), (B,) -> the score's bias split by side: (b, b_i), each (B,); no user bias."""
+        return self.global_bias.expand(item.shape), self.item_bias(item).squeeze(-1)
+
     def forward(self, user, hist, item):
-        u = self.user_embedding(user, hist)
-        return (u * self.item_emb(item)).sum(-1) + self.item_bias(item).squeeze(-1) + self.global_bias
+        bu, bi = self.biases(user, item)
+        return (self.user_embedding(user, hist) * self.item_emb(item)).sum(-1) + bu + bi

@@ -10,7 +10,8 @@ import data
 import eval as ev
 import llama
 import train
-from sasrecllm import SASRec, SASRecLLM, MappingLayer, splice
+from baselines import MF, GRU4Rec
+from sasrecllm import SASRec, SASRecLLM, MappingLayer, cf_vectors, splice
 
 
 class CharTok:
@@ -53,6 +54,25 @@ def test_mapping_layer_shape():
     assert m(torch.randn(5, 16)).shape == (5, 3, 32)
 
 
+@pytest.mark.parametrize("make", [lambda: SASRec(30, 10, dim=8, n_heads=2), lambda: MF(10, 30, dim=8),
+                                  lambda: GRU4Rec(30, dim=8)], ids=["sasrec", "mf", "gru4rec"])
+def test_cf_vectors_with_bias_dot_to_the_cf_logit(make):
+    torch.manual_seed(0)
+    cf = make().eval()
+    with torch.no_grad():  # non-zero biases, so that leaving them out would show
+        for name, p in cf.named_parameters():
+            if name.startswith(("user_bias", "item_bias", "global_bias")):
+                p.normal_(0.0, 1.0)
+    user, item = torch.tensor([1, 2, 3, 4]), torch.tensor([5, 6, 7, 29])
+    hist = torch.tensor([[0, 0, 1, 2], [0, 3, 4, 5], [9, 8, 7, 6], [0, 0, 0, 0]])
+    u, i = cf_vectors(cf, user, hist, item, with_bias=True)
+    assert u.shape == i.shape == (4, cf.dim + 2)
+    assert torch.allclose((u * i).sum(-1), cf(user, hist, item), atol=1e-5)
+    u0, i0 = cf_vectors(cf, user, hist, item)  # the paper's bare embeddings
+    assert torch.equal(u0, u[:, :-2]) and torch.equal(i0, i[:, :-2])
+    assert not torch.allclose((u0 * i0).sum(-1), cf(user, hist, item), atol=1e-3)
+
+
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("tiny")
@@ -72,7 +92,7 @@ def test_score_is_yes_minus_no_from_two_rows(tiny_dir):
 
 def _args(tmp_path, stage, extra=()):
     return train.parse_args(["--stage", stage, "--data", "ml1m", "--llm", "tiny", "--runs", str(tmp_path),
-                             "--limit", "120", "--max-epochs", "1", *extra])
+                             "--limit", "120", "--max-epochs", "1", "--iters-per-epoch", "0", *extra])
 
 
 def test_stages_freeze_exactly_their_parts(tmp_path, data_dir):
@@ -102,7 +122,8 @@ def test_stages_freeze_exactly_their_parts(tmp_path, data_dir):
 def test_chain_writes_runs_and_checkpoints_round_trip(tmp_path, data_dir, monkeypatch):
     monkeypatch.setenv("SASRECLLM_DATA", str(data_dir))
     assert train.main(["--stage", "all", "--data", "ml1m", "--data-dir", str(data_dir), "--llm", "tiny",
-                       "--runs", str(tmp_path), "--limit", "150", "--max-epochs", "1", "--threads", "1"]) == 0
+                       "--runs", str(tmp_path), "--limit", "150", "--max-epochs", "1", "--iters-per-epoch", "0",
+                       "--threads", "1"]) == 0
     for stage in ("sasrec", "text", "joint"):
         m = json.load(open(tmp_path / stage / "metrics.json"))
         assert set(m) >= {"valid", "test", "test_seen", "test_unseen", "test_warm", "test_cold"}
@@ -128,7 +149,8 @@ def test_two_gloo_processes_match_one(tmp_path, data_dir):
     import sys
     from conftest import ROOT
     flags = ["--stage", "text", "--data", "ml1m", "--data-dir", str(data_dir), "--llm", "tiny", "--limit", "80",
-             "--max-epochs", "2", "--lora-dropout", "0", "--threads", "1", "--batch-size", "8", "--lr", "1e-3"]
+             "--max-epochs", "2", "--iters-per-epoch", "0", "--lora-dropout", "0", "--threads", "1", "--batch-size", "8",
+             "--lr", "1e-3"]
     one, two = tmp_path / "one", tmp_path / "two"
     assert train.main(flags + ["--runs", str(one)]) == 0
     shutil.copytree(one / "tiny-llm", two / "tiny-llm")  # the same random backbone
@@ -148,8 +170,9 @@ def test_two_gloo_processes_match_one(tmp_path, data_dir):
 
 
 def test_llm_stage_resume_continues_the_same_curve(tmp_path, data_dir):
+    # CoLLM epochs of 6 iterations over 8-batch passes: epoch 2 starts mid-pass and crosses into the next
     flags = ["--stage", "text", "--data", "ml1m", "--data-dir", str(data_dir), "--llm", "tiny", "--limit", "60",
-             "--max-epochs", "2", "--threads", "1", "--batch-size", "8", "--lr", "1e-3"]
+             "--max-epochs", "2", "--iters-per-epoch", "6", "--threads", "1", "--batch-size", "8", "--lr", "1e-3"]
     straight, split = tmp_path / "a", tmp_path / "b"
     assert train.main(flags + ["--runs", str(straight)]) == 0
     assert train.main(flags + ["--runs", str(split), "--stop-after", "1"]) == 0
