@@ -130,3 +130,16 @@ def test_lr_schedule_warms_up_then_decays_to_zero():
     f = train.lr_lambda(warmup_steps=4, total_steps=20)
     assert [f(s) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
     assert f(4) == 1.0 and f(12) == pytest.approx(0.5) and f(20) == pytest.approx(0.0)
+
+
+def test_max_epochs_default_is_the_papers_except_on_the_tiny_backbone():
+    def max_epochs(*argv):
+        return train.parse_args(list(argv)).max_epochs
+    assert max_epochs("--stage", "sasrec", "--llm", "tiny") == train.MAX_EPOCHS == 300
+    assert max_epochs("--stage", "joint", "--llm", "some/dir") == 300
+    assert max_epochs("--stage", "joint", "--llm", "tiny") == train.MAX_EPOCHS_TINY == 10
+    assert max_epochs("--stage", "text", "--llm", "tiny", "--max-epochs", "3") == 3
+    chain = train.parse_args(["--stage", "all", "--llm", "tiny"])
+    assert chain.max_epochs is None  # filled per stage by run_all
+    assert train.fill_defaults(train.argparse.Namespace(**vars(chain)), "sasrec").max_epochs == 300
+    assert train.fill_defaults(train.argparse.Namespace(**vars(chain)), "text").max_epochs == 10
