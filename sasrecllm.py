@@ -246,8 +246,8 @@ class SASRecLLM(nn.Module):
         self.llm = llm
         self.answer_ids = [yes_id, no_id]
         self.cf, self.cf_bias = cf, cf_bias
-        d = None if cf is None else cf.dim + (2 if cf_bias else 0)
-        self.mapping = MappingLayer(d, llm.cfg.hidden_size, proj_token_num) if cf is not None else None
+        d_in = None if cf is None else cf.dim + (2 if cf_bias else 0)  # cf_vectors' width
+        self.mapping = None if cf is None else MappingLayer(d_in, llm.cfg.hidden_size, proj_token_num)
 
     def collab_tokens(self, user, hist, item):
         """(B, k, D) user tokens and (B, k, D) item tokens from the CF encoder."""

@@ -70,7 +70,7 @@ STAGE_DEFAULTS = {**{s: dict(batch_size=1024, patience=5, iters_per_epoch=0, **d
 # At most 300 epochs, as the paper. The embedded random backbone's text stage creeps up by ~0.002
 # valid AUC per epoch for dozens of epochs (it has to learn item popularity from title tokens
 # through LoRA on q/v alone), so on `--llm tiny` the LLM stages stop after 10 epochs instead: the
-# chain then fits ~30 min on 2 CPU cores. Pass --max-epochs to override either.
+# whole chain then takes ~10 min on 2 CPU cores (README). Pass --max-epochs to override either.
 MAX_EPOCHS, MAX_EPOCHS_TINY = 300, 10
 
 
@@ -560,7 +560,7 @@ def build_llm_model(args, ds, stage):
         cf = load_cf(args.cf_ckpt, ds, args.device)
         cf.requires_grad_(not args.freeze_sasrec)
     model = SASRecLLM(llm, tok.yes_id, tok.no_id, cf=cf, proj_token_num=args.proj_token_num,
-                      cf_bias=bool(args.cf_bias))
+                      cf_bias=bool(getattr(args, "cf_bias", 0)))  # runs saved before --cf-bias had none
     if model.mapping is not None:
         model.mapping.to(args.device)  # fp32: trainable parameters stay fp32
     return model, tok
