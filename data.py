@@ -34,12 +34,16 @@ import json
 import os
 import re
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 import torch
 
-DATA_DIR = os.environ.get("SASRECLLM_DATA", "data")
+import llama
+
+# The data root: --data-dir, else $SASRECLLM_DATA, else data/ (made absolute, so that a relative
+# $SASRECLLM_DATA means the same from any working directory).
+DATA_DIR = os.path.abspath(os.environ.get("SASRECLLM_DATA", "data"))
 SPLITS = ("train", "valid", "test")
 MONTH_WINDOWS = {"train": range(14, 24), "valid": range(24, 29), "test": range(29, 34)}
 RATIO = (0.8, 0.1, 0.1)        # the paper's chronological 8:1:1 split
@@ -127,7 +131,8 @@ def make_dataset(name, domain, user, item, label, timestamp, split, titles, sour
 
 def _need(path, what):
     if not os.path.exists(path):
-        raise DataError(f"{path} not found; expected {what}")
+        raise DataError(f"{path} not found (the data root is --data-dir, else $SASRECLLM_DATA, else "
+                        f"data/); expected {what}")
 
 
 def load_ml1m(data_dir):
@@ -422,26 +427,24 @@ MARKERS = ("<UserID>", "<TargetItemID>")
 EMPTY_HISTORY = "unkow"
 
 
-def history_titles(ds, i):
-    """The last 10 liked titles, each in double quotes, joined by ", "."""
-    titles = [f'"{ds.titles[j]}"' for j in ds.history[i][-PROMPT_TITLES:]]
-    return ", ".join(titles) if titles else EMPTY_HISTORY
-
-
-def _fill(template, ds, i):
-    target = '"' + ds.titles[ds.item[i]].strip(" ") + '"'
-    return (template.replace("<HisItemTitleList>", history_titles(ds, i))
-                    .replace("<TargetItemTitle>", target))
+def prompt(ds, i, collab):
+    """Row i's prompt: the last 10 liked titles, each in double quotes and joined by ", ", and the
+    target title. collab picks the SASRecLLM template, whose <UserID> and <TargetItemID> markers
+    stay in the text for encode_prompt to turn into slots."""
+    liked = [f'"{ds.titles[j]}"' for j in ds.history[i][-PROMPT_TITLES:]]
+    template = (PROMPT_COLLAB if collab else PROMPT_TEXT)[ds.domain]
+    return (template.replace("<HisItemTitleList>", ", ".join(liked) or EMPTY_HISTORY)
+                    .replace("<TargetItemTitle>", '"' + ds.titles[ds.item[i]].strip(" ") + '"'))
 
 
 def prompt_text(ds, i):
     """Text-only prompt of row i (ICL, TALLRec)."""
-    return _fill(PROMPT_TEXT[ds.domain], ds, i)
+    return prompt(ds, i, collab=False)
 
 
 def prompt_collab(ds, i):
     """SASRecLLM prompt of row i; <UserID> and <TargetItemID> stay as markers."""
-    return _fill(PROMPT_COLLAB[ds.domain], ds, i)
+    return prompt(ds, i, collab=True)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -457,13 +460,52 @@ def pad_left(histories, maxlen=25):
     return out
 
 
-def crm_batch(ds, rows, maxlen=25):
-    """A batch for the collaborative models (SASRec, MF, GRU4Rec...)."""
+@dataclass
+class Batch:
+    """What one training or scoring step reads: the model's keyword arguments, the labels, and the
+    size of the global batch (under torchrun each rank holds a share of it)."""
+    inputs: dict                 # name -> tensor, passed as model(**inputs)
+    label: torch.Tensor          # (B,) float
+    n_global: int
+    positions: np.ndarray = None  # scoring: where these rows' scores go in the split's order
+
+    def to(self, device):
+        move = lambda t: t.to(device, non_blocking=True)
+        return replace(self, inputs={k: move(v) for k, v in self.inputs.items()}, label=move(self.label))
+
+
+def cf_batch(ds, rows, maxlen=25):
+    """The collaborative models' view of rows (SASRec, MF, GRU4Rec...): who, what they liked
+    before, which item. -> dict of user (B,), hist (B, maxlen), item (B,), label (B,)"""
     rows = np.asarray(rows, dtype=np.int64)
-    return dict(user=torch.from_numpy(ds.user[rows]),                       # (B,)
-                item=torch.from_numpy(ds.item[rows]),                       # (B,)
-                hist=pad_left([ds.history[r] for r in rows], maxlen),       # (B, maxlen)
-                label=torch.from_numpy(ds.label[rows]).float())             # (B,)
+    return dict(user=torch.from_numpy(ds.user[rows]),
+                hist=pad_left([ds.history[r] for r in rows], maxlen),
+                item=torch.from_numpy(ds.item[rows]),
+                label=torch.from_numpy(ds.label[rows]).float())
+
+
+def cf_tensors(ds, rows, maxlen, next_item=False):
+    """cf_batch of all rows at once (ML-1M is small), plus `group`: rows of one user with the same
+    number of earlier likes share one history, and get one group id. For SASRec's original
+    next-item objective, seq = (hist + [item])[-(maxlen+1):], left-padded."""
+    t = cf_batch(ds, rows, maxlen)
+    key = ds.user[rows] * (ds.n_items + 1) + np.array([len(ds.history[r]) for r in rows])
+    t["group"] = torch.from_numpy(np.unique(key, return_inverse=True)[1].ravel())
+    if next_item:
+        t["seq"] = pad_left([list(ds.history[r]) + [int(ds.item[r])] for r in rows], maxlen + 1)
+    return t
+
+
+def cf_batches(t, batch_size, seed, epoch, inputs=("user", "hist", "item")):
+    """One epoch of Batches over cf_tensors t, in an order that depends only on (seed, epoch).
+
+    Rows that share a history stay next to each other, so a sequence model encodes that history
+    once per batch (SASRec.user_embedding); the groups themselves are shuffled."""
+    group = t["group"]                                               # (N,) shared-history id
+    rank = torch.from_numpy(np.random.default_rng([seed, epoch]).permutation(int(group.max()) + 1))
+    order = torch.argsort(rank[group], stable=True)                  # the shuffled groups' rows
+    return [Batch({k: t[k][b] for k in inputs}, t["label"][b], len(b))
+            for b in (order[i:i + batch_size] for i in range(0, len(group), batch_size))]
 
 
 @dataclass
@@ -488,14 +530,14 @@ def encode_prompt(text, tok, proj_token_num=1):
 
 def encode_prompts(ds, rows, tok, collab, proj_token_num=1):
     """Prompts of the given rows; collab picks the SASRecLLM template."""
-    make = prompt_collab if collab else prompt_text
-    return [encode_prompt(make(ds, int(r)), tok, proj_token_num) for r in rows]
+    return [encode_prompt(prompt(ds, int(r), collab), tok, proj_token_num) for r in rows]
 
 
-def collate_prompts(prompts, pad_id=0):
-    """Left-pads to the longest prompt, so the last position is every row's answer slot.
-    Marker positions shift right by the padding."""
-    T = max(len(p.ids) for p in prompts)
+def collate_prompts(prompts, pad_id=0, pad_multiple=1):
+    """Left-pads to the longest prompt (rounded up to a multiple of pad_multiple, so that a run
+    sees few distinct shapes), so the last position is every row's answer slot. Marker
+    positions shift right by the padding."""
+    T = -(-max(len(p.ids) for p in prompts) // pad_multiple) * pad_multiple
     k = max(len(p.user_pos) for p in prompts)
     B = len(prompts)
     input_ids = torch.full((B, T), pad_id, dtype=torch.long)
@@ -511,6 +553,20 @@ def collate_prompts(prompts, pad_id=0):
             item_pos[b] = torch.tensor(p.item_pos, dtype=torch.long) + pad
     return dict(input_ids=input_ids, attention_mask=attention_mask,   # (B, T), (B, T)
                 user_pos=user_pos, item_pos=item_pos)                 # (B, k), (B, k)
+
+
+def prompt_batch(ds, prompts, rows, maxlen=25, cf_rows=None, pad_multiple=1, n_global=None):
+    """The LLM's Batch for rows: the prompt tensors and, for collaborative prompts, the CF
+    encoder's inputs (user, hist, item), taken from cf_rows when given (the --shuffle-cf
+    ablation hands it other rows' users and items while each prompt keeps its own text)."""
+    rows = np.asarray(rows, dtype=np.int64)
+    b = collate_prompts([prompts[r] for r in rows], pad_multiple=pad_multiple)
+    if b["user_pos"].shape[1] == 0:  # text-only: the model reads tokens alone
+        inputs = dict(input_ids=b["input_ids"], attention_mask=b["attention_mask"])
+    else:
+        c = cf_batch(ds, rows if cf_rows is None else np.asarray(cf_rows, dtype=np.int64), maxlen)
+        inputs = dict(b, user=c["user"], hist=c["hist"], item=c["item"])
+    return Batch(inputs, torch.from_numpy(ds.label[rows]).float(), n_global or len(rows))
 
 
 def bucket_batches(lengths, batch_size, shuffle, seed=0):
@@ -529,17 +585,57 @@ def bucket_batches(lengths, batch_size, shuffle, seed=0):
     return batches
 
 
+def epoch_groups(lengths, batch_size, seed, epoch, iters_per_epoch=0):
+    """The batches (index lists into lengths) of one training epoch, depending only on
+    (seed, epoch) so that runs and resumes repeat. iters_per_epoch=0: one shuffled, bucketed pass;
+    N > 0: CoLLM's epochs of N iterations, cut from an endless stream of such passes."""
+    if not iters_per_epoch:
+        return bucket_batches(lengths, batch_size, shuffle=True, seed=[seed, epoch])
+    n_pass = -(-len(lengths) // batch_size)
+    steps = range((epoch - 1) * iters_per_epoch, epoch * iters_per_epoch)
+    passes = {p: bucket_batches(lengths, batch_size, True, [seed, p]) for p in {s // n_pass for s in steps}}
+    return [passes[s // n_pass][s % n_pass] for s in steps]
+
+
+class PromptBatches:
+    """Batches of prompt rows, collated lazily (a list of token ids costs less than its tensors).
+    Under torchrun each global batch is split across ranks, so ranks see disjoint rows (the
+    DistributedSampler's job) while every global batch stays one length bucket."""
+
+    def __init__(self, ds, prompts, rows, groups, maxlen, rank=0, world=1, cf_rows=None, pad_multiple=1):
+        self.ds, self.prompts, self.rows, self.groups = ds, prompts, np.asarray(rows), groups
+        self.maxlen, self.rank, self.world, self.pad_multiple = maxlen, rank, world, pad_multiple
+        self.cf_rows = None if cf_rows is None else np.asarray(cf_rows)
+
+    def __len__(self):
+        return len(self.groups)
+
+    def __iter__(self):
+        for g in self.groups:
+            mine = np.asarray(g[self.rank::self.world], dtype=np.int64)  # positions into rows
+            cf = None if self.cf_rows is None else self.cf_rows[mine]
+            b = prompt_batch(self.ds, self.prompts, self.rows[mine], self.maxlen, cf, self.pad_multiple, len(g))
+            yield replace(b, positions=mine)
+
+
+def data_slice(ds, limit):
+    """The first `limit` rows of each split (row order), for smoke tests. Histories are the full
+    data's, so a row reads the same prompt as in the whole data set."""
+    keep = np.sort(np.concatenate([ds.idx(s)[:limit] for s in SPLITS]))
+    arrays = {f.name: getattr(ds, f.name)[keep] for f in fields(ds) if isinstance(getattr(ds, f.name), np.ndarray)}
+    return replace(ds, history=[ds.history[i] for i in keep], **arrays)
+
+
 # ----------------------------------------------------------------------------------------------
 # Command line
 
 def load_tokenizer(path):
-    """llama.Tokenizer for the CLI's token counts. The library itself only duck-types a tokenizer
-    (encode(text, bos), bos_id, unk_id), so data.py imports llama here and nowhere else."""
+    """llama.Tokenizer for the CLI's token counts (the library itself only duck-types a tokenizer:
+    encode(text, bos), bos_id, unk_id)."""
     if not os.path.exists(path):
         raise DataError(f"{path} not found; expected a sentencepiece tokenizer.model")
-    from llama import Tokenizer
     try:
-        return Tokenizer(path)
+        return llama.Tokenizer(path)
     except (OSError, RuntimeError) as e:
         raise DataError(f"{path}: expected a sentencepiece tokenizer.model ({e})") from None
 

@@ -1,17 +1,14 @@
-"""Metrics and reports for SASRecLLM: the numbers of the paper's Table 1 (Section 4.2).
-
-Every metric is hand-written with numpy and carries its formula:
-- AUC: rank-based (Mann-Whitney U), tie-aware, O(n log n).
-- UAUC: the mean of per-user AUC over users with both classes (CoLLM's definition).
-- LogLoss, precision, recall, F1, accuracy at threshold 0.5.
-- Rel.Imp.: the relative improvement of the best row over a row, averaged over AUC and UAUC
-  (CoLLM's Table 2 convention, which the SASRecLLM paper's Table 1 follows).
-
-Models hand us logits s (pre-sigmoid); p = sigmoid(s) is the probability of "like".
+"""Reports for SASRecLLM: the paper's Table 1 from runs, re-scored runs, the --shuffle-cf
+ablation, mean ± std over seeds, and hand-written SVG plots. The metrics themselves (AUC, UAUC,
+LogLoss, P/R/F1/accuracy, Rel.Imp.) are in metrics.py, each with its formula.
 
 CLI:
     python eval.py --preds FILE.tsv       # metrics for a prediction file
     python eval.py --table runs/*         # the paper-style table over runs' metrics.json
+    python eval.py runs/joint             # re-score a run's best.pt
+    python eval.py runs/joint --shuffle-cf --repeats 3   # the CF tokens permuted across rows
+    python eval.py --seeds runs/s0 runs/s1 runs/s2       # mean ± std over seeds
+    python eval.py runs/joint --plot      # curves across the stages, bars of warm/cold AUC
 """
 import argparse
 import json
@@ -20,141 +17,10 @@ import os
 import sys
 
 import numpy as np
+import torch
 
-# -----------------------------------------------------------------------------
-# metrics
-
-
-def _average_ranks(x):
-    """1-based ranks of x, tied values sharing the mean of their ranks."""
-    order = np.argsort(x, kind="mergesort")
-    xs = x[order]
-    # start index of each run of equal values, and the run lengths
-    starts = np.flatnonzero(np.r_[True, xs[1:] != xs[:-1]])
-    counts = np.diff(np.r_[starts, len(xs)])
-    mean_rank = starts + (counts + 1) / 2.0  # mean of ranks starts+1 .. starts+counts
-    ranks = np.empty(len(x), dtype=np.float64)
-    ranks[order] = np.repeat(mean_rank, counts)
-    return ranks
-
-
-def auc(labels, scores):
-    """AUC = P(s+ > s-) + 1/2 P(s+ = s-), via ranks:
-
-        AUC = (sum_{i: y_i=1} rank_i - n1 (n1 + 1) / 2) / (n1 n0)
-
-    with tied scores sharing their mean rank. NaN when a class is absent.
-    """
-    y = np.asarray(labels).astype(bool).ravel()
-    s = np.asarray(scores, dtype=np.float64).ravel()
-    if len(y) != len(s):
-        raise ValueError(f"auc: {len(y)} labels but {len(s)} scores")
-    n1 = int(y.sum())
-    n0 = len(y) - n1
-    if n1 == 0 or n0 == 0:
-        return float("nan")
-    r = _average_ranks(s)
-    return float((r[y].sum() - n1 * (n1 + 1) / 2.0) / (n1 * n0))
-
-
-def uauc(users, labels, scores):
-    """UAUC = (1/|U'|) sum_{u in U'} AUC_u, U' = users with both a positive and a negative.
-
-    Returns (uauc, |U'|)."""
-    u = np.asarray(users).ravel()
-    y = np.asarray(labels).ravel()
-    s = np.asarray(scores, dtype=np.float64).ravel()
-    order = np.argsort(u, kind="mergesort")
-    u, y, s = u[order], y[order], s[order]
-    bounds = np.flatnonzero(np.r_[True, u[1:] != u[:-1], True])
-    aucs = []
-    for a, b in zip(bounds[:-1], bounds[1:]):
-        v = auc(y[a:b], s[a:b])
-        if not math.isnan(v):
-            aucs.append(v)
-    if not aucs:
-        return float("nan"), 0
-    return float(np.mean(aucs)), len(aucs)
-
-
-def sigmoid(x):
-    x = np.asarray(x, dtype=np.float64)
-    return 0.5 * (1.0 + np.tanh(0.5 * x))  # numerically safe for large |x|
-
-
-def logloss(labels, probs, eps=1e-7):
-    """LogLoss = -mean(y log p + (1 - y) log(1 - p)), p clipped to [eps, 1 - eps]."""
-    y = np.asarray(labels, dtype=np.float64).ravel()
-    p = np.clip(np.asarray(probs, dtype=np.float64).ravel(), eps, 1 - eps)
-    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
-
-
-def _confusion(labels, probs, threshold):
-    y = np.asarray(labels).astype(bool).ravel()
-    yhat = np.asarray(probs, dtype=np.float64).ravel() >= threshold
-    tp = int((y & yhat).sum())
-    fp = int((~y & yhat).sum())
-    fn = int((y & ~yhat).sum())
-    tn = int((~y & ~yhat).sum())
-    return tp, fp, fn, tn
-
-
-def precision(labels, probs, threshold=0.5):
-    """TP / (TP + FP); 0 when nothing is predicted positive."""
-    tp, fp, _, _ = _confusion(labels, probs, threshold)
-    return tp / (tp + fp) if tp + fp else 0.0
-
-
-def recall(labels, probs, threshold=0.5):
-    """TP / (TP + FN); 0 when there are no positives."""
-    tp, _, fn, _ = _confusion(labels, probs, threshold)
-    return tp / (tp + fn) if tp + fn else 0.0
-
-
-def f1(labels, probs, threshold=0.5):
-    """2 P R / (P + R) = 2 TP / (2 TP + FP + FN)."""
-    tp, fp, fn, _ = _confusion(labels, probs, threshold)
-    return 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0
-
-
-def accuracy(labels, probs, threshold=0.5):
-    """(TP + TN) / n."""
-    tp, fp, fn, tn = _confusion(labels, probs, threshold)
-    n = tp + fp + fn + tn
-    return (tp + tn) / n if n else float("nan")
-
-
-def metrics(users, labels, logits):
-    """All of Table 1's metrics for one set of predictions; logits are pre-sigmoid scores."""
-    p = sigmoid(logits)
-    u, n_users = uauc(users, labels, logits)
-    return dict(auc=auc(labels, logits), uauc=u, uauc_users=n_users, logloss=logloss(labels, p),
-                precision=precision(labels, p), recall=recall(labels, p), f1=f1(labels, p),
-                accuracy=accuracy(labels, p), n=int(len(np.asarray(labels).ravel())))
-
-
-def rel_imp(best, row):
-    """Rel.Imp. of the best row over `row`: mean over m in {AUC, UAUC} of (best_m - row_m) / row_m."""
-    return float(np.mean([(best[m] - row[m]) / row[m] for m in ("auc", "uauc")]))
-
-
-def split_report(ds, logits_valid, logits_test):
-    """metrics.json's content: valid, test, and test's seen/unseen (CoLLM) and warm/cold (paper) parts.
-
-    ds is a data.Dataset; logits_* follow the row order of ds.idx("valid") / ds.idx("test")."""
-    out = {}
-    for name, logits in (("valid", logits_valid), ("test", logits_test)):
-        rows = ds.idx(name)
-        logits = np.asarray(logits, dtype=np.float64).ravel()
-        if len(logits) != len(rows):
-            raise ValueError(f"split_report: {len(logits)} {name} logits for {len(rows)} {name} rows")
-        out[name] = metrics(ds.user[rows], ds.label[rows], logits)
-        if name == "test":
-            for part, mask in (("seen", ds.seen[rows]), ("unseen", ~ds.seen[rows]),
-                               ("warm", ds.warm[rows]), ("cold", ~ds.warm[rows])):
-                out[f"test_{part}"] = metrics(ds.user[rows][mask], ds.label[rows][mask], logits[mask])
-    return out
-
+import train
+from metrics import metrics, rel_imp, split_report
 
 # -----------------------------------------------------------------------------
 # tables
@@ -167,16 +33,24 @@ def fmt(v):
     return "nan" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"
 
 
-def markdown_table(rows, rel=True):
-    """rows: list of (name, metrics dict). Rel.Imp. is measured against the row with the best AUC."""
+def _num(v):
+    return float("nan") if v is None else v
+
+
+def markdown_table(rows, rel=True, ours=("joint", "SASRecLLM")):
+    """rows: list of (name, metrics dict). Rel.Imp. is the paper's: the relative gain of SASRecLLM
+    (the row named in `ours`) over each other row, averaged over AUC and UAUC; without such a
+    row, the gain of the row with the best AUC."""
     head = ["model"] + [c for _, c in COLUMNS] + (["Rel. Imp."] if rel else [])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    valid = [m for _, m in rows if not math.isnan(m.get("auc", float("nan")))]
-    best = max(valid, key=lambda m: m["auc"]) if valid else None
+    ref = next((m for name, m in rows if name in ours), None)
+    if ref is None:
+        valid = [m for _, m in rows if not math.isnan(_num(m.get("auc")))]
+        ref = max(valid, key=lambda m: m["auc"]) if valid else None
     for name, m in rows:
-        cells = [name] + [fmt(m.get(k, float("nan"))) for k, _ in COLUMNS]
+        cells = [name] + [fmt(m.get(k)) for k, _ in COLUMNS]
         if rel:
-            cells.append("-" if best is None or m is best else f"{100 * rel_imp(best, m):+.2f}%")
+            cells.append("-" if ref is None or m is ref else f"{100 * rel_imp(ref, m):+.2f}%")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -267,16 +141,14 @@ def read_metrics(run_dir):
         return json.load(f)
 
 
-def evaluate_run(run_dir, shuffle_cf=False, repeats=1):
+def evaluate_run(run_dir, shuffle_cf=False, repeats=1, data_dir=None):
     """Rebuild the run from its best.pt (args + trainable tensors) and score valid and test,
     `repeats` times; returns one metrics.json-style report per evaluation.
 
     shuffle_cf permutes the collaborative inputs (user, history, target item fed to the CF
     encoder) across each evaluation split, with seed k on the k-th repeat, while every prompt keeps
     its own text: if the spliced tokens carry signal, AUC must drop."""
-    import torch
-    import train  # train imports eval for its metrics; importing it here avoids a cycle
-    args, ds, model, make_predict = train.load_run(run_dir)
+    args, ds, model, make_predict = train.load_run(run_dir, data_dir)
     model.eval()
     reports = []
     for seed in range(repeats):
@@ -284,6 +156,34 @@ def evaluate_run(run_dir, shuffle_cf=False, repeats=1):
         with torch.no_grad():
             reports.append(split_report(ds, predict(model, "valid"), predict(model, "test")))
     return reports
+
+
+PARTS = ("valid", "test", "test_seen", "test_unseen", "test_warm", "test_cold")
+
+
+def shuffle_cf_report(run_dir, repeats=1, data_dir=None):
+    """The --shuffle-cf ablation beside the unshuffled scores: AUC and UAUC per part, and the drop.
+    With repeats > 1, the shuffled figures are mean ± std over that many permutations."""
+    args, ds, model, make_predict = train.load_run(run_dir, data_dir)
+    model.eval()
+    with torch.no_grad():
+        predict = make_predict()
+        plain = split_report(ds, predict(model, "valid"), predict(model, "test"))
+        shuffled = []
+        for seed in range(repeats):
+            predict = make_predict(shuffle_cf=True, seed=seed)
+            shuffled.append(split_report(ds, predict(model, "valid"), predict(model, "test")))
+    stats = mean_std(shuffled)
+    lines = [f"{run_dir}: CF tokens permuted across rows ({repeats} permutation{'s' * (repeats > 1)})",
+             "| part | AUC | AUC shuffled | drop | UAUC | UAUC shuffled | drop |", "|" + "---|" * 7]
+    for p in PARTS:
+        cells = [p]
+        for k in ("auc", "uauc"):
+            mean, std = stats[p][k]
+            cells += [fmt(plain[p][k]), fmt(mean) + (f" ± {std:.4f}" if repeats > 1 else ""),
+                      fmt(_num(plain[p][k]) - mean)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def mean_std(reports):
@@ -311,7 +211,6 @@ def plot_run(run_dir):
     """RQ4 curves and RQ2/RQ3 bars beside a run. For a joint run, the curves run through the
     SASRec and text stages it was built from (boundaries marked), and the bars compare SASRec,
     TALLRec (text) and SASRecLLM (joint) on test and its warm and cold parts."""
-    import train
     chain = train.run_chain(run_dir)  # [(stage name, run dir)], oldest first, ending with run_dir
     curves = {"valid AUC": [], "valid UAUC": [], "train loss": []}
     boundaries, offset = [], 0
@@ -463,6 +362,7 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=1, help="evaluate K times (K permutation seeds with --shuffle-cf)")
     ap.add_argument("--seeds", nargs="+", metavar="RUN", help="runs trained with different --seed: mean +- std")
     ap.add_argument("--plot", action="store_true", help="write SVG curves and bars beside RUN")
+    ap.add_argument("--data-dir", default=None, help="re-scoring: the data root, if it moved since training")
     args = ap.parse_args(argv)
     try:
         if args.preds:
@@ -478,14 +378,17 @@ def main(argv=None):
                 for path in plot_run(args.run):
                     print(f"wrote {path}")
                 return 0
-            reports = evaluate_run(args.run, args.shuffle_cf, args.repeats)
-            if args.repeats == 1 and not args.shuffle_cf:
-                with open(os.path.join(args.run, "metrics.json"), "w") as f:
-                    json.dump(reports[0], f, indent=2)
+            if args.shuffle_cf:
+                print(shuffle_cf_report(args.run, args.repeats, args.data_dir))
+                return 0
+            reports = evaluate_run(args.run, repeats=args.repeats, data_dir=args.data_dir)
+            if args.repeats == 1:
+                train.loop.write_json(reports[0], os.path.join(args.run, "metrics.json"))
                 print(f"wrote {os.path.join(args.run, 'metrics.json')}")
-            what = " with the CF tokens shuffled" if args.shuffle_cf else ""
-            print(f"{args.run}{what}, mean ± std over {args.repeats} evaluation(s):")
-            print(mean_std_table(mean_std(reports)))
+                print(markdown_table([(p, reports[0][p]) for p in PARTS], rel=False))
+            else:
+                print(f"{args.run}, mean ± std over {args.repeats} evaluations:")
+                print(mean_std_table(mean_std(reports)))
         else:
             ap.print_help()
             return 2

@@ -7,10 +7,15 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+import metrics  # noqa: E402  (the project root is on sys.path only now)
+from data import pad_left  # noqa: E402
 
 DATA_DIR = Path(os.environ.get("SASRECLLM_DATA", ROOT.parent / "shared" / "data"))
 TOKENIZER = Path(os.environ.get("SASRECLLM_TOKENIZER",
@@ -29,3 +34,44 @@ def tokenizer_path():
     if not TOKENIZER.exists():
         pytest.skip(f"real Llama-2 tokenizer not found at {TOKENIZER} (set SASRECLLM_TOKENIZER)")
     return TOKENIZER
+
+
+# -----------------------------------------------------------------------------
+# toy rows for the CF models (SASRec and the baselines)
+
+
+def _toy_rows(n=64, n_users=10, n_items=30, maxlen=8, seed=0):
+    """64 random (user, history, item, label) rows with random labels: only memorizing fits them."""
+    rng = np.random.default_rng(seed)
+    histories = [list(rng.integers(1, n_items + 1, size=rng.integers(0, maxlen + 1))) for _ in range(n)]
+    return dict(user=torch.from_numpy(rng.integers(1, n_users + 1, size=n)),
+                hist=pad_left([[int(i) for i in h] for h in histories], maxlen),
+                item=torch.from_numpy(rng.integers(1, n_items + 1, size=n)),
+                label=torch.from_numpy(rng.permutation(np.arange(n) % 2)).float())
+
+
+def _overfit_auc(model, rows, steps=300, lr=1e-2):
+    torch.manual_seed(0)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    model.train()
+    for _ in range(steps):
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(
+            model(rows["user"], rows["hist"], rows["item"]), rows["label"])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    with torch.no_grad():
+        return metrics.auc(rows["label"].numpy(), model(rows["user"], rows["hist"], rows["item"]).numpy())
+
+
+@pytest.fixture
+def toy_rows():
+    """toy_rows(n=64, ...) -> random (user, hist, item, label) rows that only memorizing fits."""
+    return _toy_rows
+
+
+@pytest.fixture
+def overfit_auc():
+    """overfit_auc(model, rows) -> train AUC after 300 Adam steps on the rows."""
+    return _overfit_auc

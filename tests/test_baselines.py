@@ -3,9 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-import eval as ev
+import metrics as M
 from baselines import MC, MF, NCF, GRU4Rec, Pop
-from test_sasrec import overfit_auc, toy_rows
 
 torch.set_num_threads(1)
 
@@ -17,12 +16,12 @@ def learned_models():
 
 
 @pytest.mark.parametrize("name", ["mf", "ncf", "gru4rec"])
-def test_learned_models_overfit_a_toy_set(name):
+def test_learned_models_overfit_a_toy_set(name, toy_rows, overfit_auc):
     assert overfit_auc(learned_models()[name], toy_rows()) > 0.95
 
 
 @pytest.mark.parametrize("name", ["mf", "ncf", "gru4rec"])
-def test_interface(name):
+def test_interface(name, toy_rows):
     model = learned_models()[name].eval()
     rows = toy_rows(n=5)
     assert model(rows["user"], rows["hist"], rows["item"]).shape == (5,)
@@ -46,7 +45,7 @@ def test_pop_fits_like_rates_and_overfits_an_additive_toy_set():
     model = Pop(10, 30)
     model.fit(user, item, label)
     scores = model(user, None, item).detach().numpy()
-    assert ev.auc(label.numpy(), scores) > 0.95
+    assert M.auc(label.numpy(), scores) > 0.95
     # a user with no train row sits exactly at the item's rate; global logit is logit(mean label)
     r = label.double().mean()
     assert torch.isclose(model.global_logit.double(), torch.log(r / (1 - r)).float().double(), atol=1e-6)
@@ -61,6 +60,6 @@ def test_mc_overfits_distinct_transitions():
     model = MC(30, item_strength=1e6)  # item rates pinned to the global rate: only transitions inform
     model.fit(None, item, label, last)
     scores = model(None, last[:, None], item).detach().numpy()
-    assert ev.auc(label.numpy(), scores) == 1.0
+    assert M.auc(label.numpy(), scores) == 1.0
     unseen = model(None, torch.tensor([[0]]), torch.tensor([5]))
     assert torch.isclose(unseen, model.item_logit[5])  # an unseen transition falls back to the item

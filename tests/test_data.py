@@ -300,12 +300,12 @@ class CharTokenizer:
         return "".join(chr(i - 3) for i in ids if i > 2)
 
 
-def test_pad_left_and_crm_batch(ml1m):
+def test_pad_left_and_cf_batch(ml1m):
     out = data.pad_left([[], [5], list(range(1, 31))], maxlen=4)
     assert out.tolist() == [[0, 0, 0, 0], [0, 0, 0, 5], [27, 28, 29, 30]]
     assert out.dtype == torch.long
     rows = ml1m.idx("test")[:8]
-    b = data.crm_batch(ml1m, rows, maxlen=25)
+    b = data.cf_batch(ml1m, rows, maxlen=25)
     assert b["user"].shape == b["item"].shape == b["label"].shape == (8,)
     assert b["hist"].shape == (8, 25) and b["label"].dtype == torch.float32
     assert b["hist"][0, -3:].tolist() == ml1m.history[rows[0]][-3:]

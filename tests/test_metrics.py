@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import eval as ev
+import metrics as M
 from conftest import ROOT
 
 
@@ -18,11 +19,11 @@ def brute_auc(y, s):
 
 
 def test_auc_known_cases():
-    assert ev.auc([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8]) == 0.75
-    assert ev.auc([1, 0], [0.3, 0.3]) == 0.5
-    assert ev.auc([1, 1, 0], [3, 2, 1]) == 1.0
-    assert ev.auc([1, 1, 0], [1, 2, 3]) == 0.0
-    assert math.isnan(ev.auc([1, 1], [0.2, 0.3]))
+    assert M.auc([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8]) == 0.75
+    assert M.auc([1, 0], [0.3, 0.3]) == 0.5
+    assert M.auc([1, 1, 0], [3, 2, 1]) == 1.0
+    assert M.auc([1, 1, 0], [1, 2, 3]) == 0.0
+    assert math.isnan(M.auc([1, 1], [0.2, 0.3]))
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -31,14 +32,14 @@ def test_auc_matches_brute_force_with_many_ties(seed):
     n = 500
     y = rng.integers(0, 2, n)
     s = rng.integers(0, 7, n).astype(float)  # only 7 distinct values: ties everywhere
-    assert abs(ev.auc(y, s) - brute_auc(y, s)) < 1e-12
+    assert abs(M.auc(y, s) - brute_auc(y, s)) < 1e-12
 
 
 def test_uauc_known_case_and_counts():
     users = [1, 1, 1, 2, 2, 3, 3]
     labels = [1, 0, 0, 1, 0, 1, 1]  # user 3 has one class only: excluded
     scores = [0.9, 0.1, 0.95, 0.2, 0.8, 0.5, 0.6]
-    value, n = ev.uauc(users, labels, scores)
+    value, n = M.uauc(users, labels, scores)
     assert n == 2
     assert value == pytest.approx((0.5 + 0.0) / 2)
 
@@ -50,7 +51,7 @@ def test_uauc_matches_loop_over_users():
     s = rng.integers(0, 5, 2000).astype(float)
     per_user = [brute_auc(y[u == k], s[u == k]) for k in np.unique(u)
                 if 0 < y[u == k].sum() < (u == k).sum()]
-    value, n = ev.uauc(u, y, s)
+    value, n = M.uauc(u, y, s)
     assert n == len(per_user)
     assert value == pytest.approx(np.mean(per_user), abs=1e-12)
 
@@ -58,13 +59,13 @@ def test_uauc_matches_loop_over_users():
 def test_threshold_metrics_and_logloss_known_case():
     y = np.array([1, 1, 0, 0, 1])
     p = np.array([0.9, 0.4, 0.6, 0.1, 0.5])  # predicted positive: 0, 2, 4 (0.5 counts)
-    assert ev.precision(y, p) == pytest.approx(2 / 3)
-    assert ev.recall(y, p) == pytest.approx(2 / 3)
-    assert ev.f1(y, p) == pytest.approx(2 / 3)
-    assert ev.accuracy(y, p) == pytest.approx(3 / 5)
+    assert M.precision(y, p) == pytest.approx(2 / 3)
+    assert M.recall(y, p) == pytest.approx(2 / 3)
+    assert M.f1(y, p) == pytest.approx(2 / 3)
+    assert M.accuracy(y, p) == pytest.approx(3 / 5)
     expected = -np.mean(np.log([0.9, 0.4, 0.4, 0.9, 0.5]))
-    assert ev.logloss(y, p) == pytest.approx(expected)
-    assert np.isfinite(ev.logloss([1, 0], [0.0, 1.0]))  # clipped, not inf
+    assert M.logloss(y, p) == pytest.approx(expected)
+    assert np.isfinite(M.logloss([1, 0], [0.0, 1.0]))  # clipped, not inf
 
 
 def test_metrics_agree_with_sklearn():
@@ -72,8 +73,8 @@ def test_metrics_agree_with_sklearn():
     rng = np.random.default_rng(1)
     y = rng.integers(0, 2, 3000)
     logits = np.round(rng.normal(size=3000), 1)  # rounding creates many ties
-    p = ev.sigmoid(logits)
-    m = ev.metrics(np.zeros(3000, dtype=int), y, logits)
+    p = M.sigmoid(logits)
+    m = M.metrics(np.zeros(3000, dtype=int), y, logits)
     assert abs(m["auc"] - skm.roc_auc_score(y, logits)) < 1e-9
     assert abs(m["logloss"] - skm.log_loss(y, p)) < 1e-9
     yhat = (p >= 0.5).astype(int)
@@ -86,7 +87,7 @@ def test_metrics_agree_with_sklearn():
 def test_rel_imp_and_table():
     best = dict(auc=0.75, uauc=0.70)
     row = dict(auc=0.60, uauc=0.70)
-    assert ev.rel_imp(best, row) == pytest.approx((0.25 + 0.0) / 2)
+    assert M.rel_imp(best, row) == pytest.approx((0.25 + 0.0) / 2)
     table = ev.markdown_table([("a", {**best, "logloss": 0.5}), ("b", row)])
     assert "| b |" in table and "+12.50%" in table
 

@@ -2,7 +2,6 @@
 import numpy as np
 import torch
 
-import eval as ev
 from data import pad_left
 from sasrecllm import SASRec
 
@@ -58,32 +57,7 @@ def test_interface_shapes():
     assert model.seq_logits(hist, hist).shape == hist.shape
 
 
-def toy_rows(n=64, n_users=10, n_items=30, maxlen=8, seed=0):
-    """64 random (user, history, item, label) rows with random labels: only memorizing fits them."""
-    rng = np.random.default_rng(seed)
-    histories = [list(rng.integers(1, n_items + 1, size=rng.integers(0, maxlen + 1))) for _ in range(n)]
-    return dict(user=torch.from_numpy(rng.integers(1, n_users + 1, size=n)),
-                hist=pad_left([[int(i) for i in h] for h in histories], maxlen),
-                item=torch.from_numpy(rng.integers(1, n_items + 1, size=n)),
-                label=torch.from_numpy(rng.permutation(np.arange(n) % 2)).float())
-
-
-def overfit_auc(model, rows, steps=300, lr=1e-2):
-    torch.manual_seed(0)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    model.train()
-    for _ in range(steps):
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(
-            model(rows["user"], rows["hist"], rows["item"]), rows["label"])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    model.eval()
-    with torch.no_grad():
-        return ev.auc(rows["label"].numpy(), model(rows["user"], rows["hist"], rows["item"]).numpy())
-
-
-def test_sasrec_overfits_a_toy_set():
+def test_sasrec_overfits_a_toy_set(toy_rows, overfit_auc):
     torch.manual_seed(0)
     model = SASRec(n_items=30, n_users=10, dim=16, n_heads=2, maxlen=8, dropout=0.0, bias=False)
     assert overfit_auc(model, toy_rows()) > 0.95

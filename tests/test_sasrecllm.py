@@ -9,6 +9,8 @@ import torch
 import data
 import eval as ev
 import llama
+import loop
+import lora
 import train
 from baselines import MF, GRU4Rec
 from sasrecllm import SASRec, SASRecLLM, MappingLayer, cf_vectors, splice
@@ -96,10 +98,10 @@ def _args(tmp_path, stage, extra=()):
 
 
 def test_stages_freeze_exactly_their_parts(tmp_path, data_dir):
-    ds = train.data_slice(data.load("ml1m", data_dir), 120)
-    icl, _ = train.build_llm_model(_args(tmp_path, "icl"), ds, "icl")
+    ds = data.data_slice(data.load("ml1m", data_dir), 120)
+    icl, _ = train.build_llm_model(_args(tmp_path, "icl"), ds)
     assert not any(p.requires_grad for p in icl.parameters())
-    text, _ = train.build_llm_model(_args(tmp_path, "text"), ds, "text")
+    text, _ = train.build_llm_model(_args(tmp_path, "text"), ds)
     trainable = {n for n, p in text.named_parameters() if p.requires_grad}
     assert trainable and all(".lora_A." in n or ".lora_B." in n for n in trainable)
     assert {n.split(".")[-2] for n in trainable} == {"lora_A", "lora_B"}
@@ -108,12 +110,11 @@ def test_stages_freeze_exactly_their_parts(tmp_path, data_dir):
     cf = SASRec(ds.n_items, ds.n_users, dim=16, n_heads=2)
     os.makedirs(tmp_path / "sasrec")
     torch.save(dict(args=dict(stage="sasrec", dim=16, layers=2, heads=2, maxlen=25, dropout=0.0, no_bias=False),
-                    model=train.trainable_state(cf)), tmp_path / "sasrec" / "best.pt")
-    import lora
+                    model=loop.trainable_state(cf)), tmp_path / "sasrec" / "best.pt")
     lora.save_adapter(text.llm, tmp_path / "text" / "adapter")
     for freeze, expect_cf in ((False, True), (True, False)):
-        extra = ["--freeze-sasrec"] if freeze else []
-        joint, _ = train.build_llm_model(_args(tmp_path, "joint", extra), ds, "joint")
+        extra = ["--freeze-cf"] if freeze else []
+        joint, _ = train.build_llm_model(_args(tmp_path, "joint", extra), ds)
         assert not any(p.requires_grad for p in joint.llm.parameters())  # LoRA frozen too
         assert all(p.requires_grad for p in joint.mapping.parameters())
         assert all(p.requires_grad == expect_cf for p in joint.cf.parameters())

@@ -1,17 +1,16 @@
-"""train.py's runner: checkpoints, determinism, resume, NaN guard, and a small end-to-end run."""
+"""The loop (loop.py) and the CF recipes (train.py): checkpoints, determinism, resume, the NaN stop,
+the schedule, the defaults, and a small end-to-end run."""
 import json
 import math
 import os
-from types import SimpleNamespace
-
 import numpy as np
 import pytest
 import torch
 
 import data
+import loop
 import train
 from sasrecllm import SASRec
-from test_sasrec import toy_rows
 
 torch.set_num_threads(1)
 SECTIONS = ("valid", "test", "test_seen", "test_unseen", "test_warm", "test_cold")
@@ -25,7 +24,7 @@ def ml1m(data_dir):
 
 def run(ml1m, out, *extra):
     args = train.parse_args(["--out", str(out), "--limit", "1500", "--threads", "1", *extra])
-    return train.run_crm(args, ds=ml1m)
+    return train.run_cf(args, ds=ml1m)
 
 
 def test_mf_end_to_end_writes_well_formed_files(data_dir, tmp_path):
@@ -80,22 +79,22 @@ def test_autocast_runs_and_keeps_parameters_fp32(ml1m, tmp_path, amp):
     assert all(t.dtype == torch.float32 for t in ck["model"].values())
 
 
-def test_checkpoint_round_trip_gives_identical_scores(tmp_path):
+def test_checkpoint_round_trip_gives_identical_scores(tmp_path, toy_rows):
     torch.manual_seed(0)
     rows = toy_rows()
     model = SASRec(n_items=30, n_users=10, dim=16, n_heads=2, maxlen=8).eval()
     path = str(tmp_path / "ck.pt")
-    train.save_atomic(dict(model=train.trainable_state(model)), path)
+    loop.save_atomic(dict(model=loop.trainable_state(model)), path)
     torch.manual_seed(1)
     other = SASRec(n_items=30, n_users=10, dim=16, n_heads=2, maxlen=8).eval()
-    train.load_trainable(other, torch.load(path)["model"])
+    loop.load_trainable(other, torch.load(path)["model"])
     with torch.no_grad():
         assert torch.equal(model(rows["user"], rows["hist"], rows["item"]),
                            other(rows["user"], rows["hist"], rows["item"]))
-    state = train.trainable_state(model)
+    state = loop.trainable_state(model)
     state.pop("ln_f.bias")
     with pytest.raises(KeyError, match="ln_f.bias"):
-        train.load_trainable(other, state)
+        loop.load_trainable(other, state)
 
 
 def test_bias_init_starts_from_pop(ml1m):
@@ -113,21 +112,21 @@ def test_bias_init_starts_from_pop(ml1m):
 def test_frozen_parameters_stay_out_of_checkpoints():
     model = SASRec(n_items=30, dim=16, n_heads=2, maxlen=8)
     model.item_emb.weight.requires_grad_(False)
-    assert "item_emb.weight" not in train.trainable_state(model)
+    assert "item_emb.weight" not in loop.trainable_state(model)
 
 
-def test_nan_loss_stops_the_run(tmp_path):
+def test_nan_loss_stops_the_run(tmp_path, toy_rows):
     model = SASRec(n_items=30, n_users=10, dim=16, n_heads=2, maxlen=8)
-    rows = toy_rows()
-    args = SimpleNamespace(out=str(tmp_path), seed=0, lr=1e-3, wd=0.0, max_epochs=2, patience=2,
-                           warmup_epochs=0, clip=1.0, amp="none", device="cpu", resume=False, stop_after=0)
+    t = toy_rows()
+    batch = data.Batch({k: t[k] for k in ("user", "hist", "item")}, t["label"], len(t["label"]))
+    cfg = loop.TrainConfig(out=str(tmp_path), lr=1e-3, max_epochs=2, patience=2, warmup_epochs=0)
     with pytest.raises(FloatingPointError, match="loss is nan"):
-        train.fit(args, model, lambda epoch: [rows], lambda m, b: m(b["user"], b["hist"], b["item"]).sum() * np.nan,
-                  predict=None, ds=None)
+        loop.train(cfg, model, lambda epoch: [batch], lambda m, b: m(**b.inputs).sum() * np.nan,
+                   predict=None, ds=None)
 
 
 def test_lr_schedule_warms_up_then_decays_to_zero():
-    f = train.lr_lambda(warmup_steps=4, total_steps=20)
+    f = loop.lr_lambda(warmup_steps=4, total_steps=20)
     assert [f(s) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
     assert f(4) == 1.0 and f(12) == pytest.approx(0.5) and f(20) == pytest.approx(0.0)
 
@@ -135,7 +134,7 @@ def test_lr_schedule_warms_up_then_decays_to_zero():
 def test_max_epochs_default_is_the_papers_except_on_the_tiny_backbone():
     def max_epochs(*argv):
         return train.parse_args(list(argv)).max_epochs
-    assert max_epochs("--stage", "sasrec", "--llm", "tiny") == train.MAX_EPOCHS == 300
+    assert max_epochs("--stage", "sasrec", "--llm", "tiny") == train.STAGE_DEFAULTS["sasrec"]["max_epochs"] == 300
     assert max_epochs("--stage", "joint", "--llm", "some/dir") == 300
     assert max_epochs("--stage", "joint", "--llm", "tiny") == train.MAX_EPOCHS_TINY == 10
     assert max_epochs("--stage", "text", "--llm", "tiny", "--max-epochs", "3") == 3
@@ -143,3 +142,28 @@ def test_max_epochs_default_is_the_papers_except_on_the_tiny_backbone():
     assert chain.max_epochs is None  # filled per stage by run_all
     assert train.fill_defaults(train.argparse.Namespace(**vars(chain)), "sasrec").max_epochs == 300
     assert train.fill_defaults(train.argparse.Namespace(**vars(chain)), "text").max_epochs == 10
+
+
+# Metrics that the code before the loop/recipe restructure (commit ce3d51b) printed for the same
+# commands: the restructure must not change a single number (seeds, batch order, RNG use).
+BEFORE_RESTRUCTURE = {
+    "sasrec": {"valid": (0.5307900085821401, 0.44004255769183775, 0.7761491398264704),
+               "test": (0.5509120787941456, 0.4738019769429071, 0.7576528241852196)},
+    "chain/text": {"valid": (0.5115343915343915, 0.4829348392006087, 1.2342608483882092),
+                   "test": (0.45703611457036114, 0.33531218618937914, 0.9477347829866183)},
+    "chain/joint": {"valid": (0.5132275132275133, 0.5523122600596168, 0.9427523968505822),
+                    "test": (0.5696495285536382, 0.27500569605832764, 0.7956264122743435)},
+}
+
+
+def test_same_metrics_as_before_the_restructure(data_dir, tmp_path):
+    common = ["--data", "ml1m", "--data-dir", str(data_dir), "--threads", "1"]
+    assert train.main(["--stage", "sasrec", "--limit", "1500", "--max-epochs", "2", "--out", str(tmp_path / "sasrec"),
+                       *common]) == 0
+    assert train.main(["--stage", "all", "--llm", "tiny", "--limit", "150", "--max-epochs", "1", "--iters-per-epoch",
+                       "0", "--runs", str(tmp_path / "chain"), *common]) == 0
+    for run, want in BEFORE_RESTRUCTURE.items():
+        m = json.loads((tmp_path / run / "metrics.json").read_text())
+        for part, values in want.items():
+            got = tuple(m[part][k] for k in ("auc", "uauc", "logloss"))
+            assert got == pytest.approx(values, abs=1e-6), (run, part)
