@@ -249,16 +249,14 @@ class SASRecLLM(nn.Module):
         d_in = None if cf is None else cf.dim + (2 if cf_bias else 0)  # cf_vectors' width
         self.mapping = None if cf is None else MappingLayer(d_in, llm.cfg.hidden_size, proj_token_num)
 
-    def collab_tokens(self, user, hist, item):
-        """(B, k, D) user tokens and (B, k, D) item tokens from the CF encoder."""
-        u, i = cf_vectors(self.cf, user, hist, item, self.cf_bias)  # (B, d) each, d = cf.dim (+2)
-        return self.mapping(u), self.mapping(i)                     # (B, k, D) each
-
     def forward(self, input_ids, attention_mask, user_pos=None, item_pos=None, user=None, hist=None, item=None):
-        x = self.llm.model.embed_tokens(input_ids)  # (B, T, D)
+        """(B, T) left-padded prompt ids and mask; for collaborative prompts also the (B, k) slot
+        positions and the CF encoder's inputs: user (B,), liked-item history (B, maxlen), item (B,).
+        -> s = z_Yes - z_No, (B,)"""
+        x = self.llm.model.embed_tokens(input_ids)                           # (B, T, D)
         if self.cf is not None:
-            u, i = self.collab_tokens(user, hist, item)
-            x = splice(x, user_pos, item_pos, u, i)
-        h = self.llm(inputs_embeds=x, attention_mask=attention_mask)  # (B, T, D)
-        z = self.llm.token_logits(h[:, -1], self.answer_ids)           # (B, 2): left padding puts every prompt's end at T-1
-        return z[:, 0] - z[:, 1]                                        # (B,) s = z_Yes - z_No
+            u, i = cf_vectors(self.cf, user, hist, item, self.cf_bias)       # (B, d) each, d = cf.dim (+2)
+            x = splice(x, user_pos, item_pos, self.mapping(u), self.mapping(i))  # mapped: (B, k, D) each
+        h = self.llm(inputs_embeds=x, attention_mask=attention_mask)        # (B, T, D)
+        z = self.llm.token_logits(h[:, -1], self.answer_ids)                 # (B, 2): left padding puts every prompt's end at T-1
+        return z[:, 0] - z[:, 1]                                             # (B,) s = z_Yes - z_No

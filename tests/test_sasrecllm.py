@@ -1,4 +1,5 @@
 """SASRecLLM: the splice, the per-stage freezing, and the LLM stages end to end on a data slice."""
+import argparse
 import json
 import os
 
@@ -12,6 +13,7 @@ import llama
 import loop
 import lora
 import train
+import walk
 from baselines import MF, GRU4Rec
 from sasrecllm import SASRec, SASRecLLM, MappingLayer, cf_vectors, splice
 
@@ -120,11 +122,18 @@ def test_stages_freeze_exactly_their_parts(tmp_path, data_dir):
         assert all(p.requires_grad == expect_cf for p in joint.cf.parameters())
 
 
-def test_chain_writes_runs_and_checkpoints_round_trip(tmp_path, data_dir, monkeypatch):
-    monkeypatch.setenv("SASRECLLM_DATA", str(data_dir))
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory, data_dir):
+    """The whole chain (sasrec, text, joint) on a 150-row slice of each split, once per module."""
+    runs = tmp_path_factory.mktemp("chain")
     assert train.main(["--stage", "all", "--data", "ml1m", "--data-dir", str(data_dir), "--llm", "tiny",
-                       "--runs", str(tmp_path), "--limit", "150", "--max-epochs", "1", "--iters-per-epoch", "0",
+                       "--runs", str(runs), "--limit", "150", "--max-epochs", "1", "--iters-per-epoch", "0",
                        "--threads", "1"]) == 0
+    return runs
+
+
+def test_chain_writes_runs_and_checkpoints_round_trip(chain):
+    tmp_path = chain
     for stage in ("sasrec", "text", "joint"):
         m = json.load(open(tmp_path / stage / "metrics.json"))
         assert set(m) >= {"valid", "test", "test_seen", "test_unseen", "test_warm", "test_cold"}
@@ -182,3 +191,21 @@ def test_llm_stage_resume_continues_the_same_curve(tmp_path, data_dir):
     a = json.load(open(straight / "text" / "metrics.json"))
     b = json.load(open(split / "text" / "metrics.json"))
     assert a["test"] == b["test"] and a["valid"] == b["valid"]
+
+
+def test_walk_scores_the_row_as_training_does(chain, data_dir, capsys):
+    """walk.py's step-by-step score of a row equals what evaluation gives the same row."""
+
+    out = walk.walk(argparse.Namespace(data="ml1m", data_dir=str(data_dir), llm="tiny", runs=str(chain),
+                                       run=str(chain / "joint"), row=None, verbose=False))
+    printed = capsys.readouterr().out
+    for step in ("1. the row", "3. the prompt", "4. token ids", "5. CF vectors", "6. pseudo-tokens",
+                 "7. the splice", "8. the LLM", "9. the training path"):
+        assert step in printed
+    args, ds, model, make_predict = train.load_run(str(chain / "joint"))
+    with torch.no_grad():
+        test_scores = make_predict()(model.eval(), "test")
+    assert out["row"] == int(data.load("ml1m", data_dir).idx("test")[0])  # the slice's first test row too
+    assert out["score"] == pytest.approx(test_scores[0], abs=1e-5)
+    assert out["score_train"] == pytest.approx(test_scores[0], abs=1e-5)
+    assert out["files"] == ["data.py", "llama.py", "lora.py", "sasrecllm.py"]
