@@ -1,15 +1,27 @@
 """Throughput of the SASRecLLM/TALLRec workload on llama.py + lora.py, and on HF transformers + peft.
 
-Two phases, each printed as one JSON line per implementation:
+Two phases:
   train: forward, BCE on the logit("Yes") - logit("No") difference at the last position, backward,
-         AdamW on the LoRA parameters only (r=8, alpha=16 on q_proj and v_proj; batch 16);
+         AdamW on the LoRA parameters only (r=8, alpha=16, dropout 0.05 on q_proj and v_proj; batch 16);
   score: forward and the two logits without gradients (batch 64).
 Prompt lengths are drawn like SASRecLLM's ML-1M prompts (normal, mean 195, p95 230), sorted into
-length buckets so that a batch pads little, and LEFT-padded. Weights are random: speed only.
+length buckets so that a batch pads little, and LEFT-padded to the batch's longest prompt rounded
+up to --pad-multiple (default 16). Rounding gives few distinct batch shapes, and so few one-time
+per-shape costs on GPU (kernel and cuDNN attention plans), for a little more padding; the padding
+figures for multiples 1 and 16 on this run's own batches are printed first. Weights are random:
+speed only.
+
+Fairness. Every shape is new to a GPU the first time any implementation meets it, and that first
+call pays a one-time cost that a later implementation on the same shape does not. So:
+  1. warm pass: every implementation runs every batch (so every shape) once before any timing;
+  2. timed pass over the same batches, where --order alternate (the default) rotates which
+     implementation goes first on each batch; ours-first and hf-first fix the order, to show that
+     the ratios do not depend on it. warm_extra_s = warm pass time - timed pass time on the same
+     batches: what first meetings (new shapes, first calls) cost that implementation.
 
 llama.py computes the two lm_head rows it needs. HF's LlamaForCausalLM by default computes the
 full-vocabulary logits at every position ("hf+peft"); "hf+peft last" passes logits_to_keep=1.
-Both run in the same process on the same weights, and the ratios are printed at the end.
+Both run in the same process on the same weights (the same tensors, not copies).
 
 FLOPs count useful work on real (unpadded) tokens: N = weights of the 7 projections in all layers
 (embeddings and lm_head excluded), A = 4 * layers * T^2 * (heads * head_dim) per sequence of
@@ -19,18 +31,17 @@ T tokens (scores and weighted sum, without the causal half-saving).
 
     python bench.py --shape tiny
     python bench.py --shape tinyllama --layers 2 --train-batch 4 --score-batch 8 --steps 2
-    python bench.py --shape tinyllama --device cuda --dtype bf16 --peak-tflops 989
+    python bench.py --shape tinyllama --device cuda --dtype bf16 --steps 10
+    python bench.py --check                               # the prepared GPU check: one JSON line
+    python bench.py --check --device cpu --shape tiny     # the same on CPU, in seconds
 
-Seen on the 2-core shared CPU box (fp32, --threads 1, others' jobs running; tokens/s, noisy):
-  tiny:                   train 7229 vs hf+peft 7412 (0.98x); score 21088 vs 17847 (1.18x)
-  tinyllama --layers 2, train batch 4, score batch 8, 2 steps:
-                          train 274 vs 175 (1.57x; 0.95x vs logits_to_keep=1);
-                          score 549 vs 288 (1.90x; 1.35x vs logits_to_keep=1)
-No GPU run yet: the bf16/CUDA path (fused AdamW, SDPA, TFLOP/s) is written but unmeasured.
+--check defaults to TinyLlama's shape, CUDA and bf16. It builds the models, runs both phases with
+CHECK's sizes (a warm pass, then timed passes in the orders alternate, ours-first, hf-first) and
+prints one JSON line: per-implementation tokens/s and peak memory, the ratios for each order, the
+shape and padding counts.
 """
 import argparse
 import json
-import math
 import resource
 import time
 
@@ -43,24 +54,57 @@ import lora
 TINY = dict(vocab_size=1000, hidden_size=128, intermediate_size=344, num_hidden_layers=4,
             num_attention_heads=4, num_key_value_heads=2)
 YES, NO = 3869, 1939  # the Llama-2 ids (tiny shape: taken modulo its vocabulary)
+ORDERS = ("alternate", "ours-first", "hf-first")
+# --check's sizes. On an H200 at TinyLlama's shape in bf16 a step is ~0.1 s, so 4 passes x 3
+# implementations x 24 batches x 2 phases stay near a minute; on CPU the tiny shape takes seconds.
+CHECK = {"cuda": dict(steps=24, train_batch=16, score_batch=64),
+         "cpu": dict(steps=2, train_batch=2, score_batch=4)}
 
 
-def batches(n_batches, batch_size, vocab, seed):
+# ----------------------------------------------------------------------------------------------
+# Batches
+
+
+def round_up(n, multiple):
+    return -(-n // multiple) * multiple
+
+
+def left_pad(ids, mask, multiple):
+    """Widen a LEFT-padded batch (B, T) with more padding on the left, to a width that is a
+    multiple of `multiple`. Padding ids are 0 and masked, so the scores do not change."""
+    extra = round_up(ids.shape[1], multiple) - ids.shape[1]
+    return F.pad(ids, (extra, 0)), F.pad(mask, (extra, 0))
+
+
+def make_batch(lens, vocab, g, pad_multiple):
+    """Random ids for prompts of the given lengths, LEFT-padded; random 0/1 labels. The ids are drawn
+    at the longest length before rounding, so every pad_multiple sees the same tokens."""
+    T = int(max(lens))
+    pos = torch.arange(T)
+    mask = (pos[None, :] >= T - torch.as_tensor(lens)[:, None]).long()  # (B, T), 0 = left padding
+    ids = torch.randint(3, vocab, (len(lens), T), generator=g) * mask
+    labels = torch.randint(0, 2, (len(lens),), generator=g).float()
+    ids, mask = left_pad(ids, mask, pad_multiple)
+    return ids, mask, labels
+
+
+def batches(n_batches, batch_size, vocab, seed, pad_multiple=1):
     """Length-bucketed, left-padded batches of random ids and random 0/1 labels."""
     g = torch.Generator().manual_seed(seed)
     n = n_batches * batch_size
     lengths = (195 + 21.3 * torch.randn(n, generator=g)).round().clamp(40, 400).long()  # p95 = 230
     lengths = lengths.sort().values                                   # bucketing: similar lengths together
-    out = []
-    for b in torch.randperm(n_batches, generator=g).tolist():
-        lens = lengths[b * batch_size:(b + 1) * batch_size]
-        T = int(lens.max())
-        pos = torch.arange(T)
-        mask = (pos[None, :] >= T - lens[:, None]).long()             # (B, T), 0 = left padding
-        ids = torch.randint(3, vocab, (batch_size, T), generator=g) * mask
-        labels = torch.randint(0, 2, (batch_size,), generator=g).float()
-        out.append((ids, mask, labels))
-    return out
+    return [make_batch(lengths[b * batch_size:(b + 1) * batch_size], vocab, g, pad_multiple)
+            for b in torch.randperm(n_batches, generator=g).tolist()]
+
+
+def shape_stats(lengths, multiple):
+    """Distinct batch widths, and the fraction of pad tokens, when each batch (a list of prompt
+    lengths) is left-padded to its longest prompt rounded up to `multiple`."""
+    widths = [round_up(max(lens), multiple) for lens in lengths]
+    real = sum(sum(lens) for lens in lengths)
+    total = sum(w * len(lens) for w, lens in zip(widths, lengths))
+    return {"shapes": len(set(widths)), "pad_frac": round(1 - real / total, 4)}
 
 
 def flops(cfg, lengths, train):
@@ -70,6 +114,10 @@ def flops(cfg, lengths, train):
     tokens = sum(lengths)
     A = sum(4 * L * t * t * attn_dim for t in lengths)
     return (4 * N * tokens + 3 * A) if train else (2 * N * tokens + A)
+
+
+# ----------------------------------------------------------------------------------------------
+# The implementations, on one set of weights
 
 
 class Ours:
@@ -92,32 +140,70 @@ class HF:
         position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
         kw = {"logits_to_keep": 1} if self.keep_last else {}
         logits = self.model(input_ids=ids, attention_mask=mask, position_ids=position_ids, **kw).logits
-        return logits[:, -1, [YES % self.vocab, NO % self.vocab]].float()   # (B, 2) of (B, T, V)
+        return logits[:, -1, [YES % self.vocab, NO % self.vocab]].float()   # (B, 2) of (B, T or 1, V)
 
 
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+def random_weights(cfg, dtype, device, seed=0):
+    """A state dict for llama.Llama(cfg), made on `device` in `dtype` directly (normal with std
+    cfg.initializer_range, norms 1: HF's init), so TinyLlama's 1.1 B weights never pass through
+    the CPU or through fp32."""
+    with torch.device("meta"):
+        shapes = {k: v.shape for k, v in llama.Llama(cfg).state_dict().items()}
+    g = torch.Generator(device).manual_seed(seed)
+    return {k: torch.ones(s, dtype=dtype, device=device) if k.endswith("norm.weight") else
+            torch.empty(s, dtype=dtype, device=device).normal_(0.0, cfg.initializer_range, generator=g)
+            for k, s in shapes.items()}
+
+
+def build(sizes, dtype, device, with_hf=True):
+    """[Ours, HF(full logits), HF(last position)] on the same weight tensors, LoRA injected in both;
+    only [Ours] when with_hf is False."""
+    cfg = llama.LlamaConfig(**sizes)
+    state = random_weights(cfg, dtype, device)
+    with torch.device("meta"):
+        model = llama.Llama(cfg)
+    model.load_state_dict(state, strict=True, assign=True)
+    impls = []
+    if with_hf:
+        import peft
+        import transformers
+        hf_cfg = transformers.LlamaConfig(**sizes, rms_norm_eps=cfg.rms_norm_eps,
+                                          max_position_embeddings=cfg.max_position_embeddings,
+                                          attn_implementation="sdpa")
+        with torch.device(device):
+            hf = transformers.AutoModelForCausalLM.from_config(hf_cfg, dtype=dtype)
+        # assign=True: HF's parameters become our tensors (shared storage, HF's own init is freed);
+        # .to() then moves only what the state dict lacks (RoPE's inv_freq buffers).
+        hf.load_state_dict(state, strict=True, assign=True)
+        hf.to(device)
+        hf = peft.get_peft_model(hf, peft.LoraConfig(r=8, lora_alpha=16, lora_dropout=0.05,
+                                                     target_modules=["q_proj", "v_proj"]))
+        impls = [HF(hf, cfg.vocab_size, keep_last=False), HF(hf, cfg.vocab_size, keep_last=True)]
+    lora.inject(model, ("q_proj", "v_proj"), r=8, alpha=16, dropout=0.05)
+    return [Ours(model)] + impls
+
+
+# ----------------------------------------------------------------------------------------------
+# Timing
 
 
 class Meter:
-    """Accumulates one implementation's timed steps of one phase."""
+    """Accumulates one implementation's steps of one phase in one pass."""
 
-    def __init__(self, impl, phase, device):
-        self.impl, self.phase = impl, phase
-        params = [p for p in impl.model.parameters() if p.requires_grad]
-        self.opt = torch.optim.AdamW(params, lr=1e-4, fused=device.type == "cuda") if phase == "train" else None
+    def __init__(self, impl, phase, opt):
+        self.impl, self.phase, self.opt = impl, phase, opt
         self.elapsed = self.tokens = self.padded = self.samples = self.useful = self.steps = 0
         self.extra_mem = 0.0  # CUDA: most memory a step allocated on top of what was resident before it
+        self.peak_mem = 0.0   # CUDA: most memory allocated during one of its steps, resident included
 
 
-def step(m, batch, cfg, device, amp, timed):
-    ids, mask, labels = (t.to(device) for t in batch)
+def step(m, batch, cfg, device, amp):
+    ids, mask, labels = batch
     m.impl.model.train(m.phase == "train")
     if device.type == "cuda":
         torch.cuda.synchronize()
         before = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
+        torch.cuda.reset_peak_memory_stats()   # so the peak below is this step's, this impl's
     t0 = time.perf_counter()
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
         with torch.set_grad_enabled(m.phase == "train"):
@@ -129,98 +215,179 @@ def step(m, batch, cfg, device, amp, timed):
         m.opt.zero_grad(set_to_none=True)
     if device.type == "cuda":
         torch.cuda.synchronize()
-    if timed:
-        lengths = mask.sum(1).tolist()
-        m.elapsed += time.perf_counter() - t0
-        m.tokens += sum(lengths)
-        m.padded += mask.numel()
-        m.samples += len(lengths)
-        m.useful += flops(cfg, lengths, m.phase == "train")
-        m.steps += 1
-        if device.type == "cuda":
-            m.extra_mem = max(m.extra_mem, (torch.cuda.max_memory_allocated() - before) / 2**20)
+    m.elapsed += time.perf_counter() - t0
+    lengths = mask.sum(1).tolist()
+    m.tokens += sum(lengths)
+    m.padded += mask.numel()
+    m.samples += len(lengths)
+    m.useful += flops(cfg, lengths, m.phase == "train")
+    m.steps += 1
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated()
+        m.extra_mem = max(m.extra_mem, (peak - before) / 2**20)
+        m.peak_mem = max(m.peak_mem, peak / 2**20)
 
 
-def report(m, cfg, args, device):
+def turn(n_impls, order, i):
+    """Which implementations run batch i, first to last. Implementation 0 is ours."""
+    if order == "ours-first":
+        return list(range(n_impls))
+    if order == "hf-first":
+        return list(range(1, n_impls)) + [0]
+    return [(i + j) % n_impls for j in range(n_impls)]  # alternate: each goes first in turn
+
+
+def run_phase(impls, phase, data, cfg, device, amp, orders):
+    """The warm pass (every implementation, every batch, untimed for the figures), then one timed
+    pass over the same batches per order. Returns (warm-pass seconds per impl, {order: [Meter]})."""
+    data = [tuple(t.to(device) for t in batch) for batch in data]
+    opts = [torch.optim.AdamW([p for p in impl.model.parameters() if p.requires_grad], lr=1e-4,
+                              fused=device.type == "cuda") if phase == "train" else None
+            for impl in impls]
+    warm_s = []
+    for impl, opt in zip(impls, opts):
+        m = Meter(impl, phase, opt)
+        for batch in data:
+            step(m, batch, cfg, device, amp)
+        warm_s.append(m.elapsed)
+    passes = {}
+    for order in orders:
+        meters = [Meter(impl, phase, opt) for impl, opt in zip(impls, opts)]
+        for i, batch in enumerate(data):
+            for j in turn(len(impls), order, i):
+                step(meters[j], batch, cfg, device, amp)
+        passes[order] = meters
+    return warm_s, passes
+
+
+def ratios(meters):
+    """Our tokens/s over each HF variant's: {"vs_hf_peft": x, "vs_hf_peft_last": y}."""
+    ours = meters[0].tokens / meters[0].elapsed
+    return {"vs_" + m.impl.name.replace("+", "_").replace(" ", "_"): round(ours / (m.tokens / m.elapsed), 3)
+            for m in meters[1:]}
+
+
+def report(m, warm_s, cfg, args, device):
     tflops = m.useful / m.elapsed / 1e12
     r = {"impl": m.impl.name, "phase": m.phase, "shape": args.shape, "layers": cfg.num_hidden_layers,
          "device": str(device), "dtype": args.dtype, "batch": args.train_batch if m.phase == "train" else args.score_batch,
          "steps": m.steps, "tokens_per_s": round(m.tokens / m.elapsed, 1),
          "samples_per_s": round(m.samples / m.elapsed, 2), "pad_frac": round(1 - m.tokens / m.padded, 3),
          "s_per_step": round(m.elapsed / m.steps, 4), "tflops": round(tflops, 3),
-         "pct_peak": round(100 * tflops / args.peak_tflops, 2)}
+         "pct_peak": round(100 * tflops / args.peak_tflops, 2), "warm_extra_s": round(warm_s - m.elapsed, 3)}
     if device.type == "cuda":
         r["step_mem_mb"] = round(m.extra_mem, 1)
-        r["peak_mem_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+        r["peak_mem_mb"] = round(m.peak_mem, 1)
     else:
         r["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # whole process
     return r
 
 
+# ----------------------------------------------------------------------------------------------
+# CLI
+
+
+def fill_defaults(args):
+    """--check runs TinyLlama's shape on CUDA in bf16 unless told otherwise, with CHECK's sizes."""
+    args.shape = args.shape or ("tinyllama" if args.check else "tiny")
+    args.device = args.device or ("cuda" if args.check else "cpu")
+    args.dtype = args.dtype or ("bf16" if args.check and args.device.startswith("cuda") else "fp32")
+    if args.check:
+        for k, v in CHECK["cuda" if args.device.startswith("cuda") else "cpu"].items():
+            setattr(args, k, v)
+    return args
+
+
+def check_line(args, cfg, device, method, padding, results, versions, build_s, wall_s):
+    """--check's one JSON line: the alternating pass's figures per implementation, the ratios for
+    every order, the shape and padding counts. A dict of dicts, so later checks add keys."""
+    keep = ("tokens_per_s", "samples_per_s", "s_per_step", "tflops", "pct_peak", "pad_frac",
+            "warm_extra_s", "peak_mem_mb", "step_mem_mb", "peak_rss_mb")
+    out = {"bench": "check", "device": str(device), "dtype": args.dtype, "shape": args.shape,
+           "layers": cfg.num_hidden_layers, "pad_multiple": args.pad_multiple, "method": method,
+           "steps": args.steps, "batch": {"train": args.train_batch, "score": args.score_batch},
+           "shapes": {ph: padding[ph][f"pad_multiple_{args.pad_multiple}"]["shapes"] for ph in padding},
+           "padding": padding, **versions}
+    if device.type == "cuda":
+        out["device_name"] = torch.cuda.get_device_name(device)
+    out["ratios"] = {}
+    for phase, (warm_s, passes) in results.items():
+        headline = passes["alternate"]
+        out[phase] = {m.impl.name: {k: v for k, v in report(m, w, cfg, args, device).items() if k in keep}
+                      for m, w in zip(headline, warm_s)}
+        if len(headline) > 1:
+            out["ratios"][phase] = {order: ratios(meters) for order, meters in passes.items()}
+    out.update(build_s=round(build_s, 1), wall_s=round(wall_s, 1))
+    return out
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--shape", choices=["tiny", "tinyllama"], default="tiny")
+    p.add_argument("--shape", choices=["tiny", "tinyllama"], help="default: tiny (--check: tinyllama)")
     p.add_argument("--layers", type=int, help="override the number of layers")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32",
-                   help="bf16: frozen weights in bf16, LoRA in fp32, autocast to bf16")
+    p.add_argument("--device", help="default: cpu (--check: cuda)")
+    p.add_argument("--dtype", choices=["fp32", "bf16"],
+                   help="bf16: frozen weights in bf16, LoRA in fp32, autocast to bf16. "
+                        "default: fp32 (--check on cuda: bf16)")
     p.add_argument("--train-batch", type=int, default=16)
     p.add_argument("--score-batch", type=int, default=64)
-    p.add_argument("--steps", type=int, default=3, help="timed steps per phase")
-    p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--peak-tflops", type=float, default=989.0, help="default: H100 SXM bf16 dense")
+    p.add_argument("--steps", type=int, default=3, help="batches per phase (each is warmed, then timed)")
+    p.add_argument("--pad-multiple", type=int, default=16, help="round batch widths up to a multiple of N")
+    p.add_argument("--order", choices=ORDERS, default="alternate",
+                   help="which implementation runs first on each timed batch")
+    p.add_argument("--peak-tflops", type=float, default=989.0, help="default: H100/H200 SXM bf16 dense")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
     p.add_argument("--no-hf", action="store_true", help="skip the transformers+peft comparison")
-    args = p.parse_args()
+    p.add_argument("--check", action="store_true", help="the prepared check: CHECK's sizes, all three "
+                   "orders, one JSON line (default --shape tinyllama --device cuda --dtype bf16)")
+    args = fill_defaults(p.parse_args())
+    t_start = time.perf_counter()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
     amp = args.dtype == "bf16"
 
-    d = dict(TINY) if args.shape == "tiny" else {k: llama.TINYLLAMA[k] for k in TINY}
+    sizes = dict(TINY) if args.shape == "tiny" else {k: llama.TINYLLAMA[k] for k in TINY}
     if args.layers:
-        d["num_hidden_layers"] = args.layers
-    cfg = llama.LlamaConfig(**d)
-    torch.manual_seed(0)
-    with torch.device(device):
-        model = llama.Llama(cfg).to(dtype)
-
-    n = args.steps + args.warmup
-    train_data = batches(n, args.train_batch, cfg.vocab_size, seed=1)
-    score_data = batches(n, args.score_batch, cfg.vocab_size, seed=2)
-
-    impls = []
+        sizes["num_hidden_layers"] = args.layers
+    versions = {"torch": torch.__version__}
     if not args.no_hf:
         try:
             import peft
             import transformers
-            hf_cfg = transformers.LlamaConfig(**d, rms_norm_eps=cfg.rms_norm_eps,
-                                              max_position_embeddings=cfg.max_position_embeddings,
-                                              attn_implementation="sdpa")
-            with torch.device(device):
-                hf = transformers.LlamaForCausalLM(hf_cfg).to(dtype)
-            hf.load_state_dict(model.state_dict())  # the same base weights
-            hf = peft.get_peft_model(hf, peft.LoraConfig(r=8, lora_alpha=16, lora_dropout=0.05,
-                                                         target_modules=["q_proj", "v_proj"]))
-            impls = [HF(hf, cfg.vocab_size, keep_last=False), HF(hf, cfg.vocab_size, keep_last=True)]
+            versions.update(transformers=transformers.__version__, peft=peft.__version__)
         except ImportError:
-            print(json.dumps({"note": "transformers/peft not installed: no comparison"}))
-    lora.inject(model, ("q_proj", "v_proj"), r=8, alpha=16, dropout=0.05)
-    impls.insert(0, Ours(model))
+            versions["note"] = "transformers/peft not installed: no comparison"
+    impls = build(sizes, dtype, device, with_hf="peft" in versions)
+    cfg = impls[0].model.cfg
+    build_s = time.perf_counter() - t_start
 
-    # The implementations take turns on each batch, so load from other jobs hits them alike.
-    for phase, data in [("train", train_data), ("score", score_data)]:
-        meters = [Meter(impl, phase, device) for impl in impls]
-        for i, batch in enumerate(data):
-            for m in meters:
-                step(m, batch, cfg, device, amp, timed=i >= args.warmup)
-        for m in meters:
-            print(json.dumps(report(m, cfg, args, device)), flush=True)
-        if len(meters) == 3:
-            ours, hf_all, hf_last = (m.tokens / m.elapsed for m in meters)
-            print(json.dumps({"phase": phase, "speedup_vs_hf_peft": round(ours / hf_all, 2),
-                              "speedup_vs_hf_peft_last": round(ours / hf_last, 2)}), flush=True)
+    data = {"train": batches(args.steps, args.train_batch, cfg.vocab_size, seed=1, pad_multiple=args.pad_multiple),
+            "score": batches(args.steps, args.score_batch, cfg.vocab_size, seed=2, pad_multiple=args.pad_multiple)}
+    padding = {phase: {f"pad_multiple_{n}": shape_stats([mask.sum(1).tolist() for _, mask, _ in d], n)
+                       for n in sorted({1, 16, args.pad_multiple})}
+               for phase, d in data.items()}
+    orders = ORDERS if args.check else (args.order,)
+    method = ("warm pass: every implementation runs every batch (every shape) once before any timing; "
+              f"timed order: {', '.join(orders)} (alternate: the first implementation rotates per batch)")
+    if not args.check:
+        print(json.dumps({"method": method, "pad_multiple": args.pad_multiple, "padding": padding, **versions}))
+
+    results = {}
+    for phase in ("train", "score"):
+        warm_s, passes = run_phase(impls, phase, data[phase], cfg, device, amp, orders)
+        results[phase] = warm_s, passes
+        if args.check:
+            continue
+        for order, meters in passes.items():
+            for m, w in zip(meters, warm_s):
+                print(json.dumps(dict(report(m, w, cfg, args, device), order=order)), flush=True)
+            if len(meters) > 1:
+                print(json.dumps(dict(phase=phase, order=order, **ratios(meters))), flush=True)
+    if args.check:
+        print(json.dumps(check_line(args, cfg, device, method, padding, results, versions, build_s,
+                                    time.perf_counter() - t_start)), flush=True)
 
 
 if __name__ == "__main__":

@@ -33,6 +33,10 @@ def fmt(v):
     return "nan" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"
 
 
+def fmt_pct(v):
+    return "nan" if math.isnan(v) else f"{100 * v:+.2f}%"
+
+
 def _num(v):
     return float("nan") if v is None else v
 
@@ -50,7 +54,7 @@ def markdown_table(rows, rel=True, ours=("joint", "SASRecLLM")):
     for name, m in rows:
         cells = [name] + [fmt(m.get(k)) for k, _ in COLUMNS]
         if rel:
-            cells.append("-" if ref is None or m is ref else f"{100 * rel_imp(ref, m):+.2f}%")
+            cells.append("-" if ref is None or m is ref else fmt_pct(rel_imp(ref, m)))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -192,8 +196,8 @@ def mean_std(reports):
     for part, m in reports[0].items():
         if not isinstance(m, dict):
             continue
-        out[part] = {k: (float(np.mean([r[part][k] for r in reports])), float(np.std([r[part][k] for r in reports])))
-                     for k in m}
+        values = {k: [_num(r[part][k]) for r in reports] for k in m}
+        out[part] = {k: (float(np.mean(v)), float(np.std(v))) for k, v in values.items()}
     return out
 
 

@@ -47,6 +47,7 @@ class TrainConfig:
     resume: bool = False         # continue from out/last.pt
     stop_after: int = 0          # stop after this epoch, as if interrupted (tests --resume)
     max_steps: int = 0           # stop after N optimizer steps (smoke runs)
+    max_minutes: float = 0       # start no new epoch after this long (budgeted runs); 0 = no limit
     run_args: dict = field(default_factory=dict)  # saved in each checkpoint, to rebuild the run
 
 # -----------------------------------------------------------------------------
@@ -269,6 +270,9 @@ def train(cfg, model, batches, loss_fn, predict, ds):
         os.remove(os.path.join(cfg.out, "log.jsonl"))  # a fresh run starts a fresh log
     steps, t_run, epoch_seconds = 0, time.time(), []
     while epoch < cfg.max_epochs and best["bad_epochs"] < cfg.patience:
+        if cfg.max_minutes and time.time() - t_run > 60 * cfg.max_minutes:
+            say(f"--max-minutes {cfg.max_minutes:g}: no new epoch after {epoch}")
+            break
         epoch += 1
         model.train()
         t0 = t_said = time.time()

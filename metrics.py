@@ -127,9 +127,11 @@ def metrics(users, labels, logits):
                 accuracy=accuracy(labels, p), n=int(len(np.asarray(labels).ravel())))
 
 
-def rel_imp(best, row):
-    """Rel.Imp. of the best row over `row`: mean over m in {AUC, UAUC} of (best_m - row_m) / row_m."""
-    return float(np.mean([(best[m] - row[m]) / row[m] for m in ("auc", "uauc")]))
+def rel_imp(ours, row):
+    """The paper's Rel.Imp. of `ours` (SASRecLLM) over `row`: the mean over m in {AUC, UAUC} of
+    (ours_m - row_m) / row_m. NaN when a metric is undefined or zero."""
+    terms = [(ours[m] - row[m]) / row[m] if ours[m] is not None and row[m] else float("nan") for m in ("auc", "uauc")]
+    return float(np.mean(terms))
 
 
 def split_report(ds, logits_valid, logits_test):

@@ -72,7 +72,7 @@ def train_config(args):
     return loop.TrainConfig(out=args.out, lr=args.lr, wd=args.wd, max_epochs=args.max_epochs,
                             patience=args.patience, warmup_epochs=args.warmup_epochs, clip=args.clip,
                             amp=args.amp, device=args.device, resume=args.resume, stop_after=args.stop_after,
-                            max_steps=args.max_steps, run_args=vars(args))
+                            max_steps=args.max_steps, max_minutes=args.max_minutes, run_args=vars(args))
 
 
 def load_data(args, ds=None):
@@ -383,6 +383,7 @@ def parse_args(argv=None):
     ap.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     ap.add_argument("--stop-after", type=int, default=0, help="stop after this epoch, as if interrupted (tests --resume)")
     ap.add_argument("--max-steps", type=int, default=0, help="stop after N optimizer steps (smoke runs)")
+    ap.add_argument("--max-minutes", type=float, default=0, help="start no new epoch after this many minutes")
     ap.add_argument("--iters-per-epoch", type=int, default=None,
                     help="LLM stages: CoLLM-style epochs of N iterations (default 400; 0: one pass over train)")
     # CF models

