@@ -402,6 +402,9 @@ def gpt2_split(text: str, kinds: str) -> list:
     return words
 
 
+UNICODE_FORMS = ("NFC", "NFD", "NFKC", "NFKD")  # the tokenizer.json normalizers implemented here
+
+
 class BPETokenizer:
     """Byte-level BPE from an HF tokenizer.json (GPT-2, SmolLM2), with Tokenizer's interface.
 
@@ -429,12 +432,14 @@ class BPETokenizer:
         steps = pre.get("pretokenizers", [pre])  # a Sequence, or a single pre-tokenizer
         types = [s.get("type") for s in steps]
         added = spec.get("added_tokens", [])
+        norm = spec.get("normalizer") or {}  # none, one Unicode form, or a Sequence of them
+        norms = [n.get("type") for n in norm.get("normalizers", [norm] if norm else [])]
         refused = {
             "model.type other than BPE": model.get("type") != "BPE",
             "BPE dropout": bool(model.get("dropout")),
             "a subword prefix/suffix": bool(model.get("continuing_subword_prefix")
                                             or model.get("end_of_word_suffix")),
-            "a normalizer": spec.get("normalizer") is not None,
+            f"normalizer {norms}": any(n not in UNICODE_FORMS for n in norms),
             f"pre_tokenizer {types}": types not in (["ByteLevel"], ["Digits", "ByteLevel"]),
             "ByteLevel without use_regex or with add_prefix_space":
                 not steps[-1].get("use_regex", True) or steps[-1].get("add_prefix_space", False),
@@ -446,6 +451,7 @@ class BPETokenizer:
         for what, bad in refused.items():
             if bad:
                 raise ValueError(f"{self.path}: {what} is not implemented")
+        self.unicode_forms = norms  # applied to the text between added tokens, in order, as HF does
         self.split_digits = types[0] == "Digits"
         self.ignore_merges = model.get("ignore_merges", False)  # a word that is a token stays whole
 
@@ -515,6 +521,8 @@ class BPETokenizer:
             if k % 2:  # re.split puts the matched added tokens at the odd places
                 ids.append(self.added[piece])
             else:
+                for form in self.unicode_forms:
+                    piece = unicodedata.normalize(form, piece)
                 for word in self.pre_tokenize(piece):
                     ids += self.bpe(word)
         return ids

@@ -122,8 +122,22 @@ def test_tiny_bpe_matches_hf(tmp_path, merges_as):
         assert tok.encode(s, bos=False) == hf.encode(s, add_special_tokens=False).ids, s
 
 
+@pytest.mark.parametrize("normalizer", [{"type": "NFC"}, {"type": "NFKC"},
+                                        {"type": "Sequence", "normalizers": [{"type": "NFD"}, {"type": "NFC"}]},
+                                        {"type": "Sequence", "normalizers": []}])
+def test_unicode_normalizers_match_hf(tmp_path, normalizer):
+    """Some converters write a Unicode normalizer into tokenizer.json (transformers 5.17 rebuilding
+    SmolLM2 from its GGUF did); the forms are applied between the added tokens, as HF does."""
+    tokenizers = pytest.importorskip("tokenizers")
+    d = write_tiny_bpe(tmp_path, normalizer=normalizer)
+    hf = tokenizers.Tokenizer.from_file(str(d / "tokenizer.json"))
+    tok = llama.BPETokenizer(d / "tokenizer.json")
+    for s in HARD + ["Cafe\u0301 \ufb01ne \u2460 e\u0301<|im_end|>e\u0301"]:
+        assert tok.encode(s, bos=False) == hf.encode(s, add_special_tokens=False).ids, s
+
+
 @pytest.mark.parametrize("change,words", [
-    ({"normalizer": {"type": "NFC"}}, "normalizer"),
+    ({"normalizer": {"type": "Lowercase"}}, "normalizer"),
     ({"pre_tokenizer": {"type": "Metaspace"}}, "pre_tokenizer"),
     ({"pre_tokenizer": {**BYTE_LEVEL, "add_prefix_space": True}}, "add_prefix_space"),
 ])
