@@ -630,14 +630,15 @@ def data_slice(ds, limit):
 # Command line
 
 def load_tokenizer(path):
-    """llama.Tokenizer for the CLI's token counts (the library itself only duck-types a tokenizer:
-    encode(text, bos), bos_id, unk_id)."""
+    """The CLI's tokenizer for token counts: a tokenizer.model, a tokenizer.json, or a checkpoint
+    directory holding one (the library itself only duck-types a tokenizer: encode(text, bos),
+    bos_id, unk_id)."""
     if not os.path.exists(path):
-        raise DataError(f"{path} not found; expected a sentencepiece tokenizer.model")
+        raise DataError(f"{path} not found; expected a tokenizer.model, a tokenizer.json or a checkpoint directory")
     try:
-        return llama.Tokenizer(path)
-    except (OSError, RuntimeError) as e:
-        raise DataError(f"{path}: expected a sentencepiece tokenizer.model ({e})") from None
+        return llama.load_tokenizer(path)
+    except (OSError, RuntimeError, ValueError, KeyError) as e:
+        raise DataError(f"{path}: expected a sentencepiece tokenizer.model or a byte-level BPE tokenizer.json ({e})") from None
 
 
 def _uauc_users(ds, rows):
@@ -686,7 +687,7 @@ def main(argv=None):
     p.add_argument("--reviews", help="amazon: reviews JSON lines (.gz or plain)")
     p.add_argument("--meta", help="amazon: metadata JSON lines (.gz or plain)")
     p.add_argument("--stats", action="store_true", help="print one JSON object of statistics")
-    p.add_argument("--tokenizer", help="sentencepiece tokenizer.model for prompt lengths")
+    p.add_argument("--tokenizer", help="tokenizer.model, tokenizer.json or a checkpoint dir, for prompt lengths")
     p.add_argument("--export", metavar="FILE.jsonl", help="write one JSON object per row")
     args = p.parse_args(argv)
     try:

@@ -11,6 +11,10 @@ Ainslie et al. 2023, "GQA" (TinyLlama: 32 query heads share 4 key/value heads).
 Module names copy HF's (`model.layers.N.self_attn.q_proj` ...), so `model.safetensors` keys load
 with no mapping table, and tests/test_llama.py checks the logits against transformers.
 
+Two tokenizers, picked by what the checkpoint ships (`load_tokenizer`): sentencepiece's
+tokenizer.model (Llama 2, TinyLlama) through a thin wrapper, and byte-level BPE from an HF
+tokenizer.json (GPT-2 style; SmolLM2), written out by hand below.
+
 Shape letters: B batch, T sequence, D hidden size, nh query heads, nkv key/value heads,
 hs head size, V vocabulary.
 
@@ -160,15 +164,11 @@ def rope_cos_sin(positions, head_dim: int, theta: float, dtype):
     return angles.cos().to(dtype), angles.sin().to(dtype)
 
 
-def rotate_half(x):
-    # Pairs dimension i with i + hs/2 (HF's layout), not 2i with 2i+1 (Meta's original layout).
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
-
-
 def apply_rope(x, cos, sin):
-    # x (B, n, T, hs); cos, sin (B, T, hs) -> broadcast over heads
-    return x * cos[:, None] + rotate_half(x) * sin[:, None]
+    """x (B, n, T, hs); cos, sin (B, T, hs), broadcast over heads. Rotate-half pairs dimension i with
+    i + hs/2 (HF's layout), not 2i with 2i+1 (Meta's original layout)."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos[:, None] + torch.cat((-x2, x1), dim=-1) * sin[:, None]
 
 
 def repeat_kv(x, n_rep: int):
@@ -239,18 +239,6 @@ class LlamaModel(nn.Module):
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
 
-def attention_mask_4d(attention_mask):
-    """(B, T) with 1 = token, 0 = left padding -> boolean (B, 1, T, T), True = may attend."""
-    B, T = attention_mask.shape
-    dev = attention_mask.device
-    causal = torch.ones(T, T, dtype=torch.bool, device=dev).tril()        # query i sees keys <= i
-    keep = causal[None] & attention_mask.bool()[:, None, :]               # (B, T, T) and no pad keys
-    # A padding query would then see no key at all and softmax would give NaN (which leaks into
-    # gradients). Let every query see itself: real queries already do, pad outputs are ignored.
-    keep = keep | torch.eye(T, dtype=torch.bool, device=dev)[None]
-    return keep[:, None]                                                  # (B, 1, T, T)
-
-
 class Llama(nn.Module):
     def __init__(self, cfg: LlamaConfig):
         super().__init__()
@@ -274,7 +262,11 @@ class Llama(nn.Module):
         else:
             # Left padding: the first real token is position 0 whatever the padding before it.
             positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, T)
-            mask = attention_mask_4d(attention_mask)
+            causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()  # query i sees keys <= i
+            mask = causal[None] & attention_mask.bool()[:, None, :]              # (B, T, T), no pad keys
+            # A padding query would then see no key at all and softmax would give NaN (which leaks
+            # into gradients). Let every query see itself: real queries already do, pad outputs are ignored.
+            mask = (mask | torch.eye(T, dtype=torch.bool, device=x.device))[:, None]  # (B, 1, T, T)
         cos, sin = rope_cos_sin(positions, self.cfg.head_dim, self.cfg.rope_theta, x.dtype)
         for layer in self.model.layers:
             x = layer(x, cos, sin, mask)
