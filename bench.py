@@ -43,6 +43,7 @@ shape and padding counts.
 import argparse
 import json
 import resource
+import sys
 import time
 
 import torch
@@ -341,10 +342,29 @@ def main():
     p.add_argument("--check", action="store_true", help="the prepared check: CHECK's sizes, all three "
                    "orders, one JSON line (default --shape tinyllama --device cuda --dtype bf16)")
     args = fill_defaults(p.parse_args())
+    counts = dict(steps=args.steps, train_batch=args.train_batch, score_batch=args.score_batch,
+                  pad_multiple=args.pad_multiple, layers=args.layers if args.layers is not None else 1)
+    bad = [f"--{k.replace('_', '-')} {v}" for k, v in counts.items() if v < 1]
+    if bad or args.threads < 0:
+        p.error(f"expected integers >= 1 (--threads >= 0), got {', '.join(bad or [f'--threads {args.threads}'])}")
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        p.error(f"--device {args.device}: expected a torch device such as cpu or cuda")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        p.error(f"--device {args.device}: no CUDA device is available here (try --device cpu)")
+    try:
+        run(args, device)
+    except (RuntimeError, ValueError, OSError) as e:  # e.g. out of memory: one line, not a traceback
+        print(f"error: {(str(e).strip().splitlines() or [type(e).__name__])[0]}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def run(args, device):
     t_start = time.perf_counter()
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
     amp = args.dtype == "bf16"
 
@@ -391,4 +411,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -25,6 +25,13 @@ $SASRECLLM_DATA or data/):
 - "amazon":    amazon-book/Books_5.json.gz + amazon-book/meta_Books.json.gz (2018 Amazon
                Review Data; any category in that format via reviews=..., meta=...).
 
+Bad input is a DataError naming the file, the line and what was expected. A repeated (user,
+item) pair would put a row's target into a later row's history, so in ml1m's TSV it is an error
+naming both lines (as is a repeated item_id). Amazon's repeated reviews keep the first; raw
+GroupLens re-ratings are kept (the real ratings.dat has none); either way Dataset.notes counts
+them and the loader prints that count. Ids given as they are must be
+numbered about 1..N, since every embedding table has a row per id up to the largest.
+
 Run `python data.py ml1m --stats` for the split statistics, `--export FILE.jsonl` for one JSON
 object per row.
 """
@@ -34,7 +41,7 @@ import json
 import os
 import re
 import sys
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
 import torch
@@ -50,6 +57,7 @@ RATIO = (0.8, 0.1, 0.1)        # the paper's chronological 8:1:1 split
 LIKE_THRESHOLD = 4             # rating >= 4 is a like (label 1)
 AMAZON_MAX_ID = 4000           # the paper keeps Amazon Book user and item ids <= 4000
 WARM_MIN_TRAIN = 3             # the paper's warm flag: >= 3 train rows for user and for item
+MAX_ID_RATIO = 2               # ids given as they are (ml1m) may run to twice their count, no more
 PROMPT_TITLES = 10             # the prompt lists the last 10 liked titles
 
 GROUPLENS_URL = "https://files.grouplens.org/datasets/movielens/ml-1m.zip"
@@ -64,6 +72,46 @@ class DataError(Exception):
 # ----------------------------------------------------------------------------------------------
 # Dataset: the one in-memory form every loader produces
 
+class Histories:
+    """history[r]: the items user[r] liked in rows before r in (user, timestamp) order, oldest
+    first, as a list.
+
+    All likes sit in one array, user after user and each user's in time order, and a row's
+    history is the slice liked[start[r]:end[r]] of its user's part. A list per row would copy
+    the user's history once per row: memory quadratic in the history length, linear here."""
+
+    def __init__(self, liked, start, end):
+        self.liked, self.start, self.end = liked, start, end    # (L,), (N,), (N,) int64
+
+    def __len__(self):
+        return len(self.start)
+
+    def __getitem__(self, r):
+        return self.liked[self.start[r]:self.end[r]].tolist()
+
+    def __iter__(self):
+        return (self[r] for r in range(len(self)))
+
+    def lengths(self, rows):
+        rows = np.asarray(rows, dtype=np.int64)
+        return self.end[rows] - self.start[rows]                # (B,)
+
+    def take(self, rows):
+        """The histories of rows (indices into this one), sharing the same likes array."""
+        rows = np.asarray(rows, dtype=np.int64)
+        return Histories(self.liked, self.start[rows], self.end[rows])
+
+    def padded(self, rows, maxlen):
+        """The last maxlen items of each row's history, left-padded with 0, as pad_left gives.
+        -> (B, maxlen) long"""
+        rows = np.asarray(rows, dtype=np.int64)
+        if maxlen <= 0 or len(self.liked) == 0:
+            return torch.zeros(len(rows), max(maxlen, 0), dtype=torch.long)
+        at = self.end[rows, None] - maxlen + np.arange(maxlen)    # (B, maxlen) positions in liked
+        ids = np.where(at >= self.start[rows, None], self.liked[np.clip(at, 0, None)], 0)
+        return torch.from_numpy(ids.astype(np.int64))
+
+
 @dataclass
 class Dataset:
     name: str
@@ -76,9 +124,11 @@ class Dataset:
     titles: list                 # titles[item_id]; titles[0] == ""
     n_users: int
     n_items: int
-    history: list                # history[row]: item ids the user liked earlier, oldest first
+    history: Histories           # history[row]: item ids the user liked earlier, oldest first
     seen: np.ndarray             # (N,) bool: user and item both occur in train (CoLLM's warm)
     warm: np.ndarray             # (N,) bool: user and item each have >= 3 train rows (paper)
+    source: str = ""             # the file the rows came from (error messages name it)
+    notes: list = field(default_factory=list)  # what the loader changed, e.g. repeated pairs dropped
 
     def __len__(self):
         return len(self.user)
@@ -91,24 +141,30 @@ class Dataset:
 
 
 def build_histories(user, item, label, timestamp):
-    """history[r] = items user[r] liked in rows that come before r in (user, timestamp) order.
-
-    np.lexsort is stable, so rows with the same (user, timestamp) keep their row order.
-    One pass over the sorted rows; each history is a copy of the user's running list.
-    """
+    """Histories of every row: the items user[r] liked in rows before r in (user, timestamp)
+    order. np.lexsort is stable, so rows with the same (user, timestamp) keep their row order."""
     order = np.lexsort((timestamp, user))                      # (N,) primary key: user
-    history = [None] * len(user)
-    liked = {}                                                 # user -> liked items so far
-    for r, u, i, y in zip(order.tolist(), user[order].tolist(), item[order].tolist(),
-                          label[order].tolist()):
-        h = liked.setdefault(u, [])
-        history[r] = h[:]
-        if y == 1:
-            h.append(i)
-    return history
+    u, liked_row = user[order], label[order] == 1
+    liked = item[order][liked_row]                             # (L,) user by user, in time order
+    before = np.cumsum(liked_row) - liked_row                  # (N,) likes in earlier sorted rows
+    first = np.r_[True, u[1:] != u[:-1]]                       # (N,) a user's first sorted row
+    user_start = before[first][np.cumsum(first) - 1]           # (N,) where that user's likes begin
+    start, end = np.empty(len(user), dtype=np.int64), np.empty(len(user), dtype=np.int64)
+    start[order], end[order] = user_start, before
+    return Histories(liked, start, end)
 
 
-def make_dataset(name, domain, user, item, label, timestamp, split, titles, source):
+def require_both_labels(ds, split):
+    """Refuse a split that holds one class: a classifier learns nothing from it, and the CF
+    models' start (Pop's like-rate log-odds) is infinite there."""
+    rows = ds.idx(split)
+    likes = int(ds.label[rows].sum())
+    if likes in (0, len(rows)):
+        raise DataError(f"{ds.source}: the {split} split holds only {'likes' if likes else 'dislikes'} "
+                        f"({len(rows)} rows); expected both likes and dislikes (a small --limit can cut one away)")
+
+
+def make_dataset(name, domain, user, item, label, timestamp, split, titles, source, notes=()):
     """Checks the splits, then derives histories and the seen / warm flags."""
     for s in SPLITS:
         if not np.any(split == s):
@@ -123,7 +179,7 @@ def make_dataset(name, domain, user, item, label, timestamp, split, titles, sour
     return Dataset(name=name, domain=domain, user=user, item=item, label=label,
                    timestamp=timestamp, split=split, titles=titles, n_users=n_users,
                    n_items=n_items, history=build_histories(user, item, label, timestamp),
-                   seen=seen, warm=warm)
+                   seen=seen, warm=warm, source=source, notes=list(notes))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -144,11 +200,22 @@ def load_ml1m(data_dir):
     _need(inter_path, what)
     _need(items_path, what)
 
-    titles = {}
+    titles, title_line = {}, {}
     for n, fields in _tsv(items_path, ["item_id", "title"]):
-        titles[_int(fields[0], items_path, n, "item_id")] = fields[1]
+        i = _int(fields[0], items_path, n, "item_id")
+        if i in titles:
+            raise DataError(f"{items_path}:{n}: item_id {i} repeats line {title_line[i]}; expected "
+                            "each item once")
+        if i < 1:
+            raise DataError(f"{items_path}:{n}: expected item_id >= 1 (0 is padding), got {i}")
+        titles[i], title_line[i] = fields[1], n
+    if not titles:
+        raise DataError(f"{items_path}: no items; expected item_id and title lines after the header")
+    _check_dense(np.array(list(title_line)), list(title_line.values()), items_path, "item_id")
 
-    rows = []
+    # A repeated (user, item) row would put its item into a later row's history and leak that
+    # row's answer, so every pair must be unique (pair -> the line it first appeared on).
+    rows, pair_line = [], {}
     for n, (u, i, y, t, s) in _tsv(inter_path, ["user_id", "item_id", "label", "timestamp",
                                                  "split"]):
         u, i = _int(u, inter_path, n, "user_id"), _int(i, inter_path, n, "item_id")
@@ -160,15 +227,32 @@ def load_ml1m(data_dir):
             raise DataError(f"{inter_path}:{n}: expected ids >= 1 (0 is padding)")
         if i not in titles:
             raise DataError(f"{inter_path}:{n}: item_id {i} has no title in {items_path}")
-        rows.append((u, i, int(y), _int(t, inter_path, n, "timestamp"), s))
+        if pair_line.setdefault((u, i), n) != n:
+            raise DataError(f"{inter_path}:{n}: user_id {u} and item_id {i} repeat line "
+                            f"{pair_line[u, i]}; expected each (user, item) pair once")
+        rows.append((u, i, int(y), _int(t, inter_path, n, "timestamp"), s, n))
     if not rows:
         raise DataError(f"{inter_path}: no rows; expected interactions after the header")
 
     user, item, label, timestamp = (np.array(c, dtype=np.int64) for c in list(zip(*rows))[:4])
+    lines = [r[5] for r in rows]
+    _check_dense(user, lines, inter_path, "user_id")
+    _check_dense(item, lines, inter_path, "item_id")
     split = np.array([r[4] for r in rows])
     title_list = [""] + [titles.get(i, "") for i in range(1, max(titles) + 1)]
     return make_dataset("ml1m", "movie", user, item, label, timestamp, split, title_list,
                         inter_path)
+
+
+def _check_dense(ids, lines, path, what):
+    """Embedding tables get a row for every id up to the largest, so one stray huge id (a
+    user_id of 999999999) would ask for gigabytes. Ids must be numbered about 1..N, as CoLLM
+    numbers them: the largest at most MAX_ID_RATIO times the number of distinct ids."""
+    top, n = int(ids.max()), len(np.unique(ids))
+    if top > MAX_ID_RATIO * n:
+        raise DataError(f"{path}:{lines[int(np.argmax(ids))]}: {what} {top}, but there are only {n} "
+                        f"distinct {what}s; expected ids numbered 1..N (renumber them, e.g. by first "
+                        "appearance as CoLLM does)")
 
 
 def _lines(path, encoding="utf-8"):
@@ -244,12 +328,20 @@ def from_ratings(name, domain, user_raw, item_raw, rating, timestamp, titles_raw
     # Stable sort by (user, timestamp); raw user ids sort as numbers (GroupLens) or strings.
     user_code = np.unique(rows["user"], return_inverse=True)[1]
     rows = _take(rows, np.lexsort((rows["timestamp"], user_code)))
-    if first_review_only:
+    pairs = np.stack([np.unique(rows[k], return_inverse=True)[1] for k in ("user", "item")], 1)
+    first = np.unique(pairs, axis=0, return_index=True)[1]
+    notes, repeated = [], len(rows["user"]) - len(first)
+    if first_review_only and repeated:
         # A repeated (user, item) review is not a new event: keep the user's first review, so
         # a target never sits in its own history.
-        pairs = np.stack([np.unique(rows[k], return_inverse=True)[1] for k in ("user", "item")], 1)
-        first = np.unique(pairs, axis=0, return_index=True)[1]
         rows = _take(rows, np.sort(first))
+        notes.append(f"{source}: dropped {repeated} repeated (user, item) reviews, keeping each "
+                     "pair's first")
+    elif repeated:
+        notes.append(f"{source}: kept {repeated} repeated (user, item) ratings (re-ratings); each "
+                     "later one has its item in its own history")
+    for note in notes:  # stderr: stdout may be --stats' JSON
+        print(f"note: {note}", file=sys.stderr)
 
     rows["raw_item"] = rows["item"]
     rows["user"], rows["item"] = renumber(rows["user"]), renumber(rows["item"])
@@ -265,7 +357,7 @@ def from_ratings(name, domain, user_raw, item_raw, rating, timestamp, titles_raw
     for i, raw in zip(rows["item"].tolist(), rows["raw_item"].tolist()):
         titles[i] = titles_raw[raw]
     return make_dataset(name, domain, rows["user"], rows["item"], rows["label"],
-                        rows["timestamp"], rows["split"].astype(str), titles, source)
+                        rows["timestamp"], rows["split"].astype(str), titles, source, notes)
 
 
 def _take(rows, index):
@@ -479,7 +571,7 @@ def cf_batch(ds, rows, maxlen=25):
     before, which item. -> dict of user (B,), hist (B, maxlen), item (B,), label (B,)"""
     rows = np.asarray(rows, dtype=np.int64)
     return dict(user=torch.from_numpy(ds.user[rows]),
-                hist=pad_left([ds.history[r] for r in rows], maxlen),
+                hist=ds.history.padded(rows, maxlen),
                 item=torch.from_numpy(ds.item[rows]),
                 label=torch.from_numpy(ds.label[rows]).float())
 
@@ -489,7 +581,7 @@ def cf_tensors(ds, rows, maxlen, next_item=False):
     number of earlier likes share one history, and get one group id. For SASRec's original
     next-item objective, seq = (hist + [item])[-(maxlen+1):], left-padded."""
     t = cf_batch(ds, rows, maxlen)
-    key = ds.user[rows] * (ds.n_items + 1) + np.array([len(ds.history[r]) for r in rows])
+    key = ds.user[rows] * (ds.n_items + 1) + ds.history.lengths(rows)
     t["group"] = torch.from_numpy(np.unique(key, return_inverse=True)[1].ravel())
     if next_item:
         t["seq"] = pad_left([list(ds.history[r]) + [int(ds.item[r])] for r in rows], maxlen + 1)
@@ -623,7 +715,7 @@ def data_slice(ds, limit):
     data's, so a row reads the same prompt as in the whole data set."""
     keep = np.sort(np.concatenate([ds.idx(s)[:limit] for s in SPLITS]))
     arrays = {f.name: getattr(ds, f.name)[keep] for f in fields(ds) if isinstance(getattr(ds, f.name), np.ndarray)}
-    return replace(ds, history=[ds.history[i] for i in keep], **arrays)
+    return replace(ds, history=ds.history.take(keep), **arrays)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -650,7 +742,7 @@ def _uauc_users(ds, rows):
 
 def stats(ds, tok=None):
     out = {"dataset": ds.name, "rows": {}, "users": ds.n_users, "items": ds.n_items,
-           "positive_rate": {}, "seen": {}, "warm": {}, "uauc_users": {}}
+           "positive_rate": {}, "seen": {}, "warm": {}, "uauc_users": {}, "notes": ds.notes}
     for s in SPLITS:
         rows = ds.idx(s)
         out["rows"][s] = len(rows)

@@ -19,6 +19,7 @@ import sys
 import numpy as np
 import torch
 
+import data
 import train
 from metrics import metrics, rel_imp, split_report
 
@@ -396,7 +397,7 @@ def main(argv=None):
         else:
             ap.print_help()
             return 2
-    except (OSError, ValueError, KeyError) as e:
+    except (OSError, ValueError, KeyError, data.DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -32,6 +32,7 @@ import os
 import re
 import shutil
 import struct
+import sys
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +45,10 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be loaded; the message names the file and what was expected."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -112,8 +117,20 @@ class LlamaConfig:
 
     @classmethod
     def from_json(cls, path) -> "LlamaConfig":
-        with open(path) as f:
-            return cls.from_dict(json.load(f))
+        """config.json, checked first: a missing field or a wrong type is one error naming the file."""
+        try:
+            d = json.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{path} not found; expected an HF-format checkpoint's config.json") from None
+        except (OSError, ValueError) as e:
+            raise CheckpointError(f"{path}: expected a JSON object ({e})") from None
+        problem = config_problem(d) if isinstance(d, dict) else "expected a JSON object"
+        if problem:
+            raise CheckpointError(f"{path}: {problem}")
+        try:
+            return cls.from_dict(d)
+        except ValueError as e:
+            raise CheckpointError(f"{path}: {e}") from None
 
     def to_dict(self) -> dict:
         """config.json in TinyLlama's spelling (also readable by transformers)."""
@@ -127,6 +144,32 @@ class LlamaConfig:
                     tie_word_embeddings=self.tie_word_embeddings, torch_dtype=self.torch_dtype,
                     bos_token_id=self.bos_token_id, eos_token_id=self.eos_token_id,
                     initializer_range=self.initializer_range)
+
+
+def config_problem(d: dict):
+    """What is wrong with a config.json's fields (a missing size, a string where HF writes a
+    number), or None. from_dict would otherwise fail deep inside the model's constructor."""
+    sizes = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
+    missing = [k for k in sizes if k not in d]
+    if missing:
+        return f"missing {', '.join(missing)}; expected an HF Llama config"
+    is_int = lambda v: isinstance(v, int) and not isinstance(v, bool)
+    is_number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
+    for k in sizes + ("num_key_value_heads", "head_dim", "max_position_embeddings"):
+        if d.get(k) is not None and not (is_int(d[k]) and d[k] >= (0 if k == "head_dim" else 1)):
+            return f"{k} is {d[k]!r}; expected a positive integer"
+    for k in ("rms_norm_eps", "rope_theta", "initializer_range"):
+        if d.get(k) is not None and not (is_number(d[k]) and d[k] > 0):
+            return f"{k} is {d[k]!r}; expected a positive number"
+    for k in ("bos_token_id", "eos_token_id"):
+        v = d.get(k)
+        if v is not None and not (is_int(v) or isinstance(v, list) and v and all(map(is_int, v))):
+            return f"{k} is {v!r}; expected a token id (or a list of them)"
+    if not isinstance(d.get("tie_word_embeddings", False), bool):
+        return f"tie_word_embeddings is {d['tie_word_embeddings']!r}; expected true or false"
+    if not isinstance(d.get("rope_parameters") or {}, dict) or not isinstance(d.get("rope_scaling") or {}, dict):
+        return "rope_parameters / rope_scaling: expected a JSON object"
+    return None
 
 
 # TinyLlama-1.1B's config.json, the fields that matter (see ../shared/models/README.md).
@@ -557,23 +600,28 @@ class BPETokenizer:
 
 def check_safetensors(path):
     """Fail with a clear message if a .safetensors file is truncated or its header is broken."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} not found; expected a safetensors file")
     size = os.path.getsize(path)
     with open(path, "rb") as f:
         head = f.read(8)
         if len(head) < 8:
-            raise ValueError(f"{path}: not a safetensors file ({size} bytes, too short for a header)")
+            raise CheckpointError(f"{path}: not a safetensors file ({size} bytes, too short for a header)")
         (n,) = struct.unpack("<Q", head)
         if 8 + n > size:
-            raise ValueError(f"{path}: truncated or corrupt safetensors file: header says {n} header "
-                             f"bytes but the file has {size} bytes")
+            raise CheckpointError(f"{path}: truncated or corrupt safetensors file: header says {n} header "
+                                  f"bytes but the file has {size} bytes")
         try:
             header = json.loads(f.read(n))
         except ValueError as e:
-            raise ValueError(f"{path}: corrupt safetensors header ({e})") from None
-    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+            raise CheckpointError(f"{path}: corrupt safetensors header ({e})") from None
+    try:
+        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    except (AttributeError, KeyError, TypeError, IndexError):
+        raise CheckpointError(f"{path}: corrupt safetensors header (expected tensors with data_offsets)") from None
     if 8 + n + end != size:
-        raise ValueError(f"{path}: truncated or corrupt safetensors file: expected {8 + n + end} "
-                         f"bytes from its header, found {size}")
+        raise CheckpointError(f"{path}: truncated or corrupt safetensors file: expected {8 + n + end} "
+                              f"bytes from its header, found {size}")
 
 
 def read_weights(ckpt_dir, dtype=None, device="cpu") -> dict:
@@ -582,8 +630,11 @@ def read_weights(ckpt_dir, dtype=None, device="cpu") -> dict:
     ckpt_dir = Path(ckpt_dir)
     index = ckpt_dir / "model.safetensors.index.json"
     if index.exists():
-        weight_map = json.loads(index.read_text())["weight_map"]  # key -> shard file name
-        files = sorted(set(weight_map.values()))
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]  # key -> shard file name
+            files = sorted(set(weight_map.values()))
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise CheckpointError(f"{index}: expected a JSON object with a weight_map ({e!r})") from None
     elif (ckpt_dir / "model.safetensors").exists():
         weight_map, files = None, ["model.safetensors"]
     else:
@@ -596,14 +647,19 @@ def read_weights(ckpt_dir, dtype=None, device="cpu") -> dict:
             with safe_open(path, framework="pt") as f:
                 for key in f.keys():
                     if weight_map is not None and weight_map.get(key) != name:
-                        raise ValueError(f"{path}: key {key!r} is not mapped to this shard in {index.name}")
+                        raise CheckpointError(f"{path}: key {key!r} is not mapped to this shard in {index.name}")
                     state[key] = f.get_tensor(key).to(device=device, dtype=dtype)
         except SafetensorError as e:
-            raise ValueError(f"{path}: corrupt safetensors file ({e})") from None
+            raise CheckpointError(f"{path}: corrupt safetensors file ({e})") from None
     if weight_map is not None and set(weight_map) != set(state):
         missing = sorted(set(weight_map) - set(state))
-        raise ValueError(f"{index}: keys listed but not found in any shard: {missing[:5]}")
+        raise CheckpointError(f"{index}: keys listed but not found in any shard: {missing[:5]}")
     return state
+
+
+# Keys that older Llama-2 / Vicuna conversions saved and HF skips on load (modeling_utils ignores
+# unexpected keys matching rotary_emb.inv_freq): RoPE's frequencies, which follow from rope_theta.
+IGNORED_KEYS = re.compile(r"rotary_emb\.inv_freq$")
 
 
 def load_model(ckpt_dir, dtype=torch.float32, device="cpu") -> Llama:
@@ -613,10 +669,15 @@ def load_model(ckpt_dir, dtype=torch.float32, device="cpu") -> Llama:
     ckpt_dir = Path(ckpt_dir)
     cfg = LlamaConfig.from_json(ckpt_dir / "config.json")
     if isinstance(dtype, str):
-        dtype = DTYPES[cfg.torch_dtype if dtype == "auto" else dtype]
+        name = cfg.torch_dtype if dtype == "auto" else dtype
+        if name not in DTYPES:
+            raise CheckpointError(f"{ckpt_dir / 'config.json'}: torch_dtype {name!r} is not one of "
+                                  f"{', '.join(DTYPES)}; pass a dtype explicitly")
+        dtype = DTYPES[name]
     with torch.device("meta"):
         model = Llama(cfg)
-    state = read_weights(ckpt_dir, dtype, device)
+    state = read_weights(ckpt_dir, dtype, device)  # fp16, bf16 or fp32 on disk, cast to dtype
+    state = {k: v for k, v in state.items() if not IGNORED_KEYS.search(k)}
     if cfg.tie_word_embeddings:
         state.pop("lm_head.weight", None)  # HF omits it for tied models; the embedding is used
     expected = {k: v.shape for k, v in model.state_dict().items()
@@ -624,13 +685,13 @@ def load_model(ckpt_dir, dtype=torch.float32, device="cpu") -> Llama:
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     if missing:
-        raise ValueError(f"{ckpt_dir}: missing key {missing[0]!r} ({len(missing)} missing in all)")
+        raise CheckpointError(f"{ckpt_dir}: missing key {missing[0]!r} ({len(missing)} missing in all)")
     if unexpected:
-        raise ValueError(f"{ckpt_dir}: unexpected key {unexpected[0]!r} ({len(unexpected)} in all)")
+        raise CheckpointError(f"{ckpt_dir}: unexpected key {unexpected[0]!r} ({len(unexpected)} in all)")
     for k, shape in expected.items():
         if state[k].shape != shape:
-            raise ValueError(f"{ckpt_dir}: key {k!r} has shape {tuple(state[k].shape)}, "
-                             f"config.json implies {tuple(shape)}")
+            raise CheckpointError(f"{ckpt_dir}: key {k!r} has shape {tuple(state[k].shape)}, "
+                                  f"config.json implies {tuple(shape)}")
     if cfg.tie_word_embeddings:
         state["lm_head.weight"] = state["model.embed_tokens.weight"]
     model.load_state_dict(state, strict=True, assign=True)
@@ -645,24 +706,31 @@ def load_tokenizer(path):
     tokenizer.model wins because Llama-2 checkpoints ship both, and their tokenizer.json is not
     byte-level. path may also be one of the two files itself."""
     path = Path(path)
-    if path.is_file():
-        return BPETokenizer(path) if path.suffix == ".json" else Tokenizer(path)
-    if (path / "tokenizer.model").exists():
-        return Tokenizer(path / "tokenizer.model")
-    if (path / "tokenizer.json").exists():
-        return BPETokenizer(path / "tokenizer.json")
-    raise FileNotFoundError(f"{path}: no tokenizer.model (sentencepiece) or tokenizer.json (byte-level BPE)")
+    if not path.is_file():
+        if not (path / "tokenizer.model").exists() and not (path / "tokenizer.json").exists():
+            raise FileNotFoundError(f"{path}: no tokenizer.model (sentencepiece) or tokenizer.json (byte-level BPE)")
+        path = path / ("tokenizer.model" if (path / "tokenizer.model").exists() else "tokenizer.json")
+    bpe = path.suffix == ".json"
+    try:
+        return BPETokenizer(path) if bpe else Tokenizer(path)
+    except (OSError, RuntimeError, KeyError, TypeError, AttributeError, json.JSONDecodeError) as e:
+        # the tokenizer classes' own ValueErrors already name the file and pass through
+        raise CheckpointError(f"{path}: expected {'an HF tokenizer.json' if bpe else 'a sentencepiece model'} "
+                              f"({type(e).__name__}: {e})") from None
 
 
 def load(ckpt_dir, dtype=torch.float32, device="cpu"):
     """(Llama, tokenizer) from a checkpoint directory. A tokenizer id past config.json's vocab_size
     would index past the embedding table mid-forward; it is refused here, before any weight is read.
     (A vocab_size larger than the tokenizer's is normal: tables are often padded.)"""
+    if not Path(ckpt_dir).is_dir():
+        raise FileNotFoundError(f"{ckpt_dir}: no such checkpoint directory; expected config.json, "
+                                "model.safetensors (or shards) and tokenizer.model")
     tok = load_tokenizer(ckpt_dir)
     n = LlamaConfig.from_json(Path(ckpt_dir) / "config.json").vocab_size
     if tok.vocab_size > n:
-        raise ValueError(f"{ckpt_dir}: the tokenizer has ids up to {tok.vocab_size - 1}, but config.json's "
-                         f"vocab_size is {n}: they do not belong together")
+        raise CheckpointError(f"{ckpt_dir}: the tokenizer has ids up to {tok.vocab_size - 1}, but config.json's "
+                              f"vocab_size is {n}: they do not belong together")
     return load_model(ckpt_dir, dtype, device), tok
 
 
@@ -737,7 +805,7 @@ def make_tiny(out_dir, texts=None, tokenizer_model=None, seed=0):
         tok = train_tokenizer(list(texts or []) + TINY_TEXTS, out_dir / "tokenizer.model")
         tokenizer_model = out_dir / "tokenizer.model"
     else:
-        tok = Tokenizer(tokenizer_model)
+        tok = load_tokenizer(tokenizer_model)  # a missing or garbage file: one error naming it
     hidden = 64
     cfg = LlamaConfig(vocab_size=tok.vocab_size, hidden_size=hidden, intermediate_size=172,
                       num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
@@ -780,18 +848,25 @@ def main():
     p.add_argument("--write-tinyllama", metavar="DIR", help="write a random TinyLlama-shape checkpoint")
     p.add_argument("--tokenizer", help="tokenizer.model to copy into --write-* checkpoints")
     args = p.parse_args()
+    if args.write_tinyllama and not args.tokenizer:
+        p.error("--write-tinyllama needs --tokenizer (the Llama-2 tokenizer.model)")
+    if not (args.ckpt or args.write_tiny or args.write_tinyllama):
+        p.error("--ckpt is required")
+    try:
+        run(args)
+    except (FileNotFoundError, ValueError, OSError) as e:  # CheckpointError is a ValueError
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
 
+
+def run(args):
     if args.write_tiny:
         print(make_tiny(args.write_tiny, tokenizer_model=args.tokenizer))
         return
     if args.write_tinyllama:
-        if not args.tokenizer:
-            p.error("--write-tinyllama needs --tokenizer (the Llama-2 tokenizer.model)")
         print(make_tinyllama_shape(args.write_tinyllama, args.tokenizer))
         return
-    if not args.ckpt:
-        p.error("--ckpt is required")
-
     model, tok = load(args.ckpt, args.dtype, args.device)
     ids = tok.encode(args.prompt, bos=True)
     with torch.no_grad():
@@ -804,4 +879,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

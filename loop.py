@@ -14,23 +14,70 @@ and bench.py reuse it without the recipes. Read `train` first; the helpers above
 Outputs in cfg.out: best.pt, last.pt, epoch_XXX.pt, log.jsonl, metrics.json. A checkpoint holds
 the run's arguments, the epoch, the best valid AUC and only the trainable tensors (last.pt adds
 the optimizer, scheduler, scaler and RNG states).
+
+A run directory belongs to one run (own_run_dirs): a lock file names its writer, an earlier run
+is continued (--resume, with the same flags) or moved aside (--overwrite), never deleted, and
+multi-file artefacts appear whole or not at all (publish_dir).
 """
+import argparse
 import json
 import math
 import os
 import random
+import shutil
+import socket
+import tempfile
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
+import llama
 import metrics as M
 
 CHECKPOINT_EVERY = 8   # epochs between the numbered checkpoints (the paper's habit)
 PROGRESS_SECONDS = 30  # a progress line inside an epoch at most this often
+LOCK = "run.lock"      # in a run directory while a run writes there: its pid, host and start
+# Flags that say how to run, not what the run is: the only ones --resume lets differ.
+RESUME_MAY_CHANGE = ("resume", "overwrite", "stop_after", "max_steps", "max_minutes", "threads", "device",
+                     "eval_batch_size", "data_dir", "runs", "out")
+
+
+class RunError(ValueError):
+    """A run directory, checkpoint or flag that cannot be used as asked. The message names the
+    path and what to do."""
+
+
+def error_line(e):
+    """One 'error: ...' line for an expected failure (a KeyError's message without its quotes)."""
+    return f"error: {e.args[0] if isinstance(e, KeyError) and e.args else first_line(e)}"
+
+
+def first_line(e):
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
+def positive(text):
+    """argparse type: an integer >= 1 (a batch size, a count of epochs)."""
+    return _int_at_least(text, 1)
+
+
+def non_negative(text):
+    """argparse type: an integer >= 0 (0 meaning "none" or "no limit")."""
+    return _int_at_least(text, 0)
+
+
+def _int_at_least(text, low):
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}") from None
+    if n < low:
+        raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {n}")
+    return n
 
 
 @dataclass
@@ -137,12 +184,56 @@ def load_trainable(model, state):
             params[n].copy_(t)
 
 
+@contextmanager
+def writing(path):
+    """A failed write (a full disk, a read-only directory) as one RunError naming the file."""
+    try:
+        yield
+    except (OSError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError
+        raise RunError(f"{path}: could not write it ({first_line(e)}); is the disk full or the "
+                       "directory read-only?") from None
+
+
 def save_atomic(obj, path):
     if not is_main():  # under torchrun, rank 0 alone writes
         return
     tmp = path + ".tmp"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)  # a reader never sees half a file
+    with writing(path):
+        torch.save(obj, tmp)
+        os.replace(tmp, path)  # a reader never sees half a file
+
+
+def read_checkpoint(path, map_location="cpu"):
+    """A checkpoint that save_atomic wrote, or one error line saying why it cannot be read."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} not found; expected a checkpoint written by train.py")
+    try:
+        ck = torch.load(path, weights_only=False, map_location=map_location)
+    except Exception as e:  # a truncated or foreign file fails to unpickle in many ways
+        raise RunError(f"{path}: cannot read this checkpoint ({type(e).__name__}: {first_line(e)}); "
+                       "expected a complete file written by train.py") from None
+    if not isinstance(ck, dict) or not isinstance(ck.get("model"), dict) or not isinstance(ck.get("args"), dict):
+        raise RunError(f"{path}: expected a train.py checkpoint (a dict with 'args' and 'model')")
+    return ck
+
+
+def check_adapter(adapter_dir):
+    """A LoRA adapter directory that lora.load_adapter can read, or one error line naming the
+    file (an adapter copied in part, or written by an older checkout that a kill interrupted)."""
+    path = os.path.join(adapter_dir, "adapter_config.json")
+    try:
+        with open(path) as f:
+            cfg = json.load(f)
+    except ValueError as e:
+        raise RunError(f"{path}: expected peft's adapter_config.json (JSON: {e})") from None
+    if not isinstance(cfg, dict) or not {"r", "lora_alpha", "target_modules"} <= set(cfg):
+        raise RunError(f"{path}: expected peft's adapter_config.json with r, lora_alpha and target_modules")
+    weights = os.path.join(adapter_dir, "adapter_model.safetensors")
+    if os.path.exists(weights):
+        llama.check_safetensors(weights)
+    elif not os.path.exists(os.path.join(adapter_dir, "adapter_model.bin")):
+        raise RunError(f"{adapter_dir}: no adapter_model.safetensors; an incomplete adapter (rerun its text stage "
+                       "with --resume to write it again)")
 
 
 def write_json(obj, path):
@@ -150,9 +241,10 @@ def write_json(obj, path):
     clean = lambda v: (None if isinstance(v, float) and math.isnan(v) else
                        {k: clean(x) for k, x in v.items()} if isinstance(v, dict) else v)
     if is_main():
-        with open(path + ".tmp", "w") as f:
-            json.dump(clean(obj), f, indent=2)
-        os.replace(path + ".tmp", path)
+        with writing(path):
+            with open(path + ".tmp", "w") as f:
+                json.dump(clean(obj), f, indent=2)
+            os.replace(path + ".tmp", path)
 
 
 def seed_everything(seed):
@@ -169,6 +261,127 @@ def set_rng_state(s):
     torch.set_rng_state(s["torch"])
     np.random.set_state(s["numpy"])
     random.setstate(s["python"])
+
+
+# -----------------------------------------------------------------------------
+# run directories: one writer each; an earlier run is moved aside, never deleted
+
+
+@contextmanager
+def own_run_dirs(outs, resume=False, overwrite=False):
+    """Hold each directory in outs for this run, from before training until every file is
+    written; rank 0 takes the locks and the other ranks wait for it."""
+    held = []
+    try:
+        if is_main():
+            for out in outs:
+                held.append(out)
+                claim(out, resume, overwrite)
+        barrier()
+        yield
+    finally:
+        for out in held:
+            release(out)
+
+
+def claim(out, resume, overwrite):
+    """Lock out (which also proves it writable, before any training) and, unless resuming,
+    start it empty: an earlier run's files move into out/old-<time>/ with --overwrite."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise RunError(f"{out} is a file; expected a run directory (--out)")
+    try:
+        os.makedirs(out, exist_ok=True)
+        lock(out)
+    except OSError as e:
+        raise RunError(f"{out}: cannot write there ({first_line(e)}); expected a writable run directory") from None
+    old = [] if resume else run_files(out)
+    if old and not overwrite:
+        raise RunError(held_message(out, old))
+    if old:
+        aside = tempfile.mkdtemp(prefix=time.strftime("old-%Y%m%d-%H%M%S-"), dir=out)  # a new name, always
+        for name in old:
+            os.rename(os.path.join(out, name), os.path.join(aside, name))
+        say(f"--overwrite: moved the earlier run's files in {out} to {aside}")
+
+
+def run_files(out):
+    """What an earlier run left in out: everything but the lock and the runs moved aside."""
+    return sorted(f for f in os.listdir(out) if f != LOCK and not f.startswith("old-")) if os.path.isdir(out) else []
+
+
+def held_message(out, files):
+    listed = ", ".join(files[:3]) + (", ..." if len(files) > 3 else "")
+    return (f"{out} holds an earlier run ({listed}); continue it with --resume, or start over with --overwrite "
+            f"(its files move to {os.path.join(out, 'old-<time>')}/)")
+
+
+def lock(out):
+    """Create out/run.lock, or refuse: a live holder keeps it, a dead one's lock is taken over."""
+    path = os.path.join(out, LOCK)
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)  # atomic: one of two writers wins
+        except FileExistsError:
+            holder = read_lock(path)
+            if holder is None or not holder_is_gone(holder):
+                who = (f"pid {holder['pid']} on {holder['host']}, since {holder['started']}" if holder
+                       else "an unreadable lock")
+                raise RunError(f"{out} is in use by another run ({who}); wait for it to finish or use another "
+                               f"--out (if no run is using it, delete {path})") from None
+            say(f"{path}: taking over the lock of pid {holder['pid']} (since {holder['started']}), which has ended")
+            if os.path.exists(path):
+                os.remove(path)
+            continue
+        with os.fdopen(fd, "w") as f:
+            json.dump(dict(pid=os.getpid(), host=socket.gethostname(), started=time.strftime("%Y-%m-%d %H:%M:%S")), f)
+        return
+    raise RunError(f"{out}: another run took the lock first")
+
+
+def read_lock(path):
+    try:
+        with open(path) as f:
+            holder = json.load(f)
+        return holder if {"pid", "host", "started"} <= set(holder) else None
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def holder_is_gone(holder):
+    """True only when the holder ran on this host and its pid no longer exists."""
+    if holder["host"] != socket.gethostname() or holder["pid"] == os.getpid():
+        return False
+    try:
+        os.kill(holder["pid"], 0)  # signal 0 checks that the process exists, and sends nothing
+    except ProcessLookupError:
+        return True
+    except (OSError, OverflowError, TypeError):  # another user's live process, or not a pid at all
+        return False
+    return False
+
+
+def release(out):
+    path = os.path.join(out, LOCK)
+    holder = read_lock(path)
+    if holder and (holder["pid"], holder["host"]) == (os.getpid(), socket.gethostname()):
+        os.remove(path)
+
+
+def publish_dir(final, write):
+    """A multi-file artefact (the tiny backbone, a LoRA adapter) whole or not at all: write(tmp)
+    fills a fresh sibling directory, which is then renamed into place. A kill mid-write leaves
+    FINAL.tmp-<pid> beside it and FINAL as it was; an existing FINAL is replaced."""
+    if not is_main():
+        return final
+    tmp, old = f"{final}.tmp-{os.getpid()}", f"{final}.old-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    write(tmp)
+    with writing(final):
+        if os.path.exists(final):
+            os.rename(final, old)
+        os.rename(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    return final
 
 # -----------------------------------------------------------------------------
 # the optimizer's schedule and groups, autocast, evaluation
@@ -211,7 +424,7 @@ def evaluate(model, predict, ds, split, autocast=nullcontext):
 def finish(cfg, model, predict, ds, autocast=nullcontext):
     """Reload best.pt, score valid and test, write metrics.json (test's warm/cold parts too)."""
     barrier()  # rank 0 has written best.pt
-    ck = torch.load(os.path.join(cfg.out, "best.pt"), weights_only=False, map_location="cpu")
+    ck = read_checkpoint(os.path.join(cfg.out, "best.pt"))
     load_trainable(model, ck["model"])
     logits_valid, _ = evaluate(model, predict, ds, "valid", autocast)
     logits_test, _ = evaluate(model, predict, ds, "test", autocast)
@@ -237,7 +450,13 @@ def resume_from(cfg, model, opt, sched, scaler):
     path = os.path.join(cfg.out, "last.pt")
     if not os.path.exists(path):
         raise FileNotFoundError(f"--resume: no {path}; run without --resume first")
-    ck = torch.load(path, weights_only=False)
+    ck = read_checkpoint(path, map_location=None)
+    if "optimizer" not in ck:
+        raise RunError(f"{path}: no optimizer state; expected the last.pt that train.py writes")
+    changed = changed_flags(ck["args"], cfg.run_args)
+    if changed:
+        raise RunError(f"--resume: {path} was trained with other flags: {'; '.join(changed)}. Resume with "
+                       "the run's own flags, or start a new run (another --out, or --overwrite)")
     load_trainable(model, ck["model"])
     opt.load_state_dict(ck["optimizer"])
     sched.load_state_dict(ck["scheduler"])
@@ -245,6 +464,12 @@ def resume_from(cfg, model, opt, sched, scaler):
     set_rng_state(ck["rng"])
     say(f"resumed from {path} after epoch {ck['epoch']} (best valid AUC {ck['best']['auc']:.4f})")
     return ck["epoch"], ck["best"]
+
+
+def changed_flags(saved, now):
+    """'--flag NEW (the run has OLD)' for every flag that would change a resumed run."""
+    keys = sorted((saved.keys() & now.keys()) - set(RESUME_MAY_CHANGE))
+    return [f"--{k.replace('_', '-')} {now[k]} (the run has {saved[k]})" for k in keys if saved[k] != now[k]]
 
 # -----------------------------------------------------------------------------
 # the loop
@@ -266,8 +491,8 @@ def train(cfg, model, batches, loss_fn, predict, ds):
     epoch, best = 0, dict(auc=-1.0, epoch=0, bad_epochs=0)
     if cfg.resume:
         epoch, best = resume_from(cfg, model, opt, sched, scaler)
-    elif is_main() and os.path.exists(os.path.join(cfg.out, "log.jsonl")):
-        os.remove(os.path.join(cfg.out, "log.jsonl"))  # a fresh run starts a fresh log
+    elif is_main() and run_files(cfg.out):  # a fresh run never writes over an earlier one
+        raise RunError(held_message(cfg.out, run_files(cfg.out)))
     steps, t_run, epoch_seconds = 0, time.time(), []
     while epoch < cfg.max_epochs and best["bad_epochs"] < cfg.patience:
         if cfg.max_minutes and time.time() - t_run > 60 * cfg.max_minutes:
@@ -337,7 +562,7 @@ def log_epoch(cfg, epoch, train_loss, m, lr, epoch_seconds, samples_per_s, best)
     rec = dict(epoch=epoch, train_loss=train_loss, valid=m, lr=lr, seconds=epoch_seconds[-1],
                samples_per_s=samples_per_s)
     if is_main():
-        with open(os.path.join(cfg.out, "log.jsonl"), "a") as f:
+        with writing(os.path.join(cfg.out, "log.jsonl")), open(os.path.join(cfg.out, "log.jsonl"), "a") as f:
             f.write(json.dumps(rec) + "\n")
     per_epoch = sum(epoch_seconds) / len(epoch_seconds) / 60
     soonest = min(cfg.patience - best["bad_epochs"], cfg.max_epochs - epoch)

@@ -36,7 +36,7 @@ TINYLLAMA_DIR = os.path.join("checkpoints", "TinyLlama-1.1B")
 RUN_FORMAT = 2  # saved with each run; runs of older checkouts are upgraded by upgrade_args
 
 # Every stage's defaults, in one place (flags left at None take them). CF values were chosen on
-# ML-1M validation AUC (README, "How the defaults were chosen"); strong weight decay wins because
+# ML-1M validation AUC (the README lists the sweep); strong weight decay wins because
 # the split is temporal. LLM stages: TALLRec's lr 1e-4 for LoRA, CoLLM's 1e-3 for the mapping
 # layer, and CoLLM's epochs of a fixed number of iterations (--iters-per-epoch; 0 = a full pass).
 _CF = dict(batch_size=1024, patience=5, iters_per_epoch=0, max_epochs=300)
@@ -154,6 +154,7 @@ def run_cf(args, ds=None):
     predict = cf_predictor(ds, args.maxlen, args.device)
     rows = ds.idx("train")
     cfg = train_config(args)
+    data.require_both_labels(ds, "train")
     if args.stage in ("pop", "mc"):
         last = torch.tensor([ds.history[r][-1] if ds.history[r] else 0 for r in rows])
         model.fit(*(torch.from_numpy(a[rows]) for a in (ds.user, ds.item, ds.label)), last)
@@ -196,7 +197,7 @@ def backbone_dir(args, ds):
     if not os.path.exists(os.path.join(d, "config.json")):
         if loop.is_main():  # its tokenizer learns the data's titles and prompt words
             texts = ds.titles[1:] + [data.prompt(ds, int(i), collab=True) for i in ds.idx("train")[:2000]]
-            llama.make_tiny(d, texts=texts, tokenizer_model=args.tokenizer, seed=0)
+            loop.publish_dir(d, lambda tmp: llama.make_tiny(tmp, texts=texts, tokenizer_model=args.tokenizer, seed=0))
             print(f"wrote the embedded tiny backbone (random weights) to {d}")
         loop.barrier()
     return d
@@ -208,15 +209,16 @@ def missing_parts(args, ds):
     if not os.path.exists(args.cf_ckpt):
         need.append(f"a CF checkpoint at {args.cf_ckpt}: python train.py --stage {args.cf} --data {ds.name} "
                     f"--out {os.path.dirname(args.cf_ckpt)}")
-    if not os.path.exists(os.path.join(args.lora, "adapter_config.json")):
+    if not os.path.exists(os.path.join(args.lora, "adapter_config.json")):  # --resume: its run stopped before it
+        resume = " --resume" if os.path.exists(os.path.join(os.path.dirname(args.lora), "last.pt")) else ""
         need.append(f"a text-stage LoRA adapter at {args.lora}: python train.py --stage text --data {ds.name} "
-                    f"--llm {args.llm} --out {os.path.dirname(args.lora)}")
+                    f"--llm {args.llm} --out {os.path.dirname(args.lora)}{resume}")
     return need
 
 
 def load_cf(path, ds, device):
     """A CF encoder rebuilt from its own best.pt (plug-and-play)."""
-    ck = torch.load(path, weights_only=False, map_location="cpu")
+    ck = loop.read_checkpoint(path)
     cf = build_cf(ck["args"], ds)
     loop.load_trainable(cf, ck["model"])
     return cf.to(device)
@@ -236,6 +238,7 @@ def build_llm_model(args, ds):
     if args.stage == "text":
         lora.inject(llm, r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout)  # only LoRA trains
     elif args.stage == "joint":
+        loop.check_adapter(args.lora)
         lora.load_adapter(llm, args.lora)
         llm.requires_grad_(False)  # LoRA frozen in the joint stage
         cf = load_cf(args.cf_ckpt, ds, args.device)
@@ -292,7 +295,7 @@ def run_llm(args, ds=None):
     report = loop.train(cfg, model, llm_batches(args, ds, prompts), bce_loss, predict, ds)
     if args.stage == "text" and report is not None and loop.is_main():
         # loop.train has reloaded the best epoch: publish its LoRA in peft's format (plug-and-play)
-        lora.save_adapter(model.llm, os.path.join(args.out, "adapter"))
+        loop.publish_dir(os.path.join(args.out, "adapter"), lambda d: lora.save_adapter(model.llm, d))
     loop.barrier()
     return report
 
@@ -330,7 +333,7 @@ def load_run(run_dir, data_dir=None):
     path = os.path.join(run_dir, "best.pt")
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path} not found; train the run first")
-    ck = torch.load(path, weights_only=False, map_location="cpu")
+    ck = loop.read_checkpoint(path)
     args = upgrade_args(ck["args"])
     args.data_dir = data_dir or args.data_dir
     ds = load_data(args)
@@ -351,7 +354,7 @@ def load_run(run_dir, data_dir=None):
 
 def run_chain(run_dir):
     """[(stage, run dir)] that built run_dir, oldest first: a joint run names its CF and text runs."""
-    a = torch.load(os.path.join(run_dir, "best.pt"), weights_only=False, map_location="cpu")["args"]
+    a = loop.read_checkpoint(os.path.join(run_dir, "best.pt"))["args"]
     chain = []
     if a["stage"] == "joint":
         chain = [(a.get("cf", "sasrec"), os.path.dirname(a["cf_ckpt"])), ("text", os.path.dirname(a["lora"]))]
@@ -368,30 +371,31 @@ def parse_args(argv=None):
     ap.add_argument("--data-dir", default=None, help="data root (default: $SASRECLLM_DATA, else data/)")
     ap.add_argument("--out", default=None, help="run directory (default: RUNS/<stage>)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--limit", type=int, default=0, help="keep only the first N rows of each split (smoke tests)")
+    ap.add_argument("--limit", type=loop.non_negative, default=0, help="only the first N rows of each split (smoke tests)")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    ap.add_argument("--threads", type=loop.positive, default=2, help="torch CPU threads")
     # the loop; None takes the stage's default from STAGE_DEFAULTS
     ap.add_argument("--lr", type=float, default=None)
     ap.add_argument("--wd", type=float, default=None, help="AdamW weight decay")
-    ap.add_argument("--batch-size", type=int, default=None, help="default: 1024 for CF models, 16 for LLM stages")
-    ap.add_argument("--max-epochs", type=int, default=None, help="default 300; 10 for LLM stages on --llm tiny")
-    ap.add_argument("--patience", type=int, default=None, help="epochs without a better valid AUC before stopping")
+    ap.add_argument("--batch-size", type=loop.positive, default=None, help="default: 1024 (CF models), 16 (LLM stages)")
+    ap.add_argument("--max-epochs", type=loop.positive, default=None, help="default 300; LLM stages on --llm tiny: 10")
+    ap.add_argument("--patience", type=loop.positive, default=None, help="epochs with no better valid AUC before stopping")
     ap.add_argument("--warmup-epochs", type=float, default=1.0)
     ap.add_argument("--clip", type=float, default=1.0, help="max gradient norm")
     ap.add_argument("--amp", default="none", choices=("none", "bf16", "fp16"))
-    ap.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
-    ap.add_argument("--stop-after", type=int, default=0, help="stop after this epoch, as if interrupted (tests --resume)")
-    ap.add_argument("--max-steps", type=int, default=0, help="stop after N optimizer steps (smoke runs)")
+    ap.add_argument("--resume", action="store_true", help="continue from OUT/last.pt, with the same flags")
+    ap.add_argument("--overwrite", action="store_true", help="start over in a used OUT (old files move to OUT/old-*/)")
+    ap.add_argument("--stop-after", type=loop.non_negative, default=0, help="stop after epoch N, as if killed (tests --resume)")
+    ap.add_argument("--max-steps", type=loop.non_negative, default=0, help="stop after N optimizer steps (smoke runs)")
     ap.add_argument("--max-minutes", type=float, default=0, help="start no new epoch after this many minutes")
-    ap.add_argument("--iters-per-epoch", type=int, default=None,
+    ap.add_argument("--iters-per-epoch", type=loop.non_negative, default=None,
                     help="LLM stages: CoLLM-style epochs of N iterations (default 400; 0: one pass over train)")
     # CF models
-    ap.add_argument("--dim", type=int, default=None)
+    ap.add_argument("--dim", type=loop.positive, default=None)
     ap.add_argument("--dropout", type=float, default=None)
-    ap.add_argument("--maxlen", type=int, default=25, help="history length the sequence models read")
-    ap.add_argument("--layers", type=int, default=2, help="SASRec blocks")
-    ap.add_argument("--heads", type=int, default=4, help="SASRec attention heads")
+    ap.add_argument("--maxlen", type=loop.positive, default=25, help="history length the sequence models read")
+    ap.add_argument("--layers", type=loop.positive, default=2, help="SASRec blocks")
+    ap.add_argument("--heads", type=loop.positive, default=4, help="SASRec attention heads")
     ap.add_argument("--no-bias", action="store_true", help="SASRec without user/item biases")
     ap.add_argument("--init-bias", type=int, default=1, help="1: start biases at Pop's log-odds (MF, SASRec, GRU4Rec)")
     ap.add_argument("--objective", default="bce", choices=("bce", "next"),
@@ -408,12 +412,12 @@ def parse_args(argv=None):
     ap.add_argument("--cf-bias", type=int, default=1, choices=(0, 1),
                     help="joint: 1 appends the CF model's biases to its user/item vectors (their dot product is then "
                          "the CF logit; see sasrecllm.cf_vectors), 0 hands the mapping layer the bare embeddings")
-    ap.add_argument("--proj-token-num", type=int, default=1, help="pseudo-tokens per <UserID> / <TargetItemID>")
-    ap.add_argument("--lora-r", type=int, default=8)
+    ap.add_argument("--proj-token-num", type=loop.positive, default=1, help="pseudo-tokens per <UserID>, <TargetItemID>")
+    ap.add_argument("--lora-r", type=loop.positive, default=8)
     ap.add_argument("--lora-alpha", type=float, default=16)
     ap.add_argument("--lora-dropout", type=float, default=0.05)
-    ap.add_argument("--eval-batch-size", type=int, default=64)
-    ap.add_argument("--pad-multiple", type=int, default=1,
+    ap.add_argument("--eval-batch-size", type=loop.positive, default=64)
+    ap.add_argument("--pad-multiple", type=loop.positive, default=1,
                     help="round prompt batches' lengths up to a multiple of N (few shapes, for GPUs)")
     args = ap.parse_args(argv)
     args.run_format = RUN_FORMAT
@@ -429,18 +433,15 @@ def main(argv=None):
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     args.device = loop.init_distributed(args.device)
+    outs = [os.path.join(args.runs, s) for s in ("sasrec", "text", "joint")] if args.stage == "all" else [args.out]
     try:
-        if args.stage == "all":
-            run_all(args)
-        elif args.stage in CF_STAGES:
-            run_cf(args)
-        else:
-            run_llm(args)
-    except (FileNotFoundError, FloatingPointError, ValueError, KeyError, data.DataError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        with loop.own_run_dirs(outs, args.resume, args.overwrite):  # refuses a second writer, keeps old runs
+            (run_all if args.stage == "all" else run_cf if args.stage in CF_STAGES else run_llm)(args)
+    except (data.DataError, FileNotFoundError, FloatingPointError, ValueError, KeyError, OSError) as e:
+        print(loop.error_line(e), file=sys.stderr)
+        return 1 if isinstance(e, FloatingPointError) else 2  # 2: bad input or files (loop.RunError is a ValueError)
     except KeyboardInterrupt:
-        print(f"\ninterrupted; continue with the same command and --resume (from {args.out}/last.pt)", file=sys.stderr)
+        print(f"\ninterrupted; continue with the same command and --resume (in {', '.join(outs)})", file=sys.stderr)
         return 130
     return 0
 

@@ -1,0 +1,391 @@
+"""Faults that used to give silently wrong results, lost work or a traceback, each on a tiny data
+set written here (ml1m's TSV format): repeated rows, huge ids, two writers on one run directory,
+a fresh run into an old one, --resume with other flags, a kill while a multi-file artefact is
+written, one-class and degenerate splits, checkpoints from the wild, and every CLI's one-line
+error for bad input."""
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+import data
+import llama
+import loop
+import lora
+import train
+from conftest import ROOT
+
+HEADER = "user_id\titem_id\tlabel\ttimestamp\tsplit"
+N_ITEMS = 12
+
+
+def tiny_rows():
+    """6 users x (5 train, 2 valid, 3 test) rows, each (user, item) pair once, both labels in
+    every split; train is earlier than valid, valid than test."""
+    rows = []
+    for u in range(1, 7):
+        for k, split in enumerate(["train"] * 5 + ["valid"] * 2 + ["test"] * 3):
+            t = {"train": 1000, "valid": 2000, "test": 3000}[split] + 10 * u + k
+            rows.append(f"{u}\t{(u + k) % N_ITEMS + 1}\t{(u + k) % 2}\t{t}\t{split}")
+    return rows
+
+
+def write_data(root, rows=None, items=None):
+    """root/ml1m/interactions.tsv and items.tsv; returns root (the --data-dir)."""
+    d = root / "ml1m"
+    d.mkdir(parents=True, exist_ok=True)
+    items = items if items is not None else [f"{i}\tMovie {i} (2000)" for i in range(1, N_ITEMS + 1)]
+    (d / "items.tsv").write_text("item_id\ttitle\n" + "".join(line + "\n" for line in items))
+    rows = rows if rows is not None else tiny_rows()
+    (d / "interactions.tsv").write_text(HEADER + "\n" + "".join(line + "\n" for line in rows))
+    return root
+
+
+@pytest.fixture
+def root(tmp_path):
+    return write_data(tmp_path / "data")
+
+
+def cf_run(root, out, *extra):
+    return train.main(["--stage", "mf", "--data", "ml1m", "--data-dir", str(root), "--out", str(out),
+                       "--max-epochs", "2", "--batch-size", "16", "--threads", "1", *extra])
+
+
+def one_error_line(capsys):
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ") and "Traceback" not in err, err
+    return err
+
+# ---------------------------------------------------------------------------------------------
+# data integrity
+
+
+def test_a_repeated_pair_is_an_error_naming_both_lines(root):
+    rows = tiny_rows()
+    test_rows = [r for r in rows if r.endswith("test")]
+    write_data(root, rows + test_rows)  # every test row twice: each liked target in its own history
+    first = rows.index(test_rows[0]) + 2  # line 1 is the header
+    with pytest.raises(data.DataError, match=rf"interactions.tsv:{len(rows) + 2}: user_id 1 and item_id \d+ "
+                                             rf"repeat line {first}; expected each \(user, item\) pair once"):
+        data.load("ml1m", root)
+
+
+def test_a_repeated_item_id_is_an_error_naming_both_lines(root):
+    write_data(root, items=[f"{i}\tMovie {i}" for i in range(1, N_ITEMS + 1)] + ["3\tAnother title"])
+    with pytest.raises(data.DataError, match=rf"items.tsv:{N_ITEMS + 2}: item_id 3 repeats line 4"):
+        data.load("ml1m", root)
+
+
+def test_a_huge_sparse_id_is_an_error_not_a_huge_table(root):
+    rows = tiny_rows()
+    rows[7] = "999999999" + rows[7][1:]
+    write_data(root, rows)
+    with pytest.raises(data.DataError, match=r"interactions.tsv:9: user_id 999999999, but there are only 7 "
+                                             r"distinct user_ids; expected ids numbered 1..N"):
+        data.load("ml1m", root)
+
+
+def test_amazon_duplicates_are_dropped_counted_and_said(tmp_path, capsys):
+    reviews = [{"reviewerID": u, "asin": i, "overall": r, "unixReviewTime": t} for u, i, r, t in
+               [("A", "x", 5, 1), ("A", "x", 1, 2), ("B", "x", 2, 3), ("A", "y", 4, 4), ("B", "y", 5, 5),
+                ("C", "x", 5, 6), ("C", "y", 1, 7), ("A", "z", 5, 8), ("B", "z", 1, 9), ("C", "z", 4, 10)]]
+    (tmp_path / "r.json").write_text("".join(json.dumps(r) + "\n" for r in reviews))
+    (tmp_path / "m.json").write_text("".join(json.dumps({"asin": a, "title": a.upper()}) + "\n" for a in "xyz"))
+    ds = data.load("amazon", tmp_path, split="ratio", reviews=str(tmp_path / "r.json"), meta=str(tmp_path / "m.json"))
+    assert len(ds) == 9 and ds.notes == [f"{tmp_path / 'r.json'}: dropped 1 repeated (user, item) reviews, "
+                                         "keeping each pair's first"]
+    assert "note: " + ds.notes[0] in capsys.readouterr().err
+
+
+def test_histories_share_one_array_and_match_a_brute_force(tmp_path):
+    """One user with 3000 rows: a list per row would hold ~4.5 M ids, the offsets hold 3000."""
+    n = 3000
+    rows = [f"1\t{k + 1}\t{k % 3 != 0:d}\t{k}\t{'train' if k < n - 20 else 'valid' if k < n - 10 else 'test'}"
+            for k in range(n)] + [f"2\t1\t{k}\t{5000 + k}\t{s}" for k, s in enumerate(["train"])]
+    root = write_data(tmp_path, rows, [f"{i}\tM{i}" for i in range(1, n + 1)])
+    ds = data.load("ml1m", root)
+    assert ds.history.liked.size == int(ds.label.sum())   # one entry per like, not per (row, like)
+    liked = [k + 1 for k in range(n) if k % 3 != 0]
+    for r in (0, 1, 2, 4, n // 2, n - 1):
+        assert ds.history[r] == [i for i in liked if i <= r]
+    assert ds.history[n] == []                            # user 2's only row
+    torch.testing.assert_close(ds.history.padded([n - 1, n], 4), data.pad_left([ds.history[n - 1], []], 4))
+
+
+def test_a_one_class_train_split_is_a_clear_error(root, tmp_path, capsys):
+    """As in Amazon Gift Cards (train: 100% likes), where Pop's log-odds start would be logit(1) = inf."""
+    fields = [line.split("\t") for line in tiny_rows()]
+    write_data(root, ["\t".join(f[:2] + ["1" if f[4] == "train" else f[2]] + f[3:]) for f in fields])
+    assert cf_run(root, tmp_path / "mf") == 2
+    err = one_error_line(capsys)
+    assert "interactions.tsv: the train split holds only likes (30 rows); expected both likes and dislikes" in err
+
+
+def test_an_empty_split_is_a_clear_error(root, capsys):
+    write_data(root, [r for r in tiny_rows() if not r.endswith("valid")])
+    assert data.main(["ml1m", "--data-dir", str(root)]) == 2
+    assert "split 'valid' is empty" in one_error_line(capsys)
+
+# ---------------------------------------------------------------------------------------------
+# a run directory belongs to one run
+
+
+def test_a_second_writer_is_refused(root, tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    holder = dict(pid=os.getppid(), host=socket.gethostname(), started="2024-01-01 00:00:00")
+    (out / loop.LOCK).write_text(json.dumps(holder))
+    assert cf_run(root, out) == 2
+    err = one_error_line(capsys)
+    assert f"{out} is in use by another run (pid {os.getppid()} on " in err and "since 2024-01-01" in err
+    assert sorted(os.listdir(out)) == [loop.LOCK]  # nothing written, the holder's lock kept
+
+
+def test_a_stale_lock_is_taken_over_and_said(root, tmp_path, capsys):
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / loop.LOCK).write_text(json.dumps(dict(pid=gone.pid, host=socket.gethostname(), started="then")))
+    assert cf_run(root, out) == 0
+    assert f"taking over the lock of pid {gone.pid}" in capsys.readouterr().out
+    assert (out / "metrics.json").exists() and not (out / loop.LOCK).exists()
+
+
+def test_an_old_run_is_kept_unless_overwrite_and_then_moved_aside(root, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert cf_run(root, out) == 0
+    before = {f: (out / f).read_bytes() for f in ("metrics.json", "log.jsonl", "best.pt")}
+    capsys.readouterr()
+    for extra in ([], ["--max-epochs", "1"]):
+        assert cf_run(root, out, *extra) == 2
+        err = one_error_line(capsys)
+        assert f"{out} holds an earlier run (best.pt, last.pt, log.jsonl, ...); continue it with --resume" in err
+        assert all((out / f).read_bytes() == b for f, b in before.items())
+    assert cf_run(root, out, "--overwrite", "--max-epochs", "1") == 0
+    [aside] = [d for d in os.listdir(out) if d.startswith("old-")]
+    assert all((out / aside / f).read_bytes() == b for f, b in before.items())
+    assert len((out / "log.jsonl").read_text().splitlines()) == 1  # the new run's own log
+
+
+def test_resume_refuses_flags_that_change_the_run(root, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert cf_run(root, out, "--stop-after", "1") == 0
+    capsys.readouterr()
+    assert cf_run(root, out, "--resume", "--lr", "0.5", "--batch-size", "8") == 2
+    err = one_error_line(capsys)
+    assert "--batch-size 8 (the run has 16); --lr 0.5 (the run has 0.003)" in err
+    assert train.main(["--stage", "ncf", "--data", "ml1m", "--data-dir", str(root), "--out", str(out),
+                       "--max-epochs", "2", "--batch-size", "16", "--threads", "1", "--resume"]) == 2
+    assert "--stage ncf (the run has mf)" in one_error_line(capsys)
+    assert cf_run(root, out, "--resume", "--threads", "2") == 0  # how to run may change; what to run may not
+    ck = torch.load(out / "last.pt", weights_only=False)
+    assert ck["args"]["lr"] == 3e-3 and ck["epoch"] == 2
+
+
+def test_bad_output_locations_fail_before_training(root, tmp_path, capsys):
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    assert cf_run(root, a_file) == 2
+    assert one_error_line(capsys) == f"error: {a_file} is a file; expected a run directory (--out)\n"
+    assert cf_run(root, a_file / "run") == 2
+    assert f"error: {a_file / 'run'}: cannot write there" in one_error_line(capsys)
+    if os.geteuid() != 0:  # root writes into read-only directories anyway
+        ro = tmp_path / "ro"
+        ro.mkdir(mode=0o555)
+        assert cf_run(root, ro) == 2
+        assert "cannot write there" in one_error_line(capsys)
+
+
+def test_a_full_disk_is_one_line(root, tmp_path, capsys, monkeypatch):
+    def full(obj, path):
+        raise RuntimeError("[enforce fail at inline_container.cc:626] . unexpected pos 64 vs 0\nmore")
+    monkeypatch.setattr(loop.torch, "save", full)
+    assert cf_run(root, tmp_path / "run") == 2
+    err = one_error_line(capsys)
+    assert f"{tmp_path / 'run' / 'best.pt'}: could not write it (" in err and "is the disk full" in err
+    assert not (tmp_path / "run" / loop.LOCK).exists()
+
+
+def test_ctrl_c_says_resume_and_releases_the_lock(root, tmp_path, capsys, monkeypatch):
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(data, "cf_batches", interrupted)
+    assert cf_run(root, tmp_path / "run") == 130
+    assert "--resume" in capsys.readouterr().err and not (tmp_path / "run" / loop.LOCK).exists()
+
+
+def test_a_truncated_checkpoint_is_one_line(root, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert cf_run(root, out, "--stop-after", "1") == 0
+    (out / "last.pt").write_bytes((out / "last.pt").read_bytes()[:300])
+    capsys.readouterr()
+    assert cf_run(root, out, "--resume") == 2
+    assert f"error: {out / 'last.pt'}: cannot read this checkpoint (" in one_error_line(capsys)
+
+# ---------------------------------------------------------------------------------------------
+# multi-file artefacts appear whole or not at all
+
+
+@pytest.fixture(scope="module")
+def tiny_llm(tmp_path_factory):
+    d = tmp_path_factory.mktemp("backbone") / "tiny-llm"
+    return llama.make_tiny(d, texts=[f"Movie {i} (2000)" for i in range(1, N_ITEMS + 1)])
+
+
+def _killed_after_one_file(write_first):
+    def write(*args, **kwargs):
+        write_first(*args, **kwargs)
+        raise KeyboardInterrupt  # the kill, after one of the artefact's files is on disk
+    return write
+
+
+def test_a_kill_while_writing_the_tiny_backbone_leaves_no_half_backbone(root, tmp_path, tiny_llm, monkeypatch):
+    args = train.parse_args(["--stage", "text", "--llm", "tiny", "--runs", str(tmp_path),
+                             "--tokenizer", str(tiny_llm / "tokenizer.model")])
+    ds = data.load("ml1m", root)
+    with monkeypatch.context() as m:
+        m.setattr(llama, "save_file", _killed_after_one_file(llama.save_file))
+        with pytest.raises(KeyboardInterrupt):
+            train.backbone_dir(args, ds)
+    assert not (tmp_path / "tiny-llm").exists()  # only tiny-llm.tmp-<pid>, which a later write ignores
+    (tmp_path / "tiny-llm").mkdir()  # an older checkout's half backbone: weights, no config.json
+    (tmp_path / "tiny-llm" / "model.safetensors").write_bytes(b"half")
+    d = train.backbone_dir(args, ds)
+    model, tok = llama.load(d)
+    assert model.cfg.hidden_size == 64 and tok.yes_id != tok.no_id
+
+
+def test_a_kill_while_writing_the_adapter_says_how_to_finish(root, tmp_path, tiny_llm, capsys, monkeypatch):
+    shutil.copytree(tiny_llm, tmp_path / "tiny-llm")
+    common = ["--data", "ml1m", "--data-dir", str(root), "--llm", "tiny", "--runs", str(tmp_path), "--max-epochs", "1",
+              "--iters-per-epoch", "0", "--batch-size", "8", "--threads", "1"]
+    assert train.main(["--stage", "mf", "--data", "ml1m", "--data-dir", str(root), "--out", str(tmp_path / "mf"),
+                       "--max-epochs", "1", "--threads", "1"]) == 0
+    joint = ["--stage", "joint", "--cf", "mf", *common]
+    with monkeypatch.context() as m:
+        m.setattr(lora, "save_file", _killed_after_one_file(lora.save_file))
+        assert train.main(["--stage", "text", *common]) == 130
+    assert (tmp_path / "text" / "metrics.json").exists() and not (tmp_path / "text" / "adapter").exists()
+    capsys.readouterr()
+    assert train.main(joint) == 2
+    err = one_error_line(capsys)
+    assert f"needs a text-stage LoRA adapter at {tmp_path / 'text' / 'adapter'}: python train.py --stage text" in err
+    assert f"--out {tmp_path / 'text'} --resume." in err  # its run stopped between metrics.json and the adapter
+    assert train.main(["--stage", "text", *common, "--resume"]) == 0  # re-scores the best epoch, writes the adapter
+    assert sorted(os.listdir(tmp_path / "text" / "adapter")) == ["adapter_config.json", "adapter_model.safetensors"]
+    adapter = tmp_path / "text" / "adapter" / "adapter_model.safetensors"
+    adapter.write_bytes(adapter.read_bytes()[:-10])  # a truncated copy
+    capsys.readouterr()
+    assert train.main(joint) == 2
+    assert f"error: {adapter}: truncated or corrupt safetensors file" in one_error_line(capsys)
+
+# ---------------------------------------------------------------------------------------------
+# checkpoints from the wild, and llama.py's one-line errors
+
+
+def _copy(tiny_llm, tmp_path):
+    d = tmp_path / "ckpt"
+    shutil.copytree(tiny_llm, d)
+    return d
+
+
+def test_old_conversions_load_as_hf_loads_them(tiny_llm, tmp_path):
+    """rotary_emb.inv_freq buffers (older Llama-2 / Vicuna conversions) are skipped as HF skips
+    them, fp16 / bf16 shards are cast, and a real stray key is still refused."""
+    d = _copy(tiny_llm, tmp_path)
+    state = load_file(d / "model.safetensors")
+    ref = llama.load_model(tiny_llm)
+    ids = torch.tensor([[1, 5, 9, 20]])
+    for dtype in (torch.float16, torch.bfloat16):
+        wild = {k: v.to(dtype) for k, v in state.items()}
+        wild.update({f"model.layers.{i}.self_attn.rotary_emb.inv_freq": torch.ones(8) for i in range(2)})
+        save_file(wild, d / "model.safetensors")
+        model = llama.load_model(d, dtype=torch.float32)
+        with torch.no_grad():
+            torch.testing.assert_close(model(input_ids=ids), ref(input_ids=ids), atol=0.1, rtol=0.05)
+    wild["model.layers.0.self_attn.rotary_emb.scale"] = torch.ones(1)
+    save_file(wild, d / "model.safetensors")
+    with pytest.raises(ValueError, match="unexpected key 'model.layers.0.self_attn.rotary_emb.scale'"):
+        llama.load_model(d)
+
+
+def _no_hidden_size(d):
+    cfg = json.loads((d / "config.json").read_text())
+    del cfg["hidden_size"]
+    (d / "config.json").write_text(json.dumps(cfg))
+
+
+def _edit_config(key, value):
+    def edit(d):
+        cfg = json.loads((d / "config.json").read_text())
+        cfg[key] = value
+        (d / "config.json").write_text(json.dumps(cfg))
+    return edit
+
+
+BAD_CHECKPOINTS = {
+    "config.json: missing hidden_size; expected an HF Llama config": _no_hidden_size,
+    "config.json: hidden_size is '64'; expected a positive integer": _edit_config("hidden_size", "64"),
+    "config.json: rms_norm_eps is 'small'; expected a positive number": _edit_config("rms_norm_eps", "small"),
+    "config.json: torch_dtype 'float64' is not one of": _edit_config("torch_dtype", "float64"),
+    "config.json: expected a JSON object": lambda d: (d / "config.json").write_text("[1, 2"),
+    "tokenizer.model: expected a sentencepiece model": lambda d: (d / "tokenizer.model").write_bytes(b"garbage"),
+    ": no tokenizer.model (sentencepiece) or tokenizer.json": lambda d: (d / "tokenizer.model").unlink(),
+    "model.safetensors: truncated or corrupt": lambda d: (d / "model.safetensors").write_bytes(
+        (d / "model.safetensors").read_bytes()[:-64]),
+}
+
+
+@pytest.mark.parametrize("words", list(BAD_CHECKPOINTS))
+def test_llama_cli_bad_checkpoint_is_one_line(tiny_llm, tmp_path, capsys, monkeypatch, words):
+    d = _copy(tiny_llm, tmp_path)
+    BAD_CHECKPOINTS[words](d)
+    monkeypatch.setattr("sys.argv", ["llama.py", "--ckpt", str(d), "--max-new-tokens", "1"])
+    assert llama.main() == 2
+    err = one_error_line(capsys)
+    assert err.startswith(f"error: {d}") and words in err
+
+# ---------------------------------------------------------------------------------------------
+# every CLI, as a subprocess: bad input is one line (argparse's usage line aside) and exit 2
+
+
+def test_each_cli_says_bad_input_in_one_line(root, tmp_path, tiny_llm):
+    rows = tiny_rows()
+    dup = write_data(tmp_path / "dup", rows + rows[-1:])
+    bad_ckpt = _copy(tiny_llm, tmp_path)
+    _edit_config("num_hidden_layers", -2)(bad_ckpt)
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    train_py = [sys.executable, "train.py", "--stage", "mf", "--data-dir", str(root)]
+    cases = {  # command -> (exit code, words in the error line, argparse's usage first)
+        "data.py dup": ([sys.executable, "data.py", "ml1m", "--data-dir", str(dup)], 2,
+                        f"error: {dup / 'ml1m' / 'interactions.tsv'}:{len(rows) + 2}: user_id 6 and item_id", False),
+        "train.py --out FILE": (train_py + ["--out", str(a_file)], 2, f"error: {a_file} is a file", False),
+        "train.py --limit -5": (train_py + ["--limit", "-5"], 2,
+                                "train.py: error: argument --limit: expected an integer >= 0, got -5", True),
+        "train.py --batch-size 0": (train_py + ["--batch-size", "0"], 2,
+                                    "train.py: error: argument --batch-size: expected an integer >= 1, got 0", True),
+        "llama.py bad config": ([sys.executable, "llama.py", "--ckpt", str(bad_ckpt)], 2,
+                                "num_hidden_layers is -2; expected a positive integer", False),
+        "bench.py --steps 0": ([sys.executable, "bench.py", "--no-hf", "--steps", "0"], 2,
+                               "bench.py: error: expected integers >= 1", True),
+    }
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+    procs = {name: subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    text=True) for name, (cmd, *_) in cases.items()}  # in parallel: imports dominate
+    for name, p in procs.items():
+        out, err = p.communicate(timeout=120)
+        _, code, words, usage = cases[name]
+        assert p.returncode == code and "Traceback" not in err, (name, err)
+        lines = err.strip().splitlines()
+        if usage:
+            assert lines[0].startswith("usage: ") and lines[-1].startswith(words), (name, err)
+        else:
+            assert len(lines) == 1 and words in lines[0], (name, err)
