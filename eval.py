@@ -14,6 +14,7 @@ import argparse
 import json
 import math
 import os
+import re
 import sys
 
 import numpy as np
@@ -21,44 +22,10 @@ import torch
 
 import data
 import train
-from metrics import metrics, rel_imp, split_report
+from metrics import COLUMNS, _num, fmt, markdown_table, metrics, split_report
 
 # -----------------------------------------------------------------------------
 # tables
-
-COLUMNS = [("logloss", "Log Loss"), ("precision", "Precision"), ("recall", "Recall"), ("f1", "F1"),
-           ("accuracy", "Accuracy"), ("auc", "AUC"), ("uauc", "UAUC")]
-
-
-def fmt(v):
-    return "nan" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"
-
-
-def fmt_pct(v):
-    return "nan" if math.isnan(v) else f"{100 * v:+.2f}%"
-
-
-def _num(v):
-    return float("nan") if v is None else v
-
-
-def markdown_table(rows, rel=True, ours=("joint", "SASRecLLM")):
-    """rows: list of (name, metrics dict). Rel.Imp. is the paper's: the relative gain of SASRecLLM
-    (the row named in `ours`) over each other row, averaged over AUC and UAUC; without such a
-    row, the gain of the row with the best AUC."""
-    head = ["model"] + [c for _, c in COLUMNS] + (["Rel. Imp."] if rel else [])
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    ref = next((m for name, m in rows if name in ours), None)
-    if ref is None:
-        valid = [m for _, m in rows if not math.isnan(_num(m.get("auc")))]
-        ref = max(valid, key=lambda m: m["auc"]) if valid else None
-    for name, m in rows:
-        cells = [name] + [fmt(m.get(k)) for k, _ in COLUMNS]
-        if rel:
-            cells.append("-" if ref is None or m is ref else fmt_pct(rel_imp(ref, m)))
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
 
 def read_preds(path):
     """A TSV with header: user_id, item_id, label, score, and optionally split, seen, warm."""
@@ -132,6 +99,51 @@ def runs_table(run_dirs, part="test"):
     if not rows:
         raise ValueError("no metrics.json found in the given run directories")
     return markdown_table(rows)
+
+
+# -----------------------------------------------------------------------------
+# the README's tables, generated from the metrics the runs wrote
+#
+# results/ keeps a copy of each cited run's metrics.json (`--collect`), and the README marks
+# every generated block:
+#     <!-- table PART [norel] | label: results/x/a.json | label: results/x/b.json -->  ...  <!-- /generated -->
+#     <!-- file results/x/shuffle_cf.md -->  ...  <!-- /generated -->
+# `--readme` rewrites the blocks from those files; a test fails when they differ.
+
+GENERATED = re.compile(r"(<!-- (table|file) (.*?) -->\n)(.*?)(<!-- /generated -->)", re.S)
+
+
+def generated_block(kind, spec, root):
+    if kind == "file":
+        with open(os.path.join(root, spec.strip()), encoding="utf-8") as f:
+            return f.read().rstrip("\n") + "\n"
+    head, *rows = [field.strip() for field in spec.split("|")]
+    part, *flags = head.split()  # "test", or "test norel" for a table without Rel.Imp.
+    table = []
+    for row in rows:
+        label, path = (x.strip() for x in row.rsplit(":", 1))
+        with open(os.path.join(root, path), encoding="utf-8") as f:
+            m = json.load(f)
+        if part not in m:
+            raise ValueError(f"{path}: no '{part}' section")
+        table.append((label, m[part]))
+    return markdown_table(table, rel="norel" not in flags) + "\n"
+
+
+def render_readme(text, root="."):
+    """The README with every generated block rebuilt from the files its marker names."""
+    return GENERATED.sub(lambda g: g[1] + generated_block(g[2], g[3], root) + g[5], text)
+
+
+def collect(run_dirs, into):
+    """Copy each run's metrics.json to INTO/<run name>.json: the files the README's tables cite."""
+    os.makedirs(into, exist_ok=True)
+    for d in run_dirs:
+        name = os.path.basename(os.path.normpath(d))
+        with open(os.path.join(d, "metrics.json"), encoding="utf-8") as f:
+            m = json.load(f)
+        train.loop.write_json(m, os.path.join(into, name + ".json"))
+        print(f"{d}/metrics.json -> {into}/{name}.json")
 
 
 # -----------------------------------------------------------------------------
@@ -212,147 +224,209 @@ def mean_std_table(stats, parts=("valid", "test", "test_seen", "test_unseen", "t
     return "\n".join(lines)
 
 
+STAGE_LABELS = {"sasrec": "SASRec", "text": "TALLRec", "joint": "SASRecLLM"}
+# (file, title, y-axis label, [(legend name, key)]): the paper's Fig. 12 panels and the train loss.
+# train_loss stays apart from valid LogLoss: SASRec's next-item objective is not the same BCE.
+CURVES = [("curves_auc.svg", "validation AUC and UAUC per epoch", "AUC",
+           [("valid AUC", "auc"), ("valid UAUC", "uauc")]),
+          ("curves_logloss.svg", "validation LogLoss per epoch", "LogLoss", [("valid LogLoss", "logloss")]),
+          ("curves_accuracy.svg", "validation accuracy per epoch", "accuracy", [("valid accuracy", "accuracy")]),
+          ("curves_loss.svg", "train loss per epoch", "train loss (each stage's objective)",
+           [("train loss", "train_loss")])]
+
+
+def read_log(run_dir):
+    """log.jsonl's epochs as flat dicts (the valid metrics and train_loss); [] when the run has no
+    log (Pop and ICL do not train)."""
+    path = os.path.join(run_dir, "log.jsonl")
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        log = [json.loads(line) for line in f if line.strip()]
+    return [dict(rec["valid"], epoch=rec["epoch"], train_loss=rec["train_loss"]) for rec in log]
+
+
 def plot_run(run_dir):
-    """RQ4 curves and RQ2/RQ3 bars beside a run. For a joint run, the curves run through the
-    SASRec and text stages it was built from (boundaries marked), and the bars compare SASRec,
-    TALLRec (text) and SASRecLLM (joint) on test and its warm and cold parts."""
+    """RQ4 / Fig. 12 curves and RQ2/RQ3 bars beside a run. For a joint run, the curves run through
+    the SASRec and text stages it was built from (each stage labelled, the switches dashed), and
+    the bars compare SASRec, TALLRec (text) and SASRecLLM (joint) on test and its warm and cold
+    parts. A file with nothing to show (no log, no metrics.json) is not written."""
     chain = train.run_chain(run_dir)  # [(stage name, run dir)], oldest first, ending with run_dir
-    curves = {"valid AUC": [], "valid UAUC": [], "train loss": []}
-    boundaries, offset = [], 0
+    rows, stages, offset = [], [], 0
     for name, d in chain:
-        path = os.path.join(d, "log.jsonl")
-        if not os.path.exists(path):
+        log = read_log(d)
+        if not log:
             continue
-        with open(path) as f:
-            log = [json.loads(line) for line in f if line.strip()]
-        if offset:
-            boundaries.append((offset + 0.5, name))
-            for series in curves.values():  # no line across a stage boundary
-                series.append((offset + 0.5, None))
         for rec in log:
-            x = offset + max(1, rec["epoch"])
-            curves["valid AUC"].append((x, rec["valid"]["auc"]))
-            curves["valid UAUC"].append((x, rec["valid"]["uauc"]))
-            curves["train loss"].append((x, rec["train_loss"]))
-        offset += max(1, max(rec["epoch"] for rec in log)) if log else 0
+            rows.append(dict(rec, x=offset + rec["epoch"]))
+        last = max(rec["epoch"] for rec in log)
+        stages.append((offset + 0.5, offset + last + 0.5, STAGE_LABELS.get(name, name)))
+        offset += last
+        rows.append(dict(x=offset + 0.5))  # no key: a gap, so no line joins two stages
     written = []
-    auc_curves = {k: v for k, v in curves.items() if k != "train loss"}
-    for fname, series, title in (("curves_auc.svg", auc_curves, "validation AUC / UAUC per epoch"),
-                                 ("curves_loss.svg", {"train loss": curves["train loss"]}, "train loss per epoch")):
+    for fname, title, ylabel, keys in CURVES:
+        series = {legend: [(r["x"], r.get(k)) for r in rows] for legend, k in keys}
+        if not any(_finite(y) for s in series.values() for _, y in s):
+            continue
         path = os.path.join(run_dir, fname)
         with open(path, "w") as f:
-            f.write(svg_lines(series, title, xlabel="epoch (stages in turn)", boundaries=boundaries))
+            f.write(svg_lines(series, title, xlabel="epoch, counted on across the stages", ylabel=ylabel,
+                              stages=stages))
         written.append(path)
-    labels = {"sasrec": "SASRec", "text": "TALLRec", "joint": "SASRecLLM"}
-    groups = {"test": {}, "test_warm": {}, "test_cold": {}}
+    groups = {"all": {}, "warm": {}, "cold": {}}
     for name, d in chain:
         if os.path.exists(os.path.join(d, "metrics.json")):
             m = read_metrics(d)
-            for g in groups:
-                groups[g][labels.get(name, name)] = m[g]["auc"]
-    path = os.path.join(run_dir, "bars_auc.svg")
-    with open(path, "w") as f:
-        f.write(svg_bars(groups, "test AUC: all, warm and cold rows"))
-    written.append(path)
+            for g, part in zip(groups, ("test", "test_warm", "test_cold")):
+                groups[g][STAGE_LABELS.get(name, name)] = (m.get(part) or {}).get("auc")
+    if any(_finite(v) for g in groups.values() for v in g.values()):
+        path = os.path.join(run_dir, "bars_auc.svg")
+        with open(path, "w") as f:
+            f.write(svg_bars(groups, "test AUC: all, warm and cold rows", xlabel="test rows", ylabel="AUC",
+                             ref=(0.5, "chance")))
+        written.append(path)
+    if not written:
+        raise ValueError(f"{run_dir}: nothing to plot (no log.jsonl or metrics.json in {[d for _, d in chain]})")
     return written
 
 
 # -----------------------------------------------------------------------------
-# plots: hand-written SVG, no plotting dependency
+# plots: hand-written SVG, no plotting dependency. Every text carries a class (title, xlabel,
+# ylabel, xtick, ytick, stage, legend, value, ref; a bar's rect: bar) so that tests can find it.
 
 PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b"]
+PAD_L, PAD_R, PAD_T, PAD_B = 70, 150, 44, 44  # room for the y label, legend, stage names, x label
 
 
 def _esc(s):
     return str(s).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-def svg_lines(series, title, xlabel="epoch", boundaries=(), width=640, height=360):
-    """A line chart. series: {name: [(x, y), ...]}; boundaries: [(x, label)] drawn as dashed lines."""
-    pad_l, pad_r, pad_t, pad_b = 56, 150, 30, 40
-    pts = [p for s in series.values() for p in s if p[1] is not None and math.isfinite(p[1])]
+def _finite(v):
+    return v is not None and math.isfinite(v)
+
+
+def _ticks(lo, hi, n=5, integer=False):
+    """About n round ticks from at or below lo to at or above hi, and their step: 1, 2, 2.5 or 5
+    times a power of ten (whole steps only when integer), so labels read 0.50, 0.55 rather than
+    0.454, 0.528."""
+    if hi == lo:
+        lo, hi = lo - 0.5, hi + 0.5
+    raw = (hi - lo) / max(1, n - 1)
+    p = 10.0 ** math.floor(math.log10(raw))
+    step = next(m * p for m in ((1, 2, 5, 10) if integer else (1, 2, 2.5, 5, 10)) if m * p >= raw * (1 - 1e-9))
+    if integer:
+        step = max(1, round(step))
+    ks = range(math.floor(lo / step + 1e-9), math.ceil(hi / step - 1e-9) + 1)  # the 1e-9: float noise
+    return [round(k * step, 12) for k in ks], step
+
+
+def _fmt_tick(v, step):
+    decimals = len(f"{step:.10f}".rstrip("0").partition(".")[2])  # as many as the step needs
+    return f"{v:.{decimals}f}"
+
+
+def _svg_open(width, height, title):
+    return [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="11">',
+            f'<rect width="{width}" height="{height}" fill="white"/>',
+            f'<text class="title" x="{PAD_L}" y="18" font-size="13">{_esc(title)}</text>']
+
+
+def _axis_labels(width, height, xlabel, ylabel):
+    H = height - PAD_T - PAD_B
+    yc = PAD_T + H / 2
+    return [f'<text class="xlabel" x="{PAD_L + (width - PAD_L - PAD_R) / 2:.1f}" y="{height - 8}" text-anchor="middle">{_esc(xlabel)}</text>',
+            f'<text class="ylabel" x="16" y="{yc:.1f}" text-anchor="middle" transform="rotate(-90 16 {yc:.1f})">{_esc(ylabel)}</text>']
+
+
+def _legend(names, width):
+    out = []
+    for i, name in enumerate(names):
+        color = PALETTE[i % len(PALETTE)]
+        out.append(f'<rect x="{width - PAD_R + 12}" y="{PAD_T + 16 * i}" width="10" height="10" fill="{color}"/>')
+        out.append(f'<text class="legend" x="{width - PAD_R + 26}" y="{PAD_T + 16 * i + 9}">{_esc(name)}</text>')
+    return out
+
+
+def svg_lines(series, title, xlabel="epoch", ylabel="", stages=(), integer_x=True, width=640, height=360):
+    """A line chart. series: {name: [(x, y), ...]}, a None or non-finite y breaks the line;
+    stages: [(x_start, x_end, label)], each named above its span, a dashed line where one
+    ends and the next begins; integer_x: x ticks on whole numbers only (epochs)."""
+    pts = [p for s in series.values() for p in s if _finite(p[1])]
     if not pts:
         raise ValueError(f"svg_lines: nothing to plot for '{title}'")
-    xs = [p[0] for p in pts] + [b[0] for b in boundaries]
+    xs = [p[0] for p in pts] + [x for s in stages for x in s[:2]]
     x0, x1 = min(xs), max(xs)
-    y0, y1 = min(p[1] for p in pts), max(p[1] for p in pts)
     if x1 == x0:
-        x1 = x0 + 1
-    if y1 == y0:
-        y0, y1 = y0 - 0.5, y1 + 0.5
-    m = 0.05 * (y1 - y0)
-    y0, y1 = y0 - m, y1 + m
-    W, H = width - pad_l - pad_r, height - pad_t - pad_b
-    X = lambda x: pad_l + W * (x - x0) / (x1 - x0)
-    Y = lambda y: pad_t + H * (1 - (y - y0) / (y1 - y0))
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="11">',
-           f'<rect width="{width}" height="{height}" fill="white"/>',
-           f'<text x="{pad_l}" y="18" font-size="13">{_esc(title)}</text>',
-           f'<rect x="{pad_l}" y="{pad_t}" width="{W}" height="{H}" fill="none" stroke="#444"/>']
-    for k in range(5):  # y ticks
-        v = y0 + (y1 - y0) * k / 4
-        out.append(f'<text x="{pad_l - 6}" y="{Y(v) + 4:.1f}" text-anchor="end">{v:.3f}</text>')
-        out.append(f'<line x1="{pad_l}" x2="{pad_l + W}" y1="{Y(v):.1f}" y2="{Y(v):.1f}" stroke="#eee"/>')
-    for k in range(5):  # x ticks
-        v = x0 + (x1 - x0) * k / 4
-        out.append(f'<text x="{X(v):.1f}" y="{pad_t + H + 16}" text-anchor="middle">{v:g}</text>')
-    out.append(f'<text x="{pad_l + W / 2}" y="{height - 6}" text-anchor="middle">{_esc(xlabel)}</text>')
-    for bx, label in boundaries:
-        out.append(f'<line x1="{X(bx):.1f}" x2="{X(bx):.1f}" y1="{pad_t}" y2="{pad_t + H}" stroke="#888" stroke-dasharray="4,3"/>')
-        out.append(f'<text x="{X(bx) + 3:.1f}" y="{pad_t + 12}" fill="#555">{_esc(label)}</text>')
-    for n, (name, s) in enumerate(series.items()):
-        color = PALETTE[n % len(PALETTE)]
-        segments, seg = [], []  # a None value breaks the line (e.g. between training stages)
+        x0, x1 = x0 - 0.5, x1 + 0.5
+    yticks, ystep = _ticks(min(p[1] for p in pts), max(p[1] for p in pts))
+    y0, y1 = yticks[0], yticks[-1]  # the y axis ends on round values
+    W, H = width - PAD_L - PAD_R, height - PAD_T - PAD_B
+    X = lambda x: PAD_L + W * (x - x0) / (x1 - x0)
+    Y = lambda y: PAD_T + H * (1 - (y - y0) / (y1 - y0))
+    out = _svg_open(width, height, title)
+    for v in yticks:
+        out.append(f'<line x1="{PAD_L}" x2="{PAD_L + W}" y1="{Y(v):.1f}" y2="{Y(v):.1f}" stroke="#eee"/>')
+        out.append(f'<text class="ytick" x="{PAD_L - 6}" y="{Y(v) + 4:.1f}" text-anchor="end">{_fmt_tick(v, ystep)}</text>')
+    xticks, xstep = _ticks(x0, x1, n=8, integer=integer_x)
+    for v in [v for v in xticks if x0 <= v <= x1]:  # the x axis spans the stages, not the ticks
+        out.append(f'<line x1="{X(v):.1f}" x2="{X(v):.1f}" y1="{PAD_T + H}" y2="{PAD_T + H + 4}" stroke="#444"/>')
+        out.append(f'<text class="xtick" x="{X(v):.1f}" y="{PAD_T + H + 16}" text-anchor="middle">{_fmt_tick(v, xstep)}</text>')
+    out.append(f'<rect x="{PAD_L}" y="{PAD_T}" width="{W}" height="{H}" fill="none" stroke="#444"/>')
+    for start, end, label in stages:
+        if start > x0:
+            out.append(f'<line x1="{X(start):.1f}" x2="{X(start):.1f}" y1="{PAD_T}" y2="{PAD_T + H}" stroke="#888" stroke-dasharray="4,3"/>')
+        out.append(f'<text class="stage" x="{X((start + end) / 2):.1f}" y="{PAD_T - 6}" text-anchor="middle" fill="#555">{_esc(label)}</text>')
+    for n, s in enumerate(series.values()):
+        segments, seg = [], []
         for x, y in s:
-            if y is None or not math.isfinite(y):
-                segments, seg = segments + [seg], []
-            else:
+            if _finite(y):
                 seg.append((x, y))
+            else:
+                segments, seg = segments + [seg], []
         for seg in segments + [seg]:
             if seg:
                 path = " ".join(f"{X(x):.1f},{Y(y):.1f}" for x, y in seg)
-                out.append(f'<polyline points="{path}" fill="none" stroke="{color}" stroke-width="1.8"/>')
-        out.append(f'<rect x="{pad_l + W + 12}" y="{pad_t + 16 * n}" width="10" height="10" fill="{color}"/>')
-        out.append(f'<text x="{pad_l + W + 26}" y="{pad_t + 16 * n + 9}">{_esc(name)}</text>')
-    out.append("</svg>")
+                out.append(f'<polyline points="{path}" fill="none" stroke="{PALETTE[n % len(PALETTE)]}" stroke-width="1.8"/>')
+    out += _legend(series, width) + _axis_labels(width, height, xlabel, ylabel) + ["</svg>"]
     return "\n".join(out)
 
 
-def svg_bars(groups, title, width=640, height=360):
-    """A grouped bar chart. groups: {group: {bar name: value}} (e.g. {"test": {"SASRec": 0.7}})."""
-    pad_l, pad_r, pad_t, pad_b = 56, 150, 30, 40
+def svg_bars(groups, title, xlabel="", ylabel="", ref=None, width=640, height=360):
+    """A grouped bar chart on a y axis from zero, so bar heights compare as ratios. groups:
+    {group: {bar name: value}} (e.g. {"all": {"SASRec": 0.7}}); a None value is written "n/a".
+    ref: (y, label), a dashed reference line such as AUC 0.5, chance."""
     names = list(dict.fromkeys(b for g in groups.values() for b in g))
-    vals = [v for g in groups.values() for v in g.values() if v is not None and math.isfinite(v)]
+    vals = [v for g in groups.values() for v in g.values() if _finite(v)]
     if not vals:
         raise ValueError(f"svg_bars: nothing to plot for '{title}'")
-    y0 = min(0.5, min(vals) - 0.02)  # AUC-like values: start at 0.5 (chance) when everything is above it
-    y1 = max(vals) + 0.02
-    W, H = width - pad_l - pad_r, height - pad_t - pad_b
-    Y = lambda y: pad_t + H * (1 - (y - y0) / (y1 - y0))
+    yticks, ystep = _ticks(min(0.0, *vals), max(0.0, *vals))
+    y0, y1 = yticks[0], yticks[-1]
+    W, H = width - PAD_L - PAD_R, height - PAD_T - PAD_B
+    Y = lambda y: PAD_T + H * (1 - (y - y0) / (y1 - y0))
     gw = W / len(groups)
     bw = 0.8 * gw / max(1, len(names))
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="11">',
-           f'<rect width="{width}" height="{height}" fill="white"/>',
-           f'<text x="{pad_l}" y="18" font-size="13">{_esc(title)}</text>',
-           f'<line x1="{pad_l}" x2="{pad_l + W}" y1="{pad_t + H}" y2="{pad_t + H}" stroke="#444"/>']
-    for k in range(5):
-        v = y0 + (y1 - y0) * k / 4
-        out.append(f'<text x="{pad_l - 6}" y="{Y(v) + 4:.1f}" text-anchor="end">{v:.3f}</text>')
-        out.append(f'<line x1="{pad_l}" x2="{pad_l + W}" y1="{Y(v):.1f}" y2="{Y(v):.1f}" stroke="#eee"/>')
+    out = _svg_open(width, height, title)
+    for v in yticks:
+        out.append(f'<line x1="{PAD_L}" x2="{PAD_L + W}" y1="{Y(v):.1f}" y2="{Y(v):.1f}" stroke="#eee"/>')
+        out.append(f'<text class="ytick" x="{PAD_L - 6}" y="{Y(v) + 4:.1f}" text-anchor="end">{_fmt_tick(v, ystep)}</text>')
+    out.append(f'<line x1="{PAD_L}" x2="{PAD_L}" y1="{PAD_T}" y2="{PAD_T + H}" stroke="#444"/>')
     for gi, (group, bars) in enumerate(groups.items()):
-        gx = pad_l + gi * gw + 0.1 * gw
-        out.append(f'<text x="{pad_l + (gi + 0.5) * gw:.1f}" y="{pad_t + H + 16}" text-anchor="middle">{_esc(group)}</text>')
+        gx = PAD_L + gi * gw + 0.1 * gw
+        out.append(f'<text class="xtick" x="{PAD_L + (gi + 0.5) * gw:.1f}" y="{PAD_T + H + 16}" text-anchor="middle">{_esc(group)}</text>')
         for bi, name in enumerate(names):
-            v = bars.get(name)
-            if v is None or not math.isfinite(v):
+            v, x = bars.get(name), gx + bi * bw
+            if not _finite(v):  # undefined (e.g. AUC on one class): say so, do not draw a zero
+                out.append(f'<text class="value" x="{x + bw / 2 - 1:.1f}" y="{Y(0) - 3:.1f}" text-anchor="middle" font-size="9">n/a</text>')
                 continue
-            x = gx + bi * bw
-            out.append(f'<rect x="{x:.1f}" y="{Y(v):.1f}" width="{bw - 2:.1f}" height="{Y(y0) - Y(v):.1f}" fill="{PALETTE[bi % len(PALETTE)]}"/>')
-            out.append(f'<text x="{x + bw / 2 - 1:.1f}" y="{Y(v) - 3:.1f}" text-anchor="middle" font-size="9">{v:.3f}</text>')
-    for bi, name in enumerate(names):
-        out.append(f'<rect x="{pad_l + W + 12}" y="{pad_t + 16 * bi}" width="10" height="10" fill="{PALETTE[bi % len(PALETTE)]}"/>')
-        out.append(f'<text x="{pad_l + W + 26}" y="{pad_t + 16 * bi + 9}">{_esc(name)}</text>')
-    out.append("</svg>")
+            top, bottom = min(Y(v), Y(0)), max(Y(v), Y(0))
+            out.append(f'<rect class="bar" x="{x:.1f}" y="{top:.1f}" width="{bw - 2:.1f}" height="{bottom - top:.1f}" fill="{PALETTE[bi % len(PALETTE)]}"/>')
+            out.append(f'<text class="value" x="{x + bw / 2 - 1:.1f}" y="{top - 3:.1f}" text-anchor="middle" font-size="9">{v:.3f}</text>')
+    out.append(f'<line x1="{PAD_L}" x2="{PAD_L + W}" y1="{Y(0):.1f}" y2="{Y(0):.1f}" stroke="#444"/>')
+    if ref is not None and y0 <= ref[0] <= y1:
+        out.append(f'<line x1="{PAD_L}" x2="{PAD_L + W}" y1="{Y(ref[0]):.1f}" y2="{Y(ref[0]):.1f}" stroke="#888" stroke-dasharray="4,3"/>')
+        out.append(f'<text class="ref" x="{PAD_L + W + 4}" y="{Y(ref[0]) + 4:.1f}" fill="#555">{_esc(ref[1])}</text>')
+    out += _legend(names, width) + _axis_labels(width, height, xlabel, ylabel) + ["</svg>"]
     return "\n".join(out)
 
 
@@ -362,6 +436,12 @@ def main(argv=None):
     ap.add_argument("--preds", help="TSV with user_id, item_id, label, score [, split, seen, warm]")
     ap.add_argument("--table", nargs="+", metavar="RUN", help="run directories holding metrics.json")
     ap.add_argument("--part", default="test", help="which metrics.json section --table shows")
+    ap.add_argument("--collect", nargs="+", metavar="RUN", help="copy the runs' metrics.json into --into")
+    ap.add_argument("--into", default="results", help="--collect: the folder (results/NAME)")
+    ap.add_argument("--readme", nargs="?", const="README.md", metavar="FILE",
+                    help="rewrite the generated tables of the README from results/")
+    ap.add_argument("--check-readme", nargs="?", const="README.md", metavar="FILE",
+                    help="exit 1 when the README's generated tables differ from results/")
     ap.add_argument("--shuffle-cf", action="store_true",
                     help="ablation: permute the collaborative tokens across the evaluation set")
     ap.add_argument("--repeats", type=int, default=1, help="evaluate K times (K permutation seeds with --shuffle-cf)")
@@ -374,6 +454,22 @@ def main(argv=None):
             print(preds_table(args.preds))
         elif args.table:
             print(runs_table(args.table, args.part))
+        elif args.collect:
+            collect(args.collect, args.into)
+        elif args.readme or args.check_readme:
+            path = args.readme or args.check_readme
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+            new = render_readme(text, os.path.dirname(os.path.abspath(path)))
+            if args.check_readme:
+                if new != text:
+                    print(f"error: {path}: generated tables are out of date; run python eval.py --readme", file=sys.stderr)
+                    return 1
+                print(f"{path}: generated tables match results/")
+            else:
+                with open(path, "w", encoding="utf-8") as f:
+                    f.write(new)
+                print(f"rewrote the generated tables of {path}")
         elif args.seeds:
             reports = [read_metrics(d) for d in args.seeds]
             print(f"mean ± std over {len(reports)} runs: {', '.join(args.seeds)}")

@@ -725,7 +725,7 @@ def load(ckpt_dir, dtype=torch.float32, device="cpu"):
     (A vocab_size larger than the tokenizer's is normal: tables are often padded.)"""
     if not Path(ckpt_dir).is_dir():
         raise FileNotFoundError(f"{ckpt_dir}: no such checkpoint directory; expected config.json, "
-                                "model.safetensors (or shards) and tokenizer.model")
+                                "model.safetensors (or shards) and tokenizer.model or tokenizer.json")
     tok = load_tokenizer(ckpt_dir)
     n = LlamaConfig.from_json(Path(ckpt_dir) / "config.json").vocab_size
     if tok.vocab_size > n:

@@ -150,3 +150,40 @@ def split_report(ds, logits_valid, logits_test):
                                ("warm", ds.warm[rows]), ("cold", ~ds.warm[rows])):
                 out[f"test_{part}"] = metrics(ds.user[rows][mask], ds.label[rows][mask], logits[mask])
     return out
+
+
+# -----------------------------------------------------------------------------
+# Table 1's layout
+
+COLUMNS = [("logloss", "Log Loss"), ("precision", "Precision"), ("recall", "Recall"), ("f1", "F1"),
+           ("accuracy", "Accuracy"), ("auc", "AUC"), ("uauc", "UAUC")]
+
+
+def fmt(v):
+    return "nan" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"
+
+
+def fmt_pct(v):
+    return "nan" if math.isnan(v) else f"{100 * v:+.2f}%"
+
+
+def _num(v):
+    return float("nan") if v is None else v
+
+
+def markdown_table(rows, rel=True, ours=("joint", "SASRecLLM")):
+    """rows: list of (name, metrics dict). Rel.Imp. is the paper's: the relative gain of SASRecLLM
+    (the first row whose name starts with one of `ours`) over each other row, averaged over AUC and
+    UAUC; without such a row, the gain of the row with the best AUC."""
+    head = ["model"] + [c for _, c in COLUMNS] + (["Rel. Imp."] if rel else [])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    ref = next((m for name, m in rows if name in ours or name.startswith(ours)), None)
+    if ref is None:
+        valid = [m for _, m in rows if not math.isnan(_num(m.get("auc")))]
+        ref = max(valid, key=lambda m: m["auc"]) if valid else None
+    for name, m in rows:
+        cells = [name] + [fmt(m.get(k)) for k, _ in COLUMNS]
+        if rel:
+            cells.append("-" if ref is None or m is ref else fmt_pct(rel_imp(ref, m)))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -28,6 +28,7 @@ import llama
 import loop
 import lora
 from baselines import MC, MF, NCF, GRU4Rec, Pop
+from metrics import markdown_table
 from sasrecllm import SASRec, SASRecLLM
 
 CF_STAGES = ("sasrec", "pop", "mf", "ncf", "gru4rec", "mc")
@@ -205,7 +206,8 @@ def backbone_dir(args, ds):
 
 def missing_parts(args, ds):
     """What the joint stage needs and lacks, each with the command that makes it."""
-    need = []
+    need = [f"an LLM at {args.llm} ({MISSING_LLM})"] if args.llm != "tiny" and not os.path.exists(
+        os.path.join(args.llm, "config.json")) else []
     if not os.path.exists(args.cf_ckpt):
         need.append(f"a CF checkpoint at {args.cf_ckpt}: python train.py --stage {args.cf} --data {ds.name} "
                     f"--out {os.path.dirname(args.cf_ckpt)}")
@@ -309,6 +311,7 @@ def run_all(args):
         a.out = os.path.join(args.runs, stage)
         loop.say(f"=== stage {stage} -> {a.out}")
         reports[stage] = (run_cf if stage in CF_STAGES else run_llm)(a, ds)
+    loop.say(markdown_table([(s, r["test"]) for s, r in reports.items() if r]))  # the chain's test table
     return reports
 
 # -----------------------------------------------------------------------------
@@ -337,10 +340,7 @@ def load_run(run_dir, data_dir=None):
     args = upgrade_args(ck["args"])
     args.data_dir = data_dir or args.data_dir
     ds = load_data(args)
-    if args.stage in CF_STAGES:
-        model, prompts = build_cf(vars(args), ds).to(args.device), None
-    else:
-        model, prompts = build_llm_model(args, ds)
+    model, prompts = (build_cf(vars(args), ds).to(args.device), None) if args.stage in CF_STAGES else build_llm_model(args, ds)
     loop.load_trainable(model, ck["model"])
 
     def make_predict(shuffle_cf=False, seed=0):
