@@ -135,7 +135,10 @@ class SASRec(nn.Module):
         A user's rows with no new like between them share one history, so each distinct
         history is encoded once (train.py batches such rows together)."""
         uniq, inv = torch.unique(hist, dim=0, return_inverse=True)  # (U, T), (B,)
-        return self.encode(uniq)[:, -1][inv]
+        # index_select, not [inv]: the rows that share a history sum their gradients, and [inv]'s
+        # backward (index_put_ with accumulate) has CPU threads add them atomically, in an order
+        # that varies from run to run; index_select's (index_add_) adds them in batch order.
+        return self.encode(uniq)[:, -1].index_select(0, inv)  # (B, d)
 
     def item_embedding(self, item):
         """(B,) -> (B, d)"""

@@ -226,3 +226,52 @@ def test_text_and_joint_steps_on_a_real_pretrained_llm(smol_dir, data_dir, tmp_p
     assert ck["model"]["mapping.fc2.weight"].shape[0] == 576  # SmolLM2's width
     m = json.load(open(tmp_path / "joint" / "metrics.json"))
     assert m["test"]["n"] == 6
+
+
+def test_sasrec_gradients_repeat_bit_for_bit_on_two_threads():
+    """Rows that share a history, spread over a batch that 2 threads split, sum their gradients
+    in the same order every time. B * d = 65536 is past the 32768 elements from which x[inv]'s
+    backward would split its atomic adds across the threads."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        torch.manual_seed(0)
+        model = SASRec(n_items=30, n_users=10, dim=64, n_heads=2, maxlen=8, dropout=0.0)
+        B = 1024
+        hist = data.pad_left([list(range(1, 1 + r % 7)) for r in range(B)], 8)  # 7 histories, each on every 7th row
+        user, grad_out = torch.arange(B) % 10, torch.randn(B, 64)
+
+        def grads():
+            model.zero_grad(set_to_none=True)
+            (model.user_embedding(user, hist) * grad_out).sum().backward()
+            return [p.grad.clone() for p in model.parameters() if p.grad is not None]
+        first = grads()
+        for _ in range(10):
+            assert all(torch.equal(a, b) for a, b in zip(first, grads()))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_same_flags_in_two_run_directories_give_the_same_bits(chain, data_dir, tmp_path):
+    """Same seed, same bits, wherever the runs live: SASRec (batches of 1024 rows on 2 threads), then
+    the joint stage on it, in two directories: identical checkpoints, losses and scores."""
+    import shutil
+    threads = torch.get_num_threads()
+    common = ["--data", "ml1m", "--data-dir", str(data_dir), "--llm", "tiny", "--threads", "2"]
+    runs = [tmp_path / "a", tmp_path / "another" / "place"]
+    try:
+        for d in runs:
+            shutil.copytree(chain / "tiny-llm", d / "tiny-llm")
+            shutil.copytree(chain / "text" / "adapter", d / "text" / "adapter")
+            assert train.main(["--stage", "sasrec", *common, "--runs", str(d), "--limit", "1500",
+                               "--max-epochs", "3"]) == 0
+            assert train.main(["--stage", "joint", *common, "--runs", str(d), "--limit", "150",
+                               "--max-epochs", "1", "--iters-per-epoch", "0"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    for stage in ("sasrec", "joint"):
+        a, b = (torch.load(d / stage / "best.pt", weights_only=False)["model"] for d in runs)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), stage
+        losses = [[json.loads(x)["train_loss"] for x in open(d / stage / "log.jsonl")] for d in runs]
+        assert losses[0] == losses[1], stage
+        assert json.load(open(runs[0] / stage / "metrics.json")) == json.load(open(runs[1] / stage / "metrics.json"))
