@@ -144,23 +144,11 @@ class HF:
         return logits[:, -1, [YES % self.vocab, NO % self.vocab]].float()   # (B, 2) of (B, T or 1, V)
 
 
-def random_weights(cfg, dtype, device, seed=0):
-    """A state dict for llama.Llama(cfg), made on `device` in `dtype` directly (normal with std
-    cfg.initializer_range, norms 1: HF's init), so TinyLlama's 1.1 B weights never pass through
-    the CPU or through fp32."""
-    with torch.device("meta"):
-        shapes = {k: v.shape for k, v in llama.Llama(cfg).state_dict().items()}
-    g = torch.Generator(device).manual_seed(seed)
-    return {k: torch.ones(s, dtype=dtype, device=device) if k.endswith("norm.weight") else
-            torch.empty(s, dtype=dtype, device=device).normal_(0.0, cfg.initializer_range, generator=g)
-            for k, s in shapes.items()}
-
-
 def build(sizes, dtype, device, with_hf=True):
     """[Ours, HF(full logits), HF(last position)] on the same weight tensors, LoRA injected in both;
     only [Ours] when with_hf is False."""
     cfg = llama.LlamaConfig(**sizes)
-    state = random_weights(cfg, dtype, device)
+    state = llama.random_state(cfg, dtype, device)
     with torch.device("meta"):
         model = llama.Llama(cfg)
     model.load_state_dict(state, strict=True, assign=True)

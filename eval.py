@@ -140,9 +140,7 @@ def collect(run_dirs, into):
     os.makedirs(into, exist_ok=True)
     for d in run_dirs:
         name = os.path.basename(os.path.normpath(d))
-        with open(os.path.join(d, "metrics.json"), encoding="utf-8") as f:
-            m = json.load(f)
-        train.loop.write_json(m, os.path.join(into, name + ".json"))
+        train.loop.write_json(read_metrics(d), os.path.join(into, name + ".json"))
         print(f"{d}/metrics.json -> {into}/{name}.json")
 
 
@@ -158,6 +156,19 @@ def read_metrics(run_dir):
         return json.load(f)
 
 
+def score_run(run, shuffle_cf=False, repeats=1):
+    """One metrics.json-style report per evaluation of a run rebuilt by train.load_run, `repeats`
+    times; with shuffle_cf, the k-th evaluation permutes the CF inputs with seed k."""
+    args, ds, model, make_predict = run
+    model.eval()
+    reports = []
+    with torch.no_grad():
+        for seed in range(repeats):
+            predict = make_predict(shuffle_cf, seed)
+            reports.append(split_report(ds, predict(model, "valid"), predict(model, "test")))
+    return reports
+
+
 def evaluate_run(run_dir, shuffle_cf=False, repeats=1, data_dir=None):
     """Rebuild the run from its best.pt (args + trainable tensors) and score valid and test,
     `repeats` times; returns one metrics.json-style report per evaluation.
@@ -165,14 +176,7 @@ def evaluate_run(run_dir, shuffle_cf=False, repeats=1, data_dir=None):
     shuffle_cf permutes the collaborative inputs (user, history, target item fed to the CF
     encoder) across each evaluation split, with seed k on the k-th repeat, while every prompt keeps
     its own text: if the spliced tokens carry signal, AUC must drop."""
-    args, ds, model, make_predict = train.load_run(run_dir, data_dir)
-    model.eval()
-    reports = []
-    for seed in range(repeats):
-        predict = make_predict(shuffle_cf, seed)
-        with torch.no_grad():
-            reports.append(split_report(ds, predict(model, "valid"), predict(model, "test")))
-    return reports
+    return score_run(train.load_run(run_dir, data_dir), shuffle_cf, repeats)
 
 
 PARTS = ("valid", "test", "test_seen", "test_unseen", "test_warm", "test_cold")
@@ -181,16 +185,9 @@ PARTS = ("valid", "test", "test_seen", "test_unseen", "test_warm", "test_cold")
 def shuffle_cf_report(run_dir, repeats=1, data_dir=None):
     """The --shuffle-cf ablation beside the unshuffled scores: AUC and UAUC per part, and the drop.
     With repeats > 1, the shuffled figures are mean ± std over that many permutations."""
-    args, ds, model, make_predict = train.load_run(run_dir, data_dir)
-    model.eval()
-    with torch.no_grad():
-        predict = make_predict()
-        plain = split_report(ds, predict(model, "valid"), predict(model, "test"))
-        shuffled = []
-        for seed in range(repeats):
-            predict = make_predict(shuffle_cf=True, seed=seed)
-            shuffled.append(split_report(ds, predict(model, "valid"), predict(model, "test")))
-    stats = mean_std(shuffled)
+    run = train.load_run(run_dir, data_dir)  # built once for both the plain and the shuffled scores
+    [plain] = score_run(run)
+    stats = mean_std(score_run(run, shuffle_cf=True, repeats=repeats))
     lines = [f"{run_dir}: CF tokens permuted across rows ({repeats} permutation{'s' * (repeats > 1)})",
              "| part | AUC | AUC shuffled | drop | UAUC | UAUC shuffled | drop |", "|" + "---|" * 7]
     for p in PARTS:
@@ -214,7 +211,7 @@ def mean_std(reports):
     return out
 
 
-def mean_std_table(stats, parts=("valid", "test", "test_seen", "test_unseen", "test_warm", "test_cold")):
+def mean_std_table(stats, parts=PARTS):
     head = ["part"] + [c for _, c in COLUMNS]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for part in parts:
@@ -339,6 +336,15 @@ def _axis_labels(width, height, xlabel, ylabel):
             f'<text class="ylabel" x="16" y="{yc:.1f}" text-anchor="middle" transform="rotate(-90 16 {yc:.1f})">{_esc(ylabel)}</text>']
 
 
+def _y_grid(yticks, ystep, Y, W):
+    """A light horizontal line and a label at every y tick; Y maps a value to its pixel row."""
+    out = []
+    for v in yticks:
+        out.append(f'<line x1="{PAD_L}" x2="{PAD_L + W}" y1="{Y(v):.1f}" y2="{Y(v):.1f}" stroke="#eee"/>')
+        out.append(f'<text class="ytick" x="{PAD_L - 6}" y="{Y(v) + 4:.1f}" text-anchor="end">{_fmt_tick(v, ystep)}</text>')
+    return out
+
+
 def _legend(names, width):
     out = []
     for i, name in enumerate(names):
@@ -364,10 +370,7 @@ def svg_lines(series, title, xlabel="epoch", ylabel="", stages=(), integer_x=Tru
     W, H = width - PAD_L - PAD_R, height - PAD_T - PAD_B
     X = lambda x: PAD_L + W * (x - x0) / (x1 - x0)
     Y = lambda y: PAD_T + H * (1 - (y - y0) / (y1 - y0))
-    out = _svg_open(width, height, title)
-    for v in yticks:
-        out.append(f'<line x1="{PAD_L}" x2="{PAD_L + W}" y1="{Y(v):.1f}" y2="{Y(v):.1f}" stroke="#eee"/>')
-        out.append(f'<text class="ytick" x="{PAD_L - 6}" y="{Y(v) + 4:.1f}" text-anchor="end">{_fmt_tick(v, ystep)}</text>')
+    out = _svg_open(width, height, title) + _y_grid(yticks, ystep, Y, W)
     xticks, xstep = _ticks(x0, x1, n=8, integer=integer_x)
     for v in [v for v in xticks if x0 <= v <= x1]:  # the x axis spans the stages, not the ticks
         out.append(f'<line x1="{X(v):.1f}" x2="{X(v):.1f}" y1="{PAD_T + H}" y2="{PAD_T + H + 4}" stroke="#444"/>')
@@ -406,10 +409,7 @@ def svg_bars(groups, title, xlabel="", ylabel="", ref=None, width=640, height=36
     Y = lambda y: PAD_T + H * (1 - (y - y0) / (y1 - y0))
     gw = W / len(groups)
     bw = 0.8 * gw / max(1, len(names))
-    out = _svg_open(width, height, title)
-    for v in yticks:
-        out.append(f'<line x1="{PAD_L}" x2="{PAD_L + W}" y1="{Y(v):.1f}" y2="{Y(v):.1f}" stroke="#eee"/>')
-        out.append(f'<text class="ytick" x="{PAD_L - 6}" y="{Y(v) + 4:.1f}" text-anchor="end">{_fmt_tick(v, ystep)}</text>')
+    out = _svg_open(width, height, title) + _y_grid(yticks, ystep, Y, W)
     out.append(f'<line x1="{PAD_L}" x2="{PAD_L}" y1="{PAD_T}" y2="{PAD_T + H}" stroke="#444"/>')
     for gi, (group, bars) in enumerate(groups.items()):
         gx = PAD_L + gi * gw + 0.1 * gw
@@ -494,7 +494,7 @@ def main(argv=None):
             ap.print_help()
             return 2
     except (OSError, ValueError, KeyError, data.DataError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(train.loop.error_line(e), file=sys.stderr)
         return 2
     return 0
 

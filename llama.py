@@ -761,24 +761,26 @@ def train_tokenizer(texts, out_path, vocab_size=1000):
     return tok
 
 
-def write_random(out_dir, cfg: LlamaConfig, tokenizer_model, dtype=torch.float32, seed=0):
-    """config.json + model.safetensors + tokenizer.model with random weights (normal with std
-    cfg.initializer_range, norms 1: HF's init). Tensors are made one at a time in `dtype`, so a
-    2.2 GB model needs ~2.2 GB RAM."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    g = torch.Generator().manual_seed(seed)
+def random_state(cfg: LlamaConfig, dtype=torch.float32, device="cpu", seed=0) -> dict:
+    """A state dict for Llama(cfg) with HF's init (normal with std cfg.initializer_range, norms 1),
+    each tensor made on `device` in `dtype` directly, so a 1.1 B model never passes through the
+    CPU or fp32. A tied lm_head is left out, as HF's checkpoints leave it out."""
     with torch.device("meta"):
         shapes = {k: v.shape for k, v in Llama(cfg).state_dict().items()}
     if cfg.tie_word_embeddings:
         shapes.pop("lm_head.weight")
-    state = {}
-    for k, shape in shapes.items():
-        if k.endswith("norm.weight"):
-            state[k] = torch.ones(shape, dtype=dtype)
-        else:
-            state[k] = torch.empty(shape, dtype=dtype).normal_(0.0, cfg.initializer_range, generator=g)
-    save_file(state, out_dir / "model.safetensors", metadata={"format": "pt"})
+    g = torch.Generator(device).manual_seed(seed)
+    return {k: torch.ones(shape, dtype=dtype, device=device) if k.endswith("norm.weight") else
+            torch.empty(shape, dtype=dtype, device=device).normal_(0.0, cfg.initializer_range, generator=g)
+            for k, shape in shapes.items()}
+
+
+def write_random(out_dir, cfg: LlamaConfig, tokenizer_model, dtype=torch.float32, seed=0):
+    """config.json + model.safetensors + tokenizer.model with random weights (random_state), made
+    in `dtype`, so a 2.2 GB model needs ~2.2 GB RAM."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_file(random_state(cfg, dtype, "cpu", seed), out_dir / "model.safetensors", metadata={"format": "pt"})
     (out_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
     if Path(tokenizer_model).resolve() != (out_dir / "tokenizer.model").resolve():
         shutil.copyfile(tokenizer_model, out_dir / "tokenizer.model")

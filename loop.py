@@ -491,8 +491,8 @@ def train(cfg, model, batches, loss_fn, predict, ds):
     epoch, best = 0, dict(auc=-1.0, epoch=0, bad_epochs=0)
     if cfg.resume:
         epoch, best = resume_from(cfg, model, opt, sched, scaler)
-    elif is_main() and run_files(cfg.out):  # a fresh run never writes over an earlier one
-        raise RunError(held_message(cfg.out, run_files(cfg.out)))
+    elif is_main() and (old := run_files(cfg.out)):  # a fresh run never writes over an earlier one
+        raise RunError(held_message(cfg.out, old))
     steps, t_run, epoch_seconds = 0, time.time(), []
     while epoch < cfg.max_epochs and best["bad_epochs"] < cfg.patience:
         if cfg.max_minutes and time.time() - t_run > 60 * cfg.max_minutes:

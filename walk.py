@@ -65,11 +65,12 @@ def show(name, t):
 @torch.no_grad()
 def walk(args):
     a, ds, model, what = build(args)
-    tok = llama.load_tokenizer(train.backbone_dir(a, ds))
+    backbone = train.backbone_dir(a, ds)
+    tok = llama.load_tokenizer(backbone)
     row = args.row if args.row is not None else int(ds.idx("test")[0])
     if not 0 <= row < len(ds):
         raise ValueError(f"--row {row}: expected 0 <= row < {len(ds)}")
-    print(f"model: {what}; backbone {train.backbone_dir(a, ds)}\n")
+    print(f"model: {what}; backbone {backbone}\n")
 
     print(f"1. the row (data.load): row {row} of {len(ds)}, split {ds.split[row]}")
     line = tsv_line(ds, row, a.data_dir)
@@ -156,7 +157,7 @@ def main(argv=None):
     try:
         walk(args)
     except (FileNotFoundError, ValueError, KeyError, data.DataError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(train.loop.error_line(e), file=sys.stderr)
         return 2
     return 0
 
