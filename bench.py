@@ -34,32 +34,69 @@ T tokens (scores and weighted sum, without the causal half-saving).
     python bench.py --shape tinyllama --device cuda --dtype bf16 --steps 10
     python bench.py --check                               # the prepared GPU check: one JSON line
     python bench.py --check --device cpu --shape tiny     # the same on CPU, in seconds
+    python bench.py --loop --limit 200 --loop-iters 8     # train.py's loop alone, on CPU (below)
+
+--loop: train.py's real training loop, not a step in isolation. It writes a random checkpoint of
+the chosen shape (llama.write_random; weights from llama.random_state, as the bench draws them,
+with the Llama-2 tokenizer's vocabulary, so --shape tiny's embedding table grows to 32000 rows)
+and runs train.py's text stage on the real ML-1M prompts, built by train.py's own functions
+(build_llm_model, llm_batches, llm_predictor, train_config) and trained by loop.train with the
+bench's batch sizes, dtype and padding: LOOP_EPOCHS epochs of --loop-iters iterations, each
+followed by its valid evaluation, then loop.finish's valid and test evaluations.
+  training: the samples/s that loop.train logs for its LAST epoch (log.jsonl; evaluation and
+    checkpoints excluded). The first epoch meets most batch shapes first (kernel and attention
+    plans on GPU) and is reported apart; the JSON counts the timed epoch's shapes that the first
+    did not meet. Everything the loop does per step counts: host collation, the copy to the device,
+    clipping, the scheduler.
+  evaluation: the seconds of loop.finish's test pass (all of the test split unless --limit cuts
+    it; 7,331 ML-1M prompts), timed around train.py's predictor, after the valid passes have met
+    its shapes.
+Real text prompts are shorter than the bench's drawn lengths (about 160 tokens against 195), so
+the loop's samples/s is also given in tokens/s, and the ratio to the bench in both.
 
 --check defaults to TinyLlama's shape, CUDA and bf16. It builds the models, runs both phases with
-CHECK's sizes (a warm pass, then timed passes in the orders alternate, ours-first, hf-first) and
-prints one JSON line: per-implementation tokens/s and peak memory, the ratios for each order, the
-shape and padding counts.
+CHECK's sizes (a warm pass, then timed passes in the orders alternate, ours-first, hf-first), then
+--loop at the bench's batch sizes, and prints one JSON line: per-implementation tokens/s and peak
+memory, the ratios for each order, the shape and padding counts, the loop's figures and its ratio
+to the bench's train step. --loop and --check read ML-1M from --data-dir (else $SASRECLLM_DATA,
+else data/) and the tokenizer from --tokenizer (else $SASRECLLM_TOKENIZER).
 """
 import argparse
+import contextlib
+import gc
 import json
+import os
 import resource
 import sys
+import tempfile
 import time
 
 import torch
 import torch.nn.functional as F
 
+import data
 import llama
+import loop
 import lora
+import train
 
 TINY = dict(vocab_size=1000, hidden_size=128, intermediate_size=344, num_hidden_layers=4,
             num_attention_heads=4, num_key_value_heads=2)
 YES, NO = 3869, 1939  # the Llama-2 ids (tiny shape: taken modulo its vocabulary)
 ORDERS = ("alternate", "ours-first", "hf-first")
-# --check's sizes. On an H200 at TinyLlama's shape in bf16 a step is ~0.1 s, so 4 passes x 3
-# implementations x 24 batches x 2 phases stay near a minute; on CPU the tiny shape takes seconds.
-CHECK = {"cuda": dict(steps=24, train_batch=16, score_batch=64),
-         "cpu": dict(steps=2, train_batch=2, score_batch=4)}
+LLAMA_DTYPE = {"fp32": "float32", "bf16": "bfloat16"}  # --dtype in llama.DTYPES' (and train.py's) names
+LOOP_EPOCHS = 2  # --loop: the first epoch meets the batch shapes, the second is timed
+# --check's sizes, which keep it under 5 minutes on one H200 at TinyLlama's shape in bf16:
+#   bench: a step is ~0.09 s, so 4 passes x 3 implementations x 24 batches x 2 phases take ~75 s
+#     (results/bench/h200_tinyllama_pad16.json: wall_s 72.9, building the models included);
+#   loop: a random 2.2 GB checkpoint written and read back, ~20 s (estimated); 51,623 prompts
+#     tokenized, ~5 s; 2 epochs x 100 iterations of batch 16 at 0.09-0.2 s a step, 20-40 s;
+#     4 evaluations (valid after each epoch, then valid and test: 38,534 prompts) at the bench's
+#     score rate (~900 prompts/s of 160 tokens) down to half of it, 45-90 s;
+#   in all 165-230 s: a loop twice as slow as the bench still fits.
+# On CPU the tiny shape takes seconds: --limit keeps the first 64 rows of each split.
+CHECK = {"cuda": dict(steps=24, train_batch=16, score_batch=64, loop_iters=100, limit=0),
+         "cpu": dict(steps=2, train_batch=2, score_batch=4, loop_iters=4, limit=64)}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -99,13 +136,19 @@ def batches(n_batches, batch_size, vocab, seed, pad_multiple=1):
             for b in torch.randperm(n_batches, generator=g).tolist()]
 
 
+def widths(lengths, multiple):
+    """Each batch's width (lengths: a list of prompt lengths per batch): its longest prompt rounded
+    up to `multiple`, as left padding makes it."""
+    return [round_up(max(lens), multiple) for lens in lengths]
+
+
 def shape_stats(lengths, multiple):
     """Distinct batch widths, and the fraction of pad tokens, when each batch (a list of prompt
     lengths) is left-padded to its longest prompt rounded up to `multiple`."""
-    widths = [round_up(max(lens), multiple) for lens in lengths]
+    ws = widths(lengths, multiple)
     real = sum(sum(lens) for lens in lengths)
-    total = sum(w * len(lens) for w, lens in zip(widths, lengths))
-    return {"shapes": len(set(widths)), "pad_frac": round(1 - real / total, 4)}
+    total = sum(w * len(lens) for w, lens in zip(ws, lengths))
+    return {"shapes": len(set(ws)), "pad_frac": round(1 - real / total, 4)}
 
 
 def flops(cfg, lengths, train):
@@ -142,6 +185,14 @@ class HF:
         kw = {"logits_to_keep": 1} if self.keep_last else {}
         logits = self.model(input_ids=ids, attention_mask=mask, position_ids=position_ids, **kw).logits
         return logits[:, -1, [YES % self.vocab, NO % self.vocab]].float()   # (B, 2) of (B, T or 1, V)
+
+
+def shape_sizes(args):
+    """The model sizes of --shape and --layers."""
+    sizes = dict(TINY) if args.shape == "tiny" else {k: llama.TINYLLAMA[k] for k in TINY}
+    if args.layers:
+        sizes["num_hidden_layers"] = args.layers
+    return sizes
 
 
 def build(sizes, dtype, device, with_hf=True):
@@ -186,11 +237,17 @@ class Meter:
         self.peak_mem = 0.0   # CUDA: most memory allocated during one of its steps, resident included
 
 
+def sync(device):
+    """Wait for the device's queued work, so that a clock read after it counts that work."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def step(m, batch, cfg, device, amp):
     ids, mask, labels = batch
     m.impl.model.train(m.phase == "train")
+    sync(device)
     if device.type == "cuda":
-        torch.cuda.synchronize()
         before = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()   # so the peak below is this step's, this impl's
     t0 = time.perf_counter()
@@ -202,8 +259,7 @@ def step(m, batch, cfg, device, amp):
         loss.backward()
         m.opt.step()
         m.opt.zero_grad(set_to_none=True)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    sync(device)
     m.elapsed += time.perf_counter() - t0
     lengths = mask.sum(1).tolist()
     m.tokens += sum(lengths)
@@ -273,6 +329,110 @@ def report(m, warm_s, cfg, args, device):
 
 
 # ----------------------------------------------------------------------------------------------
+# --loop: train.py's text stage, trained by loop.train on real ML-1M prompts
+
+
+def loop_args(args, tmp):
+    """train.py's own arguments for its text stage on the random checkpoint tmp/llm, writing to the
+    run directory tmp/run, at the bench's batch sizes, dtype and padding."""
+    if not args.tokenizer or not os.path.isfile(args.tokenizer):
+        raise FileNotFoundError(f"--loop: no tokenizer.model at {args.tokenizer or '(none given)'}; pass the "
+                                "Llama-2 tokenizer.model with --tokenizer, or set SASRECLLM_TOKENIZER")
+    argv = ["--stage", "text", "--data", "ml1m", "--llm", os.path.join(tmp, "llm"), "--out", os.path.join(tmp, "run"),
+            "--device", args.device, "--dtype", LLAMA_DTYPE[args.dtype],
+            "--amp", "bf16" if args.dtype == "bf16" else "none", "--pad-multiple", args.pad_multiple,
+            "--batch-size", args.train_batch, "--eval-batch-size", args.score_batch,
+            "--iters-per-epoch", args.loop_iters, "--max-epochs", LOOP_EPOCHS, "--patience", LOOP_EPOCHS,
+            "--limit", args.limit]
+    if args.data_dir:
+        argv += ["--data-dir", args.data_dir]
+    return train.parse_args([str(x) for x in argv])
+
+
+def write_checkpoint(args, out_dir):
+    """A random checkpoint of the bench's shape in the real layout, with the tokenizer's special ids
+    and a vocabulary no smaller than the tokenizer's (its ids must not index past the table)."""
+    tok = llama.load_tokenizer(args.tokenizer)
+    sizes = shape_sizes(args)
+    cfg = llama.LlamaConfig(**{**sizes, "vocab_size": max(sizes["vocab_size"], tok.vocab_size)},
+                            torch_dtype=LLAMA_DTYPE[args.dtype], bos_token_id=tok.bos_id, eos_token_id=tok.eos_id)
+    llama.write_random(out_dir, cfg, args.tokenizer, llama.DTYPES[LLAMA_DTYPE[args.dtype]])
+    return cfg
+
+
+def timed(predict, device, evals):
+    """train.py's predictor, with each call's split, prompts and seconds appended to evals."""
+    def predict_timed(model, split):
+        sync(device)
+        t0 = time.perf_counter()
+        logits = predict(model, split)  # numpy, on the host: the device has finished
+        evals.append(dict(split=split, prompts=len(logits), seconds=time.perf_counter() - t0))
+        return logits
+    return predict_timed
+
+
+def run_loop(args, a, ds, device):
+    """Train and evaluate as train.py's text stage does, with train.py's arguments `a` on the data
+    `ds` (see the docstring: what is timed, and how the first meeting of a shape is kept out)."""
+    t_start = time.perf_counter()
+    if device.type == "cuda":
+        gc.collect()  # the bench's models (peft's hold reference cycles) out of the loop's peak memory
+        torch.cuda.reset_peak_memory_stats(device)
+    cfg = write_checkpoint(args, a.llm)
+    evals = []
+    with contextlib.redirect_stdout(sys.stderr):  # train.py's progress lines; stdout keeps one JSON line
+        loop.seed_everything(a.seed)
+        model, prompts = train.build_llm_model(a, ds)
+        epoch_batches = train.llm_batches(a, ds, prompts)
+        predict = timed(train.llm_predictor(a, ds, prompts), device, evals)
+        build_s = time.perf_counter() - t_start
+        loop.train(train.train_config(a), model, epoch_batches, train.bce_loss, predict, ds)
+    with open(os.path.join(a.out, "log.jsonl")) as f:
+        log = [json.loads(line) for line in f]
+    if len(log) != LOOP_EPOCHS or [e["split"] for e in evals[-2:]] != ["valid", "test"]:
+        raise RuntimeError(f"--loop: expected {LOOP_EPOCHS} epochs and a final test evaluation from loop.train, "
+                           f"got {len(log)} epochs and evaluations of {[e['split'] for e in evals]}")
+
+    def lengths(rows):
+        return [len(prompts[r].ids) for r in rows]
+
+    def eval_batches(split):  # the batches llm_predictor scores, as lists of prompt lengths
+        lens = lengths(ds.idx(split))
+        return [[lens[i] for i in g] for g in data.bucket_batches(lens, a.eval_batch_size, shuffle=False)]
+
+    first, last = ([lengths(b.rows[g]) for g in b.groups] for b in (epoch_batches(1), epoch_batches(LOOP_EPOCHS)))
+    samples, tokens = sum(map(len, last)), sum(map(sum, last))
+    test, test_batches = evals[-1], eval_batches("test")
+    seconds, rate = round(test["seconds"], 4), log[-1]["samples_per_s"]
+    new_shapes = lambda lens, met: len(set(widths(lens, a.pad_multiple)) - set(widths(met, a.pad_multiple)))
+    out = {"loop_train_samples_per_s": round(rate, 2), "loop_train_tokens_per_s": round(rate * tokens / samples, 1),
+           "eval_split": "test", "eval_prompts": test["prompts"], "eval_seconds": seconds,
+           "eval_prompts_per_s": round(test["prompts"] / seconds, 1),
+           "eval_tokens_per_s": round(sum(map(sum, test_batches)) / seconds, 1)}
+    out["loop"] = {
+        "epochs": LOOP_EPOCHS, "iters_per_epoch": a.iters_per_epoch, "limit": a.limit,
+        "batch": {"train": a.batch_size, "eval": a.eval_batch_size}, "vocab_size": cfg.vocab_size,
+        "mean_prompt_tokens": round(tokens / samples, 1), "first_epoch_samples_per_s": round(log[0]["samples_per_s"], 2),
+        "timed_epoch": dict(shape_stats(last, a.pad_multiple), new_shapes=new_shapes(last, first)),
+        "test_eval": dict(shape_stats(test_batches, a.pad_multiple),
+                          new_shapes=new_shapes(test_batches, eval_batches("valid"))),
+        "evals": [dict(e, seconds=round(e["seconds"], 3)) for e in evals],
+        "build_s": round(build_s, 1), "wall_s": round(time.perf_counter() - t_start, 1)}
+    if device.type == "cuda":
+        out["loop"]["peak_mem_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    return out
+
+
+def loop_vs_bench(line):
+    """The loop's training rate over the bench's llama.py+lora.py train step, at the same batch size
+    and shape: by samples (the goal's measure) and by tokens (real prompts are shorter)."""
+    bench = line["train"][Ours.name]
+    return {"bench_train_samples_per_s": bench["samples_per_s"], "bench_train_tokens_per_s": bench["tokens_per_s"],
+            "loop_vs_bench_train": round(line["loop_train_samples_per_s"] / bench["samples_per_s"], 3),
+            "loop_vs_bench_train_tokens": round(line["loop_train_tokens_per_s"] / bench["tokens_per_s"], 3)}
+
+
+# ----------------------------------------------------------------------------------------------
 # CLI
 
 
@@ -287,13 +447,18 @@ def fill_defaults(args):
     return args
 
 
-def check_line(args, cfg, device, method, padding, results, versions, build_s, wall_s):
+def header(args, device, bench):
+    """The first keys of every one-line JSON: which run, on what, at which shape."""
+    return {"bench": bench, "device": str(device), "dtype": args.dtype, "shape": args.shape,
+            "layers": shape_sizes(args)["num_hidden_layers"], "pad_multiple": args.pad_multiple}
+
+
+def check_line(args, cfg, device, method, padding, results, versions, build_s):
     """--check's one JSON line: the alternating pass's figures per implementation, the ratios for
     every order, the shape and padding counts. A dict of dicts, so later checks add keys."""
     keep = ("tokens_per_s", "samples_per_s", "s_per_step", "tflops", "pct_peak", "pad_frac",
             "warm_extra_s", "peak_mem_mb", "step_mem_mb", "peak_rss_mb")
-    out = {"bench": "check", "device": str(device), "dtype": args.dtype, "shape": args.shape,
-           "layers": cfg.num_hidden_layers, "pad_multiple": args.pad_multiple, "method": method,
+    out = {**header(args, device, "check"), "method": method,
            "steps": args.steps, "batch": {"train": args.train_batch, "score": args.score_batch},
            "shapes": {ph: padding[ph][f"pad_multiple_{args.pad_multiple}"]["shapes"] for ph in padding},
            "padding": padding, **versions}
@@ -306,7 +471,7 @@ def check_line(args, cfg, device, method, padding, results, versions, build_s, w
                       for m, w in zip(headline, warm_s)}
         if len(headline) > 1:
             out["ratios"][phase] = {order: ratios(meters) for order, meters in passes.items()}
-    out.update(build_s=round(build_s, 1), wall_s=round(wall_s, 1))
+    out["build_s"] = round(build_s, 1)
     return out
 
 
@@ -328,37 +493,66 @@ def main():
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
     p.add_argument("--no-hf", action="store_true", help="skip the transformers+peft comparison")
     p.add_argument("--check", action="store_true", help="the prepared check: CHECK's sizes, all three "
-                   "orders, one JSON line (default --shape tinyllama --device cuda --dtype bf16)")
+                   "orders, then --loop, one JSON line (default --shape tinyllama --device cuda --dtype bf16)")
+    p.add_argument("--loop", action="store_true", help="time train.py's text stage in loop.train on ML-1M "
+                   "instead of the bench's steps (train batch --train-batch, evaluation batch --score-batch)")
+    p.add_argument("--loop-iters", type=int, default=100,
+                   help=f"--loop: iterations per epoch, {LOOP_EPOCHS} epochs (the last is timed)")
+    p.add_argument("--limit", type=int, default=0, help="--loop: only the first N rows of each split (0: all)")
+    p.add_argument("--data-dir", help="--loop: the data root (default: $SASRECLLM_DATA, else data/)")
+    p.add_argument("--tokenizer", default=os.environ.get("SASRECLLM_TOKENIZER"),
+                   help="--loop: the Llama-2 tokenizer.model (default: $SASRECLLM_TOKENIZER)")
     args = fill_defaults(p.parse_args())
     counts = dict(steps=args.steps, train_batch=args.train_batch, score_batch=args.score_batch,
-                  pad_multiple=args.pad_multiple, layers=args.layers if args.layers is not None else 1)
+                  pad_multiple=args.pad_multiple, loop_iters=args.loop_iters,
+                  layers=args.layers if args.layers is not None else 1)
     bad = [f"--{k.replace('_', '-')} {v}" for k, v in counts.items() if v < 1]
-    if bad or args.threads < 0:
-        p.error(f"expected integers >= 1 (--threads >= 0), got {', '.join(bad or [f'--threads {args.threads}'])}")
+    bad += [f"--{k} {v}" for k, v in (("threads", args.threads), ("limit", args.limit)) if v < 0]
+    if bad:
+        p.error(f"expected integers >= 1 (--threads, --limit >= 0), got {', '.join(bad)}")
     try:
         device = torch.device(args.device)
     except RuntimeError:
         p.error(f"--device {args.device}: expected a torch device such as cpu or cuda")
     if device.type == "cuda" and not torch.cuda.is_available():
         p.error(f"--device {args.device}: no CUDA device is available here (try --device cpu)")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     try:
-        run(args, device)
-    except (RuntimeError, ValueError, OSError) as e:  # e.g. out of memory: one line, not a traceback
-        print(f"error: {(str(e).strip().splitlines() or [type(e).__name__])[0]}", file=sys.stderr)
+        if args.check or args.loop:
+            print(json.dumps(run_with_loop(args, device)), flush=True)
+        else:
+            run(args, device)
+    except (data.DataError, FileNotFoundError) as e:  # missing or bad input: exit 2, as train.py
+        print(loop.error_line(e), file=sys.stderr)
+        return 2
+    except (RuntimeError, ValueError, OSError, ArithmeticError) as e:  # e.g. out of memory: one line
+        print(loop.error_line(e), file=sys.stderr)
         return 1
     return 0
 
 
-def run(args, device):
+def run_with_loop(args, device):
+    """--loop's or --check's one JSON line. The data and tokenizer are checked before the bench
+    runs, so that a missing file fails in a second, not after it."""
     t_start = time.perf_counter()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
+    with tempfile.TemporaryDirectory(prefix="bench-loop-") as tmp:  # the checkpoint and the run
+        a = loop_args(args, tmp)
+        ds = train.load_data(a)
+        line = run(args, device) if args.check else header(args, device, "loop")
+        line.update(run_loop(args, a, ds, device))
+    if args.check:
+        line.update(loop_vs_bench(line))
+    line["wall_s"] = round(time.perf_counter() - t_start, 1)
+    return line
+
+
+def run(args, device):
+    """The bench's two phases; returns --check's line, or prints one JSON line per figure."""
+    t_start = time.perf_counter()
+    dtype = llama.DTYPES[LLAMA_DTYPE[args.dtype]]
     amp = args.dtype == "bf16"
 
-    sizes = dict(TINY) if args.shape == "tiny" else {k: llama.TINYLLAMA[k] for k in TINY}
-    if args.layers:
-        sizes["num_hidden_layers"] = args.layers
     versions = {"torch": torch.__version__}
     if not args.no_hf:
         try:
@@ -367,15 +561,15 @@ def run(args, device):
             versions.update(transformers=transformers.__version__, peft=peft.__version__)
         except ImportError:
             versions["note"] = "transformers/peft not installed: no comparison"
-    impls = build(sizes, dtype, device, with_hf="peft" in versions)
+    impls = build(shape_sizes(args), dtype, device, with_hf="peft" in versions)
     cfg = impls[0].model.cfg
     build_s = time.perf_counter() - t_start
 
-    data = {"train": batches(args.steps, args.train_batch, cfg.vocab_size, seed=1, pad_multiple=args.pad_multiple),
-            "score": batches(args.steps, args.score_batch, cfg.vocab_size, seed=2, pad_multiple=args.pad_multiple)}
+    phase_data = {"train": batches(args.steps, args.train_batch, cfg.vocab_size, seed=1, pad_multiple=args.pad_multiple),
+                  "score": batches(args.steps, args.score_batch, cfg.vocab_size, seed=2, pad_multiple=args.pad_multiple)}
     padding = {phase: {f"pad_multiple_{n}": shape_stats([mask.sum(1).tolist() for _, mask, _ in d], n)
                        for n in sorted({1, 16, args.pad_multiple})}
-               for phase, d in data.items()}
+               for phase, d in phase_data.items()}
     orders = ORDERS if args.check else (args.order,)
     method = ("warm pass: every implementation runs every batch (every shape) once before any timing; "
               f"timed order: {', '.join(orders)} (alternate: the first implementation rotates per batch)")
@@ -384,7 +578,7 @@ def run(args, device):
 
     results = {}
     for phase in ("train", "score"):
-        warm_s, passes = run_phase(impls, phase, data[phase], cfg, device, amp, orders)
+        warm_s, passes = run_phase(impls, phase, phase_data[phase], cfg, device, amp, orders)
         results[phase] = warm_s, passes
         if args.check:
             continue
@@ -394,8 +588,7 @@ def run(args, device):
             if len(meters) > 1:
                 print(json.dumps(dict(phase=phase, order=order, **ratios(meters))), flush=True)
     if args.check:
-        print(json.dumps(check_line(args, cfg, device, method, padding, results, versions, build_s,
-                                    time.perf_counter() - t_start)), flush=True)
+        return check_line(args, cfg, device, method, padding, results, versions, build_s)
 
 
 if __name__ == "__main__":

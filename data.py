@@ -56,7 +56,7 @@ MONTH_WINDOWS = {"train": range(14, 24), "valid": range(24, 29), "test": range(2
 RATIO = (0.8, 0.1, 0.1)        # the paper's chronological 8:1:1 split
 LIKE_THRESHOLD = 4             # rating >= 4 is a like (label 1)
 AMAZON_MAX_ID = 4000           # the paper keeps Amazon Book user and item ids <= 4000
-WARM_MIN_TRAIN = 3             # the paper's warm flag: >= 3 train rows for user and for item
+WARM_MORE_THAN = 3             # the paper's warm rows: user and item each with more than 3 train rows
 MAX_ID_RATIO = 2               # ids given as they are (ml1m) may run to twice their count, no more
 PROMPT_TITLES = 10             # the prompt lists the last 10 liked titles
 
@@ -72,6 +72,7 @@ class DataError(Exception):
 # ----------------------------------------------------------------------------------------------
 # Dataset: the one in-memory form every loader produces
 
+@dataclass
 class Histories:
     """history[r]: the items user[r] liked in rows before r in (user, timestamp) order, oldest
     first, as a list.
@@ -80,8 +81,9 @@ class Histories:
     history is the slice liked[start[r]:end[r]] of its user's part. A list per row would copy
     the user's history once per row: memory quadratic in the history length, linear here."""
 
-    def __init__(self, liked, start, end):
-        self.liked, self.start, self.end = liked, start, end    # (L,), (N,), (N,) int64
+    liked: np.ndarray            # (L,) int64: every like, user after user, each in time order
+    start: np.ndarray            # (N,) int64: row r's history is liked[start[r]:end[r]]
+    end: np.ndarray              # (N,) int64
 
     def __len__(self):
         return len(self.start)
@@ -115,7 +117,7 @@ class Histories:
 @dataclass
 class Dataset:
     name: str
-    domain: str                  # "movie" or "book": picks the prompt wording
+    domain: str                  # "movie", "book" or "item": the prompt's noun (NOUNS)
     user: np.ndarray             # (N,) int64, ids 1..n_users
     item: np.ndarray             # (N,) int64, ids 1..n_items
     label: np.ndarray            # (N,) int64 in {0, 1}
@@ -126,7 +128,7 @@ class Dataset:
     n_items: int
     history: Histories           # history[row]: item ids the user liked earlier, oldest first
     seen: np.ndarray             # (N,) bool: user and item both occur in train (CoLLM's warm)
-    warm: np.ndarray             # (N,) bool: user and item each have >= 3 train rows (paper)
+    warm: np.ndarray             # (N,) bool: user and item each have > 3 train rows (paper)
     source: str = ""             # the file the rows came from (error messages name it)
     notes: list = field(default_factory=list)  # what the loader changed, e.g. repeated pairs dropped
 
@@ -175,7 +177,11 @@ def make_dataset(name, domain, user, item, label, timestamp, split, titles, sour
     user_train = np.bincount(user[train], minlength=n_users + 1)    # (n_users+1,)
     item_train = np.bincount(item[train], minlength=n_items + 1)    # (n_items+1,)
     seen = (user_train[user] > 0) & (item_train[item] > 0)
-    warm = (user_train[user] >= WARM_MIN_TRAIN) & (item_train[item] >= WARM_MIN_TRAIN)
+    # The paper (Section 4.1.2) calls a row warm when its "interaction count exceeds a predefined
+    # threshold of 3". Both sides must exceed it: the CF half has something to say about a row
+    # only when it has seen both the user and the item often enough (as CoLLM's warm/cold split
+    # asks the same of both), and "cold" is then every row where either side is new or rare.
+    warm = (user_train[user] > WARM_MORE_THAN) & (item_train[item] > WARM_MORE_THAN)
     return Dataset(name=name, domain=domain, user=user, item=item, label=label,
                    timestamp=timestamp, split=split, titles=titles, n_users=n_users,
                    n_items=n_items, history=build_histories(user, item, label, timestamp),
@@ -185,40 +191,29 @@ def make_dataset(name, domain, user, item, label, timestamp, split, titles, sour
 # ----------------------------------------------------------------------------------------------
 # Loader 1: CoLLM's ML-1M split as TSV (the benchmark)
 
-def _need(path, what):
-    if not os.path.exists(path):
-        raise DataError(f"{path} not found (the data root is --data-dir, else $SASRECLLM_DATA, else "
-                        f"data/); expected {what}")
-
-
 def load_ml1m(data_dir):
     """ml1m/interactions.tsv (user_id item_id label timestamp split) + ml1m/items.tsv."""
     inter_path = os.path.join(data_dir, "ml1m", "interactions.tsv")
     items_path = os.path.join(data_dir, "ml1m", "items.tsv")
     what = ("CoLLM's ML-1M split as interactions.tsv and items.tsv; get collm-datasets/ml-1m.zip "
             f"from {COLLM_URL}, or the raw GroupLens files ({GROUPLENS_URL}) and load 'movielens'")
-    _need(inter_path, what)
-    _need(items_path, what)
 
     titles, title_line = {}, {}
-    for n, fields in _tsv(items_path, ["item_id", "title"]):
-        i = _int(fields[0], items_path, n, "item_id")
+    for n, (i, title) in read_table(items_path, ["item_id", "title"], what, ints=["item_id"]):
         if i in titles:
             raise DataError(f"{items_path}:{n}: item_id {i} repeats line {title_line[i]}; expected "
                             "each item once")
         if i < 1:
             raise DataError(f"{items_path}:{n}: expected item_id >= 1 (0 is padding), got {i}")
-        titles[i], title_line[i] = fields[1], n
+        titles[i], title_line[i] = title, n
     if not titles:
         raise DataError(f"{items_path}: no items; expected item_id and title lines after the header")
-    _check_dense(np.array(list(title_line)), list(title_line.values()), items_path, "item_id")
 
     # A repeated (user, item) row would put its item into a later row's history and leak that
     # row's answer, so every pair must be unique (pair -> the line it first appeared on).
     rows, pair_line = [], {}
-    for n, (u, i, y, t, s) in _tsv(inter_path, ["user_id", "item_id", "label", "timestamp",
-                                                 "split"]):
-        u, i = _int(u, inter_path, n, "user_id"), _int(i, inter_path, n, "item_id")
+    for n, (u, i, y, t, s) in read_table(inter_path, ["user_id", "item_id", "label", "timestamp", "split"],
+                                         what, ints=["user_id", "item_id", "timestamp"]):
         if y not in ("0", "1"):
             raise DataError(f"{inter_path}:{n}: expected label 0 or 1, got {y!r}")
         if s not in SPLITS:
@@ -230,33 +225,58 @@ def load_ml1m(data_dir):
         if pair_line.setdefault((u, i), n) != n:
             raise DataError(f"{inter_path}:{n}: user_id {u} and item_id {i} repeat line "
                             f"{pair_line[u, i]}; expected each (user, item) pair once")
-        rows.append((u, i, int(y), _int(t, inter_path, n, "timestamp"), s, n))
+        rows.append((u, i, int(y), t, s, n))
     if not rows:
         raise DataError(f"{inter_path}: no rows; expected interactions after the header")
-
     user, item, label, timestamp = (np.array(c, dtype=np.int64) for c in list(zip(*rows))[:4])
     lines = [r[5] for r in rows]
-    _check_dense(user, lines, inter_path, "user_id")
-    _check_dense(item, lines, inter_path, "item_id")
+
+    # Embedding tables get a row for every id up to the largest, so one stray huge id (a user_id
+    # of 999999999) would ask for gigabytes. Ids must be numbered about 1..N, as CoLLM numbers
+    # them: the largest at most MAX_ID_RATIO times the number of distinct ids.
+    for ids, at, path, name in ((list(title_line), list(title_line.values()), items_path, "item_id"),
+                                (user, lines, inter_path, "user_id"), (item, lines, inter_path, "item_id")):
+        top, n = int(np.max(ids)), len(np.unique(ids))
+        if top > MAX_ID_RATIO * n:
+            raise DataError(f"{path}:{at[int(np.argmax(ids))]}: {name} {top}, but there are only {n} "
+                            f"distinct {name}s; expected ids numbered 1..N (renumber them, e.g. by first "
+                            "appearance as CoLLM does)")
     split = np.array([r[4] for r in rows])
     title_list = [""] + [titles.get(i, "") for i in range(1, max(titles) + 1)]
     return make_dataset("ml1m", "movie", user, item, label, timestamp, split, title_list,
                         inter_path)
 
 
-def _check_dense(ids, lines, path, what):
-    """Embedding tables get a row for every id up to the largest, so one stray huge id (a
-    user_id of 999999999) would ask for gigabytes. Ids must be numbered about 1..N, as CoLLM
-    numbers them: the largest at most MAX_ID_RATIO times the number of distinct ids."""
-    top, n = int(ids.max()), len(np.unique(ids))
-    if top > MAX_ID_RATIO * n:
-        raise DataError(f"{path}:{lines[int(np.argmax(ids))]}: {what} {top}, but there are only {n} "
-                        f"distinct {what}s; expected ids numbered 1..N (renumber them, e.g. by first "
-                        "appearance as CoLLM does)")
+def read_table(path, names, what, sep="\t", header=True, ints=(), encoding="utf-8"):
+    """Yields (line number, fields) of a text file of `sep`-separated fields, the ones named in
+    ints parsed as integers. With header=True the first line must be the names themselves. Any
+    problem is a DataError naming the file and the line; `what` tells a missing file's reader
+    what was expected there and where to get it."""
+    lines, kind = _lines(path, what, encoding), "tab" if sep == "\t" else repr(sep)
+    if header:
+        n, first = next(lines, (1, ""))
+        if first.split(sep) != names:
+            raise DataError(f"{path}:1: expected the header {sep.join(names)!r} ({kind}-separated), "
+                            f"got {first!r}")
+    for n, line in lines:
+        fields = line.split(sep)
+        if len(fields) != len(names):
+            raise DataError(f"{path}:{n}: expected {len(names)} {kind}-separated fields "
+                            f"({', '.join(names)}), got {len(fields)}")
+        for j, name in enumerate(names):
+            if name in ints:
+                try:
+                    fields[j] = int(fields[j])
+                except ValueError:
+                    raise DataError(f"{path}:{n}: expected an integer {name}, got {fields[j]!r}") from None
+        yield n, fields
 
 
-def _lines(path, encoding="utf-8"):
+def _lines(path, what, encoding="utf-8"):
     """Yields (line number, line without its newline); .gz files are decompressed."""
+    if not os.path.exists(path):
+        raise DataError(f"{path} not found (the data root is --data-dir, else $SASRECLLM_DATA, else "
+                        f"data/); expected {what}")
     opener = gzip.open if path.endswith(".gz") else open
     n = 0
     try:
@@ -266,28 +286,6 @@ def _lines(path, encoding="utf-8"):
     except (OSError, EOFError, UnicodeDecodeError) as e:
         raise DataError(f"{path}:{n + 1}: expected readable {encoding} text"
                         f"{' (gzip)' if path.endswith('.gz') else ''} ({e})") from None
-
-
-def _tsv(path, header):
-    """Yields (line number, fields) of a tab-separated file after checking its header."""
-    lines = _lines(path)
-    n, first = next(lines, (1, ""))
-    if first.split("\t") != header:
-        raise DataError(f"{path}:1: expected the header {chr(9).join(header)!r} (tab-separated), "
-                        f"got {first!r}")
-    for n, line in lines:
-        fields = line.split("\t")
-        if len(fields) != len(header):
-            raise DataError(f"{path}:{n}: expected {len(header)} tab-separated fields "
-                            f"({', '.join(header)}), got {len(fields)}")
-        yield n, fields
-
-
-def _int(text, path, n, what):
-    try:
-        return int(text)
-    except ValueError:
-        raise DataError(f"{path}:{n}: expected an integer {what}, got {text!r}") from None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -391,24 +389,11 @@ def load_movielens(data_dir, split="months"):
     movies_path = os.path.join(data_dir, "ml-1m", "movies.dat")
     what = (f"the GroupLens MovieLens-1M files; download {GROUPLENS_URL} and unzip it in "
             f"{data_dir} (it unpacks to ml-1m/)")
-    _need(ratings_path, what)
-    _need(movies_path, what)
 
-    titles = {}
-    for n, line in _lines(movies_path, "latin-1"):
-        fields = line.split("::")
-        if len(fields) != 3:
-            raise DataError(f"{movies_path}:{n}: expected MovieID::Title::Genres, got {line!r}")
-        titles[_int(fields[0], movies_path, n, "MovieID")] = fields[1]
-
-    rows = []
-    for n, line in _lines(ratings_path, "latin-1"):
-        fields = line.split("::")
-        if len(fields) != 4:
-            raise DataError(f"{ratings_path}:{n}: expected UserID::MovieID::Rating::Timestamp, "
-                            f"got {line!r}")
-        rows.append([_int(x, ratings_path, n, name) for x, name in
-                     zip(fields, ("UserID", "MovieID", "Rating", "Timestamp"))])
+    titles = {mid: title for _, (mid, title, _genres) in
+              read_table(movies_path, ["MovieID", "Title", "Genres"], what, "::", False, ["MovieID"], "latin-1")}
+    names = ["UserID", "MovieID", "Rating", "Timestamp"]
+    rows = [fields for _, fields in read_table(ratings_path, names, what, "::", False, names, "latin-1")]
     if not rows:
         raise DataError(f"{ratings_path}: no ratings; expected UserID::MovieID::Rating::Timestamp")
     user, item, rating, timestamp = np.array(rows, dtype=np.int64).T
@@ -416,9 +401,9 @@ def load_movielens(data_dir, split="months"):
                         ratings_path)
 
 
-def _json_lines(path):
+def _json_lines(path, what):
     """Yields (line number, object) from a JSON-lines file, plain or .gz."""
-    for n, line in _lines(path):
+    for n, line in _lines(path, what):
         if not line.strip():
             continue
         try:
@@ -441,11 +426,9 @@ def load_amazon(data_dir, split="months", reviews=None, meta=None):
     meta = meta or os.path.join(data_dir, "amazon-book", "meta_Books.json.gz")
     what = (f"Amazon Review Data (2018), {AMAZON_URL}: the 5-core reviews (Books_5.json.gz) and "
             "the metadata (meta_Books.json.gz); or pass --reviews FILE --meta FILE")
-    _need(reviews, what)
-    _need(meta, what)
 
     titles = {}
-    for n, obj in _json_lines(meta):
+    for n, obj in _json_lines(meta, what):
         if not isinstance(obj.get("asin"), str):
             raise DataError(f"{meta}:{n}: expected a string field 'asin'")
         title = obj.get("title")
@@ -453,7 +436,7 @@ def load_amazon(data_dir, split="months", reviews=None, meta=None):
             titles[obj["asin"]] = title.strip()
 
     users, items, ratings, times = [], [], [], []
-    for n, obj in _json_lines(reviews):
+    for n, obj in _json_lines(reviews, what):
         try:
             u, i = obj["reviewerID"], obj["asin"]
             r, t = float(obj["overall"]), int(obj["unixReviewTime"])
@@ -467,14 +450,18 @@ def load_amazon(data_dir, split="months", reviews=None, meta=None):
     if not users:
         raise DataError(f"{reviews}: no reviews; expected JSON lines with reviewerID, asin, "
                         "overall, unixReviewTime")
-    return from_ratings("amazon", "book", np.array(users), np.array(items), np.array(ratings),
+    domain = "book" if "book" in os.path.basename(reviews).lower() else "item"  # the prompt's noun
+    return from_ratings("amazon", domain, np.array(users), np.array(items), np.array(ratings),
                         np.array(times, dtype=np.int64), titles, split, reviews,
                         first_review_only=True, max_id=AMAZON_MAX_ID)
 
 
-def load(name, data_dir=None, split="months", reviews=None, meta=None):
-    """Loads "ml1m" (CoLLM's fixed month split), "movielens" or "amazon"."""
+def load(name, data_dir=None, split=None, reviews=None, meta=None):
+    """Loads "ml1m" (CoLLM's fixed month split), "movielens" or "amazon". split: "months" (CoLLM's
+    windows; ml1m's and movielens' default) or "ratio" (the paper's chronological 8:1:1, Amazon's
+    default: Amazon Book starts in 1996, so month windows counted from its start hold no rows)."""
     data_dir = data_dir or DATA_DIR
+    split = split or ("ratio" if name == "amazon" else "months")
     if name == "ml1m":
         if split != "months":
             raise DataError(f"ml1m is CoLLM's fixed month split; --split {split} needs the raw "
@@ -488,55 +475,58 @@ def load(name, data_dir=None, split="months", reviews=None, meta=None):
 
 
 # ----------------------------------------------------------------------------------------------
-# Prompts (paper: prompt construction; CoLLM's prompt files and rec_datasets.py)
+# Prompts (paper Section 3.1.3.1, prompt construction; CoLLM's prompt files and rec_datasets.py)
 #
-# The "\n" before #Answer: is a literal backslash followed by n (written "\\n" below), exactly
-# as in CoLLM's prompt files; it is not a newline.
+# Two templates, --template picks one (each has a text-only form for ICL and TALLRec and a
+# collaborative form whose <UserID> and <TargetItemID> markers become the spliced slots):
+# - "paper", the default: the paper's wording, "A user has given high ratings to the following
+#   items: ... Additionally, user preferences are encoded in the feature <UserID>. Using all
+#   available information, predict whether the user would enjoy the item titled ... with the
+#   feature <TargetItemID>? Answer with "Yes" or "No"." with "items"/"item" the data's noun
+#   (movies, books). The paper prints no text-only form; ours is the same sentence without the
+#   two feature clauses.
+# - "collm": CoLLM's prompt files, word for word.
+# Both keep CoLLM's "#Question: " and " \n#Answer:" framing. The "\n" before #Answer: is a
+# literal backslash followed by n (written "\\n" below), exactly as in CoLLM's prompt files; it
+# is not a newline.
 
-PROMPT_TEXT = {
-    "movie": '#Question: A user has given high ratings to the following movies: '
-             '<HisItemTitleList>. Leverage the information to predict whether the user would '
-             'enjoy the movie titled <TargetItemTitle>? Answer with "Yes" or "No". \\n#Answer:',
-    "book": '#Question: A user has given high ratings to the following books: '
-            '<HisItemTitleList>. Leverage the information to predict whether the user would '
-            'enjoy the book titled <TargetItemTitle>? Answer with "Yes" or "No". \\n#Answer:',
+TEMPLATES = {
+    "paper": dict(
+        text='#Question: A user has given high ratings to the following {items}: <HisItemTitleList>. '
+             'Using all available information, predict whether the user would enjoy the {item} titled '
+             '<TargetItemTitle>? Answer with "Yes" or "No". \\n#Answer:',
+        collab='#Question: A user has given high ratings to the following {items}: <HisItemTitleList>. '
+               'Additionally, user preferences are encoded in the feature <UserID>. Using all available '
+               'information, predict whether the user would enjoy the {item} titled <TargetItemTitle> '
+               'with the feature <TargetItemID>? Answer with "Yes" or "No". \\n#Answer:'),
+    "collm": dict(
+        text='#Question: A user has given high ratings to the following {items}: <HisItemTitleList>. '
+             'Leverage the information to predict whether the user would enjoy the {item} titled '
+             '<TargetItemTitle>? Answer with "Yes" or "No". \\n#Answer:',
+        collab='#Question: A user has given high ratings to the following {items}: <HisItemTitleList>. '
+               'Additionally, we have information about the user\'s preferences encoded in the feature '
+               '<UserID>. Using all available information, make a prediction about whether the user would '
+               'enjoy the {item} titled <TargetItemTitle> with the feature <TargetItemID>? Answer with '
+               '"Yes" or "No". \\n#Answer:'),
 }
-PROMPT_COLLAB = {
-    "movie": '#Question: A user has given high ratings to the following movies: '
-             '<HisItemTitleList>. Additionally, we have information about the user\'s '
-             'preferences encoded in the feature <UserID>. Using all available information, make '
-             'a prediction about whether the user would enjoy the movie titled <TargetItemTitle> '
-             'with the feature <TargetItemID>? Answer with "Yes" or "No". \\n#Answer:',
-    "book": '#Question: A user has given high ratings to the following books: '
-            '<HisItemTitleList>. Additionally, we have information about the user\'s '
-            'preferences encoded in the feature <UserID>. Using all available information, make '
-            'a prediction about whether the user would enjoy the book titled <TargetItemTitle> '
-            'with the feature <TargetItemID>? Answer with "Yes" or "No". \\n#Answer:',
-}
+NOUNS = {"movie": dict(item="movie", items="movies"), "book": dict(item="book", items="books"),
+         "item": dict(item="item", items="items")}
 MARKERS = ("<UserID>", "<TargetItemID>")
 # An empty history prints CoLLM's placeholder, typo included (convert_title_list_v2 returns
 # "unkow"), so our prompts match the ones CoLLM trained on.
 EMPTY_HISTORY = "unkow"
 
 
-def prompt(ds, i, collab):
+def prompt(ds, i, collab, template="paper"):
     """Row i's prompt: the last 10 liked titles, each in double quotes and joined by ", ", and the
-    target title. collab picks the SASRecLLM template, whose <UserID> and <TargetItemID> markers
+    target title. collab picks the SASRecLLM form, whose <UserID> and <TargetItemID> markers
     stay in the text for encode_prompt to turn into slots."""
+    if template not in TEMPLATES:
+        raise DataError(f"unknown prompt template {template!r}; expected one of {', '.join(TEMPLATES)}")
     liked = [f'"{ds.titles[j]}"' for j in ds.history[i][-PROMPT_TITLES:]]
-    template = (PROMPT_COLLAB if collab else PROMPT_TEXT)[ds.domain]
-    return (template.replace("<HisItemTitleList>", ", ".join(liked) or EMPTY_HISTORY)
-                    .replace("<TargetItemTitle>", '"' + ds.titles[ds.item[i]].strip(" ") + '"'))
-
-
-def prompt_text(ds, i):
-    """Text-only prompt of row i (ICL, TALLRec)."""
-    return prompt(ds, i, collab=False)
-
-
-def prompt_collab(ds, i):
-    """SASRecLLM prompt of row i; <UserID> and <TargetItemID> stay as markers."""
-    return prompt(ds, i, collab=True)
+    text = TEMPLATES[template]["collab" if collab else "text"].format(**NOUNS[ds.domain])
+    return (text.replace("<HisItemTitleList>", ", ".join(liked) or EMPTY_HISTORY)
+                .replace("<TargetItemTitle>", '"' + ds.titles[ds.item[i]].strip(" ") + '"'))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -620,9 +610,9 @@ def encode_prompt(text, tok, proj_token_num=1):
     return Prompt(ids=ids, user_pos=pos["<UserID>"], item_pos=pos["<TargetItemID>"])
 
 
-def encode_prompts(ds, rows, tok, collab, proj_token_num=1):
-    """Prompts of the given rows; collab picks the SASRecLLM template."""
-    return [encode_prompt(prompt(ds, int(r), collab), tok, proj_token_num) for r in rows]
+def encode_prompts(ds, rows, tok, collab, proj_token_num=1, template="paper"):
+    """Prompts of the given rows; collab picks the SASRecLLM form of the template."""
+    return [encode_prompt(prompt(ds, int(r), collab, template), tok, proj_token_num) for r in rows]
 
 
 def collate_prompts(prompts, pad_id=0, pad_multiple=1):
@@ -680,7 +670,7 @@ def bucket_batches(lengths, batch_size, shuffle, seed=0):
 def epoch_groups(lengths, batch_size, seed, epoch, iters_per_epoch=0):
     """The batches (index lists into lengths) of one training epoch, depending only on
     (seed, epoch) so that runs and resumes repeat. iters_per_epoch=0: one shuffled, bucketed pass;
-    N > 0: CoLLM's epochs of N iterations, cut from an endless stream of such passes."""
+    N > 0: epochs of N iterations as CoLLM counts them, cut from an endless stream of such passes."""
     if not iters_per_epoch:
         return bucket_batches(lengths, batch_size, shuffle=True, seed=[seed, epoch])
     n_pass = -(-len(lengths) // batch_size)
@@ -767,7 +757,7 @@ def export(ds, path):
                 "label": int(ds.label[i]), "timestamp": int(ds.timestamp[i]),
                 "split": str(ds.split[i]), "history": ds.history[i],
                 "seen": bool(ds.seen[i]), "warm": bool(ds.warm[i]),
-                "prompt_text": prompt_text(ds, i), "prompt_collab": prompt_collab(ds, i),
+                "prompt_text": prompt(ds, i, False), "prompt_collab": prompt(ds, i, True),
             }, ensure_ascii=False) + "\n")
 
 

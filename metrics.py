@@ -77,10 +77,11 @@ def sigmoid(x):
 
 
 def logloss(labels, probs, eps=1e-7):
-    """LogLoss = -mean(y log p + (1 - y) log(1 - p)), p clipped to [eps, 1 - eps]."""
+    """LogLoss = -mean(y log p + (1 - y) log(1 - p)), p clipped to [eps, 1 - eps]; NaN for no rows
+    (a test part can be empty, e.g. no warm rows in a small slice)."""
     y = np.asarray(labels, dtype=np.float64).ravel()
     p = np.clip(np.asarray(probs, dtype=np.float64).ravel(), eps, 1 - eps)
-    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p))) if len(y) else float("nan")
 
 
 def _confusion(labels, probs, threshold):

@@ -7,7 +7,7 @@ state, and a (user, item) score is the dot product of the user state with the it
 
 Differences from the original, each chosen for this benchmark (CoLLM's ML-1M split):
 - the default objective is pointwise BCE on the like/dislike label (`forward`), as CoLLM trains
-  it; the original next-item objective with sampled negatives is kept as `seq_logits` and
+  it; the original next-item objective with sampled negatives is kept as `next_item_loss` and
   train.py's `--objective next`;
 - optional learned user/item/global biases are added to the dot product;
 - positions are counted from the right end of the sequence (the last item always gets position
@@ -167,6 +167,19 @@ class SASRec(nn.Module):
         h = self.encode(hist)  # (B, T, d)
         bu, bi = self.biases(None, targets)
         return (h * self.item_emb(targets)).sum(-1) + bu + bi
+
+    def next_item_loss(self, b):
+        """SASRec's original objective on a data.Batch holding seq (B, T+1): at every position, the
+        true next liked item against one uniformly sampled negative, BCE on both; padded targets
+        are ignored."""
+        seq = b.inputs["seq"]                 # (B, T+1)
+        hist, pos = seq[:, :-1], seq[:, 1:]   # (B, T) each
+        neg = torch.randint(1, self.item_emb.num_embeddings, pos.shape, device=seq.device)
+        keep = (pos != 0) & (hist != 0)       # a position with no history yet predicts nothing
+        pos_logit, neg_logit = self.seq_logits(hist, pos), self.seq_logits(hist, neg)
+        loss = (F.binary_cross_entropy_with_logits(pos_logit, torch.ones_like(pos_logit), reduction="none")
+                + F.binary_cross_entropy_with_logits(neg_logit, torch.zeros_like(neg_logit), reduction="none"))
+        return (loss * keep).sum() / keep.sum().clamp(min=1)
 
 
 # -----------------------------------------------------------------------------

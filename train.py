@@ -34,12 +34,14 @@ from sasrecllm import SASRec, SASRecLLM
 CF_STAGES = ("sasrec", "pop", "mf", "ncf", "gru4rec", "mc")
 LLM_STAGES = ("icl", "text", "joint")
 TINYLLAMA_DIR = os.path.join("checkpoints", "TinyLlama-1.1B")
-RUN_FORMAT = 2  # saved with each run; runs of older checkouts are upgraded by upgrade_args
+RUN_FORMAT = 3  # saved with each run; runs of older checkouts are upgraded by upgrade_args
 
 # Every stage's defaults, in one place (flags left at None take them). CF values were chosen on
 # ML-1M validation AUC (the README lists the sweep); strong weight decay wins because
 # the split is temporal. LLM stages: TALLRec's lr 1e-4 for LoRA, CoLLM's 1e-3 for the mapping
-# layer, and CoLLM's epochs of a fixed number of iterations (--iters-per-epoch; 0 = a full pass).
+# layer, and epochs of a fixed number of iterations as CoLLM counts them, but 400 rather than its
+# 50 (train_configs/*_ood_cc.yaml): every epoch ends in a full validation pass of 10,401 prompts,
+# which at 50 iterations (800 prompts) would cost 13 times the training (0 = a full pass).
 _CF = dict(batch_size=1024, patience=5, iters_per_epoch=0, max_epochs=300)
 _LLM = dict(dim=None, dropout=None, batch_size=16, patience=3, iters_per_epoch=400, max_epochs=300)
 STAGE_DEFAULTS = {
@@ -78,7 +80,7 @@ def train_config(args):
 
 def load_data(args, ds=None):
     """args.data from --data-dir (or the given ds), cut to the first --limit rows of each split."""
-    ds = ds if ds is not None else data.load(args.data, args.data_dir)
+    ds = ds if ds is not None else data.load(args.data, args.data_dir, args.split, args.reviews, args.meta)
     return data.data_slice(ds, args.limit) if args.limit else ds
 
 # -----------------------------------------------------------------------------
@@ -123,19 +125,6 @@ def bce_loss(model, b):
     return F.binary_cross_entropy_with_logits(model(**b.inputs), b.label)
 
 
-def next_item_loss(model, b):
-    """SASRec's original objective: at every position, the true next liked item against one
-    uniformly sampled negative, BCE on both; padded targets are ignored."""
-    seq = b.inputs["seq"]                 # (B, T+1)
-    hist, pos = seq[:, :-1], seq[:, 1:]   # (B, T) each
-    neg = torch.randint(1, model.item_emb.num_embeddings, pos.shape, device=seq.device)
-    keep = (pos != 0) & (hist != 0)       # a position with no history yet predicts nothing
-    pos_logit, neg_logit = model.seq_logits(hist, pos), model.seq_logits(hist, neg)
-    loss = (F.binary_cross_entropy_with_logits(pos_logit, torch.ones_like(pos_logit), reduction="none")
-            + F.binary_cross_entropy_with_logits(neg_logit, torch.zeros_like(neg_logit), reduction="none"))
-    return (loss * keep).sum() / keep.sum().clamp(min=1)
-
-
 def cf_predictor(ds, maxlen, device="cpu", chunk=4096):
     """predict(model, split) -> logits in ds.idx(split)'s order."""
     cache = {s: data.cf_batch(ds, ds.idx(s), maxlen) for s in ("valid", "test")}
@@ -169,7 +158,7 @@ def run_cf(args, ds=None):
     t = data.cf_tensors(ds, rows, args.maxlen, next_item)
     inputs = ("seq",) if next_item else ("user", "hist", "item")
     return loop.train(cfg, model, lambda epoch: data.cf_batches(t, args.batch_size, args.seed, epoch, inputs),
-                      next_item_loss if next_item else bce_loss, predict, ds)
+                      SASRec.next_item_loss if next_item else bce_loss, predict, ds)
 
 
 def score_only(cfg, model, predict, ds):
@@ -197,7 +186,7 @@ def backbone_dir(args, ds):
     d = os.path.join(args.runs, "tiny-llm")
     if not os.path.exists(os.path.join(d, "config.json")):
         if loop.is_main():  # its tokenizer learns the data's titles and prompt words
-            texts = ds.titles[1:] + [data.prompt(ds, int(i), collab=True) for i in ds.idx("train")[:2000]]
+            texts = ds.titles[1:] + [data.prompt(ds, int(i), True, args.template) for i in ds.idx("train")[:2000]]
             loop.publish_dir(d, lambda tmp: llama.make_tiny(tmp, texts=texts, tokenizer_model=args.tokenizer, seed=0))
             print(f"wrote the embedded tiny backbone (random weights) to {d}")
         loop.barrier()
@@ -249,9 +238,9 @@ def build_llm_model(args, ds):
     if model.mapping is not None:
         model.mapping.to(args.device)  # fp32: trainable parameters stay fp32
     t0 = time.time()
-    prompts = data.encode_prompts(ds, range(len(ds)), tok, collab=cf is not None, proj_token_num=args.proj_token_num)
+    prompts = data.encode_prompts(ds, range(len(ds)), tok, cf is not None, args.proj_token_num, args.template)
     n = np.array([len(p.ids) for p in prompts])
-    loop.say(f"tokenized {len(prompts)} {'collaborative' if cf is not None else 'text-only'} prompts in "
+    loop.say(f"tokenized {len(prompts)} {'collaborative' if cf is not None else 'text-only'} {args.template} prompts in "
              f"{time.time() - t0:.1f}s: {n.mean():.0f} tokens on average, max {n.max()}")
     return model, prompts
 
@@ -304,8 +293,7 @@ def run_llm(args, ds=None):
 
 def run_all(args):
     """The dual-stage chain: SASRec alone, then LoRA on text-only prompts, then joint tuning."""
-    ds = data.load(args.data, args.data_dir)
-    reports = {}
+    ds, reports = load_data(args), {}
     for stage in ("sasrec", "text", "joint"):
         a = fill_defaults(argparse.Namespace(**{**vars(args), "stage": stage}), stage)
         a.out = os.path.join(args.runs, stage)
@@ -324,6 +312,8 @@ def upgrade_args(a):
     if "run_format" not in a:  # before the restructure: --sasrec was cf_ckpt already
         a.setdefault("cf_bias", 0)  # runs saved before --cf-bias mapped the bare embeddings
         a["freeze_cf"] = a.pop("freeze_sasrec", False)
+    if a.get("run_format", 1) < 3:  # runs saved before --template read CoLLM's wording
+        a.setdefault("template", "collm")
     defaults = vars(parse_args(["--stage", a["stage"]]))
     return argparse.Namespace(**{**defaults, **a})
 
@@ -368,6 +358,10 @@ def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--stage", required=True, choices=CF_STAGES + LLM_STAGES + ("all",))
     ap.add_argument("--data", default="ml1m", help="ml1m, movielens or amazon")
+    ap.add_argument("--split", default=None, choices=("months", "ratio"), help="CoLLM's month windows (ml1m, movielens)"
+                    " or the paper's chronological 8:1:1 (amazon's default)")
+    ap.add_argument("--reviews", default=None, help="amazon: reviews file (default DATA/amazon-book/Books_5.json.gz)")
+    ap.add_argument("--meta", default=None, help="amazon: metadata file (default DATA/amazon-book/meta_Books.json.gz)")
     ap.add_argument("--data-dir", default=None, help="data root (default: $SASRECLLM_DATA, else data/)")
     ap.add_argument("--out", default=None, help="run directory (default: RUNS/<stage>)")
     ap.add_argument("--seed", type=int, default=0)
@@ -382,14 +376,15 @@ def parse_args(argv=None):
     ap.add_argument("--patience", type=loop.positive, default=None, help="epochs with no better valid AUC before stopping")
     ap.add_argument("--warmup-epochs", type=float, default=1.0)
     ap.add_argument("--clip", type=float, default=1.0, help="max gradient norm")
-    ap.add_argument("--amp", default="none", choices=("none", "bf16", "fp16"))
+    ap.add_argument("--amp", default=None, choices=("none", "bf16", "fp16"), help="default: fp16 with a GradScaler on "
+                    "CUDA (the paper's mixed precision), none on CPU")
     ap.add_argument("--resume", action="store_true", help="continue from OUT/last.pt, with the same flags")
     ap.add_argument("--overwrite", action="store_true", help="start over in a used OUT (old files move to OUT/old-*/)")
     ap.add_argument("--stop-after", type=loop.non_negative, default=0, help="stop after epoch N, as if killed (tests --resume)")
     ap.add_argument("--max-steps", type=loop.non_negative, default=0, help="stop after N optimizer steps (smoke runs)")
     ap.add_argument("--max-minutes", type=float, default=0, help="start no new epoch after this many minutes")
     ap.add_argument("--iters-per-epoch", type=loop.non_negative, default=None,
-                    help="LLM stages: CoLLM-style epochs of N iterations (default 400; 0: one pass over train)")
+                    help="LLM stages: epochs of N iterations (default 400; CoLLM's 50; 0: one pass over train)")
     # CF models
     ap.add_argument("--dim", type=loop.positive, default=None)
     ap.add_argument("--dropout", type=float, default=None)
@@ -403,6 +398,7 @@ def parse_args(argv=None):
     # LLM stages
     ap.add_argument("--runs", default="runs", help="root of the stage runs (--stage all, the tiny backbone, defaults)")
     ap.add_argument("--llm", default=TINYLLAMA_DIR, help="HF-format LLM directory, or 'tiny' for the embedded random backbone")
+    ap.add_argument("--template", default="paper", choices=tuple(data.TEMPLATES), help="prompt wording (data.TEMPLATES)")
     ap.add_argument("--tokenizer", default=None, help="--llm tiny: use this tokenizer.model (else one is trained on the data)")
     ap.add_argument("--dtype", default="float32", choices=tuple(llama.DTYPES), help="LLM weight dtype")
     ap.add_argument("--cf", default="sasrec", choices=("sasrec", "mf", "gru4rec"), help="the joint stage's CF encoder")
@@ -421,6 +417,7 @@ def parse_args(argv=None):
                     help="round prompt batches' lengths up to a multiple of N (few shapes, for GPUs)")
     args = ap.parse_args(argv)
     args.run_format = RUN_FORMAT
+    args.amp = args.amp or ("fp16" if args.device.startswith("cuda") else "none")
     if args.stage != "all":
         fill_defaults(args, args.stage)
     args.out = args.out or os.path.join(args.runs, args.stage)

@@ -82,8 +82,8 @@ def walk(args):
     print(f"\n2. the history (data.build_histories): {len(hist)} items liked earlier; the last 3: "
           f"{[ds.titles[i] for i in hist[-3:]]}")
 
-    text = data.prompt(ds, row, collab=True)
-    print(f"\n3. the prompt (data.prompt, collaborative template):\n    {text}")
+    text = data.prompt(ds, row, True, a.template)
+    print(f"\n3. the prompt (data.prompt, the {a.template} template's collaborative form):\n    {text}")
     p = data.encode_prompt(text, tok, a.proj_token_num)
     print(f"\n4. token ids (data.encode_prompt): {len(p.ids)} tokens; <UserID> slots at {p.user_pos}, "
           f"<TargetItemID> slots at {p.item_pos} (placeholder id {tok.unk_id})")
@@ -124,7 +124,7 @@ def walk(args):
     sys.setprofile(lambda frame, event, arg: calls.append(frame.f_code) if event == "call" else None)
     try:  # the training path, from the data files to the score, profiled
         ds2 = data.load(a.data, a.data_dir)
-        prompts = {row: data.encode_prompt(data.prompt(ds2, row, collab=True), tok, a.proj_token_num)}
+        prompts = {row: data.encode_prompt(data.prompt(ds2, row, True, a.template), tok, a.proj_token_num)}
         b = data.prompt_batch(ds2, prompts, [row], a.maxlen)
         s_train = float(model(**b.inputs)[0])
     finally:

@@ -3,9 +3,12 @@
 A GPU pays a one-time cost the first time any implementation meets a batch shape, so bench.py
 warms every implementation on every batch before timing and rotates who goes first. These tests
 check that schedule (by recording every call), the padding to a multiple of 16 (left, and without
-changing a score), and that `--check` prints one JSON line. No test asserts a speed.
+changing a score), and that `--check` (the bench, then train.py's loop on real ML-1M prompts)
+prints one JSON line whose figures add up. No test asserts a speed.
 """
 import json
+import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -98,14 +101,17 @@ def test_warm_pass_meets_every_shape_before_any_timing(impls, monkeypatch):
         assert all(set(r) == {"vs_hf_peft", "vs_hf_peft_last"} for r in [bench.ratios(passes[order])])
 
 
-def test_check_prints_one_json_line():
+def test_check_prints_one_json_line(data_dir, tokenizer_path):
+    """The GPU check's own command on CPU (the tiny shape, CHECK's CPU sizes: 2 epochs of 4
+    iterations, 64 rows per split), about 10 s on one thread."""
     pytest.importorskip("transformers")
     pytest.importorskip("peft")
     out = subprocess.run([sys.executable, "bench.py", "--check", "--device", "cpu", "--shape", "tiny",
-                          "--threads", "1"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+                          "--threads", "1", "--tokenizer", str(tokenizer_path)], cwd=ROOT, capture_output=True,
+                         text=True, timeout=300, env={**os.environ, "SASRECLLM_DATA": str(data_dir)})
     assert out.returncode == 0, out.stderr[-2000:]
     lines = out.stdout.strip().splitlines()
-    assert len(lines) == 1, out.stdout
+    assert len(lines) == 1, out.stdout  # the loop's progress lines went to stderr
     r = json.loads(lines[0])
     assert (r["bench"], r["device"], r["dtype"], r["shape"], r["pad_multiple"]) == ("check", "cpu", "fp32", "tiny", 16)
     names = ["llama.py+lora.py", "hf+peft", "hf+peft last"]
@@ -117,3 +123,24 @@ def test_check_prints_one_json_line():
         assert set(r["padding"][phase]) == {"pad_multiple_1", "pad_multiple_16"}
         assert r["shapes"][phase] == r["padding"][phase]["pad_multiple_16"]["shapes"] >= 1
     assert "warm pass" in r["method"]
+
+    # the loop: train.py's text stage at the bench's batch sizes, its last epoch and its test pass timed
+    figures = ("loop_train_samples_per_s", "loop_train_tokens_per_s", "bench_train_samples_per_s",
+               "bench_train_tokens_per_s", "loop_vs_bench_train", "loop_vs_bench_train_tokens",
+               "eval_seconds", "eval_prompts", "eval_prompts_per_s", "eval_tokens_per_s", "wall_s")
+    assert all(math.isfinite(r[k]) and r[k] > 0 for k in figures), {k: r[k] for k in figures}
+    loop = r["loop"]
+    assert loop["batch"] == {"train": r["batch"]["train"], "eval": r["batch"]["score"]}
+    assert (loop["epochs"], loop["iters_per_epoch"], loop["limit"]) == (2, 4, 64)
+    assert r["bench_train_samples_per_s"] == r["train"]["llama.py+lora.py"]["samples_per_s"]
+    assert r["bench_train_tokens_per_s"] == r["train"]["llama.py+lora.py"]["tokens_per_s"]
+    assert r["loop_vs_bench_train"] == pytest.approx(r["loop_train_samples_per_s"] / r["bench_train_samples_per_s"], abs=6e-4)
+    assert r["loop_vs_bench_train_tokens"] == pytest.approx(r["loop_train_tokens_per_s"] / r["bench_train_tokens_per_s"], abs=6e-4)
+    assert r["loop_train_tokens_per_s"] == pytest.approx(r["loop_train_samples_per_s"] * loop["mean_prompt_tokens"], rel=1e-3)
+    assert (r["eval_split"], r["eval_prompts"]) == ("test", 64)  # all of the test split that --limit leaves
+    assert r["eval_prompts_per_s"] == pytest.approx(r["eval_prompts"] / r["eval_seconds"], abs=0.06)
+    # after each epoch a valid pass, then loop.finish's valid and test passes; the last is the one reported
+    assert [(e["split"], e["prompts"]) for e in loop["evals"]] == [("valid", 64)] * 3 + [("test", 64)]
+    assert loop["evals"][-1]["seconds"] == pytest.approx(r["eval_seconds"], abs=6e-4)
+    assert 0 <= loop["timed_epoch"]["new_shapes"] <= loop["timed_epoch"]["shapes"]
+    assert r["wall_s"] >= loop["wall_s"]

@@ -3,6 +3,7 @@ the CLI and its error messages."""
 import csv
 import gzip
 import json
+from collections import Counter
 import subprocess
 import sys
 import time
@@ -44,6 +45,11 @@ def test_ml1m_seen_warm_and_uauc_users(ml1m):
     assert ml1m.seen[test].mean() == pytest.approx(0.566, abs=5e-4)
     assert ml1m.seen[ml1m.idx("train")].all()
     assert not (ml1m.warm & ~ml1m.seen).any()          # the paper's warm is stricter
+    # the paper's rule, recounted: user and item each with more than 3 train rows
+    train = ml1m.idx("train")
+    n_user, n_item = Counter(ml1m.user[train].tolist()), Counter(ml1m.item[train].tolist())
+    warm = [n_user[u] > 3 and n_item[i] > 3 for u, i in zip(ml1m.user.tolist(), ml1m.item.tolist())]
+    assert ml1m.warm.tolist() == warm and 0 < ml1m.warm[test].mean() < 1
     # users with both classes, counted here without data.py's helper
     def both(rows):
         return sum(len(set(ml1m.label[rows][ml1m.user[rows] == u])) == 2
@@ -121,21 +127,33 @@ def test_prompt_one_real_row(ml1m):
                '"War Room, The (1993)", "U2: Rattle and Hum (1988)", '
                '"Madonna: Truth or Dare (1991)", "Breaking Away (1979)", "Tombstone (1993)", '
                '"High Noon (1952)", "Space Cowboys (2000)", "Better Than Chocolate (1999)"')
-    assert data.prompt_collab(ml1m, row) == (
+    assert data.prompt(ml1m, row, True, "collm") == (
         '#Question: A user has given high ratings to the following movies: ' + history + '. '
         "Additionally, we have information about the user's preferences encoded in the feature "
         '<UserID>. Using all available information, make a prediction about whether the user '
         'would enjoy the movie titled "Deconstructing Harry (1997)" with the feature '
         '<TargetItemID>? Answer with "Yes" or "No". \\n#Answer:')
-    assert data.prompt_text(ml1m, row) == (
+    assert data.prompt(ml1m, row, False, "collm") == (
         '#Question: A user has given high ratings to the following movies: ' + history + '. '
         'Leverage the information to predict whether the user would enjoy the movie titled '
         '"Deconstructing Harry (1997)"? Answer with "Yes" or "No". \\n#Answer:')
-    assert "\n" not in data.prompt_text(ml1m, row)           # a literal backslash-n
+    assert "\n" not in data.prompt(ml1m, row, False)           # a literal backslash-n
+    # the paper's wording (Section 3.1.3.1), the default
+    assert data.prompt(ml1m, row, True) == (
+        '#Question: A user has given high ratings to the following movies: ' + history + '. '
+        'Additionally, user preferences are encoded in the feature <UserID>. Using all available '
+        'information, predict whether the user would enjoy the movie titled "Deconstructing Harry (1997)" '
+        'with the feature <TargetItemID>? Answer with "Yes" or "No". \\n#Answer:')
+    assert data.prompt(ml1m, row, False) == (
+        '#Question: A user has given high ratings to the following movies: ' + history + '. '
+        'Using all available information, predict whether the user would enjoy the movie titled '
+        '"Deconstructing Harry (1997)"? Answer with "Yes" or "No". \\n#Answer:')
+    with pytest.raises(data.DataError, match="unknown prompt template 'tallrec'"):
+        data.prompt(ml1m, row, False, "tallrec")
 
 
 def test_prompt_empty_history(ml1m):
-    assert data.prompt_text(ml1m, 0) == (
+    assert data.prompt(ml1m, 0, False, "collm") == (
         '#Question: A user has given high ratings to the following movies: unkow. Leverage the '
         'information to predict whether the user would enjoy the movie titled '
         '"Shawshank Redemption, The (1994)"? Answer with "Yes" or "No". \\n#Answer:')
@@ -195,6 +213,24 @@ def test_movielens_months(tmp_path):
     assert not ds.warm.any()                        # nobody has 3 train rows
 
 
+def test_warm_means_more_than_3_train_rows_on_both_sides(tmp_path):
+    """Known answers at the boundary: a user or an item with exactly 3 train rows is cold."""
+    items = "item_id\ttitle\n" + "".join(f"{i}\tM{i} (2000)\n" for i in range(1, 8))
+    train = [(u, i) for u in (1, 2, 3, 4, 5) for i in (1, 2)]   # items 1, 2: 5 train rows each
+    train += [(1, 3), (2, 3), (5, 3), (2, 4)]                    # item 3: exactly 3
+    train += [(1, 5), (3, 5), (4, 5)]                            # item 5: exactly 3; user 3: exactly 3
+    train += [(u, 6) for u in (1, 2, 4, 5)] + [(u, 7) for u in (2, 4, 5, 6)]  # items 6, 7: 4 each
+    lines = [f"{u}\t{i}\t1\t{t}\ttrain" for t, (u, i) in enumerate(train)]
+    want = {(1, 7): True, (2, 5): False, (3, 6): False, (3, 7): False, (6, 1): False}
+    lines += ["1\t4\t0\t99\tvalid"] + [f"{u}\t{i}\t1\t{100 + k}\ttest" for k, (u, i) in enumerate(want)]
+    _ml1m_dir(tmp_path, lines, items)
+    ds = data.load("ml1m", tmp_path)
+    n_user, n_item = Counter(u for u, _ in train), Counter(i for _, i in train)
+    assert (n_user[1], n_user[3], n_item[5], n_item[6], n_item[7]) == (5, 3, 3, 4, 4)
+    got = {(int(ds.user[r]), int(ds.item[r])): bool(ds.warm[r]) for r in ds.idx("test")}
+    assert got == want == {(u, i): n_user[u] > 3 and n_item[i] > 3 for u, i in want}
+
+
 def test_movielens_ratio(tmp_path):
     ratings = [(u, 10 * (1 + k % 4), 1 + (u * k) % 5, 1_000_000_000 + 1000 * (u * 7 + k))
                for u in range(1, 5) for k in range(5)]
@@ -239,11 +275,11 @@ def _write_jsonl(path, objs):
 
 @pytest.mark.parametrize("suffix", ["", ".gz"])
 def test_amazon_fixture(tmp_path, suffix):
-    reviews, meta = tmp_path / f"r.json{suffix}", tmp_path / f"m.json{suffix}"
+    reviews, meta = tmp_path / f"Books_5.json{suffix}", tmp_path / f"meta_Books.json{suffix}"
     _write_jsonl(reviews, REVIEWS)
     _write_jsonl(meta, META)
     ds = data.load("amazon", tmp_path, split="ratio", reviews=str(reviews), meta=str(meta))
-    assert ds.domain == "book"
+    assert ds.domain == "book"                                      # the Books files: "books", "book"
     # 11 reviews - 1 repeated (A, i1) - 1 without a title = 9 rows, 8:1:1 by time
     assert len(ds) == 9 and [len(ds.idx(s)) for s in data.SPLITS] == [7, 1, 1]
     # users A, B, C (string order); items by first appearance: i1 (A@100), i2, i3
@@ -253,7 +289,7 @@ def test_amazon_fixture(tmp_path, suffix):
         (100, 1, 1), (200, 2, 0), (800, 3, 1)]                    # first (A, i1) review kept
     last_c = int(np.flatnonzero(ds.user == 3)[-1])
     assert ds.history[last_c] == [3, 2]
-    text = data.prompt_collab(ds, last_c)
+    text = data.prompt(ds, last_c, True)
     assert text.startswith('#Question: A user has given high ratings to the following books: '
                            '"Emma", "Dune". Additionally')
     assert 'enjoy the book titled "Les Misérables" with the feature <TargetItemID>?' in text
@@ -321,7 +357,7 @@ def test_encode_and_collate(ml1m, k):
         assert len(p.user_pos) == len(p.item_pos) == k
         assert all(p.ids[j] == tok.unk_id for j in p.user_pos + p.item_pos)
         assert p.ids.count(tok.unk_id) == 2 * k
-        text = data.prompt_collab(ml1m, r)
+        text = data.prompt(ml1m, r, True)
         assert tok.decode(p.ids) == text.replace("<UserID>", "").replace("<TargetItemID>", "")
     batch = data.collate_prompts(prompts)
     T = max(len(p.ids) for p in prompts)
@@ -355,10 +391,10 @@ def test_bucket_batches():
 def test_real_tokenizer_prompt_lengths(ml1m, tokenizer_path):
     tok = data.load_tokenizer(str(tokenizer_path))
     rows = np.arange(0, len(ml1m), 10)                     # every 10th row keeps this quick
-    prompts = data.encode_prompts(ml1m, rows, tok, collab=True)
-    n = np.array([len(p.ids) for p in prompts])
-    assert 185 < n.mean() < 205                            # full split: mean 192.7, max 288
-    assert n.max() <= 300
+    for template, low, high in (("collm", 185, 205), ("paper", 175, 190)):  # full split: 192.7, 183.7
+        prompts = data.encode_prompts(ml1m, rows, tok, True, 1, template)
+        n = np.array([len(p.ids) for p in prompts])
+        assert low < n.mean() < high and n.max() <= 300    # full split's longest: 288, 279
     p = prompts[0]
     assert p.ids[0] == tok.bos_id and p.ids[p.user_pos[0]] == tok.unk_id
     assert tok.encode("Yes", bos=False) == [3869] and tok.encode("No", bos=False) == [1939]

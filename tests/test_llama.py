@@ -237,13 +237,11 @@ def test_real_ml1m_prompt_length(tokenizer_path, data_dir):
     the first test row when this test was written: a change in the template, the titles or the
     split moves it, and should be a conscious one. SASRecLLM prompts average ~195 tokens."""
     data = pytest.importorskip("data")
-    if not hasattr(data, "prompt_text"):
-        pytest.skip("data.py has no prompt_text yet")
     ds = data.load("ml1m", data_dir)
     tok = llama.Tokenizer(tokenizer_path)
     rows = ds.idx("test")
-    ids = tok.encode(data.prompt_text(ds, int(rows[0])), bos=True)
+    ids = tok.encode(data.prompt(ds, int(rows[0]), False), bos=True)
     assert ids[0] == tok.bos_id and tok.unk_id not in ids
     assert len(ids) == 181
-    lengths = [len(tok.encode(data.prompt_text(ds, int(i)), bos=True)) for i in rows[:300]]
+    lengths = [len(tok.encode(data.prompt(ds, int(i), False), bos=True)) for i in rows[:300]]
     assert 120 < sum(lengths) / len(lengths) < 230 and max(lengths) < 2048

@@ -1,6 +1,9 @@
 """eval.py's SVG plots, parsed back with ElementTree: every stage named, whole-epoch x ticks, bars
-on a y axis from zero, axis labels. Tiny fake run directories, no data and no training."""
+on a y axis from zero, axis labels, and the paper's Figs. 10-12 from a --table root. Tiny fake run
+directories, no data and no training."""
 import json
+import os
+import statistics
 import xml.etree.ElementTree as ET
 
 import pytest
@@ -100,3 +103,81 @@ def test_runs_without_log_get_bars_only(tmp_path):
     empty = fake_run(tmp_path / "icl", args=dict(stage="icl"))
     with pytest.raises(ValueError, match="nothing to plot"):
         ev.plot_run(str(empty))
+
+
+# -----------------------------------------------------------------------------
+# Figs. 10-12 from a table root (python eval.py --plot ROOT)
+
+ABLATION = ["ICL", "TALLRec", "SASRec", "SASRecLLM"]
+METRICS = [("logloss", "Log Loss"), ("precision", "Precision"), ("recall", "Recall"), ("f1", "F1"),
+           ("accuracy", "Accuracy"), ("auc", "AUC"), ("uauc", "UAUC")]
+
+
+def full_report(auc):
+    """metrics.json with every metric of Table 1 in each part, warm and cold a little apart."""
+    part = lambda a: dict(auc=a, uauc=a - 0.05, logloss=1.2 - a, precision=0.6, recall=0.7, f1=0.65,
+                          accuracy=a + 0.02, n=100)
+    return dict(valid=part(auc), test=part(auc), test_warm=part(auc + 0.03), test_cold=part(auc - 0.03))
+
+
+@pytest.fixture
+def table_root(tmp_path):
+    """ROOT/seed<s>/<stage> as python eval.py --table writes it: two seeds of the four ablation
+    rows; text trains 3 epochs and joint 2, ICL and SASRec leave no log that matters here."""
+    root = tmp_path / "table_ml1m"
+    for s in (0, 1):
+        (root / f"seed{s}").mkdir(parents=True)
+        for i, stage in enumerate(("icl", "text", "sasrec", "joint")):
+            fake_run(root / f"seed{s}" / stage, epochs={"text": 3, "joint": 2}.get(stage, 0),
+                     metrics=full_report(0.5 + 0.05 * i + 0.01 * s))
+    return root
+
+
+def test_table_figures_are_the_papers(table_root):
+    written = ev.plot_table(str(table_root))
+    assert sorted(os.path.relpath(p, table_root) for p in written) == [
+        "figures/fig10_ablation.svg", "figures/fig11_warm_cold.svg", "figures/fig12_curves_accuracy.svg",
+        "figures/fig12_curves_auc.svg", "figures/fig12_curves_logloss.svg"]
+    fig10 = (table_root / "figures" / "fig10_ablation.svg").read_text()
+    assert texts(fig10, "legend") == ABLATION
+    assert texts(fig10, "xtick") == [label for _, label in METRICS]
+    # one bar per (metric, row), each the mean over the two seeds; SASRecLLM's AUC is the 6th group's 4th bar
+    values = texts(fig10, "value")
+    assert len(values) == 7 * 4
+    assert values[5 * 4 + 3] == f"{statistics.mean([0.65, 0.66]):.3f}"
+    fig11 = (table_root / "figures" / "fig11_warm_cold.svg").read_text()
+    assert texts(fig11, "legend") == ABLATION
+    assert texts(fig11, "xtick") == ["AUC, warm", "AUC, cold", "UAUC, warm", "UAUC, cold"]
+    assert texts(fig11, "ref") == ["chance"]
+    for name in ("auc", "logloss", "accuracy"):
+        svg = (table_root / "figures" / f"fig12_curves_{name}.svg").read_text()
+        assert texts(svg, "stage") == ["TALLRec", "SASRecLLM"], name
+        dashed = [e for e in ET.fromstring(svg).iter(SVG + "line") if e.get("stroke-dasharray")]
+        assert len(dashed) == 1, name  # the switch from the text stage to the joint stage
+        assert "seed 0" in texts(svg, "title")[0]
+    before = {p: open(p).read() for p in written}
+    ev.plot_table(str(table_root))
+    assert {p: open(p).read() for p in written} == before  # deterministic
+
+
+def test_table_figures_go_where_asked(table_root, tmp_path):
+    ev.main(["--plot", str(table_root), "--into", str(tmp_path / "figs")])
+    assert len(list((tmp_path / "figs").glob("fig1*.svg"))) == 5
+    assert not (table_root / "figures").exists()
+
+
+def test_table_figures_name_what_is_missing(table_root, tmp_path, capsys):
+    (table_root / "seed1" / "joint" / "metrics.json").unlink()
+    with pytest.raises(FileNotFoundError, match="seed1/joint/metrics.json"):
+        ev.plot_table(str(table_root))
+    # a single run is no table root: one error line that says how to plot a run
+    run = table_root / "seed0" / "joint"
+    assert ev.main(["--plot", str(run)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "no seed<N>/" in err[0] and "RUN --plot" in err[0]
+
+
+def test_one_epoch_stage_is_drawn_as_a_dot():
+    svg = ev.svg_lines({"auc": [(1, 0.6), (1.5, None), (2, 0.62), (3, 0.63)]}, "t")
+    assert len(list(ET.fromstring(svg).iter(SVG + "circle"))) == 1
+    assert len(list(ET.fromstring(svg).iter(SVG + "polyline"))) == 1

@@ -182,17 +182,19 @@ def test_smollm2_facts(tok):
 
 
 def test_every_ml1m_prompt_matches_hf(tok, hf_tok, data_dir):
-    """Both templates, every row. Distinct strings only (the text prompts are nearly all distinct;
-    the collab template, cut at its markers as data.encode_prompt does, repeats many pieces)."""
+    """Both templates in both forms, every row. Distinct strings only (the text prompts are nearly
+    all distinct; the collab form, cut at its markers as data.encode_prompt does, repeats many pieces)."""
     data = pytest.importorskip("data")
     ds = data.load("ml1m", data_dir)
-    texts = {data.prompt_text(ds, i) for i in range(len(ds))}
-    for i in range(len(ds)):
-        texts.update(re.split("<UserID>|<TargetItemID>", data.prompt_collab(ds, i)))
+    texts = set()
+    for template in data.TEMPLATES:
+        texts.update(data.prompt(ds, i, False, template) for i in range(len(ds)))
+        for i in range(len(ds)):
+            texts.update(re.split("<UserID>|<TargetItemID>", data.prompt(ds, i, True, template)))
     texts = sorted(texts)
     want = hf_ids(hf_tok, texts)
     bad = [t for t, w in zip(texts, want) if tok.encode(t, bos=False) != w]
-    assert len(texts) > len(ds) and not bad, f"{len(bad)} of {len(texts)} differ, e.g. {bad[:2]}"
+    assert len(texts) > 2 * len(ds) and not bad, f"{len(bad)} of {len(texts)} differ, e.g. {bad[:2]}"
 
 
 def test_hard_strings_match_hf_and_round_trip(tok, hf_tok):
@@ -251,7 +253,7 @@ def test_smollm2_logits_and_yes_no_match_hf(smol_dir, tok, data_dir):
     transformers = pytest.importorskip("transformers")
     data = pytest.importorskip("data")
     ds = data.load("ml1m", data_dir)
-    prompts = [tok.encode(data.prompt_text(ds, i), bos=True) for i in (2, 0, 9, 11)]
+    prompts = [tok.encode(data.prompt(ds, i, False), bos=True) for i in (2, 0, 9, 11)]
     T = max(map(len, prompts))
     assert len(set(map(len, prompts))) > 1  # some padding to get right
     ids = torch.full((len(prompts), T), tok.eos_id)

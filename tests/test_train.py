@@ -11,6 +11,7 @@ import data
 import loop
 import train
 from sasrecllm import SASRec
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 torch.set_num_threads(1)
 SECTIONS = ("valid", "test", "test_seen", "test_unseen", "test_warm", "test_cold")
@@ -161,9 +162,45 @@ def test_same_metrics_as_before_the_restructure(data_dir, tmp_path):
     assert train.main(["--stage", "sasrec", "--limit", "1500", "--max-epochs", "2", "--out", str(tmp_path / "sasrec"),
                        *common]) == 0
     assert train.main(["--stage", "all", "--llm", "tiny", "--limit", "150", "--max-epochs", "1", "--iters-per-epoch",
-                       "0", "--runs", str(tmp_path / "chain"), *common]) == 0
+                       "0", "--runs", str(tmp_path / "chain"), "--template", "collm", *common]) == 0
     for run, want in BEFORE_RESTRUCTURE.items():
         m = json.loads((tmp_path / run / "metrics.json").read_text())
         for part, values in want.items():
             got = tuple(m[part][k] for k in ("auc", "uauc", "logloss"))
             assert got == pytest.approx(values, abs=1e-6), (run, part)
+
+
+def test_fp16_overflow_skips_that_step_lowers_the_scale_and_training_goes_on(ml1m, tmp_path, monkeypatch):
+    """The paper's mixed precision: fp16 autocast with a GradScaler. One forced overflow (an inf
+    gradient at the third step) must make the scaler skip exactly that optimizer step and halve its
+    scale; the run then trains on and finishes."""
+    steps, taken = [], []
+    build = train.build_cf
+
+    def build_with_overflow(a, ds):
+        model = build(a, ds)
+
+        def poison(grad):  # called once per backward, scaled gradient in hand
+            steps.append(len(steps) + 1)
+            return torch.full_like(grad, float("inf")) if len(steps) == 3 else grad
+        model.item_emb.weight.register_hook(poison)
+        return model
+    monkeypatch.setattr(train, "build_cf", build_with_overflow)
+    handle = register_optimizer_step_post_hook(lambda opt, *a: taken.append(len(steps)))
+    try:
+        report = run(ml1m, tmp_path / "fp16", "--stage", "sasrec", "--amp", "fp16", "--max-epochs", "2",
+                     "--batch-size", "256")
+    finally:
+        handle.remove()
+    assert len(steps) >= 6 and 3 not in taken and taken == [s for s in steps if s != 3]
+    ck = torch.load(tmp_path / "fp16" / "last.pt", weights_only=False)
+    assert ck["args"]["amp"] == "fp16"
+    assert ck["scaler"]["scale"] == 2.0 ** 16 / 2  # GradScaler's start, halved once (no growth in < 2000 steps)
+    assert math.isfinite(report["test"]["logloss"]) and 0 < report["test"]["auc"] < 1
+
+
+def test_amp_defaults_to_fp16_on_cuda_and_none_on_cpu():
+    assert train.parse_args(["--stage", "sasrec"]).amp == "none"
+    assert train.parse_args(["--stage", "sasrec", "--device", "cuda"]).amp == "fp16"
+    assert train.parse_args(["--stage", "text", "--device", "cuda:1", "--amp", "bf16"]).amp == "bf16"
+    assert train.parse_args(["--stage", "text", "--device", "cuda", "--amp", "none"]).amp == "none"
