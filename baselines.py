@@ -14,11 +14,9 @@ Pop and MC have no gradient training: `fit(user, item, label, last)` sets their 
 closed form from the train rows. Their tables are nn.Parameters so that checkpoints hold them
 like any other model's weights.
 """
-import math
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 
 def _logit(p):

@@ -730,7 +730,7 @@ def _uauc_users(ds, rows):
     return int(np.sum((pos > 0) & (pos < tot)))
 
 
-def stats(ds, tok=None):
+def stats(ds, tok=None, template="paper"):
     out = {"dataset": ds.name, "rows": {}, "users": ds.n_users, "items": ds.n_items,
            "positive_rate": {}, "seen": {}, "warm": {}, "uauc_users": {}, "notes": ds.notes}
     for s in SPLITS:
@@ -743,13 +743,13 @@ def stats(ds, tok=None):
     if tok is not None:
         out["prompt_tokens"] = {}
         for kind, collab in (("text", False), ("collab", True)):
-            n = np.array([len(p.ids) for p in encode_prompts(ds, range(len(ds)), tok, collab)])
+            n = np.array([len(p.ids) for p in encode_prompts(ds, range(len(ds)), tok, collab, 1, template)])
             out["prompt_tokens"][kind] = {"mean": round(float(n.mean()), 1),
                                           "p95": int(np.percentile(n, 95)), "max": int(n.max())}
     return out
 
 
-def export(ds, path):
+def export(ds, path, template="paper"):
     with open(path, "w", encoding="utf-8") as f:
         for i in range(len(ds)):
             f.write(json.dumps({
@@ -757,7 +757,7 @@ def export(ds, path):
                 "label": int(ds.label[i]), "timestamp": int(ds.timestamp[i]),
                 "split": str(ds.split[i]), "history": ds.history[i],
                 "seen": bool(ds.seen[i]), "warm": bool(ds.warm[i]),
-                "prompt_text": prompt(ds, i, False), "prompt_collab": prompt(ds, i, True),
+                "prompt_text": prompt(ds, i, False, template), "prompt_collab": prompt(ds, i, True, template),
             }, ensure_ascii=False) + "\n")
 
 
@@ -765,7 +765,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("dataset", choices=["ml1m", "movielens", "amazon"])
     p.add_argument("--data-dir", default=DATA_DIR)
-    p.add_argument("--split", default="months", choices=["months", "ratio"])
+    p.add_argument("--split", default=None, choices=["months", "ratio"], help="default: ratio for amazon, else months")
+    p.add_argument("--template", default="paper", choices=list(TEMPLATES), help="the prompts of --export and --stats")
     p.add_argument("--reviews", help="amazon: reviews JSON lines (.gz or plain)")
     p.add_argument("--meta", help="amazon: metadata JSON lines (.gz or plain)")
     p.add_argument("--stats", action="store_true", help="print one JSON object of statistics")
@@ -775,10 +776,10 @@ def main(argv=None):
     try:
         ds = load(args.dataset, args.data_dir, args.split, args.reviews, args.meta)
         if args.export:
-            export(ds, args.export)
+            export(ds, args.export, args.template)
         if args.stats or not args.export:
             tok = load_tokenizer(args.tokenizer) if args.tokenizer else None
-            print(json.dumps(stats(ds, tok)))
+            print(json.dumps(stats(ds, tok, args.template)))
     except (DataError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

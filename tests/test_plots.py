@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import eval as ev
+import svg as charts
 
 SVG = "{http://www.w3.org/2000/svg}"
 
@@ -81,7 +82,7 @@ def test_bars_start_at_zero_and_say_na(joint_chain):
 
 
 def test_bar_heights_are_proportional_to_values():
-    svg = ev.svg_bars({"test": {"a": 0.49, "b": 0.51}}, "close values", xlabel="x", ylabel="AUC")
+    svg = charts.svg_bars({"test": {"a": 0.49, "b": 0.51}}, "close values", xlabel="x", ylabel="AUC")
     bars = [r for r in ET.fromstring(svg).iter(SVG + "rect") if r.get("class") == "bar"]
     (ya, ha), (yb, hb) = ((float(r.get("y")), float(r.get("height"))) for r in bars)
     assert ya + ha == pytest.approx(yb + hb)  # one baseline
@@ -91,7 +92,7 @@ def test_bar_heights_are_proportional_to_values():
 
 @pytest.mark.parametrize("n", [1, 2, 3, 7, 8, 28, 150])
 def test_x_ticks_are_whole_epochs(n):
-    svg = ev.svg_lines({"auc": [(e, 0.5 + 0.001 * e) for e in range(1, n + 1)]}, "t", xlabel="epoch", ylabel="AUC")
+    svg = charts.svg_lines({"auc": [(e, 0.5 + 0.001 * e) for e in range(1, n + 1)]}, "t", xlabel="epoch", ylabel="AUC")
     ticks = texts(svg, "xtick")
     assert ticks and all(t == str(int(t)) and 1 <= int(t) <= n for t in ticks), ticks
     assert texts(svg, "xlabel") == ["epoch"] and texts(svg, "ylabel") == ["AUC"]
@@ -178,6 +179,6 @@ def test_table_figures_name_what_is_missing(table_root, tmp_path, capsys):
 
 
 def test_one_epoch_stage_is_drawn_as_a_dot():
-    svg = ev.svg_lines({"auc": [(1, 0.6), (1.5, None), (2, 0.62), (3, 0.63)]}, "t")
+    svg = charts.svg_lines({"auc": [(1, 0.6), (1.5, None), (2, 0.62), (3, 0.63)]}, "t")
     assert len(list(ET.fromstring(svg).iter(SVG + "circle"))) == 1
     assert len(list(ET.fromstring(svg).iter(SVG + "polyline"))) == 1

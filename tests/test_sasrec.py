@@ -1,5 +1,4 @@
 """SASRec's invariants: causal masking, padding invariance, and that it can fit a toy set."""
-import numpy as np
 import torch
 
 from data import pad_left

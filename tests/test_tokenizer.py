@@ -8,7 +8,6 @@ repository (../shared/models/README.md says how to build it). Tests that need it
 """
 import itertools
 import json
-import os
 import random
 import re
 import shutil
