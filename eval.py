@@ -352,14 +352,15 @@ def build_table(root, data_name, seeds, extra, command):
     parts = [p for p in TABLE_PARTS if p in stats[OURS]]
     times = read_times(root)
     spread = "mean ± sample std" if seeds > 1 else "one seed, no std"
-    lines = [f"# Table 1's rows on {data_name}: {seeds} seed{'s' * (seeds > 1)} (0..{seeds - 1}), {spread}", "",
+    # Bold lines, not headings: the README embeds this file inside its own sections.
+    lines = [f"**Table 1's rows on {data_name}: {seeds} seed{'s' * (seeds > 1)} (0..{seeds - 1}), {spread}**", "",
              f"`{command}`", "",
              f"Wall time: {_hms(time.time() - t0)} for this call ({trained} rows trained, "
              f"{seeds * len(ROWS) - trained} found done); the rows' own training times add up to "
              f"{_hms(sum(times.values()))} ({root}/times.json). Rel. Imp.: SASRecLLM's gain over the row, "
              "the mean over AUC and UAUC of (ours - row) / row, on the seed means."]
     for part in parts:
-        lines += ["", f"## {part}", "", seeds_table(stats, part)]
+        lines += ["", f"**{part}**", "", seeds_table(stats, part)]
     text = "\n".join(lines) + "\n"
     path = os.path.normpath(root) + ".md"
     with open(path, "w", encoding="utf-8") as f:

@@ -123,6 +123,9 @@ def barrier():
 
 def init_distributed(device):
     """Under torchrun: join the process group (NCCL on GPUs, gloo on CPU); returns this rank's device."""
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RunError(f"--device {device}, but this torch ({torch.__version__}) sees no CUDA device; use "
+                       "--device cpu, or install a CUDA build of torch on a machine with a GPU")
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return device
     backend = "nccl" if device.startswith("cuda") else "gloo"

@@ -45,7 +45,7 @@ RUN_FORMAT = 3  # saved with each run; runs of older checkouts are upgraded by u
 _CF = dict(batch_size=1024, patience=5, iters_per_epoch=0, max_epochs=300)
 _LLM = dict(dim=None, dropout=None, batch_size=16, patience=3, iters_per_epoch=400, max_epochs=300)
 STAGE_DEFAULTS = {
-    "sasrec": dict(_CF, lr=1e-3, wd=10.0, dim=64, dropout=0.5),
+    "sasrec": dict(_CF, lr=1e-3, wd=30.0, dim=64, dropout=0.5),
     "mf": dict(_CF, lr=3e-3, wd=30.0, dim=64, dropout=0.0),
     "ncf": dict(_CF, lr=1e-3, wd=10.0, dim=64, dropout=0.2),
     "gru4rec": dict(_CF, lr=3e-3, wd=10.0, dim=64, dropout=0.5),
@@ -429,9 +429,9 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    args.device = loop.init_distributed(args.device)
     outs = [os.path.join(args.runs, s) for s in ("sasrec", "text", "joint")] if args.stage == "all" else [args.out]
     try:
+        args.device = loop.init_distributed(args.device)
         with loop.own_run_dirs(outs, args.resume, args.overwrite):  # refuses a second writer, keeps old runs
             (run_all if args.stage == "all" else run_cf if args.stage in CF_STAGES else run_llm)(args)
     except (data.DataError, FileNotFoundError, FloatingPointError, ValueError, KeyError, OSError) as e:

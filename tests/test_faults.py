@@ -389,3 +389,9 @@ def test_each_cli_says_bad_input_in_one_line(root, tmp_path, tiny_llm):
             assert lines[0].startswith("usage: ") and lines[-1].startswith(words), (name, err)
         else:
             assert len(lines) == 1 and words in lines[0], (name, err)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA: --device cuda is valid here")
+def test_cuda_without_cuda_is_one_line(root, tmp_path, capsys):
+    assert train.main(["--stage", "pop", "--data-dir", str(root), "--device", "cuda", "--out", str(tmp_path / "p")]) == 2
+    assert "sees no CUDA device; use --device cpu" in one_error_line(capsys)

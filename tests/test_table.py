@@ -33,10 +33,11 @@ def table(tmp_path_factory, data_dir):
 
 
 def parse(md):
-    """{part: (header line, {row name: {column: cell}})} from the .md's '## part' tables."""
+    """{part: (header line, {row name: {column: cell}})} from the .md's '**part**' tables."""
     out = {}
-    for block in md.split("\n## ")[1:]:
+    for block in md.split("\n**")[1:]:  # [0]: the title line, the command and the wall time
         part, *lines = block.strip().splitlines()
+        part = part.rstrip("*")
         rows = [line for line in lines if line.startswith("|")]
         head = [c.strip() for c in rows[0].strip("|").split("|")]
         cells = {}
