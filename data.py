@@ -415,13 +415,14 @@ def _json_lines(path, what):
         yield n, obj
 
 
-def load_amazon(data_dir, split="months", reviews=None, meta=None):
+def load_amazon(data_dir, split="ratio", reviews=None, meta=None):
     """2018 Amazon Review Data: reviews (reviewerID, asin, overall, unixReviewTime) + metadata
     (asin, title), JSON lines, plain or .gz. Default files: amazon-book/Books_5.json.gz and
     amazon-book/meta_Books.json.gz. Items without a title are dropped, a later metadata line
     for the same asin wins (CoLLM: drop_duplicates(keep='last')). A repeated (user, item) review
-    keeps only the first one. split="months" applies ML-1M's month windows counted from the first
-    month of the data; Amazon Book starts in 1996, so use split="ratio" there."""
+    keeps only the first one. split="ratio" (the default) is the paper's chronological 8:1:1;
+    split="months" applies ML-1M's month windows counted from the first month of the data, which
+    for Amazon Book (from 1996) hold no rows."""
     reviews = reviews or os.path.join(data_dir, "amazon-book", "Books_5.json.gz")
     meta = meta or os.path.join(data_dir, "amazon-book", "meta_Books.json.gz")
     what = (f"Amazon Review Data (2018), {AMAZON_URL}: the 5-core reviews (Books_5.json.gz) and "

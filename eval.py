@@ -36,7 +36,7 @@ import torch
 
 import data
 import train
-from metrics import COLUMNS, _num, fmt, fmt_pct, markdown_table, metrics, rel_imp, split_report
+from metrics import COLUMNS, _num, fmt, fmt_pct, markdown_table, md_table, metrics, rel_imp, split_report
 from svg import finite, svg_bars, svg_lines
 
 # -----------------------------------------------------------------------------
@@ -231,12 +231,6 @@ def mean_std(reports):
 def fmt_mean_std(mean, std):
     """'0.7301 ± 0.0033'; the mean alone for one run (std None) or an undefined mean."""
     return fmt(mean) if std is None or math.isnan(mean) else f"{fmt(mean)} ± {fmt(std)}"
-
-
-def md_table(head, rows):
-    """A markdown table: head is a list of column names, rows lists of cell strings."""
-    return "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] +
-                     ["| " + " | ".join(cells) + " |" for cells in rows])
 
 
 def mean_std_table(stats, parts=PARTS):

@@ -333,8 +333,30 @@ class Llama(nn.Module):
 # Tokenizer
 
 
-class Tokenizer:
-    """A thin sentencepiece wrapper. The Yes/No ids come from the model file, never a constant."""
+class AnswerIds:
+    """yes_id and no_id, the two tokens the score reads, for a tokenizer with encode(text, bos),
+    pieces(ids) and path. The ids come from the tokenizer's own files, never a constant; ANSWERS are
+    the answer words as the tokenizer sees them after "#Answer:"."""
+    ANSWERS = ("Yes", "No")
+
+    def word_id(self, word: str) -> int:
+        """The id of a string that must be a single token, e.g. "Yes" -> 3869 ("▁Yes") for Llama 2."""
+        ids = self.encode(word, bos=False)
+        if len(ids) != 1:
+            raise ValueError(f"{word!r} is not a single token in {self.path}: {self.pieces(ids)}")
+        return ids[0]
+
+    @property
+    def yes_id(self) -> int:
+        return self.word_id(self.ANSWERS[0])
+
+    @property
+    def no_id(self) -> int:
+        return self.word_id(self.ANSWERS[1])
+
+
+class Tokenizer(AnswerIds):
+    """A thin sentencepiece wrapper."""
 
     def __init__(self, path):
         self.path = str(path)
@@ -349,20 +371,8 @@ class Tokenizer:
     def decode(self, ids) -> str:
         return self.sp.decode(list(ids))
 
-    def word_id(self, word: str) -> int:
-        """The id of a word that must be a single piece, e.g. "Yes" -> 3869 ("▁Yes") for Llama 2."""
-        ids = self.sp.encode(word)
-        if len(ids) != 1:
-            raise ValueError(f"{word!r} is not a single token in {self.path}: {self.sp.encode(word, out_type=str)}")
-        return ids[0]
-
-    @property
-    def yes_id(self) -> int:
-        return self.word_id("Yes")
-
-    @property
-    def no_id(self) -> int:
-        return self.word_id("No")
+    def pieces(self, ids) -> list:
+        return [self.sp.id_to_piece(int(i)) for i in ids]
 
 
 # Byte-level BPE (GPT-2, SmolLM2): text -> UTF-8 bytes -> printable stand-in characters, split
@@ -440,7 +450,7 @@ def gpt2_split(text: str, kinds: str) -> list:
 UNICODE_FORMS = ("NFC", "NFD", "NFKC", "NFKD")  # the tokenizer.json normalizers implemented here
 
 
-class BPETokenizer:
+class BPETokenizer(AnswerIds):
     """Byte-level BPE from an HF tokenizer.json (GPT-2, SmolLM2), with Tokenizer's interface.
 
     Radford et al. 2019, "Language Models are Unsupervised Multitask Learners" (GPT-2, sec. 2.2):
@@ -574,24 +584,14 @@ class BPETokenizer:
                 buf += bytes(CHAR_TO_BYTE[c] for c in self.tokens[i])
         return "".join(out) + buf.decode("utf-8", "replace")
 
-    def word_id(self, word: str) -> int:
-        """The id of a string that must be a single token, e.g. " Yes" -> 9230 for SmolLM2."""
-        ids = self.encode(word, bos=False)
-        if len(ids) != 1:
-            pieces = [self.tokens[i] for i in ids]
-            raise ValueError(f"{word!r} is not a single token in {self.path}: {pieces}")
-        return ids[0]
+    def pieces(self, ids) -> list:
+        return [self.tokens[i] for i in ids]
 
     # The answer follows "#Answer:" after a space, and byte-level BPE keeps that word boundary in
     # the token ("ĠYes"), as sentencepiece does with "▁Yes". So the scored tokens are " Yes" and
-    # " No", space included; "Yes" alone is a different token (after a quote, or at a line start).
-    @property
-    def yes_id(self) -> int:
-        return self.word_id(" Yes")
-
-    @property
-    def no_id(self) -> int:
-        return self.word_id(" No")
+    # " No" (9230 and 2838 for SmolLM2), space included; "Yes" alone is a different token (after a
+    # quote, or at a line start).
+    ANSWERS = (" Yes", " No")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -177,7 +177,7 @@ def markdown_table(rows, rel=True, ours=("joint", "SASRecLLM")):
     (the first row whose name starts with one of `ours`) over each other row, averaged over AUC and
     UAUC; without such a row, the gain of the row with the best AUC."""
     head = ["model"] + [c for _, c in COLUMNS] + (["Rel. Imp."] if rel else [])
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    body = []
     ref = next((m for name, m in rows if name in ours or name.startswith(ours)), None)
     if ref is None:
         valid = [m for _, m in rows if not math.isnan(_num(m.get("auc")))]
@@ -186,5 +186,11 @@ def markdown_table(rows, rel=True, ours=("joint", "SASRecLLM")):
         cells = [name] + [fmt(m.get(k)) for k, _ in COLUMNS]
         if rel:
             cells.append("-" if ref is None or m is ref else fmt_pct(rel_imp(ref, m)))
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        body.append(cells)
+    return md_table(head, body)
+
+
+def md_table(head, rows):
+    """A markdown table: head is a list of column names, rows lists of cell strings."""
+    return "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] +
+                     ["| " + " | ".join(cells) + " |" for cells in rows])
