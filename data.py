@@ -142,20 +142,6 @@ class Dataset:
         return np.flatnonzero(self.split == split)
 
 
-def build_histories(user, item, label, timestamp):
-    """Histories of every row: the items user[r] liked in rows before r in (user, timestamp)
-    order. np.lexsort is stable, so rows with the same (user, timestamp) keep their row order."""
-    order = np.lexsort((timestamp, user))                      # (N,) primary key: user
-    u, liked_row = user[order], label[order] == 1
-    liked = item[order][liked_row]                             # (L,) user by user, in time order
-    before = np.cumsum(liked_row) - liked_row                  # (N,) likes in earlier sorted rows
-    first = np.r_[True, u[1:] != u[:-1]]                       # (N,) a user's first sorted row
-    user_start = before[first][np.cumsum(first) - 1]           # (N,) where that user's likes begin
-    start, end = np.empty(len(user), dtype=np.int64), np.empty(len(user), dtype=np.int64)
-    start[order], end[order] = user_start, before
-    return Histories(liked, start, end)
-
-
 def require_both_labels(ds, split):
     """Refuse a split that holds one class: a classifier learns nothing from it, and the CF
     models' start (Pop's like-rate log-odds) is infinite there."""
@@ -167,7 +153,7 @@ def require_both_labels(ds, split):
 
 
 def make_dataset(name, domain, user, item, label, timestamp, split, titles, source, notes=()):
-    """Checks the splits, then derives histories and the seen / warm flags."""
+    """Checks the splits, then derives the seen / warm flags and every row's history."""
     for s in SPLITS:
         if not np.any(split == s):
             raise DataError(f"{source}: split {s!r} is empty; expected rows in each of "
@@ -182,9 +168,20 @@ def make_dataset(name, domain, user, item, label, timestamp, split, titles, sour
     # only when it has seen both the user and the item often enough (as CoLLM's warm/cold split
     # asks the same of both), and "cold" is then every row where either side is new or rare.
     warm = (user_train[user] > WARM_MORE_THAN) & (item_train[item] > WARM_MORE_THAN)
+
+    # Histories: row r's history is the items user[r] liked in rows before r in (user, timestamp)
+    # order. np.lexsort is stable, so rows with the same (user, timestamp) keep their row order.
+    order = np.lexsort((timestamp, user))                      # (N,) primary key: user
+    u, liked_row = user[order], label[order] == 1
+    liked = item[order][liked_row]                             # (L,) user by user, in time order
+    before = np.cumsum(liked_row) - liked_row                  # (N,) likes in earlier sorted rows
+    first = np.r_[True, u[1:] != u[:-1]]                       # (N,) a user's first sorted row
+    user_start = before[first][np.cumsum(first) - 1]           # (N,) where that user's likes begin
+    start, end = np.empty(len(user), dtype=np.int64), np.empty(len(user), dtype=np.int64)
+    start[order], end[order] = user_start, before
     return Dataset(name=name, domain=domain, user=user, item=item, label=label,
                    timestamp=timestamp, split=split, titles=titles, n_users=n_users,
-                   n_items=n_items, history=build_histories(user, item, label, timestamp),
+                   n_items=n_items, history=Histories(liked, start, end),
                    seen=seen, warm=warm, source=source, notes=list(notes))
 
 
@@ -616,39 +613,34 @@ def encode_prompts(ds, rows, tok, collab, proj_token_num=1, template="paper"):
     return [encode_prompt(prompt(ds, int(r), collab, template), tok, proj_token_num) for r in rows]
 
 
-def collate_prompts(prompts, pad_id=0, pad_multiple=1):
-    """Left-pads to the longest prompt (rounded up to a multiple of pad_multiple, so that a run
-    sees few distinct shapes), so the last position is every row's answer slot. Marker
-    positions shift right by the padding."""
-    T = -(-max(len(p.ids) for p in prompts) // pad_multiple) * pad_multiple
-    k = max(len(p.user_pos) for p in prompts)
-    B = len(prompts)
-    input_ids = torch.full((B, T), pad_id, dtype=torch.long)
+def prompt_batch(ds, prompts, rows, maxlen=25, cf_rows=None, pad_multiple=1, n_global=None):
+    """The LLM's Batch for rows: their prompts (prompts[r], encode_prompt's output) as tensors and,
+    for collaborative prompts, the CF encoder's inputs (user, hist, item), taken from cf_rows when
+    given (the --shuffle-cf ablation hands it other rows' users and items while each prompt keeps
+    its own text).
+
+    Prompts are left-padded to the longest one, rounded up to a multiple of pad_multiple (so that
+    a run sees few distinct shapes): the last position is then every row's answer slot, and the
+    marker slots shift right by the row's padding."""
+    rows = np.asarray(rows, dtype=np.int64)
+    batch = [prompts[r] for r in rows]
+    B, k = len(batch), max(len(p.user_pos) for p in batch)
+    T = -(-max(len(p.ids) for p in batch) // pad_multiple) * pad_multiple
+    input_ids = torch.zeros(B, T, dtype=torch.long)              # pad id 0: masked out anyway
     attention_mask = torch.zeros(B, T, dtype=torch.long)
-    user_pos = torch.zeros(B, k, dtype=torch.long)
-    item_pos = torch.zeros(B, k, dtype=torch.long)
-    for b, p in enumerate(prompts):
+    user_pos, item_pos = torch.zeros(B, k, dtype=torch.long), torch.zeros(B, k, dtype=torch.long)
+    for b, p in enumerate(batch):
         pad = T - len(p.ids)
         input_ids[b, pad:] = torch.tensor(p.ids, dtype=torch.long)
         attention_mask[b, pad:] = 1
         if k:
             user_pos[b] = torch.tensor(p.user_pos, dtype=torch.long) + pad
             item_pos[b] = torch.tensor(p.item_pos, dtype=torch.long) + pad
-    return dict(input_ids=input_ids, attention_mask=attention_mask,   # (B, T), (B, T)
-                user_pos=user_pos, item_pos=item_pos)                 # (B, k), (B, k)
-
-
-def prompt_batch(ds, prompts, rows, maxlen=25, cf_rows=None, pad_multiple=1, n_global=None):
-    """The LLM's Batch for rows: the prompt tensors and, for collaborative prompts, the CF
-    encoder's inputs (user, hist, item), taken from cf_rows when given (the --shuffle-cf
-    ablation hands it other rows' users and items while each prompt keeps its own text)."""
-    rows = np.asarray(rows, dtype=np.int64)
-    b = collate_prompts([prompts[r] for r in rows], pad_multiple=pad_multiple)
-    if b["user_pos"].shape[1] == 0:  # text-only: the model reads tokens alone
-        inputs = dict(input_ids=b["input_ids"], attention_mask=b["attention_mask"])
-    else:
+    inputs = dict(input_ids=input_ids, attention_mask=attention_mask)    # (B, T), (B, T)
+    if k:  # collaborative prompts: the slots and what the CF encoder reads
         c = cf_batch(ds, rows if cf_rows is None else np.asarray(cf_rows, dtype=np.int64), maxlen)
-        inputs = dict(b, user=c["user"], hist=c["hist"], item=c["item"])
+        inputs.update(user_pos=user_pos, item_pos=item_pos,              # (B, k), (B, k)
+                      user=c["user"], hist=c["hist"], item=c["item"])    # (B,), (B, maxlen), (B,)
     return Batch(inputs, torch.from_numpy(ds.label[rows]).float(), n_global or len(rows))
 
 

@@ -198,31 +198,10 @@ class RMSNorm(nn.Module):
         return self.weight * x.to(dtype)
 
 
-def rope_cos_sin(positions, head_dim: int, theta: float, dtype):
-    """cos/sin tables for rotate-half RoPE at the given integer positions (B, T) -> (B, T, hs)."""
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float,
-                                             device=positions.device) / head_dim))  # (hs/2,)
-    freqs = positions[..., None].float() * inv_freq        # (B, T, hs/2)
-    angles = torch.cat((freqs, freqs), dim=-1)             # (B, T, hs): both halves share angles
-    return angles.cos().to(dtype), angles.sin().to(dtype)
-
-
-def apply_rope(x, cos, sin):
-    """x (B, n, T, hs); cos, sin (B, T, hs), broadcast over heads. Rotate-half pairs dimension i with
-    i + hs/2 (HF's layout), not 2i with 2i+1 (Meta's original layout)."""
-    x1, x2 = x.chunk(2, dim=-1)
-    return x * cos[:, None] + torch.cat((-x2, x1), dim=-1) * sin[:, None]
-
-
-def repeat_kv(x, n_rep: int):
-    """(B, nkv, T, hs) -> (B, nkv * n_rep, T, hs): each kv head serves n_rep query heads."""
-    if n_rep == 1:
-        return x
-    B, nkv, T, hs = x.shape
-    return x[:, :, None].expand(B, nkv, n_rep, T, hs).reshape(B, nkv * n_rep, T, hs)
-
-
 class Attention(nn.Module):
+    """The attention sub-layer's weights; Block.forward uses them. A module of its own only so
+    that parameter names read `self_attn.q_proj` as in HF's checkpoints."""
+
     def __init__(self, cfg: LlamaConfig):
         super().__init__()
         self.nh, self.nkv, self.hs = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
@@ -232,22 +211,10 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(D, self.nkv * self.hs, bias=False)
         self.o_proj = nn.Linear(self.nh * self.hs, D, bias=False)
 
-    def forward(self, x, cos, sin, mask):
-        B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.nh, self.hs).transpose(1, 2)   # (B, nh, T, hs)
-        k = self.k_proj(x).view(B, T, self.nkv, self.hs).transpose(1, 2)  # (B, nkv, T, hs)
-        v = self.v_proj(x).view(B, T, self.nkv, self.hs).transpose(1, 2)  # (B, nkv, T, hs)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        k, v = repeat_kv(k, self.nh // self.nkv), repeat_kv(v, self.nh // self.nkv)  # (B, nh, T, hs)
-        if mask is None:  # no padding: the plain causal kernel (flash attention on GPU)
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, nh, T, hs)
-        y = y.transpose(1, 2).reshape(B, T, self.nh * self.hs)            # (B, T, nh*hs)
-        return self.o_proj(y)
-
 
 class MLP(nn.Module):
+    """The SwiGLU sub-layer's weights (`mlp.gate_proj` ...); Block.forward uses them."""
+
     def __init__(self, cfg: LlamaConfig):
         super().__init__()
         D, H = cfg.hidden_size, cfg.intermediate_size
@@ -255,11 +222,10 @@ class MLP(nn.Module):
         self.up_proj = nn.Linear(D, H, bias=False)
         self.down_proj = nn.Linear(H, D, bias=False)
 
-    def forward(self, x):
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))  # SwiGLU
-
 
 class Block(nn.Module):
+    """One decoder layer, read in one place: x + Attention(RMSNorm(x)), then x + SwiGLU(RMSNorm(x))."""
+
     def __init__(self, cfg: LlamaConfig):
         super().__init__()
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
@@ -268,8 +234,27 @@ class Block(nn.Module):
         self.mlp = MLP(cfg)
 
     def forward(self, x, cos, sin, mask):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask)
-        return x + self.mlp(self.post_attention_layernorm(x))
+        # x: (B, T, D); cos, sin: (B, 1, T, hs); mask: (B, 1, T, T) bool, or None for no padding
+        a, m = self.self_attn, self.mlp
+        B, T, _ = x.shape
+        h = self.input_layernorm(x)
+        q = a.q_proj(h).view(B, T, a.nh, a.hs).transpose(1, 2)    # (B, nh, T, hs)
+        k = a.k_proj(h).view(B, T, a.nkv, a.hs).transpose(1, 2)   # (B, nkv, T, hs)
+        v = a.v_proj(h).view(B, T, a.nkv, a.hs).transpose(1, 2)   # (B, nkv, T, hs)
+        # RoPE, rotate-half: dimension i pairs with i + hs/2 (HF's layout, not Meta's 2i, 2i+1),
+        # so that each pair turns by the angle of its frequency at the token's position.
+        (q1, q2), (k1, k2) = q.chunk(2, dim=-1), k.chunk(2, dim=-1)
+        q = q * cos + torch.cat((-q2, q1), dim=-1) * sin
+        k = k * cos + torch.cat((-k2, k1), dim=-1) * sin
+        if a.nkv != a.nh:  # grouped-query attention: each kv head serves nh/nkv query heads
+            k, v = k.repeat_interleave(a.nh // a.nkv, dim=1), v.repeat_interleave(a.nh // a.nkv, dim=1)
+        if mask is None:  # no padding: the plain causal kernel (flash attention on GPU)
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, nh, T, hs)
+        x = x + a.o_proj(y.transpose(1, 2).reshape(B, T, a.nh * a.hs))   # (B, T, D)
+        h = self.post_attention_layernorm(x)
+        return x + m.down_proj(F.silu(m.gate_proj(h)) * m.up_proj(h))  # SwiGLU
 
 
 class LlamaModel(nn.Module):
@@ -310,7 +295,12 @@ class Llama(nn.Module):
             # A padding query would then see no key at all and softmax would give NaN (which leaks
             # into gradients). Let every query see itself: real queries already do, pad outputs are ignored.
             mask = (mask | torch.eye(T, dtype=torch.bool, device=x.device))[:, None]  # (B, 1, T, T)
-        cos, sin = rope_cos_sin(positions, self.cfg.head_dim, self.cfg.rope_theta, x.dtype)
+        # RoPE tables at those positions: angle(t, i) = t * theta^(-2i/hs), both halves alike.
+        hs = self.cfg.head_dim
+        inv_freq = 1.0 / (self.cfg.rope_theta ** (torch.arange(0, hs, 2, dtype=torch.float, device=x.device) / hs))
+        angles = positions[..., None].float() * inv_freq          # (B, T, hs/2)
+        angles = torch.cat((angles, angles), dim=-1)              # (B, T, hs)
+        cos, sin = angles.cos().to(x.dtype)[:, None], angles.sin().to(x.dtype)[:, None]  # (B, 1, T, hs): all heads
         for layer in self.model.layers:
             x = layer(x, cos, sin, mask)
         return self.model.norm(x)

@@ -18,6 +18,7 @@ Shapes: B batch, T sequence length (<= maxlen), d model width. Item id 0 is padd
 The SASRecLLM parts (mapping layer, prompt splice, the hybrid model) follow below SASRec.
 """
 import math
+from collections import OrderedDict
 
 import torch
 import torch.nn as nn
@@ -28,10 +29,7 @@ import torch.nn.functional as F
 
 
 class CausalSelfAttention(nn.Module):
-    """Multi-head attention where position t sees positions <= t, and never a padded key.
-
-    Dropout is applied to the block's output (in Block), not to the attention probabilities:
-    on CPU the (B, nh, T, T) dropout mask cost more than the rest of the layer."""
+    """The attention sub-layer's weights (`attn.qkv`, `attn.out`); Block.forward uses them."""
 
     def __init__(self, dim, n_heads):
         super().__init__()
@@ -40,26 +38,10 @@ class CausalSelfAttention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim)
         self.out = nn.Linear(dim, dim)
 
-    def forward(self, x, keep):
-        # x: (B, T, d); keep: (B, T) bool, False at padding
-        B, T, d = x.shape
-        qkv = self.qkv(x).view(B, T, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv[0], qkv[1], qkv[2]  # (B, nh, T, hs) each
-        causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()  # (T, T) query x key
-        # A padded query would see no key at all (softmax of all -inf is NaN), so every query
-        # may always see itself; padded outputs are zeroed by the caller anyway.
-        allowed = causal & keep[:, None, :] | torch.eye(T, dtype=torch.bool, device=x.device)  # (B, T, T)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed[:, None])  # (B, nh, T, hs)
-        y = y.transpose(1, 2).reshape(B, T, d)  # (B, T, d)
-        return self.out(y)
-
 
 class PointWiseFFN(nn.Module):
-    """Two Conv1d(k=1) layers with ReLU: the same two-layer MLP applied at every position.
-
-    A kernel-1 convolution is a per-position linear map, so the Conv1d weights (d, d, 1) are
-    applied as F.linear on (B, T, d): the same numbers without two transposes, and much faster
-    on CPU than the convolution kernel."""
+    """The feed-forward sub-layer's weights: SASRec's two Conv1d(k=1) layers (`ffn.conv1`,
+    `ffn.conv2`) and the dropout between them; Block.forward uses them."""
 
     def __init__(self, dim, dropout):
         super().__init__()
@@ -67,14 +49,10 @@ class PointWiseFFN(nn.Module):
         self.conv2 = nn.Conv1d(dim, dim, kernel_size=1)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x):
-        # x: (B, T, d); conv.weight: (d_out, d_in, 1)
-        y = F.relu(F.linear(x, self.conv1.weight.squeeze(-1), self.conv1.bias))
-        return F.linear(self.dropout(y), self.conv2.weight.squeeze(-1), self.conv2.bias)
-
 
 class Block(nn.Module):
-    """x + Dropout(Attn(LN(x))), then x + Dropout(FFN(LN(x))); padded positions are zeroed."""
+    """x + Dropout(Attn(LN(x))), then x + Dropout(FFN(LN(x))); padded positions are zeroed.
+    One layer, read in one place."""
 
     def __init__(self, dim, n_heads, dropout):
         super().__init__()
@@ -85,8 +63,25 @@ class Block(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x, keep):
-        x = x + self.dropout(self.attn(self.ln_1(x), keep))
-        x = x + self.dropout(self.ffn(self.ln_2(x)))
+        # x: (B, T, d); keep: (B, T) bool, False at padding
+        a, f = self.attn, self.ffn
+        B, T, d = x.shape
+        qkv = a.qkv(self.ln_1(x)).view(B, T, 3, a.n_heads, d // a.n_heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]  # (B, nh, T, hs) each
+        causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()  # (T, T) query x key
+        # Position t sees positions <= t and never a padded key. A padded query would then see no
+        # key at all (softmax of all -inf is NaN), so every query may always see itself; padded
+        # outputs are zeroed below anyway. Dropout is applied to the sub-layer's output, not to
+        # the attention probabilities: on CPU the (B, nh, T, T) dropout mask cost more than the
+        # rest of the layer.
+        allowed = causal & keep[:, None, :] | torch.eye(T, dtype=torch.bool, device=x.device)  # (B, T, T)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed[:, None])  # (B, nh, T, hs)
+        x = x + self.dropout(a.out(y.transpose(1, 2).reshape(B, T, d)))        # (B, T, d)
+        # The point-wise FFN: a kernel-1 convolution is a per-position linear map, so the Conv1d
+        # weights (d_out, d_in, 1) are applied as F.linear on (B, T, d): the same numbers without
+        # two transposes, and much faster on CPU than the convolution kernel.
+        y = F.relu(F.linear(self.ln_2(x), f.conv1.weight.squeeze(-1), f.conv1.bias))
+        x = x + self.dropout(F.linear(f.dropout(y), f.conv2.weight.squeeze(-1), f.conv2.bias))
         return x * keep[..., None]
 
 
@@ -191,21 +186,22 @@ class SASRec(nn.Module):
 #        ──> LLM (+ LoRA) ──> last position ──> z_Yes - z_No = s,  p = sigmoid(s),  BCE(s, y)
 
 
-class MappingLayer(nn.Module):
+class MappingLayer(nn.Sequential):
     """Projects a d-wide CF embedding into k pseudo-token embeddings of the LLM's width D.
 
-    Linear(d, 10 d) -> ReLU -> Linear(10 d, k D), reshaped to (B, k, D): the 2-layer MLP that
-    expands x10 and then projects (paper Section 3.2; CoLLM's `llama_proj`). One mapping serves
-    both the user and the item embedding, as they live in the same SASRec space."""
+    (B, d) -> Linear(d, 10 d) -> ReLU -> Linear(10 d, k D) -> (B, k, D): the 2-layer MLP that
+    expands x10 and then projects (paper Section 3.2; CoLLM's `llama_proj`), its layers applied
+    in order as an nn.Sequential. One mapping serves both the user and the item embedding, as
+    they live in the same SASRec space."""
 
     def __init__(self, d, D, proj_token_num=1):
-        super().__init__()
+        super().__init__(OrderedDict(
+            fc1=nn.Linear(d, 10 * d),
+            act=nn.ReLU(),
+            fc2=nn.Linear(10 * d, proj_token_num * D),
+            tokens=nn.Unflatten(-1, (proj_token_num, D)),  # (B, k D) -> (B, k, D)
+        ))
         self.k, self.D = proj_token_num, D
-        self.fc1 = nn.Linear(d, 10 * d)
-        self.fc2 = nn.Linear(10 * d, proj_token_num * D)
-
-    def forward(self, x):  # x: (B, d)
-        return self.fc2(F.relu(self.fc1(x))).view(x.size(0), self.k, self.D)  # (B, k, D)
 
 
 def splice(token_embeds, user_pos, item_pos, user_tokens, item_tokens):

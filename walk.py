@@ -79,7 +79,7 @@ def walk(args):
     print(f"    user {ds.user[row]}, item {ds.item[row]} {ds.titles[ds.item[row]]!r}, label {ds.label[row]} "
           f"({'liked' if ds.label[row] else 'not liked'}); warm {bool(ds.warm[row])}")
     hist = ds.history[row]
-    print(f"\n2. the history (data.build_histories): {len(hist)} items liked earlier; the last 3: "
+    print(f"\n2. the history (Histories, built by data.make_dataset): {len(hist)} items liked earlier; the last 3: "
           f"{[ds.titles[i] for i in hist[-3:]]}")
 
     text = data.prompt(ds, row, True, a.template)

@@ -15,6 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import metrics  # noqa: E402  (the project root is on sys.path only now)
+import data  # noqa: E402
 from data import pad_left  # noqa: E402
 
 DATA_DIR = Path(os.environ.get("SASRECLLM_DATA", ROOT.parent / "shared" / "data"))
@@ -29,6 +30,12 @@ def data_dir():
     if not (DATA_DIR / "ml1m" / "interactions.tsv").exists():
         pytest.skip(f"shared ML-1M split not found under {DATA_DIR} (set SASRECLLM_DATA)")
     return DATA_DIR
+
+
+@pytest.fixture(scope="session")
+def ml1m(data_dir):
+    """The real ML-1M split, loaded once; tests read it and never change it."""
+    return data.load("ml1m", data_dir)
 
 
 @pytest.fixture(scope="session")

@@ -20,11 +20,6 @@ from data import DataError
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(scope="module")
-def ml1m(data_dir):
-    return data.load("ml1m", data_dir)
-
-
 # ---------------------------------------------------------------------------------------------
 # The real ML-1M benchmark split
 
@@ -359,7 +354,7 @@ def test_encode_and_collate(ml1m, k):
         assert p.ids.count(tok.unk_id) == 2 * k
         text = data.prompt(ml1m, r, True)
         assert tok.decode(p.ids) == text.replace("<UserID>", "").replace("<TargetItemID>", "")
-    batch = data.collate_prompts(prompts)
+    batch = data.prompt_batch(ml1m, dict(zip(rows, prompts)), rows).inputs
     T = max(len(p.ids) for p in prompts)
     assert batch["input_ids"].shape == batch["attention_mask"].shape == (3, T)
     assert batch["user_pos"].shape == batch["item_pos"].shape == (3, k)
@@ -372,7 +367,7 @@ def test_encode_and_collate(ml1m, k):
             assert batch["attention_mask"][b, pos].all()
     text_only = data.encode_prompts(ml1m, rows, tok, collab=False)
     assert all(p.user_pos == [] and p.item_pos == [] for p in text_only)
-    assert data.collate_prompts(text_only)["user_pos"].shape == (3, 0)
+    assert set(data.prompt_batch(ml1m, dict(zip(rows, text_only)), rows).inputs) == {"input_ids", "attention_mask"}
 
 
 def test_bucket_batches():

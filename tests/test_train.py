@@ -18,11 +18,6 @@ SECTIONS = ("valid", "test", "test_seen", "test_unseen", "test_warm", "test_cold
 KEYS = ("auc", "uauc", "uauc_users", "logloss", "precision", "recall", "f1", "accuracy", "n")
 
 
-@pytest.fixture(scope="module")
-def ml1m(data_dir):
-    return data.load("ml1m", str(data_dir))
-
-
 def run(ml1m, out, *extra):
     args = train.parse_args(["--out", str(out), "--limit", "1500", "--threads", "1", *extra])
     return train.run_cf(args, ds=ml1m)
