@@ -16,6 +16,7 @@ sys.path.insert(0, str(ROOT))
 
 import metrics  # noqa: E402  (the project root is on sys.path only now)
 import data  # noqa: E402
+import llama  # noqa: E402
 from data import pad_left  # noqa: E402
 
 DATA_DIR = Path(os.environ.get("SASRECLLM_DATA", ROOT.parent / "shared" / "data"))
@@ -36,6 +37,14 @@ def data_dir():
 def ml1m(data_dir):
     """The real ML-1M split, loaded once; tests read it and never change it."""
     return data.load("ml1m", data_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory):
+    """The embedded tiny backbone (random weights, GQA 4/2) with its own small sentencepiece model."""
+    d = tmp_path_factory.mktemp("tiny")
+    llama.make_tiny(d, texts=["Toy Story (1995)", "Heat (1995)"] + ["a user has given high ratings to the following movies"] * 20)
+    return d
 
 
 @pytest.fixture(scope="session")

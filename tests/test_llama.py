@@ -15,12 +15,6 @@ import llama
 torch.set_num_threads(2)
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    """The embedded tiny backbone with its own trained sentencepiece model."""
-    return llama.make_tiny(tmp_path_factory.mktemp("tiny"), texts=["Toy Story (1995)", "Heat (1995)"])
-
-
 def copy_ckpt(src, dst):
     shutil.copytree(src, dst)
     return Path(dst)

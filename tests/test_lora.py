@@ -11,11 +11,6 @@ import lora
 torch.set_num_threads(2)
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    return llama.make_tiny(tmp_path_factory.mktemp("tiny"), texts=["Toy Story (1995)"])
-
-
 def batch(vocab):
     ids = torch.randint(3, vocab, (2, 9), generator=torch.Generator().manual_seed(0))
     mask = torch.ones_like(ids)

@@ -78,13 +78,6 @@ def test_cf_vectors_with_bias_dot_to_the_cf_logit(make):
     assert not torch.allclose((u0 * i0).sum(-1), cf(user, hist, item), atol=1e-3)
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("tiny")
-    llama.make_tiny(d, texts=["a user has given high ratings to the following movies"] * 20)
-    return d
-
-
 def test_score_is_yes_minus_no_from_two_rows(tiny_dir):
     llm, tok = llama.load(tiny_dir)
     model = SASRecLLM(llm, tok.yes_id, tok.no_id)
