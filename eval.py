@@ -22,6 +22,7 @@ eval.py does not know (--limit, --max-steps, --llm, --template...) go to every t
 It writes TABLE_DIR.md: each cell mean ± std over the seeds, and Rel.Imp. on the seed means.
 """
 import argparse
+import contextlib
 import datetime
 import json
 import math
@@ -583,7 +584,9 @@ def main(argv=None):
                     print(f"wrote {path}")
                 return 0
             if args.shuffle_cf:
-                print(shuffle_cf_report(args.run, args.repeats, args.data_dir))
+                with contextlib.redirect_stdout(sys.stderr):  # progress lines; stdout keeps the report alone
+                    report = shuffle_cf_report(args.run, args.repeats, args.data_dir)
+                print(report)
                 return 0
             reports = evaluate_run(args.run, repeats=args.repeats, data_dir=args.data_dir)
             if args.repeats == 1:
