@@ -19,6 +19,14 @@ call pays a one-time cost that a later implementation on the same shape does not
      the ratios do not depend on it. warm_extra_s = warm pass time - timed pass time on the same
      batches: what first meetings (new shapes, first calls) cost that implementation.
 
+--compile adds "llama.py+lora.py compiled": a second llama.py model on the same weight tensors
+(its own LoRA, so its own optimizer), each decoder layer compiled with torch.compile (default
+inductor mode; one Block.forward graph serves every layer, and after a second length torch
+recompiles it once with a dynamic length). It runs beside the others, in the same warm and timed
+passes, so its compilation lands in the warm pass (warm_extra_s) and the ratios add
+compiled_vs_eager and compiled_vs_hf_peft(_last). A candidate for the loop's fast path, measured
+here first: train.py does not compile.
+
 llama.py computes the two lm_head rows it needs. HF's LlamaForCausalLM by default computes the
 full-vocabulary logits at every position ("hf+peft"); "hf+peft last" passes logits_to_keep=1.
 Both run in the same process on the same weights (the same tensors, not copies).
@@ -34,6 +42,7 @@ T tokens (scores and weighted sum, without the causal half-saving).
     python bench.py --shape tinyllama --device cuda --dtype bf16 --steps 10
     python bench.py --check                               # the prepared GPU check: one JSON line
     python bench.py --check --device cpu --shape tiny     # the same on CPU, in seconds
+    python bench.py --check --compile                     # ... with the compiled candidate beside
     python bench.py --loop --limit 200 --loop-iters 8     # train.py's loop alone, on CPU (below)
 
 --loop: train.py's real training loop, not a step in isolation. It writes a random checkpoint of
@@ -165,10 +174,12 @@ def flops(cfg, lengths, train):
 
 
 class Ours:
-    name = "llama.py+lora.py"
+    name, ours = "llama.py+lora.py", True
 
-    def __init__(self, model):
-        self.model = model
+    def __init__(self, model, compiled=False):
+        self.model, self.compiled = model, compiled
+        if compiled:
+            self.name = Ours.name + " compiled"
 
     def yes_no(self, ids, mask):
         h = self.model(input_ids=ids, attention_mask=mask)[:, -1]    # (B, D)
@@ -176,6 +187,8 @@ class Ours:
 
 
 class HF:
+    ours = False
+
     def __init__(self, model, vocab, keep_last):
         self.model, self.vocab, self.keep_last = model, vocab, keep_last
         self.name = "hf+peft last" if keep_last else "hf+peft"
@@ -195,14 +208,24 @@ def shape_sizes(args):
     return sizes
 
 
-def build(sizes, dtype, device, with_hf=True):
-    """[Ours, HF(full logits), HF(last position)] on the same weight tensors, LoRA injected in both;
-    only [Ours] when with_hf is False."""
+def build(sizes, dtype, device, with_hf=True, compile=False):
+    """[Ours, (Ours compiled,) HF(full logits), HF(last position)] on the same weight tensors, LoRA
+    injected in each; no HF without with_hf, the compiled one only with compile."""
     cfg = llama.LlamaConfig(**sizes)
     state = llama.random_state(cfg, dtype, device)
-    with torch.device("meta"):
-        model = llama.Llama(cfg)
-    model.load_state_dict(state, strict=True, assign=True)
+
+    def ours():
+        with torch.device("meta"):
+            model = llama.Llama(cfg)
+        model.load_state_dict(state, strict=True, assign=True)  # the same tensors, not copies
+        lora.inject(model, ("q_proj", "v_proj"), r=8, alpha=16, dropout=0.05)
+        return model
+    model = ours()
+    if compile:
+        compiled = ours()
+        compiled.load_state_dict(model.state_dict())  # the same LoRA init: the same scores
+        for layer in compiled.model.layers:
+            layer.compile()
     impls = []
     if with_hf:
         import peft
@@ -219,8 +242,7 @@ def build(sizes, dtype, device, with_hf=True):
         hf = peft.get_peft_model(hf, peft.LoraConfig(r=8, lora_alpha=16, lora_dropout=0.05,
                                                      target_modules=["q_proj", "v_proj"]))
         impls = [HF(hf, cfg.vocab_size, keep_last=False), HF(hf, cfg.vocab_size, keep_last=True)]
-    lora.inject(model, ("q_proj", "v_proj"), r=8, alpha=16, dropout=0.05)
-    return [Ours(model)] + impls
+    return [Ours(model)] + ([Ours(compiled, compiled=True)] if compile else []) + impls
 
 
 # ----------------------------------------------------------------------------------------------
@@ -273,12 +295,12 @@ def step(m, batch, cfg, device, amp):
         m.peak_mem = max(m.peak_mem, peak / 2**20)
 
 
-def turn(n_impls, order, i):
-    """Which implementations run batch i, first to last. Implementation 0 is ours."""
+def turn(n_impls, order, i, n_ours=1):
+    """Which implementations run batch i, first to last. The first n_ours are ours."""
     if order == "ours-first":
         return list(range(n_impls))
     if order == "hf-first":
-        return list(range(1, n_impls)) + [0]
+        return list(range(n_ours, n_impls)) + list(range(n_ours))
     return [(i + j) % n_impls for j in range(n_impls)]  # alternate: each goes first in turn
 
 
@@ -299,17 +321,26 @@ def run_phase(impls, phase, data, cfg, device, amp, orders):
     for order in orders:
         meters = [Meter(impl, phase, opt) for impl, opt in zip(impls, opts)]
         for i, batch in enumerate(data):
-            for j in turn(len(impls), order, i):
+            for j in turn(len(impls), order, i, sum(impl.ours for impl in impls)):
                 step(meters[j], batch, cfg, device, amp)
         passes[order] = meters
     return warm_s, passes
 
 
 def ratios(meters):
-    """Our tokens/s over each HF variant's: {"vs_hf_peft": x, "vs_hf_peft_last": y}."""
-    ours = meters[0].tokens / meters[0].elapsed
-    return {"vs_" + m.impl.name.replace("+", "_").replace(" ", "_"): round(ours / (m.tokens / m.elapsed), 3)
-            for m in meters[1:]}
+    """Our tokens/s over each HF variant's: {"vs_hf_peft": x, "vs_hf_peft_last": y}; with a compiled
+    implementation also compiled_vs_hf_peft(_last) and compiled_vs_eager."""
+    rate = lambda m: m.tokens / m.elapsed
+    eager = [m for m in meters if m.impl.ours and not m.impl.compiled]
+    compiled = [m for m in meters if m.impl.ours and m.impl.compiled]
+    out = {}
+    for prefix, ours in [("", m) for m in eager] + [("compiled_", m) for m in compiled]:
+        for m in meters:
+            if not m.impl.ours:
+                out[prefix + "vs_" + m.impl.name.replace("+", "_").replace(" ", "_")] = round(rate(ours) / rate(m), 3)
+    for m in compiled:
+        out["compiled_vs_eager"] = round(rate(m) / rate(eager[0]), 3)
+    return out
 
 
 def report(m, warm_s, cfg, args, device):
@@ -450,7 +481,8 @@ def fill_defaults(args):
 def header(args, device, bench):
     """The first keys of every one-line JSON: which run, on what, at which shape."""
     return {"bench": bench, "device": str(device), "dtype": args.dtype, "shape": args.shape,
-            "layers": shape_sizes(args)["num_hidden_layers"], "pad_multiple": args.pad_multiple}
+            "layers": shape_sizes(args)["num_hidden_layers"], "pad_multiple": args.pad_multiple,
+            "compile": args.compile}
 
 
 def check_line(args, cfg, device, method, padding, results, versions, build_s):
@@ -492,6 +524,7 @@ def main():
     p.add_argument("--peak-tflops", type=float, default=989.0, help="default: H100/H200 SXM bf16 dense")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
     p.add_argument("--no-hf", action="store_true", help="skip the transformers+peft comparison")
+    p.add_argument("--compile", action="store_true", help="add llama.py+lora.py with torch.compile'd layers")
     p.add_argument("--check", action="store_true", help="the prepared check: CHECK's sizes, all three "
                    "orders, then --loop, one JSON line (default --shape tinyllama --device cuda --dtype bf16)")
     p.add_argument("--loop", action="store_true", help="time train.py's text stage in loop.train on ML-1M "
@@ -561,7 +594,7 @@ def run(args, device):
             versions.update(transformers=transformers.__version__, peft=peft.__version__)
         except ImportError:
             versions["note"] = "transformers/peft not installed: no comparison"
-    impls = build(shape_sizes(args), dtype, device, with_hf="peft" in versions)
+    impls = build(shape_sizes(args), dtype, device, with_hf="peft" in versions, compile=args.compile)
     cfg = impls[0].model.cfg
     build_s = time.perf_counter() - t_start
 

@@ -37,6 +37,25 @@ def test_turn_orders():
         assert sorted(bench.turn(3, "alternate", i)) == [0, 1, 2]  # every impl runs every batch
     assert [bench.turn(3, "alternate", i)[0] for i in range(6)] == [0, 1, 2, 0, 1, 2]
     assert bench.turn(1, "hf-first", 0) == [0]  # --no-hf
+    assert bench.turn(4, "hf-first", 0, n_ours=2) == [2, 3, 0, 1]  # --compile: two of ours go last
+
+
+def test_compiled_candidate_scores_as_eager_on_the_same_weights():
+    """--compile's implementation: compiled layers, the same weight tensors and LoRA init, the same
+    scores; the warm pass absorbs its compilation, and its ratio to eager is reported (about 30 s of
+    compiling on CPU)."""
+    eager, compiled = bench.build(bench.TINY, torch.float32, torch.device("cpu"), with_hf=False, compile=True)
+    assert (eager.name, compiled.name) == ("llama.py+lora.py", "llama.py+lora.py compiled")
+    assert compiled.model.lm_head.weight.data_ptr() == eager.model.lm_head.weight.data_ptr()  # shared, not copied
+    g = torch.Generator().manual_seed(0)
+    data = [bench.make_batch(lens, 1000, g, pad_multiple=16) for lens in ([5, 7], [20, 18])]
+    cfg = eager.model.cfg
+    warm_s, passes = bench.run_phase([eager, compiled], "score", data, cfg, torch.device("cpu"), False, ("hf-first",))
+    with torch.no_grad():
+        for ids, mask, _ in data:
+            torch.testing.assert_close(compiled.yes_no(ids, mask), eager.yes_no(ids, mask), atol=1e-5, rtol=1e-5)
+    assert set(bench.ratios(passes["hf-first"])) == {"compiled_vs_eager"}
+    assert warm_s[1] > passes["hf-first"][1].elapsed  # compiling happened in the warm pass
 
 
 def test_batches_are_left_padded_to_a_multiple():
