@@ -40,6 +40,7 @@ def test_turn_orders():
     assert bench.turn(4, "hf-first", 0, n_ours=2) == [2, 3, 0, 1]  # --compile: two of ours go last
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")  # inside torch.compile
 def test_compiled_candidate_scores_as_eager_on_the_same_weights():
     """--compile's implementation: compiled layers, the same weight tensors and LoRA init, the same
     scores; the warm pass absorbs its compilation, and its ratio to eager is reported (about 30 s of
