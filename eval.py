@@ -172,27 +172,29 @@ def read_metrics(run_dir):
         return json.load(f)
 
 
-def score_run(run, shuffle_cf=False, repeats=1):
+def score_run(run, shuffle_cf=False, repeats=1, test_only=False):
     """One metrics.json-style report per evaluation of a run rebuilt by train.load_run, `repeats`
-    times; with shuffle_cf, the k-th evaluation permutes the CF inputs with seed k."""
+    times; with shuffle_cf, the k-th evaluation permutes the CF inputs with seed k. test_only
+    leaves the valid split out (it costs an LLM run more than the test split)."""
     args, ds, model, make_predict = run
     model.eval()
     reports = []
     with torch.no_grad():
         for seed in range(repeats):
             predict = make_predict(shuffle_cf, seed)
-            reports.append(split_report(ds, predict(model, "valid"), predict(model, "test")))
+            reports.append(split_report(ds, None if test_only else predict(model, "valid"), predict(model, "test")))
     return reports
 
 
-def evaluate_run(run_dir, shuffle_cf=False, repeats=1, data_dir=None):
-    """Rebuild the run from its best.pt (args + trainable tensors) and score valid and test,
-    `repeats` times; returns one metrics.json-style report per evaluation.
+def evaluate_run(run_dir, shuffle_cf=False, repeats=1, data_dir=None, device=None, test_only=False):
+    """Rebuild the run from its best.pt (args + trainable tensors) on its own device (or `device`)
+    and score valid and test (test alone with test_only), `repeats` times; returns one
+    metrics.json-style report per evaluation.
 
     shuffle_cf permutes the collaborative inputs (user, history, target item fed to the CF
     encoder) across each evaluation split, with seed k on the k-th repeat, while every prompt keeps
     its own text: if the spliced tokens carry signal, AUC must drop."""
-    return score_run(train.load_run(run_dir, data_dir), shuffle_cf, repeats)
+    return score_run(train.load_run(run_dir, data_dir, device), shuffle_cf, repeats, test_only)
 
 
 PARTS = ("valid", "test", "test_seen", "test_unseen", "test_warm", "test_cold")
@@ -497,8 +499,13 @@ def parser(build):
     flags, so that flags meant for train.py (--limit 300, --seed...) pass through unparsed."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                  allow_abbrev=not build)
-    if not build:
+    if not build:  # (with --table, --device goes to train.py)
         ap.add_argument("run", nargs="?", help="a run directory: re-evaluate its best.pt, write metrics.json")
+        ap.add_argument("--device", default=None, help="re-scoring: score on this device, not the run's own "
+                                                       "(a GPU run re-scored on cpu)")
+        ap.add_argument("--test-only", action="store_true",
+                        help="re-scoring: the test split alone, written to --into DIR/<run name>.json (the run's "
+                             "metrics.json stays as it is)")
     ap.add_argument("--preds", help="TSV with user_id, item_id, label, score [, split, seen, warm]")
     ap.add_argument("--table", nargs="*", metavar="RUN",
                     help="run directories holding metrics.json; with none, train Table 1 (--data, --seeds N, "
@@ -588,8 +595,17 @@ def main(argv=None):
                     report = shuffle_cf_report(args.run, args.repeats, args.data_dir)
                 print(report)
                 return 0
-            reports = evaluate_run(args.run, repeats=args.repeats, data_dir=args.data_dir)
-            if args.repeats == 1:
+            reports = evaluate_run(args.run, repeats=args.repeats, data_dir=args.data_dir, device=args.device,
+                                   test_only=args.test_only)
+            if args.test_only:
+                if not args.into or args.repeats != 1:
+                    raise ValueError("--test-only writes INTO/<run name>.json: give --into DIR, and no --repeats")
+                os.makedirs(args.into, exist_ok=True)
+                path = os.path.join(args.into, os.path.basename(os.path.normpath(args.run)) + ".json")
+                train.loop.write_json(reports[0], path)
+                print(f"wrote {path}")
+                print(markdown_table([(p, reports[0][p]) for p in PARTS if p in reports[0]], rel=False))
+            elif args.repeats == 1:
                 train.loop.write_json(reports[0], os.path.join(args.run, "metrics.json"))
                 print(f"wrote {os.path.join(args.run, 'metrics.json')}")
                 print(markdown_table([(p, reports[0][p]) for p in PARTS], rel=False))

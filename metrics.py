@@ -138,9 +138,12 @@ def rel_imp(ours, row):
 def split_report(ds, logits_valid, logits_test):
     """metrics.json's content: valid, test, and test's seen/unseen (CoLLM) and warm/cold (paper) parts.
 
-    ds is a data.Dataset; logits_* follow the row order of ds.idx("valid") / ds.idx("test")."""
+    ds is a data.Dataset; logits_* follow the row order of ds.idx("valid") / ds.idx("test");
+    logits_valid=None leaves valid out (a test-only re-scoring)."""
     out = {}
     for name, logits in (("valid", logits_valid), ("test", logits_test)):
+        if logits is None:
+            continue
         rows = ds.idx(name)
         logits = np.asarray(logits, dtype=np.float64).ravel()
         if len(logits) != len(rows):

@@ -318,8 +318,9 @@ def upgrade_args(a):
     return argparse.Namespace(**{**defaults, **a})
 
 
-def load_run(run_dir, data_dir=None):
-    """(args, ds, model, make_predict) for a finished run, rebuilt from its best.pt.
+def load_run(run_dir, data_dir=None, device=None):
+    """(args, ds, model, make_predict) for a finished run, rebuilt from its best.pt on its own device
+    (or `device`: a GPU run re-scored on the CPU).
 
     make_predict(shuffle_cf=False, seed=0) -> predict(model, split). The model and the tokenized
     prompts are built once, whatever the number of evaluations."""
@@ -329,6 +330,7 @@ def load_run(run_dir, data_dir=None):
     ck = loop.read_checkpoint(path)
     args = upgrade_args(ck["args"])
     args.data_dir = data_dir or args.data_dir
+    args.device = device or args.device
     ds = load_data(args)
     model, prompts = (build_cf(vars(args), ds).to(args.device), None) if args.stage in CF_STAGES else build_llm_model(args, ds)
     loop.load_trainable(model, ck["model"])

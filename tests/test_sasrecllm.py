@@ -144,6 +144,21 @@ def test_chain_writes_runs_and_checkpoints_round_trip(chain):
     assert not np.isclose(shuffled["test"]["logloss"], saved["test"]["logloss"])  # the CF tokens matter at all
 
 
+def test_test_only_rescoring_writes_beside_not_over(chain, tmp_path, capsys):
+    """eval.py RUN --test-only --device cpu --into DIR: the test parts alone, equal to the run's
+    own test figures, in DIR/<run name>.json; the run's metrics.json is left as it was."""
+    run = chain / "joint"
+    before = (run / "metrics.json").read_bytes()
+    assert ev.main([str(run), "--test-only"]) == 2  # no --into: refused, nothing written
+    assert "give --into DIR" in capsys.readouterr().err
+    assert ev.main([str(run), "--test-only", "--device", "cpu", "--into", str(tmp_path)]) == 0
+    got, saved = json.load(open(tmp_path / "joint.json")), json.loads(before)
+    assert set(got) == {"test", "test_seen", "test_unseen", "test_warm", "test_cold"}
+    for part in got:
+        assert got[part]["auc"] == pytest.approx(saved[part]["auc"], abs=1e-6)
+    assert (run / "metrics.json").read_bytes() == before
+
+
 def test_two_gloo_processes_match_one(tmp_path, data_dir):
     """torchrun with 2 CPU processes (gloo) trains the same LoRA as one process. Each rank collates
     half of every length bucket (different padding), so the sums run in another order: the
