@@ -259,7 +259,9 @@ class SASRecLLM(nn.Module):
         self.answer_ids = [yes_id, no_id]
         self.cf, self.cf_bias = cf, cf_bias
         d_in = None if cf is None else cf.dim + (2 if cf_bias else 0)  # cf_vectors' width
-        self.mapping = None if cf is None else MappingLayer(d_in, llm.cfg.hidden_size, proj_token_num)
+        # On the LLM's device, in fp32 (trainable parameters stay fp32 whatever the LLM's dtype).
+        self.mapping = None if cf is None else MappingLayer(d_in, llm.cfg.hidden_size, proj_token_num).to(
+            llm.lm_head.weight.device)
 
     def forward(self, input_ids, attention_mask, user_pos=None, item_pos=None, user=None, hist=None, item=None):
         """(B, T) left-padded prompt ids and mask; for collaborative prompts also the (B, k) slot

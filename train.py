@@ -235,8 +235,6 @@ def build_llm_model(args, ds):
         cf = load_cf(args.cf_ckpt, ds, args.device)
         cf.requires_grad_(not args.freeze_cf)
     model = SASRecLLM(llm, tok.yes_id, tok.no_id, cf=cf, proj_token_num=args.proj_token_num, cf_bias=bool(args.cf_bias))
-    if model.mapping is not None:
-        model.mapping.to(args.device)  # fp32: trainable parameters stay fp32
     t0 = time.time()
     prompts = data.encode_prompts(ds, range(len(ds)), tok, cf is not None, args.proj_token_num, args.template)
     n = np.array([len(p.ids) for p in prompts])
@@ -265,11 +263,14 @@ def llm_predictor(args, ds, prompts, shuffle_cf=False, seed=0):
         rows = ds.idx(split)
         cf_rows = rows[np.random.default_rng(seed).permutation(len(rows))] if shuffle_cf else None
         groups = data.bucket_batches([len(prompts[r].ids) for r in rows], args.eval_batch_size, shuffle=False)
-        local = {}
+        local, t0, t_said = {}, time.time(), time.time()
         for b in data.PromptBatches(ds, prompts, rows, groups[rank::world], args.maxlen, cf_rows=cf_rows,
                                     pad_multiple=args.pad_multiple):
             s = model(**b.to(args.device).inputs)
             local.update(zip(b.positions.tolist(), s.float().cpu().tolist()))
+            if time.time() - t_said > loop.PROGRESS_SECONDS:  # a long evaluation (a real LLM on a CPU) says how far
+                t_said = time.time()
+                loop.say(f"  scoring {split}: {len(local)}/{-(-len(rows) // world)} | {len(local) / (t_said - t0):.1f}/s")
         scores = loop.gather_scores(local)
         return np.array([scores[j] for j in range(len(rows))])
     return predict
@@ -329,8 +330,7 @@ def load_run(run_dir, data_dir=None, device=None):
         raise FileNotFoundError(f"{path} not found; train the run first")
     ck = loop.read_checkpoint(path)
     args = upgrade_args(ck["args"])
-    args.data_dir = data_dir or args.data_dir
-    args.device = device or args.device
+    args.data_dir, args.device = data_dir or args.data_dir, device or args.device
     ds = load_data(args)
     model, prompts = (build_cf(vars(args), ds).to(args.device), None) if args.stage in CF_STAGES else build_llm_model(args, ds)
     loop.load_trainable(model, ck["model"])
