@@ -595,11 +595,11 @@ def main(argv=None):
                     report = shuffle_cf_report(args.run, args.repeats, args.data_dir)
                 print(report)
                 return 0
+            if args.test_only and (not args.into or args.repeats != 1):  # before the (long) scoring, not after
+                raise ValueError("--test-only writes INTO/<run name>.json: give --into DIR, and no --repeats")
             reports = evaluate_run(args.run, repeats=args.repeats, data_dir=args.data_dir, device=args.device,
                                    test_only=args.test_only)
             if args.test_only:
-                if not args.into or args.repeats != 1:
-                    raise ValueError("--test-only writes INTO/<run name>.json: give --into DIR, and no --repeats")
                 os.makedirs(args.into, exist_ok=True)
                 path = os.path.join(args.into, os.path.basename(os.path.normpath(args.run)) + ".json")
                 train.loop.write_json(reports[0], path)
