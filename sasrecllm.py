@@ -62,20 +62,15 @@ class Block(nn.Module):
         self.ffn = PointWiseFFN(dim, dropout)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x, keep):
-        # x: (B, T, d); keep: (B, T) bool, False at padding
+    def forward(self, x, keep, allowed):
+        # x: (B, T, d); keep: (B, T) bool, False at padding; allowed: (B, 1, T, T) bool, SASRec.encode's
         a, f = self.attn, self.ffn
         B, T, d = x.shape
         qkv = a.qkv(self.ln_1(x)).view(B, T, 3, a.n_heads, d // a.n_heads).permute(2, 0, 3, 1, 4)
         q, k, v = qkv[0], qkv[1], qkv[2]  # (B, nh, T, hs) each
-        causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()  # (T, T) query x key
-        # Position t sees positions <= t and never a padded key. A padded query would then see no
-        # key at all (softmax of all -inf is NaN), so every query may always see itself; padded
-        # outputs are zeroed below anyway. Dropout is applied to the sub-layer's output, not to
-        # the attention probabilities: on CPU the (B, nh, T, T) dropout mask cost more than the
-        # rest of the layer.
-        allowed = causal & keep[:, None, :] | torch.eye(T, dtype=torch.bool, device=x.device)  # (B, T, T)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed[:, None])  # (B, nh, T, hs)
+        # Dropout is applied to the sub-layer's output, not to the attention probabilities: on CPU
+        # the (B, nh, T, T) dropout mask cost more than the rest of the layer.
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)          # (B, nh, T, hs)
         x = x + self.dropout(a.out(y.transpose(1, 2).reshape(B, T, d)))        # (B, T, d)
         # The point-wise FFN: a kernel-1 convolution is a per-position linear map, so the Conv1d
         # weights (d_out, d_in, 1) are applied as F.linear on (B, T, d): the same numbers without
@@ -118,8 +113,13 @@ class SASRec(nn.Module):
         pos = torch.arange(self.maxlen - T, self.maxlen, device=hist.device)  # right-aligned positions
         x = self.item_emb(hist) * math.sqrt(self.dim) + self.pos_emb(pos)  # (B, T, d)
         x = self.emb_dropout(x) * keep[..., None]
+        # Position t sees positions <= t and never a padded key. A padded query would then see no
+        # key at all (softmax of all -inf is NaN), so every query may always see itself; padded
+        # outputs are zeroed by each block anyway. One mask for every block.
+        causal = torch.ones(T, T, dtype=torch.bool, device=hist.device).tril()  # (T, T) query x key
+        allowed = causal & keep[:, None, :] | torch.eye(T, dtype=torch.bool, device=hist.device)  # (B, T, T)
         for block in self.blocks:
-            x = block(x, keep)
+            x = block(x, keep, allowed[:, None])
         # A fully padded history ends in a zero vector, so its user state is ln_f's bias: a
         # learned "no history yet" state.
         return self.ln_f(x)
