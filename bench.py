@@ -174,7 +174,7 @@ def flops(cfg, lengths, train):
 
 
 class Ours:
-    name, ours = "llama.py+lora.py", True
+    name = "llama.py+lora.py"
 
     def __init__(self, model, compiled=False):
         self.model, self.compiled = model, compiled
@@ -187,8 +187,6 @@ class Ours:
 
 
 class HF:
-    ours = False
-
     def __init__(self, model, vocab, keep_last):
         self.model, self.vocab, self.keep_last = model, vocab, keep_last
         self.name = "hf+peft last" if keep_last else "hf+peft"
@@ -321,7 +319,7 @@ def run_phase(impls, phase, data, cfg, device, amp, orders):
     for order in orders:
         meters = [Meter(impl, phase, opt) for impl, opt in zip(impls, opts)]
         for i, batch in enumerate(data):
-            for j in turn(len(impls), order, i, sum(impl.ours for impl in impls)):
+            for j in turn(len(impls), order, i, sum(isinstance(impl, Ours) for impl in impls)):
                 step(meters[j], batch, cfg, device, amp)
         passes[order] = meters
     return warm_s, passes
@@ -331,15 +329,15 @@ def ratios(meters):
     """Our tokens/s over each HF variant's: {"vs_hf_peft": x, "vs_hf_peft_last": y}; with a compiled
     implementation also compiled_vs_hf_peft(_last) and compiled_vs_eager."""
     rate = lambda m: m.tokens / m.elapsed
-    eager = [m for m in meters if m.impl.ours and not m.impl.compiled]
-    compiled = [m for m in meters if m.impl.ours and m.impl.compiled]
+    ours = [m for m in meters if isinstance(m.impl, Ours)]   # eager first, then the compiled one
     out = {}
-    for prefix, ours in [("", m) for m in eager] + [("compiled_", m) for m in compiled]:
+    for o in ours:
+        prefix = "compiled_" if o.impl.compiled else ""
         for m in meters:
-            if not m.impl.ours:
-                out[prefix + "vs_" + m.impl.name.replace("+", "_").replace(" ", "_")] = round(rate(ours) / rate(m), 3)
-    for m in compiled:
-        out["compiled_vs_eager"] = round(rate(m) / rate(eager[0]), 3)
+            if not isinstance(m.impl, Ours):
+                out[prefix + "vs_" + m.impl.name.replace("+", "_").replace(" ", "_")] = round(rate(o) / rate(m), 3)
+        if o.impl.compiled:
+            out["compiled_vs_eager"] = round(rate(o) / rate(ours[0]), 3)
     return out
 
 
