@@ -5,69 +5,38 @@ Recommendation with Fine-Tuned LLMs":
 - Sec. 3.1, problem formulation: each sample is (user u, item i, label y), y = 1 when the user
   rated the item >= 4 ("liked"), and the user's history is the items u liked before this one,
   oldest first.
-- Prompt construction: a fixed template that lists the last 10 liked titles and the target
-  title; the SASRecLLM variant adds <UserID> and <TargetItemID> markers where the model later
-  splices projected collaborative embeddings (k = proj_token_num slots per marker).
+- Sec. 3.1.3.1, prompt construction: a fixed template that lists the last 10 liked titles and the
+  target title; the SASRecLLM variant adds <UserID> and <TargetItemID> markers where the model
+  later splices projected collaborative embeddings (k = proj_token_num slots per marker).
 
-The data recipe is CoLLM's (zyang1580/CoLLM, dataset/ml-1m/processing_ood.ipynb and
-minigpt4/datasets/datasets/rec_datasets.py):
-- join ratings with titles, label = rating >= 4;
-- number calendar months (UTC) from the first month: months 14-23 train, 24-28 valid,
-  29-33 test (other months are dropped);
-- sort by (user, timestamp) with a stable sort and renumber users and items 1..N by first
-  appearance (0 is padding);
-- a row's history is every item the same user liked earlier, valid and test rows included.
+The benchmark is CoLLM's published ML-1M split (zyang1580/CoLLM), read from ml1m/interactions.tsv
+and ml1m/items.tsv under the data root (--data-dir, default $SASRECLLM_DATA or data/). A row's
+history is every item the same user liked earlier, valid and test rows included (CoLLM's rule).
+The raw GroupLens files ("movielens") and Amazon's 2018 reviews ("amazon") go through CoLLM's
+recipe in tools/sources.py, which also reads every file and names the line of any bad input.
 
-Three sources give the same in-memory Dataset (files under the data root, --data-dir, default
-$SASRECLLM_DATA or data/):
-- "ml1m":      ml1m/interactions.tsv + ml1m/items.tsv, CoLLM's published ML-1M split as TSV.
-- "movielens": ml-1m/ratings.dat + ml-1m/movies.dat, the raw GroupLens files.
-- "amazon":    amazon-book/Books_5.json.gz + amazon-book/meta_Books.json.gz (2018 Amazon
-               Review Data; any category in that format via reviews=..., meta=...).
-
-Bad input is a DataError naming the file, the line and what was expected. A repeated (user,
-item) pair would put a row's target into a later row's history, so in ml1m's TSV it is an error
-naming both lines (as is a repeated item_id). Amazon's repeated reviews keep the first; raw
-GroupLens re-ratings are kept (the real ratings.dat has none); either way Dataset.notes counts
-them and the loader prints that count. Ids given as they are must be
-numbered about 1..N, since every embedding table has a row per id up to the largest.
-
-Run `python data.py ml1m --stats` for the split statistics, `--export FILE.jsonl` for one JSON
-object per row.
+The order of this file: the Dataset (rows, histories, warm flags), the ML-1M loader, the prompt
+templates, then the tensors the models take (`cf_batch` for the CF models, `prompt_batch` for the
+LLM: left padding, slots, the CF inputs).
 """
-import argparse
-import gzip
-import json
 import os
 import re
-import sys
 from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
 import torch
 
-import llama
+from tools import sources
+from tools.sources import DataError, read_table
 
 # The data root: --data-dir, else $SASRECLLM_DATA, else data/ (made absolute, so that a relative
 # $SASRECLLM_DATA means the same from any working directory).
 DATA_DIR = os.path.abspath(os.environ.get("SASRECLLM_DATA", "data"))
-SPLITS = ("train", "valid", "test")
-MONTH_WINDOWS = {"train": range(14, 24), "valid": range(24, 29), "test": range(29, 34)}
-RATIO = (0.8, 0.1, 0.1)        # the paper's chronological 8:1:1 split
-LIKE_THRESHOLD = 4             # rating >= 4 is a like (label 1)
-AMAZON_MAX_ID = 4000           # the paper keeps Amazon Book user and item ids <= 4000
+SPLITS = sources.SPLITS        # ("train", "valid", "test")
 WARM_MORE_THAN = 3             # the paper's warm rows: user and item each with more than 3 train rows
 MAX_ID_RATIO = 2               # ids given as they are (ml1m) may run to twice their count, no more
 PROMPT_TITLES = 10             # the prompt lists the last 10 liked titles
-
-GROUPLENS_URL = "https://files.grouplens.org/datasets/movielens/ml-1m.zip"
-AMAZON_URL = "https://nijianmo.github.io/amazon/index.html"
 COLLM_URL = "https://github.com/zyang1580/CoLLM (collm-datasets/ml-1m.zip)"
-
-
-class DataError(Exception):
-    """Bad or missing input. The message names the file, the line and what was expected."""
-
 
 # ----------------------------------------------------------------------------------------------
 # Dataset: the one in-memory form every loader produces
@@ -193,7 +162,7 @@ def load_ml1m(data_dir):
     inter_path = os.path.join(data_dir, "ml1m", "interactions.tsv")
     items_path = os.path.join(data_dir, "ml1m", "items.tsv")
     what = ("CoLLM's ML-1M split as interactions.tsv and items.tsv; get collm-datasets/ml-1m.zip "
-            f"from {COLLM_URL}, or the raw GroupLens files ({GROUPLENS_URL}) and load 'movielens'")
+            f"from {COLLM_URL}, or the raw GroupLens files ({sources.GROUPLENS_URL}) and load 'movielens'")
 
     titles, title_line = {}, {}
     for n, (i, title) in read_table(items_path, ["item_id", "title"], what, ints=["item_id"]):
@@ -244,216 +213,6 @@ def load_ml1m(data_dir):
                         inter_path)
 
 
-def read_table(path, names, what, sep="\t", header=True, ints=(), encoding="utf-8"):
-    """Yields (line number, fields) of a text file of `sep`-separated fields, the ones named in
-    ints parsed as integers. With header=True the first line must be the names themselves. Any
-    problem is a DataError naming the file and the line; `what` tells a missing file's reader
-    what was expected there and where to get it."""
-    lines, kind = _lines(path, what, encoding), "tab" if sep == "\t" else repr(sep)
-    if header:
-        n, first = next(lines, (1, ""))
-        if first.split(sep) != names:
-            raise DataError(f"{path}:1: expected the header {sep.join(names)!r} ({kind}-separated), "
-                            f"got {first!r}")
-    for n, line in lines:
-        fields = line.split(sep)
-        if len(fields) != len(names):
-            raise DataError(f"{path}:{n}: expected {len(names)} {kind}-separated fields "
-                            f"({', '.join(names)}), got {len(fields)}")
-        for j, name in enumerate(names):
-            if name in ints:
-                try:
-                    fields[j] = int(fields[j])
-                except ValueError:
-                    raise DataError(f"{path}:{n}: expected an integer {name}, got {fields[j]!r}") from None
-        yield n, fields
-
-
-def _lines(path, what, encoding="utf-8"):
-    """Yields (line number, line without its newline); .gz files are decompressed."""
-    if not os.path.exists(path):
-        raise DataError(f"{path} not found (the data root is --data-dir, else $SASRECLLM_DATA, else "
-                        f"data/); expected {what}")
-    opener = gzip.open if path.endswith(".gz") else open
-    n = 0
-    try:
-        with opener(path, "rt", encoding=encoding) as f:
-            for n, line in enumerate(f, start=1):
-                yield n, line.rstrip("\r\n")
-    except (OSError, EOFError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}:{n + 1}: expected readable {encoding} text"
-                        f"{' (gzip)' if path.endswith('.gz') else ''} ({e})") from None
-
-
-# ----------------------------------------------------------------------------------------------
-# Loaders 2 and 3: raw ratings -> CoLLM's recipe
-
-def months_since_start(timestamp):
-    """Calendar month index in UTC, 0 = the first month in the data.  (N,) int64"""
-    month = timestamp.astype("datetime64[s]").astype("datetime64[M]").astype(np.int64)
-    return month - month.min()
-
-
-def from_ratings(name, domain, user_raw, item_raw, rating, timestamp, titles_raw, split,
-                 source, first_review_only=False, max_id=None):
-    """CoLLM's recipe on raw ratings; returns a Dataset with rows in train, valid, test blocks.
-
-    user_raw, item_raw: (N,) raw ids (ints or strings) in file order; titles_raw: raw item id ->
-    title. Ratings of items without a title are dropped (CoLLM joins with an inner merge).
-    pandas' merge groups the rows by item, in order of the item's first appearance, so rows with
-    the same (user, timestamp) keep that order here too; within an item, file order.
-    """
-    if split not in ("months", "ratio"):
-        raise DataError(f"unknown split option {split!r}; expected 'months' or 'ratio'")
-    has_title = np.array([i in titles_raw for i in item_raw.tolist()], dtype=bool)
-    if not has_title.any():
-        raise DataError(f"{source}: no ratings of items that have a title; expected the rated "
-                        "items to appear in the metadata / movies file")
-    rows = dict(user=user_raw, item=item_raw, label=(rating >= LIKE_THRESHOLD).astype(np.int64),
-                timestamp=timestamp, split=np.full(len(rating), "", dtype=object))
-    rows = _take(rows, has_title)
-    rows = _take(rows, np.argsort(renumber(rows["item"]), kind="stable"))   # the merge's order
-
-    if split == "months":
-        month = months_since_start(rows["timestamp"])
-        for s, window in MONTH_WINDOWS.items():
-            rows["split"][np.isin(month, list(window))] = s
-        rows = _take(rows, rows["split"] != "")
-
-    # Stable sort by (user, timestamp); raw user ids sort as numbers (GroupLens) or strings.
-    user_code = np.unique(rows["user"], return_inverse=True)[1]
-    rows = _take(rows, np.lexsort((rows["timestamp"], user_code)))
-    pairs = np.stack([np.unique(rows[k], return_inverse=True)[1] for k in ("user", "item")], 1)
-    first = np.unique(pairs, axis=0, return_index=True)[1]
-    notes, repeated = [], len(rows["user"]) - len(first)
-    if first_review_only and repeated:
-        # A repeated (user, item) review is not a new event: keep the user's first review, so
-        # a target never sits in its own history.
-        rows = _take(rows, np.sort(first))
-        notes.append(f"{source}: dropped {repeated} repeated (user, item) reviews, keeping each "
-                     "pair's first")
-    elif repeated:
-        notes.append(f"{source}: kept {repeated} repeated (user, item) ratings (re-ratings); each "
-                     "later one has its item in its own history")
-    for note in notes:  # stderr: stdout may be --stats' JSON
-        print(f"note: {note}", file=sys.stderr)
-
-    rows["raw_item"] = rows["item"]
-    rows["user"], rows["item"] = renumber(rows["user"]), renumber(rows["item"])
-    if max_id is not None:
-        rows = _take(rows, (rows["user"] <= max_id) & (rows["item"] <= max_id))
-        # close the gaps; the first-appearance order of the survivors is unchanged
-        rows["user"], rows["item"] = renumber(rows["user"]), renumber(rows["item"])
-    if split == "ratio":
-        rows["split"] = ratio_split(rows["timestamp"])
-
-    rows = _take(rows, np.concatenate([np.flatnonzero(rows["split"] == s) for s in SPLITS]))
-    titles = [""] * (int(rows["item"].max(initial=0)) + 1)
-    for i, raw in zip(rows["item"].tolist(), rows["raw_item"].tolist()):
-        titles[i] = titles_raw[raw]
-    return make_dataset(name, domain, rows["user"], rows["item"], rows["label"],
-                        rows["timestamp"], rows["split"].astype(str), titles, source, notes)
-
-
-def _take(rows, index):
-    """Selects (mask) or reorders (indices) every column of a dict of (N,) arrays."""
-    return {k: v[index] for k, v in rows.items()}
-
-
-def renumber(raw):
-    """Ids 1..N in order of first appearance.  (N,) -> (N,) int64"""
-    _, first, code = np.unique(raw, return_index=True, return_inverse=True)
-    rank = np.empty(len(first), dtype=np.int64)
-    rank[np.argsort(first)] = np.arange(1, len(first) + 1)
-    return rank[code]
-
-
-def ratio_split(timestamp):
-    """The paper's 8:1:1 chronological split over all rows (stable on ties)."""
-    order = np.argsort(timestamp, kind="stable")
-    n = len(order)
-    n_train, n_valid = int(round(n * RATIO[0])), int(round(n * RATIO[1]))
-    part = np.empty(n, dtype=object)
-    part[order[:n_train]] = "train"
-    part[order[n_train:n_train + n_valid]] = "valid"
-    part[order[n_train + n_valid:]] = "test"
-    return part
-
-
-def load_movielens(data_dir, split="months"):
-    """Raw GroupLens ml-1m/ratings.dat (UserID::MovieID::Rating::Timestamp) + movies.dat."""
-    ratings_path = os.path.join(data_dir, "ml-1m", "ratings.dat")
-    movies_path = os.path.join(data_dir, "ml-1m", "movies.dat")
-    what = (f"the GroupLens MovieLens-1M files; download {GROUPLENS_URL} and unzip it in "
-            f"{data_dir} (it unpacks to ml-1m/)")
-
-    titles = {mid: title for _, (mid, title, _genres) in
-              read_table(movies_path, ["MovieID", "Title", "Genres"], what, "::", False, ["MovieID"], "latin-1")}
-    names = ["UserID", "MovieID", "Rating", "Timestamp"]
-    rows = [fields for _, fields in read_table(ratings_path, names, what, "::", False, names, "latin-1")]
-    if not rows:
-        raise DataError(f"{ratings_path}: no ratings; expected UserID::MovieID::Rating::Timestamp")
-    user, item, rating, timestamp = np.array(rows, dtype=np.int64).T
-    return from_ratings("movielens", "movie", user, item, rating, timestamp, titles, split,
-                        ratings_path)
-
-
-def _json_lines(path, what):
-    """Yields (line number, object) from a JSON-lines file, plain or .gz."""
-    for n, line in _lines(path, what):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{n}: expected one JSON object per line ({e.msg})") from None
-        if not isinstance(obj, dict):
-            raise DataError(f"{path}:{n}: expected a JSON object, got {type(obj).__name__}")
-        yield n, obj
-
-
-def load_amazon(data_dir, split="ratio", reviews=None, meta=None):
-    """2018 Amazon Review Data: reviews (reviewerID, asin, overall, unixReviewTime) + metadata
-    (asin, title), JSON lines, plain or .gz. Default files: amazon-book/Books_5.json.gz and
-    amazon-book/meta_Books.json.gz. Items without a title are dropped, a later metadata line
-    for the same asin wins (CoLLM: drop_duplicates(keep='last')). A repeated (user, item) review
-    keeps only the first one. split="ratio" (the default) is the paper's chronological 8:1:1;
-    split="months" applies ML-1M's month windows counted from the first month of the data, which
-    for Amazon Book (from 1996) hold no rows."""
-    reviews = reviews or os.path.join(data_dir, "amazon-book", "Books_5.json.gz")
-    meta = meta or os.path.join(data_dir, "amazon-book", "meta_Books.json.gz")
-    what = (f"Amazon Review Data (2018), {AMAZON_URL}: the 5-core reviews (Books_5.json.gz) and "
-            "the metadata (meta_Books.json.gz); or pass --reviews FILE --meta FILE")
-
-    titles = {}
-    for n, obj in _json_lines(meta, what):
-        if not isinstance(obj.get("asin"), str):
-            raise DataError(f"{meta}:{n}: expected a string field 'asin'")
-        title = obj.get("title")
-        if isinstance(title, str) and title.strip():
-            titles[obj["asin"]] = title.strip()
-
-    users, items, ratings, times = [], [], [], []
-    for n, obj in _json_lines(reviews, what):
-        try:
-            u, i = obj["reviewerID"], obj["asin"]
-            r, t = float(obj["overall"]), int(obj["unixReviewTime"])
-        except (KeyError, TypeError, ValueError):
-            raise DataError(f"{reviews}:{n}: expected fields reviewerID, asin, overall (number) "
-                            "and unixReviewTime (integer)") from None
-        users.append(str(u))
-        items.append(str(i))
-        ratings.append(r)
-        times.append(t)
-    if not users:
-        raise DataError(f"{reviews}: no reviews; expected JSON lines with reviewerID, asin, "
-                        "overall, unixReviewTime")
-    domain = "book" if "book" in os.path.basename(reviews).lower() else "item"  # the prompt's noun
-    return from_ratings("amazon", domain, np.array(users), np.array(items), np.array(ratings),
-                        np.array(times, dtype=np.int64), titles, split, reviews,
-                        first_review_only=True, max_id=AMAZON_MAX_ID)
-
-
 def load(name, data_dir=None, split=None, reviews=None, meta=None):
     """Loads "ml1m" (CoLLM's fixed month split), "movielens" or "amazon". split: "months" (CoLLM's
     windows; ml1m's and movielens' default) or "ratio" (the paper's chronological 8:1:1, Amazon's
@@ -466,9 +225,9 @@ def load(name, data_dir=None, split=None, reviews=None, meta=None):
                             "files: load 'movielens'")
         return load_ml1m(data_dir)
     if name == "movielens":
-        return load_movielens(data_dir, split)
+        return make_dataset(**sources.load_movielens(data_dir, split))
     if name == "amazon":
-        return load_amazon(data_dir, split, reviews, meta)
+        return make_dataset(**sources.load_amazon(data_dir, split, reviews, meta))
     raise DataError(f"unknown dataset {name!r}; expected ml1m, movielens or amazon")
 
 
@@ -700,84 +459,3 @@ def data_slice(ds, limit):
     arrays = {f.name: getattr(ds, f.name)[keep] for f in fields(ds) if isinstance(getattr(ds, f.name), np.ndarray)}
     return replace(ds, history=ds.history.take(keep), **arrays)
 
-
-# ----------------------------------------------------------------------------------------------
-# Command line
-
-def load_tokenizer(path):
-    """The CLI's tokenizer for token counts: a tokenizer.model, a tokenizer.json, or a checkpoint
-    directory holding one (the library itself only duck-types a tokenizer: encode(text, bos),
-    bos_id, unk_id)."""
-    if not os.path.exists(path):
-        raise DataError(f"{path} not found; expected a tokenizer.model, a tokenizer.json or a checkpoint directory")
-    try:
-        return llama.load_tokenizer(path)
-    except (OSError, RuntimeError, ValueError, KeyError) as e:
-        raise DataError(f"{path}: expected a sentencepiece tokenizer.model or a byte-level BPE tokenizer.json ({e})") from None
-
-
-def _uauc_users(ds, rows):
-    """Users with both a like and a dislike among rows (the users UAUC can average over)."""
-    pos = np.bincount(ds.user[rows], weights=ds.label[rows], minlength=ds.n_users + 1)
-    tot = np.bincount(ds.user[rows], minlength=ds.n_users + 1)
-    return int(np.sum((pos > 0) & (pos < tot)))
-
-
-def stats(ds, tok=None, template="paper"):
-    out = {"dataset": ds.name, "rows": {}, "users": ds.n_users, "items": ds.n_items,
-           "positive_rate": {}, "seen": {}, "warm": {}, "uauc_users": {}, "notes": ds.notes}
-    for s in SPLITS:
-        rows = ds.idx(s)
-        out["rows"][s] = len(rows)
-        out["positive_rate"][s] = round(float(ds.label[rows].mean()), 3)
-        out["seen"][s] = round(float(ds.seen[rows].mean()), 3)
-        out["warm"][s] = round(float(ds.warm[rows].mean()), 3)
-        out["uauc_users"][s] = _uauc_users(ds, rows)
-    if tok is not None:
-        out["prompt_tokens"] = {}
-        for kind, collab in (("text", False), ("collab", True)):
-            n = np.array([len(p.ids) for p in encode_prompts(ds, range(len(ds)), tok, collab, 1, template)])
-            out["prompt_tokens"][kind] = {"mean": round(float(n.mean()), 1),
-                                          "p95": int(np.percentile(n, 95)), "max": int(n.max())}
-    return out
-
-
-def export(ds, path, template="paper"):
-    with open(path, "w", encoding="utf-8") as f:
-        for i in range(len(ds)):
-            f.write(json.dumps({
-                "user_id": int(ds.user[i]), "item_id": int(ds.item[i]),
-                "label": int(ds.label[i]), "timestamp": int(ds.timestamp[i]),
-                "split": str(ds.split[i]), "history": ds.history[i],
-                "seen": bool(ds.seen[i]), "warm": bool(ds.warm[i]),
-                "prompt_text": prompt(ds, i, False, template), "prompt_collab": prompt(ds, i, True, template),
-            }, ensure_ascii=False) + "\n")
-
-
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("dataset", choices=["ml1m", "movielens", "amazon"])
-    p.add_argument("--data-dir", default=DATA_DIR)
-    p.add_argument("--split", default=None, choices=["months", "ratio"], help="default: ratio for amazon, else months")
-    p.add_argument("--template", default="paper", choices=list(TEMPLATES), help="the prompts of --export and --stats")
-    p.add_argument("--reviews", help="amazon: reviews JSON lines (.gz or plain)")
-    p.add_argument("--meta", help="amazon: metadata JSON lines (.gz or plain)")
-    p.add_argument("--stats", action="store_true", help="print one JSON object of statistics")
-    p.add_argument("--tokenizer", help="tokenizer.model, tokenizer.json or a checkpoint dir, for prompt lengths")
-    p.add_argument("--export", metavar="FILE.jsonl", help="write one JSON object per row")
-    args = p.parse_args(argv)
-    try:
-        ds = load(args.dataset, args.data_dir, args.split, args.reviews, args.meta)
-        if args.export:
-            export(ds, args.export, args.template)
-        if args.stats or not args.export:
-            tok = load_tokenizer(args.tokenizer) if args.tokenizer else None
-            print(json.dumps(stats(ds, tok, args.template)))
-    except (DataError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -21,9 +21,14 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 PEFT_PREFIX = "base_model.model."  # peft's PeftModel(LoraModel(model)) prefix in saved keys
+# adapter_config.json keys that plain LoRA reads (or that carry no numbers); every other key must be off
+PLAIN_LORA_KEYS = {"peft_type", "task_type", "r", "lora_alpha", "lora_dropout", "target_modules", "inference_mode",
+                   "base_model_name_or_path", "revision", "init_lora_weights", "peft_version", "auto_mapping",
+                   "megatron_core", "qalora_group_size"}
 
 
 class LoRALinear(nn.Linear):
@@ -148,21 +153,24 @@ def load_adapter(model, adapter_dir):
     key must exist in the model with the same shape, and every LoRA layer must be covered."""
     adapter_dir = Path(adapter_dir)
     cfg = json.loads((adapter_dir / "adapter_config.json").read_text())
-    unsupported = {"peft_type": cfg.get("peft_type", "LORA") != "LORA",
-                   "use_dora": cfg.get("use_dora"), "use_rslora": cfg.get("use_rslora"),
-                   "fan_in_fan_out": cfg.get("fan_in_fan_out"), "bias": cfg.get("bias", "none") != "none",
-                   "modules_to_save": cfg.get("modules_to_save"), "rank_pattern": cfg.get("rank_pattern"),
-                   "alpha_pattern": cfg.get("alpha_pattern")}
-    bad = [k for k, v in unsupported.items() if v]
-    if bad:
-        raise ValueError(f"{adapter_dir}: adapter uses {bad}, which lora.py does not implement")
+    if cfg.get("peft_type", "LORA") != "LORA":
+        raise ValueError(f"{adapter_dir}: peft_type {cfg['peft_type']!r}; lora.py implements plain LoRA only")
+    # Any other feature peft writes (DoRA, rsLoRA, aLoRA's invocation tokens, rank patterns, ...) would
+    # change the numbers; it is refused unless it is off, never read as plain LoRA.
+    off = (None, False, 0, "none", {}, [])
+    unknown = sorted(k for k, v in cfg.items() if k not in PLAIN_LORA_KEYS and not any(v is o or v == o for o in off))
+    if unknown:
+        raise ValueError(f"{adapter_dir}: adapter uses {unknown}, which lora.py does not implement")
     if not lora_layers(model):
         targets = cfg["target_modules"]
         if isinstance(targets, str):
             raise ValueError(f"{adapter_dir}: target_modules as a regex ({targets!r}) is not supported")
         inject(model, tuple(targets), cfg["r"], cfg["lora_alpha"], cfg.get("lora_dropout", 0.0))
     if (adapter_dir / "adapter_model.safetensors").exists():
-        state = load_file(adapter_dir / "adapter_model.safetensors")
+        try:
+            state = load_file(adapter_dir / "adapter_model.safetensors")
+        except SafetensorError as e:  # a truncated file: "incomplete metadata"
+            raise ValueError(f"{adapter_dir / 'adapter_model.safetensors'}: cannot read it ({e})") from None
     else:
         state = torch.load(adapter_dir / "adapter_model.bin", map_location="cpu", weights_only=True)
     if any(m.merged for m in lora_layers(model).values()):

@@ -7,9 +7,12 @@
 
 Models hand us logits s (pre-sigmoid); p = sigmoid(s) is the probability of "like".
 
-Why a file of its own: the training loop needs AUC for early stopping, and eval.py (reports,
-tables, plots) needs the training side to rebuild runs. With the metrics here, the imports form
-one direction: metrics <- loop <- train <- eval.
+Scores must be finite: a NaN or an infinite score has no rank, and AUC over it would be an
+artefact of row order, so every metric refuses one (FloatingPointError, naming the count).
+
+Why a file of its own: the training loop needs AUC for early stopping, and eval.py needs the
+training side to rebuild runs. With the metrics here, the imports form one direction:
+metrics <- loop <- train <- eval.
 """
 import math
 
@@ -17,6 +20,15 @@ import numpy as np
 
 # -----------------------------------------------------------------------------
 # metrics
+
+
+def finite_scores(scores):
+    s = np.asarray(scores, dtype=np.float64).ravel()
+    bad = int((~np.isfinite(s)).sum())
+    if bad:
+        raise FloatingPointError(f"{bad} of {len(s)} scores are NaN or infinite; a metric of them would be "
+                                 "meaningless (the model's weights or inputs hold non-finite values)")
+    return s
 
 
 def _average_ranks(x):
@@ -40,7 +52,7 @@ def auc(labels, scores):
     with tied scores sharing their mean rank. NaN when a class is absent.
     """
     y = np.asarray(labels).astype(bool).ravel()
-    s = np.asarray(scores, dtype=np.float64).ravel()
+    s = finite_scores(scores)
     if len(y) != len(s):
         raise ValueError(f"auc: {len(y)} labels but {len(s)} scores")
     n1 = int(y.sum())
@@ -121,6 +133,7 @@ def accuracy(labels, probs, threshold=0.5):
 
 def metrics(users, labels, logits):
     """All of Table 1's metrics for one set of predictions; logits are pre-sigmoid scores."""
+    logits = finite_scores(logits)
     p = sigmoid(logits)
     u, n_users = uauc(users, labels, logits)
     return dict(auc=auc(labels, logits), uauc=u, uauc_users=n_users, logloss=logloss(labels, p),
@@ -133,6 +146,9 @@ def rel_imp(ours, row):
     (ours_m - row_m) / row_m. NaN when a metric is undefined or zero."""
     terms = [(ours[m] - row[m]) / row[m] if ours[m] is not None and row[m] else float("nan") for m in ("auc", "uauc")]
     return float(np.mean(terms))
+
+
+PARTS = ("valid", "test", "test_seen", "test_unseen", "test_warm", "test_cold")  # metrics.json's sections
 
 
 def split_report(ds, logits_valid, logits_test):
@@ -197,3 +213,27 @@ def md_table(head, rows):
     """A markdown table: head is a list of column names, rows lists of cell strings."""
     return "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] +
                      ["| " + " | ".join(cells) + " |" for cells in rows])
+
+
+def mean_std(reports):
+    """{part: {metric: (mean, std)}} over a list of metrics.json dicts. std is the sample standard
+    deviation (ddof 1) over the reports, None for a single report; an undefined metric (null) is NaN."""
+    out = {}
+    for part, m in reports[0].items():
+        if not isinstance(m, dict):  # best_epoch
+            continue
+        out[part] = {}
+        for k in m:
+            v = np.array([_num(r[part][k]) for r in reports], dtype=np.float64)
+            out[part][k] = (float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else None)
+    return out
+
+
+def fmt_mean_std(mean, std):
+    """'0.7301 ± 0.0033'; the mean alone for one run (std None) or an undefined mean."""
+    return fmt(mean) if std is None or math.isnan(mean) else f"{fmt(mean)} ± {fmt(std)}"
+
+
+def mean_std_table(stats, parts=PARTS):
+    return md_table(["part"] + [c for _, c in COLUMNS],
+                    [[part] + [fmt_mean_std(*stats[part][k]) for k, _ in COLUMNS] for part in parts if part in stats])

@@ -9,15 +9,17 @@ hierarchical freezing: each stage trains its part and freezes the others):
     python train.py --stage all --data ml1m --llm tiny     # the whole chain on the tiny backbone
     python train.py --stage joint --data ml1m              # stage 3 alone, with TinyLlama
 
-Each stage builds its model and its batches and hands them to loop.train (the loop: AdamW,
-warm-up + cosine, AMP, early stopping, checkpoints, --resume, torchrun). Every part is saved on
-its own (plug-and-play): a CF run's best.pt, the text stage's LoRA in peft's format under
-OUT/adapter/, the joint stage's mapping layer and CF encoder.
+A run is one `Run` (the flags, a dataclass; argparse is built from its fields) and every stage's
+defaults sit in one table, STAGE_DEFAULTS. Each stage builds its model and its batches and hands
+them to loop.train. Every part is saved on its own (plug-and-play): a CF run's best.pt, the text
+stage's LoRA in peft's format under OUT/adapter/, the joint stage's mapping layer and CF encoder.
 """
 import argparse
 import os
+import re
 import sys
 import time
+from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
 import torch
@@ -30,11 +32,13 @@ import lora
 from baselines import MC, MF, NCF, GRU4Rec, Pop
 from metrics import markdown_table
 from sasrecllm import SASRec, SASRecLLM
+from tools import backbones, runs
+from tools.dist import barrier, gather_scores, init_distributed, is_main, rank_world, say
+from tools.runs import cli, non_negative, number, positive
 
 CF_STAGES = ("sasrec", "pop", "mf", "ncf", "gru4rec", "mc")
 LLM_STAGES = ("icl", "text", "joint")
-TINYLLAMA_DIR = os.path.join("checkpoints", "TinyLlama-1.1B")
-RUN_FORMAT = 3  # saved with each run; runs of older checkouts are upgraded by upgrade_args
+TEMPLATES, DTYPES = tuple(data.TEMPLATES), tuple(llama.DTYPES)  # (Run's fields data, lora and runs shadow the modules)
 
 # Every stage's defaults, in one place (flags left at None take them). CF values were chosen on
 # ML-1M validation AUC (the README lists the sweep); strong weight decay wins because
@@ -60,22 +64,109 @@ STAGE_DEFAULTS = {
 MAX_EPOCHS_TINY = 10
 
 
-def fill_defaults(args, stage):
-    """Set every option left at None to `stage`'s default."""
-    defaults = dict(STAGE_DEFAULTS[stage])
-    if stage in LLM_STAGES and args.llm == "tiny":
-        defaults["max_epochs"] = MAX_EPOCHS_TINY
-    for k, v in defaults.items():
-        if getattr(args, k) is None:
-            setattr(args, k, v)
-    return args
+def flag(default=None, help=None, type=None, choices=None, resume_may_change=False):
+    """A Run field and its command-line flag. resume_may_change: says how to run, not what the run
+    is, so --resume lets it differ (a device, a time budget); every other flag must match."""
+    return field(default=default, metadata=dict(help=help, type=type, choices=choices,
+                                                resume_may_change=resume_may_change))
 
 
-def train_config(args):
-    return loop.TrainConfig(out=args.out, lr=args.lr, wd=args.wd, max_epochs=args.max_epochs,
-                            patience=args.patience, warmup_epochs=args.warmup_epochs, clip=args.clip,
-                            amp=args.amp, device=args.device, resume=args.resume, stop_after=args.stop_after,
-                            max_steps=args.max_steps, max_minutes=args.max_minutes, run_args=vars(args))
+@dataclass
+class Run:
+    """One run: every flag of train.py. Saved in each checkpoint, so that a run rebuilds itself."""
+    stage: str = flag(None, "which stage (or all: sasrec, text, joint in turn)", choices=CF_STAGES + LLM_STAGES + ("all",))
+    data: str = flag("ml1m", "ml1m, movielens or amazon")
+    split: str = flag(None, "CoLLM's month windows (ml1m, movielens) or the paper's chronological 8:1:1 "
+                      "(amazon's default)", choices=("months", "ratio"))
+    reviews: str = flag(None, "amazon: reviews file (default DATA/amazon-book/Books_5.json.gz)")
+    meta: str = flag(None, "amazon: metadata file (default DATA/amazon-book/meta_Books.json.gz)")
+    data_dir: str = flag(None, "data root (default: $SASRECLLM_DATA, else data/)")
+    out: str = flag(None, "run directory (default: RUNS/<stage>)", resume_may_change=True)
+    seed: int = flag(0)
+    limit: int = flag(0, "only the first N rows of each split (smoke tests)", type=non_negative)
+    device: str = flag("cpu", "cpu, cuda or cuda:N", resume_may_change=True)
+    threads: int = flag(2, "torch CPU threads", type=positive, resume_may_change=True)
+    # the loop; None takes the stage's default from STAGE_DEFAULTS
+    lr: float = flag(None, "learning rate", type=number(0))
+    wd: float = flag(None, "AdamW weight decay", type=number(0))
+    batch_size: int = flag(None, "default: 1024 (CF models), 16 (LLM stages)", type=positive)
+    max_epochs: int = flag(None, "default 300; LLM stages on --llm tiny: 10", type=positive)
+    patience: int = flag(None, "epochs with no better valid AUC before stopping", type=positive)
+    warmup_epochs: float = flag(1.0, type=number(0))
+    clip: float = flag(1.0, "max gradient norm", type=number(0, low_open=True))
+    amp: str = flag(None, "default: fp16 with a GradScaler on CUDA (the paper's), none on CPU",
+                    choices=("none", "bf16", "fp16"))
+    resume: bool = flag(False, "continue from OUT/last.pt, with the same flags", resume_may_change=True)
+    overwrite: bool = flag(False, "start over in a used OUT (old files move to OUT/old-*/)", resume_may_change=True)
+    stop_after: int = flag(0, "stop after epoch N, as if killed (tests --resume)", type=non_negative, resume_may_change=True)
+    max_steps: int = flag(0, "stop after N optimizer steps (smoke runs)", type=non_negative, resume_may_change=True)
+    max_minutes: float = flag(0.0, "start no new epoch after this many minutes", type=number(0), resume_may_change=True)
+    iters_per_epoch: int = flag(None, "LLM stages: epochs of N iterations (default 400; CoLLM's 50; 0: one pass)",
+                                type=non_negative)
+    # CF models
+    dim: int = flag(None, type=positive)
+    dropout: float = flag(None, type=number(0, 0.99))
+    maxlen: int = flag(25, "history length the sequence models read", type=positive)
+    layers: int = flag(2, "SASRec blocks", type=positive)
+    heads: int = flag(4, "SASRec attention heads", type=positive)
+    no_bias: bool = flag(False, "SASRec without user/item biases")
+    init_bias: int = flag(1, "1: start biases at Pop's log-odds (MF, SASRec, GRU4Rec)", choices=(0, 1))
+    objective: str = flag("bce", "SASRec: pointwise BCE on labels, or next-item with sampled negatives",
+                          choices=("bce", "next"))
+    # LLM stages
+    runs: str = flag("runs", "root of the stage runs (--stage all, the tiny backbone, defaults)", resume_may_change=True)
+    llm: str = flag(os.path.join("checkpoints", "TinyLlama-1.1B"), "HF-format LLM directory, or 'tiny' for the "
+                    "embedded random backbone")
+    template: str = flag("paper", "prompt wording (data.TEMPLATES)", choices=TEMPLATES)
+    tokenizer: str = flag(None, "--llm tiny: use this tokenizer.model (else one is trained on the data)")
+    dtype: str = flag("float32", "LLM weight dtype", choices=DTYPES)
+    cf: str = flag("sasrec", "the joint stage's CF encoder", choices=("sasrec", "mf", "gru4rec"))
+    cf_ckpt: str = flag(None, "the joint stage's CF checkpoint (default: RUNS/<cf>/best.pt)")
+    lora: str = flag(None, "text-stage LoRA adapter dir (default: RUNS/text/adapter)")
+    freeze_cf: bool = flag(False, "joint stage: train the mapping layer only")
+    cf_bias: int = flag(1, "joint: 1 appends the CF model's biases to its user/item vectors (their dot product is "
+                        "then the CF logit; sasrecllm.cf_vectors), 0 hands over the bare embeddings", choices=(0, 1))
+    proj_token_num: int = flag(1, "pseudo-tokens per <UserID>, <TargetItemID>", type=positive)
+    lora_r: int = flag(8, type=positive)
+    lora_alpha: float = flag(16.0, type=number(0, low_open=True))
+    lora_dropout: float = flag(0.05, type=number(0, 0.99))
+    eval_batch_size: int = flag(64, type=positive, resume_may_change=True)
+    pad_multiple: int = flag(1, "round prompt batches' lengths up to a multiple of N (few shapes, for GPUs)",
+                             type=positive)
+
+    def __post_init__(self):
+        """Fill what the flags left open: the stage's defaults, the device's AMP, the default paths."""
+        defaults = dict(STAGE_DEFAULTS.get(self.stage, {}))
+        if self.stage in LLM_STAGES and self.llm == "tiny":
+            defaults["max_epochs"] = MAX_EPOCHS_TINY
+        for k, v in defaults.items():
+            if getattr(self, k) is None:
+                setattr(self, k, v)
+        self.amp = self.amp or ("fp16" if self.device.startswith("cuda") else "none")
+        self.out = self.out or os.path.join(self.runs, self.stage)
+        self.cf_ckpt = self.cf_ckpt or os.path.join(self.runs, self.cf, "best.pt")
+        self.lora = self.lora or os.path.join(self.runs, "text", "adapter")
+
+
+def parse_args(argv=None):
+    """A Run from the command line: one flag per field of Run."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for f in fields(Run):
+        m, name = f.metadata, "--" + f.name.replace("_", "-")
+        if f.type is bool:
+            ap.add_argument(name, action="store_true", help=m["help"])
+        else:
+            ap.add_argument(name, default=f.default, type=m["type"] or f.type, choices=m["choices"],
+                            help=m["help"], required=f.name == "stage")
+    return Run(**vars(ap.parse_args(argv)))
+
+
+def check_device(device):
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", device):
+        raise runs.RunError(f"--device {device}: expected cpu, cuda or cuda:N")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise runs.RunError(f"--device {device}, but this torch ({torch.__version__}) sees no CUDA device; use "
+                            "--device cpu, or install a CUDA build of torch on a machine with a GPU")
 
 
 def load_data(args, ds=None):
@@ -88,17 +179,17 @@ def load_data(args, ds=None):
 
 
 def build_cf(a, ds):
-    """A CF model from a run's arguments `a` (a dict, so that saved runs rebuild the same way)."""
-    kind = a["stage"]
+    """A CF model as the Run `a` describes it (a saved run's own Run rebuilds the same model)."""
+    kind = a.stage
     if kind == "sasrec":
-        return SASRec(ds.n_items, ds.n_users, dim=a["dim"], n_layers=a["layers"], n_heads=a["heads"],
-                      maxlen=a["maxlen"], dropout=a["dropout"], bias=not a["no_bias"])
+        return SASRec(ds.n_items, ds.n_users, dim=a.dim, n_layers=a.layers, n_heads=a.heads,
+                      maxlen=a.maxlen, dropout=a.dropout, bias=not a.no_bias)
     if kind == "mf":
-        return MF(ds.n_users, ds.n_items, dim=a["dim"])
+        return MF(ds.n_users, ds.n_items, dim=a.dim)
     if kind == "ncf":
-        return NCF(ds.n_users, ds.n_items, dim=a["dim"], dropout=a["dropout"])
+        return NCF(ds.n_users, ds.n_items, dim=a.dim, dropout=a.dropout)
     if kind == "gru4rec":
-        return GRU4Rec(ds.n_items, dim=a["dim"], dropout=a["dropout"])
+        return GRU4Rec(ds.n_items, dim=a.dim, dropout=a.dropout)
     if kind == "pop":
         return Pop(ds.n_users, ds.n_items)
     if kind == "mc":
@@ -139,16 +230,15 @@ def cf_predictor(ds, maxlen, device="cpu", chunk=4096):
 def run_cf(args, ds=None):
     """Train SASRec or a CF baseline; Pop and MC are fitted in closed form from the train rows."""
     ds = load_data(args, ds)
-    loop.seed_everything(args.seed)
-    model = build_cf(vars(args), ds)
+    runs.seed_everything(args.seed)
+    model = build_cf(args, ds)
     predict = cf_predictor(ds, args.maxlen, args.device)
     rows = ds.idx("train")
-    cfg = train_config(args)
     data.require_both_labels(ds, "train")
     if args.stage in ("pop", "mc"):
         last = torch.tensor([ds.history[r][-1] if ds.history[r] else 0 for r in rows])
         model.fit(*(torch.from_numpy(a[rows]) for a in (ds.user, ds.item, ds.label)), last)
-        return score_only(cfg, model.to(args.device), predict, ds)
+        return score_only(args, model.to(args.device), predict, ds)
     if args.init_bias and hasattr(model, "item_bias") and args.objective == "bce":
         init_biases(model, ds, rows)
     model.to(args.device)
@@ -157,15 +247,15 @@ def run_cf(args, ds=None):
         rows = rows[ds.label[rows] == 1]  # the next-item objective reads liked items only
     t = data.cf_tensors(ds, rows, args.maxlen, next_item)
     inputs = ("seq",) if next_item else ("user", "hist", "item")
-    return loop.train(cfg, model, lambda epoch: data.cf_batches(t, args.batch_size, args.seed, epoch, inputs),
+    return loop.train(args, model, lambda epoch: data.cf_batches(t, args.batch_size, args.seed, epoch, inputs),
                       SASRec.next_item_loss if next_item else bce_loss, predict, ds)
 
 
-def score_only(cfg, model, predict, ds):
+def score_only(args, model, predict, ds):
     """No training (Pop, MC, ICL): save the model as best.pt, then score valid and test."""
-    os.makedirs(cfg.out, exist_ok=True)
-    loop.save_atomic(loop.checkpoint(cfg, model, 0, dict(auc=None)), os.path.join(cfg.out, "best.pt"))
-    return loop.finish(cfg, model, predict, ds)
+    os.makedirs(args.out, exist_ok=True)
+    runs.save_atomic(loop.checkpoint(args, model, 0, dict(auc=None)), os.path.join(args.out, "best.pt"))
+    return loop.finish(args, model, predict, ds)
 
 # -----------------------------------------------------------------------------
 # Stages 2 and 3 (and ICL): the LLM reads the prompt; s = z_Yes - z_No
@@ -185,11 +275,11 @@ def backbone_dir(args, ds):
         return args.llm
     d = os.path.join(args.runs, "tiny-llm")
     if not os.path.exists(os.path.join(d, "config.json")):
-        if loop.is_main():  # its tokenizer learns the data's titles and prompt words
+        if is_main():  # its tokenizer learns the data's titles and prompt words
             texts = ds.titles[1:] + [data.prompt(ds, int(i), True, args.template) for i in ds.idx("train")[:2000]]
-            loop.publish_dir(d, lambda tmp: llama.make_tiny(tmp, texts=texts, tokenizer_model=args.tokenizer, seed=0))
+            runs.publish_dir(d, lambda tmp: backbones.make_tiny(tmp, texts=texts, tokenizer_model=args.tokenizer, seed=0))
             print(f"wrote the embedded tiny backbone (random weights) to {d}")
-        loop.barrier()
+        barrier()
     return d
 
 
@@ -209,8 +299,8 @@ def missing_parts(args, ds):
 
 def load_cf(path, ds, device):
     """A CF encoder rebuilt from its own best.pt (plug-and-play)."""
-    ck = loop.read_checkpoint(path)
-    cf = build_cf(ck["args"], ds)
+    ck = runs.read_checkpoint(path)
+    cf = build_cf(Run(**ck["args"]), ds)
     loop.load_trainable(cf, ck["model"])
     return cf.to(device)
 
@@ -229,7 +319,7 @@ def build_llm_model(args, ds):
     if args.stage == "text":
         lora.inject(llm, r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout)  # only LoRA trains
     elif args.stage == "joint":
-        loop.check_adapter(args.lora)
+        runs.check_adapter(args.lora)
         lora.load_adapter(llm, args.lora)
         llm.requires_grad_(False)  # LoRA frozen in the joint stage
         cf = load_cf(args.cf_ckpt, ds, args.device)
@@ -238,7 +328,7 @@ def build_llm_model(args, ds):
     t0 = time.time()
     prompts = data.encode_prompts(ds, range(len(ds)), tok, cf is not None, args.proj_token_num, args.template)
     n = np.array([len(p.ids) for p in prompts])
-    loop.say(f"tokenized {len(prompts)} {'collaborative' if cf is not None else 'text-only'} {args.template} prompts in "
+    say(f"tokenized {len(prompts)} {'collaborative' if cf is not None else 'text-only'} {args.template} prompts in "
              f"{time.time() - t0:.1f}s: {n.mean():.0f} tokens on average, max {n.max()}")
     return model, prompts
 
@@ -247,7 +337,7 @@ def llm_batches(args, ds, prompts):
     """batches(epoch) over the train rows: length-bucketed, shuffled by (seed, epoch), split across ranks."""
     rows = ds.idx("train")
     lengths = [len(prompts[r].ids) for r in rows]
-    rank, world = loop.rank_world()
+    rank, world = rank_world()
     return lambda epoch: data.PromptBatches(
         ds, prompts, rows, data.epoch_groups(lengths, args.batch_size, args.seed, epoch, args.iters_per_epoch),
         args.maxlen, rank, world, pad_multiple=args.pad_multiple)
@@ -257,7 +347,7 @@ def llm_predictor(args, ds, prompts, shuffle_cf=False, seed=0):
     """predict(model, split) -> logits in ds.idx(split)'s order. Each rank scores a share of the
     length buckets, and the scores are gathered so that every rank computes the same metrics.
     shuffle_cf feeds the CF encoder a seed-permuted copy of the split's rows (the ablation)."""
-    rank, world = loop.rank_world()
+    rank, world = rank_world()
 
     def predict(model, split):
         rows = ds.idx(split)
@@ -270,8 +360,8 @@ def llm_predictor(args, ds, prompts, shuffle_cf=False, seed=0):
             local.update(zip(b.positions.tolist(), s.float().cpu().tolist()))
             if time.time() - t_said > loop.PROGRESS_SECONDS:  # a long evaluation (a real LLM on a CPU) says how far
                 t_said = time.time()
-                loop.say(f"  scoring {split}: {len(local)}/{-(-len(rows) // world)} | {len(local) / (t_said - t0):.1f}/s")
-        scores = loop.gather_scores(local)
+                say(f"  scoring {split}: {len(local)}/{-(-len(rows) // world)} | {len(local) / (t_said - t0):.1f}/s")
+        scores = gather_scores(local)
         return np.array([scores[j] for j in range(len(rows))])
     return predict
 
@@ -279,16 +369,16 @@ def llm_predictor(args, ds, prompts, shuffle_cf=False, seed=0):
 def run_llm(args, ds=None):
     """icl (score only), text (TALLRec) or joint (SASRecLLM)."""
     ds = load_data(args, ds)
-    loop.seed_everything(args.seed)
+    runs.seed_everything(args.seed)
     model, prompts = build_llm_model(args, ds)
-    predict, cfg = llm_predictor(args, ds, prompts), train_config(args)
+    predict = llm_predictor(args, ds, prompts)
     if args.stage == "icl":
-        return score_only(cfg, model, predict, ds)
-    report = loop.train(cfg, model, llm_batches(args, ds, prompts), bce_loss, predict, ds)
-    if args.stage == "text" and report is not None and loop.is_main():
+        return score_only(args, model, predict, ds)
+    report = loop.train(args, model, llm_batches(args, ds, prompts), bce_loss, predict, ds)
+    if args.stage == "text" and report is not None and is_main():
         # loop.train has reloaded the best epoch: publish its LoRA in peft's format (plug-and-play)
-        loop.publish_dir(os.path.join(args.out, "adapter"), lambda d: lora.save_adapter(model.llm, d))
-    loop.barrier()
+        runs.publish_dir(os.path.join(args.out, "adapter"), lambda d: lora.save_adapter(model.llm, d))
+    barrier()
     return report
 
 
@@ -296,27 +386,23 @@ def run_all(args):
     """The dual-stage chain: SASRec alone, then LoRA on text-only prompts, then joint tuning."""
     ds, reports = load_data(args), {}
     for stage in ("sasrec", "text", "joint"):
-        a = fill_defaults(argparse.Namespace(**{**vars(args), "stage": stage}), stage)
-        a.out = os.path.join(args.runs, stage)
-        loop.say(f"=== stage {stage} -> {a.out}")
+        a = replace(args, stage=stage, out=os.path.join(args.runs, stage))  # the stage's own defaults
+        say(f"=== stage {stage} -> {a.out}")
         reports[stage] = (run_cf if stage in CF_STAGES else run_llm)(a, ds)
-    loop.say(markdown_table([(s, r["test"]) for s, r in reports.items() if r]))  # the chain's test table
+    say(markdown_table([(s, r["test"]) for s, r in reports.items() if r]))  # the chain's test table
     return reports
 
 # -----------------------------------------------------------------------------
-# Finished runs, rebuilt (eval.py re-scores them, draws them, shuffles their CF tokens)
+# Finished runs, rebuilt (eval.py re-scores them, walk.py follows them)
 
 
-def upgrade_args(a):
-    """A run's saved arguments in today's names; runs of older checkouts lack some keys."""
-    a = dict(a)
-    if "run_format" not in a:  # before the restructure: --sasrec was cf_ckpt already
-        a.setdefault("cf_bias", 0)  # runs saved before --cf-bias mapped the bare embeddings
-        a["freeze_cf"] = a.pop("freeze_sasrec", False)
-    if a.get("run_format", 1) < 3:  # runs saved before --template read CoLLM's wording
-        a.setdefault("template", "collm")
-    defaults = vars(parse_args(["--stage", a["stage"]]))
-    return argparse.Namespace(**{**defaults, **a})
+def read_run(path):
+    """(Run, checkpoint) of a train.py checkpoint: the run's own flags rebuild it."""
+    ck = runs.read_checkpoint(path)
+    try:
+        return Run(**ck["args"]), ck
+    except TypeError as e:  # a flag this checkout does not know
+        raise runs.RunError(f"{path}: written by another version of train.py ({e}); retrain it here") from None
 
 
 def load_run(run_dir, data_dir=None, device=None):
@@ -325,14 +411,11 @@ def load_run(run_dir, data_dir=None, device=None):
 
     make_predict(shuffle_cf=False, seed=0) -> predict(model, split). The model and the tokenized
     prompts are built once, whatever the number of evaluations."""
-    path = os.path.join(run_dir, "best.pt")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path} not found; train the run first")
-    ck = loop.read_checkpoint(path)
-    args = upgrade_args(ck["args"])
-    args.data_dir, args.device = data_dir or args.data_dir, device or args.device
+    args, ck = read_run(os.path.join(run_dir, "best.pt"))
+    args = replace(args, data_dir=data_dir or args.data_dir, device=device or args.device)
+    check_device(args.device)
     ds = load_data(args)
-    model, prompts = (build_cf(vars(args), ds).to(args.device), None) if args.stage in CF_STAGES else build_llm_model(args, ds)
+    model, prompts = (build_cf(args, ds).to(args.device), None) if args.stage in CF_STAGES else build_llm_model(args, ds)
     loop.load_trainable(model, ck["model"])
 
     def make_predict(shuffle_cf=False, seed=0):
@@ -344,104 +427,18 @@ def load_run(run_dir, data_dir=None, device=None):
     return args, ds, model, make_predict
 
 
-def run_chain(run_dir):
-    """[(stage, run dir)] that built run_dir, oldest first: a joint run names its CF and text runs."""
-    a = loop.read_checkpoint(os.path.join(run_dir, "best.pt"))["args"]
-    chain = []
-    if a["stage"] == "joint":
-        chain = [(a.get("cf", "sasrec"), os.path.dirname(a["cf_ckpt"])), ("text", os.path.dirname(a["lora"]))]
-    return chain + [(a["stage"], run_dir)]
-
-# -----------------------------------------------------------------------------
-# command line
-
-
-def parse_args(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--stage", required=True, choices=CF_STAGES + LLM_STAGES + ("all",))
-    ap.add_argument("--data", default="ml1m", help="ml1m, movielens or amazon")
-    ap.add_argument("--split", default=None, choices=("months", "ratio"), help="CoLLM's month windows (ml1m, movielens)"
-                    " or the paper's chronological 8:1:1 (amazon's default)")
-    ap.add_argument("--reviews", default=None, help="amazon: reviews file (default DATA/amazon-book/Books_5.json.gz)")
-    ap.add_argument("--meta", default=None, help="amazon: metadata file (default DATA/amazon-book/meta_Books.json.gz)")
-    ap.add_argument("--data-dir", default=None, help="data root (default: $SASRECLLM_DATA, else data/)")
-    ap.add_argument("--out", default=None, help="run directory (default: RUNS/<stage>)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--limit", type=loop.non_negative, default=0, help="only the first N rows of each split (smoke tests)")
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--threads", type=loop.positive, default=2, help="torch CPU threads")
-    # the loop; None takes the stage's default from STAGE_DEFAULTS
-    ap.add_argument("--lr", type=float, default=None)
-    ap.add_argument("--wd", type=float, default=None, help="AdamW weight decay")
-    ap.add_argument("--batch-size", type=loop.positive, default=None, help="default: 1024 (CF models), 16 (LLM stages)")
-    ap.add_argument("--max-epochs", type=loop.positive, default=None, help="default 300; LLM stages on --llm tiny: 10")
-    ap.add_argument("--patience", type=loop.positive, default=None, help="epochs with no better valid AUC before stopping")
-    ap.add_argument("--warmup-epochs", type=float, default=1.0)
-    ap.add_argument("--clip", type=float, default=1.0, help="max gradient norm")
-    ap.add_argument("--amp", default=None, choices=("none", "bf16", "fp16"), help="default: fp16 with a GradScaler on "
-                    "CUDA (the paper's mixed precision), none on CPU")
-    ap.add_argument("--resume", action="store_true", help="continue from OUT/last.pt, with the same flags")
-    ap.add_argument("--overwrite", action="store_true", help="start over in a used OUT (old files move to OUT/old-*/)")
-    ap.add_argument("--stop-after", type=loop.non_negative, default=0, help="stop after epoch N, as if killed (tests --resume)")
-    ap.add_argument("--max-steps", type=loop.non_negative, default=0, help="stop after N optimizer steps (smoke runs)")
-    ap.add_argument("--max-minutes", type=float, default=0, help="start no new epoch after this many minutes")
-    ap.add_argument("--iters-per-epoch", type=loop.non_negative, default=None,
-                    help="LLM stages: epochs of N iterations (default 400; CoLLM's 50; 0: one pass over train)")
-    # CF models
-    ap.add_argument("--dim", type=loop.positive, default=None)
-    ap.add_argument("--dropout", type=float, default=None)
-    ap.add_argument("--maxlen", type=loop.positive, default=25, help="history length the sequence models read")
-    ap.add_argument("--layers", type=loop.positive, default=2, help="SASRec blocks")
-    ap.add_argument("--heads", type=loop.positive, default=4, help="SASRec attention heads")
-    ap.add_argument("--no-bias", action="store_true", help="SASRec without user/item biases")
-    ap.add_argument("--init-bias", type=int, default=1, help="1: start biases at Pop's log-odds (MF, SASRec, GRU4Rec)")
-    ap.add_argument("--objective", default="bce", choices=("bce", "next"),
-                    help="SASRec: pointwise BCE on labels, or next-item with sampled negatives")
-    # LLM stages
-    ap.add_argument("--runs", default="runs", help="root of the stage runs (--stage all, the tiny backbone, defaults)")
-    ap.add_argument("--llm", default=TINYLLAMA_DIR, help="HF-format LLM directory, or 'tiny' for the embedded random backbone")
-    ap.add_argument("--template", default="paper", choices=tuple(data.TEMPLATES), help="prompt wording (data.TEMPLATES)")
-    ap.add_argument("--tokenizer", default=None, help="--llm tiny: use this tokenizer.model (else one is trained on the data)")
-    ap.add_argument("--dtype", default="float32", choices=tuple(llama.DTYPES), help="LLM weight dtype")
-    ap.add_argument("--cf", default="sasrec", choices=("sasrec", "mf", "gru4rec"), help="the joint stage's CF encoder")
-    ap.add_argument("--cf-ckpt", default=None, help="the joint stage's CF checkpoint (default: RUNS/<cf>/best.pt)")
-    ap.add_argument("--lora", default=None, help="text-stage LoRA adapter dir (default: RUNS/text/adapter)")
-    ap.add_argument("--freeze-cf", action="store_true", help="joint stage: train the mapping layer only")
-    ap.add_argument("--cf-bias", type=int, default=1, choices=(0, 1),
-                    help="joint: 1 appends the CF model's biases to its user/item vectors (their dot product is then "
-                         "the CF logit; see sasrecllm.cf_vectors), 0 hands the mapping layer the bare embeddings")
-    ap.add_argument("--proj-token-num", type=loop.positive, default=1, help="pseudo-tokens per <UserID>, <TargetItemID>")
-    ap.add_argument("--lora-r", type=loop.positive, default=8)
-    ap.add_argument("--lora-alpha", type=float, default=16)
-    ap.add_argument("--lora-dropout", type=float, default=0.05)
-    ap.add_argument("--eval-batch-size", type=loop.positive, default=64)
-    ap.add_argument("--pad-multiple", type=loop.positive, default=1,
-                    help="round prompt batches' lengths up to a multiple of N (few shapes, for GPUs)")
-    args = ap.parse_args(argv)
-    args.run_format = RUN_FORMAT
-    args.amp = args.amp or ("fp16" if args.device.startswith("cuda") else "none")
-    if args.stage != "all":
-        fill_defaults(args, args.stage)
-    args.out = args.out or os.path.join(args.runs, args.stage)
-    args.cf_ckpt = args.cf_ckpt or os.path.join(args.runs, args.cf, "best.pt")
-    args.lora = args.lora or os.path.join(args.runs, "text", "adapter")
-    return args
-
-
+@cli
 def main(argv=None):
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
+    check_device(args.device)
     outs = [os.path.join(args.runs, s) for s in ("sasrec", "text", "joint")] if args.stage == "all" else [args.out]
+    args = replace(args, device=init_distributed(args.device))
     try:
-        args.device = loop.init_distributed(args.device)
-        with loop.own_run_dirs(outs, args.resume, args.overwrite):  # refuses a second writer, keeps old runs
+        with runs.own_run_dirs(outs, args.resume, args.overwrite):  # refuses a second writer, keeps old runs
             (run_all if args.stage == "all" else run_cf if args.stage in CF_STAGES else run_llm)(args)
-    except (data.DataError, FileNotFoundError, FloatingPointError, ValueError, KeyError, OSError) as e:
-        print(loop.error_line(e), file=sys.stderr)
-        return 1 if isinstance(e, FloatingPointError) else 2  # 2: bad input or files (loop.RunError is a ValueError)
     except KeyboardInterrupt:
-        print(f"\ninterrupted; continue with the same command and --resume (in {', '.join(outs)})", file=sys.stderr)
-        return 130
+        raise KeyboardInterrupt(f"continue with the same command and --resume (in {', '.join(outs)})") from None
     return 0
 
 

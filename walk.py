@@ -24,6 +24,7 @@ import data
 import llama
 import train
 from sasrecllm import SASRec, SASRecLLM, cf_vectors, splice
+from tools.runs import cli
 
 
 def build(args):
@@ -142,6 +143,7 @@ def walk(args):
     return dict(row=row, score=s, score_train=s_train, functions=len(funcs), files=files)
 
 
+@cli
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default="ml1m")
@@ -154,11 +156,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     args.run = args.run or os.path.join(args.runs, "joint")
     torch.set_num_threads(2)
-    try:
-        walk(args)
-    except (FileNotFoundError, ValueError, KeyError, data.DataError) as e:
-        print(train.loop.error_line(e), file=sys.stderr)
-        return 2
+    walk(args)
     return 0
 
 

@@ -18,6 +18,7 @@ import metrics  # noqa: E402  (the project root is on sys.path only now)
 import data  # noqa: E402
 import llama  # noqa: E402
 from data import pad_left  # noqa: E402
+from tools import backbones
 
 DATA_DIR = Path(os.environ.get("SASRECLLM_DATA", ROOT.parent / "shared" / "data"))
 # A real pretrained Llama-family model, built by ../shared/tools/get_smollm2.py (.ci/run caches it).
@@ -43,7 +44,7 @@ def ml1m(data_dir):
 def tiny_dir(tmp_path_factory):
     """The embedded tiny backbone (random weights, GQA 4/2) with its own small sentencepiece model."""
     d = tmp_path_factory.mktemp("tiny")
-    llama.make_tiny(d, texts=["Toy Story (1995)", "Heat (1995)"] + ["a user has given high ratings to the following movies"] * 20)
+    backbones.make_tiny(d, texts=["Toy Story (1995)", "Heat (1995)"] + ["a user has given high ratings to the following movies"] * 20)
     return d
 
 

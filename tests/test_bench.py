@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import bench
+from tools import bench
 
 torch.set_num_threads(1)  # one thread: robust on a shared 2-core machine
 ROOT = Path(__file__).resolve().parent.parent
@@ -126,7 +126,7 @@ def test_check_prints_one_json_line(data_dir, tokenizer_path):
     iterations, 64 rows per split), about 10 s on one thread."""
     pytest.importorskip("transformers")
     pytest.importorskip("peft")
-    out = subprocess.run([sys.executable, "bench.py", "--check", "--device", "cpu", "--shape", "tiny",
+    out = subprocess.run([sys.executable, "-m", "tools.bench", "--check", "--device", "cpu", "--shape", "tiny",
                           "--threads", "1", "--tokenizer", str(tokenizer_path)], cwd=ROOT, capture_output=True,
                          text=True, timeout=300, env={**os.environ, "SASRECLLM_DATA": str(data_dir)})
     assert out.returncode == 0, out.stderr[-2000:]

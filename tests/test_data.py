@@ -15,7 +15,10 @@ import pytest
 import torch
 
 import data
+import llama
 from data import DataError
+from tools import datainfo, runs, sources
+
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -296,7 +299,7 @@ def test_amazon_max_id(tmp_path, monkeypatch):
                 "unixReviewTime": 1000 + 10 * (6 * u + i)} for u in range(6) for i in range(6)]
     _write_jsonl(tmp_path / "r.json", reviews)
     _write_jsonl(tmp_path / "m.json", [{"asin": f"i{i}", "title": f"Book {i}"} for i in range(6)])
-    monkeypatch.setattr(data, "AMAZON_MAX_ID", 4)
+    monkeypatch.setattr(sources, "AMAZON_MAX_ID", 4)
     ds = data.load("amazon", tmp_path, split="ratio", reviews=str(tmp_path / "r.json"),
                    meta=str(tmp_path / "m.json"))
     assert len(ds) == 16 and (ds.n_users, ds.n_items) == (4, 4)
@@ -384,7 +387,7 @@ def test_bucket_batches():
 
 
 def test_real_tokenizer_prompt_lengths(ml1m, tokenizer_path):
-    tok = data.load_tokenizer(str(tokenizer_path))
+    tok = llama.load_tokenizer(str(tokenizer_path))
     rows = np.arange(0, len(ml1m), 10)                     # every 10th row keeps this quick
     for template, low, high in (("collm", 185, 205), ("paper", 175, 190)):  # full split: 192.7, 183.7
         prompts = data.encode_prompts(ml1m, rows, tok, True, 1, template)
@@ -400,7 +403,7 @@ def test_real_tokenizer_prompt_lengths(ml1m, tokenizer_path):
 
 def test_cli_stats_and_export(data_dir, tmp_path, capsys):
     out = tmp_path / "ml1m.jsonl"
-    assert data.main(["ml1m", "--data-dir", str(data_dir), "--stats", "--export", str(out)]) == 0
+    assert datainfo.main(["ml1m", "--data-dir", str(data_dir), "--stats", "--export", str(out)]) == 0
     stats = json.loads(capsys.readouterr().out)
     assert stats["rows"] == {"train": 33891, "valid": 10401, "test": 7331}
     assert (stats["users"], stats["items"]) == (838, 3255)
@@ -437,7 +440,7 @@ GOOD = ["1\t1\t1\t10\ttrain", "1\t2\t0\t20\tvalid", "1\t1\t1\t30\ttest"]
 ])
 def test_bad_tsv_lines(tmp_path, capsys, bad_line, line_no, expect):
     path = _ml1m_dir(tmp_path, GOOD[:1] + [bad_line] + GOOD[1:])
-    assert data.main(["ml1m", "--data-dir", str(tmp_path)]) == 2
+    assert datainfo.main(["ml1m", "--data-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith(f"error: {path}:{line_no}: ")
     assert expect in err
@@ -445,7 +448,7 @@ def test_bad_tsv_lines(tmp_path, capsys, bad_line, line_no, expect):
 
 def test_empty_split(tmp_path, capsys):
     path = _ml1m_dir(tmp_path, GOOD[:2])
-    assert data.main(["ml1m", "--data-dir", str(tmp_path)]) == 2
+    assert datainfo.main(["ml1m", "--data-dir", str(tmp_path)]) == 2
     assert capsys.readouterr().err == (f"error: {path}: split 'test' is empty; expected rows in "
                                        "each of train, valid, test\n")
 
@@ -454,7 +457,7 @@ def test_missing_datasets_say_where_to_get_them(tmp_path, capsys):
     for name, hint in (("ml1m", "ml-1m.zip"), ("movielens", "files.grouplens.org/datasets/"
                                                             "movielens/ml-1m.zip"),
                        ("amazon", "Amazon Review Data (2018)")):
-        assert data.main([name, "--data-dir", str(tmp_path)]) == 2
+        assert datainfo.main([name, "--data-dir", str(tmp_path)]) == 2
         err = capsys.readouterr().err
         assert err.startswith("error: ") and err.count("\n") == 1 and hint in err
         assert str(tmp_path) in err
@@ -478,8 +481,8 @@ def test_bad_raw_lines(tmp_path):
 
 def test_cli_error_exit_code_no_traceback(tmp_path):
     path = _ml1m_dir(tmp_path, GOOD[:1] + ["1\t2\t7\t15\ttrain"] + GOOD[1:])
-    res = subprocess.run([sys.executable, str(ROOT / "data.py"), "ml1m", "--stats",
-                          "--data-dir", str(tmp_path)], capture_output=True, text=True)
+    res = subprocess.run([sys.executable, "-m", "tools.datainfo", "ml1m", "--stats",
+                          "--data-dir", str(tmp_path)], capture_output=True, text=True, cwd=ROOT)
     assert res.returncode == 2 and res.stdout == ""
     assert res.stderr == f"error: {path}:3: expected label 0 or 1, got '7'\n"
     assert "Traceback" not in res.stderr

@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import llama
+from tools import backbones
 
 torch.set_num_threads(2)
 
@@ -84,7 +85,7 @@ def test_logits_match_hf_on_left_padded_batch(tmp_path, style, tie):
 
 
 def test_refuses_what_is_not_implemented():
-    base = {k: v for k, v in llama.TINYLLAMA.items()}
+    base = {k: v for k, v in backbones.TINYLLAMA.items()}
     for change, words in [({"model_type": "mistral"}, "model_type"),
                           ({"rope_scaling": {"type": "linear", "factor": 2.0}}, "rope scaling"),
                           ({"rope_parameters": {"rope_type": "llama3", "rope_theta": 5e5}}, "rope scaling"),
@@ -215,12 +216,10 @@ def test_real_tokenizer_yes_no(tokenizer_path):
 
 
 def test_make_tiny_with_real_tokenizer_and_cli(tokenizer_path, tmp_path, capsys, monkeypatch):
-    d = llama.make_tiny(tmp_path / "tiny", tokenizer_model=tokenizer_path)
+    d = backbones.make_tiny(tmp_path / "tiny", tokenizer_model=tokenizer_path)
     model, tok = llama.load(d)
     assert model.cfg.vocab_size == 32000 and tok.yes_id == 3869
-    monkeypatch.setattr("sys.argv", ["llama.py", "--ckpt", str(d), "--prompt", "Yes or No?",
-                                     "--max-new-tokens", "3"])
-    llama.main()
+    assert backbones.main(["--decode", str(d), "--prompt", "Yes or No?", "--max-new-tokens", "3"]) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert set(out) == {"prompt_tokens", "new_ids", "text", "yes_minus_no"}
     assert out["prompt_tokens"] == len(tok.encode("Yes or No?", bos=True))

@@ -88,7 +88,7 @@ def test_rel_imp_and_table():
     best = dict(auc=0.75, uauc=0.70)
     row = dict(auc=0.60, uauc=0.70)
     assert M.rel_imp(best, row) == pytest.approx((0.25 + 0.0) / 2)
-    table = ev.markdown_table([("a", {**best, "logloss": 0.5}), ("b", row)])
+    table = M.markdown_table([("a", {**best, "logloss": 0.5}), ("b", row)])
     assert "| b |" in table and "+12.50%" in table
 
 
@@ -97,7 +97,7 @@ def test_preds_cli(tmp_path):
     path.write_text("user_id\titem_id\tlabel\tscore\tsplit\tseen\n"
                     "1\t1\t1\t0.9\ttest\t1\n1\t2\t0\t0.2\ttest\t0\n2\t3\t1\t0.4\ttest\t1\n"
                     "2\t4\t0\t0.6\ttest\t1\n3\t5\t1\t0.1\tvalid\t1\n")
-    out = subprocess.run([sys.executable, "eval.py", "--preds", str(path)], cwd=ROOT,
+    out = subprocess.run([sys.executable, "eval.py", "--preds", str(path), "--scores", "probs"], cwd=ROOT,
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert "| test |" in out.stdout and "| test_seen |" in out.stdout and "| test_unseen |" in out.stdout
@@ -106,6 +106,6 @@ def test_preds_cli(tmp_path):
 
     bad = tmp_path / "bad.tsv"
     bad.write_text("user_id\titem_id\tlabel\n1\t1\t1\n")
-    out = subprocess.run([sys.executable, "eval.py", "--preds", str(bad)], cwd=ROOT,
+    out = subprocess.run([sys.executable, "eval.py", "--preds", str(bad), "--scores", "logits"], cwd=ROOT,
                          capture_output=True, text=True)
     assert out.returncode == 2 and "missing column" in out.stderr and "Traceback" not in out.stderr

@@ -7,10 +7,10 @@ import statistics
 import xml.etree.ElementTree as ET
 
 import pytest
-import torch
 
-import eval as ev
-import svg as charts
+from tools import report as ev
+from tools import runs
+from tools import svg as charts
 
 SVG = "{http://www.w3.org/2000/svg}"
 
@@ -23,7 +23,7 @@ def fake_run(path, args=None, epochs=0, null_uauc_at=None, metrics=None):
     """A run directory holding what plot_run reads: best.pt's args, log.jsonl, metrics.json."""
     path.mkdir()
     if args is not None:
-        torch.save({"args": args, "model": {}}, path / "best.pt")
+        runs.save_atomic({"args": args, "model": {}}, str(path / "best.pt"))
     log = []
     for e in range(1, epochs + 1):
         valid = dict(auc=0.6 + 0.01 * e, uauc=None if e == null_uauc_at else 0.55 + 0.01 * e,

@@ -1,7 +1,7 @@
 """The README's result tables are generated from the metrics the runs wrote (results/), never typed:
 every block between `<!-- table ... -->` / `<!-- file ... -->` and `<!-- /generated -->` must equal
-what `python eval.py --readme` makes of the files it names."""
-import eval as ev
+what `python -m tools.report --readme` makes of the files it names."""
+from tools import report as ev
 from conftest import ROOT
 
 
@@ -9,7 +9,7 @@ def test_readme_tables_match_the_runs_metrics():
     text = (ROOT / "README.md").read_text(encoding="utf-8")
     blocks = ev.GENERATED.findall(text)
     assert len(blocks) >= 8  # the tiny chain, SmolLM2, the CF models: test, warm and cold
-    assert ev.render_readme(text, str(ROOT)) == text, "README tables are stale: run python eval.py --readme"
+    assert ev.render_readme(text, str(ROOT)) == text, "README tables are stale: run python -m tools.report --readme"
 
 
 def test_a_changed_metric_makes_the_check_fail(tmp_path):

@@ -16,6 +16,8 @@ import train
 import walk
 from baselines import MF, GRU4Rec
 from sasrecllm import SASRec, SASRecLLM, MappingLayer, cf_vectors, splice
+from tools import sources
+from tools import runs
 
 
 class CharTok:
@@ -105,8 +107,8 @@ def test_stages_freeze_exactly_their_parts(tmp_path, data_dir):
     # joint needs a SASRec checkpoint and a text-stage adapter: make both (plug-and-play parts)
     cf = SASRec(ds.n_items, ds.n_users, dim=16, n_heads=2)
     os.makedirs(tmp_path / "sasrec")
-    torch.save(dict(args=dict(stage="sasrec", dim=16, layers=2, heads=2, maxlen=25, dropout=0.0, no_bias=False),
-                    model=loop.trainable_state(cf)), tmp_path / "sasrec" / "best.pt")
+    runs.save_atomic(dict(args=dict(stage="sasrec", dim=16, layers=2, heads=2, maxlen=25, dropout=0.0, no_bias=False),
+                    model=loop.trainable_state(cf)), str(tmp_path / "sasrec" / "best.pt"))
     lora.save_adapter(text.llm, tmp_path / "text" / "adapter")
     for freeze, expect_cf in ((False, True), (True, False)):
         extra = ["--freeze-cf"] if freeze else []
@@ -134,12 +136,12 @@ def test_chain_writes_runs_and_checkpoints_round_trip(chain):
         assert 0.0 <= m["test"]["auc"] <= 1.0
     assert (tmp_path / "text" / "adapter" / "adapter_model.safetensors").exists()
     # the joint checkpoint holds only mapping + SASRec tensors, and rebuilding it gives the same scores
-    ck = torch.load(tmp_path / "joint" / "best.pt", weights_only=False)
+    ck = runs.read_checkpoint(str(tmp_path / "joint" / "best.pt"))
     assert all(k.startswith(("mapping.", "cf.")) for k in ck["model"])
     saved = json.load(open(tmp_path / "joint" / "metrics.json"))
-    [again] = ev.evaluate_run(str(tmp_path / "joint"))
+    [again] = ev.score_run(ev.finished_run(str(tmp_path / "joint")))
     assert again["test"]["auc"] == pytest.approx(saved["test"]["auc"], abs=1e-9)
-    [shuffled] = ev.evaluate_run(str(tmp_path / "joint"), shuffle_cf=True)
+    [shuffled] = ev.score_run(ev.finished_run(str(tmp_path / "joint")), shuffle_cf=True)
     assert shuffled["test"]["n"] == saved["test"]["n"]
     assert not np.isclose(shuffled["test"]["logloss"], saved["test"]["logloss"])  # the CF tokens matter at all
 
@@ -149,8 +151,10 @@ def test_test_only_rescoring_writes_beside_not_over(chain, tmp_path, capsys):
     own test figures, in DIR/<run name>.json; the run's metrics.json is left as it was."""
     run = chain / "joint"
     before = (run / "metrics.json").read_bytes()
-    assert ev.main([str(run), "--test-only"]) == 2  # no --into: refused, nothing written
-    assert "give --into DIR" in capsys.readouterr().err
+    assert ev.main([str(run), "--test-only"]) == 0  # no --into: beside the run, as rescored.json
+    assert set(json.load(open(run / "rescored.json"))) == {"test", "test_seen", "test_unseen", "test_warm", "test_cold"}
+    assert ev.main([str(run), "--test-only"]) == 0 and len(list(run.glob("rescored-*.json"))) == 1  # moved aside
+    assert (run / "metrics.json").read_bytes() == before
     assert ev.main([str(run), "--test-only", "--device", "cpu", "--into", str(tmp_path)]) == 0
     got, saved = json.load(open(tmp_path / "joint.json")), json.loads(before)
     assert set(got) == {"test", "test_seen", "test_unseen", "test_warm", "test_cold"}
@@ -232,7 +236,7 @@ def test_text_and_joint_steps_on_a_real_pretrained_llm(smol_dir, data_dir, tmp_p
     assert train.main(["--stage", "text", *common]) == 0
     assert (tmp_path / "text" / "adapter" / "adapter_config.json").exists()
     assert train.main(["--stage", "joint", *common]) == 0
-    ck = torch.load(tmp_path / "joint" / "best.pt", weights_only=False)
+    ck = runs.read_checkpoint(str(tmp_path / "joint" / "best.pt"))
     assert ck["model"]["mapping.fc2.weight"].shape[0] == 576  # SmolLM2's width
     m = json.load(open(tmp_path / "joint" / "metrics.json"))
     assert m["test"]["n"] == 6
@@ -268,9 +272,9 @@ def test_same_flags_in_two_run_directories_give_the_same_bits(chain, data_dir, t
     import shutil
     threads = torch.get_num_threads()
     common = ["--data", "ml1m", "--data-dir", str(data_dir), "--llm", "tiny", "--threads", "2"]
-    runs = [tmp_path / "a", tmp_path / "another" / "place"]
+    dirs = [tmp_path / "a", tmp_path / "another" / "place"]
     try:
-        for d in runs:
+        for d in dirs:
             shutil.copytree(chain / "tiny-llm", d / "tiny-llm")
             shutil.copytree(chain / "text" / "adapter", d / "text" / "adapter")
             assert train.main(["--stage", "sasrec", *common, "--runs", str(d), "--limit", "1500",
@@ -280,11 +284,11 @@ def test_same_flags_in_two_run_directories_give_the_same_bits(chain, data_dir, t
     finally:
         torch.set_num_threads(threads)
     for stage in ("sasrec", "joint"):
-        a, b = (torch.load(d / stage / "best.pt", weights_only=False)["model"] for d in runs)
+        a, b = (runs.read_checkpoint(str(d / stage / "best.pt"))["model"] for d in dirs)
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), stage
-        losses = [[json.loads(x)["train_loss"] for x in open(d / stage / "log.jsonl")] for d in runs]
+        losses = [[json.loads(x)["train_loss"] for x in open(d / stage / "log.jsonl")] for d in dirs]
         assert losses[0] == losses[1], stage
-        assert json.load(open(runs[0] / stage / "metrics.json")) == json.load(open(runs[1] / stage / "metrics.json"))
+        assert json.load(open(dirs[0] / stage / "metrics.json")) == json.load(open(dirs[1] / stage / "metrics.json"))
 
 
 def test_the_chain_runs_on_real_amazon_gift_cards(data_dir, tmp_path):
@@ -303,10 +307,10 @@ def test_the_chain_runs_on_real_amazon_gift_cards(data_dir, tmp_path):
         m = json.load(open(tmp_path / stage / "metrics.json"))
         assert (m["valid"]["n"], m["test"]["n"]) == (296, 297), stage  # 2,965 reviews kept: 8:1:1 by time
         assert 0 < m["test"]["auc"] < 1 and m["test_warm"]["n"] + m["test_cold"]["n"] == 297
-    args = torch.load(tmp_path / "joint" / "best.pt", weights_only=False)["args"]
+    args = runs.read_checkpoint(str(tmp_path / "joint" / "best.pt"))["args"]
     assert (args["data"], args["split"], args["template"]) == ("amazon", None, "paper")
     ds = data.load("amazon", data_dir, reviews=args["reviews"], meta=args["meta"])
-    assert ds.domain == "item" and max(ds.n_users, ds.n_items) <= data.AMAZON_MAX_ID
+    assert ds.domain == "item" and max(ds.n_users, ds.n_items) <= sources.AMAZON_MAX_ID
     assert "the following items:" in data.prompt(ds, int(ds.idx("test")[0]), True)
-    [again] = ev.evaluate_run(str(tmp_path / "joint"))  # the run reloads from its own flags
+    [again] = ev.score_run(ev.finished_run(str(tmp_path / "joint")))  # the run reloads from its own flags
     assert again["test"]["auc"] == pytest.approx(m["test"]["auc"], abs=1e-9)

@@ -1,4 +1,4 @@
-"""llama.BPETokenizer and load_tokenizer: a tiny tokenizer.json with known ids, then parity with HF
+"""bpe.BPETokenizer and load_tokenizer: a tiny tokenizer.json with known ids, then parity with HF
 tokenizers (every ML-1M prompt, hard strings, every Unicode character class) and with transformers
 (logits and the Yes-No score of the real SmolLM2-135M-Instruct).
 
@@ -19,6 +19,8 @@ import torch
 from safetensors.torch import save_file
 
 import llama
+import bpe
+from tools import backbones
 
 torch.set_num_threads(2)
 
@@ -57,7 +59,7 @@ def write_tiny_bpe(d, merges_as="str", **spec_changes):
     d.mkdir(parents=True, exist_ok=True)
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
     vocab = {t: i for i, t in enumerate(specials)}
-    vocab.update({c: 3 + b for b, c in llama.BYTE_TO_CHAR.items()})
+    vocab.update({c: 3 + b for b, c in bpe.BYTE_TO_CHAR.items()})
     merges = [("e", "s"), ("Ġ", "Y"), ("ĠY", "es"), ("Ġ", "N"), ("ĠN", "o"), ("b", "c"), ("a", "b")]
     for a, b in merges:
         vocab[a + b] = len(vocab)
@@ -96,7 +98,7 @@ def hf_ids(hf_tok, texts):
 @pytest.mark.parametrize("merges_as", ["str", "list"])
 def test_tiny_bpe_known_ids(tmp_path, merges_as):
     tok = llama.load_tokenizer(write_tiny_bpe(tmp_path, merges_as))
-    assert isinstance(tok, llama.BPETokenizer)
+    assert isinstance(tok, bpe.BPETokenizer)
     byte = {c: 3 + ord(c) for c in "Yax!"}  # printable ASCII bytes stand for themselves
     es, sY, sYes, sN, sNo, bc, ab = range(259, 266)  # the merges in rank order; s: a leading space
     assert (tok.bos_id, tok.eos_id, tok.unk_id, tok.vocab_size) == (1, 2, 0, 266)
@@ -116,7 +118,7 @@ def test_tiny_bpe_matches_hf(tmp_path, merges_as):
     tokenizers = pytest.importorskip("tokenizers")
     d = write_tiny_bpe(tmp_path, merges_as)
     hf = tokenizers.Tokenizer.from_file(str(d / "tokenizer.json"))
-    tok = llama.BPETokenizer(d / "tokenizer.json")
+    tok = bpe.BPETokenizer(d / "tokenizer.json")
     for s in HARD + ["abcabc Yes Yesyes No Nos"]:
         assert tok.encode(s, bos=False) == hf.encode(s, add_special_tokens=False).ids, s
 
@@ -130,7 +132,7 @@ def test_unicode_normalizers_match_hf(tmp_path, normalizer):
     tokenizers = pytest.importorskip("tokenizers")
     d = write_tiny_bpe(tmp_path, normalizer=normalizer)
     hf = tokenizers.Tokenizer.from_file(str(d / "tokenizer.json"))
-    tok = llama.BPETokenizer(d / "tokenizer.json")
+    tok = bpe.BPETokenizer(d / "tokenizer.json")
     for s in HARD + ["Cafe\u0301 \ufb01ne \u2460 e\u0301<|im_end|>e\u0301"]:
         assert tok.encode(s, bos=False) == hf.encode(s, add_special_tokens=False).ids, s
 
@@ -142,7 +144,7 @@ def test_unicode_normalizers_match_hf(tmp_path, normalizer):
 ])
 def test_refuses_what_is_not_implemented(tmp_path, change, words):
     with pytest.raises(ValueError, match=words):
-        llama.BPETokenizer(write_tiny_bpe(tmp_path, **change) / "tokenizer.json")
+        bpe.BPETokenizer(write_tiny_bpe(tmp_path, **change) / "tokenizer.json")
 
 
 def test_load_picks_the_tokenizer_and_checks_vocab_size(tmp_path):
@@ -151,12 +153,12 @@ def test_load_picks_the_tokenizer_and_checks_vocab_size(tmp_path):
     d = write_tiny_bpe(tmp_path / "bpe")
     cfg = llama.LlamaConfig(vocab_size=266, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                             num_attention_heads=2, num_key_value_heads=1, torch_dtype="float32")
-    (d / "config.json").write_text(json.dumps(cfg.to_dict()))
+    (d / "config.json").write_text(json.dumps(backbones.config_json(cfg)))
     save_file({k: v.contiguous() for k, v in llama.Llama(cfg).state_dict().items()}, d / "model.safetensors")
     model, tok = llama.load(d)
-    assert isinstance(tok, llama.BPETokenizer) and model.cfg.vocab_size == 266
+    assert isinstance(tok, bpe.BPETokenizer) and model.cfg.vocab_size == 266
     cfg.vocab_size = 200  # the tokenizer's ids go up to 265
-    (d / "config.json").write_text(json.dumps(cfg.to_dict()))
+    (d / "config.json").write_text(json.dumps(backbones.config_json(cfg)))
     with pytest.raises(ValueError, match="ids up to 265.*vocab_size is 200"):
         llama.load(d)
 
@@ -166,7 +168,7 @@ def test_tokenizer_model_wins_over_tokenizer_json(tmp_path, tokenizer_path):
     d = write_tiny_bpe(tmp_path)
     shutil.copy(tokenizer_path, d / "tokenizer.model")
     assert isinstance(llama.load_tokenizer(d), llama.Tokenizer)
-    assert isinstance(llama.load_tokenizer(d / "tokenizer.json"), llama.BPETokenizer)
+    assert isinstance(llama.load_tokenizer(d / "tokenizer.json"), bpe.BPETokenizer)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -236,7 +238,7 @@ def test_digits_pre_tokenizer_matches_hf(smol_dir, tmp_path):
         {"type": "Digits", "individual_digits": True}, BYTE_LEVEL]}
     (tmp_path / "tokenizer.json").write_text(json.dumps(spec))
     shutil.copy(smol_dir / "tokenizer_config.json", tmp_path)
-    tok = llama.BPETokenizer(tmp_path / "tokenizer.json")
+    tok = bpe.BPETokenizer(tmp_path / "tokenizer.json")
     hf = tokenizers.Tokenizer.from_file(str(tmp_path / "tokenizer.json"))
     for s, want in zip(HARD, hf_ids(hf, HARD)):
         assert tok.encode(s, bos=False) == want, s

@@ -1,6 +1,7 @@
 """The loop (loop.py) and the CF recipes (train.py): checkpoints, determinism, resume, the NaN stop,
 the schedule, the defaults, and a small end-to-end run."""
 import json
+import dataclasses
 import math
 import os
 import numpy as np
@@ -12,6 +13,7 @@ import loop
 import train
 from sasrecllm import SASRec
 from torch.optim.optimizer import register_optimizer_step_post_hook
+from tools import runs
 
 torch.set_num_threads(1)
 SECTIONS = ("valid", "test", "test_seen", "test_unseen", "test_warm", "test_cold")
@@ -37,7 +39,7 @@ def test_mf_end_to_end_writes_well_formed_files(data_dir, tmp_path):
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in log] == [1, 2, 3]
     assert {"train_loss", "valid", "lr", "seconds", "samples_per_s"} <= set(log[0])
-    ck = torch.load(out / "best.pt", weights_only=False)
+    ck = runs.read_checkpoint(str(out / "best.pt"))
     assert ck["args"]["stage"] == "mf" and ck["best_valid_auc"] == max(r["valid"]["auc"] for r in log)
     assert not any(p.endswith(".tmp") for p in os.listdir(out))
 
@@ -71,7 +73,7 @@ def test_next_item_objective_and_closed_form_stages_run(ml1m, tmp_path):
 def test_autocast_runs_and_keeps_parameters_fp32(ml1m, tmp_path, amp):
     m = run(ml1m, tmp_path / amp, "--stage", "gru4rec", "--max-epochs", "1", "--amp", amp)
     assert math.isfinite(m["test"]["auc"])
-    ck = torch.load(tmp_path / amp / "best.pt", weights_only=False)
+    ck = runs.read_checkpoint(str(tmp_path / amp / "best.pt"))
     assert all(t.dtype == torch.float32 for t in ck["model"].values())
 
 
@@ -80,10 +82,10 @@ def test_checkpoint_round_trip_gives_identical_scores(tmp_path, toy_rows):
     rows = toy_rows()
     model = SASRec(n_items=30, n_users=10, dim=16, n_heads=2, maxlen=8).eval()
     path = str(tmp_path / "ck.pt")
-    loop.save_atomic(dict(model=loop.trainable_state(model)), path)
+    runs.save_atomic(dict(args={}, model=loop.trainable_state(model)), path)
     torch.manual_seed(1)
     other = SASRec(n_items=30, n_users=10, dim=16, n_heads=2, maxlen=8).eval()
-    loop.load_trainable(other, torch.load(path)["model"])
+    loop.load_trainable(other, runs.read_checkpoint(str(path))["model"])
     with torch.no_grad():
         assert torch.equal(model(rows["user"], rows["hist"], rows["item"]),
                            other(rows["user"], rows["hist"], rows["item"]))
@@ -115,7 +117,7 @@ def test_nan_loss_stops_the_run(tmp_path, toy_rows):
     model = SASRec(n_items=30, n_users=10, dim=16, n_heads=2, maxlen=8)
     t = toy_rows()
     batch = data.Batch({k: t[k] for k in ("user", "hist", "item")}, t["label"], len(t["label"]))
-    cfg = loop.TrainConfig(out=str(tmp_path), lr=1e-3, max_epochs=2, patience=2, warmup_epochs=0)
+    cfg = train.Run(stage="sasrec", out=str(tmp_path), lr=1e-3, max_epochs=2, patience=2, warmup_epochs=0)
     with pytest.raises(FloatingPointError, match="loss is nan"):
         loop.train(cfg, model, lambda epoch: [batch], lambda m, b: m(**b.inputs).sum() * np.nan,
                    predict=None, ds=None)
@@ -136,8 +138,8 @@ def test_max_epochs_default_is_the_papers_except_on_the_tiny_backbone():
     assert max_epochs("--stage", "text", "--llm", "tiny", "--max-epochs", "3") == 3
     chain = train.parse_args(["--stage", "all", "--llm", "tiny"])
     assert chain.max_epochs is None  # filled per stage by run_all
-    assert train.fill_defaults(train.argparse.Namespace(**vars(chain)), "sasrec").max_epochs == 300
-    assert train.fill_defaults(train.argparse.Namespace(**vars(chain)), "text").max_epochs == 10
+    assert dataclasses.replace(chain, stage="sasrec").max_epochs == 300
+    assert dataclasses.replace(chain, stage="text").max_epochs == 10
 
 
 # Metrics that the code before the loop/recipe restructure (commit ce3d51b) printed for the same
@@ -190,7 +192,7 @@ def test_fp16_overflow_skips_that_step_lowers_the_scale_and_training_goes_on(ml1
     finally:
         handle.remove()
     assert len(steps) >= 6 and 3 not in taken and taken == [s for s in steps if s != 3]
-    ck = torch.load(tmp_path / "fp16" / "last.pt", weights_only=False)
+    ck = runs.read_checkpoint(str(tmp_path / "fp16" / "last.pt"))
     assert ck["args"]["amp"] == "fp16"
     assert ck["scaler"]["scale"] == 2.0 ** 16 / 2  # GradScaler's start, halved once (no growth in < 2000 steps)
     assert math.isfinite(report["test"]["logloss"]) and 0 < report["test"]["auc"] < 1

@@ -1,74 +1,27 @@
-"""Throughput of the SASRecLLM/TALLRec workload on llama.py + lora.py, and on HF transformers + peft.
+"""Throughput of the SASRecLLM/TALLRec workload: llama.py + lora.py against HF transformers + peft,
+in one process, on the same weight tensors and the same batches. A harness, not the lesson.
 
-Two phases:
-  train: forward, BCE on the logit("Yes") - logit("No") difference at the last position, backward,
-         AdamW on the LoRA parameters only (r=8, alpha=16, dropout 0.05 on q_proj and v_proj; batch 16);
-  score: forward and the two logits without gradients (batch 64).
-Prompt lengths are drawn like SASRecLLM's ML-1M prompts (normal, mean 195, p95 230), sorted into
-length buckets so that a batch pads little, and LEFT-padded to the batch's longest prompt rounded
-up to --pad-multiple (default 16). Rounding gives few distinct batch shapes, and so few one-time
-per-shape costs on GPU (kernel and cuDNN attention plans), for a little more padding; the padding
-figures for multiples 1 and 16 on this run's own batches are printed first. Weights are random:
-speed only.
+  train: forward, BCE on z_Yes - z_No at the last position, backward, AdamW on LoRA only (r 8,
+         alpha 16, dropout 0.05 on q_proj and v_proj);   score: the forward and the two logits.
+Prompt lengths are drawn like ML-1M's prompts (normal, mean 195, p95 230), bucketed, and left-padded
+to a multiple of --pad-multiple. Weights are random: speed only.
 
-Fairness. Every shape is new to a GPU the first time any implementation meets it, and that first
-call pays a one-time cost that a later implementation on the same shape does not. So:
-  1. warm pass: every implementation runs every batch (so every shape) once before any timing;
-  2. timed pass over the same batches, where --order alternate (the default) rotates which
-     implementation goes first on each batch; ours-first and hf-first fix the order, to show that
-     the ratios do not depend on it. warm_extra_s = warm pass time - timed pass time on the same
-     batches: what first meetings (new shapes, first calls) cost that implementation.
+Fair by construction: every implementation first runs every batch (every shape) once, then the
+timed pass rotates which implementation goes first on each batch (--order). warm_extra_s is what
+first meetings cost each one. "hf+peft last" passes logits_to_keep=1. --compile adds llama.py with
+each decoder layer under torch.compile. FLOPs count useful work on real tokens: N = the weights of
+the 7 projections in all layers, A = 4 * layers * T^2 * (heads * head_dim) per sequence;
+score = 2 N T + A, train = 4 N T + 3 A (frozen weights need input gradients only).
 
---compile adds "llama.py+lora.py compiled": a second llama.py model on the same weight tensors
-(its own LoRA, so its own optimizer), each decoder layer compiled with torch.compile (default
-inductor mode; one Block.forward graph serves every layer, and after a second length torch
-recompiles it once with a dynamic length). It runs beside the others, in the same warm and timed
-passes, so its compilation lands in the warm pass (warm_extra_s) and the ratios add
-compiled_vs_eager and compiled_vs_hf_peft(_last). A candidate for the loop's fast path, measured
-here first: train.py does not compile.
+--loop times train.py's own text stage (loop.train) on real ML-1M prompts and a random checkpoint
+of the chosen shape: the last of LOOP_EPOCHS epochs of --loop-iters iterations, from the loop's own
+log, and the final test evaluation. --check runs the bench in all three orders, then --loop, and
+prints one JSON line (defaults: TinyLlama's shape, CUDA, bf16).
 
-llama.py computes the two lm_head rows it needs. HF's LlamaForCausalLM by default computes the
-full-vocabulary logits at every position ("hf+peft"); "hf+peft last" passes logits_to_keep=1.
-Both run in the same process on the same weights (the same tensors, not copies).
-
-FLOPs count useful work on real (unpadded) tokens: N = weights of the 7 projections in all layers
-(embeddings and lm_head excluded), A = 4 * layers * T^2 * (heads * head_dim) per sequence of
-T tokens (scores and weighted sum, without the causal half-saving).
-  score = 2 N T + A;  train = 4 N T + 3 A   (the frozen weights need input gradients only;
-  attention's backward is twice its forward; LoRA's own cost is negligible).
-
-    python bench.py --shape tiny
-    python bench.py --shape tinyllama --layers 2 --train-batch 4 --score-batch 8 --steps 2
-    python bench.py --shape tinyllama --device cuda --dtype bf16 --steps 10
-    python bench.py --check                               # the prepared GPU check: one JSON line
-    python bench.py --check --device cpu --shape tiny     # the same on CPU, in seconds
-    python bench.py --check --compile                     # ... with the compiled candidate beside
-    python bench.py --loop --limit 200 --loop-iters 8     # train.py's loop alone, on CPU (below)
-
---loop: train.py's real training loop, not a step in isolation. It writes a random checkpoint of
-the chosen shape (llama.write_random; weights from llama.random_state, as the bench draws them,
-with the Llama-2 tokenizer's vocabulary, so --shape tiny's embedding table grows to 32000 rows)
-and runs train.py's text stage on the real ML-1M prompts, built by train.py's own functions
-(build_llm_model, llm_batches, llm_predictor, train_config) and trained by loop.train with the
-bench's batch sizes, dtype and padding: LOOP_EPOCHS epochs of --loop-iters iterations, each
-followed by its valid evaluation, then loop.finish's valid and test evaluations.
-  training: the samples/s that loop.train logs for its LAST epoch (log.jsonl; evaluation and
-    checkpoints excluded). The first epoch meets most batch shapes first (kernel and attention
-    plans on GPU) and is reported apart; the JSON counts the timed epoch's shapes that the first
-    did not meet. Everything the loop does per step counts: host collation, the copy to the device,
-    clipping, the scheduler.
-  evaluation: the seconds of loop.finish's test pass (all of the test split unless --limit cuts
-    it; 7,331 ML-1M prompts), timed around train.py's predictor, after the valid passes have met
-    its shapes.
-Real text prompts are shorter than the bench's drawn lengths (about 160 tokens against 195), so
-the loop's samples/s is also given in tokens/s, and the ratio to the bench in both.
-
---check defaults to TinyLlama's shape, CUDA and bf16. It builds the models, runs both phases with
-CHECK's sizes (a warm pass, then timed passes in the orders alternate, ours-first, hf-first), then
---loop at the bench's batch sizes, and prints one JSON line: per-implementation tokens/s and peak
-memory, the ratios for each order, the shape and padding counts, the loop's figures and its ratio
-to the bench's train step. --loop and --check read ML-1M from --data-dir (else $SASRECLLM_DATA,
-else data/) and the tokenizer from --tokenizer (else $SASRECLLM_TOKENIZER).
+    python -m tools.bench --shape tiny
+    python -m tools.bench --check                               # the prepared GPU check
+    python -m tools.bench --check --device cpu --shape tiny     # the same on CPU, in seconds
+    python -m tools.bench --loop --limit 200 --loop-iters 8
 """
 import argparse
 import contextlib
@@ -88,6 +41,8 @@ import llama
 import loop
 import lora
 import train
+from llama import load_tokenizer
+from tools import backbones, runs
 
 TINY = dict(vocab_size=1000, hidden_size=128, intermediate_size=344, num_hidden_layers=4,
             num_attention_heads=4, num_key_value_heads=2)
@@ -200,7 +155,7 @@ class HF:
 
 def shape_sizes(args):
     """The model sizes of --shape and --layers."""
-    sizes = dict(TINY) if args.shape == "tiny" else {k: llama.TINYLLAMA[k] for k in TINY}
+    sizes = dict(TINY) if args.shape == "tiny" else {k: backbones.TINYLLAMA[k] for k in TINY}
     if args.layers:
         sizes["num_hidden_layers"] = args.layers
     return sizes
@@ -210,7 +165,7 @@ def build(sizes, dtype, device, with_hf=True, compile=False):
     """[Ours, (Ours compiled,) HF(full logits), HF(last position)] on the same weight tensors, LoRA
     injected in each; no HF without with_hf, the compiled one only with compile."""
     cfg = llama.LlamaConfig(**sizes)
-    state = llama.random_state(cfg, dtype, device)
+    state = backbones.random_state(cfg, dtype, device)
 
     def ours():
         with torch.device("meta"):
@@ -381,11 +336,11 @@ def loop_args(args, tmp):
 def write_checkpoint(args, out_dir):
     """A random checkpoint of the bench's shape in the real layout, with the tokenizer's special ids
     and a vocabulary no smaller than the tokenizer's (its ids must not index past the table)."""
-    tok = llama.load_tokenizer(args.tokenizer)
+    tok = load_tokenizer(args.tokenizer)
     sizes = shape_sizes(args)
     cfg = llama.LlamaConfig(**{**sizes, "vocab_size": max(sizes["vocab_size"], tok.vocab_size)},
                             torch_dtype=LLAMA_DTYPE[args.dtype], bos_token_id=tok.bos_id, eos_token_id=tok.eos_id)
-    llama.write_random(out_dir, cfg, args.tokenizer, llama.DTYPES[LLAMA_DTYPE[args.dtype]])
+    backbones.write_random(out_dir, cfg, args.tokenizer, llama.DTYPES[LLAMA_DTYPE[args.dtype]])
     return cfg
 
 
@@ -410,12 +365,12 @@ def run_loop(args, a, ds, device):
     cfg = write_checkpoint(args, a.llm)
     evals = []
     with contextlib.redirect_stdout(sys.stderr):  # train.py's progress lines; stdout keeps one JSON line
-        loop.seed_everything(a.seed)
+        runs.seed_everything(a.seed)
         model, prompts = train.build_llm_model(a, ds)
         epoch_batches = train.llm_batches(a, ds, prompts)
         predict = timed(train.llm_predictor(a, ds, prompts), device, evals)
         build_s = time.perf_counter() - t_start
-        loop.train(train.train_config(a), model, epoch_batches, train.bce_loss, predict, ds)
+        loop.train(a, model, epoch_batches, train.bce_loss, predict, ds)
     with open(os.path.join(a.out, "log.jsonl")) as f:
         log = [json.loads(line) for line in f]
     if len(log) != LOOP_EPOCHS or [e["split"] for e in evals[-2:]] != ["valid", "test"]:
@@ -555,10 +510,10 @@ def main():
         else:
             run(args, device)
     except (data.DataError, FileNotFoundError) as e:  # missing or bad input: exit 2, as train.py
-        print(loop.error_line(e), file=sys.stderr)
+        print(runs.error_line(e), file=sys.stderr)
         return 2
     except (RuntimeError, ValueError, OSError, ArithmeticError) as e:  # e.g. out of memory: one line
-        print(loop.error_line(e), file=sys.stderr)
+        print(runs.error_line(e), file=sys.stderr)
         return 1
     return 0
 

@@ -1,0 +1,253 @@
+"""Byte-level BPE from an HF tokenizer.json (GPT-2 style; SmolLM2), written out by hand, and
+AnswerIds, the answer-token lookup that both tokenizers (this one and llama.Tokenizer) share.
+
+Radford et al. 2019, "Language Models are Unsupervised Multitask Learners" (GPT-2, sec. 2.2):
+text -> UTF-8 bytes -> printable stand-in characters, split into words by GPT-2's pre-tokenizer
+(a hand-written scanner here, as Python's re has no \\p{L}) -> merges by rank inside each word.
+No string is unknown: every byte is a token. tests/test_tokenizer.py checks the ids against HF
+`tokenizers` on every ML-1M prompt of both templates.
+"""
+import json
+import re
+import unicodedata
+from pathlib import Path
+
+
+class AnswerIds:
+    """yes_id and no_id, the two tokens the score reads, for a tokenizer with encode(text, bos),
+    pieces(ids) and path. The ids come from the tokenizer's own files, never a constant; ANSWERS are
+    the answer words as the tokenizer sees them after "#Answer:"."""
+    ANSWERS = ("Yes", "No")
+
+    def word_id(self, word: str) -> int:
+        """The id of a string that must be a single token, e.g. "Yes" -> 3869 ("▁Yes") for Llama 2."""
+        ids = self.encode(word, bos=False)
+        if len(ids) != 1:
+            raise ValueError(f"{word!r} is not a single token in {self.path}: {self.pieces(ids)}")
+        return ids[0]
+
+    @property
+    def yes_id(self) -> int:
+        return self.word_id(self.ANSWERS[0])
+
+    @property
+    def no_id(self) -> int:
+        return self.word_id(self.ANSWERS[1])
+
+
+
+
+
+def bytes_to_unicode() -> dict:
+    """GPT-2's reversible byte -> character map. Printable Latin-1 bytes stand for themselves; the
+    other 68 (space, controls...) move to chr(256 + k) in byte order, so " " is "Ġ" and "\n" is
+    "Ċ". Vocabulary entries and merges are written in these characters."""
+    printable = {*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
+                 *range(ord("®"), ord("ÿ") + 1)}
+    out, k = {}, 0
+    for b in range(256):
+        if b in printable:
+            out[b] = chr(b)
+        else:
+            out[b] = chr(256 + k)
+            k += 1
+    return out
+
+
+BYTE_TO_CHAR = bytes_to_unicode()
+CHAR_TO_BYTE = {c: b for b, c in BYTE_TO_CHAR.items()}
+
+
+class CharClasses(dict):
+    r"""ord(c) -> "L" letter (\p{L}), "N" number (\p{N}), "S" white space (\s) or "P" anything else:
+    the classes GPT-2's split pattern tests. A str.translate table that fills itself in. Code points
+    newer than Python's Unicode database (unicodedata.unidata_version) count as "P"."""
+
+    def __missing__(self, o):
+        c = chr(o)
+        cat = unicodedata.category(c)[0]
+        if cat in "LN":
+            kind = cat
+        # \s is Unicode's White_Space in the regex engine HF uses; str.isspace also counts the
+        # four ASCII separators 0x1c-0x1f, which are not white space there.
+        elif c.isspace() and not "\x1c" <= c <= "\x1f":
+            kind = "S"
+        else:
+            kind = "P"
+        self[o] = kind
+        return kind
+
+
+CHAR_CLASSES = CharClasses()
+RUN = re.compile("L+|N+|S+|P+")  # a run of one class, matched on the string of classes
+
+
+def gpt2_split(text: str, kinds: str) -> list:
+    r"""GPT-2's pre-tokenization, which HF tokenizers' ByteLevel runs as the regex
+        's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
+    Python's re has no \p{L} or \p{N}, so this scans by hand: kinds[i] is the class of text[i]
+    (CharClasses), and each word is the first alternative that matches where the last one ended."""
+    words, i, n = [], 0, len(text)
+    while i < n:
+        if text[i] == "'" and text[i + 1:i + 2] in ("s", "t", "m", "d"):   # 's 't 'm 'd (lower case only)
+            j = i + 2
+        elif text[i] == "'" and text[i + 1:i + 3] in ("re", "ve", "ll"):  # 're 've 'll
+            j = i + 3
+        elif kinds[i] != "S":                                               # a run of L, N or P
+            j = RUN.match(kinds, i).end()
+        elif text[i] == " " and i + 1 < n and kinds[i + 1] != "S":        # one space leads the run after it
+            j = RUN.match(kinds, i + 1).end()
+        else:                                                               # \s+(?!\S)|\s+
+            j = RUN.match(kinds, i).end()
+            if j < n and j - i > 1:
+                j -= 1  # the last white space char stays behind to lead the word that follows
+        words.append(text[i:j])
+        i = j
+    return words
+
+
+UNICODE_FORMS = ("NFC", "NFD", "NFKC", "NFKD")  # the tokenizer.json normalizers implemented here
+
+
+class BPETokenizer(AnswerIds):
+    """Byte-level BPE from an HF tokenizer.json (GPT-2, SmolLM2), with Tokenizer's interface.
+
+    Radford et al. 2019, "Language Models are Unsupervised Multitask Learners" (GPT-2, sec. 2.2):
+    BPE runs on UTF-8 bytes, so no text is ever unknown, and only inside the words of a
+    pre-tokenizer, so no merge crosses a letter / number / punctuation / space boundary.
+
+    tokenizer.json, the fields used: model.vocab (token -> id); model.merges, highest priority
+    first, each "a b" or ["a", "b"]; added_tokens, matched whole in the raw text before anything
+    else, as HF does; pre_tokenizer, ByteLevel alone or after Digits(individual_digits) (the hub's
+    SmolLM2 file has both). Options this class does not implement are refused, not ignored.
+    bos/eos/unk are named by tokenizer_config.json beside it.
+
+    BOS: SmolLM2's own post_processor adds no special token, so encode(text, bos=False) equals HF's
+    encode(text).ids. encode(text, bos=True) still prepends bos_id, the same contract as Tokenizer
+    (data.encode_prompt relies on it). SmolLM2's bos is <|im_start|> (tokenizer_config.json's
+    bos_token, config.json's bos_token_id), the token that opens every turn the instruct model saw,
+    so it is a natural first token for a prompt.
+    """
+
+    def __init__(self, path):
+        self.path = Path(path)
+        spec = json.loads(self.path.read_text(encoding="utf-8"))
+        model, pre = spec["model"], spec.get("pre_tokenizer") or {}
+        steps = pre.get("pretokenizers", [pre])  # a Sequence, or a single pre-tokenizer
+        types = [s.get("type") for s in steps]
+        added = spec.get("added_tokens", [])
+        norm = spec.get("normalizer") or {}  # none, one Unicode form, or a Sequence of them
+        norms = [n.get("type") for n in norm.get("normalizers", [norm] if norm else [])]
+        refused = {
+            "model.type other than BPE": model.get("type") != "BPE",
+            "BPE dropout": bool(model.get("dropout")),
+            "a subword prefix/suffix": bool(model.get("continuing_subword_prefix")
+                                            or model.get("end_of_word_suffix")),
+            f"normalizer {norms}": any(n not in UNICODE_FORMS for n in norms),
+            f"pre_tokenizer {types}": types not in (["ByteLevel"], ["Digits", "ByteLevel"]),
+            "ByteLevel without use_regex or with add_prefix_space":
+                not steps[-1].get("use_regex", True) or steps[-1].get("add_prefix_space", False),
+            "Digits without individual_digits":
+                types[0] == "Digits" and not steps[0].get("individual_digits"),
+            "added tokens with lstrip/rstrip/single_word":
+                any(t.get("lstrip") or t.get("rstrip") or t.get("single_word") for t in added),
+        }
+        for what, bad in refused.items():
+            if bad:
+                raise ValueError(f"{self.path}: {what} is not implemented")
+        self.unicode_forms = norms  # applied to the text between added tokens, in order, as HF does
+        self.split_digits = types[0] == "Digits"
+        self.ignore_merges = model.get("ignore_merges", False)  # a word that is a token stays whole
+
+        self.vocab = model["vocab"]
+        merges = [m.split(" ") if isinstance(m, str) else m for m in model["merges"]]
+        self.ranks = {tuple(m): rank for rank, m in enumerate(merges)}
+        self.added = {t["content"]: t["id"] for t in added}
+        self.tokens = {i: t for t, i in self.vocab.items()} | {i: t for t, i in self.added.items()}
+        self.added_ids = set(self.added.values())
+        self.vocab_size = max(self.tokens) + 1
+        # Longest first: of two added tokens that start at the same place the longer wins, as in HF.
+        names = sorted(self.added, key=len, reverse=True)
+        self.added_re = re.compile("(" + "|".join(map(re.escape, names)) + ")") if names else None
+        self.cache = {}  # word -> ids; prompts repeat a few thousand words over and over
+
+        cfg_path = self.path.with_name("tokenizer_config.json")
+        cfg = json.loads(cfg_path.read_text(encoding="utf-8")) if cfg_path.exists() else {}
+
+        def token_id(key):
+            name = cfg.get(key)
+            name = name.get("content") if isinstance(name, dict) else name  # older files nest it
+            return self.added.get(name, self.vocab.get(name))
+
+        self.bos_id, self.eos_id = token_id("bos_token"), token_id("eos_token")
+        if self.bos_id is None or self.eos_id is None:
+            raise ValueError(f"{cfg_path}: needs bos_token and eos_token, naming tokens of {self.path.name}")
+        # Byte-level BPE never needs an unknown token. unk_id only fills the <UserID> and
+        # <TargetItemID> slots of data.encode_prompt, whose embeddings SASRecLLM overwrites with
+        # the projected CF vectors, so any real id is safe: the named unk_token (SmolLM2:
+        # <|endoftext|>, 0), else eos.
+        unk = token_id("unk_token")
+        self.unk_id = self.eos_id if unk is None else unk
+
+    def pre_tokenize(self, text: str) -> list:
+        kinds = text.translate(CHAR_CLASSES)  # one class letter per char
+        if not self.split_digits:
+            return gpt2_split(text, kinds)
+        # Digits(individual_digits) runs first: each number char is a word of its own, and GPT-2's
+        # split runs inside the stretches between them (so " 1" is " ", "1", never " 1").
+        words = []
+        for m in re.finditer("N|[^N]+", kinds):
+            words += gpt2_split(text[m.start():m.end()], m.group())
+        return words
+
+    def bpe(self, word: str) -> list:
+        """Ids of one word: start from its bytes and merge the adjacent pair of lowest rank (the
+        leftmost on a tie) until no pair has a rank, as HF's BPE does."""
+        ids = self.cache.get(word)
+        if ids is None:
+            parts = [BYTE_TO_CHAR[b] for b in word.encode("utf-8")]
+            if self.ignore_merges and "".join(parts) in self.vocab:
+                parts = ["".join(parts)]
+            no_merge = len(self.ranks)
+            while len(parts) > 1:
+                pairs = zip(parts, parts[1:])
+                rank, k = min((self.ranks.get(pair, no_merge), k) for k, pair in enumerate(pairs))
+                if rank == no_merge:
+                    break
+                parts[k:k + 2] = [parts[k] + parts[k + 1]]
+            ids = self.cache[word] = [self.vocab[p] for p in parts]
+        return ids
+
+    def encode(self, text: str, bos: bool = True) -> list:
+        ids = [self.bos_id] if bos else []
+        pieces = self.added_re.split(text) if self.added_re else [text]
+        for k, piece in enumerate(pieces):
+            if k % 2:  # re.split puts the matched added tokens at the odd places
+                ids.append(self.added[piece])
+            else:
+                for form in self.unicode_forms:
+                    piece = unicodedata.normalize(form, piece)
+                for word in self.pre_tokenize(piece):
+                    ids += self.bpe(word)
+        return ids
+
+    def decode(self, ids) -> str:
+        """Added tokens come out as their text. The other tokens go back to bytes, decoded as UTF-8
+        a stretch at a time (one character's bytes may span tokens); bad bytes become U+FFFD."""
+        out, buf = [], bytearray()
+        for i in map(int, ids):
+            if i in self.added_ids:
+                out += [buf.decode("utf-8", "replace"), self.tokens[i]]
+                buf = bytearray()
+            else:
+                buf += bytes(CHAR_TO_BYTE[c] for c in self.tokens[i])
+        return "".join(out) + buf.decode("utf-8", "replace")
+
+    def pieces(self, ids) -> list:
+        return [self.tokens[i] for i in ids]
+
+    # The answer follows "#Answer:" after a space, and byte-level BPE keeps that word boundary in
+    # the token ("ĠYes"), as sentencepiece does with "▁Yes". So the scored tokens are " Yes" and
+    # " No" (9230 and 2838 for SmolLM2), space included; "Yes" alone is a different token (after a
+    # quote, or at a line start).
+    ANSWERS = (" Yes", " No")

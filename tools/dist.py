@@ -1,0 +1,71 @@
+"""Data parallelism under torchrun, as the training loop needs it: which rank this is, and the
+three collectives (the gradients, a float, the scores). One process is rank 0 of a world of 1,
+and every helper is then a no-op.
+
+Written out instead of DistributedDataParallel: with a frozen LLM only a few tensors train, and
+the loop (loop.py) shows the one collective that data parallelism needs.
+"""
+import os
+
+import torch
+import torch.distributed as dist
+
+
+def rank_world():
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def is_main():
+    return rank_world()[0] == 0
+
+
+def say(*a):
+    """print on rank 0 only, flushed (progress lines of long runs)."""
+    if is_main():
+        print(*a, flush=True)
+
+
+def barrier():
+    if rank_world()[1] > 1:
+        dist.barrier()
+
+
+def init_distributed(device):
+    """Under torchrun: join the process group (NCCL on GPUs, gloo on CPU); returns this rank's device."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return device
+    backend = "nccl" if device.startswith("cuda") else "gloo"
+    dist.init_process_group(backend)
+    if backend == "nccl":
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+        torch.cuda.set_device(device)
+    return device
+
+
+def all_reduce_grads(params):
+    """Sum the gradients over ranks. Each rank's loss was pre-weighted by its share of the global
+    batch, so the sum is the gradient of the global batch's mean loss."""
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        dist.all_reduce(p.grad)
+
+
+def all_sum(x):
+    """A float summed over ranks."""
+    if rank_world()[1] == 1:
+        return float(x)
+    t = torch.tensor([float(x)], dtype=torch.float64)
+    dist.all_reduce(t)
+    return t.item()
+
+
+def gather_scores(local):
+    """{row position: score} from every rank -> one dict (every rank gets all of it)."""
+    if rank_world()[1] == 1:
+        return local
+    parts = [None] * rank_world()[1]
+    dist.all_gather_object(parts, local)
+    return {k: v for part in parts for k, v in part.items()}

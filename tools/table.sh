@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# The one table driver: train every row of the paper's Table 1 (or 2) for each seed under ROOT,
+# then lay them out (ROOT.md: test, warm and cold, mean ± std, Rel.Imp.) and, when the joint row is
+# among them, run the --shuffle-cf ablation on seed 0's joint run (ROOT/shuffle_cf.md).
+#
+#   bash tools/table.sh ROOT [train.py flags for every row...]
+#   SEEDS=3 bash tools/table.sh runs/table_ml1m                        # Table 1, tiny backbone
+#   ROWS="pop sasrec icl text joint" LLM=checkpoints/SmolLM2-135M-Instruct \
+#       LLM_FLAGS="--dtype bfloat16 --amp bf16" bash tools/table.sh runs/smollm2   # a real LLM
+#
+# Environment: DATA (ml1m), SEEDS (1: seed 0 only), ROWS (all nine, in Table 1's order), LLM (tiny),
+# DEVICE (cpu), LLM_FLAGS (the LLM rows only), CF_FLAGS (the CF rows only), PYTHON (python).
+# A row whose metrics.json exists is skipped, so a stopped table goes on where it stopped; a row
+# that a kill left with a last.pt resumes (--resume); one with other files starts over
+# (--overwrite moves them aside). Each row's wall time is appended to ROOT/times.tsv.
+set -euo pipefail
+root=${1:?usage: bash tools/table.sh ROOT [train.py flags...]}
+shift
+for flag in "$@"; do  # the table sets these for every row itself
+    case ${flag%%=*} in
+        --stage | --data | --seed | --out | --runs | --cf-ckpt | --lora | --resume | --overwrite | --device | --llm)
+            echo "error: tools/table.sh sets ${flag%%=*} for every row itself (DATA, SEEDS, DEVICE and LLM set" \
+                "the data, the seeds, the device and the LLM); remove it" >&2
+            exit 2 ;;
+    esac
+done
+py=${PYTHON:-python}
+rows=${ROWS:-"pop mf ncf gru4rec mc sasrec icl text joint"}
+mkdir -p "$root"
+for ((s = 0; s < ${SEEDS:-1}; s++)); do
+    for stage in $rows; do
+        out=$root/seed$s/$stage
+        if [ -f "$out/metrics.json" ]; then
+            echo "[table] $stage, seed $s: done before, skipped"
+            continue
+        fi
+        flags=(--stage "$stage" --data "${DATA:-ml1m}" --seed "$s" --out "$out" --runs "$root" --device "${DEVICE:-cpu}")
+        case $stage in
+            icl | text | joint) read -ra extra <<<"${LLM_FLAGS:-}"; flags+=(--llm "${LLM:-tiny}") ;;
+            *) read -ra extra <<<"${CF_FLAGS:-}" ;;
+        esac
+        flags+=("${extra[@]}" "$@")
+        if [ "$stage" = joint ]; then
+            flags+=(--cf-ckpt "$root/seed$s/sasrec/best.pt" --lora "$root/seed$s/text/adapter")
+        fi
+        if [ -f "$out/last.pt" ]; then
+            flags+=(--resume)
+        elif [ -n "$(ls -A "$out" 2>/dev/null)" ]; then
+            flags+=(--overwrite)
+        fi
+        echo "[table] $stage, seed $s: $py train.py ${flags[*]}"
+        t0=$SECONDS
+        "$py" train.py "${flags[@]}"
+        printf 'seed%s/%s\t%d\n' "$s" "$stage" $((SECONDS - t0)) >>"$root/times.tsv"
+    done
+done
+command="SEEDS=${SEEDS:-1} ROWS='$rows' LLM=${LLM:-tiny} DEVICE=${DEVICE:-cpu} LLM_FLAGS='${LLM_FLAGS:-}' CF_FLAGS='${CF_FLAGS:-}' bash tools/table.sh $root $*"
+"$py" -m tools.report --table "$root" --command "$command"
+if [[ " $rows " == *" joint "* ]] && [ ! -f "$root/shuffle_cf.md" ]; then
+    "$py" eval.py "$root/seed0/joint" --shuffle-cf --device "${DEVICE:-cpu}" >"$root/shuffle_cf.md.tmp"
+    mv "$root/shuffle_cf.md.tmp" "$root/shuffle_cf.md"
+    cat "$root/shuffle_cf.md"
+fi
