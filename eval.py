@@ -23,18 +23,11 @@ import numpy as np
 import torch
 
 import train
-from metrics import PARTS, _num, fmt, fmt_mean_std, markdown_table, md_table, mean_std, mean_std_table, metrics, split_report
+from metrics import PARTS, metrics, split_report
 from tools import runs
+from tools.report import _num, fmt, fmt_mean_std, markdown_table, md_table, mean_std, mean_std_table, read_metrics
 from tools.runs import cli
 
-
-def read_metrics(run_dir):
-    path = os.path.join(run_dir, "metrics.json")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path} not found: the run is unfinished or was never trained "
-                                f"(python train.py ... --out {run_dir}, with --resume to finish it)")
-    with open(path) as f:
-        return json.load(f)
 
 # -----------------------------------------------------------------------------
 # a run, rebuilt from its best.pt and scored again

@@ -12,7 +12,7 @@ artefact of row order, so every metric refuses one (FloatingPointError, naming t
 
 Why a file of its own: the training loop needs AUC for early stopping, and eval.py needs the
 training side to rebuild runs. With the metrics here, the imports form one direction:
-metrics <- loop <- train <- eval.
+metrics <- loop <- train <- eval. How tables lay them out is tools/report.py's business.
 """
 import math
 
@@ -170,70 +170,3 @@ def split_report(ds, logits_valid, logits_test):
                                ("warm", ds.warm[rows]), ("cold", ~ds.warm[rows])):
                 out[f"test_{part}"] = metrics(ds.user[rows][mask], ds.label[rows][mask], logits[mask])
     return out
-
-
-# -----------------------------------------------------------------------------
-# Table 1's layout
-
-COLUMNS = [("logloss", "Log Loss"), ("precision", "Precision"), ("recall", "Recall"), ("f1", "F1"),
-           ("accuracy", "Accuracy"), ("auc", "AUC"), ("uauc", "UAUC")]
-
-
-def fmt(v):
-    return "nan" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"
-
-
-def fmt_pct(v):
-    return "nan" if math.isnan(v) else f"{100 * v:+.2f}%"
-
-
-def _num(v):
-    return float("nan") if v is None else v
-
-
-def markdown_table(rows, rel=True, ours=("joint", "SASRecLLM")):
-    """rows: list of (name, metrics dict). Rel.Imp. is the paper's: the relative gain of SASRecLLM
-    (the first row whose name starts with one of `ours`) over each other row, averaged over AUC and
-    UAUC; without such a row, the gain of the row with the best AUC."""
-    head = ["model"] + [c for _, c in COLUMNS] + (["Rel. Imp."] if rel else [])
-    body = []
-    ref = next((m for name, m in rows if name in ours or name.startswith(ours)), None)
-    if ref is None:
-        valid = [m for _, m in rows if not math.isnan(_num(m.get("auc")))]
-        ref = max(valid, key=lambda m: m["auc"]) if valid else None
-    for name, m in rows:
-        cells = [name] + [fmt(m.get(k)) for k, _ in COLUMNS]
-        if rel:
-            cells.append("-" if ref is None or m is ref else fmt_pct(rel_imp(ref, m)))
-        body.append(cells)
-    return md_table(head, body)
-
-
-def md_table(head, rows):
-    """A markdown table: head is a list of column names, rows lists of cell strings."""
-    return "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] +
-                     ["| " + " | ".join(cells) + " |" for cells in rows])
-
-
-def mean_std(reports):
-    """{part: {metric: (mean, std)}} over a list of metrics.json dicts. std is the sample standard
-    deviation (ddof 1) over the reports, None for a single report; an undefined metric (null) is NaN."""
-    out = {}
-    for part, m in reports[0].items():
-        if not isinstance(m, dict):  # best_epoch
-            continue
-        out[part] = {}
-        for k in m:
-            v = np.array([_num(r[part][k]) for r in reports], dtype=np.float64)
-            out[part][k] = (float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else None)
-    return out
-
-
-def fmt_mean_std(mean, std):
-    """'0.7301 ± 0.0033'; the mean alone for one run (std None) or an undefined mean."""
-    return fmt(mean) if std is None or math.isnan(mean) else f"{fmt(mean)} ± {fmt(std)}"
-
-
-def mean_std_table(stats, parts=PARTS):
-    return md_table(["part"] + [c for _, c in COLUMNS],
-                    [[part] + [fmt_mean_std(*stats[part][k]) for k, _ in COLUMNS] for part in parts if part in stats])

@@ -30,9 +30,9 @@ import llama
 import loop
 import lora
 from baselines import MC, MF, NCF, GRU4Rec, Pop
-from metrics import markdown_table
 from sasrecllm import SASRec, SASRecLLM
 from tools import backbones, runs
+from tools.report import markdown_table
 from tools.dist import barrier, gather_scores, init_distributed, is_main, rank_world, say
 from tools.runs import cli, non_negative, number, positive
 
@@ -261,17 +261,11 @@ def score_only(args, model, predict, ds):
 # Stages 2 and 3 (and ICL): the LLM reads the prompt; s = z_Yes - z_No
 
 
-MISSING_LLM = ("Put TinyLlama-1.1B there in Hugging Face format (config.json, model.safetensors, tokenizer.model; "
-               "e.g. a download of TinyLlama/TinyLlama-1.1B-intermediate-step-1431k-3T), or point --llm at such a "
-               "directory (python ../shared/tools/get_smollm2.py checkpoints/SmolLM2-135M-Instruct builds a real "
-               "one here). To run the whole pipeline without one, use the embedded random backbone: --llm tiny")
-
-
 def backbone_dir(args, ds):
     """The HF-format LLM directory: --llm DIR, or the embedded tiny backbone written once under --runs."""
     if args.llm != "tiny":
         if not os.path.exists(os.path.join(args.llm, "config.json")):
-            raise FileNotFoundError(f"no LLM checkpoint at {args.llm} (config.json missing). {MISSING_LLM}")
+            raise FileNotFoundError(f"no LLM checkpoint at {args.llm} (config.json missing). {runs.MISSING_LLM}")
         return args.llm
     d = os.path.join(args.runs, "tiny-llm")
     if not os.path.exists(os.path.join(d, "config.json")):
@@ -283,26 +277,16 @@ def backbone_dir(args, ds):
     return d
 
 
-def missing_parts(args, ds):
-    """What the joint stage needs and lacks, each with the command that makes it."""
-    need = [f"an LLM at {args.llm} ({MISSING_LLM})"] if args.llm != "tiny" and not os.path.exists(
-        os.path.join(args.llm, "config.json")) else []
-    if not os.path.exists(args.cf_ckpt):
-        need.append(f"a CF checkpoint at {args.cf_ckpt}: python train.py --stage {args.cf} --data {ds.name} "
-                    f"--out {os.path.dirname(args.cf_ckpt)}")
-    if not os.path.exists(os.path.join(args.lora, "adapter_config.json")):  # --resume: its run stopped before it
-        resume = " --resume" if os.path.exists(os.path.join(os.path.dirname(args.lora), "last.pt")) else ""
-        need.append(f"a text-stage LoRA adapter at {args.lora}: python train.py --stage text --data {ds.name} "
-                    f"--llm {args.llm} --out {os.path.dirname(args.lora)}{resume}")
-    return need
-
-
-def load_cf(path, ds, device):
-    """A CF encoder rebuilt from its own best.pt (plug-and-play)."""
-    ck = runs.read_checkpoint(path)
-    cf = build_cf(Run(**ck["args"]), ds)
+def load_cf(args, ds):
+    """The joint stage's CF encoder, rebuilt from its own best.pt (plug-and-play): it must be the
+    --cf model, and read histories as long as the joint stage hands it."""
+    a, ck = read_run(args.cf_ckpt)
+    if (a.stage, a.maxlen) != (args.cf, args.maxlen):
+        raise runs.RunError(f"--cf-ckpt {args.cf_ckpt} is a {a.stage} run reading {a.maxlen} items of history; the "
+                            f"joint stage has --cf {args.cf} --maxlen {args.maxlen}: give the flags of that run")
+    cf = build_cf(a, ds)
     loop.load_trainable(cf, ck["model"])
-    return cf.to(device)
+    return cf.to(args.device)
 
 
 def build_llm_model(args, ds):
@@ -310,9 +294,8 @@ def build_llm_model(args, ds):
         icl   : nothing trains            text-only prompt, no LoRA
         text  : LoRA trains               text-only prompt
         joint : mapping (+ CF) trains     collaborative prompt, LoRA loaded and frozen"""
-    if args.stage == "joint" and missing_parts(args, ds):
-        raise FileNotFoundError("the joint stage needs " + "; and ".join(missing_parts(args, ds)) +
-                                f". Or make all of them in turn: python train.py --stage all --data {ds.name} --llm {args.llm}")
+    if args.stage == "joint":
+        runs.check_joint_parts(args)  # one error listing every missing part and the command that makes it
     llm, tok = llama.load(backbone_dir(args, ds), dtype=llama.DTYPES[args.dtype], device=args.device)
     llm.requires_grad_(False)
     cf = None
@@ -322,7 +305,7 @@ def build_llm_model(args, ds):
         runs.check_adapter(args.lora)
         lora.load_adapter(llm, args.lora)
         llm.requires_grad_(False)  # LoRA frozen in the joint stage
-        cf = load_cf(args.cf_ckpt, ds, args.device)
+        cf = load_cf(args, ds)
         cf.requires_grad_(not args.freeze_cf)
     model = SASRecLLM(llm, tok.yes_id, tok.no_id, cf=cf, proj_token_num=args.proj_token_num, cf_bias=bool(args.cf_bias))
     t0 = time.time()

@@ -9,6 +9,7 @@ import pytest
 import eval as ev
 import metrics as M
 from conftest import ROOT
+from tools import report
 
 
 def brute_auc(y, s):
@@ -88,7 +89,7 @@ def test_rel_imp_and_table():
     best = dict(auc=0.75, uauc=0.70)
     row = dict(auc=0.60, uauc=0.70)
     assert M.rel_imp(best, row) == pytest.approx((0.25 + 0.0) / 2)
-    table = M.markdown_table([("a", {**best, "logloss": 0.5}), ("b", row)])
+    table = report.markdown_table([("a", {**best, "logloss": 0.5}), ("b", row)])
     assert "| b |" in table and "+12.50%" in table
 
 

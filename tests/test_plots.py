@@ -49,7 +49,7 @@ def joint_chain(tmp_path):
     cf = fake_run(tmp_path / "sasrec", epochs=12, metrics=report(0.73, 0.76, 0.69))
     text = fake_run(tmp_path / "text", epochs=8, null_uauc_at=4, metrics=report(0.53, 0.51, None))
     return fake_run(tmp_path / "joint", epochs=8, metrics=report(0.734, 0.766, 0.698),
-                    args=dict(stage="joint", cf_ckpt=str(cf / "best.pt"), lora=str(text / "adapter")))
+                    args=dict(stage="joint", cf="sasrec", cf_ckpt=str(cf / "best.pt"), lora=str(text / "adapter")))
 
 
 def test_curves_name_every_stage_on_whole_epochs(joint_chain):

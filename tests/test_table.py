@@ -17,7 +17,7 @@ from tools import report
 
 ROWS = {"pop": "Pop", "mf": "MF", "ncf": "NCF", "gru4rec": "RNN", "mc": "MC", "sasrec": "SASRec",
         "icl": "ICL", "text": "TALLRec", "joint": "SASRecLLM"}
-KEYS = [k for k, _ in metrics.COLUMNS]  # logloss, precision, recall, f1, accuracy, auc, uauc
+KEYS = [k for k, _ in report.COLUMNS]  # logloss, precision, recall, f1, accuracy, auc, uauc
 SEEDS = 2
 
 
@@ -62,7 +62,7 @@ def test_every_row_and_part_in_the_papers_columns(table):
     assert "bash tools/table.sh" in md and "SEEDS=2" in md and "times.tsv" in md
     tables = parse(md)
     assert list(tables) == ["test", "test_warm", "test_cold"]
-    header = metrics.markdown_table([]).splitlines()[0]  # Table 1's columns as metrics.py writes them
+    header = report.markdown_table([]).splitlines()[0]  # Table 1's columns as metrics.py writes them
     for part, (head, cells) in tables.items():
         assert head == header, part
         assert list(cells) == list(ROWS.values()), part
@@ -74,7 +74,7 @@ def test_cells_are_mean_and_sample_std_over_seeds(table):
     stds = []
     for part, (_, cells) in tables.items():
         for stage, name in ROWS.items():
-            for key, column in metrics.COLUMNS:
+            for key, column in report.COLUMNS:
                 v = seed_values(table, stage, part, key)
                 cell = cells[name][column]
                 if None in v:  # undefined on a seed (e.g. UAUC with no eligible user)

@@ -1,9 +1,9 @@
 """The paper's tables and figures over many runs, and the README's generated blocks: reporting
-machinery beside the lesson (eval.py scores one run; this file lays many out).
+machinery beside the lesson (metrics.py computes the metrics and eval.py scores one run; this
+file lays them out).
 
     python -m tools.report --table ROOT            # Table 1 or 2 over ROOT/seed<s>/<stage> -> ROOT.md
     python -m tools.report --plot ROOT             # Figs. 10-12 of that table -> ROOT/figures/
-    python -m tools.report --runs RUN... --part test   # one table over finished runs
     python -m tools.report RUN --plot              # curves across a run's stages, warm/cold bars
     python -m tools.report --collect RUN... --into results/x   # copy their metrics.json
     python -m tools.report --readme [FILE]         # rebuild FILE's generated blocks from results/
@@ -15,14 +15,91 @@ import argparse
 import datetime
 import json
 import os
+import math
 import re
 import sys
 
-from metrics import COLUMNS, fmt, fmt_mean_std, fmt_pct, markdown_table, md_table, mean_std, rel_imp
-from tools.runs import cli, write_json
+import numpy as np
+
+from metrics import PARTS, rel_imp
+from tools.runs import cli, read_checkpoint, write_json
 from tools.svg import finite, svg_bars, svg_lines
-import eval as ev
-import train
+
+
+# -----------------------------------------------------------------------------
+# Table 1's layout: seven metrics per row, Rel.Imp., mean ± std over seeds
+
+COLUMNS = [("logloss", "Log Loss"), ("precision", "Precision"), ("recall", "Recall"), ("f1", "F1"),
+           ("accuracy", "Accuracy"), ("auc", "AUC"), ("uauc", "UAUC")]
+
+
+def fmt(v):
+    return "nan" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"
+
+
+def fmt_pct(v):
+    return "nan" if math.isnan(v) else f"{100 * v:+.2f}%"
+
+
+def _num(v):
+    return float("nan") if v is None else v
+
+
+def markdown_table(rows, rel=True, ours=("joint", "SASRecLLM")):
+    """rows: list of (name, metrics dict). Rel.Imp. is the paper's: the relative gain of SASRecLLM
+    (the first row whose name starts with one of `ours`) over each other row, averaged over AUC and
+    UAUC; without such a row, the gain of the row with the best AUC."""
+    head = ["model"] + [c for _, c in COLUMNS] + (["Rel. Imp."] if rel else [])
+    body = []
+    ref = next((m for name, m in rows if name in ours or name.startswith(ours)), None)
+    if ref is None:
+        valid = [m for _, m in rows if not math.isnan(_num(m.get("auc")))]
+        ref = max(valid, key=lambda m: m["auc"]) if valid else None
+    for name, m in rows:
+        cells = [name] + [fmt(m.get(k)) for k, _ in COLUMNS]
+        if rel:
+            cells.append("-" if ref is None or m is ref else fmt_pct(rel_imp(ref, m)))
+        body.append(cells)
+    return md_table(head, body)
+
+
+def md_table(head, rows):
+    """A markdown table: head is a list of column names, rows lists of cell strings."""
+    return "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] +
+                     ["| " + " | ".join(cells) + " |" for cells in rows])
+
+
+def mean_std(reports):
+    """{part: {metric: (mean, std)}} over a list of metrics.json dicts. std is the sample standard
+    deviation (ddof 1) over the reports, None for a single report; an undefined metric (null) is NaN."""
+    out = {}
+    for part, m in reports[0].items():
+        if not isinstance(m, dict):  # best_epoch
+            continue
+        out[part] = {}
+        for k in m:
+            v = np.array([_num(r[part][k]) for r in reports], dtype=np.float64)
+            out[part][k] = (float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else None)
+    return out
+
+
+def fmt_mean_std(mean, std):
+    """'0.7301 ± 0.0033'; the mean alone for one run (std None) or an undefined mean."""
+    return fmt(mean) if std is None or math.isnan(mean) else f"{fmt(mean)} ± {fmt(std)}"
+
+
+def mean_std_table(stats, parts=PARTS):
+    return md_table(["part"] + [c for _, c in COLUMNS],
+                    [[part] + [fmt_mean_std(*stats[part][k]) for k, _ in COLUMNS] for part in parts if part in stats])
+
+
+def read_metrics(run_dir):
+    path = os.path.join(run_dir, "metrics.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} not found: the run is unfinished or was never trained "
+                                f"(python train.py ... --out {run_dir}, with --resume to finish it)")
+    with open(path) as f:
+        return json.load(f)
 
 
 # -----------------------------------------------------------------------------
@@ -68,7 +145,7 @@ def collect(run_dirs, into):
                          "collect them into different --into folders")
     os.makedirs(into, exist_ok=True)
     for d, name in zip(run_dirs, names):
-        write_json(ev.read_metrics(d), os.path.join(into, name + ".json"))
+        write_json(read_metrics(d), os.path.join(into, name + ".json"))
         print(f"{d}/metrics.json -> {into}/{name}.json")
 
 
@@ -84,14 +161,6 @@ ROWS = {"pop": "Pop", "mf": "MF", "ncf": "NCF", "gru4rec": "RNN", "mc": "MC", "s
         "icl": "ICL", "text": "TALLRec", "joint": "SASRecLLM"}
 OURS = "joint"
 TABLE_PARTS = ("test", "test_warm", "test_cold")  # Table 1 on all test rows, then the warm/cold split
-
-
-def runs_table(run_dirs, part="test"):
-    rows = [(os.path.basename(os.path.normpath(d)), ev.read_metrics(d)) for d in run_dirs]
-    missing = [name for name, m in rows if part not in m]
-    if missing:
-        raise ValueError(f"no '{part}' section in the metrics.json of {', '.join(missing)}")
-    return markdown_table([(name, m[part]) for name, m in rows])
 
 
 def row_dir(root, seed, stage):
@@ -143,7 +212,7 @@ def seeds_table(stats, part):
 def build_table(root, command=""):
     """ROOT.md from the finished rows under root -> (its text, its path)."""
     seeds, runs = table_runs(root, ROWS)
-    stats = {stage: mean_std([ev.read_metrics(d) for d in dirs]) for stage, dirs in runs.items()}
+    stats = {stage: mean_std([read_metrics(d) for d in dirs]) for stage, dirs in runs.items()}
     times = read_times(root)
     n = len(seeds)
     spread = "mean ± sample std" if n > 1 else "one seed, no std"
@@ -223,7 +292,7 @@ def plot_run(run_dir):
     groups = {"all": {}, "warm": {}, "cold": {}}
     for name, d in chain:
         if os.path.exists(os.path.join(d, "metrics.json")):
-            m = ev.read_metrics(d)
+            m = read_metrics(d)
             for g, part in zip(groups, ("test", "test_warm", "test_cold")):
                 groups[g][ROWS.get(name, name)] = (m.get(part) or {}).get("auc")
     if any(finite(v) for g in groups.values() for v in g.values()):
@@ -248,7 +317,7 @@ def plot_table(root, into=None):
     into = into or os.path.join(root, "figures")
     os.makedirs(into, exist_ok=True)
     n = len(seeds)
-    stats = {stage: mean_std([ev.read_metrics(d) for d in dirs]) for stage, dirs in runs.items()}
+    stats = {stage: mean_std([read_metrics(d) for d in dirs]) for stage, dirs in runs.items()}
 
     def means(part, k):  # {row name: its seed mean}; None where the part is missing
         return {ROWS[s]: st[part][k][0] if part in st else None for s, st in stats.items()}
@@ -271,9 +340,9 @@ def plot_table(root, into=None):
 
 def run_chain(run_dir):
     """[(stage, run dir)] that built run_dir, oldest first: a joint run names its CF and text runs."""
-    a, _ = train.read_run(os.path.join(run_dir, "best.pt"))
-    chain = [(a.cf, os.path.dirname(a.cf_ckpt)), ("text", os.path.dirname(a.lora))] if a.stage == "joint" else []
-    return chain + [(a.stage, run_dir)]
+    a = read_checkpoint(os.path.join(run_dir, "best.pt"))["args"]
+    chain = [(a["cf"], os.path.dirname(a["cf_ckpt"])), ("text", os.path.dirname(a["lora"]))] if a["stage"] == "joint" else []
+    return chain + [(a["stage"], run_dir)]
 
 
 # -----------------------------------------------------------------------------
@@ -287,8 +356,6 @@ def main(argv=None):
     ap.add_argument("--table", metavar="ROOT", help="Table 1 over ROOT/seed<s>/<stage> -> ROOT.md")
     ap.add_argument("--command", default="", help="--table: the command that trained it, printed above the table")
     ap.add_argument("--plot", nargs="?", const=True, metavar="ROOT", help="Figs. 10-12 of a table root (or RUN --plot)")
-    ap.add_argument("--runs", nargs="+", metavar="RUN", help="one table over finished runs' metrics.json")
-    ap.add_argument("--part", default="test", help="--runs: which metrics.json section")
     ap.add_argument("--collect", nargs="+", metavar="RUN", help="copy the runs' metrics.json into --into")
     ap.add_argument("--into", default=None, help="--collect: the folder; --plot ROOT: where the figures go")
     ap.add_argument("--readme", nargs="?", const="README.md", metavar="FILE", help="rebuild FILE's generated blocks")
@@ -302,8 +369,6 @@ def main(argv=None):
         print("\n".join(f"wrote {p}" for p in plot_table(args.plot, args.into)))
     elif args.run and args.plot:
         print("\n".join(f"wrote {p}" for p in plot_run(args.run)))
-    elif args.runs:
-        print(runs_table(args.runs, args.part))
     elif args.collect:
         collect(args.collect, args.into or "results")
     elif args.readme or args.check_readme:

@@ -179,6 +179,27 @@ def check_adapter(adapter_dir):
         raise RunError(f"{adapter_dir}: no adapter_model.safetensors; an incomplete adapter (rerun its text stage "
                        "with --resume to write it again)")
 
+MISSING_LLM = ("Put TinyLlama-1.1B there in Hugging Face format (config.json, model.safetensors, tokenizer.model; "
+               "e.g. a download of TinyLlama/TinyLlama-1.1B-intermediate-step-1431k-3T), or point --llm at such a "
+               "directory (python ../shared/tools/get_smollm2.py checkpoints/SmolLM2-135M-Instruct builds a real "
+               "one here). To run the whole pipeline without one, use the embedded random backbone: --llm tiny")
+
+
+def check_joint_parts(a):
+    """What the joint stage (Run a) needs and lacks, each with the command that makes it, as one error."""
+    need = [f"an LLM at {a.llm} ({MISSING_LLM})"] if a.llm != "tiny" and not os.path.exists(
+        os.path.join(a.llm, "config.json")) else []
+    if not os.path.exists(a.cf_ckpt):
+        need.append(f"a CF checkpoint at {a.cf_ckpt}: python train.py --stage {a.cf} --data {a.data} "
+                    f"--out {os.path.dirname(a.cf_ckpt)}")
+    if not os.path.exists(os.path.join(a.lora, "adapter_config.json")):  # --resume: its run stopped before it
+        resume = " --resume" if os.path.exists(os.path.join(os.path.dirname(a.lora), "last.pt")) else ""
+        need.append(f"a text-stage LoRA adapter at {a.lora}: python train.py --stage text --data {a.data} "
+                    f"--llm {a.llm} --out {os.path.dirname(a.lora)}{resume}")
+    if need:
+        raise FileNotFoundError("the joint stage needs " + "; and ".join(need) +
+                                f". Or make all of them in turn: python train.py --stage all --data {a.data} --llm {a.llm}")
+
 # -----------------------------------------------------------------------------
 # what --resume restores besides the tensors
 
