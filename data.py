@@ -280,10 +280,17 @@ def prompt(ds, i, collab, template="paper"):
     stay in the text for encode_prompt to turn into slots."""
     if template not in TEMPLATES:
         raise DataError(f"unknown prompt template {template!r}; expected one of {', '.join(TEMPLATES)}")
-    liked = [f'"{ds.titles[j]}"' for j in ds.history[i][-PROMPT_TITLES:]]
+    liked = [f'"{_title(ds.titles[j])}"' for j in ds.history[i][-PROMPT_TITLES:]]
     text = TEMPLATES[template]["collab" if collab else "text"].format(**NOUNS[ds.domain])
     return (text.replace("<HisItemTitleList>", ", ".join(liked) or EMPTY_HISTORY)
-                .replace("<TargetItemTitle>", '"' + ds.titles[ds.item[i]].strip(" ") + '"'))
+                .replace("<TargetItemTitle>", '"' + _title(ds.titles[ds.item[i]].strip(" ")) + '"'))
+
+
+def _title(title):
+    """A title never makes, moves or fills a slot: a marker inside it loses its angle brackets."""
+    for m in MARKERS + ("<HisItemTitleList>", "<TargetItemTitle>"):
+        title = title.replace(m, m[1:-1])
+    return title
 
 
 # ----------------------------------------------------------------------------------------------

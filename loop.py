@@ -54,9 +54,11 @@ def load_trainable(model, state):
             params[n].copy_(t)
 
 
-def checkpoint(run, model, epoch, best, opt=None, sched=None, scaler=None):
-    """What a checkpoint holds; with the optimizer given, everything --resume needs."""
-    ck = dict(args=asdict(run), epoch=epoch, best_valid_auc=best["auc"], model=trainable_state(model))
+def checkpoint(run, made_from, model, epoch, best, opt=None, sched=None, scaler=None):
+    """What a checkpoint holds: the flags, the digests of what the run is made from (its data, its
+    backbone, its parts), the trained tensors; with the optimizer given, everything --resume needs."""
+    ck = dict(args=asdict(run), made_from=made_from, epoch=epoch, best_valid_auc=best["auc"],
+              model=trainable_state(model))
     if opt is not None:
         ck.update(optimizer=opt.state_dict(), scheduler=sched.state_dict(), scaler=scaler.state_dict(),
                   rng=runs.rng_state(), best=best)
@@ -113,9 +115,9 @@ def finish(run, model, predict, ds, autocast=nullcontext):
     return report
 
 
-def resume_from(run, model, opt, sched, scaler):
+def resume_from(run, made_from, model, opt, sched, scaler):
     """Restore last.pt into the model, optimizer, scheduler, scaler and RNGs -> (epoch, best),
-    refusing a last.pt that another set of flags made."""
+    refusing a last.pt that another set of flags, or other inputs, made."""
     path = os.path.join(run.out, "last.pt")
     if not os.path.exists(path):
         raise FileNotFoundError(f"--resume: no {path}; run without --resume first")
@@ -127,6 +129,7 @@ def resume_from(run, model, opt, sched, scaler):
     if changed:
         raise runs.RunError(f"--resume: {path} was trained with other flags: {'; '.join(changed)}. Resume with "
                             "the run's own flags, or start a new run (another --out, or --overwrite)")
+    runs.check_made_from(f"--resume: {path}", ck.get("made_from", {}), made_from)
     load_trainable(model, ck["model"])
     opt.load_state_dict(ck["optimizer"])
     sched.load_state_dict(ck["scheduler"])
@@ -152,9 +155,9 @@ def check_finite_weights(model, what):
 # the loop
 
 
-def train(run, model, batches, loss_fn, predict, ds):
+def train(run, made_from, model, batches, loss_fn, predict, ds):
     """Train `model`'s trainable parameters; return the best epoch's metrics.json dict (None when
-    --stop-after interrupts the run)."""
+    --stop-after interrupts the run). made_from: digests of the run's inputs, saved in each checkpoint."""
     os.makedirs(run.out, exist_ok=True)
     world = rank_world()[1]
     params = [p for p in model.parameters() if p.requires_grad]
@@ -167,7 +170,7 @@ def train(run, model, batches, loss_fn, predict, ds):
     autocast = autocast_for(run.amp, run.device)
     epoch, best = 0, dict(auc=-1.0, epoch=0, bad_epochs=0)
     if run.resume:
-        epoch, best = resume_from(run, model, opt, sched, scaler)
+        epoch, best = resume_from(run, made_from, model, opt, sched, scaler)
     steps, t_run, epoch_seconds = 0, time.time(), []
     while epoch < run.max_epochs and best["bad_epochs"] < run.patience:
         if run.max_minutes and time.time() - t_run > 60 * run.max_minutes:
@@ -207,12 +210,12 @@ def train(run, model, batches, loss_fn, predict, ds):
         _, m = evaluate(model, predict, ds, "valid", autocast)
         if m["auc"] > best["auc"] or best["epoch"] == 0:  # the first epoch counts even when AUC is undefined
             best = dict(auc=m["auc"], epoch=epoch, bad_epochs=0)
-            runs.save_atomic(checkpoint(run, model, epoch, best), os.path.join(run.out, "best.pt"))
+            runs.save_atomic(checkpoint(run, made_from, model, epoch, best), os.path.join(run.out, "best.pt"))
         else:
             best["bad_epochs"] += 1
         if epoch % CHECKPOINT_EVERY == 0:
-            runs.save_atomic(checkpoint(run, model, epoch, best), os.path.join(run.out, f"epoch_{epoch:03d}.pt"))
-        runs.save_atomic(checkpoint(run, model, epoch, best, opt, sched, scaler), os.path.join(run.out, "last.pt"))
+            runs.save_atomic(checkpoint(run, made_from, model, epoch, best), os.path.join(run.out, f"epoch_{epoch:03d}.pt"))
+        runs.save_atomic(checkpoint(run, made_from, model, epoch, best, opt, sched, scaler), os.path.join(run.out, "last.pt"))
         epoch_seconds.append(time.time() - t0)
         log_epoch(run, epoch, all_sum(loss_sum) / n_seen, m, sched.get_last_lr()[0], epoch_seconds,
                   n_seen / train_seconds, best)

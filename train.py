@@ -15,6 +15,7 @@ them to loop.train. Every part is saved on its own (plug-and-play): a CF run's b
 stage's LoRA in peft's format under OUT/adapter/, the joint stage's mapping layer and CF encoder.
 """
 import argparse
+import json
 import os
 import re
 import sys
@@ -247,14 +248,14 @@ def run_cf(args, ds=None):
         rows = rows[ds.label[rows] == 1]  # the next-item objective reads liked items only
     t = data.cf_tensors(ds, rows, args.maxlen, next_item)
     inputs = ("seq",) if next_item else ("user", "hist", "item")
-    return loop.train(args, model, lambda epoch: data.cf_batches(t, args.batch_size, args.seed, epoch, inputs),
+    return loop.train(args, made_from(args, ds), model, lambda epoch: data.cf_batches(t, args.batch_size, args.seed, epoch, inputs),
                       SASRec.next_item_loss if next_item else bce_loss, predict, ds)
 
 
 def score_only(args, model, predict, ds):
     """No training (Pop, MC, ICL): save the model as best.pt, then score valid and test."""
     os.makedirs(args.out, exist_ok=True)
-    runs.save_atomic(loop.checkpoint(args, model, 0, dict(auc=None)), os.path.join(args.out, "best.pt"))
+    runs.save_atomic(loop.checkpoint(args, made_from(args, ds), model, 0, dict(auc=None)), os.path.join(args.out, "best.pt"))
     return loop.finish(args, model, predict, ds)
 
 # -----------------------------------------------------------------------------
@@ -262,25 +263,57 @@ def score_only(args, model, predict, ds):
 
 
 def backbone_dir(args, ds):
-    """The HF-format LLM directory: --llm DIR, or the embedded tiny backbone written once under --runs."""
+    """The HF-format LLM directory: --llm DIR, or the embedded tiny backbone written once under --runs.
+    The tiny backbone's tokenizer learns the data set's titles and every template's words, never
+    which rows a run loaded, so every run of one data set gets the same backbone; one written for
+    other titles or another --tokenizer is refused."""
     if args.llm != "tiny":
         if not os.path.exists(os.path.join(args.llm, "config.json")):
             raise FileNotFoundError(f"no LLM checkpoint at {args.llm} (config.json missing). {runs.MISSING_LLM}")
         return args.llm
     d = os.path.join(args.runs, "tiny-llm")
+    forms = [f.format(**n) for t in data.TEMPLATES.values() for f in t.values() for n in data.NOUNS.values()]
+    texts = [f'"{t}"' for t in ds.titles[1:]] + forms * 50  # titles as prompts quote them; the words, often
+    want = dict(texts=runs.digest(json.dumps(texts).encode()),
+                tokenizer=runs.files_digest(args.tokenizer) if args.tokenizer else None)
     if not os.path.exists(os.path.join(d, "config.json")):
-        if is_main():  # its tokenizer learns the data's titles and prompt words
-            texts = ds.titles[1:] + [data.prompt(ds, int(i), True, args.template) for i in ds.idx("train")[:2000]]
-            runs.publish_dir(d, lambda tmp: backbones.make_tiny(tmp, texts=texts, tokenizer_model=args.tokenizer, seed=0))
+        if is_main():
+            runs.publish_dir(d, lambda tmp: (backbones.make_tiny(tmp, texts, args.tokenizer, seed=0),
+                                             runs.write_json(want, os.path.join(tmp, MADE_FROM))))
             print(f"wrote the embedded tiny backbone (random weights) to {d}")
         barrier()
+    runs.check_made_from(f"the tiny backbone {d} (delete it, or use another --runs)", read_made_from(d), want)
     return d
+
+
+MADE_FROM = "made_from.json"  # beside a tiny backbone or an adapter: the digests of what made it
+
+
+def read_made_from(d):
+    path = os.path.join(d, MADE_FROM)
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
+
+
+def made_from(args, ds):
+    """Digests of what a run is made from: the rows it loaded and its data set's catalog; for the
+    LLM stages the backbone; for the joint stage the CF checkpoint and the text-stage adapter."""
+    out = runs.data_digests(ds)
+    if args.stage in LLM_STAGES:
+        out["backbone"] = runs.files_digest(backbone_dir(args, ds))
+    if args.stage == "joint":
+        out.update(cf=runs.files_digest(args.cf_ckpt), adapter=runs.files_digest(args.lora))
+    return out
 
 
 def load_cf(args, ds):
     """The joint stage's CF encoder, rebuilt from its own best.pt (plug-and-play): it must be the
     --cf model, and read histories as long as the joint stage hands it."""
     a, ck = read_run(args.cf_ckpt)
+    if "made_from" in ck:  # (a CF checkpoint from elsewhere has no record to check)
+        runs.check_made_from(f"--cf-ckpt {args.cf_ckpt}", ck["made_from"], runs.data_digests(ds), ["catalog"])
     if (a.stage, a.maxlen) != (args.cf, args.maxlen):
         raise runs.RunError(f"--cf-ckpt {args.cf_ckpt} is a {a.stage} run reading {a.maxlen} items of history; the "
                             f"joint stage has --cf {args.cf} --maxlen {args.maxlen}: give the flags of that run")
@@ -303,6 +336,10 @@ def build_llm_model(args, ds):
         lora.inject(llm, r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout)  # only LoRA trains
     elif args.stage == "joint":
         runs.check_adapter(args.lora)
+        if read_made_from(args.lora):  # ours records its backbone and data; peft's own adapters do not
+            runs.check_made_from(f"--lora {args.lora}", read_made_from(args.lora),
+                                 dict(runs.data_digests(ds), backbone=runs.files_digest(backbone_dir(args, ds))),
+                                 ["catalog", "backbone"])
         lora.load_adapter(llm, args.lora)
         llm.requires_grad_(False)  # LoRA frozen in the joint stage
         cf = load_cf(args, ds)
@@ -357,10 +394,11 @@ def run_llm(args, ds=None):
     predict = llm_predictor(args, ds, prompts)
     if args.stage == "icl":
         return score_only(args, model, predict, ds)
-    report = loop.train(args, model, llm_batches(args, ds, prompts), bce_loss, predict, ds)
+    report = loop.train(args, made_from(args, ds), model, llm_batches(args, ds, prompts), bce_loss, predict, ds)
     if args.stage == "text" and report is not None and is_main():
         # loop.train has reloaded the best epoch: publish its LoRA in peft's format (plug-and-play)
-        runs.publish_dir(os.path.join(args.out, "adapter"), lambda d: lora.save_adapter(model.llm, d))
+        runs.publish_dir(os.path.join(args.out, "adapter"), lambda d: (lora.save_adapter(model.llm, d),
+                                                                       runs.write_json(made_from(args, ds), os.path.join(d, MADE_FROM))))
     barrier()
     return report
 
@@ -398,6 +436,7 @@ def load_run(run_dir, data_dir=None, device=None):
     args = replace(args, data_dir=data_dir or args.data_dir, device=device or args.device)
     check_device(args.device)
     ds = load_data(args)
+    runs.check_made_from(run_dir, ck.get("made_from", {}), made_from(args, ds))
     model, prompts = (build_cf(args, ds).to(args.device), None) if args.stage in CF_STAGES else build_llm_model(args, ds)
     loop.load_trainable(model, ck["model"])
 

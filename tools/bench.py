@@ -370,7 +370,7 @@ def run_loop(args, a, ds, device):
         epoch_batches = train.llm_batches(a, ds, prompts)
         predict = timed(train.llm_predictor(a, ds, prompts), device, evals)
         build_s = time.perf_counter() - t_start
-        loop.train(a, model, epoch_batches, train.bce_loss, predict, ds)
+        loop.train(a, train.made_from(a, ds), model, epoch_batches, train.bce_loss, predict, ds)
     with open(os.path.join(a.out, "log.jsonl")) as f:
         log = [json.loads(line) for line in f]
     if len(log) != LOOP_EPOCHS or [e["split"] for e in evals[-2:]] != ["valid", "test"]:

@@ -201,6 +201,49 @@ def check_joint_parts(a):
                                 f". Or make all of them in turn: python train.py --stage all --data {a.data} --llm {a.llm}")
 
 # -----------------------------------------------------------------------------
+# what a run is made from: digests, recorded in every checkpoint and checked on every later use
+
+
+def digest(*parts):
+    """SHA-256 (16 hex digits) of byte strings and numpy arrays, in order."""
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(np.ascontiguousarray(p).tobytes() if isinstance(p, np.ndarray) else p)
+    return h.hexdigest()[:16]
+
+
+def data_digests(ds):
+    """{rows: the rows this run loaded, labels and splits included; catalog: what the ids mean (the
+    data set, its users and titles), the same for every --limit of it}."""
+    cols = [ds.user, ds.item, ds.label, ds.timestamp, ds.split.astype("U5"), ds.history.liked, ds.history.start]
+    catalog = json.dumps([ds.name, ds.n_users, ds.n_items, ds.titles]).encode()
+    return dict(rows=digest(*cols, catalog), catalog=digest(catalog))
+
+
+def files_digest(*paths):
+    """The digest of files (a directory: its files, by name), read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    for path in paths:
+        for f in sorted(os.listdir(path)) if os.path.isdir(path) else [path]:
+            f = os.path.join(path, f) if os.path.isdir(path) else f
+            if os.path.isfile(f):
+                h.update(os.path.basename(f).encode())
+                with open(f, "rb") as fh:
+                    for block in iter(lambda: fh.read(1 << 20), b""):
+                        h.update(block)
+    return h.hexdigest()[:16]
+
+
+def check_made_from(what, recorded, now, keys=None):
+    """Refuse, in one line naming what changed, a use of `what` on other inputs than it was made from."""
+    keys = keys or sorted(set(recorded) | set(now))
+    changed = [k for k in keys if recorded.get(k) != now.get(k)]
+    if changed:
+        raise RunError(f"{what} was made from other inputs than these: {', '.join(changed)} changed "
+                       f"({'; '.join(f'{k} {recorded.get(k)} then, {now.get(k)} now' for k in changed)}); use the "
+                       "inputs it was made from, or train a new run")
+
+# -----------------------------------------------------------------------------
 # what --resume restores besides the tensors
 
 

@@ -1,0 +1,52 @@
+"""Same seed, same bits: a short tiny chain (SASRec for 2 epochs, then 3 steps of the text stage
+and 3 of the joint stage, 120 rows per split, one thread) pinned exactly, with float.hex and a
+SHA-256 of the trained tensors, not with a tolerance. Any change to the numerics fails here; the
+commit that makes one refreshes GOLDEN (run this file with GOLDEN_PRINT=1 to see the new values)
+and re-runs the commands whose figures it moves (results/README.md names them)."""
+import hashlib
+import json
+import os
+
+import pytest
+import torch
+
+import train
+from tools import runs
+
+GOLDEN = {
+    "sasrec": ["0x1.bf120a0000000p-2", "0x1.ac34d643e8fc3p-2", "0x1.165ed097b425fp-1", "0x1.7be537069f09cp-1",
+               "1589bd58b63a92c4"],
+    "text": ["0x1.2548e20000000p+0", "0x1.0fcd6e9e06523p-1", "0x1.07684bda12f68p-1", "0x1.2ba761f027086p+0",
+             "c9afbfeb8448dbe3"],
+    "joint": ["0x1.dc7ce15555555p-1", "0x1.1212508d54af6p-1", "0x1.e97b425ed097bp-2", "0x1.e3713d1084f76p-1",
+              "57c76fb7aa583c29"],
+}
+
+
+def fingerprint(run_dir):
+    """(last train loss, valid AUC, test AUC, test LogLoss) as float.hex, and a digest of best.pt's tensors."""
+    log = [json.loads(line) for line in open(os.path.join(run_dir, "log.jsonl"))]
+    m = json.load(open(os.path.join(run_dir, "metrics.json")))
+    state = runs.read_checkpoint(os.path.join(run_dir, "best.pt"))["model"]
+    h = hashlib.sha256()
+    for k in sorted(state):
+        h.update(k.encode() + state[k].contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    floats = [log[-1]["train_loss"], m["valid"]["auc"], m["test"]["auc"], m["test"]["logloss"]]
+    return [float(x).hex() for x in floats] + [h.hexdigest()[:16]]
+
+
+def test_a_short_tiny_chain_repeats_bit_for_bit(data_dir, tmp_path):
+    threads = torch.get_num_threads()
+    common = ["--data", "ml1m", "--data-dir", str(data_dir), "--llm", "tiny", "--runs", str(tmp_path),
+              "--limit", "120", "--threads", "1"]
+    llm = ["--max-epochs", "1", "--iters-per-epoch", "3", "--batch-size", "8", "--eval-batch-size", "32"]
+    try:
+        assert train.main(["--stage", "sasrec", *common, "--max-epochs", "2"]) == 0
+        assert train.main(["--stage", "text", *common, *llm]) == 0
+        assert train.main(["--stage", "joint", *common, *llm]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    got = {stage: fingerprint(tmp_path / stage) for stage in GOLDEN}
+    if os.environ.get("GOLDEN_PRINT"):
+        print(json.dumps(got, indent=4))
+    assert got == GOLDEN
