@@ -1,11 +1,10 @@
 """The README's result tables are generated from the metrics the runs wrote (results/), never typed:
 every block between `<!-- table ... -->` / `<!-- file ... -->` and `<!-- /generated -->` must equal
 what `python -m tools.report --readme` makes of the files it names."""
+import pytest
+
 from conftest import ROOT
 from tools import report as ev
-
-
-import pytest
 
 
 @pytest.mark.parametrize("readme, least", [("README.md", 2), ("results/README.md", 10)])
