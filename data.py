@@ -27,16 +27,14 @@ import numpy as np
 import torch
 
 from tools import sources
-from tools.sources import DataError, read_table
+from tools.sources import DataError
 
 # The data root: --data-dir, else $SASRECLLM_DATA, else data/ (made absolute, so that a relative
 # $SASRECLLM_DATA means the same from any working directory).
 DATA_DIR = os.path.abspath(os.environ.get("SASRECLLM_DATA", "data"))
 SPLITS = sources.SPLITS        # ("train", "valid", "test")
 WARM_MORE_THAN = 3             # the paper's warm rows: user and item each with more than 3 train rows
-MAX_ID_RATIO = 2               # ids given as they are (ml1m) may run to twice their count, no more
 PROMPT_TITLES = 10             # the prompt lists the last 10 liked titles
-COLLM_URL = "https://github.com/zyang1580/CoLLM (collm-datasets/ml-1m.zip)"
 
 # ----------------------------------------------------------------------------------------------
 # Dataset: the one in-memory form every loader produces
@@ -154,65 +152,6 @@ def make_dataset(name, domain, user, item, label, timestamp, split, titles, sour
                    seen=seen, warm=warm, source=source, notes=list(notes))
 
 
-# ----------------------------------------------------------------------------------------------
-# Loader 1: CoLLM's ML-1M split as TSV (the benchmark)
-
-def load_ml1m(data_dir):
-    """ml1m/interactions.tsv (user_id item_id label timestamp split) + ml1m/items.tsv."""
-    inter_path = os.path.join(data_dir, "ml1m", "interactions.tsv")
-    items_path = os.path.join(data_dir, "ml1m", "items.tsv")
-    what = ("CoLLM's ML-1M split as interactions.tsv and items.tsv; get collm-datasets/ml-1m.zip "
-            f"from {COLLM_URL}, or the raw GroupLens files ({sources.GROUPLENS_URL}) and load 'movielens'")
-
-    titles, title_line = {}, {}
-    for n, (i, title) in read_table(items_path, ["item_id", "title"], what, ints=["item_id"]):
-        if i in titles:
-            raise DataError(f"{items_path}:{n}: item_id {i} repeats line {title_line[i]}; expected "
-                            "each item once")
-        if i < 1:
-            raise DataError(f"{items_path}:{n}: expected item_id >= 1 (0 is padding), got {i}")
-        titles[i], title_line[i] = title, n
-    if not titles:
-        raise DataError(f"{items_path}: no items; expected item_id and title lines after the header")
-
-    # A repeated (user, item) row would put its item into a later row's history and leak that
-    # row's answer, so every pair must be unique (pair -> the line it first appeared on).
-    rows, pair_line = [], {}
-    for n, (u, i, y, t, s) in read_table(inter_path, ["user_id", "item_id", "label", "timestamp", "split"],
-                                         what, ints=["user_id", "item_id", "timestamp"]):
-        if y not in ("0", "1"):
-            raise DataError(f"{inter_path}:{n}: expected label 0 or 1, got {y!r}")
-        if s not in SPLITS:
-            raise DataError(f"{inter_path}:{n}: expected split train, valid or test, got {s!r}")
-        if u < 1 or i < 1:
-            raise DataError(f"{inter_path}:{n}: expected ids >= 1 (0 is padding)")
-        if i not in titles:
-            raise DataError(f"{inter_path}:{n}: item_id {i} has no title in {items_path}")
-        if pair_line.setdefault((u, i), n) != n:
-            raise DataError(f"{inter_path}:{n}: user_id {u} and item_id {i} repeat line "
-                            f"{pair_line[u, i]}; expected each (user, item) pair once")
-        rows.append((u, i, int(y), t, s, n))
-    if not rows:
-        raise DataError(f"{inter_path}: no rows; expected interactions after the header")
-    user, item, label, timestamp = (np.array(c, dtype=np.int64) for c in list(zip(*rows))[:4])
-    lines = [r[5] for r in rows]
-
-    # Embedding tables get a row for every id up to the largest, so one stray huge id (a user_id
-    # of 999999999) would ask for gigabytes. Ids must be numbered about 1..N, as CoLLM numbers
-    # them: the largest at most MAX_ID_RATIO times the number of distinct ids.
-    for ids, at, path, name in ((list(title_line), list(title_line.values()), items_path, "item_id"),
-                                (user, lines, inter_path, "user_id"), (item, lines, inter_path, "item_id")):
-        top, n = int(np.max(ids)), len(np.unique(ids))
-        if top > MAX_ID_RATIO * n:
-            raise DataError(f"{path}:{at[int(np.argmax(ids))]}: {name} {top}, but there are only {n} "
-                            f"distinct {name}s; expected ids numbered 1..N (renumber them, e.g. by first "
-                            "appearance as CoLLM does)")
-    split = np.array([r[4] for r in rows])
-    title_list = [""] + [titles.get(i, "") for i in range(1, max(titles) + 1)]
-    return make_dataset("ml1m", "movie", user, item, label, timestamp, split, title_list,
-                        inter_path)
-
-
 def load(name, data_dir=None, split=None, reviews=None, meta=None):
     """Loads "ml1m" (CoLLM's fixed month split), "movielens" or "amazon". split: "months" (CoLLM's
     windows; ml1m's and movielens' default) or "ratio" (the paper's chronological 8:1:1, Amazon's
@@ -223,7 +162,7 @@ def load(name, data_dir=None, split=None, reviews=None, meta=None):
         if split != "months":
             raise DataError(f"ml1m is CoLLM's fixed month split; --split {split} needs the raw "
                             "files: load 'movielens'")
-        return load_ml1m(data_dir)
+        return make_dataset(**sources.load_ml1m(data_dir))  # CoLLM's split, every line checked
     if name == "movielens":
         return make_dataset(**sources.load_movielens(data_dir, split))
     if name == "amazon":

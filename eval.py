@@ -24,7 +24,7 @@ import torch
 
 import train
 from metrics import PARTS, metrics, split_report
-from tools import runs
+from tools import runs, sources
 from tools.report import _num, fmt, fmt_mean_std, markdown_table, md_table, mean_std, mean_std_table, read_metrics
 from tools.runs import cli
 
@@ -75,55 +75,12 @@ def shuffle_cf_report(run_dir, repeats=1, data_dir=None, device=None):
     return title + "\n" + md_table(["part", "AUC", "AUC shuffled", "drop", "UAUC", "UAUC shuffled", "drop"], rows)
 
 # -----------------------------------------------------------------------------
-# a prediction file: user_id, item_id, label, score [, split, seen, warm]
-
-FLAGS = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
-
-
-def read_preds(path):
-    """The columns of a prediction TSV (header first), each value checked: labels 0 or 1, finite
-    scores, seen/warm flags spelled 1/0, true/false or yes/no."""
-    with open(path, encoding="utf-8") as f:
-        header = f.readline().rstrip("\n").split("\t")
-        need = ["user_id", "item_id", "label", "score"]
-        if [c for c in need if c not in header]:
-            raise ValueError(f"{path}:1: missing column(s) {[c for c in need if c not in header]}; expected at least {need}")
-        cols = {c: [] for c in header}
-        for n, line in enumerate(f, start=2):
-            if not line.strip():
-                continue
-            parts = line.rstrip("\n").split("\t")
-            if len(parts) != len(header):
-                raise ValueError(f"{path}:{n}: expected {len(header)} tab-separated fields, got {len(parts)}")
-            for c, v in zip(header, parts):
-                cols[c].append(v)
-    bad = lambda col, ok: next((i + 2 for i, v in enumerate(cols[col]) if not ok(v)), None)
-    for col, ok, what in (("user_id", str.isdigit, "an integer user_id"), ("label", lambda v: v in ("0", "1"), "label 0 or 1"),
-                          ("score", lambda v: _finite(v), "a finite number as score"),
-                          *((c, lambda v: v.lower() in FLAGS, f"{c} as 1/0, true/false or yes/no")
-                            for c in ("seen", "warm") if c in cols)):
-        line = bad(col, ok)
-        if line:
-            raise ValueError(f"{path}:{line}: expected {what}, got {cols[col][line - 2]!r}")
-    out = dict(user=np.array(cols["user_id"], dtype=np.int64), label=np.array(cols["label"], dtype=np.int64),
-               score=np.array(cols["score"], dtype=np.float64))
-    out.update({c: np.array([FLAGS[v.lower()] for v in cols[c]]) for c in ("seen", "warm") if c in cols})
-    if "split" in cols:
-        out["split"] = np.array(cols["split"])
-    return out
-
-
-def _finite(text):
-    try:
-        return np.isfinite(float(text))
-    except ValueError:
-        return False
-
+# a prediction file: user_id, item_id, label, score [, split, seen, warm] (tools.sources reads it)
 
 def preds_table(path, scores="logits"):
     """Markdown table for a prediction file: test (or all rows) and its seen/unseen/warm/cold parts.
     scores says what the score column holds: logits, or probabilities in [0, 1]."""
-    d = read_preds(path)
+    d = sources.read_preds(path)
     keep = d["split"] == "test" if "split" in d else np.ones(len(d["user"]), dtype=bool)
     if not keep.any():
         raise ValueError(f"{path}: no test rows")

@@ -356,10 +356,6 @@ class Tokenizer(AnswerIds):
         return [self.sp.id_to_piece(int(i)) for i in ids]
 
 
-# Byte-level BPE (GPT-2, SmolLM2): text -> UTF-8 bytes -> printable stand-in characters, split
-# into words -> merges by rank inside each word. No string is unknown: every byte is a token.
-
-
 def load_tokenizer(path):
     """The tokenizer of a checkpoint directory: Tokenizer (sentencepiece; Llama 2, TinyLlama) when it
     holds tokenizer.model, else BPETokenizer (byte-level BPE; SmolLM2) when it holds tokenizer.json.

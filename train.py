@@ -17,7 +17,6 @@ stage's LoRA in peft's format under OUT/adapter/, the joint stage's mapping laye
 import argparse
 import json
 import os
-import re
 import sys
 import time
 from dataclasses import dataclass, field, fields, replace
@@ -81,7 +80,7 @@ class Run:
                       "(amazon's default)", choices=("months", "ratio"))
     reviews: str = flag(None, "amazon: reviews file (default DATA/amazon-book/Books_5.json.gz)")
     meta: str = flag(None, "amazon: metadata file (default DATA/amazon-book/meta_Books.json.gz)")
-    data_dir: str = flag(None, "data root (default: $SASRECLLM_DATA, else data/)")
+    data_dir: str = flag(None, "data root (default: $SASRECLLM_DATA, else data/)", resume_may_change=True)
     out: str = flag(None, "run directory (default: RUNS/<stage>)", resume_may_change=True)
     seed: int = flag(0)
     limit: int = flag(0, "only the first N rows of each split (smoke tests)", type=non_negative)
@@ -120,7 +119,8 @@ class Run:
                     "embedded random backbone")
     template: str = flag("paper", "prompt wording (data.TEMPLATES)", choices=TEMPLATES)
     tokenizer: str = flag(None, "--llm tiny: use this tokenizer.model (else one is trained on the data)")
-    dtype: str = flag("float32", "LLM weight dtype", choices=DTYPES)
+    dtype: str = flag(None, "LLM weight dtype (default: bfloat16 for a real LLM on a CPU with native bf16, "
+                      "AMX or avx512_bf16; else float32)", choices=DTYPES)
     cf: str = flag("sasrec", "the joint stage's CF encoder", choices=("sasrec", "mf", "gru4rec"))
     cf_ckpt: str = flag(None, "the joint stage's CF checkpoint (default: RUNS/<cf>/best.pt)")
     lora: str = flag(None, "text-stage LoRA adapter dir (default: RUNS/text/adapter)")
@@ -143,10 +143,9 @@ class Run:
         for k, v in defaults.items():
             if getattr(self, k) is None:
                 setattr(self, k, v)
-        self.amp = self.amp or ("fp16" if self.device.startswith("cuda") else "none")
-        self.out = self.out or os.path.join(self.runs, self.stage)
-        self.cf_ckpt = self.cf_ckpt or os.path.join(self.runs, self.cf, "best.pt")
-        self.lora = self.lora or os.path.join(self.runs, "text", "adapter")
+        if self.stage != "all":  # (--stage all: each stage takes its own)
+            self.dtype = self.dtype or runs.default_precision(self)[0]
+            self.amp = self.amp or ("fp16" if self.device.startswith("cuda") else "bf16" if self.dtype == "bfloat16" else "none")
 
 
 def parse_args(argv=None):
@@ -160,14 +159,6 @@ def parse_args(argv=None):
             ap.add_argument(name, default=f.default, type=m["type"] or f.type, choices=m["choices"],
                             help=m["help"], required=f.name == "stage")
     return Run(**vars(ap.parse_args(argv)))
-
-
-def check_device(device):
-    if not re.fullmatch(r"cpu|cuda(:\d+)?", device):
-        raise runs.RunError(f"--device {device}: expected cpu, cuda or cuda:N")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise runs.RunError(f"--device {device}, but this torch ({torch.__version__}) sees no CUDA device; use "
-                            "--device cpu, or install a CUDA build of torch on a machine with a GPU")
 
 
 def load_data(args, ds=None):
@@ -279,22 +270,11 @@ def backbone_dir(args, ds):
     if not os.path.exists(os.path.join(d, "config.json")):
         if is_main():
             runs.publish_dir(d, lambda tmp: (backbones.make_tiny(tmp, texts, args.tokenizer, seed=0),
-                                             runs.write_json(want, os.path.join(tmp, MADE_FROM))))
+                                             runs.write_json(want, os.path.join(tmp, runs.MADE_FROM))))
             print(f"wrote the embedded tiny backbone (random weights) to {d}")
         barrier()
-    runs.check_made_from(f"the tiny backbone {d} (delete it, or use another --runs)", read_made_from(d), want)
+    runs.check_made_from(f"the tiny backbone {d} (delete it, or use another --runs)", runs.read_made_from(d), want)
     return d
-
-
-MADE_FROM = "made_from.json"  # beside a tiny backbone or an adapter: the digests of what made it
-
-
-def read_made_from(d):
-    path = os.path.join(d, MADE_FROM)
-    if not os.path.exists(path):
-        return {}
-    with open(path) as f:
-        return json.load(f)
 
 
 def made_from(args, ds):
@@ -336,8 +316,8 @@ def build_llm_model(args, ds):
         lora.inject(llm, r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout)  # only LoRA trains
     elif args.stage == "joint":
         runs.check_adapter(args.lora)
-        if read_made_from(args.lora):  # ours records its backbone and data; peft's own adapters do not
-            runs.check_made_from(f"--lora {args.lora}", read_made_from(args.lora),
+        if runs.read_made_from(args.lora):  # ours records its backbone and data; peft's own adapters do not
+            runs.check_made_from(f"--lora {args.lora}", runs.read_made_from(args.lora),
                                  dict(runs.data_digests(ds), backbone=runs.files_digest(backbone_dir(args, ds))),
                                  ["catalog", "backbone"])
         lora.load_adapter(llm, args.lora)
@@ -345,6 +325,8 @@ def build_llm_model(args, ds):
         cf = load_cf(args, ds)
         cf.requires_grad_(not args.freeze_cf)
     model = SASRecLLM(llm, tok.yes_id, tok.no_id, cf=cf, proj_token_num=args.proj_token_num, cf_bias=bool(args.cf_bias))
+    dtype, why = runs.default_precision(args)
+    say(f"precision: --dtype {args.dtype} --amp {args.amp} ({why if args.dtype == dtype else 'as asked'})")
     t0 = time.time()
     prompts = data.encode_prompts(ds, range(len(ds)), tok, cf is not None, args.proj_token_num, args.template)
     n = np.array([len(p.ids) for p in prompts])
@@ -398,7 +380,7 @@ def run_llm(args, ds=None):
     if args.stage == "text" and report is not None and is_main():
         # loop.train has reloaded the best epoch: publish its LoRA in peft's format (plug-and-play)
         runs.publish_dir(os.path.join(args.out, "adapter"), lambda d: (lora.save_adapter(model.llm, d),
-                                                                       runs.write_json(made_from(args, ds), os.path.join(d, MADE_FROM))))
+                                                                       runs.write_json(made_from(args, ds), os.path.join(d, runs.MADE_FROM))))
     barrier()
     return report
 
@@ -434,7 +416,7 @@ def load_run(run_dir, data_dir=None, device=None):
     prompts are built once, whatever the number of evaluations."""
     args, ck = read_run(os.path.join(run_dir, "best.pt"))
     args = replace(args, data_dir=data_dir or args.data_dir, device=device or args.device)
-    check_device(args.device)
+    runs.check_device(args.device)
     ds = load_data(args)
     runs.check_made_from(run_dir, ck.get("made_from", {}), made_from(args, ds))
     model, prompts = (build_cf(args, ds).to(args.device), None) if args.stage in CF_STAGES else build_llm_model(args, ds)
@@ -453,7 +435,7 @@ def load_run(run_dir, data_dir=None, device=None):
 def main(argv=None):
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    check_device(args.device)
+    runs.check_device(args.device)
     outs = [os.path.join(args.runs, s) for s in ("sasrec", "text", "joint")] if args.stage == "all" else [args.out]
     args = replace(args, device=init_distributed(args.device))
     try:

@@ -131,16 +131,18 @@ def walk(args):
     finally:
         sys.setprofile(None)
     here = os.path.dirname(os.path.abspath(__file__))
-    funcs = {(os.path.basename(f.co_filename), f.co_qualname) for f in calls
-             if os.path.dirname(f.co_filename) == here and "<" not in f.co_qualname}
+    ours = {(os.path.relpath(f.co_filename, here), f.co_qualname) for f in calls
+            if f.co_filename.startswith(here + os.sep) and "<" not in f.co_qualname}
+    funcs = {(f, q) for f, q in ours if os.sep not in f}  # the lesson's files
+    tools = sorted(ours - funcs)                           # the machinery it calls (tools/: reading the files)
     files = sorted({f for f, _ in funcs})
     print(f"\n9. the training path (data.prompt_batch, then model(**batch.inputs)): s = {s_train:+.6f}; "
           f"the walk above gave {s:+.6f} (difference {abs(s - s_train):.1e})")
-    print(f"    that path, TSV row to score, called {len(funcs)} project functions in {len(files)} files "
-          f"({', '.join(files)})")
+    print(f"    that path, TSV row to score, called {len(funcs)} functions of the lesson in {len(files)} files "
+          f"({', '.join(files)}), and {len(tools)} of tools/ ({', '.join(sorted({f for f, _ in tools}))})")
     if args.verbose:
-        print("    " + "\n    ".join(f"{f}: {q}" for f, q in sorted(funcs)))
-    return dict(row=row, score=s, score_train=s_train, functions=len(funcs), files=files)
+        print("    " + "\n    ".join(f"{f}: {q}" for f, q in sorted(funcs) + tools))
+    return dict(row=row, score=s, score_train=s_train, functions=len(funcs), files=files, tools=len(tools))
 
 
 @cli

@@ -15,12 +15,14 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import data
+import eval as ev
 import llama
 import loop
 import lora
+import metrics
 import train
 from conftest import ROOT
-from tools import backbones, datainfo, runs
+from tools import backbones, datainfo, report, runs
 
 
 HEADER = "user_id\titem_id\tlabel\ttimestamp\tsplit"
@@ -395,3 +397,173 @@ def test_each_cli_says_bad_input_in_one_line(root, tmp_path, tiny_llm):
 def test_cuda_without_cuda_is_one_line(root, tmp_path, capsys):
     assert train.main(["--stage", "pop", "--data-dir", str(root), "--device", "cuda", "--out", str(tmp_path / "p")]) == 2
     assert "sees no CUDA device; use --device cpu" in one_error_line(capsys)
+
+# ---------------------------------------------------------------------------------------------
+# round 3: a run knows what it was made from, eval.py only reads, nothing non-finite scores
+
+
+def test_non_finite_weights_fail_the_run_and_never_score(root, tmp_path, capsys):
+    assert cf_run(root, tmp_path / "mf", "--lr", "1e30") == 1  # the last update diverges; the loss was finite
+    err = one_error_line(capsys)
+    assert "NaN or inf" in err or "loss is nan" in err or "loss is inf" in err
+    assert not (tmp_path / "mf" / "metrics.json").exists()
+    with pytest.raises(FloatingPointError, match="2 of 3 scores are NaN or infinite"):
+        metrics.auc([1, 0, 1], [float("nan"), 0.2, float("inf")])
+
+
+def test_resume_and_eval_refuse_other_data_naming_what_changed(root, tmp_path, capsys):
+    out = tmp_path / "mf"
+    assert cf_run(root, out, "--stop-after", "1") == 0
+    flipped = write_data(tmp_path / "flipped", [_flip(r) for r in tiny_rows()])
+    capsys.readouterr()
+    assert train.main(["--stage", "mf", "--data", "ml1m", "--data-dir", str(flipped), "--out", str(out), "--max-epochs",
+                       "2", "--batch-size", "16", "--threads", "1", "--resume"]) == 2
+    assert "made from other inputs than these: rows changed" in one_error_line(capsys)
+    assert cf_run(root, out, "--resume") == 0  # the same data: it goes on
+    capsys.readouterr()
+    assert ev.main([str(out), "--data-dir", str(flipped)]) == 2
+    assert "rows changed" in one_error_line(capsys)
+    assert ev.main([str(out)]) == 0 and (out / "rescored.json").exists()
+
+
+def _flip(row):
+    u, i, y, t, s = row.split("\t")
+    return "\t".join([u, i, str(1 - int(y)), t, s])
+
+
+def test_the_tiny_backbone_depends_on_the_titles_not_on_the_rows_loaded(root, tmp_path, capsys):
+    common = ["--stage", "icl", "--data", "ml1m", "--data-dir", str(root), "--llm", "tiny", "--threads", "1"]
+    assert train.main([*common, "--runs", str(tmp_path / "a"), "--limit", "3"]) == 0
+    assert train.main([*common, "--runs", str(tmp_path / "b")]) == 0
+    a, b = (json.loads((tmp_path / d / "tiny-llm" / "made_from.json").read_text()) for d in ("a", "b"))
+    assert a == b and (tmp_path / "a" / "tiny-llm" / "tokenizer.model").read_bytes() == \
+        (tmp_path / "b" / "tiny-llm" / "tokenizer.model").read_bytes()
+    other = write_data(tmp_path / "other", items=[f"{i}\tFilm {i} (1990)" for i in range(1, N_ITEMS + 1)])
+    capsys.readouterr()
+    assert train.main([*common[:4], str(other), *common[5:], "--runs", str(tmp_path / "a"), "--overwrite"]) == 2
+    assert "the tiny backbone" in one_error_line(capsys)
+
+
+def test_eval_reads_only_finished_runs_that_nobody_is_writing(root, tmp_path, capsys):
+    out = tmp_path / "mf"
+    assert cf_run(root, out, "--stop-after", "1") == 0
+    capsys.readouterr()
+    assert ev.main([str(out)]) == 2 and "unfinished" in one_error_line(capsys)
+    assert cf_run(root, out, "--resume") == 0
+    (out / runs.LOCK).write_text(json.dumps(dict(pid=os.getpid(), host=socket.gethostname(), started="now")))
+    capsys.readouterr()
+    assert ev.main([str(out)]) == 2 and "is in use by another run" in one_error_line(capsys)
+    (out / runs.LOCK).unlink()
+    before = (out / "metrics.json").read_bytes()
+    assert ev.main([str(out)]) == 0 and ev.main([str(out)]) == 0
+    assert (out / "metrics.json").read_bytes() == before and len(list(out.glob("rescored-*.json"))) == 1
+
+
+@pytest.mark.parametrize("name", ["last.pt", "best.pt"])
+def test_damaged_checkpoint_bytes_are_refused(root, tmp_path, capsys, name):
+    out = tmp_path / "mf"
+    assert cf_run(root, out) == 0
+    raw = bytearray((out / name).read_bytes())
+    raw[len(raw) // 2:len(raw) // 2 + 64] = b"\x3f" * 64  # inside the payload, not its header
+    (out / name).write_bytes(bytes(raw))
+    capsys.readouterr()
+    rc = cf_run(root, out, "--resume", "--max-epochs", "3") if name == "last.pt" else ev.main([str(out)])
+    assert rc == 2 and f"{out / name}: cannot read this checkpoint" in one_error_line(capsys)
+
+
+def test_the_joint_stage_refuses_a_cf_checkpoint_of_another_model_or_history(root, tmp_path, capsys):
+    common = ["--data", "ml1m", "--data-dir", str(root), "--llm", "tiny", "--runs", str(tmp_path), "--threads", "1",
+              "--max-epochs", "1", "--iters-per-epoch", "2", "--batch-size", "8"]
+    assert cf_run(root, tmp_path / "sasrec") == 0  # an MF run where the SASRec checkpoint should be
+    assert train.main(["--stage", "text", *common]) == 0
+    capsys.readouterr()
+    assert train.main(["--stage", "joint", *common]) == 2
+    assert "is a mf run" in one_error_line(capsys)
+    assert train.main(["--stage", "sasrec", *common[:4], "--out", str(tmp_path / "s10"), "--maxlen", "10",
+                       "--max-epochs", "1", "--threads", "1"]) == 0
+    capsys.readouterr()
+    assert train.main(["--stage", "joint", *common, "--cf-ckpt", str(tmp_path / "s10" / "best.pt")]) == 2
+    assert "reading 10 items of history" in one_error_line(capsys)
+
+
+def test_an_adapter_feature_that_is_not_implemented_is_refused(tiny_llm, tmp_path):
+    model = llama.load_model(tiny_llm)
+    lora.save_adapter(lora.inject(model), tmp_path / "a")
+    cfg = json.loads((tmp_path / "a" / "adapter_config.json").read_text())
+    (tmp_path / "a" / "adapter_config.json").write_text(json.dumps({**cfg, "alora_invocation_tokens": [5, 6]}))
+    with pytest.raises(ValueError, match="alora_invocation_tokens"):
+        lora.load_adapter(llama.load_model(tiny_llm), tmp_path / "a")
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--clip", "-1"], "--clip: expected a finite number > 0"), (["--clip", "0"], "--clip: expected a finite number > 0"),
+    (["--wd", "-5"], "--wd: expected a finite number >= 0"), (["--dropout", "nan"], "--dropout: expected a finite"),
+    (["--warmup-epochs", "nan"], "--warmup-epochs: expected a finite"),
+    (["--max-minutes", "-1"], "--max-minutes: expected a finite number >= 0"), (["--lr", "inf"], "--lr: expected a finite")])
+def test_flags_that_make_no_sense_are_refused_where_they_enter(root, tmp_path, capsys, flags, words):
+    with pytest.raises(SystemExit) as e:
+        cf_run(root, tmp_path / "mf", *flags)
+    assert e.value.code == 2 and words in capsys.readouterr().err.strip().splitlines()[-1]
+    assert not (tmp_path / "mf").exists()
+
+
+def test_a_device_that_does_not_exist_and_zero_repeats_are_one_line(root, tmp_path, capsys):
+    assert cf_run(root, tmp_path / "mf", "--device", "foo") == 2
+    assert "--device foo: expected cpu, cuda or cuda:N" in one_error_line(capsys)
+    for n in ("0", "-2"):
+        with pytest.raises(SystemExit):
+            ev.main([str(tmp_path), "--repeats", n])
+        assert "--repeats: expected an integer >= 1" in capsys.readouterr().err
+
+
+def test_prediction_files_say_what_they_hold(tmp_path, capsys):
+    head = "user_id\titem_id\tlabel\tscore\twarm\n"
+    path = tmp_path / "p.tsv"
+    path.write_text(head + "1\t1\t1\t0.9\t1\n1\t2\t0\t0.2\t0\n")
+    with pytest.raises(SystemExit):
+        ev.main(["--preds", str(path)])  # no --scores: no guessing between logits and probabilities
+    for body, words in (("1\t1\t0.7\t0.9\t1\n", "expected label 0 or 1, got '0.7'"),
+                        ("1\t1\t1\t0.9\tt\n", "expected warm as 1/0, true/false or yes/no, got 't'"),
+                        ("1\t1\t1\tnan\t1\n", "expected a finite number as score")):
+        path.write_text(head + body)
+        capsys.readouterr()
+        assert ev.main(["--preds", str(path), "--scores", "logits"]) == 2 and words in one_error_line(capsys)
+
+
+def test_ratings_out_of_range_are_refused_on_their_line(tmp_path):
+    d = tmp_path / "ml-1m"
+    d.mkdir()
+    (d / "movies.dat").write_text("1::A (2000)::Drama\n", encoding="latin-1")
+    (d / "ratings.dat").write_text("1::1::5::100\n1::1::9::200\n", encoding="latin-1")
+    with pytest.raises(data.DataError, match=r"ratings.dat:2: rating 9 is outside 1..5"):
+        data.load("movielens", tmp_path)
+
+
+def test_a_title_never_makes_or_moves_a_slot(root, tmp_path):
+    items = [f"{i}\tMovie {i} <TargetItemID> <UserID> (2000)" for i in range(1, N_ITEMS + 1)]
+    ds = data.load("ml1m", write_data(tmp_path / "d", items=items))
+    tok = llama.load_tokenizer(backbones.make_tiny(tmp_path / "tok", texts=["Movie (2000)"]))
+    for r in range(len(ds)):
+        p = data.encode_prompt(data.prompt(ds, r, True), tok)
+        assert len(p.user_pos) == len(p.item_pos) == 1 and p.user_pos[0] < p.item_pos[0]
+
+
+def test_a_bad_byte_is_reported_on_its_own_line(root):
+    path = root / "ml1m" / "items.tsv"
+    lines = path.read_bytes().split(b"\n")
+    lines[9] = b"9\tMovie \xff 9"
+    path.write_bytes(b"\n".join(lines))
+    with pytest.raises(data.DataError, match=rf"{path}:10: expected utf-8 text"):
+        data.load("ml1m", root)
+
+
+def test_no_tool_of_the_project_destroys_a_file(root, tmp_path, capsys):
+    for d in ("a", "b"):
+        assert cf_run(root, tmp_path / d / "mf") == 0
+    capsys.readouterr()
+    assert report.main(["--collect", str(tmp_path / "a" / "mf"), str(tmp_path / "b" / "mf"), "--into", str(tmp_path / "x")]) == 2
+    assert "two runs named mf" in one_error_line(capsys) and not (tmp_path / "x").exists()
+    inter = root / "ml1m" / "interactions.tsv"
+    before = inter.read_bytes()
+    assert datainfo.main(["ml1m", "--data-dir", str(root), "--export", str(inter)]) == 2
+    assert "is one of the input files" in one_error_line(capsys) and inter.read_bytes() == before

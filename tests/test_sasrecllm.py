@@ -223,6 +223,7 @@ def test_walk_scores_the_row_as_training_does(chain, data_dir, capsys):
     assert out["score_train"] == pytest.approx(test_scores[0], abs=1e-5)
     assert out["files"] == ["data.py", "llama.py", "lora.py", "sasrecllm.py"]
     assert out["functions"] <= 25  # the reading-order issue's bound on this path (it was 52, then 35)
+    assert 0 < out["tools"] <= 4   # and the machinery it calls: reading the data files (tools/sources.py)
 
 
 def test_text_and_joint_steps_on_a_real_pretrained_llm(smol_dir, data_dir, tmp_path):

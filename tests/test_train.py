@@ -193,3 +193,17 @@ def test_amp_defaults_to_fp16_on_cuda_and_none_on_cpu():
     assert train.parse_args(["--stage", "sasrec", "--device", "cuda"]).amp == "fp16"
     assert train.parse_args(["--stage", "text", "--device", "cuda:1", "--amp", "bf16"]).amp == "bf16"
     assert train.parse_args(["--stage", "text", "--device", "cuda", "--amp", "none"]).amp == "none"
+
+
+@pytest.mark.parametrize("amx, avx512_bf16, want", [(True, True, ("bfloat16", "bf16")), (False, True, ("bfloat16", "bf16")),
+                                                    (False, False, ("float32", "none"))])
+def test_a_real_llm_on_cpu_runs_in_bf16_only_where_the_cpu_has_it(monkeypatch, amx, avx512_bf16, want):
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    real = train.parse_args(["--stage", "text", "--llm", "some/dir"])
+    assert (real.dtype, real.amp) == want
+    for argv in (["--stage", "text", "--llm", "tiny"], ["--stage", "sasrec"]):  # fp32 there, by measurement
+        a = train.parse_args(argv)
+        assert (a.dtype, a.amp) == ("float32", "none")
+    asked = train.parse_args(["--stage", "text", "--llm", "some/dir", "--dtype", "float32"])
+    assert (asked.dtype, asked.amp) == ("float32", "none")

@@ -22,6 +22,11 @@ prints one JSON line (defaults: TinyLlama's shape, CUDA, bf16).
     python -m tools.bench --check                               # the prepared GPU check
     python -m tools.bench --check --device cpu --shape tiny     # the same on CPU, in seconds
     python -m tools.bench --loop --limit 200 --loop-iters 8
+    python -m tools.bench --ckpt checkpoints/SmolLM2-135M-Instruct --threads 2   # every CPU precision mode
+
+--ckpt runs a real checkpoint on the CPU in each precision mode (fp32; fp32 weights with bf16
+autocast; bf16 weights with bf16 autocast), ours and HF + peft on the same real ML-1M prompts, and
+prints tokens/s with the share of the bf16 peak that a plain matmul reaches on the same threads.
 """
 import argparse
 import contextlib
@@ -131,26 +136,28 @@ def flops(cfg, lengths, train):
 class Ours:
     name = "llama.py+lora.py"
 
-    def __init__(self, model, compiled=False):
+    def __init__(self, model, compiled=False, answers=None):
         self.model, self.compiled = model, compiled
+        self.answers = answers or [YES % model.cfg.vocab_size, NO % model.cfg.vocab_size]
         if compiled:
             self.name = Ours.name + " compiled"
 
     def yes_no(self, ids, mask):
         h = self.model(input_ids=ids, attention_mask=mask)[:, -1]    # (B, D)
-        return self.model.token_logits(h, [YES % self.model.cfg.vocab_size, NO % self.model.cfg.vocab_size])
+        return self.model.token_logits(h, self.answers)
 
 
 class HF:
-    def __init__(self, model, vocab, keep_last):
-        self.model, self.vocab, self.keep_last = model, vocab, keep_last
+    def __init__(self, model, vocab, keep_last, answers=None):
+        self.model, self.keep_last = model, keep_last
+        self.answers = answers or [YES % vocab, NO % vocab]
         self.name = "hf+peft last" if keep_last else "hf+peft"
 
     def yes_no(self, ids, mask):
         position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
         kw = {"logits_to_keep": 1} if self.keep_last else {}
         logits = self.model(input_ids=ids, attention_mask=mask, position_ids=position_ids, **kw).logits
-        return logits[:, -1, [YES % self.vocab, NO % self.vocab]].float()   # (B, 2) of (B, T or 1, V)
+        return logits[:, -1, self.answers].float()   # (B, 2) of (B, T or 1, V)
 
 
 def shape_sizes(args):
@@ -417,6 +424,97 @@ def loop_vs_bench(line):
 
 
 # ----------------------------------------------------------------------------------------------
+# --ckpt DIR: a real checkpoint on CPU, every precision mode, ours against HF + peft
+
+# mode -> (weight dtype, bf16 autocast): what a CPU run of train.py can choose (--dtype, --amp)
+MODES = {"fp32": (torch.float32, False), "fp32 weights, bf16 autocast": (torch.float32, True),
+         "bf16 weights, bf16 autocast": (torch.bfloat16, True)}
+
+
+def matmul_peak(dtype=torch.bfloat16, seconds=1.0):
+    """GFLOP/s of a plain (2048 x 576) @ (576 x 1536) matmul on this CPU's threads: the peak a
+    step's share is measured against."""
+    a, b = torch.randn(2048, 576, dtype=dtype), torch.randn(576, 1536, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        a @ b
+        n += 1
+    return 2 * 2048 * 576 * 1536 * n / (time.perf_counter() - t0) / 1e9
+
+
+def real_batches(ckpt, tok, n_batches, batch_size, pad_multiple, data_dir, seed):
+    """Real ML-1M text-only prompts (the text stage's), tokenized by the checkpoint's tokenizer,
+    bucketed by length and left-padded: (ids, mask, labels) per batch."""
+    ds = data.load("ml1m", data_dir)
+    g = torch.Generator().manual_seed(seed)
+    rows = ds.idx("train")[torch.randperm(len(ds.idx("train")), generator=g)[:n_batches * batch_size].numpy()]
+    prompts = data.encode_prompts(ds, rows, tok, collab=False)
+    order = sorted(range(len(rows)), key=lambda j: len(prompts[j].ids))
+    out = []
+    for b in range(n_batches):
+        idx = order[b * batch_size:(b + 1) * batch_size]
+        T = max(len(prompts[j].ids) for j in idx)
+        ids, mask = torch.zeros(len(idx), T, dtype=torch.long), torch.zeros(len(idx), T, dtype=torch.long)
+        for i, j in enumerate(idx):
+            p = prompts[j].ids
+            ids[i, T - len(p):], mask[i, T - len(p):] = torch.tensor(p), 1
+        ids, mask = left_pad(ids, mask, pad_multiple)
+        out.append((ids, mask, torch.from_numpy(ds.label[rows[idx]]).float()))
+    return out
+
+
+def ckpt_impls(ckpt, dtype, with_hf, answers):
+    """llama.py + lora.py and HF + peft (full logits, and logits_to_keep=1) on one checkpoint."""
+    model = lora.inject(llama.load_model(ckpt, dtype), ("q_proj", "v_proj"), r=8, alpha=16, dropout=0.05)
+    impls = [Ours(model, answers=answers)]
+    if with_hf:
+        import peft
+        import transformers
+        hf = transformers.AutoModelForCausalLM.from_pretrained(ckpt, dtype=dtype, attn_implementation="sdpa")
+        hf = peft.get_peft_model(hf, peft.LoraConfig(r=8, lora_alpha=16, lora_dropout=0.05,
+                                                     target_modules=["q_proj", "v_proj"]))
+        impls += [HF(hf, None, keep_last=False, answers=answers), HF(hf, None, keep_last=True, answers=answers)]
+    return impls
+
+
+def run_ckpt(args):
+    """Every MODE on --ckpt, train and score phases, the same real batches for all: one JSON line
+    per (mode, implementation, phase), then the table the README carries."""
+    tok = load_tokenizer(args.ckpt)
+    answers = [tok.yes_id, tok.no_id]
+    peak = matmul_peak()
+    phase_data = {"train": real_batches(args.ckpt, tok, args.steps, args.train_batch, args.pad_multiple, args.data_dir, 1),
+                  "score": real_batches(args.ckpt, tok, args.steps, args.score_batch, args.pad_multiple, args.data_dir, 2)}
+    rows = {}
+    for mode, (dtype, amp) in MODES.items():
+        impls = ckpt_impls(args.ckpt, dtype, not args.no_hf, answers)
+        cfg = impls[0].model.cfg
+        for phase in ("train", "score"):
+            _, passes = run_phase(impls, phase, phase_data[phase], cfg, torch.device("cpu"), amp, (args.order,))
+            for m in passes[args.order]:
+                gflops = m.useful / m.elapsed / 1e9
+                r = dict(mode=mode, impl=m.impl.name, phase=phase, tokens_per_s=round(m.tokens / m.elapsed, 1),
+                         gflops=round(gflops, 1), pct_bf16_peak=round(100 * gflops / peak, 1))
+                rows[mode, m.impl.name, phase] = r
+                print(json.dumps(r), flush=True)
+        del impls
+        gc.collect()
+    names = sorted({k[1] for k in rows}, key=lambda n: (n != Ours.name, n))
+    print(f"\n{args.ckpt}, {torch.get_num_threads()} threads, bf16 matmul peak {peak:.0f} GFLOP/s, "
+          f"{args.steps} batches per phase (train {args.train_batch}, score {args.score_batch}), tokens/s "
+          "(% of the bf16 peak):\n")
+    print("| implementation | mode | LoRA train step | Yes/No scoring |\n|---|---|---|---|")
+    for name in names:
+        for mode in MODES:
+            if (mode, name, "train") in rows:
+                cells = [f"{rows[mode, name, ph]['tokens_per_s']:,.0f} ({rows[mode, name, ph]['pct_bf16_peak']:.0f}%)"
+                         for ph in ("train", "score")]
+                print(f"| {name} | {mode} | {cells[0]} | {cells[1]} |")
+
+
+# ----------------------------------------------------------------------------------------------
 # CLI
 
 
@@ -488,6 +586,7 @@ def main():
     p.add_argument("--data-dir", help="--loop: the data root (default: $SASRECLLM_DATA, else data/)")
     p.add_argument("--tokenizer", default=os.environ.get("SASRECLLM_TOKENIZER"),
                    help="--loop: the Llama-2 tokenizer.model (default: $SASRECLLM_TOKENIZER)")
+    p.add_argument("--ckpt", help="a real checkpoint (e.g. SmolLM2) on CPU: every precision mode, real ML-1M prompts")
     args = fill_defaults(p.parse_args())
     counts = dict(steps=args.steps, train_batch=args.train_batch, score_batch=args.score_batch,
                   pad_multiple=args.pad_multiple, loop_iters=args.loop_iters,
@@ -505,7 +604,9 @@ def main():
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
-        if args.check or args.loop:
+        if args.ckpt:
+            run_ckpt(args)
+        elif args.check or args.loop:
             print(json.dumps(run_with_loop(args, device)), flush=True)
         else:
             run(args, device)

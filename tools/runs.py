@@ -20,6 +20,7 @@ import json
 import math
 import os
 import random
+import re
 import shutil
 import socket
 import sys
@@ -69,6 +70,26 @@ def cli(main):
             print(f"\ninterrupted{'; ' + str(e) if str(e) else ''}", file=sys.stderr)
             return 130
     return run
+
+
+def check_device(device):
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", device):
+        raise RunError(f"--device {device}: expected cpu, cuda or cuda:N")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RunError(f"--device {device}, but this torch ({torch.__version__}) sees no CUDA device; use "
+                            "--device cpu, or install a CUDA build of torch on a machine with a GPU")
+
+
+def default_precision(a):
+    """(weight dtype, why) for Run a when --dtype is not given; the loop's autocast follows the
+    weights (bf16 weights: bf16 autocast). Measured by tools/bench.py --ckpt (results/README.md)."""
+    if a.device.startswith("cuda"):
+        return "float32", "the paper's mixed precision on CUDA: fp32 weights, fp16 autocast and a GradScaler"
+    if a.llm == "tiny" or a.stage not in ("icl", "text", "joint"):
+        return "float32", "fp32: the tiny backbone and the CF models gain nothing from bf16 on a CPU"
+    if torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported():
+        return "bfloat16", "bf16 weights and autocast: this CPU has native bf16 (AMX or avx512_bf16)"
+    return "float32", "fp32: this CPU has no native bf16 (no AMX, no avx512_bf16), where bf16 is slower"
 
 
 def number(low=None, high=None, kind=float, low_open=False):
@@ -232,6 +253,17 @@ def files_digest(*paths):
                     for block in iter(lambda: fh.read(1 << 20), b""):
                         h.update(block)
     return h.hexdigest()[:16]
+
+
+MADE_FROM = "made_from.json"  # beside a tiny backbone or an adapter: the digests of what made it
+
+
+def read_made_from(d):
+    path = os.path.join(d, MADE_FROM)
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
 
 
 def check_made_from(what, recorded, now, keys=None):

@@ -1,6 +1,6 @@
-"""Reading the data files, and CoLLM's recipe on raw ratings: the GroupLens ML-1M files and Amazon's
-2018 reviews, turned into the columns that data.make_dataset takes. Machinery beside data.py,
-whose benchmark loader (CoLLM's processed ML-1M split as TSV) needs only `read_table`.
+"""Reading the data files, every line checked, into the columns that data.make_dataset takes:
+CoLLM's processed ML-1M split (TSV), and CoLLM's recipe on raw ratings (the GroupLens ML-1M files,
+Amazon's 2018 reviews). Machinery beside data.py, which holds what the columns become.
 
 Every problem with a file is a DataError naming the file, the line and what was expected.
 
@@ -25,10 +25,70 @@ RATINGS = (1, 5)               # both sources rate 1..5 stars; anything else is 
 AMAZON_MAX_ID = 4000           # the paper keeps Amazon Book user and item ids <= 4000
 GROUPLENS_URL = "https://files.grouplens.org/datasets/movielens/ml-1m.zip"
 AMAZON_URL = "https://nijianmo.github.io/amazon/index.html"
+COLLM_URL = "https://github.com/zyang1580/CoLLM (collm-datasets/ml-1m.zip)"
+MAX_ID_RATIO = 2               # ids given as they are (ml1m) may run to twice their count, no more
 
 
 class DataError(ValueError):
     """Bad or missing input. The message names the file, the line and what was expected."""
+
+
+def load_ml1m(data_dir):
+    """ml1m/interactions.tsv (user_id item_id label timestamp split) + ml1m/items.tsv, every line
+    checked, -> data.make_dataset's arguments."""
+    inter_path = os.path.join(data_dir, "ml1m", "interactions.tsv")
+    items_path = os.path.join(data_dir, "ml1m", "items.tsv")
+    what = ("CoLLM's ML-1M split as interactions.tsv and items.tsv; get collm-datasets/ml-1m.zip "
+            f"from {COLLM_URL}, or the raw GroupLens files ({GROUPLENS_URL}) and load 'movielens'")
+
+    titles, title_line = {}, {}
+    for n, (i, title) in read_table(items_path, ["item_id", "title"], what, ints=["item_id"]):
+        if i in titles:
+            raise DataError(f"{items_path}:{n}: item_id {i} repeats line {title_line[i]}; expected "
+                            "each item once")
+        if i < 1:
+            raise DataError(f"{items_path}:{n}: expected item_id >= 1 (0 is padding), got {i}")
+        titles[i], title_line[i] = title, n
+    if not titles:
+        raise DataError(f"{items_path}: no items; expected item_id and title lines after the header")
+
+    # A repeated (user, item) row would put its item into a later row's history and leak that
+    # row's answer, so every pair must be unique (pair -> the line it first appeared on).
+    rows, pair_line = [], {}
+    for n, (u, i, y, t, s) in read_table(inter_path, ["user_id", "item_id", "label", "timestamp", "split"],
+                                         what, ints=["user_id", "item_id", "timestamp"]):
+        if y not in ("0", "1"):
+            raise DataError(f"{inter_path}:{n}: expected label 0 or 1, got {y!r}")
+        if s not in SPLITS:
+            raise DataError(f"{inter_path}:{n}: expected split train, valid or test, got {s!r}")
+        if u < 1 or i < 1:
+            raise DataError(f"{inter_path}:{n}: expected ids >= 1 (0 is padding)")
+        if i not in titles:
+            raise DataError(f"{inter_path}:{n}: item_id {i} has no title in {items_path}")
+        if pair_line.setdefault((u, i), n) != n:
+            raise DataError(f"{inter_path}:{n}: user_id {u} and item_id {i} repeat line "
+                            f"{pair_line[u, i]}; expected each (user, item) pair once")
+        rows.append((u, i, int(y), t, s, n))
+    if not rows:
+        raise DataError(f"{inter_path}: no rows; expected interactions after the header")
+    user, item, label, timestamp = (np.array(c, dtype=np.int64) for c in list(zip(*rows))[:4])
+    lines = [r[5] for r in rows]
+
+    # Embedding tables get a row for every id up to the largest, so one stray huge id (a user_id
+    # of 999999999) would ask for gigabytes. Ids must be numbered about 1..N, as CoLLM numbers
+    # them: the largest at most MAX_ID_RATIO times the number of distinct ids.
+    for ids, at, path, name in ((list(title_line), list(title_line.values()), items_path, "item_id"),
+                                (user, lines, inter_path, "user_id"), (item, lines, inter_path, "item_id")):
+        top, n = int(np.max(ids)), len(np.unique(ids))
+        if top > MAX_ID_RATIO * n:
+            raise DataError(f"{path}:{at[int(np.argmax(ids))]}: {name} {top}, but there are only {n} "
+                            f"distinct {name}s; expected ids numbered 1..N (renumber them, e.g. by first "
+                            "appearance as CoLLM does)")
+    split = np.array([r[4] for r in rows])
+    title_list = [""] + [titles.get(i, "") for i in range(1, max(titles) + 1)]
+    return dict(name="ml1m", domain="movie", user=user, item=item, label=label, timestamp=timestamp, split=split,
+                titles=title_list, source=inter_path)
+
 
 
 def read_table(path, names, what, sep="\t", header=True, ints=(), encoding="utf-8"):
@@ -256,3 +316,46 @@ def load_amazon(data_dir, split="ratio", reviews=None, meta=None):
                         first_review_only=True, max_id=AMAZON_MAX_ID)
 
 
+# prediction files (eval.py --preds)
+
+FLAGS = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
+
+
+def read_preds(path):
+    """The columns of a prediction TSV (header first), each value checked: labels 0 or 1, finite
+    scores, seen/warm flags spelled 1/0, true/false or yes/no."""
+    with open(path, encoding="utf-8") as f:
+        header = f.readline().rstrip("\n").split("\t")
+        need = ["user_id", "item_id", "label", "score"]
+        if [c for c in need if c not in header]:
+            raise ValueError(f"{path}:1: missing column(s) {[c for c in need if c not in header]}; expected at least {need}")
+        cols = {c: [] for c in header}
+        for n, line in enumerate(f, start=2):
+            if not line.strip():
+                continue
+            parts = line.rstrip("\n").split("\t")
+            if len(parts) != len(header):
+                raise ValueError(f"{path}:{n}: expected {len(header)} tab-separated fields, got {len(parts)}")
+            for c, v in zip(header, parts):
+                cols[c].append(v)
+    bad = lambda col, ok: next((i + 2 for i, v in enumerate(cols[col]) if not ok(v)), None)
+    for col, ok, what in (("user_id", str.isdigit, "an integer user_id"), ("label", lambda v: v in ("0", "1"), "label 0 or 1"),
+                          ("score", lambda v: _finite(v), "a finite number as score"),
+                          *((c, lambda v: v.lower() in FLAGS, f"{c} as 1/0, true/false or yes/no")
+                            for c in ("seen", "warm") if c in cols)):
+        line = bad(col, ok)
+        if line:
+            raise ValueError(f"{path}:{line}: expected {what}, got {cols[col][line - 2]!r}")
+    out = dict(user=np.array(cols["user_id"], dtype=np.int64), label=np.array(cols["label"], dtype=np.int64),
+               score=np.array(cols["score"], dtype=np.float64))
+    out.update({c: np.array([FLAGS[v.lower()] for v in cols[c]]) for c in ("seen", "warm") if c in cols})
+    if "split" in cols:
+        out["split"] = np.array(cols["split"])
+    return out
+
+
+def _finite(text):
+    try:
+        return np.isfinite(float(text))
+    except ValueError:
+        return False
