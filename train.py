@@ -146,6 +146,9 @@ class Run:
         if self.stage != "all":  # (--stage all: each stage takes its own)
             self.dtype = self.dtype or runs.default_precision(self)[0]
             self.amp = self.amp or ("fp16" if self.device.startswith("cuda") else "bf16" if self.dtype == "bfloat16" else "none")
+        self.out = self.out or os.path.join(self.runs, self.stage)
+        self.cf_ckpt = self.cf_ckpt or os.path.join(self.runs, self.cf, "best.pt")
+        self.lora = self.lora or os.path.join(self.runs, "text", "adapter")
 
 
 def parse_args(argv=None):

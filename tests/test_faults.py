@@ -440,7 +440,7 @@ def test_the_tiny_backbone_depends_on_the_titles_not_on_the_rows_loaded(root, tm
         (tmp_path / "b" / "tiny-llm" / "tokenizer.model").read_bytes()
     other = write_data(tmp_path / "other", items=[f"{i}\tFilm {i} (1990)" for i in range(1, N_ITEMS + 1)])
     capsys.readouterr()
-    assert train.main([*common[:4], str(other), *common[5:], "--runs", str(tmp_path / "a"), "--overwrite"]) == 2
+    assert train.main([*common[:5], str(other), *common[6:], "--runs", str(tmp_path / "a"), "--overwrite"]) == 2
     assert "the tiny backbone" in one_error_line(capsys)
 
 

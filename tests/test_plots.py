@@ -1,4 +1,4 @@
-"""eval.py's SVG plots, parsed back with ElementTree: every stage named, whole-epoch x ticks, bars
+"""tools/report.py's SVG plots, parsed back with ElementTree: every stage named, whole-epoch x ticks, bars
 on a y axis from zero, axis labels, and the paper's Figs. 10-12 from a --table root. Tiny fake run
 directories, no data and no training."""
 import json
@@ -107,7 +107,7 @@ def test_runs_without_log_get_bars_only(tmp_path):
 
 
 # -----------------------------------------------------------------------------
-# Figs. 10-12 from a table root (python eval.py --plot ROOT)
+# Figs. 10-12 from a table root (python -m tools.report --plot ROOT)
 
 ABLATION = ["ICL", "TALLRec", "SASRec", "SASRecLLM"]
 METRICS = [("logloss", "Log Loss"), ("precision", "Precision"), ("recall", "Recall"), ("f1", "F1"),
@@ -123,7 +123,7 @@ def full_report(auc):
 
 @pytest.fixture
 def table_root(tmp_path):
-    """ROOT/seed<s>/<stage> as python eval.py --table writes it: two seeds of the four ablation
+    """ROOT/seed<s>/<stage> as tools/table.sh writes it: two seeds of the four ablation
     rows; text trains 3 epochs and joint 2, ICL and SASRec leave no log that matters here."""
     root = tmp_path / "table_ml1m"
     for s in (0, 1):

@@ -26,7 +26,8 @@ prints one JSON line (defaults: TinyLlama's shape, CUDA, bf16).
 
 --ckpt runs a real checkpoint on the CPU in each precision mode (fp32; fp32 weights with bf16
 autocast; bf16 weights with bf16 autocast), ours and HF + peft on the same real ML-1M prompts, and
-prints tokens/s with the share of the bf16 peak that a plain matmul reaches on the same threads.
+prints tokens/s with the share of the bf16 peak that a plain matmul reaches on the same threads;
+--candidates times the fast-path candidates in bf16 and profiles one train step.
 """
 import argparse
 import contextlib
@@ -514,6 +515,37 @@ def run_ckpt(args):
                 print(f"| {name} | {mode} | {cells[0]} | {cells[1]} |")
 
 
+def run_candidates(args):
+    """Fast-path candidates for a real checkpoint's bf16 steps on the CPU, ours only, each against
+    the eager base on the same batches: SDPA's math kernel, and torch.compile of every decoder
+    layer (its compilation is the warm pass). Then a torch.profiler table of one base train step."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    tok = load_tokenizer(args.ckpt)
+    answers, cpu = [tok.yes_id, tok.no_id], torch.device("cpu")
+    phase_data = {"train": real_batches(args.ckpt, tok, args.steps, args.train_batch, args.pad_multiple, args.data_dir, 1),
+                  "score": real_batches(args.ckpt, tok, args.steps, args.score_batch, args.pad_multiple, args.data_dir, 2)}
+    for name, ctx, compile in (("eager", contextlib.nullcontext, False), ("sdpa math kernel", lambda: sdpa_kernel(SDPBackend.MATH), False),
+                               ("compiled layers", contextlib.nullcontext, True)):
+        [impl] = ckpt_impls(args.ckpt, torch.bfloat16, False, answers)
+        if compile:
+            for layer in impl.model.model.layers:
+                layer.compile()
+        out = dict(candidate=name)
+        with ctx():
+            for phase, batches_ in phase_data.items():
+                warm_s, passes = run_phase([impl], phase, batches_, impl.model.cfg, cpu, True, ("alternate",))
+                m = passes["alternate"][0]
+                out.update({f"{phase}_tokens_per_s": round(m.tokens / m.elapsed), f"{phase}_warm_extra_s": round(warm_s[0] - m.elapsed, 1)})
+        print(json.dumps(out), flush=True)
+    [impl] = ckpt_impls(args.ckpt, torch.bfloat16, False, answers)
+    opt = torch.optim.AdamW([p for p in impl.model.parameters() if p.requires_grad], lr=1e-4)
+    m = Meter(impl, "train", opt)
+    step(m, phase_data["train"][0], impl.model.cfg, cpu, True)  # warm
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        step(m, phase_data["train"][0], impl.model.cfg, cpu, True)
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
+
+
 # ----------------------------------------------------------------------------------------------
 # CLI
 
@@ -587,6 +619,7 @@ def main():
     p.add_argument("--tokenizer", default=os.environ.get("SASRECLLM_TOKENIZER"),
                    help="--loop: the Llama-2 tokenizer.model (default: $SASRECLLM_TOKENIZER)")
     p.add_argument("--ckpt", help="a real checkpoint (e.g. SmolLM2) on CPU: every precision mode, real ML-1M prompts")
+    p.add_argument("--candidates", action="store_true", help="--ckpt: the fast-path candidates in bf16, and a profile")
     args = fill_defaults(p.parse_args())
     counts = dict(steps=args.steps, train_batch=args.train_batch, score_batch=args.score_batch,
                   pad_multiple=args.pad_multiple, loop_iters=args.loop_iters,
@@ -605,7 +638,7 @@ def main():
         torch.set_num_threads(args.threads)
     try:
         if args.ckpt:
-            run_ckpt(args)
+            run_candidates(args) if args.candidates else run_ckpt(args)
         elif args.check or args.loop:
             print(json.dumps(run_with_loop(args, device)), flush=True)
         else:
