@@ -207,3 +207,23 @@ def test_a_real_llm_on_cpu_runs_in_bf16_only_where_the_cpu_has_it(monkeypatch, a
         assert (a.dtype, a.amp) == ("float32", "none")
     asked = train.parse_args(["--stage", "text", "--llm", "some/dir", "--dtype", "float32"])
     assert (asked.dtype, asked.amp) == ("float32", "none")
+
+
+def test_compiled_layers_train_as_the_eager_ones(data_dir, tmp_path):
+    """--compile (torch.compile of every decoder layer, beside the eager Block.forward) on a short
+    tiny text stage: the same losses and metrics as eager, to float rounding (about 50 s of compiling)."""
+    common = ["--stage", "text", "--data", "ml1m", "--data-dir", str(data_dir), "--llm", "tiny", "--runs", str(tmp_path),
+              "--limit", "100", "--max-epochs", "1", "--iters-per-epoch", "4", "--batch-size", "8", "--pad-multiple", "16",
+              "--threads", "2"]
+    threads = torch.get_num_threads()
+    try:
+        assert train.main([*common, "--out", str(tmp_path / "eager")]) == 0
+        assert train.main([*common, "--out", str(tmp_path / "compiled"), "--compile"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    eager, compiled = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("eager", "compiled"))
+    losses = [json.loads((tmp_path / d / "log.jsonl").read_text().splitlines()[-1])["train_loss"] for d in ("eager", "compiled")]
+    assert losses[0] == pytest.approx(losses[1], abs=1e-3)
+    for part in ("valid", "test"):
+        assert compiled[part]["logloss"] == pytest.approx(eager[part]["logloss"], abs=1e-3), part
+        assert compiled[part]["auc"] == pytest.approx(eager[part]["auc"], abs=2e-3), part
