@@ -164,3 +164,17 @@ def test_check_prints_one_json_line(data_dir, tokenizer_path):
     assert loop["evals"][-1]["seconds"] == pytest.approx(r["eval_seconds"], abs=6e-4)
     assert 0 <= loop["timed_epoch"]["new_shapes"] <= loop["timed_epoch"]["shapes"]
     assert r["wall_s"] >= loop["wall_s"]
+
+
+def test_ckpt_mode_prints_every_precision_mode_on_real_prompts(tiny_dir, data_dir):
+    """--ckpt on a real-layout checkpoint (the tiny backbone here, ours only): one JSON line per
+    (mode, phase), tokens/s and the share of the measured bf16 peak, then the table."""
+    out = subprocess.run([sys.executable, "-m", "tools.bench", "--ckpt", str(tiny_dir), "--no-hf", "--steps", "1",
+                          "--train-batch", "2", "--score-batch", "2", "--threads", "1"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=300, env={**os.environ, "SASRECLLM_DATA": str(data_dir)})
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    assert {(r["mode"], r["phase"]) for r in rows} == {(m, p) for m in bench.MODES for p in ("train", "score")}
+    assert all(r["tokens_per_s"] > 0 and 0 < r["pct_bf16_peak"] < 100 for r in rows)
+    table = [line for line in out.stdout.splitlines() if line.startswith("| llama.py+lora.py |")]
+    assert len(table) == len(bench.MODES)
