@@ -235,7 +235,7 @@ def run_cf(args, ds=None):
     if args.stage in ("pop", "mc"):
         last = torch.tensor([ds.history[r][-1] if ds.history[r] else 0 for r in rows])
         model.fit(*(torch.from_numpy(a[rows]) for a in (ds.user, ds.item, ds.label)), last)
-        return score_only(args, model.to(args.device), predict, ds)
+        return score_only(args, made_from(args, ds), model.to(args.device), predict, ds)
     if args.init_bias and hasattr(model, "item_bias") and args.objective == "bce":
         init_biases(model, ds, rows)
     model.to(args.device)
@@ -248,10 +248,10 @@ def run_cf(args, ds=None):
                       SASRec.next_item_loss if next_item else bce_loss, predict, ds)
 
 
-def score_only(args, model, predict, ds):
+def score_only(args, made, model, predict, ds):
     """No training (Pop, MC, ICL): save the model as best.pt, then score valid and test."""
     os.makedirs(args.out, exist_ok=True)
-    runs.save_atomic(loop.checkpoint(args, made_from(args, ds), model, 0, dict(auc=None)), os.path.join(args.out, "best.pt"))
+    runs.save_atomic(loop.checkpoint(args, made, model, 0, dict(auc=None)), os.path.join(args.out, "best.pt"))
     return loop.finish(args, model, predict, ds)
 
 # -----------------------------------------------------------------------------
@@ -314,16 +314,18 @@ def build_llm_model(args, ds):
         joint : mapping (+ CF) trains     collaborative prompt, LoRA loaded and frozen"""
     if args.stage == "joint":
         runs.check_joint_parts(args)  # one error listing every missing part and the command that makes it
-    llm, tok = llama.load(backbone_dir(args, ds), dtype=llama.DTYPES[args.dtype], device=args.device)
+    backbone = backbone_dir(args, ds)
+    llm, tok = llama.load(backbone, dtype=llama.DTYPES[args.dtype], device=args.device)
     llm.requires_grad_(False)
     cf = None
     if args.stage == "text":
         lora.inject(llm, r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout)  # only LoRA trains
     elif args.stage == "joint":
         runs.check_adapter(args.lora)
-        if runs.read_made_from(args.lora):  # ours records its backbone and data; peft's own adapters do not
-            runs.check_made_from(f"--lora {args.lora}", runs.read_made_from(args.lora),
-                                 dict(runs.data_digests(ds), backbone=runs.files_digest(backbone_dir(args, ds))),
+        recorded = runs.read_made_from(args.lora)
+        if recorded:  # ours records its backbone and data; peft's own adapters do not
+            runs.check_made_from(f"--lora {args.lora}", recorded,
+                                 dict(runs.data_digests(ds), backbone=runs.files_digest(backbone)),
                                  ["catalog", "backbone"])
         lora.load_adapter(llm, args.lora)
         llm.requires_grad_(False)  # LoRA frozen in the joint stage
@@ -381,13 +383,14 @@ def run_llm(args, ds=None):
     runs.seed_everything(args.seed)
     model, prompts = build_llm_model(args, ds)
     predict = llm_predictor(args, ds, prompts)
+    made = made_from(args, ds)  # (digests a backbone of gigabytes: once per run)
     if args.stage == "icl":
-        return score_only(args, model, predict, ds)
-    report = loop.train(args, made_from(args, ds), model, llm_batches(args, ds, prompts), bce_loss, predict, ds)
+        return score_only(args, made, model, predict, ds)
+    report = loop.train(args, made, model, llm_batches(args, ds, prompts), bce_loss, predict, ds)
     if args.stage == "text" and report is not None and is_main():
         # loop.train has reloaded the best epoch: publish its LoRA in peft's format (plug-and-play)
         runs.publish_dir(os.path.join(args.out, "adapter"), lambda d: (lora.save_adapter(model.llm, d),
-                                                                       runs.write_json(made_from(args, ds), os.path.join(d, runs.MADE_FROM))))
+                                                                       runs.write_json(made, os.path.join(d, runs.MADE_FROM))))
     barrier()
     return report
 

@@ -41,6 +41,7 @@ import time
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import data
 import llama
@@ -445,10 +446,9 @@ def matmul_peak(dtype=torch.bfloat16, seconds=1.0):
     return 2 * 2048 * 576 * 1536 * n / (time.perf_counter() - t0) / 1e9
 
 
-def real_batches(ckpt, tok, n_batches, batch_size, pad_multiple, data_dir, seed):
+def real_batches(ds, tok, n_batches, batch_size, pad_multiple, seed):
     """Real ML-1M text-only prompts (the text stage's), tokenized by the checkpoint's tokenizer,
     bucketed by length and left-padded: (ids, mask, labels) per batch."""
-    ds = data.load("ml1m", data_dir)
     g = torch.Generator().manual_seed(seed)
     rows = ds.idx("train")[torch.randperm(len(ds.idx("train")), generator=g)[:n_batches * batch_size].numpy()]
     prompts = data.encode_prompts(ds, rows, tok, collab=False)
@@ -464,6 +464,13 @@ def real_batches(ckpt, tok, n_batches, batch_size, pad_multiple, data_dir, seed)
         ids, mask = left_pad(ids, mask, pad_multiple)
         out.append((ids, mask, torch.from_numpy(ds.label[rows[idx]]).float()))
     return out
+
+
+def real_phase_data(args, tok):
+    """{phase: real batches}: the train phase's and the score phase's, from one load of ML-1M."""
+    ds = data.load("ml1m", args.data_dir)
+    return {"train": real_batches(ds, tok, args.steps, args.train_batch, args.pad_multiple, 1),
+            "score": real_batches(ds, tok, args.steps, args.score_batch, args.pad_multiple, 2)}
 
 
 def ckpt_impls(ckpt, dtype, with_hf, answers):
@@ -486,8 +493,7 @@ def run_ckpt(args):
     tok = load_tokenizer(args.ckpt)
     answers = [tok.yes_id, tok.no_id]
     peak = matmul_peak()
-    phase_data = {"train": real_batches(args.ckpt, tok, args.steps, args.train_batch, args.pad_multiple, args.data_dir, 1),
-                  "score": real_batches(args.ckpt, tok, args.steps, args.score_batch, args.pad_multiple, args.data_dir, 2)}
+    phase_data = real_phase_data(args, tok)
     rows = {}
     for mode, (dtype, amp) in MODES.items():
         impls = ckpt_impls(args.ckpt, dtype, not args.no_hf, answers)
@@ -519,11 +525,9 @@ def run_candidates(args):
     """Fast-path candidates for a real checkpoint's bf16 steps on the CPU, ours only, each against
     the eager base on the same batches: SDPA's math kernel, and torch.compile of every decoder
     layer (its compilation is the warm pass). Then a torch.profiler table of one base train step."""
-    from torch.nn.attention import SDPBackend, sdpa_kernel
     tok = load_tokenizer(args.ckpt)
     answers, cpu = [tok.yes_id, tok.no_id], torch.device("cpu")
-    phase_data = {"train": real_batches(args.ckpt, tok, args.steps, args.train_batch, args.pad_multiple, args.data_dir, 1),
-                  "score": real_batches(args.ckpt, tok, args.steps, args.score_batch, args.pad_multiple, args.data_dir, 2)}
+    phase_data = real_phase_data(args, tok)
     for name, ctx, compile in (("eager", contextlib.nullcontext, False), ("sdpa math kernel", lambda: sdpa_kernel(SDPBackend.MATH), False),
                                ("compiled layers", contextlib.nullcontext, True)):
         [impl] = ckpt_impls(args.ckpt, torch.bfloat16, False, answers)
