@@ -110,7 +110,10 @@ def write_rescore(report, run_dir, into):
     else:
         path = os.path.join(run_dir, "rescored.json")
         if os.path.exists(path):
-            os.replace(path, os.path.join(run_dir, time.strftime("rescored-%Y%m%d-%H%M%S.json")))
+            stamp, n = time.strftime("rescored-%Y%m%d-%H%M%S"), 0
+            while os.path.exists(aside := os.path.join(run_dir, f"{stamp}{f'-{n}' if n else ''}.json")):
+                n += 1  # two re-scores within a second: neither earlier one is overwritten
+            os.replace(path, aside)
     runs.write_json(report, path)
     return path
 

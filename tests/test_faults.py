@@ -457,6 +457,7 @@ def test_eval_reads_only_finished_runs_that_nobody_is_writing(root, tmp_path, ca
     before = (out / "metrics.json").read_bytes()
     assert ev.main([str(out)]) == 0 and ev.main([str(out)]) == 0
     assert (out / "metrics.json").read_bytes() == before and len(list(out.glob("rescored-*.json"))) == 1
+    assert ev.main([str(out)]) == 0 and len(list(out.glob("rescored-*.json"))) == 2  # within a second: none lost
 
 
 @pytest.mark.parametrize("name", ["last.pt", "best.pt"])
