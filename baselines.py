@@ -1,20 +1,17 @@
 """The conventional recommenders of the paper's Table 1 (CRM rows), besides SASRec.
 
-Every model scores a (user, liked-item history, target item) triple with one logit and shares
-SASRec's interface: forward(user, hist, item) -> (B,), user_embedding(user, hist) -> (B, d),
-item_embedding(item) -> (B, d), attribute `dim`. hist is (B, T), left-padded with item id 0.
-
+Every model scores a (user, liked-item history, target item) triple with one logit,
+forward(user, hist, item) -> (B,), hist (B, T) left-padded with item id 0. MF, NCF and GRU4Rec
+share the rest of SASRec's interface (what the joint stage's CF encoder needs):
+user_embedding(user, hist) -> (B, d), item_embedding(item) -> (B, d), attribute `dim`.
 - Pop: smoothed like-rates of the user and of the item, fitted from train counts.
 - MF: matrix factorization with biases (Koren et al. 2009).
 - NCF: NeuMF, GMF plus an MLP (He et al. 2017).
 - GRU4Rec: a GRU over the liked-item history (Hidasi et al. 2016), the paper's "RNN" row.
 - MC: a first-order Markov chain from the last liked item to the target (Rendle et al. 2010).
-
-Pop and MC have no gradient training: `fit(user, item, label, last)` sets their tables in
-closed form from the train rows. Their tables are nn.Parameters so that checkpoints hold them
-like any other model's weights.
+Pop and MC have no gradient training: `fit(user, item, label, last)` sets their tables
+(nn.Parameters, so that checkpoints hold them) in closed form from the train rows.
 """
-
 import torch
 import torch.nn as nn
 
@@ -23,22 +20,22 @@ def _logit(p):
     return torch.log(p) - torch.log1p(-p)
 
 
-def _smoothed_rate(index, label, n, prior, strength):
-    """(positives + strength * prior) / (count + strength) per id in [0, n]: a Beta-prior mean."""
-    pos = torch.zeros(n + 1, dtype=torch.float64).index_add_(0, index, label.double())
-    cnt = torch.zeros(n + 1, dtype=torch.float64).index_add_(0, index, torch.ones_like(label, dtype=torch.float64))
+def _smoothed_rate(index, label, size, prior, strength):
+    """(positives + strength * prior) / (count + strength) per id in [0, size): a Beta-prior mean.
+    prior: a scalar, or one per id."""
+    pos = torch.zeros(size, dtype=torch.float64).index_add_(0, index, label.double())
+    cnt = torch.zeros(size, dtype=torch.float64).index_add_(0, index, torch.ones_like(index, dtype=torch.float64))
     return (pos + strength * prior) / (cnt + strength)
 
 
 class Pop(nn.Module):
     """Popularity: logit p = logit r_u + logit r_i - logit r, with r_u, r_i the user's and the
-    item's like-rates smoothed toward the global like-rate r (a naive-Bayes combination).
-
-    The non-personalized floor of the benchmark; it has no paper of its own."""
+    item's like-rates smoothed toward the global like-rate r (a naive-Bayes combination): the
+    non-personalized floor of the benchmark, with no paper of its own."""
 
     def __init__(self, n_users, n_items, strength=5.0):
         super().__init__()
-        self.dim, self.strength = 1, strength
+        self.strength = strength
         self.user_logit = nn.Parameter(torch.zeros(n_users + 1))
         self.item_logit = nn.Parameter(torch.zeros(n_items + 1))
         self.global_logit = nn.Parameter(torch.zeros(1))
@@ -47,14 +44,8 @@ class Pop(nn.Module):
     def fit(self, user, item, label, last=None):
         r = label.double().mean()
         self.global_logit.copy_(_logit(r))
-        self.user_logit.copy_(_logit(_smoothed_rate(user, label, len(self.user_logit) - 1, r, self.strength)))
-        self.item_logit.copy_(_logit(_smoothed_rate(item, label, len(self.item_logit) - 1, r, self.strength)))
-
-    def user_embedding(self, user, hist):
-        return self.user_logit[user][:, None]
-
-    def item_embedding(self, item):
-        return self.item_logit[item][:, None]
+        self.user_logit.copy_(_logit(_smoothed_rate(user, label, len(self.user_logit), r, self.strength)))
+        self.item_logit.copy_(_logit(_smoothed_rate(item, label, len(self.item_logit), r, self.strength)))
 
     def forward(self, user, hist, item):
         return self.user_logit[user] + self.item_logit[item] - self.global_logit
@@ -62,45 +53,32 @@ class Pop(nn.Module):
 
 class MC(nn.Module):
     """First-order Markov chain (Rendle, Freudenthaler & Schmidt-Thieme, "Factorizing
-    Personalized Markov Chains for Next-Basket Recommendation", WWW 2010, the MC part).
-
-    The state is the user's last liked item j; the score of target i is the log-odds of a like
-    for the transition j -> i, estimated from train rows with that (last liked, target) pair and
-    smoothed toward the target's own like-rate, itself smoothed toward the global rate:
+    Personalized Markov Chains for Next-Basket Recommendation", WWW 2010, the MC part). The state
+    is the user's last liked item j; target i scores the log-odds of a like for the transition
+    j -> i, from the train rows with that (last liked, target) pair, smoothed toward the target's
+    own like-rate, itself smoothed toward the global rate r:
         r_i    = (pos_i + a r) / (n_i + a)
         r_{ji} = (pos_{ji} + b r_i) / (n_{ji} + b)
-    Transitions are kept in a dense (n_items+1)^2 table, fine for ML-1M's 3.3k items.
-    The textbook chain, log P(i | j) from counts of consecutive liked items, ranks likes against
-    dislikes worse than chance on this split (valid/test AUC 0.485/0.470, close to the paper's MC
-    row 0.536/0.467), so the chain here models the like outcome of the transition instead."""
+    in a dense (n_items+1)^2 table (fine for ML-1M's 3.3k items). The textbook chain, log P(i | j),
+    ranks worse than chance on this split (test AUC 0.470; the paper's MC row: 0.467)."""
 
     def __init__(self, n_items, item_strength=5.0, pair_strength=2.0):
         super().__init__()
-        self.dim, self.n_items = 1, n_items
-        self.item_strength, self.pair_strength = item_strength, pair_strength
+        self.n_items, self.item_strength, self.pair_strength = n_items, item_strength, pair_strength
         self.item_logit = nn.Parameter(torch.zeros(n_items + 1))
         self.trans_logit = nn.Parameter(torch.zeros((n_items + 1) ** 2))  # flat [j * (n+1) + i]
 
     @torch.no_grad()
     def fit(self, user, item, label, last):
         n = self.n_items
-        r = label.double().mean()
-        r_i = _smoothed_rate(item, label, n, r, self.item_strength)  # (n+1,)
-        pair = last * (n + 1) + item
-        prior = r_i.repeat(n + 1)  # prior of pair j*(n+1)+i is r_i
-        pos = torch.zeros((n + 1) ** 2, dtype=torch.float64).index_add_(0, pair, label.double())
-        cnt = torch.zeros((n + 1) ** 2, dtype=torch.float64).index_add_(0, pair, torch.ones_like(pair, dtype=torch.float64))
+        r_i = _smoothed_rate(item, label, n + 1, label.double().mean(), self.item_strength)  # (n+1,)
+        pair = last * (n + 1) + item  # smoothed toward the target's r_i: prior[j*(n+1)+i] = r_i
+        r_ji = _smoothed_rate(pair, label, (n + 1) ** 2, r_i.repeat(n + 1), self.pair_strength)
         self.item_logit.copy_(_logit(r_i))
-        self.trans_logit.copy_(_logit((pos + self.pair_strength * prior) / (cnt + self.pair_strength)))
-
-    def user_embedding(self, user, hist):
-        return hist[:, -1:].float()  # the chain's state: the last liked item (0 = none)
-
-    def item_embedding(self, item):
-        return self.item_logit[item][:, None]
+        self.trans_logit.copy_(_logit(r_ji))
 
     def forward(self, user, hist, item):
-        return self.trans_logit[hist[:, -1] * (self.n_items + 1) + item]
+        return self.trans_logit[hist[:, -1] * (self.n_items + 1) + item]  # state: the last like (0 = none)
 
 
 class MF(nn.Module):
@@ -112,10 +90,8 @@ class MF(nn.Module):
     def __init__(self, n_users, n_items, dim=64):
         super().__init__()
         self.dim = dim
-        self.user_emb = nn.Embedding(n_users + 1, dim)
-        self.item_emb = nn.Embedding(n_items + 1, dim)
-        self.user_bias = nn.Embedding(n_users + 1, 1)
-        self.item_bias = nn.Embedding(n_items + 1, 1)
+        self.user_emb, self.item_emb = nn.Embedding(n_users + 1, dim), nn.Embedding(n_items + 1, dim)
+        self.user_bias, self.item_bias = nn.Embedding(n_users + 1, 1), nn.Embedding(n_items + 1, 1)
         self.global_bias = nn.Parameter(torch.zeros(1))
         for e in (self.user_emb, self.item_emb):
             nn.init.normal_(e.weight, std=0.1)
@@ -145,14 +121,10 @@ class NCF(nn.Module):
     def __init__(self, n_users, n_items, dim=64, dropout=0.2):
         super().__init__()
         self.dim = dim
-        self.user_gmf = nn.Embedding(n_users + 1, dim)
-        self.item_gmf = nn.Embedding(n_items + 1, dim)
-        self.user_mlp = nn.Embedding(n_users + 1, dim)
-        self.item_mlp = nn.Embedding(n_items + 1, dim)
-        self.mlp = nn.Sequential(
-            nn.Dropout(dropout), nn.Linear(2 * dim, dim), nn.ReLU(),
-            nn.Dropout(dropout), nn.Linear(dim, dim // 2), nn.ReLU(),
-        )
+        self.user_gmf, self.item_gmf = nn.Embedding(n_users + 1, dim), nn.Embedding(n_items + 1, dim)
+        self.user_mlp, self.item_mlp = nn.Embedding(n_users + 1, dim), nn.Embedding(n_items + 1, dim)
+        self.mlp = nn.Sequential(nn.Dropout(dropout), nn.Linear(2 * dim, dim), nn.ReLU(),
+                                 nn.Dropout(dropout), nn.Linear(dim, dim // 2), nn.ReLU())
         self.out = nn.Linear(dim + dim // 2, 1)
         for e in (self.user_gmf, self.item_gmf, self.user_mlp, self.item_mlp):
             nn.init.normal_(e.weight, std=0.1)
@@ -186,8 +158,7 @@ class GRU4Rec(nn.Module):
         self.h0 = nn.Parameter(torch.zeros(dim))  # the state of an empty history
         nn.init.normal_(self.item_emb.weight, std=0.1)
         nn.init.zeros_(self.item_bias.weight)
-        with torch.no_grad():
-            self.item_emb.weight[0].zero_()
+        nn.init.zeros_(self.item_emb.weight[0])  # the padding row, which normal_ overwrote
 
     def user_embedding(self, user, hist):
         """(B,), (B, T) left-padded -> (B, d): the GRU state after the last liked item."""

@@ -4,8 +4,7 @@ AnswerIds, the answer-token lookup that both tokenizers (this one and llama.Toke
 Radford et al. 2019, "Language Models are Unsupervised Multitask Learners" (GPT-2, sec. 2.2):
 text -> UTF-8 bytes -> printable stand-in characters, split into words by GPT-2's pre-tokenizer
 (a hand-written scanner here, as Python's re has no \\p{L}) -> merges by rank inside each word.
-No string is unknown: every byte is a token. tests/test_tokenizer.py checks the ids against HF
-`tokenizers` on every ML-1M prompt of both templates.
+No string is unknown: every byte is a token. tests/test_tokenizer.py checks the ids against HF.
 """
 import json
 import re
@@ -15,8 +14,8 @@ from pathlib import Path
 
 class AnswerIds:
     """yes_id and no_id, the two tokens the score reads, for a tokenizer with encode(text, bos),
-    pieces(ids) and path. The ids come from the tokenizer's own files, never a constant; ANSWERS are
-    the answer words as the tokenizer sees them after "#Answer:"."""
+    pieces(ids) and path: ANSWERS as the tokenizer sees them after "#Answer:", looked up in its
+    own files, never a constant."""
     ANSWERS = ("Yes", "No")
 
     def word_id(self, word: str) -> int:
@@ -26,35 +25,17 @@ class AnswerIds:
             raise ValueError(f"{word!r} is not a single token in {self.path}: {self.pieces(ids)}")
         return ids[0]
 
-    @property
-    def yes_id(self) -> int:
-        return self.word_id(self.ANSWERS[0])
-
-    @property
-    def no_id(self) -> int:
-        return self.word_id(self.ANSWERS[1])
+    yes_id = property(lambda self: self.word_id(self.ANSWERS[0]))
+    no_id = property(lambda self: self.word_id(self.ANSWERS[1]))
 
 
-
-
-
-def bytes_to_unicode() -> dict:
-    """GPT-2's reversible byte -> character map. Printable Latin-1 bytes stand for themselves; the
-    other 68 (space, controls...) move to chr(256 + k) in byte order, so " " is "Ġ" and "\n" is
-    "Ċ". Vocabulary entries and merges are written in these characters."""
-    printable = {*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
-                 *range(ord("®"), ord("ÿ") + 1)}
-    out, k = {}, 0
-    for b in range(256):
-        if b in printable:
-            out[b] = chr(b)
-        else:
-            out[b] = chr(256 + k)
-            k += 1
-    return out
-
-
-BYTE_TO_CHAR = bytes_to_unicode()
+# GPT-2's reversible byte -> character map (its bytes_to_unicode): printable Latin-1 bytes stand for
+# themselves; the other 68 (space, controls...) move to chr(256 + k) in byte order, so " " is "Ġ"
+# and "\n" is "Ċ". Vocabulary entries and merges are written in these characters.
+PRINTABLE = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
+             *range(ord("®"), ord("ÿ") + 1)]
+MOVED = [b for b in range(256) if b not in PRINTABLE]
+BYTE_TO_CHAR = {b: chr(b) for b in PRINTABLE} | {b: chr(256 + k) for k, b in enumerate(MOVED)}
 CHAR_TO_BYTE = {c: b for b, c in BYTE_TO_CHAR.items()}
 
 
@@ -66,16 +47,11 @@ class CharClasses(dict):
     def __missing__(self, o):
         c = chr(o)
         cat = unicodedata.category(c)[0]
-        if cat in "LN":
-            kind = cat
         # \s is Unicode's White_Space in the regex engine HF uses; str.isspace also counts the
         # four ASCII separators 0x1c-0x1f, which are not white space there.
-        elif c.isspace() and not "\x1c" <= c <= "\x1f":
-            kind = "S"
-        else:
-            kind = "P"
-        self[o] = kind
-        return kind
+        space = c.isspace() and not "\x1c" <= c <= "\x1f"
+        self[o] = cat if cat in "LN" else "S" if space else "P"
+        return self[o]
 
 
 CHAR_CLASSES = CharClasses()
@@ -106,28 +82,13 @@ def gpt2_split(text: str, kinds: str) -> list:
     return words
 
 
-UNICODE_FORMS = ("NFC", "NFD", "NFKC", "NFKD")  # the tokenizer.json normalizers implemented here
-
-
 class BPETokenizer(AnswerIds):
-    """Byte-level BPE from an HF tokenizer.json (GPT-2, SmolLM2), with Tokenizer's interface.
-
-    Radford et al. 2019, "Language Models are Unsupervised Multitask Learners" (GPT-2, sec. 2.2):
-    BPE runs on UTF-8 bytes, so no text is ever unknown, and only inside the words of a
-    pre-tokenizer, so no merge crosses a letter / number / punctuation / space boundary.
-
-    tokenizer.json, the fields used: model.vocab (token -> id); model.merges, highest priority
-    first, each "a b" or ["a", "b"]; added_tokens, matched whole in the raw text before anything
-    else, as HF does; pre_tokenizer, ByteLevel alone or after Digits(individual_digits) (the hub's
-    SmolLM2 file has both). Options this class does not implement are refused, not ignored.
-    bos/eos/unk are named by tokenizer_config.json beside it.
-
-    BOS: SmolLM2's own post_processor adds no special token, so encode(text, bos=False) equals HF's
-    encode(text).ids. encode(text, bos=True) still prepends bos_id, the same contract as Tokenizer
-    (data.encode_prompt relies on it). SmolLM2's bos is <|im_start|> (tokenizer_config.json's
-    bos_token, config.json's bos_token_id), the token that opens every turn the instruct model saw,
-    so it is a natural first token for a prompt.
-    """
+    """Byte-level BPE with llama.Tokenizer's interface. From tokenizer.json: model.vocab, model.merges
+    (highest priority first), added_tokens (matched whole in the raw text before anything else, as
+    HF does), pre_tokenizer (ByteLevel, alone or after Digits: the hub's SmolLM2 file has both);
+    options not implemented here are refused, not ignored. tokenizer_config.json names bos/eos/unk.
+    SmolLM2's post_processor adds no special token, so encode(text, bos=False) is HF's ids; bos=True
+    prepends bos_id, as Tokenizer does (SmolLM2's <|im_start|>, which opens every turn it saw)."""
 
     def __init__(self, path):
         self.path = Path(path)
@@ -143,7 +104,7 @@ class BPETokenizer(AnswerIds):
             "BPE dropout": bool(model.get("dropout")),
             "a subword prefix/suffix": bool(model.get("continuing_subword_prefix")
                                             or model.get("end_of_word_suffix")),
-            f"normalizer {norms}": any(n not in UNICODE_FORMS for n in norms),
+            f"normalizer {norms}": any(n not in ("NFC", "NFD", "NFKC", "NFKD") for n in norms),
             f"pre_tokenizer {types}": types not in (["ByteLevel"], ["Digits", "ByteLevel"]),
             "ByteLevel without use_regex or with add_prefix_space":
                 not steps[-1].get("use_regex", True) or steps[-1].get("add_prefix_space", False),
@@ -160,7 +121,7 @@ class BPETokenizer(AnswerIds):
         self.ignore_merges = model.get("ignore_merges", False)  # a word that is a token stays whole
 
         self.vocab = model["vocab"]
-        merges = [m.split(" ") if isinstance(m, str) else m for m in model["merges"]]
+        merges = [m.split(" ") if isinstance(m, str) else m for m in model["merges"]]  # "a b" or ["a", "b"]
         self.ranks = {tuple(m): rank for rank, m in enumerate(merges)}
         self.added = {t["content"]: t["id"] for t in added}
         self.tokens = {i: t for t, i in self.vocab.items()} | {i: t for t, i in self.added.items()}
@@ -182,23 +143,18 @@ class BPETokenizer(AnswerIds):
         self.bos_id, self.eos_id = token_id("bos_token"), token_id("eos_token")
         if self.bos_id is None or self.eos_id is None:
             raise ValueError(f"{cfg_path}: needs bos_token and eos_token, naming tokens of {self.path.name}")
-        # Byte-level BPE never needs an unknown token. unk_id only fills the <UserID> and
-        # <TargetItemID> slots of data.encode_prompt, whose embeddings SASRecLLM overwrites with
-        # the projected CF vectors, so any real id is safe: the named unk_token (SmolLM2:
-        # <|endoftext|>, 0), else eos.
+        # Byte-level BPE never needs an unknown token. unk_id only fills data.encode_prompt's
+        # slots, whose embeddings SASRecLLM overwrites, so any real id is safe: the named
+        # unk_token (SmolLM2: <|endoftext|>, 0), else eos.
         unk = token_id("unk_token")
         self.unk_id = self.eos_id if unk is None else unk
 
     def pre_tokenize(self, text: str) -> list:
         kinds = text.translate(CHAR_CLASSES)  # one class letter per char
-        if not self.split_digits:
-            return gpt2_split(text, kinds)
-        # Digits(individual_digits) runs first: each number char is a word of its own, and GPT-2's
-        # split runs inside the stretches between them (so " 1" is " ", "1", never " 1").
-        words = []
-        for m in re.finditer("N|[^N]+", kinds):
-            words += gpt2_split(text[m.start():m.end()], m.group())
-        return words
+        # Digits(individual_digits), when it runs first, makes each number char a word of its own,
+        # and GPT-2's split runs inside the stretches between them (so " 1" is " ", "1", never " 1").
+        spans = [m.span() for m in re.finditer("N|[^N]+", kinds)] if self.split_digits else [(0, len(text))]
+        return [w for i, j in spans for w in gpt2_split(text[i:j], kinds[i:j])]
 
     def bpe(self, word: str) -> list:
         """Ids of one word: start from its bytes and merge the adjacent pair of lowest rank (the
@@ -246,8 +202,7 @@ class BPETokenizer(AnswerIds):
     def pieces(self, ids) -> list:
         return [self.tokens[i] for i in ids]
 
-    # The answer follows "#Answer:" after a space, and byte-level BPE keeps that word boundary in
-    # the token ("ĠYes"), as sentencepiece does with "▁Yes". So the scored tokens are " Yes" and
-    # " No" (9230 and 2838 for SmolLM2), space included; "Yes" alone is a different token (after a
-    # quote, or at a line start).
+    # The answer follows "#Answer:" after a space, which byte-level BPE keeps in the token
+    # ("ĠYes"), as sentencepiece does with "▁Yes": the scored tokens are " Yes" and " No" (9230
+    # and 2838 for SmolLM2); "Yes" alone is another token (after a quote, or at a line start).
     ANSWERS = (" Yes", " No")

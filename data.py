@@ -9,15 +9,12 @@ Recommendation with Fine-Tuned LLMs":
   target title; the SASRecLLM variant adds <UserID> and <TargetItemID> markers where the model
   later splices projected collaborative embeddings (k = proj_token_num slots per marker).
 
-The benchmark is CoLLM's published ML-1M split (zyang1580/CoLLM), read from ml1m/interactions.tsv
-and ml1m/items.tsv under the data root (--data-dir, default $SASRECLLM_DATA or data/). A row's
-history is every item the same user liked earlier, valid and test rows included (CoLLM's rule).
-The raw GroupLens files ("movielens") and Amazon's 2018 reviews ("amazon") go through CoLLM's
-recipe in tools/sources.py, which also reads every file and names the line of any bad input.
+The benchmark is CoLLM's ML-1M split (zyang1580/CoLLM): ml1m/interactions.tsv and items.tsv. A
+row's history is every item the user liked earlier, valid and test rows included (CoLLM's rule).
+tools/sources.py reads the files, and runs CoLLM's recipe on raw GroupLens and Amazon ratings.
 
-The order of this file: the Dataset (rows, histories, warm flags), the ML-1M loader, the prompt
-templates, then the tensors the models take (`cf_batch` for the CF models, `prompt_batch` for the
-LLM: left padding, slots, the CF inputs).
+In order: Histories and the warm rule (make_dataset), the prompt templates (TEMPLATES, prompt),
+then the tensors: cf_batch for the CF models, prompt_batch for the LLM (left padding, the slots).
 """
 import os
 import re
@@ -29,8 +26,7 @@ import torch
 from tools import sources
 from tools.sources import DataError
 
-# The data root: --data-dir, else $SASRECLLM_DATA, else data/ (made absolute, so that a relative
-# $SASRECLLM_DATA means the same from any working directory).
+# The data root: --data-dir, else $SASRECLLM_DATA (absolute: the same from any directory), else data/.
 DATA_DIR = os.path.abspath(os.environ.get("SASRECLLM_DATA", "data"))
 SPLITS = sources.SPLITS        # ("train", "valid", "test")
 WARM_MORE_THAN = 3             # the paper's warm rows: user and item each with more than 3 train rows
@@ -41,41 +37,25 @@ PROMPT_TITLES = 10             # the prompt lists the last 10 liked titles
 
 @dataclass
 class Histories:
-    """history[r]: the items user[r] liked in rows before r in (user, timestamp) order, oldest
-    first, as a list.
-
-    All likes sit in one array, user after user and each user's in time order, and a row's
-    history is the slice liked[start[r]:end[r]] of its user's part. A list per row would copy
-    the user's history once per row: memory quadratic in the history length, linear here."""
+    """history[r]: the items user[r] liked in rows before r in (user, timestamp) order, oldest first.
+    All likes sit in one array, user after user, and a row's history is a slice of it: a list per
+    row would copy the user's history once per row (memory quadratic in its length)."""
 
     liked: np.ndarray            # (L,) int64: every like, user after user, each in time order
     start: np.ndarray            # (N,) int64: row r's history is liked[start[r]:end[r]]
     end: np.ndarray              # (N,) int64
 
-    def __len__(self):
-        return len(self.start)
-
     def __getitem__(self, r):
         return self.liked[self.start[r]:self.end[r]].tolist()
 
     def __iter__(self):
-        return (self[r] for r in range(len(self)))
-
-    def lengths(self, rows):
-        rows = np.asarray(rows, dtype=np.int64)
-        return self.end[rows] - self.start[rows]                # (B,)
-
-    def take(self, rows):
-        """The histories of rows (indices into this one), sharing the same likes array."""
-        rows = np.asarray(rows, dtype=np.int64)
-        return Histories(self.liked, self.start[rows], self.end[rows])
+        return (self[r] for r in range(len(self.start)))
 
     def padded(self, rows, maxlen):
-        """The last maxlen items of each row's history, left-padded with 0, as pad_left gives.
-        -> (B, maxlen) long"""
+        """The last maxlen items of each row's history, left-padded with 0 (as pad_left). -> (B, maxlen)"""
         rows = np.asarray(rows, dtype=np.int64)
-        if maxlen <= 0 or len(self.liked) == 0:
-            return torch.zeros(len(rows), max(maxlen, 0), dtype=torch.long)
+        if len(self.liked) == 0:
+            return torch.zeros(len(rows), maxlen, dtype=torch.long)
         at = self.end[rows, None] - maxlen + np.arange(maxlen)    # (B, maxlen) positions in liked
         ids = np.where(at >= self.start[rows, None], self.liked[np.clip(at, 0, None)], 0)
         return torch.from_numpy(ids.astype(np.int64))
@@ -102,10 +82,7 @@ class Dataset:
     def __len__(self):
         return len(self.user)
 
-    def idx(self, split):
-        """Row indices of one split, in row order."""
-        if split not in SPLITS:
-            raise DataError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
+    def idx(self, split):  # the rows of one split, in row order
         return np.flatnonzero(self.split == split)
 
 
@@ -131,13 +108,11 @@ def make_dataset(name, domain, user, item, label, timestamp, split, titles, sour
     item_train = np.bincount(item[train], minlength=n_items + 1)    # (n_items+1,)
     seen = (user_train[user] > 0) & (item_train[item] > 0)
     # The paper (Section 4.1.2) calls a row warm when its "interaction count exceeds a predefined
-    # threshold of 3". Both sides must exceed it: the CF half has something to say about a row
-    # only when it has seen both the user and the item often enough (as CoLLM's warm/cold split
-    # asks the same of both), and "cold" is then every row where either side is new or rare.
+    # threshold of 3". Both sides must exceed it, as CoLLM's warm/cold split asks of both: the CF
+    # half knows a row only when it has seen its user and its item often enough.
     warm = (user_train[user] > WARM_MORE_THAN) & (item_train[item] > WARM_MORE_THAN)
 
-    # Histories: row r's history is the items user[r] liked in rows before r in (user, timestamp)
-    # order. np.lexsort is stable, so rows with the same (user, timestamp) keep their row order.
+    # Histories. np.lexsort is stable, so rows with the same (user, timestamp) keep their row order.
     order = np.lexsort((timestamp, user))                      # (N,) primary key: user
     u, liked_row = user[order], label[order] == 1
     liked = item[order][liked_row]                             # (L,) user by user, in time order
@@ -162,7 +137,7 @@ def load(name, data_dir=None, split=None, reviews=None, meta=None):
         if split != "months":
             raise DataError(f"ml1m is CoLLM's fixed month split; --split {split} needs the raw "
                             "files: load 'movielens'")
-        return make_dataset(**sources.load_ml1m(data_dir))  # CoLLM's split, every line checked
+        return make_dataset(**sources.load_ml1m(data_dir))
     if name == "movielens":
         return make_dataset(**sources.load_movielens(data_dir, split))
     if name == "amazon":
@@ -171,20 +146,11 @@ def load(name, data_dir=None, split=None, reviews=None, meta=None):
 
 
 # ----------------------------------------------------------------------------------------------
-# Prompts (paper Section 3.1.3.1, prompt construction; CoLLM's prompt files and rec_datasets.py)
-#
-# Two templates, --template picks one (each has a text-only form for ICL and TALLRec and a
-# collaborative form whose <UserID> and <TargetItemID> markers become the spliced slots):
-# - "paper", the default: the paper's wording, "A user has given high ratings to the following
-#   items: ... Additionally, user preferences are encoded in the feature <UserID>. Using all
-#   available information, predict whether the user would enjoy the item titled ... with the
-#   feature <TargetItemID>? Answer with "Yes" or "No"." with "items"/"item" the data's noun
-#   (movies, books). The paper prints no text-only form; ours is the same sentence without the
-#   two feature clauses.
-# - "collm": CoLLM's prompt files, word for word.
-# Both keep CoLLM's "#Question: " and " \n#Answer:" framing. The "\n" before #Answer: is a
-# literal backslash followed by n (written "\\n" below), exactly as in CoLLM's prompt files; it
-# is not a newline.
+# Prompts (paper Section 3.1.3.1; CoLLM's prompt files). Each template has a text-only form (ICL,
+# TALLRec) and a collaborative form, whose <UserID> and <TargetItemID> become the spliced slots.
+# "paper" (the default) is the paper's wording with the data's noun; its text-only form, which the
+# paper does not print, drops the two feature clauses. "collm" is CoLLM's files word for word. Both
+# keep CoLLM's framing; the "\\n" before #Answer: is a literal backslash and n, not a newline.
 
 TEMPLATES = {
     "paper": dict(
@@ -215,8 +181,7 @@ EMPTY_HISTORY = "unkow"
 
 def prompt(ds, i, collab, template="paper"):
     """Row i's prompt: the last 10 liked titles, each in double quotes and joined by ", ", and the
-    target title. collab picks the SASRecLLM form, whose <UserID> and <TargetItemID> markers
-    stay in the text for encode_prompt to turn into slots."""
+    target title. collab picks the SASRecLLM form, whose markers encode_prompt turns into slots."""
     if template not in TEMPLATES:
         raise DataError(f"unknown prompt template {template!r}; expected one of {', '.join(TEMPLATES)}")
     liked = [f'"{_title(ds.titles[j])}"' for j in ds.history[i][-PROMPT_TITLES:]]
@@ -227,9 +192,7 @@ def prompt(ds, i, collab, template="paper"):
 
 def _title(title):
     """A title never makes, moves or fills a slot: a marker inside it loses its angle brackets."""
-    for m in MARKERS + ("<HisItemTitleList>", "<TargetItemTitle>"):
-        title = title.replace(m, m[1:-1])
-    return title
+    return re.sub("<(UserID|TargetItemID|HisItemTitleList|TargetItemTitle)>", r"\1", title)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -239,9 +202,8 @@ def pad_left(histories, maxlen=25):
     """Last maxlen ids of each history, left-padded with 0.  -> (B, maxlen) long"""
     out = torch.zeros(len(histories), maxlen, dtype=torch.long)
     for b, h in enumerate(histories):
-        h = h[-maxlen:] if maxlen > 0 else []
-        if h:
-            out[b, maxlen - len(h):] = torch.tensor(h, dtype=torch.long)
+        h = h[-maxlen:]
+        out[b, maxlen - len(h):] = torch.tensor(h, dtype=torch.long)
     return out
 
 
@@ -263,27 +225,24 @@ def cf_batch(ds, rows, maxlen=25):
     """The collaborative models' view of rows (SASRec, MF, GRU4Rec...): who, what they liked
     before, which item. -> dict of user (B,), hist (B, maxlen), item (B,), label (B,)"""
     rows = np.asarray(rows, dtype=np.int64)
-    return dict(user=torch.from_numpy(ds.user[rows]),
-                hist=ds.history.padded(rows, maxlen),
-                item=torch.from_numpy(ds.item[rows]),
-                label=torch.from_numpy(ds.label[rows]).float())
+    return dict(user=torch.from_numpy(ds.user[rows]), hist=ds.history.padded(rows, maxlen),
+                item=torch.from_numpy(ds.item[rows]), label=torch.from_numpy(ds.label[rows]).float())
 
 
 def cf_tensors(ds, rows, maxlen, next_item=False):
     """cf_batch of all rows at once (ML-1M is small), plus `group`: rows of one user with the same
     number of earlier likes share one history, and get one group id. For SASRec's original
     next-item objective, seq = (hist + [item])[-(maxlen+1):], left-padded."""
-    t = cf_batch(ds, rows, maxlen)
-    key = ds.user[rows] * (ds.n_items + 1) + ds.history.lengths(rows)
+    t, h = cf_batch(ds, rows, maxlen), ds.history
+    key = ds.user[rows] * (ds.n_items + 1) + (h.end[rows] - h.start[rows])    # (user, history length)
     t["group"] = torch.from_numpy(np.unique(key, return_inverse=True)[1].ravel())
     if next_item:
-        t["seq"] = pad_left([list(ds.history[r]) + [int(ds.item[r])] for r in rows], maxlen + 1)
+        t["seq"] = pad_left([ds.history[r] + [int(ds.item[r])] for r in rows], maxlen + 1)
     return t
 
 
 def cf_batches(t, batch_size, seed, epoch, inputs=("user", "hist", "item")):
     """One epoch of Batches over cf_tensors t, in an order that depends only on (seed, epoch).
-
     Rows that share a history stay next to each other, so a sequence model encodes that history
     once per batch (SASRec.user_embedding); the groups themselves are shuffled."""
     group = t["group"]                                               # (N,) shared-history id
@@ -301,60 +260,47 @@ class Prompt:
 
 
 def encode_prompt(text, tok, proj_token_num=1):
-    """Tokenizes the text between markers piece by piece (BOS only on the first piece); each
-    marker becomes proj_token_num placeholder ids (tok.unk_id) whose positions are recorded."""
+    """Tokenizes the text between markers piece by piece, BOS once, first; each marker becomes
+    proj_token_num placeholder ids (tok.unk_id) whose positions are recorded."""
     ids, pos = [tok.bos_id], {m: [] for m in MARKERS}
     for piece in re.split("(<UserID>|<TargetItemID>)", text):
         if piece in MARKERS:
             pos[piece] += range(len(ids), len(ids) + proj_token_num)
             ids += [tok.unk_id] * proj_token_num
         elif piece:
-            ids += tok.encode(piece, bos=False)   # BOS was added once, before the first piece
+            ids += tok.encode(piece, bos=False)
     return Prompt(ids=ids, user_pos=pos["<UserID>"], item_pos=pos["<TargetItemID>"])
 
 
 def encode_prompts(ds, rows, tok, collab, proj_token_num=1, template="paper"):
-    """Prompts of the given rows; collab picks the SASRecLLM form of the template."""
     return [encode_prompt(prompt(ds, int(r), collab, template), tok, proj_token_num) for r in rows]
 
 
 def prompt_batch(ds, prompts, rows, maxlen=25, cf_rows=None, pad_multiple=1, n_global=None):
-    """The LLM's Batch for rows: their prompts (prompts[r], encode_prompt's output) as tensors and,
-    for collaborative prompts, the CF encoder's inputs (user, hist, item), taken from cf_rows when
-    given (the --shuffle-cf ablation hands it other rows' users and items while each prompt keeps
-    its own text).
-
-    Prompts are left-padded to the longest one, rounded up to a multiple of pad_multiple (so that
-    a run sees few distinct shapes): the last position is then every row's answer slot, and the
-    marker slots shift right by the row's padding."""
+    """The LLM's Batch for rows: their prompts (prompts[r], from encode_prompt) as tensors and, for
+    collaborative prompts, the CF encoder's inputs, from cf_rows when given (the --shuffle-cf
+    ablation: other rows' users and items, each prompt its own text). Left padding (to the longest
+    prompt, rounded up to a multiple of pad_multiple) makes the last position every row's answer
+    slot and shifts the marker slots right by the row's padding."""
     rows = np.asarray(rows, dtype=np.int64)
     batch = [prompts[r] for r in rows]
-    B, k = len(batch), max(len(p.user_pos) for p in batch)
     T = -(-max(len(p.ids) for p in batch) // pad_multiple) * pad_multiple
-    input_ids = torch.zeros(B, T, dtype=torch.long)              # pad id 0: masked out anyway
-    attention_mask = torch.zeros(B, T, dtype=torch.long)
-    user_pos, item_pos = torch.zeros(B, k, dtype=torch.long), torch.zeros(B, k, dtype=torch.long)
+    input_ids = torch.zeros(len(batch), T, dtype=torch.long)        # pad id 0: masked out anyway
     for b, p in enumerate(batch):
-        pad = T - len(p.ids)
-        input_ids[b, pad:] = torch.tensor(p.ids, dtype=torch.long)
-        attention_mask[b, pad:] = 1
-        if k:
-            user_pos[b] = torch.tensor(p.user_pos, dtype=torch.long) + pad
-            item_pos[b] = torch.tensor(p.item_pos, dtype=torch.long) + pad
-    inputs = dict(input_ids=input_ids, attention_mask=attention_mask)    # (B, T), (B, T)
-    if k:  # collaborative prompts: the slots and what the CF encoder reads
-        c = cf_batch(ds, rows if cf_rows is None else np.asarray(cf_rows, dtype=np.int64), maxlen)
-        inputs.update(user_pos=user_pos, item_pos=item_pos,              # (B, k), (B, k)
+        input_ids[b, T - len(p.ids):] = torch.tensor(p.ids, dtype=torch.long)
+    pad = T - torch.tensor([len(p.ids) for p in batch])[:, None]    # (B, 1)
+    inputs = dict(input_ids=input_ids, attention_mask=(torch.arange(T) >= pad).long())  # (B, T), (B, T)
+    if batch[0].user_pos:  # collaborative prompts: the slots and what the CF encoder reads
+        c = cf_batch(ds, rows if cf_rows is None else cf_rows, maxlen)
+        inputs.update(user_pos=torch.tensor([p.user_pos for p in batch]) + pad,   # (B, k)
+                      item_pos=torch.tensor([p.item_pos for p in batch]) + pad,   # (B, k)
                       user=c["user"], hist=c["hist"], item=c["item"])    # (B,), (B, maxlen), (B,)
     return Batch(inputs, torch.from_numpy(ds.label[rows]).float(), n_global or len(rows))
 
 
 def bucket_batches(lengths, batch_size, shuffle, seed=0):
-    """Batches of indices with similar lengths, so left padding stays small.
-
-    Sort by length (ties shuffled when shuffle=True), cut into batches of batch_size, then
-    shuffle the order of the batches. Every index appears exactly once.
-    """
+    """Batches of indices with similar lengths, so left padding stays small: sort by length (ties
+    shuffled if shuffle), cut into batch_size, then shuffle the batches. Each index appears once."""
     lengths = np.asarray(lengths)
     rng = np.random.default_rng(seed)
     idx = rng.permutation(len(lengths)) if shuffle else np.arange(len(lengths))
@@ -383,9 +329,8 @@ class PromptBatches:
     DistributedSampler's job) while every global batch stays one length bucket."""
 
     def __init__(self, ds, prompts, rows, groups, maxlen, rank=0, world=1, cf_rows=None, pad_multiple=1):
-        self.ds, self.prompts, self.rows, self.groups = ds, prompts, np.asarray(rows), groups
-        self.maxlen, self.rank, self.world, self.pad_multiple = maxlen, rank, world, pad_multiple
-        self.cf_rows = None if cf_rows is None else np.asarray(cf_rows)
+        self.ds, self.prompts, self.rows, self.groups, self.maxlen = ds, prompts, rows, groups, maxlen
+        self.rank, self.world, self.cf_rows, self.pad_multiple = rank, world, cf_rows, pad_multiple
 
     def __len__(self):
         return len(self.groups)
@@ -403,5 +348,5 @@ def data_slice(ds, limit):
     data's, so a row reads the same prompt as in the whole data set."""
     keep = np.sort(np.concatenate([ds.idx(s)[:limit] for s in SPLITS]))
     arrays = {f.name: getattr(ds, f.name)[keep] for f in fields(ds) if isinstance(getattr(ds, f.name), np.ndarray)}
-    return replace(ds, history=ds.history.take(keep), **arrays)
-
+    h = ds.history
+    return replace(ds, history=Histories(h.liked, h.start[keep], h.end[keep]), **arrays)

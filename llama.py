@@ -138,6 +138,28 @@ class RMSNorm(nn.Module):
         return self.weight * x.to(dtype)
 
 
+def attention(q, k, v, mask):
+    """softmax(q k^T / sqrt(hs), masked) v. q, k, v: (B, nh, T, hs); mask: (B, 1, T, T) bool
+    (True = may attend), or None for plain causal attention."""
+    if q.device.type == "cpu" and q.dtype == torch.bfloat16 and torch.is_grad_enabled():
+        return attention_written_out(q, k, v, mask)
+    if mask is None:  # no padding: the plain causal kernel (flash attention on GPU)
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+def attention_written_out(q, k, v, mask):
+    """The same as SDPA, as two matmuls and a softmax. Training in bf16 on the CPU takes this path:
+    autograd through these AMX matmuls runs faster than SDPA's flash-attention backward there
+    (results/README.md, the CPU bench). Scores are rounded to bf16 before the softmax, as in HF's
+    eager attention; the softmax itself runs in fp32."""
+    if mask is None:
+        mask = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device).tril()
+    s = (q * q.shape[-1] ** -0.5) @ k.transpose(-1, -2)           # (B, nh, T, T); scale the smaller side
+    s = s.masked_fill(~mask, float("-inf"))
+    return torch.softmax(s, dim=-1, dtype=torch.float32).to(q.dtype) @ v
+
+
 class Attention(nn.Module):
     """The attention sub-layer's weights; Block.forward uses them. A module of its own only so
     that parameter names read `self_attn.q_proj` as in HF's checkpoints."""
@@ -188,10 +210,7 @@ class Block(nn.Module):
         k = k * cos + torch.cat((-k2, k1), dim=-1) * sin
         if a.nkv != a.nh:  # grouped-query attention: each kv head serves nh/nkv query heads
             k, v = k.repeat_interleave(a.nh // a.nkv, dim=1), v.repeat_interleave(a.nh // a.nkv, dim=1)
-        if mask is None:  # no padding: the plain causal kernel (flash attention on GPU)
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, nh, T, hs)
+        y = attention(q, k, v, mask)                                 # (B, nh, T, hs)
         x = x + a.o_proj(y.transpose(1, 2).reshape(B, T, a.nh * a.hs))   # (B, T, D)
         h = self.post_attention_layernorm(x)
         return x + m.down_proj(F.silu(m.gate_proj(h)) * m.up_proj(h))  # SwiGLU
@@ -264,34 +283,26 @@ class Llama(nn.Module):
 
 
 def read_weights(ckpt_dir, dtype=None, device="cpu") -> dict:
-    """All tensors of model.safetensors, or of the shards named in model.safetensors.index.json,
-    each moved to dtype/device as soon as it is read so only one copy of the weights exists."""
+    """All tensors of model.safetensors, or of the shards model.safetensors.index.json names, each
+    moved to dtype/device as soon as it is read so only one copy of the weights exists."""
     ckpt_dir = Path(ckpt_dir)
     index = ckpt_dir / "model.safetensors.index.json"
     if index.exists():
         try:
-            weight_map = json.loads(index.read_text())["weight_map"]  # key -> shard file name
-            files = sorted(set(weight_map.values()))
+            files = sorted(set(json.loads(index.read_text())["weight_map"].values()))  # key -> shard file
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise CheckpointError(f"{index}: expected a JSON object with a weight_map ({e!r})") from None
     elif (ckpt_dir / "model.safetensors").exists():
-        weight_map, files = None, ["model.safetensors"]
+        files = ["model.safetensors"]
     else:
         raise FileNotFoundError(f"{ckpt_dir}: no model.safetensors or model.safetensors.index.json")
-    state = {}
+    state = {}  # load_model then refuses a missing, unexpected or mis-shaped key, whichever shard held it
     for name in files:
-        path = ckpt_dir / name
         try:
-            with safe_open(path, framework="pt") as f:
-                for key in f.keys():
-                    if weight_map is not None and weight_map.get(key) != name:
-                        raise CheckpointError(f"{path}: key {key!r} is not mapped to this shard in {index.name}")
-                    state[key] = f.get_tensor(key).to(device=device, dtype=dtype)
+            with safe_open(ckpt_dir / name, framework="pt") as f:
+                state.update({key: f.get_tensor(key).to(device=device, dtype=dtype) for key in f.keys()})
         except (SafetensorError, FileNotFoundError) as e:  # a truncated file says "incomplete metadata"
-            raise CheckpointError(f"{path}: cannot read this safetensors file ({e})") from None
-    if weight_map is not None and set(weight_map) != set(state):
-        missing = sorted(set(weight_map) - set(state))
-        raise CheckpointError(f"{index}: keys listed but not found in any shard: {missing[:5]}")
+            raise CheckpointError(f"{ckpt_dir / name}: cannot read this safetensors file ({e})") from None
     return state
 
 

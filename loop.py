@@ -3,16 +3,10 @@ decay, autocast (bf16, or fp16 with a GradScaler), gradient clipping, early stop
 validation AUC, checkpoints (the best, every 8 epochs, and the last for --resume), and data
 parallelism under torchrun. At the end it reloads the best epoch and writes metrics.json.
 
-It names no stage. A stage (train.py) hands it its Run (the flags), a model, its batches, a loss
-and a predictor:
+It names no stage: a stage (train.py) hands it its Run (the flags), a model and
     batches(epoch) -> iterable of data.Batch; the order depends only on (seed, epoch)
     loss_fn(model, batch) -> scalar loss
     predict(model, split) -> np.ndarray of logits in ds.idx(split)'s order
-
-Outputs in run.out: best.pt, last.pt, epoch_XXX.pt, log.jsonl, metrics.json. A checkpoint holds
-the run's flags, the epoch, the best valid AUC and only the trainable tensors (last.pt adds the
-optimizer, scheduler, scaler and RNG states). How files are kept whole, and who may write a run
-directory, is tools/runs.py's business; torchrun's collectives are tools/dist.py's.
 """
 import json
 import math
@@ -21,7 +15,6 @@ import time
 from contextlib import nullcontext
 from dataclasses import asdict, fields
 
-import numpy as np
 import torch
 
 import metrics as M
@@ -31,38 +24,81 @@ from tools.dist import all_reduce_grads, all_sum, barrier, is_main, rank_world, 
 CHECKPOINT_EVERY = 8   # epochs between the numbered checkpoints (the paper's habit)
 PROGRESS_SECONDS = 30  # a progress line inside an epoch at most this often
 
-# -----------------------------------------------------------------------------
-# the pieces: what is saved, the schedule, the optimizer's groups, autocast, evaluation
 
-
-def trainable_state(model):
-    """Only the tensors that train: a frozen backbone never lands in a checkpoint."""
-    return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
-
-
-def load_trainable(model, state):
-    """Load trainable tensors, failing loudly on a missing, unexpected or mis-shaped key."""
-    params = dict(model.named_parameters())
-    want = {n for n, p in params.items() if p.requires_grad}
-    missing, unexpected = want - set(state), set(state) - set(params)
-    if missing or unexpected:
-        raise KeyError(f"checkpoint mismatch: missing {sorted(missing)}, unexpected {sorted(unexpected)}")
-    with torch.no_grad():
-        for n, t in state.items():
-            if params[n].shape != t.shape:
-                raise ValueError(f"checkpoint {n}: shape {tuple(t.shape)}, model has {tuple(params[n].shape)}")
-            params[n].copy_(t)
-
-
-def checkpoint(run, made_from, model, epoch, best, opt=None, sched=None, scaler=None):
-    """What a checkpoint holds: the flags, the digests of what the run is made from (its data, its
-    backbone, its parts), the trained tensors; with the optimizer given, everything --resume needs."""
-    ck = dict(args=asdict(run), made_from=made_from, epoch=epoch, best_valid_auc=best["auc"],
-              model=trainable_state(model))
-    if opt is not None:
-        ck.update(optimizer=opt.state_dict(), scheduler=sched.state_dict(), scaler=scaler.state_dict(),
-                  rng=runs.rng_state(), best=best)
-    return ck
+def train(run, made_from, model, batches, loss_fn, predict, ds):
+    """Train `model`'s trainable parameters; return the best epoch's metrics.json dict (None when
+    --stop-after interrupts the run). made_from: digests of the run's inputs, saved in each checkpoint."""
+    world = rank_world()[1]
+    params = [p for p in model.parameters() if p.requires_grad]
+    assert all(p.dtype == torch.float32 for p in params), "trainable parameters must stay fp32"
+    n = len(batches(1))  # steps per epoch
+    opt = torch.optim.AdamW(param_groups(model, run.wd), lr=run.lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(int(run.warmup_epochs * n), run.max_epochs * n))
+    scaler = torch.amp.GradScaler(torch.device(run.device).type, enabled=run.amp == "fp16")
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(run.amp)
+    autocast = (lambda: torch.autocast(torch.device(run.device).type, dtype=amp_dtype)) if amp_dtype else nullcontext
+    epoch, best = 0, dict(auc=-1.0, epoch=0, bad_epochs=0)
+    if run.resume:
+        epoch, best = resume_from(run, made_from, model, opt, sched, scaler)
+    steps, t_run = 0, time.time()
+    while epoch < run.max_epochs and best["bad_epochs"] < run.patience:
+        if run.max_minutes and time.time() - t_run > 60 * run.max_minutes:
+            say(f"--max-minutes {run.max_minutes:g}: no new epoch after {epoch}")
+            break
+        epoch += 1
+        model.train()
+        t0 = t_said = time.time()
+        loss_sum, n_seen = torch.zeros((), dtype=torch.float64, device=run.device), 0  # on the device: no sync per step
+        for b in batches(epoch):
+            b = b.to(run.device)
+            with autocast():
+                loss = loss_fn(model, b)
+            loss_sum += loss.detach().double() * len(b.label)  # this rank's rows
+            if world > 1:  # weight by this rank's share of the global batch, then sum over ranks
+                loss = loss * (len(b.label) * world / b.n_global)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if world > 1:
+                all_reduce_grads(params)
+            scaler.unscale_(opt)  # clip the true gradients, not the scaled ones
+            torch.nn.utils.clip_grad_norm_(params, run.clip)
+            scaler.step(opt)  # with fp16, skips a step whose gradients overflowed
+            scaler.update()
+            sched.step()
+            n_seen, steps = n_seen + b.n_global, steps + 1
+            if time.time() - t_said > PROGRESS_SECONDS:  # the only host sync inside an epoch
+                t_said = time.time()
+                check_finite(model, loss_sum, epoch)
+                say(f"  epoch {epoch} step {steps} | loss {loss_sum.item() / max(1, n_seen // world):.4f} "
+                    f"| {n_seen / (t_said - t0):.0f} samples/s")
+            if run.max_steps and steps >= run.max_steps:
+                break
+        check_finite(model, loss_sum, epoch)  # the last update of the epoch, too
+        train_seconds = time.time() - t0
+        m = evaluate(model, predict, ds, ["valid"], autocast)["valid"]
+        if m["auc"] > best["auc"] or best["epoch"] == 0:  # the first epoch counts even when AUC is undefined
+            best = dict(auc=m["auc"], epoch=epoch, bad_epochs=0)
+            save(run, "best.pt", made_from, model, epoch, best)
+        else:
+            best["bad_epochs"] += 1
+        if epoch % CHECKPOINT_EVERY == 0:
+            save(run, f"epoch_{epoch:03d}.pt", made_from, model, epoch, best)
+        save(run, "last.pt", made_from, model, epoch, best, opt, sched, scaler)
+        log = dict(epoch=epoch, train_loss=all_sum(loss_sum) / n_seen, valid=m, lr=sched.get_last_lr()[0],
+                   seconds=time.time() - t0, samples_per_s=n_seen / train_seconds)
+        if is_main():
+            with runs.writing(os.path.join(run.out, "log.jsonl")), open(os.path.join(run.out, "log.jsonl"), "a") as f:
+                f.write(json.dumps(log) + "\n")
+        say(f"epoch {epoch:3d} | loss {log['train_loss']:.4f} | valid auc {m['auc']:.4f} uauc {m['uauc']:.4f} | best "
+            f"{best['auc']:.4f}@{best['epoch']} | lr {log['lr']:.2e} | {log['seconds']:.1f}s")
+        if run.max_steps and steps >= run.max_steps:
+            say(f"--max-steps {run.max_steps}: stopping after {steps} steps")
+            break
+        if run.stop_after and epoch >= run.stop_after:
+            say(f"--stop-after {run.stop_after}: stopping early (continue with --resume)")
+            return None
+    say(f"done: best valid AUC {best['auc']:.4f} at epoch {best['epoch']} ({(time.time() - t_run) / 60:.1f} min)")
+    return finish(run, model, predict, ds, autocast)
 
 
 def lr_lambda(warmup_steps, total_steps):
@@ -84,46 +120,48 @@ def param_groups(model, wd):
     return [dict(params=decay, weight_decay=wd), dict(params=no_decay, weight_decay=0.0)]
 
 
-def autocast_for(amp, device):
-    """A context factory: bf16/fp16 autocast, or nothing."""
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
-    return (lambda: torch.autocast(torch.device(device).type, dtype=dtype)) if dtype else nullcontext
-
-
-def evaluate(model, predict, ds, split, autocast=nullcontext):
-    """(logits, metrics) of one split, in eval mode and without gradients."""
+def evaluate(model, predict, ds, splits=("valid", "test"), autocast=nullcontext):
+    """metrics.json's sections of `splits` (test brings its seen/unseen and warm/cold parts), in eval mode."""
     model.eval()
     with torch.no_grad(), autocast():
-        logits = predict(model, split)
-    rows = ds.idx(split)
-    return logits, M.metrics(ds.user[rows], ds.label[rows], logits)
+        return M.split_report(ds, *(predict(model, s) if s in splits else None for s in ("valid", "test")))
 
 
-def finish(run, model, predict, ds, autocast=nullcontext):
-    """Reload best.pt, score valid and test, write metrics.json (test's warm/cold parts too)."""
-    barrier()  # rank 0 has written best.pt
-    ck = runs.read_checkpoint(os.path.join(run.out, "best.pt"))
-    load_trainable(model, ck["model"])
-    check_finite_weights(model, "best.pt")
-    logits_valid, _ = evaluate(model, predict, ds, "valid", autocast)
-    logits_test, _ = evaluate(model, predict, ds, "test", autocast)
-    report = dict(M.split_report(ds, logits_valid, logits_test), best_epoch=ck["epoch"])
-    runs.write_json(report, os.path.join(run.out, "metrics.json"))
-    t = report["test"]
-    say(f"test auc {t['auc']:.4f} uauc {t['uauc']:.4f} | valid auc {report['valid']['auc']:.4f} "
-        f"-> {os.path.join(run.out, 'metrics.json')}")
-    return report
+def check_finite(model, loss_sum, epoch):
+    bad = [n for n, p in model.named_parameters() if p.requires_grad and not torch.isfinite(p).all()]
+    if bad or not torch.isfinite(loss_sum):
+        raise FloatingPointError(f"epoch {epoch}: loss is {loss_sum.item()}, {len(bad)} trained tensor(s) hold NaN "
+                                 f"or inf {bad[:2]}; stopping (try a lower --lr, --amp none, or check the data)")
+
+
+def trainable_state(model):
+    """Only the tensors that train: a frozen backbone never lands in a checkpoint."""
+    return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def load_trainable(model, state):
+    """Load trainable tensors: a missing or unexpected key fails here, a mis-shaped one in torch."""
+    missing = {n for n, p in model.named_parameters() if p.requires_grad} - set(state)
+    unexpected = set(state) - {n for n, _ in model.named_parameters()}
+    if missing or unexpected:
+        raise KeyError(f"checkpoint mismatch: missing {sorted(missing)}, unexpected {sorted(unexpected)}")
+    model.load_state_dict(state, strict=False)
+
+
+def save(run, name, made_from, model, epoch, best, opt=None, sched=None, scaler=None):
+    """run.out/name: the flags, what the run is made from, the trained tensors; with opt, all --resume needs."""
+    ck = dict(args=asdict(run), made_from=made_from, epoch=epoch, best_valid_auc=best["auc"],
+              model=trainable_state(model))
+    if opt is not None:
+        ck.update(optimizer=opt.state_dict(), scheduler=sched.state_dict(), scaler=scaler.state_dict(),
+                  rng=runs.rng_state(), best=best)
+    os.makedirs(run.out, exist_ok=True)
+    runs.save_atomic(ck, os.path.join(run.out, name))
 
 
 def resume_from(run, made_from, model, opt, sched, scaler):
-    """Restore last.pt into the model, optimizer, scheduler, scaler and RNGs -> (epoch, best),
-    refusing a last.pt that another set of flags, or other inputs, made."""
     path = os.path.join(run.out, "last.pt")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"--resume: no {path}; run without --resume first")
     ck = runs.read_checkpoint(path, map_location=None)
-    if "optimizer" not in ck:
-        raise runs.RunError(f"{path}: no optimizer state; expected the last.pt that train.py writes")
     may_change = [f.name for f in fields(run) if f.metadata.get("resume_may_change")]
     changed = runs.changed_flags(ck["args"], asdict(run), may_change)
     if changed:
@@ -131,114 +169,19 @@ def resume_from(run, made_from, model, opt, sched, scaler):
                             "the run's own flags, or start a new run (another --out, or --overwrite)")
     runs.check_made_from(f"--resume: {path}", ck.get("made_from", {}), made_from)
     load_trainable(model, ck["model"])
-    opt.load_state_dict(ck["optimizer"])
-    sched.load_state_dict(ck["scheduler"])
-    scaler.load_state_dict(ck["scaler"])
+    for part, key in ((opt, "optimizer"), (sched, "scheduler"), (scaler, "scaler")):
+        part.load_state_dict(ck[key])
     runs.set_rng_state(ck["rng"])
     say(f"resumed from {path} after epoch {ck['epoch']} (best valid AUC {ck['best']['auc']:.4f})")
     return ck["epoch"], ck["best"]
 
 
-def check_finite(loss_sum, epoch):
-    if not torch.isfinite(loss_sum):
-        raise FloatingPointError(f"epoch {epoch}: loss is {loss_sum.item()}; stopping rather than training on "
-                                 f"garbage (try a lower --lr, --amp none, or check the data)")
-
-
-def check_finite_weights(model, what):
-    bad = [n for n, p in model.named_parameters() if p.requires_grad and not torch.isfinite(p).all()]
-    if bad:
-        raise FloatingPointError(f"{what}: {len(bad)} trained tensor(s) hold NaN or inf ({bad[0]}, ...); the last "
-                                 "update diverged (try a lower --lr)")
-
-# -----------------------------------------------------------------------------
-# the loop
-
-
-def train(run, made_from, model, batches, loss_fn, predict, ds):
-    """Train `model`'s trainable parameters; return the best epoch's metrics.json dict (None when
-    --stop-after interrupts the run). made_from: digests of the run's inputs, saved in each checkpoint."""
-    os.makedirs(run.out, exist_ok=True)
-    world = rank_world()[1]
-    params = [p for p in model.parameters() if p.requires_grad]
-    assert all(p.dtype == torch.float32 for p in params), "trainable parameters must stay fp32"
-    steps_per_epoch = len(batches(1))
-    opt = torch.optim.AdamW(param_groups(model, run.wd), lr=run.lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lr_lambda(int(run.warmup_epochs * steps_per_epoch), run.max_epochs * steps_per_epoch))
-    scaler = torch.amp.GradScaler(torch.device(run.device).type, enabled=run.amp == "fp16")
-    autocast = autocast_for(run.amp, run.device)
-    epoch, best = 0, dict(auc=-1.0, epoch=0, bad_epochs=0)
-    if run.resume:
-        epoch, best = resume_from(run, made_from, model, opt, sched, scaler)
-    steps, t_run, epoch_seconds = 0, time.time(), []
-    while epoch < run.max_epochs and best["bad_epochs"] < run.patience:
-        if run.max_minutes and time.time() - t_run > 60 * run.max_minutes:
-            say(f"--max-minutes {run.max_minutes:g}: no new epoch after {epoch}")
-            break
-        epoch += 1
-        model.train()
-        t0 = t_said = time.time()
-        loss_sum, n_seen = torch.zeros((), dtype=torch.float64, device=run.device), 0  # summed on the device: no sync per step
-        for b in batches(epoch):
-            b = b.to(run.device)
-            with autocast():
-                loss = loss_fn(model, b)
-            loss_sum += loss.detach().double() * len(b.label)  # this rank's rows
-            if world > 1:  # weight by this rank's share of the global batch, then sum over ranks
-                loss = loss * (len(b.label) * world / b.n_global)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if world > 1:
-                all_reduce_grads(params)
-            scaler.unscale_(opt)  # clip the true gradients, not the scaled ones
-            torch.nn.utils.clip_grad_norm_(params, run.clip)
-            scaler.step(opt)  # with fp16, skips a step whose gradients overflowed
-            scaler.update()
-            sched.step()
-            n_seen, steps = n_seen + b.n_global, steps + 1
-            if time.time() - t_said > PROGRESS_SECONDS:  # the only host sync inside an epoch
-                t_said = time.time()
-                check_finite(loss_sum, epoch)
-                say(f"  epoch {epoch} step {steps} | loss {loss_sum.item() / max(1, n_seen // world):.4f} "
-                    f"| {n_seen / (t_said - t0):.0f} samples/s")
-            if run.max_steps and steps >= run.max_steps:
-                break
-        check_finite(loss_sum, epoch)
-        check_finite_weights(model, f"epoch {epoch}")  # the last update of the epoch, too
-        train_seconds = time.time() - t0
-        _, m = evaluate(model, predict, ds, "valid", autocast)
-        if m["auc"] > best["auc"] or best["epoch"] == 0:  # the first epoch counts even when AUC is undefined
-            best = dict(auc=m["auc"], epoch=epoch, bad_epochs=0)
-            runs.save_atomic(checkpoint(run, made_from, model, epoch, best), os.path.join(run.out, "best.pt"))
-        else:
-            best["bad_epochs"] += 1
-        if epoch % CHECKPOINT_EVERY == 0:
-            runs.save_atomic(checkpoint(run, made_from, model, epoch, best), os.path.join(run.out, f"epoch_{epoch:03d}.pt"))
-        runs.save_atomic(checkpoint(run, made_from, model, epoch, best, opt, sched, scaler), os.path.join(run.out, "last.pt"))
-        epoch_seconds.append(time.time() - t0)
-        log_epoch(run, epoch, all_sum(loss_sum) / n_seen, m, sched.get_last_lr()[0], epoch_seconds,
-                  n_seen / train_seconds, best)
-        if run.max_steps and steps >= run.max_steps:
-            say(f"--max-steps {run.max_steps}: stopping after {steps} steps")
-            break
-        if run.stop_after and epoch >= run.stop_after:
-            say(f"--stop-after {run.stop_after}: stopping early (continue with --resume)")
-            return None
-    say(f"done: best valid AUC {best['auc']:.4f} at epoch {best['epoch']} ({(time.time() - t_run) / 60:.1f} min)")
-    return finish(run, model, predict, ds, autocast)
-
-
-def log_epoch(run, epoch, train_loss, m, lr, epoch_seconds, samples_per_s, best):
-    """One log.jsonl line and one progress line. The ETA brackets the end: at the earliest when
-    the patience runs out with no better epoch, at the latest at max_epochs."""
-    rec = dict(epoch=epoch, train_loss=train_loss, valid=m, lr=lr, seconds=epoch_seconds[-1],
-               samples_per_s=samples_per_s)
-    if is_main():
-        with runs.writing(os.path.join(run.out, "log.jsonl")), open(os.path.join(run.out, "log.jsonl"), "a") as f:
-            f.write(json.dumps(rec) + "\n")
-    per_epoch = float(np.mean(epoch_seconds)) / 60
-    soonest = min(run.patience - best["bad_epochs"], run.max_epochs - epoch)
-    say(f"epoch {epoch:3d} | loss {train_loss:.4f} | valid auc {m['auc']:.4f} uauc {m['uauc']:.4f} "
-        f"| best {best['auc']:.4f}@{best['epoch']} | lr {lr:.2e} | {epoch_seconds[-1]:.1f}s "
-        f"{samples_per_s:.0f}/s | eta {soonest * per_epoch:.1f}-{(run.max_epochs - epoch) * per_epoch:.1f} min")
+def finish(run, model, predict, ds, autocast=nullcontext):
+    """Reload best.pt, score valid and test, write metrics.json (test's warm/cold parts too)."""
+    barrier()  # rank 0 has written best.pt
+    ck = runs.read_checkpoint(os.path.join(run.out, "best.pt"))
+    load_trainable(model, ck["model"])
+    report = dict(evaluate(model, predict, ds, autocast=autocast), best_epoch=ck["epoch"])
+    runs.write_json(report, os.path.join(run.out, "metrics.json"))
+    say(f"test auc {report['test']['auc']:.4f} | valid auc {report['valid']['auc']:.4f} -> {run.out}/metrics.json")
+    return report

@@ -62,8 +62,10 @@ class LoRALinear(nn.Linear):
         y = F.linear(x, self.weight, self.bias)
         if self.merged:
             return y
-        x = self.lora_dropout(x.to(self.lora_A.weight.dtype))
-        return y + (self.lora_B(self.lora_A(x)) * self.scaling).to(y.dtype)
+        # The adapter's weights stay fp32 (they train); it computes in the activations' dtype,
+        # as autocast would, so bf16 activations are never copied to fp32 and back.
+        A, B = self.lora_A.weight.to(x.dtype), self.lora_B.weight.to(x.dtype)  # (r, in), (out, r)
+        return y + F.linear(F.linear(self.lora_dropout(x), A), B) * self.scaling
 
     @torch.no_grad()
     def merge(self):

@@ -2,24 +2,17 @@
 
 - AUC: rank-based (Mann-Whitney U), tie-aware, O(n log n).
 - UAUC: the mean of per-user AUC over users with both classes (CoLLM's definition).
-- LogLoss, precision, recall, F1, accuracy at threshold 0.5.
+- LogLoss; precision, recall, F1, accuracy at threshold 0.5.
 - Rel.Imp.: the paper's relative improvement of SASRecLLM over a row, averaged over AUC and UAUC.
 
-Models hand us logits s (pre-sigmoid); p = sigmoid(s) is the probability of "like".
-
-Scores must be finite: a NaN or an infinite score has no rank, and AUC over it would be an
-artefact of row order, so every metric refuses one (FloatingPointError, naming the count).
-
-Why a file of its own: the training loop needs AUC for early stopping, and eval.py needs the
-training side to rebuild runs. With the metrics here, the imports form one direction:
-metrics <- loop <- train <- eval. How tables lay them out is tools/report.py's business.
+Models hand us logits s (pre-sigmoid); p = sigmoid(s) is the probability of "like". Scores must
+be finite: a NaN or an infinite score has no rank, and AUC over it would be an artefact of row
+order, so every metric refuses one (FloatingPointError, naming the count).
+A file of its own so that imports run one way: metrics <- loop <- train <- eval.
 """
 import math
 
 import numpy as np
-
-# -----------------------------------------------------------------------------
-# metrics
 
 
 def finite_scores(scores):
@@ -29,19 +22,6 @@ def finite_scores(scores):
         raise FloatingPointError(f"{bad} of {len(s)} scores are NaN or infinite; a metric of them would be "
                                  "meaningless (the model's weights or inputs hold non-finite values)")
     return s
-
-
-def _average_ranks(x):
-    """1-based ranks of x, tied values sharing the mean of their ranks."""
-    order = np.argsort(x, kind="mergesort")
-    xs = x[order]
-    # start index of each run of equal values, and the run lengths
-    starts = np.flatnonzero(np.r_[True, xs[1:] != xs[:-1]])
-    counts = np.diff(np.r_[starts, len(xs)])
-    mean_rank = starts + (counts + 1) / 2.0  # mean of ranks starts+1 .. starts+counts
-    ranks = np.empty(len(x), dtype=np.float64)
-    ranks[order] = np.repeat(mean_rank, counts)
-    return ranks
 
 
 def auc(labels, scores):
@@ -55,37 +35,36 @@ def auc(labels, scores):
     s = finite_scores(scores)
     if len(y) != len(s):
         raise ValueError(f"auc: {len(y)} labels but {len(s)} scores")
-    n1 = int(y.sum())
-    n0 = len(y) - n1
+    n1, n0 = int(y.sum()), int((~y).sum())
     if n1 == 0 or n0 == 0:
         return float("nan")
-    r = _average_ranks(s)
-    return float((r[y].sum() - n1 * (n1 + 1) / 2.0) / (n1 * n0))
+    order = np.argsort(s, kind="mergesort")
+    xs = s[order]
+    starts = np.flatnonzero(np.r_[True, xs[1:] != xs[:-1]])  # where each run of tied scores starts
+    counts = np.diff(np.r_[starts, len(s)])
+    rank = np.empty(len(s), dtype=np.float64)
+    rank[order] = np.repeat(starts + (counts + 1) / 2.0, counts)  # 1-based; ties share their mean rank
+    return float((rank[y].sum() - n1 * (n1 + 1) / 2.0) / (n1 * n0))
 
 
 def uauc(users, labels, scores):
     """UAUC = (1/|U'|) sum_{u in U'} AUC_u, U' = users with both a positive and a negative.
-
     Returns (uauc, |U'|)."""
     u = np.asarray(users).ravel()
     y = np.asarray(labels).ravel()
     s = np.asarray(scores, dtype=np.float64).ravel()
     order = np.argsort(u, kind="mergesort")
     u, y, s = u[order], y[order], s[order]
-    bounds = np.flatnonzero(np.r_[True, u[1:] != u[:-1], True])
-    aucs = []
-    for a, b in zip(bounds[:-1], bounds[1:]):
-        v = auc(y[a:b], s[a:b])
-        if not math.isnan(v):
-            aucs.append(v)
+    bounds = np.flatnonzero(np.r_[True, u[1:] != u[:-1], True])  # each user's rows: bounds[k]:bounds[k+1]
+    aucs = [auc(y[a:b], s[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+    aucs = [v for v in aucs if not math.isnan(v)]
     if not aucs:
         return float("nan"), 0
     return float(np.mean(aucs)), len(aucs)
 
 
 def sigmoid(x):
-    x = np.asarray(x, dtype=np.float64)
-    return 0.5 * (1.0 + np.tanh(0.5 * x))  # numerically safe for large |x|
+    return 0.5 * (1.0 + np.tanh(0.5 * np.asarray(x, dtype=np.float64)))  # safe for large |x|
 
 
 def logloss(labels, probs, eps=1e-7):
@@ -96,49 +75,28 @@ def logloss(labels, probs, eps=1e-7):
     return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p))) if len(y) else float("nan")
 
 
-def _confusion(labels, probs, threshold):
+def at_threshold(labels, probs, threshold=0.5):
+    """The metrics of the prediction p >= threshold, from its TP, FP, FN and TN:
+        precision = TP / (TP + FP)              (0 when nothing is predicted positive)
+        recall    = TP / (TP + FN)              (0 when there are no positives)
+        F1        = 2 P R / (P + R) = 2 TP / (2 TP + FP + FN)
+        accuracy  = (TP + TN) / n"""
     y = np.asarray(labels).astype(bool).ravel()
     yhat = np.asarray(probs, dtype=np.float64).ravel() >= threshold
-    tp = int((y & yhat).sum())
-    fp = int((~y & yhat).sum())
-    fn = int((y & ~yhat).sum())
-    tn = int((~y & ~yhat).sum())
-    return tp, fp, fn, tn
-
-
-def precision(labels, probs, threshold=0.5):
-    """TP / (TP + FP); 0 when nothing is predicted positive."""
-    tp, fp, _, _ = _confusion(labels, probs, threshold)
-    return tp / (tp + fp) if tp + fp else 0.0
-
-
-def recall(labels, probs, threshold=0.5):
-    """TP / (TP + FN); 0 when there are no positives."""
-    tp, _, fn, _ = _confusion(labels, probs, threshold)
-    return tp / (tp + fn) if tp + fn else 0.0
-
-
-def f1(labels, probs, threshold=0.5):
-    """2 P R / (P + R) = 2 TP / (2 TP + FP + FN)."""
-    tp, fp, fn, _ = _confusion(labels, probs, threshold)
-    return 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0
-
-
-def accuracy(labels, probs, threshold=0.5):
-    """(TP + TN) / n."""
-    tp, fp, fn, tn = _confusion(labels, probs, threshold)
-    n = tp + fp + fn + tn
-    return (tp + tn) / n if n else float("nan")
+    tp, fp, fn, tn = (int((y & yhat).sum()), int((~y & yhat).sum()), int((y & ~yhat).sum()),
+                      int((~y & ~yhat).sum()))
+    return dict(precision=tp / (tp + fp) if tp + fp else 0.0, recall=tp / (tp + fn) if tp + fn else 0.0,
+                f1=2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0,
+                accuracy=(tp + tn) / len(y) if len(y) else float("nan"))
 
 
 def metrics(users, labels, logits):
     """All of Table 1's metrics for one set of predictions; logits are pre-sigmoid scores."""
     logits = finite_scores(logits)
-    p = sigmoid(logits)
+    p, a = sigmoid(logits), auc(labels, logits)  # auc first: it refuses labels and logits of two lengths
     u, n_users = uauc(users, labels, logits)
-    return dict(auc=auc(labels, logits), uauc=u, uauc_users=n_users, logloss=logloss(labels, p),
-                precision=precision(labels, p), recall=recall(labels, p), f1=f1(labels, p),
-                accuracy=accuracy(labels, p), n=int(len(np.asarray(labels).ravel())))
+    return dict(auc=a, uauc=u, uauc_users=n_users, logloss=logloss(labels, p), **at_threshold(labels, p),
+                n=int(len(np.asarray(labels).ravel())))
 
 
 def rel_imp(ours, row):
@@ -153,17 +111,14 @@ PARTS = ("valid", "test", "test_seen", "test_unseen", "test_warm", "test_cold") 
 
 def split_report(ds, logits_valid, logits_test):
     """metrics.json's content: valid, test, and test's seen/unseen (CoLLM) and warm/cold (paper) parts.
-
-    ds is a data.Dataset; logits_* follow the row order of ds.idx("valid") / ds.idx("test");
-    logits_valid=None leaves valid out (a test-only re-scoring)."""
+    ds is a data.Dataset; logits_* follow ds.idx("valid") / ds.idx("test"); logits_valid=None
+    leaves valid out (a test-only re-scoring)."""
     out = {}
     for name, logits in (("valid", logits_valid), ("test", logits_test)):
         if logits is None:
             continue
         rows = ds.idx(name)
         logits = np.asarray(logits, dtype=np.float64).ravel()
-        if len(logits) != len(rows):
-            raise ValueError(f"split_report: {len(logits)} {name} logits for {len(rows)} {name} rows")
         out[name] = metrics(ds.user[rows], ds.label[rows], logits)
         if name == "test":
             for part, mask in (("seen", ds.seen[rows]), ("unseen", ~ds.seen[rows]),

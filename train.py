@@ -8,11 +8,6 @@ hierarchical freezing: each stage trains its part and freezes the others):
 
     python train.py --stage all --data ml1m --llm tiny     # the whole chain on the tiny backbone
     python train.py --stage joint --data ml1m              # stage 3 alone, with TinyLlama
-
-A run is one `Run` (the flags, a dataclass; argparse is built from its fields) and every stage's
-defaults sit in one table, STAGE_DEFAULTS. Each stage builds its model and its batches and hands
-them to loop.train. Every part is saved on its own (plug-and-play): a CF run's best.pt, the text
-stage's LoRA in peft's format under OUT/adapter/, the joint stage's mapping layer and CF encoder.
 """
 import argparse
 import json
@@ -32,20 +27,16 @@ import lora
 from baselines import MC, MF, NCF, GRU4Rec, Pop
 from sasrecllm import SASRec, SASRecLLM
 from tools import backbones, runs
-from tools.report import markdown_table
 from tools.dist import barrier, gather_scores, init_distributed, is_main, rank_world, say
+from tools.report import markdown_table
 from tools.runs import cli, non_negative, number, positive
 
 CF_STAGES = ("sasrec", "pop", "mf", "ncf", "gru4rec", "mc")
 LLM_STAGES = ("icl", "text", "joint")
-TEMPLATES, DTYPES = tuple(data.TEMPLATES), tuple(llama.DTYPES)  # (Run's fields data, lora and runs shadow the modules)
+TEMPLATES, DTYPES = tuple(data.TEMPLATES), tuple(llama.DTYPES)  # (Run's fields shadow the modules data, runs)
 
-# Every stage's defaults, in one place (flags left at None take them). CF values were chosen on
-# ML-1M validation AUC (the README lists the sweep); strong weight decay wins because
-# the split is temporal. LLM stages: TALLRec's lr 1e-4 for LoRA, CoLLM's 1e-3 for the mapping
-# layer, and epochs of a fixed number of iterations as CoLLM counts them, but 400 rather than its
-# 50 (train_configs/*_ood_cc.yaml): every epoch ends in a full validation pass of 10,401 prompts,
-# which at 50 iterations (800 prompts) would cost 13 times the training (0 = a full pass).
+# Every stage's defaults (flags left at None take them). CF: chosen on ML-1M validation AUC (results/).
+# LLM stages: TALLRec's lr for LoRA, CoLLM's for the mapping, epochs of 400 iterations (README.md).
 _CF = dict(batch_size=1024, patience=5, iters_per_epoch=0, max_epochs=300)
 _LLM = dict(dim=None, dropout=None, batch_size=16, patience=3, iters_per_epoch=400, max_epochs=300)
 STAGE_DEFAULTS = {
@@ -59,14 +50,11 @@ STAGE_DEFAULTS = {
     "joint": dict(_LLM, lr=1e-3, wd=1e-3),
     "icl": dict(_LLM, lr=0.0, wd=0.0),
 }
-# The random tiny backbone keeps creeping up for dozens of epochs (it must learn popularity from
-# title tokens through LoRA alone), so its LLM stages stop after 10 epochs to keep the chain short.
-MAX_EPOCHS_TINY = 10
+MAX_EPOCHS_TINY = 10  # the random tiny backbone creeps up for dozens of epochs: keep the chain short
 
 
 def flag(default=None, help=None, type=None, choices=None, resume_may_change=False):
-    """A Run field and its command-line flag. resume_may_change: says how to run, not what the run
-    is, so --resume lets it differ (a device, a time budget); every other flag must match."""
+    """A Run field and its flag. resume_may_change: how to run (a device), not what: --resume lets it differ."""
     return field(default=default, metadata=dict(help=help, type=type, choices=choices,
                                                 resume_may_change=resume_may_change))
 
@@ -76,8 +64,7 @@ class Run:
     """One run: every flag of train.py. Saved in each checkpoint, so that a run rebuilds itself."""
     stage: str = flag(None, "which stage (or all: sasrec, text, joint in turn)", choices=CF_STAGES + LLM_STAGES + ("all",))
     data: str = flag("ml1m", "ml1m, movielens or amazon")
-    split: str = flag(None, "CoLLM's month windows (ml1m, movielens) or the paper's chronological 8:1:1 "
-                      "(amazon's default)", choices=("months", "ratio"))
+    split: str = flag(None, "CoLLM's month windows, or the paper's 8:1:1 (amazon's default)", choices=("months", "ratio"))
     reviews: str = flag(None, "amazon: reviews file (default DATA/amazon-book/Books_5.json.gz)")
     meta: str = flag(None, "amazon: metadata file (default DATA/amazon-book/meta_Books.json.gz)")
     data_dir: str = flag(None, "data root (default: $SASRECLLM_DATA, else data/)", resume_may_change=True)
@@ -94,15 +81,14 @@ class Run:
     patience: int = flag(None, "epochs with no better valid AUC before stopping", type=positive)
     warmup_epochs: float = flag(1.0, type=number(0))
     clip: float = flag(1.0, "max gradient norm", type=number(0, low_open=True))
-    amp: str = flag(None, "default: fp16 with a GradScaler on CUDA (the paper's), none on CPU",
+    amp: str = flag(None, "default: fp16 + GradScaler on CUDA, bf16 with bf16 weights, else none",
                     choices=("none", "bf16", "fp16"))
     resume: bool = flag(False, "continue from OUT/last.pt, with the same flags", resume_may_change=True)
     overwrite: bool = flag(False, "start over in a used OUT (old files move to OUT/old-*/)", resume_may_change=True)
     stop_after: int = flag(0, "stop after epoch N, as if killed (tests --resume)", type=non_negative, resume_may_change=True)
     max_steps: int = flag(0, "stop after N optimizer steps (smoke runs)", type=non_negative, resume_may_change=True)
     max_minutes: float = flag(0.0, "start no new epoch after this many minutes", type=number(0), resume_may_change=True)
-    iters_per_epoch: int = flag(None, "LLM stages: epochs of N iterations (default 400; CoLLM's 50; 0: one pass)",
-                                type=non_negative)
+    iters_per_epoch: int = flag(None, "LLM stages: epochs of N iterations (default 400; 0: one pass)", type=non_negative)
     # CF models
     dim: int = flag(None, type=positive)
     dropout: float = flag(None, type=number(0, 0.99))
@@ -110,39 +96,29 @@ class Run:
     layers: int = flag(2, "SASRec blocks", type=positive)
     heads: int = flag(4, "SASRec attention heads", type=positive)
     no_bias: bool = flag(False, "SASRec without user/item biases")
-    init_bias: int = flag(1, "1: start biases at Pop's log-odds (MF, SASRec, GRU4Rec)", choices=(0, 1))
-    objective: str = flag("bce", "SASRec: pointwise BCE on labels, or next-item with sampled negatives",
-                          choices=("bce", "next"))
+    objective: str = flag("bce", "SASRec: BCE on labels, or next-item with sampled negatives", choices=("bce", "next"))
     # LLM stages
     runs: str = flag("runs", "root of the stage runs (--stage all, the tiny backbone, defaults)", resume_may_change=True)
-    llm: str = flag(os.path.join("checkpoints", "TinyLlama-1.1B"), "HF-format LLM directory, or 'tiny' for the "
-                    "embedded random backbone")
+    llm: str = flag(os.path.join("checkpoints", "TinyLlama-1.1B"), "HF-format LLM dir, or tiny (a random backbone)")
     template: str = flag("paper", "prompt wording (data.TEMPLATES)", choices=TEMPLATES)
     tokenizer: str = flag(None, "--llm tiny: use this tokenizer.model (else one is trained on the data)")
-    dtype: str = flag(None, "LLM weight dtype (default: bfloat16 for a real LLM on a CPU with native bf16, "
-                      "AMX or avx512_bf16; else float32)", choices=DTYPES)
+    dtype: str = flag(None, "LLM weights (default: bfloat16 on a CPU with native bf16, else float32)", choices=DTYPES)
     cf: str = flag("sasrec", "the joint stage's CF encoder", choices=("sasrec", "mf", "gru4rec"))
     cf_ckpt: str = flag(None, "the joint stage's CF checkpoint (default: RUNS/<cf>/best.pt)")
     lora: str = flag(None, "text-stage LoRA adapter dir (default: RUNS/text/adapter)")
     freeze_cf: bool = flag(False, "joint stage: train the mapping layer only")
-    cf_bias: int = flag(1, "joint: 1 appends the CF model's biases to its user/item vectors (their dot product is "
-                        "then the CF logit; sasrecllm.cf_vectors), 0 hands over the bare embeddings", choices=(0, 1))
+    cf_bias: int = flag(1, "joint: 1 appends the CF biases to its vectors (sasrecllm.cf_vectors)", choices=(0, 1))
     proj_token_num: int = flag(1, "pseudo-tokens per <UserID>, <TargetItemID>", type=positive)
     lora_r: int = flag(8, type=positive)
     lora_alpha: float = flag(16.0, type=number(0, low_open=True))
     lora_dropout: float = flag(0.05, type=number(0, 0.99))
     eval_batch_size: int = flag(64, type=positive, resume_may_change=True)
-    pad_multiple: int = flag(1, "round prompt batches' lengths up to a multiple of N (few shapes, for GPUs)",
-                             type=positive)
-    compile: bool = flag(False, "LLM stages: torch.compile every decoder layer (SmolLM2, CPU, bf16: +33% train, +46% "
-                         "score, after a compile; tools/bench.py --candidates)", resume_may_change=True)
+    pad_multiple: int = flag(1, "round prompt batch lengths up to a multiple of N (for GPUs)", type=positive)
+    compile: bool = flag(False, "LLM stages: torch.compile every decoder layer", resume_may_change=True)
 
     def __post_init__(self):
-        """Fill what the flags left open: the stage's defaults, the device's AMP, the default paths."""
-        defaults = dict(STAGE_DEFAULTS.get(self.stage, {}))
-        if self.stage in LLM_STAGES and self.llm == "tiny":
-            defaults["max_epochs"] = MAX_EPOCHS_TINY
-        for k, v in defaults.items():
+        tiny = dict(max_epochs=MAX_EPOCHS_TINY) if self.stage in LLM_STAGES and self.llm == "tiny" else {}
+        for k, v in {**STAGE_DEFAULTS.get(self.stage, {}), **tiny}.items():
             if getattr(self, k) is None:
                 setattr(self, k, v)
         if self.stage != "all":  # (--stage all: each stage takes its own)
@@ -154,7 +130,6 @@ class Run:
 
 
 def parse_args(argv=None):
-    """A Run from the command line: one flag per field of Run."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     for f in fields(Run):
         m, name = f.metadata, "--" + f.name.replace("_", "-")
@@ -167,39 +142,39 @@ def parse_args(argv=None):
 
 
 def load_data(args, ds=None):
-    """args.data from --data-dir (or the given ds), cut to the first --limit rows of each split."""
     ds = ds if ds is not None else data.load(args.data, args.data_dir, args.split, args.reviews, args.meta)
     return data.data_slice(ds, args.limit) if args.limit else ds
+
+
+def bce_loss(model, b):
+    return F.binary_cross_entropy_with_logits(model(**b.inputs), b.label)
+
+
+def score_only(args, made, model, predict, ds):
+    loop.save(args, "best.pt", made, model, 0, dict(auc=None))
+    return loop.finish(args, model, predict, ds)
 
 # -----------------------------------------------------------------------------
 # Stage 1: SASRec (and the CF baselines) on the interactions alone
 
 
 def build_cf(a, ds):
-    """A CF model as the Run `a` describes it (a saved run's own Run rebuilds the same model)."""
-    kind = a.stage
-    if kind == "sasrec":
+    if a.stage == "sasrec":
         return SASRec(ds.n_items, ds.n_users, dim=a.dim, n_layers=a.layers, n_heads=a.heads,
                       maxlen=a.maxlen, dropout=a.dropout, bias=not a.no_bias)
-    if kind == "mf":
+    if a.stage == "mf":
         return MF(ds.n_users, ds.n_items, dim=a.dim)
-    if kind == "ncf":
+    if a.stage == "ncf":
         return NCF(ds.n_users, ds.n_items, dim=a.dim, dropout=a.dropout)
-    if kind == "gru4rec":
+    if a.stage == "gru4rec":
         return GRU4Rec(ds.n_items, dim=a.dim, dropout=a.dropout)
-    if kind == "pop":
-        return Pop(ds.n_users, ds.n_items)
-    if kind == "mc":
-        return MC(ds.n_items)
-    raise ValueError(f"unknown CF model {kind!r}; expected one of {', '.join(CF_STAGES)}")
+    return Pop(ds.n_users, ds.n_items) if a.stage == "pop" else MC(ds.n_items)
 
 
 @torch.no_grad()
 def init_biases(model, ds, rows):
-    """Start the user/item/global biases at Pop's smoothed log-odds of the train rows, so that
-    training begins from the popularity floor and the embeddings learn what it cannot explain.
-    (With zero biases, AdamW's ~lr-sized steps need dozens of epochs to reach like-rates whose
-    log-odds span several units, and the embeddings overfit meanwhile.)"""
+    """Start the biases at Pop's log-odds of the train rows: from zero, AdamW's ~lr-sized steps take
+    dozens of epochs to reach log-odds that span several units, and the embeddings overfit meanwhile."""
     pop = Pop(ds.n_users, ds.n_items)
     pop.fit(torch.from_numpy(ds.user[rows]), torch.from_numpy(ds.item[rows]), torch.from_numpy(ds.label[rows]))
     model.global_bias.copy_(pop.global_logit)
@@ -208,15 +183,8 @@ def init_biases(model, ds, rows):
         model.user_bias.weight[:, 0] = pop.user_logit - pop.global_logit
 
 
-def bce_loss(model, b):
-    """BCE on the model's logit against the like label: CF models and SASRecLLM alike."""
-    return F.binary_cross_entropy_with_logits(model(**b.inputs), b.label)
-
-
 def cf_predictor(ds, maxlen, device="cpu", chunk=4096):
-    """predict(model, split) -> logits in ds.idx(split)'s order."""
     cache = {s: data.cf_batch(ds, ds.idx(s), maxlen) for s in ("valid", "test")}
-
     def predict(model, split):
         t = cache[split]
         return torch.cat([model(**{k: t[k][i:i + chunk].to(device) for k in ("user", "hist", "item")})
@@ -236,33 +204,23 @@ def run_cf(args, ds=None):
         last = torch.tensor([ds.history[r][-1] if ds.history[r] else 0 for r in rows])
         model.fit(*(torch.from_numpy(a[rows]) for a in (ds.user, ds.item, ds.label)), last)
         return score_only(args, made_from(args, ds), model.to(args.device), predict, ds)
-    if args.init_bias and hasattr(model, "item_bias") and args.objective == "bce":
+    if hasattr(model, "item_bias") and args.objective == "bce":
         init_biases(model, ds, rows)
     model.to(args.device)
     next_item = args.stage == "sasrec" and args.objective == "next"
     if next_item:
         rows = rows[ds.label[rows] == 1]  # the next-item objective reads liked items only
+    inputs, loss = (("seq",), SASRec.next_item_loss) if next_item else (("user", "hist", "item"), bce_loss)
     t = data.cf_tensors(ds, rows, args.maxlen, next_item)
-    inputs = ("seq",) if next_item else ("user", "hist", "item")
-    return loop.train(args, made_from(args, ds), model, lambda epoch: data.cf_batches(t, args.batch_size, args.seed, epoch, inputs),
-                      SASRec.next_item_loss if next_item else bce_loss, predict, ds)
-
-
-def score_only(args, made, model, predict, ds):
-    """No training (Pop, MC, ICL): save the model as best.pt, then score valid and test."""
-    os.makedirs(args.out, exist_ok=True)
-    runs.save_atomic(loop.checkpoint(args, made, model, 0, dict(auc=None)), os.path.join(args.out, "best.pt"))
-    return loop.finish(args, model, predict, ds)
+    batches = lambda epoch: data.cf_batches(t, args.batch_size, args.seed, epoch, inputs)
+    return loop.train(args, made_from(args, ds), model, batches, loss, predict, ds)
 
 # -----------------------------------------------------------------------------
 # Stages 2 and 3 (and ICL): the LLM reads the prompt; s = z_Yes - z_No
 
 
 def backbone_dir(args, ds):
-    """The HF-format LLM directory: --llm DIR, or the embedded tiny backbone written once under --runs.
-    The tiny backbone's tokenizer learns the data set's titles and every template's words, never
-    which rows a run loaded, so every run of one data set gets the same backbone; one written for
-    other titles or another --tokenizer is refused."""
+    """--llm DIR, or the tiny backbone under --runs (its tokenizer knows the titles, not the rows loaded)."""
     if args.llm != "tiny":
         if not os.path.exists(os.path.join(args.llm, "config.json")):
             raise FileNotFoundError(f"no LLM checkpoint at {args.llm} (config.json missing). {runs.MISSING_LLM}")
@@ -283,8 +241,6 @@ def backbone_dir(args, ds):
 
 
 def made_from(args, ds):
-    """Digests of what a run is made from: the rows it loaded and its data set's catalog; for the
-    LLM stages the backbone; for the joint stage the CF checkpoint and the text-stage adapter."""
     out = runs.data_digests(ds)
     if args.stage in LLM_STAGES:
         out["backbone"] = runs.files_digest(backbone_dir(args, ds))
@@ -294,8 +250,7 @@ def made_from(args, ds):
 
 
 def load_cf(args, ds):
-    """The joint stage's CF encoder, rebuilt from its own best.pt (plug-and-play): it must be the
-    --cf model, and read histories as long as the joint stage hands it."""
+    """The joint stage's CF encoder, rebuilt from its own best.pt (plug-and-play)."""
     a, ck = read_run(args.cf_ckpt)
     if "made_from" in ck:  # (a CF checkpoint from elsewhere has no record to check)
         runs.check_made_from(f"--cf-ckpt {args.cf_ckpt}", ck["made_from"], runs.data_digests(ds), ["catalog"])
@@ -308,10 +263,7 @@ def load_cf(args, ds):
 
 
 def build_llm_model(args, ds):
-    """SASRecLLM as `args.stage` trains it, with exactly that stage's parts trainable:
-        icl   : nothing trains            text-only prompt, no LoRA
-        text  : LoRA trains               text-only prompt
-        joint : mapping (+ CF) trains     collaborative prompt, LoRA loaded and frozen"""
+    """(SASRecLLM, prompts), only `args.stage`'s part trainable: text LoRA, joint the mapping (+ CF)."""
     if args.stage == "joint":
         runs.check_joint_parts(args)  # one error listing every missing part and the command that makes it
     backbone = backbone_dir(args, ds)
@@ -324,9 +276,8 @@ def build_llm_model(args, ds):
         runs.check_adapter(args.lora)
         recorded = runs.read_made_from(args.lora)
         if recorded:  # ours records its backbone and data; peft's own adapters do not
-            runs.check_made_from(f"--lora {args.lora}", recorded,
-                                 dict(runs.data_digests(ds), backbone=runs.files_digest(backbone)),
-                                 ["catalog", "backbone"])
+            now = dict(runs.data_digests(ds), backbone=runs.files_digest(backbone))
+            runs.check_made_from(f"--lora {args.lora}", recorded, now, ["catalog", "backbone"])
         lora.load_adapter(llm, args.lora)
         llm.requires_grad_(False)  # LoRA frozen in the joint stage
         cf = load_cf(args, ds)
@@ -336,11 +287,8 @@ def build_llm_model(args, ds):
     model = SASRecLLM(llm, tok.yes_id, tok.no_id, cf=cf, proj_token_num=args.proj_token_num, cf_bias=bool(args.cf_bias))
     dtype, why = runs.default_precision(args)
     say(f"precision: --dtype {args.dtype} --amp {args.amp} ({why if args.dtype == dtype else 'as asked'})")
-    t0 = time.time()
     prompts = data.encode_prompts(ds, range(len(ds)), tok, cf is not None, args.proj_token_num, args.template)
-    n = np.array([len(p.ids) for p in prompts])
-    say(f"tokenized {len(prompts)} {'collaborative' if cf is not None else 'text-only'} {args.template} prompts in "
-             f"{time.time() - t0:.1f}s: {n.mean():.0f} tokens on average, max {n.max()}")
+    say(f"{len(prompts)} {args.template} prompts, {np.mean([len(p.ids) for p in prompts]):.0f} tokens on average")
     return model, prompts
 
 
@@ -355,11 +303,8 @@ def llm_batches(args, ds, prompts):
 
 
 def llm_predictor(args, ds, prompts, shuffle_cf=False, seed=0):
-    """predict(model, split) -> logits in ds.idx(split)'s order. Each rank scores a share of the
-    length buckets, and the scores are gathered so that every rank computes the same metrics.
-    shuffle_cf feeds the CF encoder a seed-permuted copy of the split's rows (the ablation)."""
+    """Each rank scores a share of the length buckets; shuffle_cf: the CF inputs permuted (the ablation)."""
     rank, world = rank_world()
-
     def predict(model, split):
         rows = ds.idx(split)
         cf_rows = rows[np.random.default_rng(seed).permutation(len(rows))] if shuffle_cf else None
@@ -405,12 +350,8 @@ def run_all(args):
     say(markdown_table([(s, r["test"]) for s, r in reports.items() if r]))  # the chain's test table
     return reports
 
-# -----------------------------------------------------------------------------
-# Finished runs, rebuilt (eval.py re-scores them, walk.py follows them)
-
 
 def read_run(path):
-    """(Run, checkpoint) of a train.py checkpoint: the run's own flags rebuild it."""
     ck = runs.read_checkpoint(path)
     try:
         return Run(**ck["args"]), ck
@@ -419,11 +360,7 @@ def read_run(path):
 
 
 def load_run(run_dir, data_dir=None, device=None):
-    """(args, ds, model, make_predict) for a finished run, rebuilt from its best.pt on its own device
-    (or `device`: a GPU run re-scored on the CPU).
-
-    make_predict(shuffle_cf=False, seed=0) -> predict(model, split). The model and the tokenized
-    prompts are built once, whatever the number of evaluations."""
+    """(args, ds, model, make_predict(shuffle_cf=False, seed=0) -> predict): a run rebuilt from best.pt."""
     args, ck = read_run(os.path.join(run_dir, "best.pt"))
     args = replace(args, data_dir=data_dir or args.data_dir, device=device or args.device)
     runs.check_device(args.device)
@@ -431,14 +368,9 @@ def load_run(run_dir, data_dir=None, device=None):
     runs.check_made_from(run_dir, ck.get("made_from", {}), made_from(args, ds))
     model, prompts = (build_cf(args, ds).to(args.device), None) if args.stage in CF_STAGES else build_llm_model(args, ds)
     loop.load_trainable(model, ck["model"])
-
-    def make_predict(shuffle_cf=False, seed=0):
-        if shuffle_cf and args.stage != "joint":
-            raise ValueError(f"--shuffle-cf needs a joint run; {run_dir} is a '{args.stage}' run")
-        if prompts is None:
-            return cf_predictor(ds, args.maxlen, args.device)
-        return llm_predictor(args, ds, prompts, shuffle_cf=shuffle_cf, seed=seed)
-    return args, ds, model, make_predict
+    if prompts is None:
+        return args, ds, model, lambda shuffle_cf=False, seed=0: cf_predictor(ds, args.maxlen, args.device)
+    return args, ds, model, lambda shuffle_cf=False, seed=0: llm_predictor(args, ds, prompts, shuffle_cf, seed)
 
 
 @cli

@@ -3,17 +3,14 @@
     python walk.py --data ml1m --llm tiny            # runs/joint if it exists, else untrained parts
     python walk.py --run runs/joint --row 40000      # a trained joint run, one chosen row
 
-Each step prints what it made and its shape, calling the same functions as training does: the
-row and its liked-item history (data.py), the prompt and its token ids with the marker slots,
-the CF vectors (sasrecllm.cf_vectors), the mapped pseudo-tokens (MappingLayer), the splice, the
-LLM's last hidden state, and the two logits z_Yes and z_No (llama.py). At the end it scores the
-same row the way training and evaluation do (data.prompt_batch, then model(**inputs)) and
-prints both scores, and it counts the functions and files that path passes through.
-
-Why a file of its own: it imports every layer (data, the models, the training recipes that
-rebuild a run), so it sits at the top of the import graph, above eval.py's peers.
+Each step prints what it made and its shape, calling the functions training calls: the row and
+its history, the prompt and its token ids, the CF vectors, the pseudo-tokens, the splice, the
+LLM's last hidden state, z_Yes and z_No. Then it scores the row as training does (prompt_batch,
+model(**inputs)), prints both scores and counts the functions and files on that path (--verbose
+lists them). It imports every layer, so it sits at the top of the import graph.
 """
 import argparse
+import itertools
 import os
 import sys
 
@@ -42,19 +39,10 @@ def build(args):
     ds = data.load(a.data, a.data_dir)
     torch.manual_seed(0)
     llm, tok = llama.load(train.backbone_dir(a, ds))
-    cf = SASRec(ds.n_items, ds.n_users, dim=a.dim, n_layers=a.layers, n_heads=a.heads, maxlen=a.maxlen)
+    dim = train.STAGE_DEFAULTS["sasrec"]["dim"]  # the joint stage itself reads it from the CF run
+    cf = SASRec(ds.n_items, ds.n_users, dim=dim, n_layers=a.layers, n_heads=a.heads, maxlen=a.maxlen)
     model = SASRecLLM(llm, tok.yes_id, tok.no_id, cf=cf, proj_token_num=a.proj_token_num, cf_bias=bool(a.cf_bias))
     return a, ds, model.eval(), "UNTRAINED parts (no runs/joint yet: python train.py --stage all ... makes one)"
-
-
-def tsv_line(ds, row, data_dir):
-    """The row's own line in interactions.tsv (ml1m keeps file order: row r is line r + 2)."""
-    if ds.name != "ml1m":
-        return None
-    with open(os.path.join(data_dir or data.DATA_DIR, "ml1m", "interactions.tsv"), encoding="utf-8") as f:
-        for n, line in enumerate(f):
-            if n == row + 1:
-                return line.rstrip("\n")
 
 
 def show(name, t):
@@ -74,8 +62,9 @@ def walk(args):
     print(f"model: {what}; backbone {backbone}\n")
 
     print(f"1. the row (data.load): row {row} of {len(ds)}, split {ds.split[row]}")
-    line = tsv_line(ds, row, a.data_dir)
-    if line:
+    if ds.name == "ml1m":  # ml1m keeps file order: row r is line r + 2 of interactions.tsv
+        with open(os.path.join(a.data_dir or data.DATA_DIR, "ml1m", "interactions.tsv"), encoding="utf-8") as f:
+            line = next(itertools.islice(f, row + 1, None)).rstrip("\n")
         print(f"    TSV line: {line!r}   (user_id, item_id, label, timestamp, split)")
     print(f"    user {ds.user[row]}, item {ds.item[row]} {ds.titles[ds.item[row]]!r}, label {ds.label[row]} "
           f"({'liked' if ds.label[row] else 'not liked'}); warm {bool(ds.warm[row])}")

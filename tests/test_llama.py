@@ -131,6 +131,47 @@ def test_inputs_embeds_equal_input_ids_and_grads_are_finite(tiny_dir):
     assert emb.grad[0, :5].abs().sum() == 0  # padding positions feed nothing forward
 
 
+@pytest.mark.parametrize("padded", [True, False])
+def test_attention_written_out_equals_sdpa(padded):
+    """The CPU bf16 training path (matmuls and a softmax) computes what SDPA does, values and
+    gradients: exactly up to fp32 rounding, and within bf16's rounding in bf16."""
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(3, 4, 7, 8, generator=g) for _ in range(3))
+    mask = None
+    if padded:
+        _, pad = left_padded_batch(50, [7, 3, 5])
+        mask = (torch.ones(7, 7, dtype=torch.bool).tril() & pad.bool()[:, None, :]) | torch.eye(7, dtype=torch.bool)
+        mask = mask[:, None]
+    for dtype, tol in ((torch.float32, 1e-5), (torch.bfloat16, 4e-2)):
+        outs = []
+        for fn in (llama.attention_written_out, lambda *a: torch.nn.functional.scaled_dot_product_attention(
+                *a[:3], attn_mask=a[3], is_causal=a[3] is None)):
+            leaves = [t.to(dtype).clone().requires_grad_(True) for t in (q, k, v)]
+            y = fn(*leaves, mask)
+            y.float().pow(2).sum().backward()
+            outs.append([y.float()] + [t.grad.float() for t in leaves])
+        for a, b in zip(*outs):
+            torch.testing.assert_close(a, b, atol=tol, rtol=tol)
+
+
+def test_bf16_training_path_is_taken_and_agrees(tiny_dir):
+    """In bf16 on the CPU, a forward with gradients goes through attention_written_out and one
+    without through SDPA; the two agree within bf16's rounding."""
+    model = llama.load_model(tiny_dir, torch.bfloat16)
+    ids, mask = left_padded_batch(model.cfg.vocab_size, [6, 9], seed=3)
+    calls = []
+    real = llama.attention_written_out
+    llama.attention_written_out = lambda *a: calls.append(1) or real(*a)
+    try:
+        with_grad = model(input_ids=ids, attention_mask=mask)
+        with torch.no_grad():
+            without = model(input_ids=ids, attention_mask=mask)
+    finally:
+        llama.attention_written_out = real
+    assert len(calls) == model.cfg.num_hidden_layers
+    torch.testing.assert_close(with_grad[:, -1].float(), without[:, -1].float(), atol=5e-2, rtol=5e-2)
+
+
 # ----------------------------------------------------------------------------------------------
 # Loader errors and layouts
 

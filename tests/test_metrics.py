@@ -60,10 +60,8 @@ def test_uauc_matches_loop_over_users():
 def test_threshold_metrics_and_logloss_known_case():
     y = np.array([1, 1, 0, 0, 1])
     p = np.array([0.9, 0.4, 0.6, 0.1, 0.5])  # predicted positive: 0, 2, 4 (0.5 counts)
-    assert M.precision(y, p) == pytest.approx(2 / 3)
-    assert M.recall(y, p) == pytest.approx(2 / 3)
-    assert M.f1(y, p) == pytest.approx(2 / 3)
-    assert M.accuracy(y, p) == pytest.approx(3 / 5)
+    assert M.at_threshold(y, p) == pytest.approx(dict(precision=2 / 3, recall=2 / 3, f1=2 / 3, accuracy=3 / 5))
+    assert M.at_threshold([0, 0], [0.1, 0.2]) == dict(precision=0.0, recall=0.0, f1=0.0, accuracy=1.0)
     expected = -np.mean(np.log([0.9, 0.4, 0.4, 0.9, 0.5]))
     assert M.logloss(y, p) == pytest.approx(expected)
     assert np.isfinite(M.logloss([1, 0], [0.0, 1.0]))  # clipped, not inf

@@ -9,7 +9,6 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from tools import report as ev
-from tools import runs
 from tools import svg as charts
 
 SVG = "{http://www.w3.org/2000/svg}"
@@ -19,11 +18,9 @@ def texts(svg, cls):
     return [t.text for t in ET.fromstring(svg).iter(SVG + "text") if t.get("class") == cls]
 
 
-def fake_run(path, args=None, epochs=0, null_uauc_at=None, metrics=None):
-    """A run directory holding what plot_run reads: best.pt's args, log.jsonl, metrics.json."""
+def fake_run(path, epochs=0, null_uauc_at=None, metrics=None):
+    """A run directory holding what the figures read: log.jsonl and metrics.json."""
     path.mkdir()
-    if args is not None:
-        runs.save_atomic({"args": args, "model": {}}, str(path / "best.pt"))
     log = []
     for e in range(1, epochs + 1):
         valid = dict(auc=0.6 + 0.01 * e, uauc=None if e == null_uauc_at else 0.55 + 0.01 * e,
@@ -37,27 +34,17 @@ def fake_run(path, args=None, epochs=0, null_uauc_at=None, metrics=None):
     return path
 
 
-def report(auc, warm, cold):
-    part = lambda a: dict(auc=a, uauc=None if a is None else a - 0.05, logloss=0.6, accuracy=0.6, n=100)
-    return dict(valid=part(auc), test=part(auc), test_seen=part(warm), test_unseen=part(cold),
-                test_warm=part(warm), test_cold=part(cold))
-
-
-@pytest.fixture
-def joint_chain(tmp_path):
+def test_curves_name_every_stage_on_whole_epochs(tmp_path):
     """12 SASRec, 8 text and 8 joint epochs: the layout whose old x ticks fell on 7.5 and 20.5."""
-    cf = fake_run(tmp_path / "sasrec", epochs=12, metrics=report(0.73, 0.76, 0.69))
-    text = fake_run(tmp_path / "text", epochs=8, null_uauc_at=4, metrics=report(0.53, 0.51, None))
-    return fake_run(tmp_path / "joint", epochs=8, metrics=report(0.734, 0.766, 0.698),
-                    args=dict(stage="joint", cf="sasrec", cf_ckpt=str(cf / "best.pt"), lora=str(text / "adapter")))
-
-
-def test_curves_name_every_stage_on_whole_epochs(joint_chain):
-    written = ev.plot_run(str(joint_chain))
+    chain = [("sasrec", fake_run(tmp_path / "sasrec", epochs=12)),
+             ("text", fake_run(tmp_path / "text", epochs=8, null_uauc_at=4)),
+             ("icl", fake_run(tmp_path / "icl")),  # no log: no span
+             ("joint", fake_run(tmp_path / "joint", epochs=8))]
+    written = ev.write_curves(chain, str(tmp_path))
     names = sorted(p.rsplit("/", 1)[1] for p in written)
-    assert names == ["bars_auc.svg", "curves_accuracy.svg", "curves_auc.svg", "curves_logloss.svg", "curves_loss.svg"]
-    for name in names[1:]:
-        svg = (joint_chain / name).read_text()
+    assert names == ["fig12_curves_accuracy.svg", "fig12_curves_auc.svg", "fig12_curves_logloss.svg"]
+    for name in names:
+        svg = (tmp_path / name).read_text()
         assert texts(svg, "stage") == ["SASRec", "TALLRec", "SASRecLLM"], name
         ticks = texts(svg, "xtick")
         assert len(ticks) >= 3 and all(t == str(int(t)) for t in ticks), (name, ticks)
@@ -66,18 +53,20 @@ def test_curves_name_every_stage_on_whole_epochs(joint_chain):
         dashed = [e for e in ET.fromstring(svg).iter(SVG + "line") if e.get("stroke-dasharray")]
         assert len(dashed) == 2, name  # the two stage switches
     # 3 stages x 2 series, plus the break a null UAUC leaves inside the text stage
-    svg = (joint_chain / "curves_auc.svg").read_text()
+    svg = (tmp_path / "fig12_curves_auc.svg").read_text()
     assert len(list(ET.fromstring(svg).iter(SVG + "polyline"))) == 7
-    assert texts(svg, "ylabel") == ["AUC"]
+    assert texts(svg, "ylabel") == ["AUC"] and texts(svg, "legend") == ["valid AUC", "valid UAUC"]
+    assert ev.write_curves(chain[2:3], str(tmp_path / "none")) == []  # nothing to show: no file
 
 
-def test_bars_start_at_zero_and_say_na(joint_chain):
-    ev.plot_run(str(joint_chain))
-    svg = (joint_chain / "bars_auc.svg").read_text()
+def test_bars_start_at_zero_and_say_na():
+    groups = {"all": {"SASRec": 0.73, "TALLRec": 0.53}, "cold": {"SASRec": 0.69, "TALLRec": None}}
+    svg = charts.svg_bars(groups, "t", xlabel="test rows", ylabel="AUC", ref=(0.5, "chance"))
     assert float(texts(svg, "ytick")[0]) == 0.0
     assert texts(svg, "xlabel") == ["test rows"] and texts(svg, "ylabel") == ["AUC"]
-    assert texts(svg, "legend") == ["SASRec", "TALLRec", "SASRecLLM"]
-    assert texts(svg, "value").count("n/a") == 1  # text's cold AUC is null: no bar, not a zero bar
+    assert texts(svg, "legend") == ["SASRec", "TALLRec"] and texts(svg, "xtick") == ["all", "cold"]
+    assert texts(svg, "value").count("n/a") == 1  # TALLRec's cold AUC is null: no bar, not a zero bar
+    assert len([r for r in ET.fromstring(svg).iter(SVG + "rect") if r.get("class") == "bar"]) == 3
     assert texts(svg, "ref") == ["chance"]
 
 
@@ -96,14 +85,6 @@ def test_x_ticks_are_whole_epochs(n):
     ticks = texts(svg, "xtick")
     assert ticks and all(t == str(int(t)) and 1 <= int(t) <= n for t in ticks), ticks
     assert texts(svg, "xlabel") == ["epoch"] and texts(svg, "ylabel") == ["AUC"]
-
-
-def test_runs_without_log_get_bars_only(tmp_path):
-    pop = fake_run(tmp_path / "pop", args=dict(stage="pop"), metrics=report(0.6, 0.62, None))
-    assert [p.rsplit("/", 1)[1] for p in ev.plot_run(str(pop))] == ["bars_auc.svg"]
-    empty = fake_run(tmp_path / "icl", args=dict(stage="icl"))
-    with pytest.raises(ValueError, match="nothing to plot"):
-        ev.plot_run(str(empty))
 
 
 # -----------------------------------------------------------------------------
@@ -171,11 +152,11 @@ def test_table_figures_name_what_is_missing(table_root, tmp_path, capsys):
     (table_root / "seed1" / "joint" / "metrics.json").unlink()
     with pytest.raises(FileNotFoundError, match="seed1/joint/metrics.json"):
         ev.plot_table(str(table_root))
-    # a single run is no table root: one error line that says how to plot a run
+    # a single run is no table root: one error line that says what --plot expects
     run = table_root / "seed0" / "joint"
     assert ev.main(["--plot", str(run)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: ") and "no seed<N>/" in err[0] and "RUN --plot" in err[0]
+    assert len(err) == 1 and err[0].startswith("error: ") and "no seed<N>/" in err[0] and "tools/table.sh" in err[0]
 
 
 def test_one_epoch_stage_is_drawn_as_a_dot():

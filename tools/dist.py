@@ -1,10 +1,6 @@
-"""Data parallelism under torchrun, as the training loop needs it: which rank this is, and the
-three collectives (the gradients, a float, the scores). One process is rank 0 of a world of 1,
-and every helper is then a no-op.
-
-Written out instead of DistributedDataParallel: with a frozen LLM only a few tensors train, and
-the loop (loop.py) shows the one collective that data parallelism needs.
-"""
+"""Data parallelism under torchrun: this rank, and the collectives the loop needs (gradients, a
+float, the scores), no-ops in one process. Written out instead of DistributedDataParallel: with a
+frozen LLM only a few tensors train, and loop.py shows the one collective that training needs."""
 import os
 
 import torch
@@ -22,8 +18,7 @@ def is_main():
 
 
 def say(*a):
-    """print on rank 0 only, flushed (progress lines of long runs)."""
-    if is_main():
+    if is_main():  # progress lines of long runs: rank 0 only, flushed
         print(*a, flush=True)
 
 
@@ -36,17 +31,15 @@ def init_distributed(device):
     """Under torchrun: join the process group (NCCL on GPUs, gloo on CPU); returns this rank's device."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return device
-    backend = "nccl" if device.startswith("cuda") else "gloo"
-    dist.init_process_group(backend)
-    if backend == "nccl":
+    dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    if device.startswith("cuda"):
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
         torch.cuda.set_device(device)
     return device
 
 
 def all_reduce_grads(params):
-    """Sum the gradients over ranks. Each rank's loss was pre-weighted by its share of the global
-    batch, so the sum is the gradient of the global batch's mean loss."""
+    """Sum the gradients over ranks: each rank's loss is weighted by its share of the global batch."""
     for p in params:
         if p.grad is None:
             p.grad = torch.zeros_like(p)
@@ -54,7 +47,6 @@ def all_reduce_grads(params):
 
 
 def all_sum(x):
-    """A float summed over ranks."""
     if rank_world()[1] == 1:
         return float(x)
     t = torch.tensor([float(x)], dtype=torch.float64)

@@ -1,17 +1,7 @@
-"""Run directories, checkpoint files and error lines: what keeps a run's files whole and its
-failures readable. Machinery beside the lesson; the training loop calls it in one line each.
-
-- A run directory belongs to one run (`own_run_dirs`): OUT/run.lock names its writer, a lock whose
-  process is gone is taken over with a message, and an earlier run is continued (--resume, same
-  flags) or moved aside into OUT/old-<time>-*/ (--overwrite), never deleted.
-- Files appear whole or not at all: checkpoints and JSON are written to a temporary name and
-  renamed (`save_atomic`, `write_json`); multi-file artefacts (the tiny backbone, a LoRA adapter)
-  fill a sibling directory that is renamed into place (`publish_dir`).
-- A checkpoint carries the SHA-256 of its own bytes, checked on every load, so a damaged file is
-  refused instead of loading wrong numbers.
-- An expected failure (bad input, a missing file, a busy directory) is one `error: ...` line and
-  exit status 2 (`cli`); a non-finite loss or score exits 1, Ctrl-C 130.
-"""
+"""Machinery that keeps a run's files whole and its failures readable, in this order: error lines (an
+expected failure: one `error: ...` line, exit 2; a non-finite loss or score 1; Ctrl-C 130), flag types,
+files written whole (a checkpoint with its SHA-256), what a run is made from, what --resume restores,
+and run directories with one writer (OUT/run.lock), an earlier run continued or moved aside, never lost."""
 import argparse
 import functools
 import hashlib
@@ -27,6 +17,7 @@ import sys
 import tempfile
 import time
 from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -34,14 +25,11 @@ import torch
 from tools.dist import barrier, is_main, say
 
 LOCK = "run.lock"  # in a run directory while a run writes there: its pid, host and start
+MADE_FROM = "made_from.json"  # beside a tiny backbone or an adapter: the digests of what made it
 
 
 class RunError(ValueError):
     """A run directory, checkpoint or flag that cannot be used as asked; the message says what to do."""
-
-
-# -----------------------------------------------------------------------------
-# error lines and flag types
 
 
 def first_line(e):
@@ -54,18 +42,14 @@ def error_line(e):
 
 
 def cli(main):
-    """A command's main(argv), wrapped: expected failures become one error line on stderr and an
-    exit status (1 for a non-finite loss or score, 2 for bad input or files, 130 for Ctrl-C)."""
+    """main(argv), with an expected failure as one error line on stderr and an exit status."""
     @functools.wraps(main)
     def run(argv=None):
         try:
             return main(argv)
-        except FloatingPointError as e:
+        except (FloatingPointError, ValueError, KeyError, OSError) as e:  # DataError, RunError: ValueErrors
             print(error_line(e), file=sys.stderr)
-            return 1
-        except (ValueError, KeyError, OSError) as e:  # DataError, CheckpointError and RunError are ValueErrors
-            print(error_line(e), file=sys.stderr)
-            return 2
+            return 1 if isinstance(e, FloatingPointError) else 2
         except KeyboardInterrupt as e:
             print(f"\ninterrupted{'; ' + str(e) if str(e) else ''}", file=sys.stderr)
             return 130
@@ -76,13 +60,11 @@ def check_device(device):
     if not re.fullmatch(r"cpu|cuda(:\d+)?", device):
         raise RunError(f"--device {device}: expected cpu, cuda or cuda:N")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise RunError(f"--device {device}, but this torch ({torch.__version__}) sees no CUDA device; use "
-                            "--device cpu, or install a CUDA build of torch on a machine with a GPU")
+        raise RunError(f"--device {device}, but torch {torch.__version__} sees no CUDA device; use --device cpu")
 
 
 def default_precision(a):
-    """(weight dtype, why) for Run a when --dtype is not given; the loop's autocast follows the
-    weights (bf16 weights: bf16 autocast). Measured by tools/bench.py --ckpt (results/README.md)."""
+    """(weight dtype, why) for Run a without --dtype (autocast follows), as tools/bench.py --ckpt measured."""
     if a.device.startswith("cuda"):
         return "float32", "the paper's mixed precision on CUDA: fp32 weights, fp16 autocast and a GradScaler"
     if a.llm == "tiny" or a.stage not in ("icl", "text", "joint"):
@@ -92,20 +74,17 @@ def default_precision(a):
     return "float32", "fp32: this CPU has no native bf16 (no AMX, no avx512_bf16), where bf16 is slower"
 
 
-def number(low=None, high=None, kind=float, low_open=False):
+def number(low, high=None, kind=float, low_open=False):
     """An argparse type: a finite number of `kind` in [low, high] (low excluded with low_open)."""
     what = "an integer" if kind is int else "a finite number"
+    where = f"{'>' if low_open else '>='} {low}" + ("" if high is None else f" and <= {high}")
 
     def parse(text):
         try:
             v = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-        bad = (not math.isfinite(v) or (low is not None and (v <= low if low_open else v < low))
-               or (high is not None and v > high))
-        if bad:
-            where = ("" if low is None else f"{'>' if low_open else '>='} {low}") + \
-                    ("" if high is None else f"{' and ' if low is not None else ''}<= {high}")
+        if not math.isfinite(v) or (v <= low if low_open else v < low) or (high is not None and v > high):
             raise argparse.ArgumentTypeError(f"expected {what} {where}, got {text}")
         return v
     return parse
@@ -114,9 +93,6 @@ def number(low=None, high=None, kind=float, low_open=False):
 positive = number(1, kind=int)      # a batch size, a count of epochs
 non_negative = number(0, kind=int)  # 0 meaning "none" or "no limit"
 
-# -----------------------------------------------------------------------------
-# files: written whole, read back checked
-
 
 @contextmanager
 def writing(path):
@@ -124,38 +100,31 @@ def writing(path):
     try:
         yield
     except (OSError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError
-        raise RunError(f"{path}: could not write it ({first_line(e)}); is the disk full or the "
-                       "directory read-only?") from None
+        raise RunError(f"{path}: could not write it ({first_line(e)}); is the disk full or read-only?") from None
 
 
 def save_atomic(obj, path):
     """torch.save(obj) with the SHA-256 of its bytes, under a temporary name renamed into place."""
-    if not is_main():  # under torchrun, rank 0 alone writes
-        return
-    buf = io.BytesIO()
-    with writing(path):
-        torch.save(obj, buf)
-        payload = buf.getvalue()
-        torch.save(dict(sha256=hashlib.sha256(payload).hexdigest(), payload=payload), path + ".tmp")
-        os.replace(path + ".tmp", path)  # a reader never sees half a file
+    if is_main():  # under torchrun, rank 0 alone writes
+        with writing(path):
+            torch.save(obj, buf := io.BytesIO())
+            payload = buf.getvalue()
+            torch.save(dict(sha256=hashlib.sha256(payload).hexdigest(), payload=payload), path + ".tmp")
+            os.replace(path + ".tmp", path)  # a reader never sees half a file
 
 
 def read_checkpoint(path, map_location="cpu"):
     """A checkpoint that save_atomic wrote, its digest checked, or one error line saying why not."""
     if not os.path.exists(path):
-        raise FileNotFoundError(f"{path} not found; expected a checkpoint written by train.py")
+        raise RunError(f"{path} not found")
     try:
         outer = torch.load(path, weights_only=False, map_location="cpu")
         payload = outer["payload"]
         if hashlib.sha256(payload).hexdigest() != outer["sha256"]:
             raise RunError("its bytes do not match the SHA-256 it was written with: the file is damaged")
-        ck = torch.load(io.BytesIO(payload), weights_only=False, map_location=map_location)
-    except Exception as e:  # a truncated or foreign file fails to unpickle in many ways
-        raise RunError(f"{path}: cannot read this checkpoint ({type(e).__name__}: {first_line(e)}); "
-                       "expected a complete file written by train.py") from None
-    if not isinstance(ck, dict) or not isinstance(ck.get("model"), dict) or not isinstance(ck.get("args"), dict):
-        raise RunError(f"{path}: expected a train.py checkpoint (a dict with 'args' and 'model')")
-    return ck
+        return torch.load(io.BytesIO(payload), weights_only=False, map_location=map_location)
+    except Exception as e:  # a missing, truncated or foreign file fails in many ways
+        raise RunError(f"{path}: cannot read this checkpoint ({type(e).__name__}: {first_line(e)})") from None
 
 
 def write_json(obj, path):
@@ -164,65 +133,51 @@ def write_json(obj, path):
                        {k: clean(x) for k, x in v.items()} if isinstance(v, dict) else v)
     if is_main():
         with writing(path):
-            with open(path + ".tmp", "w") as f:
-                json.dump(clean(obj), f, indent=2)
+            Path(path + ".tmp").write_text(json.dumps(clean(obj), indent=2))
             os.replace(path + ".tmp", path)
 
 
 def publish_dir(final, write):
     """A multi-file artefact whole or not at all: write(tmp) fills a fresh sibling directory, which
-    is then renamed into place. A kill mid-write leaves FINAL.tmp-<pid> beside it and FINAL as it
-    was; an existing FINAL is replaced."""
-    if not is_main():
-        return final
-    tmp, old = f"{final}.tmp-{os.getpid()}", f"{final}.old-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    write(tmp)
-    with writing(final):
-        if os.path.exists(final):
-            os.rename(final, old)
-        os.rename(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    return final
+    then replaces FINAL. A kill mid-write leaves FINAL.tmp-<pid> beside it and FINAL as it was."""
+    if is_main():
+        tmp = f"{final}.tmp-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        write(tmp)
+        with writing(final):
+            shutil.rmtree(final, ignore_errors=True)
+            os.rename(tmp, final)
 
 
 def check_adapter(adapter_dir):
-    """A LoRA adapter directory that lora.load_adapter can read, or one error line naming the file."""
-    path = os.path.join(adapter_dir, "adapter_config.json")
+    """An adapter_config.json that lora.load_adapter can read, or one error line naming it."""
+    path = Path(adapter_dir, "adapter_config.json")
     try:
-        with open(path) as f:
-            cfg = json.load(f)
-    except ValueError as e:
-        raise RunError(f"{path}: expected peft's adapter_config.json (JSON: {e})") from None
+        cfg = json.loads(path.read_text())
+    except ValueError:
+        cfg = None
     if not isinstance(cfg, dict) or not {"r", "lora_alpha", "target_modules"} <= set(cfg):
-        raise RunError(f"{path}: expected peft's adapter_config.json with r, lora_alpha and target_modules")
-    if not any(os.path.exists(os.path.join(adapter_dir, f)) for f in ("adapter_model.safetensors", "adapter_model.bin")):
-        raise RunError(f"{adapter_dir}: no adapter_model.safetensors; an incomplete adapter (rerun its text stage "
-                       "with --resume to write it again)")
+        raise RunError(f"{path}: expected peft's adapter_config.json, JSON with r, lora_alpha and target_modules")
 
-MISSING_LLM = ("Put TinyLlama-1.1B there in Hugging Face format (config.json, model.safetensors, tokenizer.model; "
-               "e.g. a download of TinyLlama/TinyLlama-1.1B-intermediate-step-1431k-3T), or point --llm at such a "
-               "directory (python ../shared/tools/get_smollm2.py checkpoints/SmolLM2-135M-Instruct builds a real "
-               "one here). To run the whole pipeline without one, use the embedded random backbone: --llm tiny")
+
+MISSING_LLM = ("Put a Hugging Face Llama there (e.g. TinyLlama/TinyLlama-1.1B-intermediate-step-1431k-3T, or "
+               "python ../shared/tools/get_smollm2.py DIR), or use the embedded random backbone: --llm tiny")
 
 
 def check_joint_parts(a):
-    """What the joint stage (Run a) needs and lacks, each with the command that makes it, as one error."""
-    need = [f"an LLM at {a.llm} ({MISSING_LLM})"] if a.llm != "tiny" and not os.path.exists(
-        os.path.join(a.llm, "config.json")) else []
+    """The joint stage's missing inputs (Run a), each with the command that makes it, as one error."""
+    llm_missing = a.llm != "tiny" and not os.path.exists(os.path.join(a.llm, "config.json"))
+    need = [f"an LLM at {a.llm} ({MISSING_LLM})"] if llm_missing else []
     if not os.path.exists(a.cf_ckpt):
-        need.append(f"a CF checkpoint at {a.cf_ckpt}: python train.py --stage {a.cf} --data {a.data} "
-                    f"--out {os.path.dirname(a.cf_ckpt)}")
+        need.append(f"a CF checkpoint at {a.cf_ckpt}: python train.py --stage {a.cf} --data {a.data} --out "
+                    f"{os.path.dirname(a.cf_ckpt)}")
     if not os.path.exists(os.path.join(a.lora, "adapter_config.json")):  # --resume: its run stopped before it
         resume = " --resume" if os.path.exists(os.path.join(os.path.dirname(a.lora), "last.pt")) else ""
         need.append(f"a text-stage LoRA adapter at {a.lora}: python train.py --stage text --data {a.data} "
                     f"--llm {a.llm} --out {os.path.dirname(a.lora)}{resume}")
     if need:
-        raise FileNotFoundError("the joint stage needs " + "; and ".join(need) +
-                                f". Or make all of them in turn: python train.py --stage all --data {a.data} --llm {a.llm}")
-
-# -----------------------------------------------------------------------------
-# what a run is made from: digests, recorded in every checkpoint and checked on every later use
+        raise FileNotFoundError("the joint stage needs " + "; and ".join(need) + ". Or make all of them in "
+                                f"turn: python train.py --stage all --data {a.data} --llm {a.llm}")
 
 
 def digest(*parts):
@@ -234,49 +189,36 @@ def digest(*parts):
 
 
 def data_digests(ds):
-    """{rows: the rows this run loaded, labels and splits included; catalog: what the ids mean (the
-    data set, its users and titles), the same for every --limit of it}."""
+    """{rows: the rows this run loaded, labels and splits too; catalog: what the ids mean, any --limit}."""
     cols = [ds.user, ds.item, ds.label, ds.timestamp, ds.split.astype("U5"), ds.history.liked, ds.history.start]
     catalog = json.dumps([ds.name, ds.n_users, ds.n_items, ds.titles]).encode()
     return dict(rows=digest(*cols, catalog), catalog=digest(catalog))
 
 
-def files_digest(*paths):
-    """The digest of files (a directory: its files, by name), read in 1 MiB blocks."""
+def files_digest(path):
+    """The digest of a file, or of a directory's files by name, read in 1 MiB blocks."""
     h = hashlib.sha256()
-    for path in paths:
-        for f in sorted(os.listdir(path)) if os.path.isdir(path) else [path]:
-            f = os.path.join(path, f) if os.path.isdir(path) else f
-            if os.path.isfile(f):
-                h.update(os.path.basename(f).encode())
-                with open(f, "rb") as fh:
-                    for block in iter(lambda: fh.read(1 << 20), b""):
-                        h.update(block)
+    files = [os.path.join(path, f) for f in sorted(os.listdir(path))] if os.path.isdir(path) else [path]
+    for f in filter(os.path.isfile, files):
+        h.update(os.path.basename(f).encode())
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
     return h.hexdigest()[:16]
 
 
-MADE_FROM = "made_from.json"  # beside a tiny backbone or an adapter: the digests of what made it
-
-
 def read_made_from(d):
-    path = os.path.join(d, MADE_FROM)
-    if not os.path.exists(path):
-        return {}
-    with open(path) as f:
-        return json.load(f)
+    path = Path(d, MADE_FROM)
+    return json.loads(path.read_text()) if path.exists() else {}
 
 
 def check_made_from(what, recorded, now, keys=None):
     """Refuse, in one line naming what changed, a use of `what` on other inputs than it was made from."""
-    keys = keys or sorted(set(recorded) | set(now))
-    changed = [k for k in keys if recorded.get(k) != now.get(k)]
+    changed = [k for k in keys or sorted(set(recorded) | set(now)) if recorded.get(k) != now.get(k)]
     if changed:
-        raise RunError(f"{what} was made from other inputs than these: {', '.join(changed)} changed "
-                       f"({'; '.join(f'{k} {recorded.get(k)} then, {now.get(k)} now' for k in changed)}); use the "
-                       "inputs it was made from, or train a new run")
-
-# -----------------------------------------------------------------------------
-# what --resume restores besides the tensors
+        was = "; ".join(f"{k} {recorded.get(k)} then, {now.get(k)} now" for k in changed)
+        raise RunError(f"{what} was made from other inputs than these: {', '.join(changed)} changed ({was}); "
+                       "use the inputs it was made from, or train a new run")
 
 
 def seed_everything(seed):
@@ -297,118 +239,80 @@ def set_rng_state(s):
 
 def changed_flags(saved, now, may_change):
     """'--flag NEW (the run has OLD)' for every flag that would change a resumed run."""
-    keys = sorted((saved.keys() | now.keys()) - set(may_change))
-    return [f"--{k.replace('_', '-')} {now.get(k)} (the run has {saved.get(k)})" for k in keys
-            if saved.get(k) != now.get(k)]
-
-# -----------------------------------------------------------------------------
-# run directories: one writer each; an earlier run is moved aside, never deleted
+    return [f"--{k.replace('_', '-')} {now.get(k)} (the run has {saved.get(k)})"
+            for k in sorted((saved.keys() | now.keys()) - set(may_change)) if saved.get(k) != now.get(k)]
 
 
 @contextmanager
 def own_run_dirs(outs, resume=False, overwrite=False):
-    """Hold each directory in outs for this run, from before training until every file is
-    written; rank 0 takes the locks and the other ranks wait for it."""
+    """Hold each directory in outs (locked by rank 0, which proves it writable) until every file is
+    written; unless resuming it starts empty: --overwrite moves an earlier run's files aside."""
     held = []
     try:
-        if is_main():
-            for out in outs:
-                held.append(out)
-                claim(out, resume, overwrite)
+        for out in outs if is_main() else ():
+            if os.path.exists(out) and not os.path.isdir(out):
+                raise RunError(f"{out} is a file; expected a run directory (--out)")
+            held.append(out)
+            try:
+                os.makedirs(out, exist_ok=True)
+                lock(out)
+            except OSError as e:
+                raise RunError(f"{out}: cannot write there ({first_line(e)})") from None
+            old = [] if resume else sorted(f for f in os.listdir(out) if f != LOCK and not f.startswith("old-"))
+            if old and not overwrite:
+                raise RunError(f"{out} holds an earlier run ({', '.join(old[:3])}{', ...' if old[3:] else ''}); "
+                               f"continue it with --resume, or start over with --overwrite (it moves to {out}/old-*)")
+            if old:
+                aside = tempfile.mkdtemp(prefix=time.strftime("old-%Y%m%d-%H%M%S-"), dir=out)  # a new name, always
+                for name in old:
+                    os.rename(os.path.join(out, name), os.path.join(aside, name))
+                say(f"--overwrite: moved the earlier run's files in {out} to {aside}")
         barrier()
         yield
     finally:
         for out in held:
-            release(out)
-
-
-def claim(out, resume, overwrite):
-    """Lock out (which also proves it writable, before any training) and, unless resuming,
-    start it empty: an earlier run's files move into out/old-<time>/ with --overwrite."""
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise RunError(f"{out} is a file; expected a run directory (--out)")
-    try:
-        os.makedirs(out, exist_ok=True)
-        lock(out)
-    except OSError as e:
-        raise RunError(f"{out}: cannot write there ({first_line(e)}); expected a writable run directory") from None
-    old = [] if resume else run_files(out)
-    if old and not overwrite:
-        raise RunError(held_message(out, old))
-    if old:
-        aside = tempfile.mkdtemp(prefix=time.strftime("old-%Y%m%d-%H%M%S-"), dir=out)  # a new name, always
-        for name in old:
-            os.rename(os.path.join(out, name), os.path.join(aside, name))
-        say(f"--overwrite: moved the earlier run's files in {out} to {aside}")
-
-
-def run_files(out):
-    """What an earlier run left in out: everything but the lock and the runs moved aside."""
-    return sorted(f for f in os.listdir(out) if f != LOCK and not f.startswith("old-")) if os.path.isdir(out) else []
-
-
-def held_message(out, files):
-    listed = ", ".join(files[:3]) + (", ..." if len(files) > 3 else "")
-    return (f"{out} holds an earlier run ({listed}); continue it with --resume, or start over with --overwrite "
-            f"(its files move to {os.path.join(out, 'old-<time>')}/)")
+            holder = live_lock(out)
+            if holder and (holder["pid"], holder["host"]) == (os.getpid(), socket.gethostname()):
+                os.remove(os.path.join(out, LOCK))
 
 
 def lock(out):
     """Create out/run.lock, or refuse: a live holder keeps it, a dead one's lock is taken over."""
+    try:
+        if live_lock(out, take_over=True) is None:
+            with open(os.path.join(out, LOCK), "x") as f:  # O_EXCL: of two writers, one creates it
+                json.dump(dict(pid=os.getpid(), host=socket.gethostname(),
+                               started=time.strftime("%Y-%m-%d %H:%M:%S")), f)
+            return
+    except FileExistsError:  # another run's, made since
+        pass
+    raise RunError(busy_message(out, live_lock(out)))
+
+
+def live_lock(out, take_over=False):
+    """The holder of out/run.lock (pid, host, start) if its process may be alive, else None: no readable
+    lock, or its process ran on this host and has ended (take_over: then its lock is removed, said)."""
     path = os.path.join(out, LOCK)
-    for _ in range(2):
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)  # atomic: one of two writers wins
-        except FileExistsError:
-            holder = read_lock(path)
-            if holder is None or not holder_is_gone(holder):
-                raise RunError(busy_message(out, holder)) from None
-            say(f"{path}: taking over the lock of pid {holder['pid']} (since {holder['started']}), which has ended")
-            if os.path.exists(path):
-                os.remove(path)
-            continue
-        with os.fdopen(fd, "w") as f:
-            json.dump(dict(pid=os.getpid(), host=socket.gethostname(), started=time.strftime("%Y-%m-%d %H:%M:%S")), f)
-        return
-    raise RunError(f"{out}: another run took the lock first")
+    try:
+        with open(path) as f:
+            holder = json.load(f)
+        pid, host, started = holder["pid"], holder["host"], holder["started"]
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+    try:
+        if host == socket.gethostname() and pid != os.getpid():
+            os.kill(pid, 0)  # signal 0 checks that the process exists, and sends nothing
+    except ProcessLookupError:
+        if take_over:
+            say(f"{path}: taking over the lock of pid {pid} (since {started}), which has ended")
+            os.remove(path)
+        return None
+    except (OSError, OverflowError, TypeError):  # another user's live process, or not a pid at all
+        pass
+    return holder
 
 
 def busy_message(out, holder):
     who = f"pid {holder['pid']} on {holder['host']}, since {holder['started']}" if holder else "an unreadable lock"
     return (f"{out} is in use by another run ({who}); wait for it to finish or use another --out "
             f"(if no run is using it, delete {os.path.join(out, LOCK)})")
-
-
-def live_lock(out):
-    """The holder of out/run.lock if a live process holds it, else None (no lock, or a dead one)."""
-    holder = read_lock(os.path.join(out, LOCK))
-    return None if holder is None or holder_is_gone(holder) else holder
-
-
-def read_lock(path):
-    try:
-        with open(path) as f:
-            holder = json.load(f)
-        return holder if {"pid", "host", "started"} <= set(holder) else None
-    except (OSError, ValueError, TypeError):
-        return None
-
-
-def holder_is_gone(holder):
-    """True only when the holder ran on this host and its pid no longer exists."""
-    if holder["host"] != socket.gethostname() or holder["pid"] == os.getpid():
-        return False
-    try:
-        os.kill(holder["pid"], 0)  # signal 0 checks that the process exists, and sends nothing
-    except ProcessLookupError:
-        return True
-    except (OSError, OverflowError, TypeError):  # another user's live process, or not a pid at all
-        return False
-    return False
-
-
-def release(out):
-    path = os.path.join(out, LOCK)
-    holder = read_lock(path)
-    if holder and (holder["pid"], holder["host"]) == (os.getpid(), socket.gethostname()):
-        os.remove(path)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The one table driver: train every row of the paper's Table 1 (or 2) for each seed under ROOT,
-# then lay them out (ROOT.md: test, warm and cold, mean ± std, Rel.Imp.) and, when the joint row is
-# among them, run the --shuffle-cf ablation on seed 0's joint run (ROOT/shuffle_cf.md).
+# The one table driver: train every row of the paper's Table 1 (or 2) for each seed under ROOT, lay
+# them out (ROOT.md by tools.report --table) and, with the joint row, run the --shuffle-cf ablation
+# on seed 0's joint run (ROOT/shuffle_cf.md).
 #
 #   bash tools/table.sh ROOT [train.py flags for every row...]
 #   SEEDS=3 bash tools/table.sh runs/table_ml1m                        # Table 1, tiny backbone
@@ -10,13 +10,12 @@
 #
 # Environment: DATA (ml1m), SEEDS (1: seed 0 only), ROWS (all nine, in Table 1's order), LLM (tiny),
 # DEVICE (cpu), LLM_FLAGS (the LLM rows only), CF_FLAGS (the CF rows only), PYTHON (python).
-# A row whose metrics.json exists is skipped, so a stopped table goes on where it stopped; a row
-# that a kill left with a last.pt resumes (--resume); one with other files starts over
-# (--overwrite moves them aside). Each row's wall time is appended to ROOT/times.tsv.
+# A finished row (metrics.json) is skipped, one a kill left with a last.pt resumes, one with other
+# files starts over (--overwrite moves them aside). Row wall times are appended to ROOT/times.tsv.
 set -euo pipefail
 root=${1:?usage: bash tools/table.sh ROOT [train.py flags...]}
 shift
-for flag in "$@"; do  # the table sets these for every row itself
+for flag in "$@"; do
     case ${flag%%=*} in
         --stage | --data | --seed | --out | --runs | --cf-ckpt | --lora | --resume | --overwrite | --device | --llm)
             echo "error: tools/table.sh sets ${flag%%=*} for every row itself (DATA, SEEDS, DEVICE and LLM set" \
@@ -40,9 +39,7 @@ for ((s = 0; s < ${SEEDS:-1}; s++)); do
             *) read -ra extra <<<"${CF_FLAGS:-}" ;;
         esac
         flags+=("${extra[@]}" "$@")
-        if [ "$stage" = joint ]; then
-            flags+=(--cf-ckpt "$root/seed$s/sasrec/best.pt" --lora "$root/seed$s/text/adapter")
-        fi
+        [ "$stage" != joint ] || flags+=(--cf-ckpt "$root/seed$s/sasrec/best.pt" --lora "$root/seed$s/text/adapter")
         if [ -f "$out/last.pt" ]; then
             flags+=(--resume)
         elif [ -n "$(ls -A "$out" 2>/dev/null)" ]; then

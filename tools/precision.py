@@ -1,0 +1,67 @@
+"""bf16 against fp32 on one real checkpoint: the whole ML-1M test split scored in each (AUC, UAUC),
+for the untuned LLM (ICL) and for trained text adapters, on the paper's template. It tells whether
+train.py's CPU default (bf16 weights and autocast) may be trusted; a measurement, not the lesson.
+
+    python -m tools.precision --ckpt DIR [--adapter RUN/adapter ...] --out FILE.json
+"""
+import argparse
+import json
+import time
+
+import numpy as np
+import torch
+
+import data
+import llama
+import lora
+import metrics
+
+PRECISIONS = {"fp32": (torch.float32, False), "bf16": (torch.bfloat16, True)}  # (weights, autocast)
+
+
+@torch.no_grad()
+def score(model, prompts, answers, batch_size, autocast):
+    """z_Yes - z_No of every prompt, in batches of similar lengths, left-padded."""
+    out = np.zeros(len(prompts))
+    for idx in data.bucket_batches([len(p.ids) for p in prompts], batch_size, shuffle=False):
+        T = max(len(prompts[j].ids) for j in idx)
+        ids, mask = torch.zeros(len(idx), T, dtype=torch.long), torch.zeros(len(idx), T, dtype=torch.long)
+        for i, j in enumerate(idx):
+            ids[i, T - len(prompts[j].ids):], mask[i, T - len(prompts[j].ids):] = torch.tensor(prompts[j].ids), 1
+        with torch.autocast("cpu", torch.bfloat16, enabled=autocast):
+            z = model.token_logits(model(input_ids=ids, attention_mask=mask)[:, -1], answers)  # (B, 2)
+        out[idx] = (z[:, 0] - z[:, 1]).numpy()
+    return out
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ckpt", required=True)
+    p.add_argument("--adapter", nargs="*", default=[], help="text adapters to score besides the bare LLM")
+    p.add_argument("--data-dir")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--out", required=True, help="JSON: every AUC / UAUC and the largest score difference")
+    args = p.parse_args()
+    ds, tok = data.load("ml1m", args.data_dir), llama.load_tokenizer(args.ckpt)
+    rows = ds.idx("test")
+    prompts, labels, users = data.encode_prompts(ds, rows, tok, collab=False), ds.label[rows], ds.user[rows]
+    report = {}
+    for adapter in [None] + args.adapter:
+        name, scores = adapter or "icl", {}
+        for prec, (dtype, autocast) in PRECISIONS.items():
+            model, t0 = llama.load_model(args.ckpt, dtype), time.time()
+            if adapter:
+                lora.load_adapter(model, adapter)
+            scores[prec] = s = score(model.eval(), prompts, [tok.yes_id, tok.no_id], args.batch_size, autocast)
+            report[f"{name} {prec}"] = dict(auc=metrics.auc(labels, s), uauc=metrics.uauc(users, labels, s)[0],
+                                            minutes=round((time.time() - t0) / 60, 1), n=len(rows))
+            print(json.dumps({name + " " + prec: report[f"{name} {prec}"]}), flush=True)
+        report[f"{name} bf16 - fp32"] = dict(auc=report[f"{name} bf16"]["auc"] - report[f"{name} fp32"]["auc"],
+                                             max_abs_score_diff=float(np.abs(scores["bf16"] - scores["fp32"]).max()))
+        print(json.dumps({name + " bf16 - fp32": report[f"{name} bf16 - fp32"]}), flush=True)
+        with open(args.out, "w") as f:
+            json.dump(report, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
