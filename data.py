@@ -343,10 +343,14 @@ class PromptBatches:
             yield replace(b, positions=mine)
 
 
-def data_slice(ds, limit):
-    """The first `limit` rows of each split (row order), for smoke tests. Histories are the full
-    data's, so a row reads the same prompt as in the whole data set."""
-    keep = np.sort(np.concatenate([ds.idx(s)[:limit] for s in SPLITS]))
+def data_slice(ds, limit=0, valid_rows=0):
+    """The first `limit` rows of each split (row order), for smoke tests; and/or a fixed random
+    `valid_rows` of the valid split (early stopping on a subset, to save a real LLM's time).
+    Histories are the full data's, so a row reads the same prompt as in the whole data set."""
+    parts = {s: ds.idx(s)[:limit] if limit else ds.idx(s) for s in SPLITS}
+    if valid_rows:  # the same subset whatever the run's --seed
+        parts["valid"] = np.random.default_rng(0).permutation(parts["valid"])[:valid_rows]
+    keep = np.sort(np.concatenate(list(parts.values())))
     arrays = {f.name: getattr(ds, f.name)[keep] for f in fields(ds) if isinstance(getattr(ds, f.name), np.ndarray)}
     h = ds.history
     return replace(ds, history=Histories(h.liked, h.start[keep], h.end[keep]), **arrays)

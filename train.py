@@ -71,6 +71,8 @@ class Run:
     out: str = flag(None, "run directory (default: RUNS/<stage>)", resume_may_change=True)
     seed: int = flag(0)
     limit: int = flag(0, "only the first N rows of each split (smoke tests)", type=non_negative)
+    valid_rows: int = flag(0, "validate on a fixed random N of the valid rows (0: all); test is always whole",
+                           type=non_negative)
     device: str = flag("cpu", "cpu, cuda or cuda:N", resume_may_change=True)
     threads: int = flag(2, "torch CPU threads", type=positive, resume_may_change=True)
     # the loop; None takes the stage's default from STAGE_DEFAULTS
@@ -143,7 +145,7 @@ def parse_args(argv=None):
 
 def load_data(args, ds=None):
     ds = ds if ds is not None else data.load(args.data, args.data_dir, args.split, args.reviews, args.meta)
-    return data.data_slice(ds, args.limit) if args.limit else ds
+    return data.data_slice(ds, args.limit, args.valid_rows) if args.limit or args.valid_rows else ds
 
 
 def bce_loss(model, b):

@@ -34,8 +34,8 @@ def batch(lens, pad_multiple=16, seed=0):
     """One batch of random ids at the given prompt lengths."""
     g = torch.Generator().manual_seed(seed)
     seqs = [torch.randint(3, 1000, (n,), generator=g).tolist() for n in lens]
-    [b] = bench.bucketed(seqs, torch.randint(0, 2, (len(lens),), generator=g).float(), len(lens), pad_multiple, seed)
-    return b
+    [(idx, ids, mask)] = bench.bucketed(seqs, len(lens), pad_multiple, seed=seed)
+    return ids, mask, torch.randint(0, 2, (len(lens),), generator=g).float()[idx]
 
 
 def test_turn_orders():

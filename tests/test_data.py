@@ -486,3 +486,18 @@ def test_cli_error_exit_code_no_traceback(tmp_path):
     assert res.returncode == 2 and res.stdout == ""
     assert res.stderr == f"error: {path}:3: expected label 0 or 1, got '7'\n"
     assert "Traceback" not in res.stderr
+
+
+def test_valid_rows_is_a_fixed_subset_of_valid_only(ml1m):
+    """--valid-rows N: every train and test row kept, N of the valid rows, the same N for any
+    --seed (the subset is seeded apart); with --limit, N of the limited valid rows."""
+    import train
+    cut = data.data_slice(ml1m, valid_rows=500)
+    assert [len(cut.idx(s)) for s in ("train", "valid", "test")] == [len(ml1m.idx("train")), 500, len(ml1m.idx("test"))]
+    keys = lambda d, s: set(zip(d.user[d.idx(s)].tolist(), d.item[d.idx(s)].tolist(), d.timestamp[d.idx(s)].tolist()))
+    assert keys(cut, "valid") < keys(ml1m, "valid") and keys(cut, "test") == keys(ml1m, "test")
+    for seed in (0, 7):
+        again = train.load_data(train.parse_args(["--stage", "text", "--valid-rows", "500", "--seed", str(seed)]), ml1m)
+        assert keys(again, "valid") == keys(cut, "valid")
+    both = data.data_slice(ml1m, 300, valid_rows=100)
+    assert [len(both.idx(s)) for s in ("train", "valid", "test")] == [300, 100, 300]

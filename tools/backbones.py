@@ -16,14 +16,11 @@ import sentencepiece as spm
 import torch
 from safetensors.torch import save_file
 
-from llama import Llama, LlamaConfig, Tokenizer, load, load_tokenizer
+from llama import Llama, LlamaConfig, load, load_tokenizer
 from tools.runs import cli
 
-# TinyLlama-1.1B's config.json, the fields that matter (see ../shared/models/README.md).
-TINYLLAMA = dict(architectures=["LlamaForCausalLM"], model_type="llama", hidden_act="silu", hidden_size=2048,
-                 intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32, num_key_value_heads=4,
-                 vocab_size=32000, max_position_embeddings=2048, rms_norm_eps=1e-05, rope_theta=10000.0,
-                 tie_word_embeddings=False, torch_dtype="bfloat16", bos_token_id=1, eos_token_id=2)
+# TinyLlama-1.1B's config.json (see ../shared/models/README.md): LlamaConfig's defaults are its values.
+TINYLLAMA = dict(architectures=["LlamaForCausalLM"], model_type="llama", hidden_act="silu", **asdict(LlamaConfig()))
 TINY_TEXTS = ["Given a user who has watched the following movies: Toy Story (1995), Heat (1995), Jumanji (1995). "
               "Will the user enjoy the movie Casino (1995)? Answer Yes or No.",
               "The user has read the following books. Will the user like the target book? Yes or No.",
@@ -61,11 +58,10 @@ def write_random(out_dir, cfg: LlamaConfig, tokenizer_model, dtype=torch.float32
 
 def make_tiny(out_dir, texts=None, tokenizer_model=None, seed=0):
     """The embedded tiny backbone (`--llm tiny`): a 2-layer Llama with GQA (hidden 64, 4 query heads
-    over 2 kv heads) and RANDOM weights, for the plumbing; its Yes/No mean nothing until fine-tuned.
-    The tokenizer: tokenizer_model, else a BPE sentencepiece model trained here on `texts` (Llama's
-    special ids, byte fallback, "Yes" / "No" one piece each). Init std 1/sqrt(64), the fan-in scale:
-    HF's 0.02 (right for 2048) makes every attention logit ~0.03 here, so the ~170 prompt tokens get
-    near uniform attention and the spliced ones reach the answer at ~1/170 (README, init-scale ablation)."""
+    over 2 kv heads) and RANDOM weights. The tokenizer: tokenizer_model, else a BPE sentencepiece model
+    trained on `texts` (Llama's special ids, byte fallback, "Yes" / "No" one piece each). Init std
+    1/sqrt(64), the fan-in scale: with HF's 0.02 every attention logit is ~0.03 here, so attention is
+    near uniform and the spliced tokens reach the answer at ~1/170 (README, init-scale ablation)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if tokenizer_model is None:
@@ -75,10 +71,8 @@ def make_tiny(out_dir, texts=None, tokenizer_model=None, seed=0):
                                        model_type="bpe", byte_fallback=True, hard_vocab_limit=False,
                                        num_threads=1, minloglevel=2)
         tokenizer_model.write_bytes(buf.getvalue())
-        tok = Tokenizer(tokenizer_model)
-        tok.yes_id, tok.no_id  # raise now if either is not a single piece
-    else:
-        tok = load_tokenizer(tokenizer_model)  # a missing or garbage file: one error naming it
+    tok = load_tokenizer(tokenizer_model)  # a missing or garbage file: one error naming it
+    tok.yes_id, tok.no_id  # raise now if either is not a single piece
     cfg = LlamaConfig(vocab_size=tok.vocab_size, hidden_size=64, intermediate_size=172,
                       num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                       rms_norm_eps=1e-5, max_position_embeddings=2048, torch_dtype="float32",
@@ -105,7 +99,6 @@ def main(argv=None):
             new.append(nxt)
     print(json.dumps({"prompt_tokens": len(ids), "new_ids": new, "text": tok.decode(new),
                       "yes_minus_no": round(yes - no, 6)}))
-    return 0
 
 
 if __name__ == "__main__":

@@ -8,9 +8,8 @@ passes rotate which one goes first on each batch (--check times each order); war
 first meetings cost. FLOPs count useful work on real tokens; pct_peak is of PEAK_TFLOPS on CUDA,
 on a CPU of what a plain bf16 matmul reaches on the same threads.
 
-    python -m tools.bench --check               # the prepared GPU check: every order, then --loop
+    python -m tools.bench --check               # the prepared GPU check: every order, then train.py's loop
     python -m tools.bench --check --device cpu --shape tiny     # the same on CPU, in seconds
-    python -m tools.bench --loop --limit 200 --loop-iters 8     # train.py's own loop.train, real prompts
     python -m tools.bench --ckpt checkpoints/SmolLM2-135M-Instruct --threads 2   # every CPU precision mode
     python -m tools.bench --ckpt DIR --candidates   # faster variants of our bf16 step, then a profile
 """
@@ -44,7 +43,7 @@ YES, NO = 3869, 1939  # the Llama-2 ids (tiny shape: taken modulo its vocabulary
 ORDERS = ("alternate", "ours-first", "hf-first")
 LLAMA_DTYPE = {"fp32": "float32", "bf16": "bfloat16"}  # --dtype in llama.DTYPES' (and train.py's) names
 PEAK_TFLOPS = 989.0  # H100/H200 SXM, bf16 dense
-LOOP_EPOCHS = 2  # --loop: the first epoch meets the batch shapes, the second is timed
+LOOP_EPOCHS = 2  # --check's loop: the first epoch meets the batch shapes, the second is timed
 # --check's sizes: on one H200 at TinyLlama's shape, ~75 s of bench (results/bench/) and 90-160 s of loop (estimated)
 CHECK = {"cuda": dict(steps=24, train_batch=16, score_batch=64, loop_iters=100, limit=0),
          "cpu": dict(steps=2, train_batch=2, score_batch=4, loop_iters=4, limit=64)}
@@ -53,15 +52,12 @@ MODES = {"fp32": (torch.float32, False), "fp32 weights, bf16 autocast": (torch.f
          "bf16 weights, bf16 autocast": (torch.bfloat16, True)}
 
 
-def bucketed(seqs, labels, batch_size, pad_multiple, seed):
-    """(ids, mask, labels) batches of the id lists seqs, bucketed as train.py buckets them; ids and
+def bucketed(seqs, batch_size, pad_multiple=1, shuffle=True, seed=0):
+    """(idx, ids, mask) of each batch of the id lists seqs, bucketed as train.py buckets them; ids and
     mask (B, T) LEFT-padded with masked 0s to the longest, rounded up to pad_multiple."""
-    out = []
-    for idx in data.bucket_batches([len(s) for s in seqs], batch_size, shuffle=True, seed=seed):
+    for idx in data.bucket_batches([len(s) for s in seqs], batch_size, shuffle, seed):
         T = -(-max(len(seqs[j]) for j in idx) // pad_multiple) * pad_multiple  # rounded up
-        ids, mask = data.pad_left([seqs[j] for j in idx], T), data.pad_left([[1] * len(seqs[j]) for j in idx], T)
-        out.append((ids, mask, labels[idx]))
-    return out
+        yield idx, data.pad_left([seqs[j] for j in idx], T), data.pad_left([[1] * len(seqs[j]) for j in idx], T)
 
 
 def random_batches(n_batches, batch_size, vocab, seed, pad_multiple):
@@ -69,7 +65,8 @@ def random_batches(n_batches, batch_size, vocab, seed, pad_multiple):
     g = torch.Generator().manual_seed(seed)
     lengths = (195 + 21.3 * torch.randn(n_batches * batch_size, generator=g)).round().clamp(40, 400).long()
     seqs = [torch.randint(3, vocab, (n,), generator=g).tolist() for n in lengths.tolist()]
-    return bucketed(seqs, torch.randint(0, 2, (len(seqs),), generator=g).float(), batch_size, pad_multiple, seed)
+    labels = torch.randint(0, 2, (len(seqs),), generator=g).float()
+    return [(ids, mask, labels[idx]) for idx, ids, mask in bucketed(seqs, batch_size, pad_multiple, seed=seed)]
 
 
 def real_batches(ds, tok, n_batches, batch_size, pad_multiple, seed):
@@ -77,7 +74,8 @@ def real_batches(ds, tok, n_batches, batch_size, pad_multiple, seed):
     g = torch.Generator().manual_seed(seed)
     rows = ds.idx("train")[torch.randperm(len(ds.idx("train")), generator=g)[:n_batches * batch_size].numpy()]
     seqs = [p.ids for p in data.encode_prompts(ds, rows, tok, collab=False)]
-    return bucketed(seqs, torch.from_numpy(ds.label[rows]).float(), batch_size, pad_multiple, seed)
+    labels = torch.from_numpy(ds.label[rows]).float()
+    return [(ids, mask, labels[idx]) for idx, ids, mask in bucketed(seqs, batch_size, pad_multiple, seed=seed)]
 
 
 def shape_stats(lengths, multiple):
@@ -102,8 +100,7 @@ class Ours:
 
     def __init__(self, model, answers, variant="eager"):
         self.model, self.answers, self.variant = model, answers, variant
-        if variant != "eager":
-            self.name = f"{Ours.name} {variant}"
+        self.name = Ours.name if variant == "eager" else f"{Ours.name} {variant}"
 
     def yes_no(self, ids, mask):
         with sdpa_kernel(SDPBackend.MATH) if self.variant == "sdpa math" else contextlib.nullcontext():
@@ -117,9 +114,8 @@ class HF:
         self.name = "hf+peft last" if keep_last else "hf+peft"
 
     def yes_no(self, ids, mask):
-        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
-        kw = {"logits_to_keep": 1} if self.keep_last else {}
-        logits = self.model(input_ids=ids, attention_mask=mask, position_ids=position_ids, **kw).logits
+        logits = self.model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+                            logits_to_keep=int(self.keep_last)).logits  # logits_to_keep=0: every position's
         return logits[:, -1, self.answers].float()   # (B, 2) of (B, T or 1, V)
 
 
@@ -173,10 +169,9 @@ def step(m, batch, cfg, device, amp):
         torch.cuda.synchronize(device)  # the clock below counts this step's work only
         torch.cuda.reset_peak_memory_stats()   # so the peak below is this step's, this impl's
     t0 = time.perf_counter()
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-        with torch.set_grad_enabled(m.phase == "train"):
-            logits = m.impl.yes_no(ids, mask)                                  # (B, 2)
-            loss = F.binary_cross_entropy_with_logits(logits[:, 0] - logits[:, 1], labels)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp), torch.set_grad_enabled(m.phase == "train"):
+        logits = m.impl.yes_no(ids, mask)                                  # (B, 2)
+        loss = F.binary_cross_entropy_with_logits(logits[:, 0] - logits[:, 1], labels)
     if m.phase == "train":
         loss.backward()
         m.opt.step()
@@ -269,7 +264,7 @@ def run(args, device):
     padding = {ph: {f"pad_multiple_{n}": shape_stats([mask.sum(1).tolist() for _, mask, _ in d], n)
                     for n in sorted({1, 16, args.pad_multiple})} for ph, d in batches.items()}
     orders = ORDERS if args.check else ORDERS[:1]
-    line = {"bench": "check" if args.check else "loop" if args.loop else "bench", "device": str(device),
+    line = {"bench": "check" if args.check else "bench", "device": str(device),
             "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
             "dtype": args.dtype, "shape": args.shape, "pad_multiple": args.pad_multiple, "compile": args.compile,
             "method": f"warm pass over every batch (every shape) first; timed passes: {', '.join(orders)}",
@@ -281,12 +276,11 @@ def run(args, device):
 
 
 def run_loop(args, device):
-    """The bench, then train.py's text stage on a random checkpoint of the bench's shape at its batch
-    sizes, dtype and padding; from the loop's log, its last epoch's training rate against the bench
-    step's, and its valid pass. The data are read first, so that a missing file fails at once."""
+    """The bench, then train.py's text stage on a random checkpoint of the bench's shape, batch sizes, dtype
+    and padding (the data read first: a missing file fails at once); its last epoch's rate against the bench."""
     t_start = time.perf_counter()
     if not args.tokenizer:
-        raise FileNotFoundError("--loop needs the Llama-2 tokenizer.model: pass --tokenizer, or set SASRECLLM_TOKENIZER")
+        raise FileNotFoundError("--check needs Llama-2's tokenizer.model: pass --tokenizer, or set SASRECLLM_TOKENIZER")
     tok = llama.load_tokenizer(args.tokenizer)
     with tempfile.TemporaryDirectory(prefix="bench-loop-") as tmp:  # the checkpoint and the run
         a = train.parse_args([str(x) for x in [
@@ -370,12 +364,9 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
     p.add_argument("--no-hf", action="store_true", help="skip the transformers+peft comparison")
     p.add_argument("--compile", action="store_true", help="add llama.py+lora.py with torch.compile'd layers")
-    p.add_argument("--check", action="store_true", help="the GPU check: CHECK's sizes, every order, then --loop")
-    p.add_argument("--loop", action="store_true", help="after the bench, time train.py's text stage (loop.train)")
-    p.add_argument("--loop-iters", type=int, default=100, help=f"--loop: iterations per epoch, {LOOP_EPOCHS} epochs")
-    p.add_argument("--limit", type=int, default=0, help="--loop: only the first N rows of each split (0: all)")
+    p.add_argument("--check", action="store_true", help="the GPU check: CHECK's sizes, every order, then the loop")
     p.add_argument("--data-dir", help="the data root (default: $SASRECLLM_DATA, else data/)")
-    p.add_argument("--tokenizer", default=os.environ.get("SASRECLLM_TOKENIZER"), help="--loop: Llama-2's tokenizer.model")
+    p.add_argument("--tokenizer", default=os.environ.get("SASRECLLM_TOKENIZER"), help="--check: Llama-2's tokenizer")
     p.add_argument("--ckpt", help="a real checkpoint (e.g. SmolLM2) on CPU: every precision mode, real ML-1M prompts")
     p.add_argument("--candidates", action="store_true", help="--ckpt: our variants in bf16, and a profile")
     args = p.parse_args(argv)
@@ -384,16 +375,16 @@ def main(argv=None):
     args.dtype = args.dtype or ("bf16" if args.check and args.device.startswith("cuda") else "fp32")
     if args.check:
         vars(args).update(CHECK["cuda" if args.device.startswith("cuda") else "cpu"])
-    low = dict(steps=1, train_batch=1, score_batch=1, pad_multiple=1, loop_iters=1, threads=0, limit=0)
+    low = dict(steps=1, train_batch=1, score_batch=1, pad_multiple=1, threads=0)
     bad = [f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k in low and v < low[k]]
     if bad:
-        p.error(f"expected integers >= 1 (--threads, --limit >= 0), got {', '.join(bad)}")
+        p.error(f"expected integers >= 1 (--threads >= 0), got {', '.join(bad)}")
     if args.threads:
         torch.set_num_threads(args.threads)
     runs.check_device(args.device)
     if args.ckpt:
         return run_ckpt(args)
-    print(json.dumps((run_loop if args.check or args.loop else run)(args, torch.device(args.device))))
+    print(json.dumps((run_loop if args.check else run)(args, torch.device(args.device))))
 
 
 if __name__ == "__main__":

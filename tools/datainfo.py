@@ -9,29 +9,27 @@ import sys
 import numpy as np
 
 import data
+import metrics
 from tools.runs import cli
 
 
 def stats(ds):
     rows = {s: ds.idx(s) for s in data.SPLITS}
     share = lambda a: {s: round(float(a[r].mean()), 3) for s, r in rows.items()}
-    out = {"dataset": ds.name, "rows": {s: len(r) for s, r in rows.items()}, "users": ds.n_users,
-           "items": ds.n_items, "positive_rate": share(ds.label), "seen": share(ds.seen), "warm": share(ds.warm),
-           "uauc_users": {}, "notes": ds.notes}
-    for s, r in rows.items():  # the users UAUC averages over: those with both a like and a dislike
-        likes = np.bincount(ds.user[r], weights=ds.label[r], minlength=ds.n_users + 1)
-        out["uauc_users"][s] = int(np.sum((likes > 0) & (likes < np.bincount(ds.user[r], minlength=ds.n_users + 1))))
-    return out
+    return {"dataset": ds.name, "rows": {s: len(r) for s, r in rows.items()}, "users": ds.n_users,
+            "items": ds.n_items, "positive_rate": share(ds.label), "seen": share(ds.seen), "warm": share(ds.warm),
+            # the users UAUC averages over (those with both a like and a dislike): ties score every AUC 0.5
+            "uauc_users": {s: metrics.uauc(ds.user[r], ds.label[r], np.zeros(len(r)))[1] for s, r in rows.items()},
+            "notes": ds.notes}
 
 
 def export(ds, path):
     with open(path, "w", encoding="utf-8") as f:
-        for i in range(len(ds)):
-            f.write(json.dumps(dict(
-                user_id=int(ds.user[i]), item_id=int(ds.item[i]), label=int(ds.label[i]),
-                timestamp=int(ds.timestamp[i]), split=str(ds.split[i]), history=ds.history[i],
-                seen=bool(ds.seen[i]), warm=bool(ds.warm[i]), prompt_text=data.prompt(ds, i, False),
-                prompt_collab=data.prompt(ds, i, True)), ensure_ascii=False) + "\n")
+        f.writelines(json.dumps(dict(
+            user_id=int(ds.user[i]), item_id=int(ds.item[i]), label=int(ds.label[i]),
+            timestamp=int(ds.timestamp[i]), split=str(ds.split[i]), history=ds.history[i],
+            seen=bool(ds.seen[i]), warm=bool(ds.warm[i]), prompt_text=data.prompt(ds, i, False),
+            prompt_collab=data.prompt(ds, i, True)), ensure_ascii=False) + "\n" for i in range(len(ds)))
 
 
 @cli
@@ -53,7 +51,6 @@ def main(argv=None):
         export(ds, args.export)
     if args.stats or not args.export:
         print(json.dumps(stats(ds)))
-    return 0
 
 
 if __name__ == "__main__":

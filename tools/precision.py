@@ -15,6 +15,7 @@ import data
 import llama
 import lora
 import metrics
+from tools import bench, runs
 
 PRECISIONS = {"fp32": (torch.float32, False), "bf16": (torch.bfloat16, True)}  # (weights, autocast)
 
@@ -23,11 +24,7 @@ PRECISIONS = {"fp32": (torch.float32, False), "bf16": (torch.bfloat16, True)}  #
 def score(model, prompts, answers, batch_size, autocast):
     """z_Yes - z_No of every prompt, in batches of similar lengths, left-padded."""
     out = np.zeros(len(prompts))
-    for idx in data.bucket_batches([len(p.ids) for p in prompts], batch_size, shuffle=False):
-        T = max(len(prompts[j].ids) for j in idx)
-        ids, mask = torch.zeros(len(idx), T, dtype=torch.long), torch.zeros(len(idx), T, dtype=torch.long)
-        for i, j in enumerate(idx):
-            ids[i, T - len(prompts[j].ids):], mask[i, T - len(prompts[j].ids):] = torch.tensor(prompts[j].ids), 1
+    for idx, ids, mask in bench.bucketed([p.ids for p in prompts], batch_size, shuffle=False):
         with torch.autocast("cpu", torch.bfloat16, enabled=autocast):
             z = model.token_logits(model(input_ids=ids, attention_mask=mask)[:, -1], answers)  # (B, 2)
         out[idx] = (z[:, 0] - z[:, 1]).numpy()
@@ -59,8 +56,7 @@ def main():
         report[f"{name} bf16 - fp32"] = dict(auc=report[f"{name} bf16"]["auc"] - report[f"{name} fp32"]["auc"],
                                              max_abs_score_diff=float(np.abs(scores["bf16"] - scores["fp32"]).max()))
         print(json.dumps({name + " bf16 - fp32": report[f"{name} bf16 - fp32"]}), flush=True)
-        with open(args.out, "w") as f:
-            json.dump(report, f, indent=2)
+        runs.write_json(report, args.out)
 
 
 if __name__ == "__main__":

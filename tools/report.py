@@ -8,6 +8,7 @@ import math
 import os
 import re
 import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -77,13 +78,11 @@ def read_metrics(run_dir):
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path} not found: the run is unfinished or was never trained "
                                 f"(python train.py ... --out {run_dir}, with --resume to finish it)")
-    with open(path) as f:
-        return json.load(f)
+    return json.loads(Path(path).read_text())
 
 
 def _write(path, text):
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(text)
+    Path(path).write_text(text, encoding="utf-8")
     return path
 
 
@@ -100,15 +99,13 @@ def render_readme(text, root="."):
     """The README with every generated block rebuilt from the files its marker names."""
     def block(kind, spec):
         if kind == "file":
-            with open(os.path.join(root, spec.strip()), encoding="utf-8") as f:
-                return f.read().rstrip("\n")
+            return Path(root, spec.strip()).read_text(encoding="utf-8").rstrip("\n")
         head, *rows = [field.strip() for field in spec.split("|")]
         part, *flags = head.split()  # "test", or "test norel" for a table without Rel.Imp.
         table = []
         for row in rows:
             label, path = (x.strip() for x in row.rsplit(":", 1))
-            with open(os.path.join(root, path), encoding="utf-8") as f:
-                m = json.load(f)
+            m = json.loads(Path(root, path).read_text(encoding="utf-8"))
             if part not in m:
                 raise ValueError(f"{path}: no '{part}' section")
             table.append((label, m[part]))
@@ -151,7 +148,7 @@ def table_runs(root, stages):
 
 
 def build_table(root, command=""):
-    """ROOT.md from the finished rows under root -> (its text, its path)."""
+    """ROOT.md from the finished rows under root, written and printed."""
     seeds, runs, stats = table_runs(root, ROWS)
     path = os.path.join(root, "times.tsv")  # seed<s>/<stage> TAB seconds, a row's last line winning
     with open(path) if os.path.exists(path) else open(os.devnull) as f:
@@ -168,7 +165,7 @@ def build_table(root, command=""):
         if all(part in st for st in stats.values()):
             lines += ["", f"**{part}**", "", markdown_table([(ROWS[s], st[part]) for s, st in stats.items()])]
     text = "\n".join(lines) + "\n"
-    return text, _write(os.path.normpath(root) + ".md", text)
+    print(text + f"wrote {_write(os.path.normpath(root) + '.md', text)}")
 
 
 # -----------------------------------------------------------------------------
@@ -179,16 +176,14 @@ FIG12 = [("auc", "uauc"), ("logloss",), ("accuracy",)]  # Fig. 12's panels: the 
 
 
 def write_curves(chain, into, note=""):
-    """Fig. 12's charts over the epochs of chain's stages ([(stage, run dir)], oldest first) counted on
-    across them: each stage named above its span, a dashed line at each switch; a chart with nothing
-    to show is not written. -> the paths written"""
+    """Fig. 12's charts over chain's stages ([(stage, run dir)], oldest first), epochs counted on across
+    them, each stage named above its span, dashed at each switch; a chart with nothing to show is skipped."""
     rows, stages, offset = [], [], 0
     for name, d in chain:
-        path = os.path.join(d, "log.jsonl")
-        if not os.path.exists(path) or not os.path.getsize(path):  # Pop and ICL do not train
+        path = Path(d, "log.jsonl")
+        log = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+        if not log:  # Pop and ICL do not train
             continue
-        with open(path) as f:
-            log = [json.loads(line) for line in f if line.strip()]
         rows += [dict(rec["valid"], x=offset + rec["epoch"]) for rec in log]
         last = max(rec["epoch"] for rec in log)
         stages.append((offset + 0.5, offset + last + 0.5, ROWS.get(name, name)))
@@ -205,10 +200,8 @@ def write_curves(chain, into, note=""):
 
 
 def plot_table(root, into=None):
-    """The paper's figures from a table's runs, into INTO (default ROOT/figures):
-    fig10_ablation.svg (ICL, TALLRec, SASRec, SASRecLLM on every test metric, seed means),
-    fig11_warm_cold.svg (the same rows' AUC and UAUC on the warm and cold test rows) and
-    fig12_curves_*.svg (the first seed's text then joint stage, per epoch; the switch dashed)."""
+    """Figs. 10-12 from a table's runs, into INTO (default ROOT/figures): the ablation's and the warm/cold
+    test bars (seed means), and the curves of the first seed's text then joint stage (the switch dashed)."""
     seeds, runs, stats = table_runs(root, ABLATION)
     if len(runs) < len(ABLATION):
         raise FileNotFoundError(f"{root}: the figures need the rows {', '.join(ABLATION)}; it has {', '.join(runs)}")
@@ -237,31 +230,25 @@ def main(argv=None):
     ap.add_argument("--collect", nargs="+", metavar="RUN", help="copy the runs' metrics.json into --into")
     ap.add_argument("--into", default=None, help="--collect: the folder; --plot ROOT: where the figures go")
     ap.add_argument("--readme", nargs="?", const="README.md", metavar="FILE", help="rebuild FILE's generated blocks")
-    ap.add_argument("--check-readme", nargs="?", const="README.md", metavar="FILE",
-                    help="exit 1 when FILE's generated blocks differ from results/")
+    ap.add_argument("--check-readme", nargs="?", const="README.md", metavar="FILE", help="exit 1 when FILE is stale")
     args = ap.parse_args(argv)
     if args.table:
-        text, path = build_table(args.table, args.command)
-        print(text + f"wrote {path}")
+        build_table(args.table, args.command)
     elif args.plot:
         print("\n".join(f"wrote {p}" for p in plot_table(args.plot, args.into)))
     elif args.collect:
         collect(args.collect, args.into or "results")
-    elif args.readme or args.check_readme:
-        path = args.readme or args.check_readme
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
+    elif path := args.readme or args.check_readme:
+        text = Path(path).read_text(encoding="utf-8")
         new = render_readme(text, os.path.dirname(os.path.abspath(path)))
         if args.check_readme and new != text:
-            print(f"error: {path}: generated blocks are out of date; run python -m tools.report --readme {path}",
-                  file=sys.stderr)
+            print(f"error: {path} is stale; run python -m tools.report --readme {path}", file=sys.stderr)
             return 1
         print(f"{path}: generated blocks match results/" if args.check_readme else
               f"rewrote the generated blocks of {_write(path, new)}")
     else:
         ap.print_help()
         return 2
-    return 0
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import socket
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import numpy as np
@@ -36,19 +36,15 @@ def first_line(e):
     return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
-def error_line(e):
-    """One 'error: ...' line for an expected failure (a KeyError's message without its quotes)."""
-    return f"error: {e.args[0] if isinstance(e, KeyError) and e.args else first_line(e)}"
-
-
 def cli(main):
-    """main(argv), with an expected failure as one error line on stderr and an exit status."""
+    """main(argv), its exit status (0 for None), with an expected failure as one error line on stderr."""
     @functools.wraps(main)
     def run(argv=None):
         try:
-            return main(argv)
+            return main(argv) or 0
         except (FloatingPointError, ValueError, KeyError, OSError) as e:  # DataError, RunError: ValueErrors
-            print(error_line(e), file=sys.stderr)
+            why = e.args[0] if isinstance(e, KeyError) and e.args else first_line(e)  # a KeyError without quotes
+            print(f"error: {why}", file=sys.stderr)
             return 1 if isinstance(e, FloatingPointError) else 2
         except KeyboardInterrupt as e:
             print(f"\ninterrupted{'; ' + str(e) if str(e) else ''}", file=sys.stderr)
@@ -151,11 +147,9 @@ def publish_dir(final, write):
 
 def check_adapter(adapter_dir):
     """An adapter_config.json that lora.load_adapter can read, or one error line naming it."""
-    path = Path(adapter_dir, "adapter_config.json")
-    try:
+    path, cfg = Path(adapter_dir, "adapter_config.json"), None
+    with suppress(ValueError):  # not JSON: refused below
         cfg = json.loads(path.read_text())
-    except ValueError:
-        cfg = None
     if not isinstance(cfg, dict) or not {"r", "lora_alpha", "target_modules"} <= set(cfg):
         raise RunError(f"{path}: expected peft's adapter_config.json, JSON with r, lora_alpha and target_modules")
 
@@ -278,14 +272,12 @@ def own_run_dirs(outs, resume=False, overwrite=False):
 
 def lock(out):
     """Create out/run.lock, or refuse: a live holder keeps it, a dead one's lock is taken over."""
-    try:
-        if live_lock(out, take_over=True) is None:
-            with open(os.path.join(out, LOCK), "x") as f:  # O_EXCL: of two writers, one creates it
-                json.dump(dict(pid=os.getpid(), host=socket.gethostname(),
-                               started=time.strftime("%Y-%m-%d %H:%M:%S")), f)
+    if live_lock(out, take_over=True) is None:
+        # O_EXCL: of two writers, one creates it; the other's FileExistsError falls through to the refusal
+        with suppress(FileExistsError), open(os.path.join(out, LOCK), "x") as f:
+            json.dump(dict(pid=os.getpid(), host=socket.gethostname(),
+                           started=time.strftime("%Y-%m-%d %H:%M:%S")), f)
             return
-    except FileExistsError:  # another run's, made since
-        pass
     raise RunError(busy_message(out, live_lock(out)))
 
 
@@ -294,8 +286,7 @@ def live_lock(out, take_over=False):
     lock, or its process ran on this host and has ended (take_over: then its lock is removed, said)."""
     path = os.path.join(out, LOCK)
     try:
-        with open(path) as f:
-            holder = json.load(f)
+        holder = json.loads(Path(path).read_text())
         pid, host, started = holder["pid"], holder["host"], holder["started"]
     except (OSError, ValueError, TypeError, KeyError):
         return None

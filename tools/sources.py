@@ -17,6 +17,8 @@ import numpy as np
 
 SPLITS = ("train", "valid", "test")
 AMAZON_MAX_ID = 4000  # the paper keeps Amazon Book user and item ids <= 4000
+LABEL = ({"0": 0, "1": 1}.__getitem__, "label 0 or 1")  # read_table's parsers: (function, what it expects)
+SPLIT = (dict(zip(SPLITS, SPLITS)).__getitem__, "split train, valid or test")
 
 
 class DataError(ValueError):
@@ -39,9 +41,10 @@ def _lines(path, what, encoding="utf-8"):
         raise DataError(f"{path}:{n + 1}: expected readable text ({e})") from None
 
 
-def read_table(path, names, what, sep="\t", header=True, ints=(), encoding="utf-8"):
-    """Yields (line number, fields) of a file of `sep`-separated fields, those named in ints parsed
-    as integers; with header=True the first line must be the names."""
+def read_table(path, names, what, sep="\t", header=True, ints=(), encoding="utf-8", parse=None):
+    """Yields (line number, fields) of a file of `sep`-separated fields, parsed: those named in ints as
+    integers, those in parse {name: (function, what it expects)}; with header=True the first line is names."""
+    parse = {**{name: (int, f"an integer {name}") for name in ints}, **(parse or {})}
     lines, kind = _lines(path, what, encoding), "tab" if sep == "\t" else repr(sep)
     first = next(lines, (1, ""))[1] if header else None
     if header and first.split(sep) != names:
@@ -52,11 +55,12 @@ def read_table(path, names, what, sep="\t", header=True, ints=(), encoding="utf-
             raise DataError(f"{path}:{n}: expected {len(names)} {kind}-separated fields "
                             f"({', '.join(names)}), got {len(fields)}")
         for j, name in enumerate(names):
-            if name in ints:
+            if name in parse:
+                fn, expected = parse[name]
                 try:
-                    fields[j] = int(fields[j])
-                except ValueError:
-                    raise DataError(f"{path}:{n}: expected an integer {name}, got {fields[j]!r}") from None
+                    fields[j] = fn(fields[j])
+                except (KeyError, ValueError):
+                    raise DataError(f"{path}:{n}: expected {expected}, got {fields[j]!r}") from None
         yield n, fields
 
 
@@ -86,12 +90,8 @@ def load_ml1m(data_dir):
         titles[i], title_line[i] = title, n
     # A repeated (user, item) row would leak its answer into a later row's history: pairs are unique.
     rows, splits, pair_line = [], [], {}
-    for n, (u, i, y, t, s) in read_table(inter_path, ["user_id", "item_id", "label", "timestamp", "split"],
-                                         what, ints=["user_id", "item_id", "timestamp"]):
-        if y not in ("0", "1"):
-            raise DataError(f"{inter_path}:{n}: expected label 0 or 1, got {y!r}")
-        if s not in SPLITS:
-            raise DataError(f"{inter_path}:{n}: expected split train, valid or test, got {s!r}")
+    names, ints = ["user_id", "item_id", "label", "timestamp", "split"], ["user_id", "item_id", "timestamp"]
+    for n, (u, i, y, t, s) in read_table(inter_path, names, what, ints=ints, parse=dict(label=LABEL, split=SPLIT)):
         if u < 1:
             raise DataError(f"{inter_path}:{n}: expected user_id >= 1 (0 is padding), got {u}")
         if i not in titles:
@@ -99,7 +99,7 @@ def load_ml1m(data_dir):
         if pair_line.setdefault((u, i), n) != n:
             raise DataError(f"{inter_path}:{n}: user_id {u} and item_id {i} repeat line "
                             f"{pair_line[u, i]}; expected each (user, item) pair once")
-        rows.append((u, i, int(y), t))
+        rows.append((u, i, y, t))
         splits.append(s)
     if not rows:
         raise DataError(f"{inter_path}: no rows; expected interactions after the header")
@@ -125,9 +125,7 @@ def _take(rows, index):
 def renumber(raw):
     """Ids 1..N in order of first appearance.  (N,) -> (N,) int64"""
     _, first, code = np.unique(raw, return_index=True, return_inverse=True)
-    rank = np.empty(len(first), dtype=np.int64)
-    rank[np.argsort(first)] = np.arange(1, len(first) + 1)
-    return rank[code]
+    return (np.argsort(np.argsort(first)) + 1)[code]  # each distinct id's rank by first appearance, from 1
 
 
 def from_ratings(name, domain, ratings, titles_raw, split, source, first_review_only=False, max_id=None):
@@ -228,7 +226,7 @@ def _finite(text):
 
 
 FLAG = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
-PREDS = {"user_id": (int, "an integer user_id"), "label": ({"0": 0, "1": 1}.__getitem__, "label 0 or 1"),
+PREDS = {"user_id": (int, "an integer user_id"), "label": LABEL,
          "score": (_finite, "a finite number as score"), "split": (str, ""),
          **{c: (lambda v: FLAG[v.lower()], f"{c} as 1/0, true/false or yes/no") for c in ("seen", "warm")}}
 
@@ -240,13 +238,5 @@ def read_preds(path):
     need = ["user_id", "item_id", "label", "score"]
     if not set(need) <= set(header):
         raise DataError(f"{path}:1: missing column(s) {sorted(set(need) - set(header))}; expected at least {need}")
-    cols = {c: [] for c in header if c in PREDS}
-    for n, fields in read_table(path, header, what):
-        for c, v in zip(header, fields):
-            if c in cols:
-                parse, expected = PREDS[c]
-                try:
-                    cols[c].append(parse(v))
-                except (KeyError, ValueError):
-                    raise DataError(f"{path}:{n}: expected {expected}, got {v!r}") from None
-    return {c.removesuffix("_id"): np.array(v) for c, v in cols.items()}
+    rows = [fields for _, fields in read_table(path, header, what, parse=PREDS)]
+    return {c.removesuffix("_id"): np.array([r[j] for r in rows]) for j, c in enumerate(header) if c in PREDS}

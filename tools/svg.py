@@ -1,7 +1,6 @@
 """Hand-written SVG charts for tools/report.py's figures: a line chart (training curves across stages) and
-a grouped bar chart (the ablation and warm/cold bars), with no plotting dependency. The output is
-plain text, byte-identical from run to run. Every text carries a class (title, xlabel, ylabel,
-xtick, ytick, stage, legend, value, ref; a bar's rect: bar) so that tests can find it."""
+a grouped bar chart (the ablation and warm/cold bars), with no plotting dependency. The output is plain
+text, byte-identical from run to run; every text and bar carries a class (title, xtick, bar...) for tests."""
 import itertools
 import math
 from xml.sax.saxutils import escape
@@ -17,8 +16,7 @@ def finite(v):
 
 def _ticks(lo, hi, n=5, integer=False):
     """About n round ticks, as (value, label), from at or below lo to at or above hi: steps of 1, 2,
-    2.5 or 5 times a power of ten (whole steps only when integer), so labels read 0.50, 0.55 rather
-    than 0.454, 0.528."""
+    2.5 or 5 times a power of ten (whole steps only when integer), so labels read 0.50, not 0.454."""
     if hi == lo:
         lo, hi = lo - 0.5, hi + 0.5
     raw = (hi - lo) / max(1, n - 1)
@@ -33,7 +31,7 @@ def _ticks(lo, hi, n=5, integer=False):
 
 def _frame(width, height, title, xlabel, ylabel, ys, legend):
     """What both charts share: the title, a y grid on round ticks spanning ys, the legend and the
-    axis labels. -> (the lines before the plot, the lines after it, Y: a value's pixel row, y ticks)"""
+    axis labels. -> (the lines before the plot, those after it, Y: a value's pixel row, y ticks, W, H)"""
     W, H = width - PAD_L - PAD_R, height - PAD_T - PAD_B
     yticks = _ticks(min(ys), max(ys))
     y0, y1 = yticks[0][0], yticks[-1][0]  # the y axis ends on round values
@@ -53,20 +51,18 @@ def _frame(width, height, title, xlabel, ylabel, ys, legend):
     tail += [f'<text class="xlabel" x="{PAD_L + W / 2:.1f}" y="{height - 8}" text-anchor="middle">{escape(xlabel)}</text>',
              f'<text class="ylabel" x="16" y="{yc:.1f}" text-anchor="middle" transform="rotate(-90 16 {yc:.1f})">'
              f'{escape(ylabel)}</text>', "</svg>"]
-    return head, tail, Y, yticks
+    return head, tail, Y, yticks, W, H
 
 
 def svg_lines(series, title, xlabel="epoch", ylabel="", stages=(), width=640, height=360):
-    """A line chart on whole-number x ticks (epochs). series: {name: [(x, y), ...]}, a None or
-    non-finite y breaks the line; stages: [(x_start, x_end, label)], each named above its span, a
-    dashed line where one ends and the next begins."""
+    """A line chart on whole-number x ticks (epochs). series: {name: [(x, y), ...]}, a None or non-finite
+    y breaks the line; stages: [(x_start, x_end, label)], each named above its span, dashed where it starts."""
     pts = [p for s in series.values() for p in s if finite(p[1])]
     xs = [p[0] for p in pts] + [x for s in stages for x in s[:2]]
     x0, x1 = min(xs), max(xs)
     if x1 == x0:
         x0, x1 = x0 - 0.5, x1 + 0.5
-    out, tail, Y, _ = _frame(width, height, title, xlabel, ylabel, [y for _, y in pts], series)
-    W, H = width - PAD_L - PAD_R, height - PAD_T - PAD_B
+    out, tail, Y, _, W, H = _frame(width, height, title, xlabel, ylabel, [y for _, y in pts], series)
     X = lambda x: PAD_L + W * (x - x0) / (x1 - x0)
     for v, label in _ticks(x0, x1, n=8, integer=True):
         if x0 <= v <= x1:  # the x axis spans the stages, not the ticks
@@ -92,13 +88,11 @@ def svg_lines(series, title, xlabel="epoch", ylabel="", stages=(), width=640, he
 
 
 def svg_bars(groups, title, xlabel="", ylabel="", ref=None, width=640, height=360):
-    """A grouped bar chart on a y axis from zero, so bar heights compare as ratios. groups:
-    {group: {bar name: value}} (e.g. {"all": {"SASRec": 0.7}}); a None value is written "n/a".
-    ref: (y, label), a dashed reference line such as AUC 0.5, chance."""
+    """A grouped bar chart on a y axis from zero, so heights compare as ratios. groups: {group: {bar name:
+    value}}, a None value written "n/a"; ref: (y, label), a dashed reference line such as AUC 0.5, chance."""
     names = list(dict.fromkeys(b for g in groups.values() for b in g))
     vals = [v for g in groups.values() for v in g.values() if finite(v)]
-    out, tail, Y, yticks = _frame(width, height, title, xlabel, ylabel, [0.0] + vals, names)
-    W, H = width - PAD_L - PAD_R, height - PAD_T - PAD_B
+    out, tail, Y, yticks, W, H = _frame(width, height, title, xlabel, ylabel, [0.0] + vals, names)
     gw = W / len(groups)
     bw = 0.8 * gw / max(1, len(names))
     out.append(f'<line x1="{PAD_L}" x2="{PAD_L}" y1="{PAD_T}" y2="{PAD_T + H}" stroke="#444"/>')
