@@ -16,6 +16,7 @@ import torch
 
 import data
 import llama
+import train
 from data import DataError
 from tools import datainfo, runs, sources
 
@@ -491,7 +492,6 @@ def test_cli_error_exit_code_no_traceback(tmp_path):
 def test_valid_rows_is_a_fixed_subset_of_valid_only(ml1m):
     """--valid-rows N: every train and test row kept, N of the valid rows, the same N for any
     --seed (the subset is seeded apart); with --limit, N of the limited valid rows."""
-    import train
     cut = data.data_slice(ml1m, valid_rows=500)
     assert [len(cut.idx(s)) for s in ("train", "valid", "test")] == [len(ml1m.idx("train")), 500, len(ml1m.idx("test"))]
     keys = lambda d, s: set(zip(d.user[d.idx(s)].tolist(), d.item[d.idx(s)].tolist(), d.timestamp[d.idx(s)].tolist()))

@@ -140,9 +140,11 @@ def publish_dir(final, write):
         tmp = f"{final}.tmp-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         write(tmp)
-        with writing(final):
-            shutil.rmtree(final, ignore_errors=True)
+        with writing(final):  # renames only: a kill never leaves FINAL half deleted
+            if os.path.exists(final):
+                os.rename(final, f"{final}.old-{os.getpid()}")
             os.rename(tmp, final)
+            shutil.rmtree(f"{final}.old-{os.getpid()}", ignore_errors=True)
 
 
 def check_adapter(adapter_dir):
