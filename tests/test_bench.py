@@ -16,7 +16,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from tools import bench
+import data
+import llama
+from tools import bench, precision
 
 torch.set_num_threads(1)  # one thread: robust on a shared 2-core machine
 ROOT = Path(__file__).resolve().parent.parent
@@ -204,3 +206,18 @@ def test_candidates_time_our_variants_against_eager(tiny_dir, data_dir):
     assert list(line["train"]) == ["llama.py+lora.py", "llama.py+lora.py sdpa math", "llama.py+lora.py compiled"]
     assert set(line["ratios"]["score"]["alternate"]) == {"sdpa_math_vs_eager", "compiled_vs_eager"}
     assert "Self CPU" in stdout  # the profile's table
+
+
+def test_precision_scores_each_prompt_in_its_own_place(tiny_dir, ml1m):
+    """tools/precision.py's batched scores (bucketed by length, left-padded) are each prompt's own
+    score alone, in the input order; and bf16 stays within bf16's rounding of fp32."""
+    model, tok = llama.load(tiny_dir)
+    rows = ml1m.idx("test")[:12]
+    prompts = data.encode_prompts(ml1m, rows, tok, collab=False)
+    answers = [tok.yes_id, tok.no_id]
+    batched = precision.score(model, prompts, answers, batch_size=5, autocast=False)
+    alone = [precision.score(model, [p], answers, batch_size=1, autocast=False)[0] for p in prompts]
+    assert len(set(len(p.ids) for p in prompts)) > 1  # padding was exercised
+    torch.testing.assert_close(torch.tensor(batched), torch.tensor(alone), atol=1e-4, rtol=1e-4)
+    half = precision.score(llama.load_model(tiny_dir, torch.bfloat16), prompts, answers, 5, autocast=True)
+    assert abs(half - batched).max() < 0.1
