@@ -154,20 +154,16 @@ def test_attention_written_out_equals_sdpa(padded):
             torch.testing.assert_close(a, b, atol=tol, rtol=tol)
 
 
-def test_bf16_training_path_is_taken_and_agrees(tiny_dir):
+def test_bf16_training_path_is_taken_and_agrees(tiny_dir, monkeypatch):
     """In bf16 on the CPU, a forward with gradients goes through attention_written_out and one
     without through SDPA; the two agree within bf16's rounding."""
     model = llama.load_model(tiny_dir, torch.bfloat16)
     ids, mask = left_padded_batch(model.cfg.vocab_size, [6, 9], seed=3)
-    calls = []
-    real = llama.attention_written_out
-    llama.attention_written_out = lambda *a: calls.append(1) or real(*a)
-    try:
-        with_grad = model(input_ids=ids, attention_mask=mask)
-        with torch.no_grad():
-            without = model(input_ids=ids, attention_mask=mask)
-    finally:
-        llama.attention_written_out = real
+    calls, real = [], llama.attention_written_out
+    monkeypatch.setattr(llama, "attention_written_out", lambda *a: calls.append(1) or real(*a))
+    with_grad = model(input_ids=ids, attention_mask=mask)
+    with torch.no_grad():
+        without = model(input_ids=ids, attention_mask=mask)
     assert len(calls) == model.cfg.num_hidden_layers
     torch.testing.assert_close(with_grad[:, -1].float(), without[:, -1].float(), atol=5e-2, rtol=5e-2)
 

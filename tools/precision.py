@@ -17,7 +17,8 @@ import lora
 import metrics
 from tools import bench, runs
 
-PRECISIONS = {"fp32": (torch.float32, False), "bf16": (torch.bfloat16, True)}  # (weights, autocast)
+# (weight dtype, bf16 autocast): the two CPU modes of train.py, as the bench names them
+PRECISIONS = {"fp32": bench.MODES["fp32"], "bf16": bench.MODES["bf16 weights, bf16 autocast"]}
 
 
 @torch.no_grad()
