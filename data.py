@@ -215,6 +215,7 @@ class Batch:
     label: torch.Tensor          # (B,) float
     n_global: int
     positions: np.ndarray = None  # scoring: where these rows' scores go in the split's order
+    tokens: int = 0               # prompts: the real (unpadded) tokens of these rows, for tokens/s
 
     def to(self, device):
         move = lambda t: t.to(device, non_blocking=True)
@@ -295,7 +296,8 @@ def prompt_batch(ds, prompts, rows, maxlen=25, cf_rows=None, pad_multiple=1, n_g
         inputs.update(user_pos=torch.tensor([p.user_pos for p in batch]) + pad,   # (B, k)
                       item_pos=torch.tensor([p.item_pos for p in batch]) + pad,   # (B, k)
                       user=c["user"], hist=c["hist"], item=c["item"])    # (B,), (B, maxlen), (B,)
-    return Batch(inputs, torch.from_numpy(ds.label[rows]).float(), n_global or len(rows))
+    return Batch(inputs, torch.from_numpy(ds.label[rows]).float(), n_global or len(rows),
+                 tokens=sum(len(p.ids) for p in batch))
 
 
 def bucket_batches(lengths, batch_size, shuffle, seed=0):

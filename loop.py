@@ -48,7 +48,7 @@ def train(run, made_from, model, batches, loss_fn, predict, ds):
         epoch += 1
         model.train()
         t0 = t_said = time.time()
-        loss_sum, n_seen = torch.zeros((), dtype=torch.float64, device=run.device), 0  # on the device: no sync per step
+        loss_sum, n_seen, tokens = torch.zeros((), dtype=torch.float64, device=run.device), 0, 0  # loss: no sync per step
         for b in batches(epoch):
             b = b.to(run.device)
             with autocast():
@@ -65,7 +65,7 @@ def train(run, made_from, model, batches, loss_fn, predict, ds):
             scaler.step(opt)  # with fp16, skips a step whose gradients overflowed
             scaler.update()
             sched.step()
-            n_seen, steps = n_seen + b.n_global, steps + 1
+            n_seen, steps, tokens = n_seen + b.n_global, steps + 1, tokens + b.tokens * world  # (tokens: rank 0's share)
             if time.time() - t_said > PROGRESS_SECONDS:  # the only host sync inside an epoch
                 t_said = time.time()
                 check_finite(model, loss_sum, epoch)
@@ -85,7 +85,8 @@ def train(run, made_from, model, batches, loss_fn, predict, ds):
             save(run, f"epoch_{epoch:03d}.pt", made_from, model, epoch, best)
         save(run, "last.pt", made_from, model, epoch, best, opt, sched, scaler)
         log = dict(epoch=epoch, train_loss=all_sum(loss_sum) / n_seen, valid=m, lr=sched.get_last_lr()[0],
-                   seconds=time.time() - t0, samples_per_s=n_seen / train_seconds)
+                   seconds=time.time() - t0, samples_per_s=n_seen / train_seconds,
+                   **(dict(tokens_per_s=tokens / train_seconds) if tokens else {}))
         if is_main():
             with runs.writing(os.path.join(run.out, "log.jsonl")), open(os.path.join(run.out, "log.jsonl"), "a") as f:
                 f.write(json.dumps(log) + "\n")
@@ -96,6 +97,11 @@ def train(run, made_from, model, batches, loss_fn, predict, ds):
             break
         if run.stop_after and epoch >= run.stop_after:
             say(f"--stop-after {run.stop_after}: stopping early (continue with --resume)")
+            return None
+        if run.pause_minutes and time.time() - t_run + log["seconds"] > 60 * run.pause_minutes \
+                and epoch < run.max_epochs and best["bad_epochs"] < run.patience:  # (not when the run ends anyway)
+            say(f"--pause-minutes {run.pause_minutes:g}: another epoch would not end in time; paused after epoch "
+                f"{epoch} (continue with --resume)")
             return None
     say(f"done: best valid AUC {best['auc']:.4f} at epoch {best['epoch']} ({(time.time() - t_run) / 60:.1f} min)")
     return finish(run, model, predict, ds, autocast)

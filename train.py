@@ -90,6 +90,8 @@ class Run:
     stop_after: int = flag(0, "stop after epoch N, as if killed (tests --resume)", type=non_negative, resume_may_change=True)
     max_steps: int = flag(0, "stop after N optimizer steps (smoke runs)", type=non_negative, resume_may_change=True)
     max_minutes: float = flag(0.0, "start no new epoch after this many minutes", type=number(0), resume_may_change=True)
+    pause_minutes: float = flag(0.0, "stop as --stop-after does before an epoch that would end after N minutes "
+                                "(judged by the last one); continue with --resume", type=number(0), resume_may_change=True)
     iters_per_epoch: int = flag(None, "LLM stages: epochs of N iterations (default 400; 0: one pass)", type=non_negative)
     # CF models
     dim: int = flag(None, type=positive)

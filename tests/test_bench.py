@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -221,3 +222,18 @@ def test_precision_scores_each_prompt_in_its_own_place(tiny_dir, ml1m):
     torch.testing.assert_close(torch.tensor(batched), torch.tensor(alone), atol=1e-4, rtol=1e-4)
     half = precision.score(llama.load_model(tiny_dir, torch.bfloat16), prompts, answers, 5, autocast=True)
     assert abs(half - batched).max() < 0.1
+
+
+def test_precision_keeps_scores_so_one_precision_can_be_rerun(tiny_dir, data_dir, tmp_path):
+    """tools/precision.py: fp32 alone, then bf16 alone into the same --out; the second run finds the
+    first's scores (the .scores.npz) and reports the difference, with AUCs that are the scores' own."""
+    out, common = tmp_path / "agree.json", ["--ckpt", str(tiny_dir), "--data-dir", str(data_dir), "--rows", "40"]
+    precision.main(common + ["--precisions", "fp32", "--out", str(out)])
+    assert "icl bf16 - fp32" not in json.loads(out.read_text())
+    precision.main(common + ["--precisions", "bf16", "--out", str(out)])
+    report, scores = json.loads(out.read_text()), np.load(tmp_path / "agree.scores.npz")
+    assert sorted(scores) == ["icl bf16", "icl fp32"] and len(scores["icl fp32"]) == report["icl fp32"]["n"] == 40
+    d = report["icl bf16 - fp32"]
+    assert d["auc"] == pytest.approx(report["icl bf16"]["auc"] - report["icl fp32"]["auc"])
+    assert d["max_abs_score_diff"] == pytest.approx(float(np.abs(scores["icl bf16"] - scores["icl fp32"]).max()))
+    assert 0.9 < d["score_corr"] <= 1.0 and 0 < d["score_diff_std"] < d["fp32_score_std"]

@@ -47,6 +47,9 @@ def test_a_short_tiny_chain_repeats_bit_for_bit(data_dir, tmp_path):
     finally:
         torch.set_num_threads(threads)
     got = {stage: fingerprint(tmp_path / stage) for stage in GOLDEN}
+    logs = {s: json.loads(open(tmp_path / s / "log.jsonl").readline()) for s in GOLDEN}
+    assert "tokens_per_s" not in logs["sasrec"]  # prompts only: tokens per sample within the prompts' lengths
+    assert all(30 < logs[s]["tokens_per_s"] / logs[s]["samples_per_s"] < 300 for s in ("text", "joint")), logs
     if os.environ.get("GOLDEN_PRINT"):
         print(json.dumps(got, indent=4))
     assert got == GOLDEN

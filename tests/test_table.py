@@ -61,7 +61,16 @@ def test_every_row_and_part_in_the_papers_columns(table):
     md = (table.parent / "table_ml1m.md").read_text()
     assert "bash tools/table.sh" in md and "SEEDS=2" in md and "times.tsv" in md
     tables = parse(md)
-    assert list(tables) == ["test", "test_warm", "test_cold"]
+    assert list(tables) == ["test", "test_warm", "test_cold", "cost"]
+    head, cost = tables.pop("cost")
+    assert list(cost) == list(ROWS.values())
+    times = report.row_seconds(table)
+    for stage, name in ROWS.items():
+        epochs = len((table / "seed0" / stage / "log.jsonl").read_text().splitlines()) if stage not in ("pop", "mc", "icl") else 0
+        assert cost[name]["epochs (best)"].startswith(str(epochs)) if epochs else cost[name]["epochs (best)"] == "-"
+        h, m, sec = map(int, cost[name]["wall time"].split(":"))
+        assert h * 3600 + m * 60 + sec == round(times[f"seed0/{stage}"]), name
+    assert cost["TALLRec"]["train tokens/s"] != "-" and cost["SASRec"]["train tokens/s"] == "-"
     header = report.markdown_table([]).splitlines()[0]  # Table 1's columns as metrics.py writes them
     for part, (head, cells) in tables.items():
         assert head == header, part
@@ -71,6 +80,7 @@ def test_every_row_and_part_in_the_papers_columns(table):
 
 def test_cells_are_mean_and_sample_std_over_seeds(table):
     tables = parse((table.parent / "table_ml1m.md").read_text())
+    tables.pop("cost")
     stds = []
     for part, (_, cells) in tables.items():
         for stage, name in ROWS.items():
@@ -89,6 +99,7 @@ def test_cells_are_mean_and_sample_std_over_seeds(table):
 
 def test_rel_imp_is_the_papers_formula_on_seed_means(table):
     tables = parse((table.parent / "table_ml1m.md").read_text())
+    tables.pop("cost")
     for part, (_, cells) in tables.items():
         ours = {k: statistics.mean(seed_values(table, "joint", part, k)) for k in ("auc", "uauc")}
         assert cells["SASRecLLM"]["Rel. Imp."] == "-"
@@ -119,6 +130,51 @@ def test_an_unfinished_row_is_run_again_alone_and_its_files_kept(table, data_dir
     assert [(s, k) for s, k, _ in started] == [("pop", "1")] and "--overwrite" in started[0][2]
     assert (table / "seed1" / "pop" / "metrics.json").exists()
     assert list((table / "seed1" / "pop").glob("old-*"))  # its partial files moved aside, not deleted
+
+
+def test_minutes_pauses_a_row_and_the_next_call_resumes_it(tmp_path, data_dir):
+    """MINUTES: the row pauses after its first epoch (it would not end in time), the table stops there
+    without a report; the same command without MINUTES resumes the row, and its times add up."""
+    root = tmp_path / "t"
+    call = lambda **env: subprocess.run(
+        ["bash", "tools/table.sh", str(root), "--data-dir", str(data_dir), "--limit", "300", "--max-epochs", "2",
+         "--threads", "1"], cwd=ROOT, env={**os.environ, "ROWS": "sasrec", "OMP_NUM_THREADS": "1", **env},
+        capture_output=True, text=True, timeout=300)
+    out = call(MINUTES="0.0001")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "not finished" in out.stdout and not (root.parent / "t.md").exists()
+    assert (root / "seed0" / "sasrec" / "last.pt").exists() and not (root / "seed0" / "sasrec" / "metrics.json").exists()
+    out = call()
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "--resume" in out.stdout and (root / "seed0" / "sasrec" / "metrics.json").exists()
+    log = [json.loads(line) for line in (root / "seed0" / "sasrec" / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [1, 2]
+    lines = [line.split("\t") for line in (root / "times.tsv").read_text().splitlines()]
+    assert [(n, how) for n, _, how in lines] == [("seed0/sasrec", "started"), ("seed0/sasrec", "resumed")]
+    assert report.row_seconds(root) == {"seed0/sasrec": sum(float(sec) for _, sec, _ in lines)}
+    # a row started over replaces its time; resumed parts add to it; old two-column lines still read
+    (root / "times.tsv").write_text("a\t10\tstarted\na\t5\tresumed\nb\t4\na\t7\tstarted\na\t3\tresumed\n")
+    assert report.row_seconds(root) == {"a": 10.0, "b": 4.0}
+
+
+def test_lr_sweep_chooses_on_valid_only(tmp_path, data_dir):
+    """tools/lr_sweep.sh: one epoch per LR, no test scoring (no metrics.json), and sweep.md lists each
+    LR's first-epoch valid AUC from its log, best first; a second call trains nothing."""
+    root = tmp_path / "sweep"
+    call = lambda: subprocess.run(
+        ["bash", "tools/lr_sweep.sh", str(root), "--stage", "sasrec", "--data-dir", str(data_dir), "--limit", "300",
+         "--threads", "1"], cwd=ROOT, env={**os.environ, "LRS": "1e-3 1e-2", "OMP_NUM_THREADS": "1"},
+        capture_output=True, text=True, timeout=300)
+    out = call()
+    assert out.returncode == 0, out.stderr[-2000:]
+    aucs = {lr: json.loads((root / f"lr{lr}" / "log.jsonl").read_text().splitlines()[0])["valid"]["auc"]
+            for lr in ("1e-3", "1e-2")}
+    assert not list(root.glob("*/metrics.json"))
+    rows = [line.split("|")[1:4] for line in (root / "sweep.md").read_text().splitlines() if line.startswith("| 1e")]
+    assert [(lr.strip(), float(auc)) for lr, _, auc in rows] == \
+        sorted(((lr, round(a, 4)) for lr, a in aucs.items()), key=lambda t: -t[1])
+    again = call()
+    assert again.returncode == 0 and again.stdout.count("done before, skipped") == 2
 
 
 @pytest.mark.parametrize("flag", ["--seed", "--out=x", "--stage", "--llm"])

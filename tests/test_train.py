@@ -61,6 +61,18 @@ def test_resume_continues_the_same_curve(ml1m, tmp_path):
     assert [r["epoch"] for r in log] == [1, 2]
 
 
+def test_pause_stops_before_an_epoch_that_would_not_end_in_time(ml1m, tmp_path):
+    """--pause-minutes: epoch 1 took longer than the time left, so the run stops resumably after it
+    (last.pt, no metrics.json), and --resume without it finishes the same curve as a straight run."""
+    straight = run(ml1m, tmp_path / "straight", "--stage", "sasrec", "--max-epochs", "3")
+    assert run(ml1m, tmp_path / "p", "--stage", "sasrec", "--max-epochs", "3", "--pause-minutes", "1e-6") is None
+    assert (tmp_path / "p" / "last.pt").exists() and not (tmp_path / "p" / "metrics.json").exists()
+    assert run(ml1m, tmp_path / "p", "--stage", "sasrec", "--max-epochs", "3", "--resume") == straight
+    # a pause that falls after the last epoch does not stop the run short of its metrics
+    assert run(ml1m, tmp_path / "q", "--stage", "sasrec", "--max-epochs", "1", "--pause-minutes", "1e-6") == \
+        run(ml1m, tmp_path / "r", "--stage", "sasrec", "--max-epochs", "1")
+
+
 def test_next_item_objective_and_closed_form_stages_run(ml1m, tmp_path):
     m = run(ml1m, tmp_path / "next", "--stage", "sasrec", "--objective", "next", "--max-epochs", "1")
     assert 0.0 <= m["test"]["auc"] <= 1.0

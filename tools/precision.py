@@ -3,9 +3,11 @@ for the untuned LLM (ICL) and for trained text adapters, on the paper's template
 train.py's CPU default (bf16 weights and autocast) may be trusted; a measurement, not the lesson.
 
     python -m tools.precision --ckpt DIR [--adapter RUN/adapter ...] --out FILE.json
+    python -m tools.precision ... --precisions bf16 --out FILE.json   # bf16 again, the fp32 scores kept
 """
 import argparse
 import json
+import os
 import time
 
 import numpy as np
@@ -32,32 +34,46 @@ def score(model, prompts, answers, batch_size, autocast):
     return out
 
 
-def main():
+def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", required=True)
     p.add_argument("--adapter", nargs="*", default=[], help="text adapters to score besides the bare LLM")
     p.add_argument("--data-dir")
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--precisions", nargs="+", default=list(PRECISIONS), choices=list(PRECISIONS),
+                   help="score only these; the others' scores are kept from an earlier run (OUT's .scores.npz)")
+    p.add_argument("--rows", type=int, default=0, help="a fixed random N of the test rows (0: all)")
     p.add_argument("--out", required=True, help="JSON: every AUC / UAUC and the largest score difference")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     ds, tok = data.load("ml1m", args.data_dir), llama.load_tokenizer(args.ckpt)
     rows = ds.idx("test")
+    rows = np.sort(np.random.default_rng(0).permutation(rows)[:args.rows]) if args.rows else rows
     prompts, labels, users = data.encode_prompts(ds, rows, tok, collab=False), ds.label[rows], ds.user[rows]
-    report = {}
-    for adapter in [None] + args.adapter:
-        name, scores = adapter or "icl", {}
-        for prec, (dtype, autocast) in PRECISIONS.items():
+    report = json.load(open(args.out)) if os.path.exists(args.out) else {}
+    kept = os.path.splitext(args.out)[0] + ".scores.npz"  # every score, so one precision can be re-run alone
+    scores = dict(np.load(kept)) if os.path.exists(kept) else {}
+    for name, adapter in [("icl", None)] + [(a, a) for a in args.adapter]:
+        for prec in args.precisions:
+            dtype, autocast = PRECISIONS[prec]
             model, t0 = llama.load_model(args.ckpt, dtype), time.time()
             if adapter:
                 lora.load_adapter(model, adapter)
-            scores[prec] = s = score(model.eval(), prompts, [tok.yes_id, tok.no_id], args.batch_size, autocast)
+            scores[f"{name} {prec}"] = s = score(model.eval(), prompts, [tok.yes_id, tok.no_id], args.batch_size, autocast)
             report[f"{name} {prec}"] = dict(auc=metrics.auc(labels, s), uauc=metrics.uauc(users, labels, s)[0],
                                             minutes=round((time.time() - t0) / 60, 1), n=len(rows))
             print(json.dumps({name + " " + prec: report[f"{name} {prec}"]}), flush=True)
-        report[f"{name} bf16 - fp32"] = dict(auc=report[f"{name} bf16"]["auc"] - report[f"{name} fp32"]["auc"],
-                                             max_abs_score_diff=float(np.abs(scores["bf16"] - scores["fp32"]).max()))
-        print(json.dumps({name + " bf16 - fp32": report[f"{name} bf16 - fp32"]}), flush=True)
-        runs.write_json(report, args.out)
+            np.savez(kept + ".tmp.npz", **scores)
+            os.replace(kept + ".tmp.npz", kept)
+            runs.write_json(report, args.out)
+        if f"{name} fp32" in scores and f"{name} bf16" in scores:
+            # AUC ranks: when the scores' spread is small against bf16's rounding, near-tied rows reorder
+            lo, hi = scores[f"{name} fp32"], scores[f"{name} bf16"]
+            report[f"{name} bf16 - fp32"] = dict(
+                auc=report[f"{name} bf16"]["auc"] - report[f"{name} fp32"]["auc"],
+                max_abs_score_diff=float(np.abs(hi - lo).max()), score_diff_std=float((hi - lo).std()),
+                fp32_score_std=float(lo.std()), score_corr=float(np.corrcoef(lo, hi)[0, 1]))
+            print(json.dumps({name + " bf16 - fp32": report[f"{name} bf16 - fp32"]}), flush=True)
+            runs.write_json(report, args.out)
 
 
 if __name__ == "__main__":

@@ -73,6 +73,12 @@ def mean_std(reports):
     return out
 
 
+def read_log(run_dir):
+    """log.jsonl's epochs, [] when the run has none (Pop, ICL and the other closed-form rows)."""
+    path = Path(run_dir, "log.jsonl")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
 def read_metrics(run_dir):
     path = os.path.join(run_dir, "metrics.json")
     if not os.path.exists(path):
@@ -147,13 +153,29 @@ def table_runs(root, stages):
     return seeds, runs, {s: mean_std([read_metrics(d) for d in ds]) for s, ds in runs.items()}
 
 
+def row_seconds(root):
+    """{seed<s>/<stage>: seconds} from table.sh's times.tsv (name TAB seconds [TAB started|resumed]): a
+    row started again replaces its time, a resumed one (after a pause or a kill) adds to it."""
+    path, seconds = os.path.join(root, "times.tsv"), {}
+    with open(path) if os.path.exists(path) else open(os.devnull) as f:
+        for name, sec, *how in (line.rstrip("\n").split("\t") for line in f if line.strip()):
+            seconds[name] = float(sec) + (seconds.get(name, 0.0) if how == ["resumed"] else 0.0)
+    return seconds
+
+
+def cost_row(name, run_dir, seconds):
+    log = read_log(run_dir)
+    median = lambda key: f"{np.median([e[key] for e in log]):,.1f}" if log and key in log[0] else "-"
+    best = read_metrics(run_dir).get("best_epoch") if os.path.exists(os.path.join(run_dir, "metrics.json")) else None
+    wall = str(datetime.timedelta(seconds=round(seconds))) if seconds is not None else "-"
+    return [name, wall, f"{len(log)} ({best})" if log else "-", median("samples_per_s"), median("tokens_per_s")]
+
+
 def build_table(root, command=""):
     """ROOT.md from the finished rows under root, written and printed."""
     seeds, runs, stats = table_runs(root, ROWS)
-    path = os.path.join(root, "times.tsv")  # seed<s>/<stage> TAB seconds, a row's last line winning
-    with open(path) if os.path.exists(path) else open(os.devnull) as f:
-        seconds = dict(line.split("\t")[:2] for line in f if line.strip())
-    total = datetime.timedelta(seconds=round(sum(map(float, seconds.values()))))
+    seconds = row_seconds(root)
+    total = datetime.timedelta(seconds=round(sum(seconds.values())))
     n = len(seeds)
     spread = "mean ± sample std" if n > 1 else "one seed, no std"
     # Bold lines, not headings: a README embeds this file inside its own sections.
@@ -164,6 +186,10 @@ def build_table(root, command=""):
     for part in ("test", "test_warm", "test_cold"):  # Table 1 on all test rows, then the warm/cold split
         if all(part in st for st in stats.values()):
             lines += ["", f"**{part}**", "", markdown_table([(ROWS[s], st[part]) for s, st in stats.items()])]
+    lines += ["", "**cost**", "", md_table(["model", "wall time", "epochs (best)", "train samples/s", "train tokens/s"],
+                                          [cost_row(ROWS[s], os.path.join(root, "seed0", s), seconds.get(f"seed0/{s}"))
+                                           for s in runs]),
+              "", "Seed 0: the row's wall time (times.tsv), its epochs, its training speed (the median over epochs)."]
     text = "\n".join(lines) + "\n"
     print(text + f"wrote {_write(os.path.normpath(root) + '.md', text)}")
 
@@ -180,8 +206,7 @@ def write_curves(chain, into, note=""):
     them, each stage named above its span, dashed at each switch; a chart with nothing to show is skipped."""
     rows, stages, offset = [], [], 0
     for name, d in chain:
-        path = Path(d, "log.jsonl")
-        log = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+        log = read_log(d)
         if not log:  # Pop and ICL do not train
             continue
         rows += [dict(rec["valid"], x=offset + rec["epoch"]) for rec in log]

@@ -9,9 +9,11 @@
 #       LLM_FLAGS="--dtype bfloat16 --amp bf16" bash tools/table.sh runs/smollm2   # a real LLM
 #
 # Environment: DATA (ml1m), SEEDS (1: seed 0 only), ROWS (all nine, in Table 1's order), LLM (tiny),
-# DEVICE (cpu), LLM_FLAGS (the LLM rows only), CF_FLAGS (the CF rows only), PYTHON (python).
-# A finished row (metrics.json) is skipped, one a kill left with a last.pt resumes, one with other
-# files starts over (--overwrite moves them aside). Row wall times are appended to ROOT/times.tsv.
+# DEVICE (cpu), LLM_FLAGS (the LLM rows only), CF_FLAGS (the CF rows only), TEXT_FLAGS, JOINT_FLAGS
+# (one stage's rows only, e.g. its --lr), MINUTES (a session's budget: the rows pause, resumably,
+# before an epoch that would end after it; run the same command again to go on), PYTHON (python).
+# A finished row (metrics.json) is skipped, one a kill or a pause left with a last.pt resumes, one with
+# other files starts over (--overwrite moves them aside). Row wall times are appended to ROOT/times.tsv.
 set -euo pipefail
 root=${1:?usage: bash tools/table.sh ROOT [train.py flags...]}
 shift
@@ -38,7 +40,17 @@ for ((s = 0; s < ${SEEDS:-1}; s++)); do
             icl | text | joint) read -ra extra <<<"${LLM_FLAGS:-}"; flags+=(--llm "${LLM:-tiny}") ;;
             *) read -ra extra <<<"${CF_FLAGS:-}" ;;
         esac
-        flags+=("${extra[@]}" "$@")
+        stage_flags=${stage^^}_FLAGS
+        read -ra own <<<"${!stage_flags:-}"
+        flags+=("${extra[@]}" "${own[@]}" "$@")
+        if [ -n "${MINUTES:-}" ]; then
+            left=$(awk -v m="$MINUTES" -v s="$SECONDS" 'BEGIN { printf "%.4f", m - s / 60 }')
+            if awk -v l="$left" 'BEGIN { exit !(l <= 0) }'; then
+                echo "[table] MINUTES=$MINUTES spent before $stage, seed $s: run the same command again to go on"
+                exit 0
+            fi
+            flags+=(--pause-minutes "$left")
+        fi
         [ "$stage" != joint ] || flags+=(--cf-ckpt "$root/seed$s/sasrec/best.pt" --lora "$root/seed$s/text/adapter")
         if [ -f "$out/last.pt" ]; then
             flags+=(--resume)
@@ -48,7 +60,12 @@ for ((s = 0; s < ${SEEDS:-1}; s++)); do
         echo "[table] $stage, seed $s: $py train.py ${flags[*]}"
         t0=$SECONDS
         "$py" train.py "${flags[@]}"
-        printf 'seed%s/%s\t%d\n' "$s" "$stage" $((SECONDS - t0)) >>"$root/times.tsv"
+        how=started && [[ " ${flags[*]} " != *" --resume "* ]] || how=resumed  # a resumed row's times add up
+        printf 'seed%s/%s\t%d\t%s\n' "$s" "$stage" $((SECONDS - t0)) "$how" >>"$root/times.tsv"
+        if [ ! -f "$out/metrics.json" ]; then
+            echo "[table] $stage, seed $s: not finished (paused or stopped); run the same command again to go on"
+            exit 0
+        fi
     done
 done
 command="SEEDS=${SEEDS:-1} ROWS='$rows' LLM=${LLM:-tiny} DEVICE=${DEVICE:-cpu} LLM_FLAGS='${LLM_FLAGS:-}' CF_FLAGS='${CF_FLAGS:-}' bash tools/table.sh $root $*"
