@@ -13,7 +13,7 @@ import pytest
 
 import metrics
 from conftest import ROOT
-from tools import report
+from tools import report, runs
 
 ROWS = {"pop": "Pop", "mf": "MF", "ncf": "NCF", "gru4rec": "RNN", "mc": "MC", "sasrec": "SASRec",
         "icl": "ICL", "text": "TALLRec", "joint": "SASRecLLM"}
@@ -140,12 +140,14 @@ def test_minutes_pauses_a_row_and_the_next_call_resumes_it(tmp_path, data_dir):
         ["bash", "tools/table.sh", str(root), "--data-dir", str(data_dir), "--limit", "300", "--max-epochs", "2",
          "--threads", "1"], cwd=ROOT, env={**os.environ, "ROWS": "sasrec", "OMP_NUM_THREADS": "1", **env},
         capture_output=True, text=True, timeout=300)
-    out = call(MINUTES="0.0001")
+    out = call(MINUTES="0.0001", SASREC_FLAGS="--lr 2e-3")  # <STAGE>_FLAGS: that stage's rows only
     assert out.returncode == 0, out.stderr[-2000:]
+    assert runs.read_checkpoint(str(root / "seed0" / "sasrec" / "last.pt"))["args"]["lr"] == 2e-3
     assert "not finished" in out.stdout and not (root.parent / "t.md").exists()
     assert (root / "seed0" / "sasrec" / "last.pt").exists() and not (root / "seed0" / "sasrec" / "metrics.json").exists()
-    out = call()
+    out = call(SASREC_FLAGS="--lr 2e-3")
     assert out.returncode == 0, out.stderr[-2000:]
+    assert "SASREC_FLAGS='--lr 2e-3'" in (root.parent / "t.md").read_text()  # the report's command says it
     assert "--resume" in out.stdout and (root / "seed0" / "sasrec" / "metrics.json").exists()
     log = [json.loads(line) for line in (root / "seed0" / "sasrec" / "log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in log] == [1, 2]

@@ -9,8 +9,8 @@
 #       LLM_FLAGS="--dtype bfloat16 --amp bf16" bash tools/table.sh runs/smollm2   # a real LLM
 #
 # Environment: DATA (ml1m), SEEDS (1: seed 0 only), ROWS (all nine, in Table 1's order), LLM (tiny),
-# DEVICE (cpu), LLM_FLAGS (the LLM rows only), CF_FLAGS (the CF rows only), TEXT_FLAGS, JOINT_FLAGS
-# (one stage's rows only, e.g. its --lr), MINUTES (a session's budget: the rows pause, resumably,
+# DEVICE (cpu), LLM_FLAGS (the LLM rows only), CF_FLAGS (the CF rows only), <STAGE>_FLAGS (that
+# stage's rows only, e.g. TEXT_FLAGS="--lr 1e-3"), MINUTES (a session's budget: the rows pause, resumably,
 # before an epoch that would end after it; run the same command again to go on), PYTHON (python).
 # A finished row (metrics.json) is skipped, one a kill or a pause left with a last.pt resumes, one with
 # other files starts over (--overwrite moves them aside). Row wall times are appended to ROOT/times.tsv.
@@ -68,7 +68,9 @@ for ((s = 0; s < ${SEEDS:-1}; s++)); do
         fi
     done
 done
-command="SEEDS=${SEEDS:-1} ROWS='$rows' LLM=${LLM:-tiny} DEVICE=${DEVICE:-cpu} LLM_FLAGS='${LLM_FLAGS:-}' CF_FLAGS='${CF_FLAGS:-}' bash tools/table.sh $root $*"
+command="SEEDS=${SEEDS:-1} ROWS='$rows' LLM=${LLM:-tiny} DEVICE=${DEVICE:-cpu} LLM_FLAGS='${LLM_FLAGS:-}' CF_FLAGS='${CF_FLAGS:-}'"
+for stage in $rows; do v=${stage^^}_FLAGS && [ -z "${!v:-}" ] || command+=" $v='${!v}'"; done
+command+=" bash tools/table.sh $root $*"
 "$py" -m tools.report --table "$root" --command "$command"
 if [[ " $rows " == *" joint "* ]] && [ ! -f "$root/shuffle_cf.md" ]; then
     "$py" eval.py "$root/seed0/joint" --shuffle-cf --device "${DEVICE:-cpu}" >"$root/shuffle_cf.md.tmp"
