@@ -242,8 +242,8 @@ class Llama(nn.Module):
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("give exactly one of input_ids and inputs_embeds")
         x = self.model.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, D)
-        # The residual stream in fp32 whatever the weights: with bf16 weights, 30 layers' worth of
-        # bf16 rounding of x moved the ICL scores by a third of their spread (results/README.md).
+        # The residual stream in fp32 whatever the weights: with bf16 weights, rounding x to bf16 after
+        # every layer compounds over the stack (bf16 against fp32: results/README.md).
         dtype, x = x.dtype, x.float()
         B, T, _ = x.shape
         if attention_mask is None:

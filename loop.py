@@ -65,7 +65,7 @@ def train(run, made_from, model, batches, loss_fn, predict, ds):
             scaler.step(opt)  # with fp16, skips a step whose gradients overflowed
             scaler.update()
             sched.step()
-            n_seen, steps, tokens = n_seen + b.n_global, steps + 1, tokens + b.tokens * world  # (tokens: rank 0's share)
+            n_seen, steps, tokens = n_seen + b.n_global, steps + 1, tokens + b.tokens * world  # (tokens: this rank's, times world)
             if time.time() - t_said > PROGRESS_SECONDS:  # the only host sync inside an epoch
                 t_said = time.time()
                 check_finite(model, loss_sum, epoch)

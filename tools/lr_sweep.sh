@@ -21,16 +21,15 @@ for lr in ${LRS:?set LRS, e.g. LRS=\"1e-4 3e-4 1e-3\"}; do
     "$py" train.py "$@" --lr "$lr" --stop-after 1 --out "$out" --overwrite
 done
 "$py" - "$root" "LRS='$LRS' bash tools/lr_sweep.sh $root $*" <<'EOF'
-import json, os, sys
+import os, sys
+from tools.report import md_table, read_log
 root, command = sys.argv[1:]
-rows = []
-for name in sorted(os.listdir(root)):
-    path = os.path.join(root, name, "log.jsonl")
-    if name.startswith("lr") and os.path.exists(path):
-        e = json.loads(open(path).readline())
-        rows.append((e["valid"]["auc"], name[2:], e["train_loss"], e["valid"]["uauc"], e["valid"]["n"], e["seconds"]))
-lines = [f"`{command}`", "", "| lr | train loss | valid AUC | valid UAUC | valid rows | seconds |", "|---|---|---|---|---|---|"]
-lines += [f"| {lr} | {loss:.4f} | {auc:.4f} | {uauc:.4f} | {n} | {s:.0f} |" for auc, lr, loss, uauc, n, s in sorted(rows, reverse=True)]
-open(os.path.join(root, "sweep.md"), "w").write("\n".join(lines) + "\n")
-print("\n".join(lines))
+logs = {name[2:]: read_log(os.path.join(root, name)) for name in os.listdir(root) if name.startswith("lr")}
+rows = sorted(((log[0]["valid"]["auc"], lr, log[0]) for lr, log in logs.items() if log), reverse=True)  # best first
+table = md_table(["lr", "train loss", "valid AUC", "valid UAUC", "valid rows", "seconds"],
+                 [[lr, f"{e['train_loss']:.4f}", f"{auc:.4f}", f"{e['valid']['uauc']:.4f}", str(e["valid"]["n"]),
+                   f"{e['seconds']:.0f}"] for auc, lr, e in rows])
+text = f"`{command}`\n\n{table}\n"
+open(os.path.join(root, "sweep.md"), "w").write(text)
+print(text, end="")
 EOF

@@ -44,23 +44,22 @@ for ((s = 0; s < ${SEEDS:-1}; s++)); do
         read -ra own <<<"${!stage_flags:-}"
         flags+=("${extra[@]}" "${own[@]}" "$@")
         if [ -n "${MINUTES:-}" ]; then
-            left=$(awk -v m="$MINUTES" -v s="$SECONDS" 'BEGIN { printf "%.4f", m - s / 60 }')
-            if awk -v l="$left" 'BEGIN { exit !(l <= 0) }'; then
+            if ! left=$(awk -v m="$MINUTES" -v s="$SECONDS" 'BEGIN { l = m - s / 60; printf "%.4f", l; exit !(l > 0) }'); then
                 echo "[table] MINUTES=$MINUTES spent before $stage, seed $s: run the same command again to go on"
                 exit 0
             fi
             flags+=(--pause-minutes "$left")
         fi
         [ "$stage" != joint ] || flags+=(--cf-ckpt "$root/seed$s/sasrec/best.pt" --lora "$root/seed$s/text/adapter")
+        how=started
         if [ -f "$out/last.pt" ]; then
-            flags+=(--resume)
+            flags+=(--resume) how=resumed  # a resumed row's times add up (report.row_seconds)
         elif [ -n "$(ls -A "$out" 2>/dev/null)" ]; then
             flags+=(--overwrite)
         fi
         echo "[table] $stage, seed $s: $py train.py ${flags[*]}"
         t0=$SECONDS
         "$py" train.py "${flags[@]}"
-        how=started && [[ " ${flags[*]} " != *" --resume "* ]] || how=resumed  # a resumed row's times add up
         printf 'seed%s/%s\t%d\t%s\n' "$s" "$stage" $((SECONDS - t0)) "$how" >>"$root/times.tsv"
         if [ ! -f "$out/metrics.json" ]; then
             echo "[table] $stage, seed $s: not finished (paused or stopped); run the same command again to go on"
