@@ -61,8 +61,14 @@ def test_every_row_and_part_in_the_papers_columns(table):
     md = (table.parent / "table_ml1m.md").read_text()
     assert "bash tools/table.sh" in md and "SEEDS=2" in md and "times.tsv" in md
     tables = parse(md)
-    assert list(tables) == ["test", "test_warm", "test_cold", "cost"]
+    assert list(tables) == ["test", "test_warm", "test_cold", "paper", "cost"]
     head, cost = tables.pop("cost")
+    _, paper = tables.pop("paper")
+    assert list(paper) == ["SASRec", "TALLRec", "SASRecLLM"]
+    for stage, (auc, uauc) in report.PAPER["ml1m"].items():
+        row = paper[ROWS[stage]]
+        assert (row["AUC (paper, TinyLlama-1.1B)"], row["UAUC (paper)"]) == (f"{auc:.3f}", f"{uauc:.3f}")
+        assert row["AUC (ours)"] == tables["test"][1][ROWS[stage]]["AUC"]  # the test table's seed-mean cell
     assert list(cost) == list(ROWS.values())
     times = report.row_seconds(table)
     for stage, name in ROWS.items():
@@ -80,7 +86,7 @@ def test_every_row_and_part_in_the_papers_columns(table):
 
 def test_cells_are_mean_and_sample_std_over_seeds(table):
     tables = parse((table.parent / "table_ml1m.md").read_text())
-    tables.pop("cost")
+    tables.pop("cost"), tables.pop("paper")
     stds = []
     for part, (_, cells) in tables.items():
         for stage, name in ROWS.items():
@@ -99,7 +105,7 @@ def test_cells_are_mean_and_sample_std_over_seeds(table):
 
 def test_rel_imp_is_the_papers_formula_on_seed_means(table):
     tables = parse((table.parent / "table_ml1m.md").read_text())
-    tables.pop("cost")
+    tables.pop("cost"), tables.pop("paper")
     for part, (_, cells) in tables.items():
         ours = {k: statistics.mean(seed_values(table, "joint", part, k)) for k in ("auc", "uauc")}
         assert cells["SASRecLLM"]["Rel. Imp."] == "-"

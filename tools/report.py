@@ -138,6 +138,8 @@ def collect(run_dirs, into):
 # Table 1's rows in order, train.py stage -> the paper's name (also the plots' labels).
 ROWS = {"pop": "Pop", "mf": "MF", "ncf": "NCF", "gru4rec": "RNN", "mc": "MC", "sasrec": "SASRec",
         "icl": "ICL", "text": "TALLRec", "joint": "SASRecLLM"}
+# The paper's own test AUC / UAUC (its Table 1, TinyLlama-1.1B on ML-1M), set beside ours by --table.
+PAPER = {"ml1m": {"sasrec": (0.634, 0.607), "text": (0.689, 0.676), "joint": (0.696, 0.685)}}
 
 
 def table_runs(root, stages):
@@ -171,7 +173,7 @@ def cost_row(name, run_dir, seconds):
     return [name, wall, f"{len(log)} ({best})" if log else "-", median("samples_per_s"), median("tokens_per_s")]
 
 
-def build_table(root, command=""):
+def build_table(root, command="", data=None):
     """ROOT.md from the finished rows under root, written and printed."""
     seeds, runs, stats = table_runs(root, ROWS)
     seconds = row_seconds(root)
@@ -186,6 +188,12 @@ def build_table(root, command=""):
     for part in ("test", "test_warm", "test_cold"):  # Table 1 on all test rows, then the warm/cold split
         if all(part in st for st in stats.values()):
             lines += ["", f"**{part}**", "", markdown_table([(ROWS[s], st[part]) for s, st in stats.items()])]
+    paper = {s: v for s, v in PAPER.get(data, {}).items() if s in stats}
+    if paper:  # the paper's rows beside ours, on the whole test split
+        ours = lambda s, k: fmt_mean_std(*stats[s]["test"][k])
+        lines += ["", "**paper**", "", md_table(
+            ["model", "AUC (ours)", "UAUC (ours)", "AUC (paper, TinyLlama-1.1B)", "UAUC (paper)"],
+            [[ROWS[s], ours(s, "auc"), ours(s, "uauc"), f"{a:.3f}", f"{u:.3f}"] for s, (a, u) in paper.items()])]
     lines += ["", "**cost**", "", md_table(["model", "wall time", "epochs (best)", "train samples/s", "train tokens/s"],
                                           [cost_row(ROWS[s], os.path.join(root, "seed0", s), seconds.get(f"seed0/{s}"))
                                            for s in runs]),
@@ -251,6 +259,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--table", metavar="ROOT", help="Table 1 over ROOT/seed<s>/<stage> -> ROOT.md")
     ap.add_argument("--command", default="", help="--table: the command that trained it, printed above the table")
+    ap.add_argument("--paper", metavar="DATA", help="--table: set the paper's figures on DATA (ml1m) beside ours")
     ap.add_argument("--plot", metavar="ROOT", help="Figs. 10-12 of a table root -> --into (default ROOT/figures)")
     ap.add_argument("--collect", nargs="+", metavar="RUN", help="copy the runs' metrics.json into --into")
     ap.add_argument("--into", default=None, help="--collect: the folder; --plot ROOT: where the figures go")
@@ -258,7 +267,7 @@ def main(argv=None):
     ap.add_argument("--check-readme", nargs="?", const="README.md", metavar="FILE", help="exit 1 when FILE is stale")
     args = ap.parse_args(argv)
     if args.table:
-        build_table(args.table, args.command)
+        build_table(args.table, args.command, args.paper)
     elif args.plot:
         print("\n".join(f"wrote {p}" for p in plot_table(args.plot, args.into)))
     elif args.collect:

@@ -70,7 +70,7 @@ done
 command="SEEDS=${SEEDS:-1} ROWS='$rows' LLM=${LLM:-tiny} DEVICE=${DEVICE:-cpu} LLM_FLAGS='${LLM_FLAGS:-}' CF_FLAGS='${CF_FLAGS:-}'"
 for stage in $rows; do v=${stage^^}_FLAGS && [ -z "${!v:-}" ] || command+=" $v='${!v}'"; done
 command+=" bash tools/table.sh $root $*"
-"$py" -m tools.report --table "$root" --command "$command"
+"$py" -m tools.report --table "$root" --command "$command" --paper "${DATA:-ml1m}"
 if [[ " $rows " == *" joint "* ]] && [ ! -f "$root/shuffle_cf.md" ]; then
     "$py" eval.py "$root/seed0/joint" --shuffle-cf --device "${DEVICE:-cpu}" >"$root/shuffle_cf.md.tmp"
     mv "$root/shuffle_cf.md.tmp" "$root/shuffle_cf.md"
