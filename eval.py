@@ -3,6 +3,7 @@ for anyone's prediction file (the metrics themselves, each with its formula, are
 
     python eval.py runs/joint                            # re-score a finished run's best.pt
     python eval.py runs/joint --shuffle-cf --repeats 3   # the CF tokens permuted across rows
+    python eval.py runs/joint --dtype float32            # a bf16 run re-scored in fp32
     python eval.py --preds FILE.tsv --scores logits      # metrics for a prediction file
 
 eval.py only reads a run: it refuses one still training (run.lock held) or unfinished (no metrics.json)
@@ -16,6 +17,7 @@ import time
 
 import numpy as np
 
+import llama
 import loop
 import train
 from metrics import PARTS, metrics
@@ -23,11 +25,11 @@ from tools import runs, sources
 from tools.report import _num, fmt, fmt_mean_std, markdown_table, md_table, mean_std, read_metrics
 
 
-def finished_run(run_dir, data_dir=None, device=None):
+def finished_run(run_dir, data_dir=None, device=None, dtype=None):
     if holder := runs.live_lock(run_dir):
         raise runs.RunError(runs.busy_message(run_dir, holder))
     read_metrics(run_dir)  # unfinished runs have none
-    return train.load_run(run_dir, data_dir, device)
+    return train.load_run(run_dir, data_dir, device, dtype)
 
 
 def score_run(run, shuffle_cf=False, repeats=1, test_only=False):
@@ -37,20 +39,21 @@ def score_run(run, shuffle_cf=False, repeats=1, test_only=False):
     if shuffle_cf and args.stage != "joint":
         raise ValueError(f"--shuffle-cf needs a joint run, not a '{args.stage}' run")
     splits = ["test"] if test_only else ["valid", "test"]
-    return [loop.evaluate(model, make_predict(shuffle_cf, seed), ds, splits) for seed in range(repeats)]
+    autocast = loop.autocast_for(args)  # the run's own, as training scored it
+    return [loop.evaluate(model, make_predict(shuffle_cf, seed), ds, splits, autocast) for seed in range(repeats)]
 
 
-def shuffle_cf_report(run_dir, repeats=1, data_dir=None, device=None):
+def shuffle_cf_report(run_dir, repeats=1, data_dir=None, device=None, dtype=None, test_only=False):
     """AUC and UAUC per part, unshuffled, shuffled (mean ± std over `repeats` permutations), the drop."""
-    run = finished_run(run_dir, data_dir, device)  # built once for both the plain and the shuffled scores
-    [plain] = score_run(run)
-    stats = mean_std(score_run(run, shuffle_cf=True, repeats=repeats))
+    run = finished_run(run_dir, data_dir, device, dtype)  # built once for both the plain and the shuffled scores
+    [plain] = score_run(run, test_only=test_only)
+    stats = mean_std(score_run(run, shuffle_cf=True, repeats=repeats, test_only=test_only))
     def cells(p, k):
         mean, std = stats[p][k]
         return [fmt(plain[p][k]), fmt_mean_std(mean, std), fmt(_num(plain[p][k]) - mean)]
     title = f"{run_dir}: CF tokens permuted across rows ({repeats} permutation{'s' * (repeats > 1)})"
     return title + "\n" + md_table(["part", "AUC", "AUC shuffled", "drop", "UAUC", "UAUC shuffled", "drop"],
-                                   [[p, *cells(p, "auc"), *cells(p, "uauc")] for p in PARTS])
+                                   [[p, *cells(p, "auc"), *cells(p, "uauc")] for p in PARTS if p in plain])
 
 
 def preds_table(path, scores):
@@ -92,6 +95,8 @@ def main(argv=None):
     ap.add_argument("run", nargs="?", help="a finished run directory: re-score its best.pt")
     ap.add_argument("--device", default=None, help="score on this device, not the run's own (a GPU run on cpu)")
     ap.add_argument("--data-dir", default=None, help="the data root, if it moved since training")
+    ap.add_argument("--dtype", default=None, choices=llama.DTYPES,
+                    help="an LLM run's weights in this dtype, not its own (a bf16 run on a CPU without native bf16)")
     ap.add_argument("--test-only", action="store_true", help="score the test split alone")
     ap.add_argument("--into", default=None, help="write the re-score to INTO/<run name>.json")
     ap.add_argument("--shuffle-cf", action="store_true", help="ablation: permute the CF tokens across the rows")
@@ -105,10 +110,11 @@ def main(argv=None):
         print(preds_table(args.preds, args.scores))
     elif args.run and args.shuffle_cf:
         with contextlib.redirect_stdout(sys.stderr):  # progress lines; stdout keeps the report alone
-            report = shuffle_cf_report(args.run, args.repeats, args.data_dir, args.device)
+            report = shuffle_cf_report(args.run, args.repeats, args.data_dir, args.device, args.dtype,
+                                       args.test_only)
         print(report)
     elif args.run:
-        [report] = score_run(finished_run(args.run, args.data_dir, args.device), test_only=args.test_only)
+        [report] = score_run(finished_run(args.run, args.data_dir, args.device, args.dtype), test_only=args.test_only)
         print(f"wrote {write_rescore(report, args.run, args.into)}")
         print(markdown_table([(p, report[p]) for p in PARTS if p in report], rel=False))
     else:

@@ -35,8 +35,7 @@ def train(run, made_from, model, batches, loss_fn, predict, ds):
     opt = torch.optim.AdamW(param_groups(model, run.wd), lr=run.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(int(run.warmup_epochs * n), run.max_epochs * n))
     scaler = torch.amp.GradScaler(torch.device(run.device).type, enabled=run.amp == "fp16")
-    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(run.amp)
-    autocast = (lambda: torch.autocast(torch.device(run.device).type, dtype=amp_dtype)) if amp_dtype else nullcontext
+    autocast = autocast_for(run)
     epoch, best = 0, dict(auc=-1.0, epoch=0, bad_epochs=0)
     if run.resume:
         epoch, best = resume_from(run, made_from, model, opt, sched, scaler)
@@ -124,6 +123,12 @@ def param_groups(model, wd):
     decay = [p for n, p in named if p.ndim >= 2 and "bias" not in n]
     no_decay = [p for n, p in named if not (p.ndim >= 2 and "bias" not in n)]
     return [dict(params=decay, weight_decay=wd), dict(params=no_decay, weight_decay=0.0)]
+
+
+def autocast_for(run):
+    """The run's autocast, a context factory: bf16, fp16 (which train pairs with a GradScaler), or none."""
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(run.amp)
+    return (lambda: torch.autocast(torch.device(run.device).type, dtype=amp_dtype)) if amp_dtype else nullcontext
 
 
 def evaluate(model, predict, ds, splits=("valid", "test"), autocast=nullcontext):

@@ -127,7 +127,7 @@ class Run:
                 setattr(self, k, v)
         if self.stage != "all":  # (--stage all: each stage takes its own)
             self.dtype = self.dtype or runs.default_precision(self)[0]
-            self.amp = self.amp or ("fp16" if self.device.startswith("cuda") else "bf16" if self.dtype == "bfloat16" else "none")
+            self.amp = self.amp or runs.default_amp(self.device, self.dtype)
         self.out = self.out or os.path.join(self.runs, self.stage)
         self.cf_ckpt = self.cf_ckpt or os.path.join(self.runs, self.cf, "best.pt")
         self.lora = self.lora or os.path.join(self.runs, "text", "adapter")
@@ -289,8 +289,7 @@ def build_llm_model(args, ds):
     for layer in llm.model.layers if args.compile else ():  # the same Block.forward, fused by inductor
         layer.compile()
     model = SASRecLLM(llm, tok.yes_id, tok.no_id, cf=cf, proj_token_num=args.proj_token_num, cf_bias=bool(args.cf_bias))
-    dtype, why = runs.default_precision(args)
-    say(f"precision: --dtype {args.dtype} --amp {args.amp} ({why if args.dtype == dtype else 'as asked'})")
+    say(f"precision: --dtype {args.dtype} --amp {args.amp} ({runs.precision_note(args)})")
     prompts = data.encode_prompts(ds, range(len(ds)), tok, cf is not None, args.proj_token_num, args.template)
     say(f"{len(prompts)} {args.template} prompts, {np.mean([len(p.ids) for p in prompts]):.0f} tokens on average")
     return model, prompts
@@ -363,10 +362,13 @@ def read_run(path):
         raise runs.RunError(f"{path}: written by another version of train.py ({e}); retrain it here") from None
 
 
-def load_run(run_dir, data_dir=None, device=None):
-    """(args, ds, model, make_predict(shuffle_cf=False, seed=0) -> predict): a run rebuilt from best.pt."""
+def load_run(run_dir, data_dir=None, device=None, dtype=None):
+    """(args, ds, model, make_predict(shuffle_cf=False, seed=0) -> predict): a run rebuilt from best.pt,
+    in its own precision unless another device or LLM dtype is asked (then autocast follows them)."""
     args, ck = read_run(os.path.join(run_dir, "best.pt"))
-    args = replace(args, data_dir=data_dir or args.data_dir, device=device or args.device)
+    args = replace(args, data_dir=data_dir or args.data_dir, device=device or args.device, dtype=dtype or args.dtype)
+    if device or dtype:
+        args = replace(args, amp=runs.default_amp(args.device, args.dtype))
     runs.check_device(args.device)
     ds = load_data(args)
     runs.check_made_from(run_dir, ck.get("made_from", {}), made_from(args, ds))

@@ -163,6 +163,44 @@ def test_test_only_rescoring_writes_beside_not_over(chain, tmp_path, capsys):
     assert (run / "metrics.json").read_bytes() == before
 
 
+def test_eval_rescores_in_the_runs_precision_or_the_one_asked(tmp_path, data_dir, capsys):
+    """A bf16 run (bf16 weights, bf16 autocast) re-scored by eval.py gives its own metrics.json back:
+    eval scores under the run's autocast, as training did. --dtype float32 re-scores it in fp32 (the
+    way out where bf16 would be emulated), close to the bf16 figures but not theirs; --shuffle-cf
+    --test-only scores the test parts alone."""
+    common = ["--data", "ml1m", "--data-dir", str(data_dir), "--llm", "tiny", "--runs", str(tmp_path), "--limit", "100",
+              "--max-epochs", "1", "--iters-per-epoch", "2", "--threads", "1", "--dtype", "bfloat16"]
+    assert train.main(["--stage", "sasrec", *common[:-2]]) == 0
+    assert train.main(["--stage", "text", *common]) == 0
+    assert train.main(["--stage", "joint", *common]) == 0
+    run = tmp_path / "joint"
+    saved = json.load(open(run / "metrics.json"))
+    capsys.readouterr()
+    assert ev.main([str(run), "--test-only"]) == 0
+    assert "--dtype bfloat16 --amp bf16" in capsys.readouterr().out
+    again = json.load(open(run / "rescored.json"))
+    for part in again:
+        assert again[part]["logloss"] == pytest.approx(saved[part]["logloss"], abs=1e-9), part
+    assert ev.main([str(run), "--test-only", "--dtype", "float32", "--into", str(tmp_path / "fp32")]) == 0
+    assert "--dtype float32 --amp none" in capsys.readouterr().out
+    fp32 = json.load(open(tmp_path / "fp32" / "joint.json"))
+    assert fp32["test"]["logloss"] != saved["test"]["logloss"]  # another precision, really
+    assert fp32["test"]["logloss"] == pytest.approx(saved["test"]["logloss"], abs=0.02)
+    assert ev.main([str(run), "--shuffle-cf", "--test-only", "--dtype", "float32"]) == 0
+    table = capsys.readouterr().out
+    assert "| test |" in table and "| test_cold |" in table and "| valid |" not in table
+
+
+def test_a_bf16_run_on_a_cpu_without_native_bf16_says_it_is_slow(monkeypatch):
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    asked = train.parse_args(["--stage", "text", "--llm", "some/dir", "--dtype", "bfloat16"])
+    assert asked.amp == "bf16" and "emulated" in runs.precision_note(asked) and "--dtype float32" in runs.precision_note(asked)
+    assert "emulated" not in runs.precision_note(train.parse_args(["--stage", "text", "--llm", "some/dir"]))
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    assert runs.precision_note(asked).startswith("bf16 weights")  # native bf16: the default, no warning
+
+
 def test_two_gloo_processes_match_one(tmp_path, data_dir):
     """torchrun with 2 CPU processes (gloo) trains the same LoRA as one process. Each rank collates
     half of every length bucket (different padding), so the sums run in another order: the

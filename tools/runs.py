@@ -65,9 +65,29 @@ def default_precision(a):
         return "float32", "the paper's mixed precision on CUDA: fp32 weights, fp16 autocast and a GradScaler"
     if a.llm == "tiny" or a.stage not in ("icl", "text", "joint"):
         return "float32", "fp32: the tiny backbone and the CF models gain nothing from bf16 on a CPU"
-    if torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported():
+    if native_bf16():
         return "bfloat16", "bf16 weights and autocast: this CPU has native bf16 (AMX or avx512_bf16)"
     return "float32", "fp32: this CPU has no native bf16 (no AMX, no avx512_bf16), where bf16 is slower"
+
+
+def native_bf16():
+    return torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()
+
+
+def default_amp(device, dtype):
+    """--amp's default: the paper's fp16 (+ GradScaler) on CUDA, bf16 autocast with bf16 weights, else none."""
+    return "fp16" if device.startswith("cuda") else "bf16" if dtype == "bfloat16" else "none"
+
+
+def precision_note(a):
+    """Why Run a computes in its precision: the default's reason, or "as asked" (and a warning where bf16
+    would be emulated: a bf16 run re-scored on a CPU without native bf16 runs many times slower)."""
+    dtype, why = default_precision(a)
+    if a.dtype == dtype:
+        return why
+    slow = a.dtype == "bfloat16" and a.device == "cpu" and not native_bf16()
+    return "as asked" + ("; this CPU has no native bf16 (no AMX, no avx512_bf16), so bf16 is emulated and many"
+                         " times slower than fp32: --dtype float32 computes in fp32" if slow else "")
 
 
 def number(low, high=None, kind=float, low_open=False):
