@@ -15,8 +15,8 @@ import train
 from tools import runs
 
 # The bits depend on the CPU's kernels as well as on the code: the same wheel takes other fp32 paths on
-# Intel and AMD (torch's own CPU capability is AVX512 on both), so the values are pinned per machine
-# kind. A kind not here skips with the line that says how to add it.
+# Intel and AMD (torch's own CPU capability is AVX512 on both) and on an AVX2-only AMD, so the values are
+# pinned per machine kind. A kind not here skips with the line that says how to add it.
 GOLDEN_BY_CPU = {
     "GenuineIntel AVX512": {  # the Intel Xeons with AMX this was built on
         "sasrec": ["0x1.bf120a0000000p-2", "0x1.ac34d643e8fc3p-2", "0x1.165ed097b425fp-1", "0x1.7be537069f09cp-1",
@@ -33,6 +33,14 @@ GOLDEN_BY_CPU = {
                  "6cf45961fc9c9e30"],
         "joint": ["0x1.dc7ce0aaaaaabp-1", "0x1.1212508d54af6p-1", "0x1.e97b425ed097bp-2", "0x1.e3713f125ad06p-1",
                   "c5b79d7781b1e3e2"],
+    },
+    "AuthenticAMD AVX2": {  # an AMD EPYC with AVX2 only (no avx512, no native bf16)
+        "sasrec": ["0x1.bf12080000000p-2", "0x1.ac34d643e8fc3p-2", "0x1.165ed097b425fp-1", "0x1.7be536cba29bcp-1",
+                   "eb2545753feed1c8"],
+        "text": ["0x1.2548e4aaaaaabp+0", "0x1.0fcd6e9e06523p-1", "0x1.07684bda12f68p-1", "0x1.2ba76166064fap+0",
+                 "87534071bed6c168"],
+        "joint": ["0x1.dc7ce20000000p-1", "0x1.1212508d54af6p-1", "0x1.e97b425ed097bp-2", "0x1.e3713d22db206p-1",
+                  "dd27ab46f0377711"],
     },
 }
 STAGES = ("sasrec", "text", "joint")

@@ -22,7 +22,7 @@ SEEDS = 2
 
 
 def table_sh(root, data_dir, *flags):
-    env = {**os.environ, "SEEDS": str(SEEDS), "LLM": "tiny", "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "SEEDS": str(SEEDS), "LLM": "tiny", "OMP_NUM_THREADS": "1", "SHUFFLE_FLAGS": "--test-only"}
     return subprocess.run(["bash", "tools/table.sh", str(root), "--data-dir", str(data_dir), "--limit", "300",
                            "--max-steps", "2", "--threads", "1", *flags], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=900)
@@ -81,7 +81,8 @@ def test_every_row_and_part_in_the_papers_columns(table):
     for part, (head, cells) in tables.items():
         assert head == header, part
         assert list(cells) == list(ROWS.values()), part
-    assert "CF tokens permuted across rows" in (table / "shuffle_cf.md").read_text()
+    shuffled = (table / "shuffle_cf.md").read_text()  # SHUFFLE_FLAGS=--test-only: the test parts alone
+    assert "CF tokens permuted across rows" in shuffled and "| test_cold |" in shuffled and "| valid |" not in shuffled
 
 
 def test_cells_are_mean_and_sample_std_over_seeds(table):

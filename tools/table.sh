@@ -10,7 +10,8 @@
 #
 # Environment: DATA (ml1m), SEEDS (1: seed 0 only), ROWS (all nine, in Table 1's order), LLM (tiny),
 # DEVICE (cpu), LLM_FLAGS (the LLM rows only), CF_FLAGS (the CF rows only), <STAGE>_FLAGS (that
-# stage's rows only, e.g. TEXT_FLAGS="--lr 1e-3"), MINUTES (a session's budget: the rows pause, resumably,
+# stage's rows only, e.g. TEXT_FLAGS="--lr 1e-3"), SHUFFLE_FLAGS (eval.py's, for the --shuffle-cf step: e.g.
+# "--test-only --dtype float32" for a bf16 run on a CPU without native bf16), MINUTES (a session's budget: the rows pause, resumably,
 # before an epoch that would end after it; run the same command again to go on), PYTHON (python).
 # A finished row (metrics.json) is skipped, one a kill or a pause left with a last.pt resumes, one with
 # other files starts over (--overwrite moves them aside). Row wall times are appended to ROOT/times.tsv.
@@ -72,7 +73,8 @@ for stage in $rows; do v=${stage^^}_FLAGS && [ -z "${!v:-}" ] || command+=" $v='
 command+=" bash tools/table.sh $root $*"
 "$py" -m tools.report --table "$root" --command "$command" --paper "${DATA:-ml1m}"
 if [[ " $rows " == *" joint "* ]] && [ ! -f "$root/shuffle_cf.md" ]; then
-    "$py" eval.py "$root/seed0/joint" --shuffle-cf --device "${DEVICE:-cpu}" >"$root/shuffle_cf.md.tmp"
+    read -ra shuffle <<<"${SHUFFLE_FLAGS:-}"
+    "$py" eval.py "$root/seed0/joint" --shuffle-cf --device "${DEVICE:-cpu}" "${shuffle[@]}" >"$root/shuffle_cf.md.tmp"
     mv "$root/shuffle_cf.md.tmp" "$root/shuffle_cf.md"
     cat "$root/shuffle_cf.md"
 fi
