@@ -6,7 +6,7 @@ in one process, on the same weights and the same batches. A harness, not the les
 Fair by construction: every implementation first runs every batch (every shape) once, then the timed
 passes rotate which one goes first on each batch (--check times each order); warm_extra_s is what
 first meetings cost. FLOPs count useful work on real tokens; pct_peak is of PEAK_TFLOPS on CUDA,
-on a CPU of what a plain bf16 matmul reaches on the same threads.
+on a CPU of what a plain matmul reaches on the same threads (bf16, or fp32 where it is faster).
 
     python -m tools.bench --check               # the prepared GPU check: every order, then train.py's loop
     python -m tools.bench --check --device cpu --shape tiny     # the same on CPU, in seconds
@@ -240,17 +240,23 @@ def measure(impls, batches, device, amp, orders, peak_tflops):
     return out
 
 
-def peak(device, seconds=1.0):
-    """PEAK_TFLOPS on CUDA; on a CPU, the TFLOP/s of a plain bf16 (2048 x 576) @ (576 x 1536) matmul."""
-    if device.type == "cuda":
-        return PEAK_TFLOPS
-    a, b = torch.randn(2048, 576, dtype=torch.bfloat16), torch.randn(576, 1536, dtype=torch.bfloat16)
+def matmul_tflops(dtype, seconds=1.0):
+    """The TFLOP/s of a plain (2048 x 576) @ (576 x 1536) matmul in dtype on this process's CPU threads."""
+    a, b = torch.randn(2048, 576, dtype=dtype), torch.randn(576, 1536, dtype=dtype)
     a @ b  # a warm-up, untimed
     n, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
         a @ b
         n += 1
     return round(2 * 2048 * 576 * 1536 * n / (time.perf_counter() - t0) / 1e12, 3)
+
+
+def peak(device, seconds=1.0):
+    """(TFLOP/s, its kind): PEAK_TFLOPS on CUDA; on a CPU, the faster plain matmul, bf16 or fp32: bf16
+    where the CPU has native bf16 units (AMX: about 10x fp32), fp32 where bf16 is emulated."""
+    if device.type == "cuda":
+        return PEAK_TFLOPS, "CUDA"
+    return max((matmul_tflops(torch.bfloat16, seconds), "bf16"), (matmul_tflops(torch.float32, seconds), "fp32"))
 
 
 def run(args, device):
@@ -270,7 +276,7 @@ def run(args, device):
             "method": f"warm pass over every batch (every shape) first; timed passes: {', '.join(orders)}",
             "steps": args.steps, "batch": {"train": args.train_batch, "score": args.score_batch},
             "shapes": {ph: padding[ph][f"pad_multiple_{args.pad_multiple}"]["shapes"] for ph in padding},
-            "padding": padding, "peak_tflops": peak(device),
+            "padding": padding, "peak_tflops": peak(device)[0],
             **{m: importlib.metadata.version(m) for m in ("torch", "transformers", "peft")[:3 if with_hf else 1]}}
     return dict(line, **measure(impls, batches, device, args.dtype == "bf16", orders, line["peak_tflops"]))
 
@@ -326,7 +332,7 @@ def run_ckpt(args):
     cpu, tok, ds, lines = torch.device("cpu"), llama.load_tokenizer(args.ckpt), data.load("ml1m", args.data_dir), {}
     batches = {"train": real_batches(ds, tok, args.steps, args.train_batch, args.pad_multiple, 1),
                "score": real_batches(ds, tok, args.steps, args.score_batch, args.pad_multiple, 2)}
-    top, variants = peak(cpu), ("sdpa math", "compiled") if args.candidates else ()
+    (top, kind), variants = peak(cpu), ("sdpa math", "compiled") if args.candidates else ()
     for mode in list(MODES)[-1:] if args.candidates else MODES:
         (dtype, amp), hf = MODES[mode], None
         if not (args.no_hf or args.candidates):  # the candidates are ours only
@@ -342,9 +348,9 @@ def run_ckpt(args):
             print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
         del impls, hf
         gc.collect()  # this mode's models now: peft's hold reference cycles
-    print(f"\n{args.ckpt}, {torch.get_num_threads()} threads, bf16 matmul peak {top * 1e3:.0f} GFLOP/s, "
+    print(f"\n{args.ckpt}, {torch.get_num_threads()} threads, {kind} matmul peak {top * 1e3:.0f} GFLOP/s, "
           f"{args.steps} batches per phase (train {args.train_batch}, score {args.score_batch}), tokens/s "
-          "(% of the bf16 peak):\n\n| implementation | mode | LoRA train step | Yes/No scoring |\n|---|---|---|---|")
+          f"(% of the {kind} peak):\n\n| implementation | mode | LoRA train step | Yes/No scoring |\n|---|---|---|---|")
     for name in list(lines.values())[0]["train"]:  # the implementations, in their order
         for mode, line in lines.items():
             cells = [f"{line[ph][name]['tokens_per_s']:,.0f} ({line[ph][name]['pct_peak']:.0f}%)" for ph in batches]
