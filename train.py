@@ -366,9 +366,12 @@ def load_run(run_dir, data_dir=None, device=None, dtype=None):
     """(args, ds, model, make_predict(shuffle_cf=False, seed=0) -> predict): a run rebuilt from best.pt,
     in its own precision unless another device or LLM dtype is asked (then autocast follows them)."""
     args, ck = read_run(os.path.join(run_dir, "best.pt"))
-    args = replace(args, data_dir=data_dir or args.data_dir, device=device or args.device, dtype=dtype or args.dtype)
-    if device or dtype:
-        args = replace(args, amp=runs.default_amp(args.device, args.dtype))
+    if dtype and args.stage in CF_STAGES:
+        raise runs.RunError(f"--dtype sets an LLM run's weights; {run_dir} is a '{args.stage}' run, scored in fp32")
+    now = dict(data_dir=data_dir or args.data_dir, device=device or args.device, dtype=dtype or args.dtype)
+    if device or dtype:  # autocast follows the device and the weights, as train.py's default does
+        now["amp"] = runs.default_amp(now["device"], now["dtype"])
+    args = replace(args, **now)
     runs.check_device(args.device)
     ds = load_data(args)
     runs.check_made_from(run_dir, ck.get("made_from", {}), made_from(args, ds))

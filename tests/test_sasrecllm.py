@@ -189,6 +189,8 @@ def test_eval_rescores_in_the_runs_precision_or_the_one_asked(tmp_path, data_dir
     assert ev.main([str(run), "--shuffle-cf", "--test-only", "--dtype", "float32"]) == 0
     table = capsys.readouterr().out
     assert "| test |" in table and "| test_cold |" in table and "| valid |" not in table
+    assert ev.main([str(tmp_path / "sasrec"), "--dtype", "float32"]) == 2  # a CF run has no LLM weights
+    assert "is a 'sasrec' run, scored in fp32" in capsys.readouterr().err
 
 
 def test_a_bf16_run_on_a_cpu_without_native_bf16_says_it_is_slow(monkeypatch):

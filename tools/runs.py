@@ -71,6 +71,7 @@ def default_precision(a):
 
 
 def native_bf16():
+    """Whether this CPU computes bf16 in hardware (AMX or avx512_bf16); elsewhere torch emulates it."""
     return torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()
 
 

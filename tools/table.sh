@@ -10,9 +10,10 @@
 #
 # Environment: DATA (ml1m), SEEDS (1: seed 0 only), ROWS (all nine, in Table 1's order), LLM (tiny),
 # DEVICE (cpu), LLM_FLAGS (the LLM rows only), CF_FLAGS (the CF rows only), <STAGE>_FLAGS (that
-# stage's rows only, e.g. TEXT_FLAGS="--lr 1e-3"), SHUFFLE_FLAGS (eval.py's, for the --shuffle-cf step: e.g.
-# "--test-only --dtype float32" for a bf16 run on a CPU without native bf16), MINUTES (a session's budget: the rows pause, resumably,
-# before an epoch that would end after it; run the same command again to go on), PYTHON (python).
+# stage's rows only, e.g. TEXT_FLAGS="--lr 1e-3"), SHUFFLE_FLAGS (eval.py's, for the --shuffle-cf step,
+# e.g. "--test-only --dtype float32" for a bf16 run on a CPU without native bf16), MINUTES (a session's
+# budget: the rows pause, resumably, before an epoch that would end after it; run the same command again
+# to go on), PYTHON (python).
 # A finished row (metrics.json) is skipped, one a kill or a pause left with a last.pt resumes, one with
 # other files starts over (--overwrite moves them aside). Row wall times are appended to ROOT/times.tsv.
 set -euo pipefail
