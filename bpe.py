@@ -6,10 +6,11 @@ text -> UTF-8 bytes -> printable stand-in characters, split into words by GPT-2'
 (a hand-written scanner here, as Python's re has no \\p{L}) -> merges by rank inside each word.
 No string is unknown: every byte is a token. tests/test_tokenizer.py checks the ids against HF.
 """
-import json
 import re
 import unicodedata
 from pathlib import Path
+
+from tools.sources import read_json
 
 
 class AnswerIds:
@@ -92,7 +93,34 @@ class BPETokenizer(AnswerIds):
 
     def __init__(self, path):
         self.path = Path(path)
-        spec = json.loads(self.path.read_text(encoding="utf-8"))
+        try:
+            self._read(read_json(self.path, "an HF tokenizer.json"))
+        except (KeyError, TypeError, AttributeError) as e:  # a field missing, or of another JSON type
+            raise ValueError(f"{self.path}: expected an HF tokenizer.json ({type(e).__name__}: {e})") from None
+        # Longest first: of two added tokens that start at the same place the longer wins, as in HF.
+        names = sorted(self.added, key=len, reverse=True)
+        self.added_re = re.compile("(" + "|".join(map(re.escape, names)) + ")") if names else None
+        self.cache = {}  # word -> ids; prompts repeat a few thousand words over and over
+
+        cfg_path = self.path.with_name("tokenizer_config.json")
+        cfg = read_json(cfg_path, "an HF tokenizer_config.json") if cfg_path.exists() else {}
+
+        def token_id(key):
+            name = cfg.get(key)
+            name = name.get("content") if isinstance(name, dict) else name  # older files nest it
+            return self.added.get(name, self.vocab.get(name))
+
+        self.bos_id, self.eos_id = token_id("bos_token"), token_id("eos_token")
+        if self.bos_id is None or self.eos_id is None:
+            raise ValueError(f"{cfg_path}: needs bos_token and eos_token, naming tokens of {self.path.name}")
+        # Byte-level BPE never needs an unknown token. unk_id only fills data.encode_prompt's
+        # slots, whose embeddings SASRecLLM overwrites, so any real id is safe: the named
+        # unk_token (SmolLM2: <|endoftext|>, 0), else eos.
+        unk = token_id("unk_token")
+        self.unk_id = self.eos_id if unk is None else unk
+
+    def _read(self, spec):
+        """The vocabulary, merges and options of tokenizer.json's spec; what is not implemented is refused."""
         model, pre = spec["model"], spec.get("pre_tokenizer") or {}
         steps = pre.get("pretokenizers", [pre])  # a Sequence, or a single pre-tokenizer
         types = [s.get("type") for s in steps]
@@ -123,31 +151,14 @@ class BPETokenizer(AnswerIds):
         self.vocab = model["vocab"]
         merges = [m.split(" ") if isinstance(m, str) else m for m in model["merges"]]  # "a b" or ["a", "b"]
         self.ranks = {tuple(m): rank for rank, m in enumerate(merges)}
+        for m in merges:  # each merge's two parts and its result are tokens (HF refuses the file too)
+            lost = [t for t in [*m, "".join(m)] if t not in self.vocab] if len(m) == 2 else ["(not a pair)"]
+            if lost:
+                raise ValueError(f"{self.path}: merge {' '.join(m)!r} needs {lost[0]!r}, not in model.vocab")
         self.added = {t["content"]: t["id"] for t in added}
         self.tokens = {i: t for t, i in self.vocab.items()} | {i: t for t, i in self.added.items()}
         self.added_ids = set(self.added.values())
         self.vocab_size = max(self.tokens) + 1
-        # Longest first: of two added tokens that start at the same place the longer wins, as in HF.
-        names = sorted(self.added, key=len, reverse=True)
-        self.added_re = re.compile("(" + "|".join(map(re.escape, names)) + ")") if names else None
-        self.cache = {}  # word -> ids; prompts repeat a few thousand words over and over
-
-        cfg_path = self.path.with_name("tokenizer_config.json")
-        cfg = json.loads(cfg_path.read_text(encoding="utf-8")) if cfg_path.exists() else {}
-
-        def token_id(key):
-            name = cfg.get(key)
-            name = name.get("content") if isinstance(name, dict) else name  # older files nest it
-            return self.added.get(name, self.vocab.get(name))
-
-        self.bos_id, self.eos_id = token_id("bos_token"), token_id("eos_token")
-        if self.bos_id is None or self.eos_id is None:
-            raise ValueError(f"{cfg_path}: needs bos_token and eos_token, naming tokens of {self.path.name}")
-        # Byte-level BPE never needs an unknown token. unk_id only fills data.encode_prompt's
-        # slots, whose embeddings SASRecLLM overwrites, so any real id is safe: the named
-        # unk_token (SmolLM2: <|endoftext|>, 0), else eos.
-        unk = token_id("unk_token")
-        self.unk_id = self.eos_id if unk is None else unk
 
     def pre_tokenize(self, text: str) -> list:
         kinds = text.translate(CHAR_CLASSES)  # one class letter per char
@@ -171,7 +182,7 @@ class BPETokenizer(AnswerIds):
                 if rank == no_merge:
                     break
                 parts[k:k + 2] = [parts[k] + parts[k + 1]]
-            ids = self.cache[word] = [self.vocab[p] for p in parts]
+            ids = self.cache[word] = [self.vocab[p] for p in parts if p in self.vocab]  # a byte with no token: dropped, as HF does
         return ids
 
     def encode(self, text: str, bos: bool = True) -> list:

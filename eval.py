@@ -1,8 +1,9 @@
-"""Evaluation (paper Section 4.2): a trained run re-scored, the --shuffle-cf ablation, and metrics
+"""Evaluation (paper Section 4.2): a trained run re-scored, the --shuffle-cf / --shuffle-text ablations, and metrics
 for anyone's prediction file (the metrics themselves, each with its formula, are in metrics.py).
 
     python eval.py runs/joint                            # re-score a finished run's best.pt
     python eval.py runs/joint --shuffle-cf --repeats 3   # the CF tokens permuted across rows
+    python eval.py runs/joint --shuffle-text             # the prompts' text permuted, each row its CF tokens
     python eval.py runs/joint --dtype float32            # a bf16 run re-scored in fp32
     python eval.py --preds FILE.tsv --scores logits      # metrics for a prediction file
 
@@ -32,26 +33,28 @@ def finished_run(run_dir, data_dir=None, device=None, dtype=None):
     return train.load_run(run_dir, data_dir, device, dtype)
 
 
-def score_run(run, shuffle_cf=False, repeats=1, test_only=False):
-    """`repeats` metrics.json-style reports of a run. shuffle_cf permutes the CF inputs across the rows
-    (seed k on the k-th repeat) while each prompt keeps its text: if the CF tokens carry signal, AUC drops."""
+def score_run(run, shuffle=None, repeats=1, test_only=False):
+    """`repeats` metrics.json-style reports of a run. shuffle "cf" permutes the CF inputs across the rows
+    (seed k on the k-th repeat) while each prompt keeps its text, "text" the prompts while each row keeps its
+    CF inputs: if what was permuted carries signal, AUC drops."""
     args, ds, model, make_predict = run
-    if shuffle_cf and args.stage != "joint":
-        raise ValueError(f"--shuffle-cf needs a joint run, not a '{args.stage}' run")
+    if shuffle and args.stage != "joint":
+        raise ValueError(f"--shuffle-{shuffle} needs a joint run, not a '{args.stage}' run")
     splits = ["test"] if test_only else ["valid", "test"]
     autocast = loop.autocast_for(args)  # the run's own, as training scored it
-    return [loop.evaluate(model, make_predict(shuffle_cf, seed), ds, splits, autocast) for seed in range(repeats)]
+    return [loop.evaluate(model, make_predict(shuffle, seed), ds, splits, autocast) for seed in range(repeats)]
 
 
-def shuffle_cf_report(run_dir, repeats=1, data_dir=None, device=None, dtype=None, test_only=False):
+def shuffle_report(run_dir, shuffle, repeats=1, data_dir=None, device=None, dtype=None, test_only=False):
     """AUC and UAUC per part, unshuffled, shuffled (mean ± std over `repeats` permutations), the drop."""
     run = finished_run(run_dir, data_dir, device, dtype)  # built once for both the plain and the shuffled scores
     [plain] = score_run(run, test_only=test_only)
-    stats = mean_std(score_run(run, shuffle_cf=True, repeats=repeats, test_only=test_only))
+    stats = mean_std(score_run(run, shuffle, repeats, test_only))
     def cells(p, k):
         mean, std = stats[p][k]
         return [fmt(plain[p][k]), fmt_mean_std(mean, std), fmt(_num(plain[p][k]) - mean)]
-    title = f"{run_dir}: CF tokens permuted across rows ({repeats} permutation{'s' * (repeats > 1)})"
+    what = "CF tokens" if shuffle == "cf" else "prompt texts (titles and slots)"
+    title = f"{run_dir}: {what} permuted across rows ({repeats} permutation{'s' * (repeats > 1)})"
     return title + "\n" + md_table(["part", "AUC", "AUC shuffled", "drop", "UAUC", "UAUC shuffled", "drop"],
                                    [[p, *cells(p, "auc"), *cells(p, "uauc")] for p in PARTS if p in plain])
 
@@ -80,6 +83,7 @@ def write_rescore(report, run_dir, into):
     folder, name = (into, os.path.basename(os.path.normpath(run_dir))) if into else (run_dir, "rescored")
     os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, name + ".json")
+    runs.refuse_link(path)
     if os.path.exists(path):
         stamp, n = f"{name}-{time.strftime('%Y%m%d-%H%M%S')}", 0
         while os.path.exists(aside := os.path.join(folder, f"{stamp}{f'-{n}' if n else ''}.json")):
@@ -100,17 +104,21 @@ def main(argv=None):
     ap.add_argument("--test-only", action="store_true", help="score the test split alone")
     ap.add_argument("--into", default=None, help="write the re-score to INTO/<run name>.json")
     ap.add_argument("--shuffle-cf", action="store_true", help="ablation: permute the CF tokens across the rows")
-    ap.add_argument("--repeats", type=runs.positive, default=1, help="--shuffle-cf: K permutations")
+    ap.add_argument("--shuffle-text", action="store_true", help="ablation: permute the prompts' text across the rows")
+    ap.add_argument("--repeats", type=runs.positive, default=1, help="--shuffle-*: K permutations")
     ap.add_argument("--preds", help="TSV with user_id, item_id, label, score [, split, seen, warm]")
     ap.add_argument("--scores", choices=("logits", "probs"), help="--preds: what the score column holds")
     args = ap.parse_args(argv)
+    if args.run:  # in the numerics the run was trained in (runs.numerics), before torch's first op
+        saved = runs.peek_args(os.path.join(args.run, "best.pt"))
+        runs.numerics(args.dtype or saved.get("dtype"), args.device or saved.get("device", "cpu"))
     if args.preds:
         if not args.scores:
             ap.error("--preds needs --scores logits or --scores probs (what the score column holds)")
         print(preds_table(args.preds, args.scores))
-    elif args.run and args.shuffle_cf:
+    elif args.run and (args.shuffle_cf or args.shuffle_text):
         with contextlib.redirect_stdout(sys.stderr):  # progress lines; stdout keeps the report alone
-            report = shuffle_cf_report(args.run, args.repeats, args.data_dir, args.device, args.dtype,
+            report = shuffle_report(args.run, "cf" if args.shuffle_cf else "text", args.repeats, args.data_dir, args.device, args.dtype,
                                        args.test_only)
         print(report)
     elif args.run:

@@ -18,7 +18,7 @@ hs head size, V vocabulary.
 """
 import json
 import re
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import sentencepiece as spm
@@ -28,12 +28,10 @@ import torch.nn.functional as F
 from safetensors import SafetensorError, safe_open
 
 from bpe import AnswerIds, BPETokenizer
+from tools import limits
+from tools.limits import CheckpointError  # a checkpoint that cannot be loaded: one line naming the file
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be loaded; the message names the file and what was expected."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -47,7 +45,7 @@ class LlamaConfig:
     num_hidden_layers: int = 22
     num_attention_heads: int = 32
     num_key_value_heads: int = 4
-    head_dim: int = 0                  # 0: hidden_size // num_attention_heads
+    head_dim: int = 0                  # 0 (or null): hidden_size // num_attention_heads
     rms_norm_eps: float = 1e-5
     rope_theta: float = 10000.0
     max_position_embeddings: int = 2048
@@ -58,18 +56,8 @@ class LlamaConfig:
     initializer_range: float = 0.02    # std of random weights (write_random); unused when loading
 
     def __post_init__(self):
-        for f in fields(self):  # a config.json value of the wrong kind fails here, not mid-forward
-            v = getattr(self, f.name)
-            ok = isinstance(v, f.type) if f.type in (bool, str) else (
-                isinstance(v, (int, float) if f.type is float else int) and not isinstance(v, bool) and v >= 0)
-            if not ok:
-                raise ValueError(f"{f.name} is {v!r}; expected " +
-                                 {bool: "true or false", str: "a string"}.get(f.type, f"a number >= 0 ({f.type.__name__})"))
-        if self.head_dim == 0:
-            self.head_dim = self.hidden_size // self.num_attention_heads
-        if self.num_attention_heads % self.num_key_value_heads != 0:
-            raise ValueError(f"num_attention_heads={self.num_attention_heads} is not a multiple of "
-                             f"num_key_value_heads={self.num_key_value_heads}")
+        limits.check_config(self)  # a value of the wrong kind or size fails here, not mid-allocation or mid-forward
+        self.head_dim = self.head_dim or self.hidden_size // self.num_attention_heads
 
     @classmethod
     def from_dict(cls, d: dict) -> "LlamaConfig":
@@ -87,22 +75,23 @@ class LlamaConfig:
         if scaling or rope.get("rope_type", "default") != "default":
             raise ValueError(f"rope scaling ({scaling or rope}) is not implemented; only plain RoPE is")
         theta = d.get("rope_theta", rope.get("rope_theta", 10000.0))
-        eos = d.get("eos_token_id", 2)
+        eos = d.get("eos_token_id", 2)  # HF allows a list of ids; decoding stops at the first
+        kv = d.get("num_key_value_heads")
         return cls(
             vocab_size=d["vocab_size"],
             hidden_size=d["hidden_size"],
             intermediate_size=d["intermediate_size"],
             num_hidden_layers=d["num_hidden_layers"],
             num_attention_heads=d["num_attention_heads"],
-            num_key_value_heads=d.get("num_key_value_heads") or d["num_attention_heads"],
+            num_key_value_heads=d["num_attention_heads"] if kv is None else kv,
             head_dim=d.get("head_dim") or 0,
             rms_norm_eps=d.get("rms_norm_eps", 1e-6),
-            rope_theta=float(theta),
+            rope_theta=theta,
             max_position_embeddings=d.get("max_position_embeddings", 2048),
             tie_word_embeddings=d.get("tie_word_embeddings", False),
             torch_dtype=d.get("dtype") or d.get("torch_dtype") or "float32",
             bos_token_id=d.get("bos_token_id", 1),
-            eos_token_id=eos[0] if isinstance(eos, list) else eos,
+            eos_token_id=eos[0] if isinstance(eos, list) and eos and all(type(i) is int for i in eos) else eos,
             initializer_range=d.get("initializer_range", 0.02),
         )
 
@@ -114,7 +103,7 @@ class LlamaConfig:
             raise FileNotFoundError(f"{path} not found; expected an HF-format checkpoint's config.json") from None
         except KeyError as e:
             raise CheckpointError(f"{path}: missing {e.args[0]}; expected an HF Llama config") from None
-        except json.JSONDecodeError as e:
+        except (json.JSONDecodeError, RecursionError) as e:  # RecursionError: nested too deep
             raise CheckpointError(f"{path}: expected a JSON object ({e})") from None
         except (OSError, ValueError, TypeError, AttributeError) as e:  # __post_init__ names the field
             raise CheckpointError(f"{path}: {e}") from None
@@ -285,27 +274,30 @@ class Llama(nn.Module):
 # Loading
 
 
-def read_weights(ckpt_dir, dtype=None, device="cpu") -> dict:
-    """All tensors of model.safetensors, or of the shards model.safetensors.index.json names, each
-    moved to dtype/device as soon as it is read so only one copy of the weights exists."""
+def weight_files(ckpt_dir) -> list:
+    """model.safetensors, or the shards that model.safetensors.index.json names."""
     ckpt_dir = Path(ckpt_dir)
     index = ckpt_dir / "model.safetensors.index.json"
     if index.exists():
-        try:
-            files = sorted(set(json.loads(index.read_text())["weight_map"].values()))  # key -> shard file
-        except (ValueError, KeyError, TypeError, AttributeError) as e:
-            raise CheckpointError(f"{index}: expected a JSON object with a weight_map ({e!r})") from None
-    elif (ckpt_dir / "model.safetensors").exists():
-        files = ["model.safetensors"]
-    else:
-        raise FileNotFoundError(f"{ckpt_dir}: no model.safetensors or model.safetensors.index.json")
+        try:  # weight_map: key -> shard file
+            return [ckpt_dir / name for name in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
+            raise CheckpointError(f"{index}: expected a JSON object with a weight_map of file names ({e!r})") from None
+    if (ckpt_dir / "model.safetensors").exists():
+        return [ckpt_dir / "model.safetensors"]
+    raise FileNotFoundError(f"{ckpt_dir}: no model.safetensors or model.safetensors.index.json")
+
+
+def read_weights(files, dtype=None, device="cpu") -> dict:
+    """All tensors of the safetensors files (weight_files), each moved to dtype/device as soon as it is
+    read so only one copy of the weights exists."""
     state = {}  # load_model then refuses a missing, unexpected or mis-shaped key, whichever shard held it
-    for name in files:
+    for path in files:
         try:
-            with safe_open(ckpt_dir / name, framework="pt") as f:
+            with safe_open(path, framework="pt") as f:
                 state.update({key: f.get_tensor(key).to(device=device, dtype=dtype) for key in f.keys()})
         except (SafetensorError, FileNotFoundError) as e:  # a truncated file says "incomplete metadata"
-            raise CheckpointError(f"{ckpt_dir / name}: cannot read this safetensors file ({e})") from None
+            raise CheckpointError(f"{path}: cannot read this safetensors file ({e})") from None
     return state
 
 
@@ -320,9 +312,12 @@ def load_model(ckpt_dir, dtype=torch.float32, device="cpu") -> Llama:
     (load_state_dict(assign=True)): one copy of the weights, never two."""
     ckpt_dir = Path(ckpt_dir)
     cfg = LlamaConfig.from_json(ckpt_dir / "config.json")
+    files = weight_files(ckpt_dir)
+    # The shapes in the files' headers first: a config.json that the weights contradict is named, not built.
+    limits.check_checkpoint(cfg, ckpt_dir / "config.json", files, dtype, device)
     with torch.device("meta"):
         model = Llama(cfg)
-    state = read_weights(ckpt_dir, dtype, device)  # fp16, bf16 or fp32 on disk, cast to dtype
+    state = read_weights(files, dtype, device)  # fp16, bf16 or fp32 on disk, cast to dtype
     state = {k: v for k, v in state.items() if not IGNORED_KEYS.search(k)}
     if cfg.tie_word_embeddings:
         state.pop("lm_head.weight", None)  # HF omits it for tied models; the embedding is used

@@ -19,7 +19,7 @@ import torch
 
 import metrics as M
 from tools import runs
-from tools.dist import all_reduce_grads, all_sum, barrier, is_main, rank_world, say
+from tools.dist import all_reduce_grads, all_sum, barrier, rank_world, say
 
 CHECKPOINT_EVERY = 8   # epochs between the numbered checkpoints (the paper's habit)
 PROGRESS_SECONDS = 30  # a progress line inside an epoch at most this often
@@ -36,9 +36,11 @@ def train(run, made_from, model, batches, loss_fn, predict, ds):
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(int(run.warmup_epochs * n), run.max_epochs * n))
     scaler = torch.amp.GradScaler(torch.device(run.device).type, enabled=run.amp == "fp16")
     autocast = autocast_for(run)
-    epoch, best = 0, dict(auc=-1.0, epoch=0, bad_epochs=0)
-    if run.resume:
-        epoch, best = resume_from(run, made_from, model, opt, sched, scaler)
+    epoch, best, history = 0, dict(auc=-1.0, epoch=0, bad_epochs=0), []  # history: log.jsonl's lines
+    if run.resume and not os.path.exists(os.path.join(run.out, "last.pt")):  # it stopped in its first epoch
+        say(f"--resume: {run.out} has no last.pt yet; starting at epoch 1")
+    if run.resume and os.path.exists(os.path.join(run.out, "last.pt")):
+        epoch, best, history = resume_from(run, made_from, model, opt, sched, scaler)
     steps, t_run = 0, time.time()
     while epoch < run.max_epochs and best["bad_epochs"] < run.patience:
         if run.max_minutes and time.time() - t_run > 60 * run.max_minutes:
@@ -82,13 +84,12 @@ def train(run, made_from, model, batches, loss_fn, predict, ds):
             best["bad_epochs"] += 1
         if epoch % CHECKPOINT_EVERY == 0:
             save(run, f"epoch_{epoch:03d}.pt", made_from, model, epoch, best)
-        save(run, "last.pt", made_from, model, epoch, best, opt, sched, scaler)
         log = dict(epoch=epoch, train_loss=all_sum(loss_sum) / n_seen, valid=m, lr=sched.get_last_lr()[0],
                    seconds=time.time() - t0, samples_per_s=n_seen / train_seconds,
                    **(dict(tokens_per_s=tokens / train_seconds) if tokens else {}))
-        if is_main():
-            with runs.writing(os.path.join(run.out, "log.jsonl")), open(os.path.join(run.out, "log.jsonl"), "a") as f:
-                f.write(json.dumps(log) + "\n")
+        history.append(log)  # last.pt keeps the log, so a failed log.jsonl write loses no line on --resume
+        save(run, "last.pt", made_from, model, epoch, best, opt, sched, scaler, history)
+        write_log(run, history)
         say(f"epoch {epoch:3d} | loss {log['train_loss']:.4f} | valid auc {m['auc']:.4f} uauc {m['uauc']:.4f} | best "
             f"{best['auc']:.4f}@{best['epoch']} | lr {log['lr']:.2e} | {log['seconds']:.1f}s")
         if run.max_steps and steps >= run.max_steps:
@@ -159,20 +160,24 @@ def load_trainable(model, state):
     model.load_state_dict(state, strict=False)
 
 
-def save(run, name, made_from, model, epoch, best, opt=None, sched=None, scaler=None):
+def write_log(run, history):
+    runs.write_atomic(os.path.join(run.out, "log.jsonl"), "".join(json.dumps(h) + "\n" for h in history).encode())
+
+
+def save(run, name, made_from, model, epoch, best, opt=None, sched=None, scaler=None, history=()):
     """run.out/name: the flags, what the run is made from, the trained tensors; with opt, all --resume needs."""
     ck = dict(args=asdict(run), made_from=made_from, epoch=epoch, best_valid_auc=best["auc"],
               model=trainable_state(model))
     if opt is not None:
         ck.update(optimizer=opt.state_dict(), scheduler=sched.state_dict(), scaler=scaler.state_dict(),
-                  rng=runs.rng_state(), best=best)
+                  rng=runs.rng_state(), best=best, log=list(history))
     os.makedirs(run.out, exist_ok=True)
     runs.save_atomic(ck, os.path.join(run.out, name))
 
 
 def resume_from(run, made_from, model, opt, sched, scaler):
     path = os.path.join(run.out, "last.pt")
-    ck = runs.read_checkpoint(path, map_location=None)
+    ck = runs.read_checkpoint(path)
     may_change = [f.name for f in fields(run) if f.metadata.get("resume_may_change")]
     changed = runs.changed_flags(ck["args"], asdict(run), may_change)
     if changed:
@@ -183,8 +188,9 @@ def resume_from(run, made_from, model, opt, sched, scaler):
     for part, key in ((opt, "optimizer"), (sched, "scheduler"), (scaler, "scaler")):
         part.load_state_dict(ck[key])
     runs.set_rng_state(ck["rng"])
+    write_log(run, ck["log"])  # whole again, if its last write failed
     say(f"resumed from {path} after epoch {ck['epoch']} (best valid AUC {ck['best']['auc']:.4f})")
-    return ck["epoch"], ck["best"]
+    return ck["epoch"], ck["best"], ck["log"]
 
 
 def finish(run, model, predict, ds, autocast=nullcontext):

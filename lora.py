@@ -24,6 +24,8 @@ import torch.nn.functional as F
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from tools import limits
+
 PEFT_PREFIX = "base_model.model."  # peft's PeftModel(LoraModel(model)) prefix in saved keys
 # adapter_config.json keys that plain LoRA reads (or that carry no numbers); every other key must be off
 PLAIN_LORA_KEYS = {"peft_type", "task_type", "r", "lora_alpha", "lora_dropout", "target_modules", "inference_mode",
@@ -93,15 +95,16 @@ def inject(model, targets=("q_proj", "v_proj"), r=8, alpha=16, dropout=0.05):
     else, and return the model. Afterwards only lora_A / lora_B weights require grad."""
     for p in model.parameters():
         p.requires_grad_(False)
-    replaced = 0
-    for name, module in list(model.named_modules()):
-        for child_name, child in list(module.named_children()):
-            if child_name in targets and type(child) is nn.Linear:
-                # Keep the replaced layer's train/eval mode: a new Dropout would start in train mode.
-                setattr(module, child_name, LoRALinear(child, r, alpha, dropout).train(child.training))
-                replaced += 1
-    if replaced == 0:
+    found = [(module, name, child) for module in model.modules() for name, child in module.named_children()
+             if name in targets and type(child) is nn.Linear]
+    if not found:
         raise ValueError(f"no nn.Linear named any of {targets} in the model")
+    # A (r, in) and B (out, r) in fp32, with their gradients and AdamW's two moments: refused if they cannot fit
+    limits.fits(16 * r * sum(c.in_features + c.out_features for *_, c in found),
+                f"LoRA of rank r={r} on {len(found)} layers", found[0][2].weight.device)
+    for module, name, child in found:
+        # Keep the replaced layer's train/eval mode: a new Dropout would start in train mode.
+        setattr(module, name, LoRALinear(child, r, alpha, dropout).train(child.training))
     return model
 
 
@@ -154,7 +157,10 @@ def load_adapter(model, adapter_dir):
     the adapter's r / alpha / dropout / targets first if the model has none. Strict: every adapter
     key must exist in the model with the same shape, and every LoRA layer must be covered."""
     adapter_dir = Path(adapter_dir)
-    cfg = json.loads((adapter_dir / "adapter_config.json").read_text())
+    try:
+        cfg = dict(json.loads((adapter_dir / "adapter_config.json").read_text()))
+    except (ValueError, TypeError, RecursionError) as e:
+        raise ValueError(f"{adapter_dir / 'adapter_config.json'}: expected a JSON object ({e})") from None
     if cfg.get("peft_type", "LORA") != "LORA":
         raise ValueError(f"{adapter_dir}: peft_type {cfg['peft_type']!r}; lora.py implements plain LoRA only")
     # Any other feature peft writes (DoRA, rsLoRA, aLoRA's invocation tokens, rank patterns, ...) would
@@ -163,18 +169,24 @@ def load_adapter(model, adapter_dir):
     unknown = sorted(k for k, v in cfg.items() if k not in PLAIN_LORA_KEYS and not any(v is o or v == o for o in off))
     if unknown:
         raise ValueError(f"{adapter_dir}: adapter uses {unknown}, which lora.py does not implement")
+    weights = adapter_dir / "adapter_model.safetensors"
+    # peft's older adapter_model.bin has no header to read shapes from: its (small) tensors are read first
+    try:  # weights_only: tensors and plain containers; a pickle that would run code is refused
+        state = None if weights.exists() else torch.load(weights.with_suffix(".bin"), map_location="cpu", weights_only=True)
+    except Exception as e:  # (missing, truncated, hostile: one line)
+        raise ValueError(f"{weights.with_suffix('.bin')}: cannot read it ({type(e).__name__}: "
+                         f"{(str(e).strip().splitlines() or [''])[0][:200]})") from None
+    limits.check_adapter(adapter_dir, cfg, state)  # r, alpha, dropout, targets, shapes: before inject allocates
     if not lora_layers(model):
         targets = cfg["target_modules"]
         if isinstance(targets, str):
             raise ValueError(f"{adapter_dir}: target_modules as a regex ({targets!r}) is not supported")
         inject(model, tuple(targets), cfg["r"], cfg["lora_alpha"], cfg.get("lora_dropout", 0.0))
-    if (adapter_dir / "adapter_model.safetensors").exists():
+    if state is None:
         try:
-            state = load_file(adapter_dir / "adapter_model.safetensors")
+            state = load_file(weights)
         except SafetensorError as e:  # a truncated file: "incomplete metadata"
-            raise ValueError(f"{adapter_dir / 'adapter_model.safetensors'}: cannot read it ({e})") from None
-    else:
-        state = torch.load(adapter_dir / "adapter_model.bin", map_location="cpu", weights_only=True)
+            raise ValueError(f"{weights}: cannot read it ({e})") from None
     if any(m.merged for m in lora_layers(model).values()):
         raise ValueError("unmerge() the model before loading another adapter into it")
     ours = lora_state_dict(model)

@@ -26,7 +26,7 @@ import loop
 import lora
 from baselines import MC, MF, NCF, GRU4Rec, Pop
 from sasrecllm import SASRec, SASRecLLM
-from tools import backbones, runs
+from tools import backbones, limits, runs
 from tools.dist import barrier, gather_scores, init_distributed, is_main, rank_world, say
 from tools.report import markdown_table
 from tools.runs import cli, non_negative, number, positive
@@ -50,6 +50,7 @@ STAGE_DEFAULTS = {
     "joint": dict(_LLM, lr=1e-3, wd=1e-3),
     "icl": dict(_LLM, lr=0.0, wd=0.0),
 }
+PATHS = ("data_dir", "reviews", "meta", "out", "runs", "llm", "tokenizer", "cf_ckpt", "lora")
 MAX_EPOCHS_TINY = 10  # the random tiny backbone creeps up for dozens of epochs: keep the chain short
 
 
@@ -125,12 +126,17 @@ class Run:
         for k, v in {**STAGE_DEFAULTS.get(self.stage, {}), **tiny}.items():
             if getattr(self, k) is None:
                 setattr(self, k, v)
+        limits.check_flags(self)  # --heads against --dim, --threads: before any data is read
         if self.stage != "all":  # (--stage all: each stage takes its own)
             self.dtype = self.dtype or runs.default_precision(self)[0]
             self.amp = self.amp or runs.default_amp(self.device, self.dtype)
         self.out = self.out or os.path.join(self.runs, self.stage)
         self.cf_ckpt = self.cf_ckpt or os.path.join(self.runs, self.cf, "best.pt")
         self.lora = self.lora or os.path.join(self.runs, "text", "adapter")
+        self.data_dir = self.data_dir or data.DATA_DIR
+        for k in PATHS:  # recorded as absolute paths: a run means the same files from any directory
+            if getattr(self, k) not in (None, "tiny"):
+                setattr(self, k, os.path.abspath(getattr(self, k)))
 
 
 def parse_args(argv=None):
@@ -163,6 +169,7 @@ def score_only(args, made, model, predict, ds):
 
 
 def build_cf(a, ds):
+    limits.check_cf(a, ds)  # its memory, before it is built
     if a.stage == "sasrec":
         return SASRec(ds.n_items, ds.n_users, dim=a.dim, n_layers=a.layers, n_heads=a.heads,
                       maxlen=a.maxlen, dropout=a.dropout, bias=not a.no_bias)
@@ -288,9 +295,11 @@ def build_llm_model(args, ds):
         cf.requires_grad_(not args.freeze_cf)
     for layer in llm.model.layers if args.compile else ():  # the same Block.forward, fused by inductor
         layer.compile()
+    limits.check_llm(args, llm.cfg, cf)  # the pseudo-tokens' positions and the mapping's memory, before it is built
     model = SASRecLLM(llm, tok.yes_id, tok.no_id, cf=cf, proj_token_num=args.proj_token_num, cf_bias=bool(args.cf_bias))
     say(f"precision: --dtype {args.dtype} --amp {args.amp} ({runs.precision_note(args)})")
     prompts = data.encode_prompts(ds, range(len(ds)), tok, cf is not None, args.proj_token_num, args.template)
+    limits.check_prompts(args, ds, llm.cfg, prompts)  # none past max_position_embeddings; batches that fit
     say(f"{len(prompts)} {args.template} prompts, {np.mean([len(p.ids) for p in prompts]):.0f} tokens on average")
     return model, prompts
 
@@ -305,15 +314,20 @@ def llm_batches(args, ds, prompts):
         args.maxlen, rank, world, pad_multiple=args.pad_multiple)
 
 
-def llm_predictor(args, ds, prompts, shuffle_cf=False, seed=0):
-    """Each rank scores a share of the length buckets; shuffle_cf: the CF inputs permuted (the ablation)."""
+def llm_predictor(args, ds, prompts, shuffle=None, seed=0):
+    """Each rank scores a share of the length buckets. The ablations permute the split's rows (seed): shuffle
+    "cf" gives each prompt another row's CF inputs; "text" gives each row's CF inputs another row's prompt
+    (its titles and slots); either way a row keeps its label."""
     rank, world = rank_world()
     def predict(model, split):
         rows = ds.idx(split)
-        cf_rows = rows[np.random.default_rng(seed).permutation(len(rows))] if shuffle_cf else None
-        groups = data.bucket_batches([len(prompts[r].ids) for r in rows], args.eval_batch_size, shuffle=False)
+        other = rows[np.random.default_rng(seed).permutation(len(rows))] if shuffle else None
+        cf_rows, texts = (other if shuffle == "cf" else None), list(prompts)
+        for r, o in zip(rows, other) if shuffle == "text" else ():
+            texts[r] = prompts[o]
         local, t0, t_said = {}, time.time(), time.time()
-        for b in data.PromptBatches(ds, prompts, rows, groups[rank::world], args.maxlen, cf_rows=cf_rows,
+        groups = data.bucket_batches([len(texts[r].ids) for r in rows], args.eval_batch_size, shuffle=False)
+        for b in data.PromptBatches(ds, texts, rows, groups[rank::world], args.maxlen, cf_rows=cf_rows,
                                     pad_multiple=args.pad_multiple):
             s = model(**b.to(args.device).inputs)
             local.update(zip(b.positions.tolist(), s.float().cpu().tolist()))
@@ -363,7 +377,7 @@ def read_run(path):
 
 
 def load_run(run_dir, data_dir=None, device=None, dtype=None):
-    """(args, ds, model, make_predict(shuffle_cf=False, seed=0) -> predict): a run rebuilt from best.pt,
+    """(args, ds, model, make_predict(shuffle=None, seed=0) -> predict): a run rebuilt from best.pt,
     in its own precision unless another device or LLM dtype is asked (then autocast follows them)."""
     args, ck = read_run(os.path.join(run_dir, "best.pt"))
     if dtype and args.stage in CF_STAGES:
@@ -373,18 +387,22 @@ def load_run(run_dir, data_dir=None, device=None, dtype=None):
         now["amp"] = runs.default_amp(now["device"], now["dtype"])
     args = replace(args, **now)
     runs.check_device(args.device)
+    if args.llm == "tiny" and not os.path.exists(tiny := os.path.join(args.runs, "tiny-llm", "config.json")):
+        raise FileNotFoundError(f"{tiny} not found: the run's tiny backbone is missing (python train.py --stage "
+                                f"{args.stage} --llm tiny --runs {args.runs} ... rebuilds it)")  # (never made here)
     ds = load_data(args)
     runs.check_made_from(run_dir, ck.get("made_from", {}), made_from(args, ds))
     model, prompts = (build_cf(args, ds).to(args.device), None) if args.stage in CF_STAGES else build_llm_model(args, ds)
     loop.load_trainable(model, ck["model"])
     if prompts is None:
-        return args, ds, model, lambda shuffle_cf=False, seed=0: cf_predictor(ds, args.maxlen, args.device)
-    return args, ds, model, lambda shuffle_cf=False, seed=0: llm_predictor(args, ds, prompts, shuffle_cf, seed)
+        return args, ds, model, lambda shuffle=None, seed=0: cf_predictor(ds, args.maxlen, args.device)
+    return args, ds, model, lambda shuffle=None, seed=0: llm_predictor(args, ds, prompts, shuffle, seed)
 
 
 @cli
 def main(argv=None):
     args = parse_args(argv)
+    say(runs.numerics(replace(args, stage="text").dtype if args.stage == "all" else args.dtype, args.device))
     torch.set_num_threads(args.threads)
     runs.check_device(args.device)
     outs = [os.path.join(args.runs, s) for s in ("sasrec", "text", "joint")] if args.stage == "all" else [args.out]

@@ -21,6 +21,7 @@ import data
 import llama
 import train
 from sasrecllm import SASRec, SASRecLLM, cf_vectors, splice
+from tools import runs
 from tools.runs import cli
 
 
@@ -146,6 +147,7 @@ def main(argv=None):
     ap.add_argument("--verbose", action="store_true", help="list the functions on the training path")
     args = ap.parse_args(argv)
     args.run = args.run or os.path.join(args.runs, "joint")
+    print(runs.numerics(runs.peek_args(os.path.join(args.run, "best.pt")).get("dtype", "float32")))
     torch.set_num_threads(2)
     walk(args)
     return 0

@@ -16,6 +16,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from tools.runs import PORTABLE  # noqa: E402
+os.environ.update(PORTABLE)  # portable numerics (tools/runs.py) for the whole suite, before torch's first op
 DATA_DIR = Path(os.environ.get("SASRECLLM_DATA", ROOT.parent / "shared" / "data"))
 os.environ.setdefault("SASRECLLM_DATA", str(DATA_DIR))  # before data.py reads it; subprocesses inherit it
 

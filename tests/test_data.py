@@ -3,6 +3,7 @@ the CLI and its error messages."""
 import csv
 import gzip
 import json
+import re
 from collections import Counter
 import subprocess
 import sys
@@ -14,11 +15,12 @@ import numpy as np
 import pytest
 import torch
 
+import bpe
 import data
 import llama
 import train
 from data import DataError
-from tools import datainfo, runs, sources
+from tools import datainfo, report, runs, sources
 
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -436,7 +438,7 @@ GOOD = ["1\t1\t1\t10\ttrain", "1\t2\t0\t20\tvalid", "1\t1\t1\t30\ttest"]
     ("1\t2\t2\t15\ttrain", 3, "expected label 0 or 1, got '2'"),
     ("1\t2\t1\t15\tdev", 3, "expected split train, valid or test, got 'dev'"),
     ("1\t2\t1\t15", 3, "expected 5 tab-separated fields"),
-    ("1\tx\t1\t15\ttrain", 3, "expected an integer item_id, got 'x'"),
+    ("1\tx\t1\t15\ttrain", 3, "expected an integer item_id 1..2147483647, got 'x'"),
     ("1\t9\t1\t15\ttrain", 3, "item_id 9 has no title"),
 ])
 def test_bad_tsv_lines(tmp_path, capsys, bad_line, line_no, expect):
@@ -474,7 +476,7 @@ def test_bad_raw_lines(tmp_path):
     with pytest.raises(DataError, match=r"r.json:2: expected one JSON object per line"):
         data.load("amazon", tmp_path, reviews=str(reviews), meta=str(meta))
     reviews.write_text(json.dumps({"reviewerID": "A", "asin": "i1"}) + "\n")
-    with pytest.raises(DataError, match=r"r.json:1: expected fields reviewerID, asin, overall"):
+    with pytest.raises(DataError, match=r"r.json:1: expected overall to be a number; it is missing"):
         data.load("amazon", tmp_path, reviews=str(reviews), meta=str(meta))
     with pytest.raises(DataError, match="ml1m is CoLLM's fixed month split"):
         data.load("ml1m", tmp_path, split="ratio")
@@ -501,3 +503,168 @@ def test_valid_rows_is_a_fixed_subset_of_valid_only(ml1m):
         assert keys(again, "valid") == keys(cut, "valid")
     both = data.data_slice(ml1m, 300, valid_rows=100)
     assert [len(both.idx(s)) for s in ("train", "valid", "test")] == [300, 100, 300]
+
+
+# ---------------------------------------------------------------------------------------------
+# strict readers: one integer parser (ASCII digits, in range), one float parser, no blank titles,
+# JSON fields of the JSON type their meaning needs, unique prediction pairs, every error names its file
+
+BAD_INTS = ["1_0", " 1", "1 ", "1.0", "+1", "-1", "0", "1e3", "0x10", "１", "١٢", "99999999999999999999", ""]
+PREDS_HEAD = "user_id\titem_id\tlabel\tscore\n"
+
+
+@pytest.mark.parametrize("bad", BAD_INTS)
+def test_an_id_is_ascii_digits_in_range_in_every_file(tmp_path, bad):
+    ints = r"expected an integer {} 1\.\.2147483647, got "
+    _ml1m_dir(tmp_path / "a", GOOD, f"item_id\ttitle\n1\tA (2000)\n{bad}\tB (2001)\n")
+    items = re.escape(str(tmp_path / "a" / "ml1m" / "items.tsv"))
+    with pytest.raises(DataError, match=items + ":3: " + ints.format("item_id")):
+        data.load("ml1m", tmp_path / "a")
+    inter = _ml1m_dir(tmp_path / "b", GOOD[:2] + [f"{bad}\t1\t1\t30\ttest"])
+    with pytest.raises(DataError, match=re.escape(inter) + ":4: " + ints.format("user_id")):
+        data.load("ml1m", tmp_path / "b")
+    _write_grouplens(tmp_path / "c", [(1, 10, 5, 100), (1, bad, 5, 200)])
+    with pytest.raises(DataError, match="ratings.dat:2: " + ints.format("MovieID")):
+        data.load("movielens", tmp_path / "c")
+    (tmp_path / "p.tsv").write_text(PREDS_HEAD + f"1\t1\t1\t0.5\n1\t{bad}\t0\t0.5\n")
+    with pytest.raises(DataError, match=r"p.tsv:3: " + ints.format("item_id")):
+        sources.read_preds(str(tmp_path / "p.tsv"))
+
+
+@pytest.mark.parametrize("bad", [b for b in BAD_INTS if b != "0"] + ["-5", "100000000000", "100000000000000000000"])
+def test_a_timestamp_is_ascii_digits_before_the_year_5138(tmp_path, bad):
+    inter = _ml1m_dir(tmp_path / "a", GOOD[:2] + [f"1\t1\t1\t{bad}\ttest"])
+    with pytest.raises(DataError, match=re.escape(inter) + r":4: expected an integer timestamp 0\.\.99999999999 "):
+        data.load("ml1m", tmp_path / "a")
+    _write_grouplens(tmp_path / "b", [(1, 10, 5, 100), (1, 20, 5, bad)])
+    with pytest.raises(DataError, match="ratings.dat:2: expected an integer timestamp 0"):
+        data.load("movielens", tmp_path / "b")
+
+
+def test_the_largest_timestamp_still_counts_months(tmp_path):
+    _write_grouplens(tmp_path, GROUPLENS + [(5, 10, 5, sources.TIME_MAX)])  # month 37000 or so: dropped
+    assert len(data.load("movielens", tmp_path)) == 8
+
+
+@pytest.mark.parametrize("bad", ["1_0", " 0.5", "0.5 ", "nan", "-inf", "1e999", "0x1p0", "", ".", "1e", "½"])
+def test_a_score_is_a_finite_decimal_literal(tmp_path, bad):
+    path = tmp_path / "p.tsv"
+    path.write_text(PREDS_HEAD + f"1\t1\t1\t-1.5e-3\n1\t2\t0\t.5\n2\t1\t1\t3.\n2\t2\t0\t{bad}\n")
+    with pytest.raises(DataError, match=rf"p.tsv:5: expected a finite number as score, got {re.escape(repr(bad))}"):
+        sources.read_preds(str(path))
+    path.write_text(PREDS_HEAD + "1\t1\t1\t-1.5e-3\n1\t2\t0\t.5\n2\t1\t1\t3.\n2\t2\t0\t+4E+2\n")
+    assert sources.read_preds(str(path))["score"].tolist() == [-0.0015, 0.5, 3.0, 400.0]
+
+
+def test_a_prediction_pair_is_there_once(tmp_path):
+    path = tmp_path / "p.tsv"
+    path.write_text(PREDS_HEAD + "1\t1\t1\t0.9\n1\t2\t0\t0.1\n2\t1\t0\t0.3\n1\t1\t0\t0.3\n")
+    with pytest.raises(DataError, match=r"p.tsv:5: user_id 1 and item_id 1 repeat line 2; expected each \(user, "):
+        sources.read_preds(str(path))
+
+
+@pytest.mark.parametrize("title", ["", " ", "  \xa0"])
+def test_a_blank_title_is_an_error_on_its_line(tmp_path, title):
+    _ml1m_dir(tmp_path / "a", GOOD, f"item_id\ttitle\n1\tA (2000)\n2\t{title}\n")
+    with pytest.raises(DataError, match=r"items.tsv:3: expected a title that is not blank, got "):
+        data.load("ml1m", tmp_path / "a")
+    _write_grouplens(tmp_path / "b", GROUPLENS)
+    movies = tmp_path / "b" / "ml-1m" / "movies.dat"
+    movies.write_text(movies.read_text(encoding="latin-1") + f"50::{title}::Drama\n", encoding="latin-1")
+    with pytest.raises(DataError, match=r"movies.dat:5: expected a title that is not blank, got "):
+        data.load("movielens", tmp_path / "b")
+
+
+@pytest.mark.parametrize("field, value, expected", [
+    ("reviewerID", None, "a non-empty string; got null"), ("reviewerID", 7, "a non-empty string; got 7"),
+    ("reviewerID", "", "a non-empty string"), ("reviewerID", " ", "a non-empty string"),
+    ("reviewerID", ..., "a non-empty string; it is missing"), ("asin", None, "a non-empty string; got null"),
+    ("asin", ["i1"], "a non-empty string"), ("overall", True, "a number; got true"),
+    ("overall", "5.0", "a number"), ("overall", None, "a number"),
+    ("unixReviewTime", 1e20, "an integer 0..99999999999"), ("unixReviewTime", 10**20, "an integer 0"),
+    ("unixReviewTime", "300", "an integer 0"), ("unixReviewTime", 300.0, "an integer 0"),
+    ("unixReviewTime", True, "an integer 0"), ("unixReviewTime", -1, "an integer 0"),
+])
+def test_a_review_field_has_the_json_type_its_meaning_needs(tmp_path, field, value, expected):
+    """str(None) would be the user "None", merging every review without a reviewer into one user."""
+    bad = {k: v for k, v in {**REVIEWS[1], field: value}.items() if v is not ...}
+    _write_jsonl(tmp_path / "r.json", [REVIEWS[0], bad] + REVIEWS[2:])
+    _write_jsonl(tmp_path / "m.json", META)
+    with pytest.raises(DataError, match=rf"r.json:2: expected {field} to be {re.escape(expected)}"):
+        data.load("amazon", tmp_path, reviews=str(tmp_path / "r.json"), meta=str(tmp_path / "m.json"))
+
+
+def test_metadata_fields_and_untitled_items(tmp_path, capsys):
+    reviews, meta = tmp_path / "r.json", tmp_path / "m.json"
+    _write_jsonl(reviews, REVIEWS)
+    for line, words in (({"asin": None, "title": "X"}, "asin to be a non-empty string; got null"),
+                        ({"asin": 3, "title": "X"}, "asin to be a non-empty string; got 3"),
+                        ({"asin": "i4", "title": 3}, "title to be a string or null; got 3")):
+        _write_jsonl(meta, META + [line])
+        with pytest.raises(DataError, match=rf"m.json:6: expected {words}"):
+            data.load("amazon", tmp_path, reviews=str(reviews), meta=str(meta))
+    # i9 has no title, i3 a blank one, i2 a null one: their 7 ratings are dropped, as CoLLM's merge does, and said
+    _write_jsonl(meta, [{"asin": "i1", "title": "Emma"}, {"asin": "i2", "title": None}, {"asin": "i3", "title": " "}])
+    got = sources.load_amazon(tmp_path, "ratio", str(reviews), str(meta))
+    assert len(got["user"]) == 3 and set(got["titles"]) == {"", "Emma"}
+    assert got["notes"][0] == (f"{reviews}: dropped 7 ratings of 3 items without a title, as CoLLM's merge "
+                               "with the titles does")
+    assert "note: " + got["notes"][0] in capsys.readouterr().err
+
+
+def test_a_broken_metrics_json_is_one_line_naming_it(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    for text, why in (("", "Expecting value at line 1 column 1"), ('{"test": {"auc": 0.7,\n', "at line 2 column 1"),
+                      ("[" * 100_000, "nested too deep"), ("[" + "1" * 5000 + "]", "4300 digits")):
+        (run / "metrics.json").write_text(text)
+        assert report.main(["--collect", str(run), "--into", str(tmp_path / "out")]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {run / 'metrics.json'}: expected a run's metrics (") and why in err, err
+        assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_read_json_refuses_what_is_not_json_naming_the_file(tmp_path):
+    path = tmp_path / "x.json"
+    path.write_bytes(b'{"a": "\xff"}')
+    with pytest.raises(DataError, match=rf"x.json: expected a thing in UTF-8 \(byte 0xff at offset 7\)"):
+        sources.read_json(path, "a thing")
+    path.write_text('{"a": [1, 2, 3]}')
+    assert sources.read_json(path, "a thing") == {"a": [1, 2, 3]}
+    with pytest.raises(DataError, match=r"x.json: expected a thing in at most 10 bytes, got 16"):
+        sources.read_json(path, "a thing", max_bytes=10)
+    with pytest.raises(DataError, match=r"y.json: expected a thing \(No such file or directory\)"):
+        sources.read_json(tmp_path / "y.json", "a thing")
+    (tmp_path / "r.json").write_text(json.dumps(REVIEWS[0]) + "\n" + "[" * 100_000 + "\n")
+    with pytest.raises(DataError, match=r"r.json:2: expected one JSON object per line \(nested too deep\)"):
+        data.load("amazon", tmp_path, reviews=str(tmp_path / "r.json"), meta=str(tmp_path / "r.json"))
+
+
+def _bpe_files(d, merges, spec=None, config="{}"):
+    """A byte-level tokenizer.json: the 256 bytes, "ab" and the merges; or spec, as text."""
+    vocab = {c: b for b, c in bpe.BYTE_TO_CHAR.items()} | {"ab": 256}
+    model = {"type": "BPE", "vocab": vocab, "merges": merges}
+    d.mkdir(exist_ok=True)
+    (d / "tokenizer.json").write_text(spec or json.dumps({"pre_tokenizer": {"type": "ByteLevel"}, "model": model}))
+    (d / "tokenizer_config.json").write_text(config)
+    return d / "tokenizer.json"
+
+
+def test_a_broken_tokenizer_is_an_error_naming_its_file(tmp_path):
+    for merges, words in ((["a b", "Ġ movie"], "merge 'Ġ movie' needs 'movie', not in model.vocab"),
+                          (["a b", "a b c"], "merge 'a b c' needs '(not a pair)'"),
+                          (["a b", "b c"], "merge 'b c' needs 'bc', not in model.vocab")):
+        path = _bpe_files(tmp_path, merges)
+        with pytest.raises(ValueError, match=re.escape(f"{path}: {words}")):
+            bpe.BPETokenizer(path)
+    for spec, words in (("{", "expected an HF tokenizer.json (Expecting property name"),
+                        ("{}", "expected an HF tokenizer.json (KeyError: 'model')"),
+                        ('{"model": []}', "expected an HF tokenizer.json (AttributeError")):
+        path = _bpe_files(tmp_path, [], spec)
+        with pytest.raises(ValueError, match=re.escape(f"{path}: {words}")):
+            bpe.BPETokenizer(path)
+    path = _bpe_files(tmp_path, ["a b"], config="{bos")
+    with pytest.raises(ValueError, match=re.escape(f"{path.with_name('tokenizer_config.json')}: expected an HF ")):
+        bpe.BPETokenizer(path)
+    path = _bpe_files(tmp_path, ["a b"], config='{"bos_token": "ab", "eos_token": "a"}')
+    assert bpe.BPETokenizer(path).encode("abc", bos=False) == [256, ord("c")]

@@ -18,6 +18,7 @@ import llama
 import lora
 import metrics
 from tools import bench, runs
+from tools.sources import read_json
 
 # (weight dtype, bf16 autocast): the two CPU modes of train.py, as the bench names them
 PRECISIONS = {"fp32": bench.MODES["fp32"], "bf16": bench.MODES["bf16 weights, bf16 autocast"]}
@@ -49,7 +50,7 @@ def main(argv=None):
     rows = ds.idx("test")
     rows = np.sort(np.random.default_rng(0).permutation(rows)[:args.rows]) if args.rows else rows
     prompts, labels, users = data.encode_prompts(ds, rows, tok, collab=False), ds.label[rows], ds.user[rows]
-    report = json.load(open(args.out)) if os.path.exists(args.out) else {}
+    report = read_json(args.out, "an earlier precision report") if os.path.exists(args.out) else {}
     kept = os.path.splitext(args.out)[0] + ".scores.npz"  # every score, so one precision can be re-run alone
     scores = dict(np.load(kept)) if os.path.exists(kept) else {}
     for name, adapter in [("icl", None)] + [(a, a) for a in args.adapter]:

@@ -3,7 +3,6 @@ and the README's generated blocks: reporting machinery beside the lesson (metric
 metrics, eval.py scores one run, this file lays them out; tools/table.sh trains the rows)."""
 import argparse
 import datetime
-import json
 import math
 import os
 import re
@@ -14,6 +13,7 @@ import numpy as np
 
 from metrics import rel_imp
 from tools.runs import cli, write_json
+from tools.sources import json_lines, read_json
 from tools.svg import finite, svg_bars, svg_lines
 
 
@@ -76,7 +76,7 @@ def mean_std(reports):
 def read_log(run_dir):
     """log.jsonl's epochs, [] when the run has none (Pop, ICL and the other closed-form rows)."""
     path = Path(run_dir, "log.jsonl")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    return [obj for _, obj in json_lines(path, "a run's log")] if path.exists() else []
 
 
 def read_metrics(run_dir):
@@ -84,7 +84,7 @@ def read_metrics(run_dir):
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path} not found: the run is unfinished or was never trained "
                                 f"(python train.py ... --out {run_dir}, with --resume to finish it)")
-    return json.loads(Path(path).read_text())
+    return read_json(path, "a run's metrics")
 
 
 def _write(path, text):
@@ -111,7 +111,7 @@ def render_readme(text, root="."):
         table = []
         for row in rows:
             label, path = (x.strip() for x in row.rsplit(":", 1))
-            m = json.loads(Path(root, path).read_text(encoding="utf-8"))
+            m = read_json(Path(root, path), "a run's metrics")
             if part not in m:
                 raise ValueError(f"{path}: no '{part}' section")
             table.append((label, m[part]))

@@ -3,12 +3,13 @@ expected failure: one `error: ...` line, exit 2; a non-finite loss or score 1; C
 files written whole (a checkpoint with its SHA-256), what a run is made from, what --resume restores,
 and run directories with one writer (OUT/run.lock), an earlier run continued or moved aside, never lost."""
 import argparse
+import fcntl
 import functools
 import hashlib
-import io
 import json
 import math
 import os
+import platform
 import random
 import re
 import shutil
@@ -20,9 +21,12 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import numpy as np
+import safetensors.torch
 import torch
+from safetensors import SafetensorError, safe_open
 
 from tools.dist import barrier, is_main, say
+from tools.sources import read_json
 
 LOCK = "run.lock"  # in a run directory while a run writes there: its pid, host and start
 MADE_FROM = "made_from.json"  # beside a tiny backbone or an adapter: the digests of what made it
@@ -75,6 +79,29 @@ def native_bf16():
     return torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()
 
 
+# One kernel path on every x86-64 CPU with AVX2: ATen's vector width, MKL's GEMM branch (MKL_CBWR) and
+# oneDNN's ISA pinned, so that an fp32 run's bits do not depend on the CPU it ran on. Each library reads its
+# variable once, at its first use, not at import: so numerics() works until torch's first op, and not after.
+# Inductor keys its kernel cache without the ISA it was told: AVX512 kernels cached by a native run crashed a
+# portable --compile run (seen on an AMD EPYC), so portable runs keep their own cache.
+PORTABLE = dict(ATEN_CPU_CAPABILITY="avx2", MKL_CBWR="AVX2", ONEDNN_MAX_CPU_ISA="AVX2",
+                TORCHINDUCTOR_CACHE_DIR=os.path.join(tempfile.gettempdir(), f"torchinductor-avx2-{os.getuid()}"))
+
+
+def numerics(dtype, device="cpu"):
+    """Turn portable numerics on for an fp32 CPU run (bf16 keeps the CPU's native bf16 units); the line says."""
+    if device != "cpu" or dtype != "float32" or platform.machine().lower() not in ("x86_64", "amd64"):
+        return "numerics: native (this machine's fastest kernels; the bits may differ between CPU kinds)"
+    for k, v in PORTABLE.items():
+        os.environ.setdefault(k, v)  # (set one yourself to opt out)
+    got = torch.backends.cpu.get_cpu_capability()
+    if got != "AVX2":
+        return (f"numerics: NOT portable: torch runs its {got} kernels (torch chose before this line, or "
+                "ATEN_CPU_CAPABILITY was set); the bits may differ between CPU kinds")
+    return "numerics: portable (one AVX2 kernel path on every x86-64 CPU: " + \
+        " ".join(f"{k}={os.environ[k]}" for k in list(PORTABLE)[:3]) + ")"
+
+
 def default_amp(device, dtype):
     """--amp's default: the paper's fp16 (+ GradScaler) on CUDA, bf16 autocast with bf16 weights, else none."""
     return "fp16" if device.startswith("cuda") else "bf16" if dtype == "bfloat16" else "none"
@@ -116,69 +143,151 @@ def writing(path):
     """A failed write (a full disk, a read-only directory) as one RunError naming the file."""
     try:
         yield
-    except (OSError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError
+    except (OSError, RuntimeError, SafetensorError) as e:  # torch and safetensors report a full disk their own way
         raise RunError(f"{path}: could not write it ({first_line(e)}); is the disk full or read-only?") from None
 
 
-def save_atomic(obj, path):
-    """torch.save(obj) with the SHA-256 of its bytes, under a temporary name renamed into place."""
-    if is_main():  # under torchrun, rank 0 alone writes
+def refuse_link(path):
+    """Nothing is written through a symbolic link planted where a run writes: it could point anywhere."""
+    if os.path.islink(path):
+        raise RunError(f"{path} is a symbolic link; refusing to write through it (remove it, or use another --out)")
+
+
+def write_atomic(path, data: bytes):
+    """path's new bytes, written to a temporary file of a unique name (created exclusively, beside path,
+    removed if anything fails) and renamed into place: a reader never sees half a file, a retry never
+    meets a stale one."""
+    if not is_main():  # under torchrun, rank 0 alone writes
+        return
+    refuse_link(path)
+    tmp = None
+    try:
         with writing(path):
-            torch.save(obj, buf := io.BytesIO())
-            payload = buf.getvalue()
-            torch.save(dict(sha256=hashlib.sha256(payload).hexdigest(), payload=payload), path + ".tmp")
-            os.replace(path + ".tmp", path)  # a reader never sees half a file
+            fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=os.path.dirname(path) or ".")
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+            tmp = None
+    finally:
+        if tmp:
+            with suppress(OSError):
+                os.remove(tmp)
 
 
-def read_checkpoint(path, map_location="cpu"):
-    """A checkpoint that save_atomic wrote, its digest checked, or one error line saying why not."""
-    if not os.path.exists(path):
+# A checkpoint is a safetensors file: its tensors, and everything else (the flags, the epoch, the optimizer's
+# numbers, the RNG states) as JSON in the header, with the SHA-256 of both. Loading one parses data only:
+# nothing in it is unpickled or run, and no tensor is larger than the file.
+FORMAT = "sasrecllm-checkpoint-2"
+
+
+def _split(obj, tensors, path=""):
+    """obj with each tensor moved into `tensors` (under its path) and left as {"tensor": path}."""
+    if isinstance(obj, torch.Tensor):
+        tensors[path] = obj.detach().cpu().contiguous()
+        return {"tensor": path}
+    if isinstance(obj, dict):  # int keys (an optimizer's state) survive JSON as an "int_keys" object
+        ints = bool(obj) and all(isinstance(k, int) for k in obj)
+        out = {str(k): _split(v, tensors, f"{path}/{k}") for k, v in obj.items()}
+        return {"int_keys": out} if ints else out
+    if isinstance(obj, (list, tuple)):
+        return [_split(v, tensors, f"{path}/{i}") for i, v in enumerate(obj)]
+    return obj
+
+
+def _join(obj, tensors):
+    if isinstance(obj, dict) and set(obj) == {"tensor"}:
+        return tensors[obj["tensor"]]
+    if isinstance(obj, dict) and set(obj) == {"int_keys"}:
+        return {int(k): _join(v, tensors) for k, v in obj["int_keys"].items()}
+    if isinstance(obj, dict):
+        return {k: _join(v, tensors) for k, v in obj.items()}
+    return [_join(v, tensors) for v in obj] if isinstance(obj, list) else obj
+
+
+def _sha256(meta, tensors):
+    h = hashlib.sha256(meta.encode())
+    for k in sorted(tensors):
+        t = tensors[k]
+        h.update(f"{k}|{t.dtype}|{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def save_atomic(obj, path):
+    """obj (dicts, lists, numbers, strings and tensors) as a checkpoint file, written whole."""
+    tensors = {}
+    meta = json.dumps(_split(obj, tensors))
+    write_atomic(path, safetensors.torch.save(tensors, dict(format=FORMAT, meta=meta, sha256=_sha256(meta, tensors))))
+
+
+def read_checkpoint(path):
+    """A checkpoint that save_atomic wrote (its tensors on the CPU), its digest checked, or one error line."""
+    if not os.path.isfile(path):
         raise RunError(f"{path} not found")
     try:
-        outer = torch.load(path, weights_only=False, map_location="cpu")
-        payload = outer["payload"]
-        if hashlib.sha256(payload).hexdigest() != outer["sha256"]:
+        with safe_open(path, framework="pt") as f:
+            head, tensors = f.metadata() or {}, {k: f.get_tensor(k) for k in f.keys()}
+        if head.get("format") != FORMAT:
+            raise RunError(f"not a {FORMAT} file (format {head.get('format')!r})")
+        if _sha256(head["meta"], tensors) != head.get("sha256"):
             raise RunError("its bytes do not match the SHA-256 it was written with: the file is damaged")
-        return torch.load(io.BytesIO(payload), weights_only=False, map_location=map_location)
-    except Exception as e:  # a missing, truncated or foreign file fails in many ways
+        obj = _join(json.loads(head["meta"]), tensors)
+    except Exception as e:  # a missing, truncated, foreign or hostile file fails in many ways; none runs code
         raise RunError(f"{path}: cannot read this checkpoint ({type(e).__name__}: {first_line(e)})") from None
+    return obj
+
+
+def peek_args(path):
+    """A checkpoint's flags from its header alone, no tensor read ({} if unreadable: read_checkpoint says why)."""
+    with suppress(Exception):
+        with safe_open(path, framework="pt") as f:
+            return dict(json.loads(f.metadata()["meta"])["args"])
+    return {}
 
 
 def write_json(obj, path):
     """JSON with NaN written as null (a metric undefined on one class), atomically."""
     clean = lambda v: (None if isinstance(v, float) and math.isnan(v) else
                        {k: clean(x) for k, x in v.items()} if isinstance(v, dict) else v)
-    if is_main():
-        with writing(path):
-            Path(path + ".tmp").write_text(json.dumps(clean(obj), indent=2))
-            os.replace(path + ".tmp", path)
+    write_atomic(path, json.dumps(clean(obj), indent=2).encode())
 
 
 def publish_dir(final, write):
-    """A multi-file artefact whole or not at all: write(tmp) fills a fresh sibling directory, which
-    then replaces FINAL. A kill mid-write leaves FINAL.tmp-<pid> beside it and FINAL as it was."""
-    if is_main():
-        tmp = f"{final}.tmp-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        write(tmp)
-        with writing(final):  # renames only: a kill never leaves FINAL half deleted
-            if os.path.exists(final):
-                os.rename(final, f"{final}.old-{os.getpid()}")
+    """A multi-file artefact whole or not at all: write(tmp) fills a fresh sibling directory (a unique
+    name, made exclusively), which then replaces FINAL; a failure removes it and leaves FINAL as it was."""
+    if not is_main():
+        return
+    refuse_link(final)
+    parent, name = os.path.split(os.path.abspath(final))
+    with writing(final):
+        tmp = tempfile.mkdtemp(prefix=name + ".tmp-", dir=parent)
+    try:
+        with writing(final):
+            write(tmp)
+            old = None
+            if os.path.exists(final):  # renames only: a kill never leaves FINAL half deleted
+                os.rename(final, old := f"{tmp}.old")
             os.rename(tmp, final)
-            shutil.rmtree(f"{final}.old-{os.getpid()}", ignore_errors=True)
+        if old:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def check_adapter(adapter_dir):
     """An adapter_config.json that lora.load_adapter can read, or one error line naming it."""
-    path, cfg = Path(adapter_dir, "adapter_config.json"), None
-    with suppress(ValueError):  # not JSON: refused below
-        cfg = json.loads(path.read_text())
+    path = Path(adapter_dir, "adapter_config.json")
+    cfg = read_json(path, "peft's adapter_config.json")
     if not isinstance(cfg, dict) or not {"r", "lora_alpha", "target_modules"} <= set(cfg):
         raise RunError(f"{path}: expected peft's adapter_config.json, JSON with r, lora_alpha and target_modules")
 
 
-MISSING_LLM = ("Put a Hugging Face Llama there (e.g. TinyLlama/TinyLlama-1.1B-intermediate-step-1431k-3T, or "
-               "python ../shared/tools/get_smollm2.py DIR), or use the embedded random backbone: --llm tiny")
+GET_SMOLLM2 = Path(__file__).resolve().parents[2] / "shared" / "tools" / "get_smollm2.py"  # (CI's layout only)
+MISSING_LLM = ("Put a Hugging Face Llama there (huggingface-cli download TinyLlama/TinyLlama-1.1B-intermediate-step-"
+               "1431k-3T --local-dir DIR, or HuggingFaceTB/SmolLM2-135M-Instruct" +
+               (f"; or python {GET_SMOLLM2} DIR" if GET_SMOLLM2.exists() else "") +
+               "), or use the embedded random backbone: --llm tiny")
 
 
 def check_joint_parts(a):
@@ -214,6 +323,8 @@ def data_digests(ds):
 
 def files_digest(path):
     """The digest of a file, or of a directory's files by name, read in 1 MiB blocks."""
+    if not os.path.exists(path):  # a missing input is missing, not "changed"
+        raise FileNotFoundError(f"{path} not found")
     h = hashlib.sha256()
     files = [os.path.join(path, f) for f in sorted(os.listdir(path))] if os.path.isdir(path) else [path]
     for f in filter(os.path.isfile, files):
@@ -226,7 +337,10 @@ def files_digest(path):
 
 def read_made_from(d):
     path = Path(d, MADE_FROM)
-    return json.loads(path.read_text()) if path.exists() else {}
+    made = read_json(path, "the digests of what made it") if path.exists() else {}
+    if not isinstance(made, dict):
+        raise RunError(f"{path}: expected a JSON object of digests")
+    return made
 
 
 def check_made_from(what, recorded, now, keys=None):
@@ -245,13 +359,17 @@ def seed_everything(seed):
 
 
 def rng_state():
-    return dict(torch=torch.get_rng_state(), numpy=np.random.get_state(), python=random.getstate())
+    name, key, pos, has_gauss, gauss = np.random.get_state()
+    return dict(torch=torch.get_rng_state(), numpy=[name, key.tolist(), pos, has_gauss, gauss],
+                python=random.getstate())
 
 
 def set_rng_state(s):
     torch.set_rng_state(s["torch"])
-    np.random.set_state(s["numpy"])
-    random.setstate(s["python"])
+    name, key, pos, has_gauss, gauss = s["numpy"]
+    np.random.set_state((name, np.array(key, dtype=np.uint32), pos, has_gauss, gauss))
+    version, state, gauss = s["python"]
+    random.setstate((version, tuple(state), gauss))
 
 
 def changed_flags(saved, now, may_change):
@@ -269,12 +387,13 @@ def own_run_dirs(outs, resume=False, overwrite=False):
         for out in outs if is_main() else ():
             if os.path.exists(out) and not os.path.isdir(out):
                 raise RunError(f"{out} is a file; expected a run directory (--out)")
-            held.append(out)
             try:
                 os.makedirs(out, exist_ok=True)
-                lock(out)
+                held.append(lock(out))
             except OSError as e:
                 raise RunError(f"{out}: cannot write there ({first_line(e)})") from None
+            for name in os.listdir(out) if resume else ():  # (a fresh run moves them aside, as all else)
+                refuse_link(os.path.join(out, name))
             old = [] if resume else sorted(f for f in os.listdir(out) if f != LOCK and not f.startswith("old-"))
             if old and not overwrite:
                 raise RunError(f"{out} holds an earlier run ({', '.join(old[:3])}{', ...' if old[3:] else ''}); "
@@ -287,46 +406,73 @@ def own_run_dirs(outs, resume=False, overwrite=False):
         barrier()
         yield
     finally:
-        for out in held:
-            holder = live_lock(out)
-            if holder and (holder["pid"], holder["host"]) == (os.getpid(), socket.gethostname()):
-                os.remove(os.path.join(out, LOCK))
+        for fd, path in held:
+            unlock(fd, path)
 
+
+# out/run.lock is held with flock(2) for as long as its run lives: the kernel releases it when the process
+# ends, however it ends, whatever PID namespace or host name it had. So a lock nobody holds is proven stale,
+# and a pid in the file (only said to the user) proves nothing. Only the holder removes it.
 
 def lock(out):
-    """Create out/run.lock, or refuse: a live holder keeps it, a dead one's lock is taken over."""
-    if live_lock(out, take_over=True) is None:
-        # O_EXCL: of two writers, one creates it; the other's FileExistsError falls through to the refusal
-        with suppress(FileExistsError), open(os.path.join(out, LOCK), "x") as f:
-            json.dump(dict(pid=os.getpid(), host=socket.gethostname(),
-                           started=time.strftime("%Y-%m-%d %H:%M:%S")), f)
-            return
-    raise RunError(busy_message(out, live_lock(out)))
+    """(fd, path) of out/run.lock, now held by this process; or a RunError naming its live holder."""
+    path = os.path.join(out, LOCK)
+    refuse_link(path)
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise RunError(busy_message(out, read_lock(path))) from None
+        with suppress(FileNotFoundError):
+            if os.path.samestat(os.fstat(fd), os.stat(path, follow_symlinks=False)):
+                break  # (else its holder removed the file between our open and flock: try again)
+        os.close(fd)
+    if old := read_lock(path):
+        say(f"{path}: taking over the lock of pid {old.get('pid')} (since {old.get('started')}), which has ended")
+    os.ftruncate(fd, 0)
+    os.write(fd, json.dumps(dict(pid=os.getpid(), host=socket.gethostname(),
+                                 started=time.strftime("%Y-%m-%d %H:%M:%S"))).encode())
+    return fd, path
 
 
-def live_lock(out, take_over=False):
-    """The holder of out/run.lock (pid, host, start) if its process may be alive, else None: no readable
-    lock, or its process ran on this host and has ended (take_over: then its lock is removed, said)."""
+def unlock(fd, path):
+    with suppress(OSError):
+        if os.path.samestat(os.fstat(fd), os.stat(path, follow_symlinks=False)):  # still our file
+            os.remove(path)
+    os.close(fd)
+
+
+def read_lock(path):
+    """What a lock file says of its holder ({} if unreadable), read without following a link."""
+    with suppress(OSError, ValueError):
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        with os.fdopen(fd, "rb") as f:
+            holder = json.loads(f.read(4096))
+        return holder if isinstance(holder, dict) else {}
+    return {}
+
+
+def live_lock(out):
+    """What the lock of a run that is being written says of its holder (a dict, maybe empty), else None."""
     path = os.path.join(out, LOCK)
     try:
-        holder = json.loads(Path(path).read_text())
-        pid, host, started = holder["pid"], holder["host"], holder["started"]
-    except (OSError, ValueError, TypeError, KeyError):
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except FileNotFoundError:
         return None
+    except OSError:  # a link or something stranger where the lock belongs: treated as held
+        return {}
     try:
-        if host == socket.gethostname() and pid != os.getpid():
-            os.kill(pid, 0)  # signal 0 checks that the process exists, and sends nothing
-    except ProcessLookupError:
-        if take_over:
-            say(f"{path}: taking over the lock of pid {pid} (since {started}), which has ended")
-            os.remove(path)
-        return None
-    except (OSError, OverflowError, TypeError):  # another user's live process, or not a pid at all
-        pass
-    return holder
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return None  # nobody holds it: stale
+    except BlockingIOError:
+        return read_lock(path)
+    finally:
+        os.close(fd)
 
 
 def busy_message(out, holder):
-    who = f"pid {holder['pid']} on {holder['host']}, since {holder['started']}" if holder else "an unreadable lock"
-    return (f"{out} is in use by another run ({who}); wait for it to finish or use another --out "
-            f"(if no run is using it, delete {os.path.join(out, LOCK)})")
+    who = (f"pid {holder.get('pid')} on {holder.get('host')}, since {holder.get('started')}" if holder
+           else "an unreadable lock")
+    return f"{out} is in use by another run ({who}); wait for it to finish or use another --out"

@@ -10,19 +10,58 @@ and renumber users and items 1..N by first appearance (0 is padding). Or the pap
 """
 import gzip
 import json
+import math
 import os
+import re
 import sys
 
 import numpy as np
 
 SPLITS = ("train", "valid", "test")
 AMAZON_MAX_ID = 4000  # the paper keeps Amazon Book user and item ids <= 4000
-LABEL = ({"0": 0, "1": 1}.__getitem__, "label 0 or 1")  # read_table's parsers: (function, what it expects)
-SPLIT = (dict(zip(SPLITS, SPLITS)).__getitem__, "split train, valid or test")
+ID_MAX, TIME_MAX = 2**31 - 1, 10**11 - 1  # TIME_MAX: Unix seconds before the year 5138 (1e20 overflowed months)
+DIGITS = re.compile("[0-9]+")  # int() would also take " 1", "1_0", "+1" and "١"
+DECIMAL = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")  # float() also takes "nan", "1_0"
 
 
 class DataError(ValueError):
     """Bad or missing input. The message names the file, the line and what was expected."""
+
+
+def integer(text, low=1, high=ID_MAX):
+    """The int that text, ASCII digits alone, spells, in low..high (ids 1..ID_MAX by default); else ValueError."""
+    if not (DIGITS.fullmatch(text) and low <= int(text) <= high):
+        raise ValueError(text)
+    return int(text)
+
+
+def real(text):
+    """The finite float that text, a decimal literal alone, spells; else ValueError."""
+    if not (DECIMAL.fullmatch(text) and math.isfinite(float(text))):
+        raise ValueError(text)
+    return float(text)
+
+
+def _is(ok, what):
+    """A parser (function, what it expects) that passes the values ok(value) accepts."""
+    def parse(v):
+        if not ok(v):
+            raise ValueError(v)
+        return v
+    return parse, what
+
+
+# Parsers, (function, what it expects), of read_table's fields and _fields' JSON values
+LABEL = ({"0": 0, "1": 1}.__getitem__, "label 0 or 1")
+SPLIT = (dict(zip(SPLITS, SPLITS)).__getitem__, "split train, valid or test")
+RATING = (lambda s: integer(s, 0), "an integer Rating")  # from_ratings says 1..5 stars
+TIME = (lambda s: integer(s, 0, TIME_MAX), f"an integer timestamp 0..{TIME_MAX} (Unix seconds)")
+TITLE = _is(lambda s: s.strip() != "", "a title that is not blank")
+NAME = _is(lambda v: isinstance(v, str) and v.strip() != "", "a non-empty string")
+TEXT = _is(lambda v: v is None or isinstance(v, str), "a string or null")
+NUMBER = _is(lambda v: type(v) in (int, float), "a number")  # not a bool
+# The value's JSON text: 300 passes; "300", 300.0, 3e2 and true do not.
+JSON_TIME = (lambda v: integer(json.dumps(v), 0, TIME_MAX), f"an integer 0..{TIME_MAX} (Unix seconds)")
 
 
 def _lines(path, what, encoding="utf-8"):
@@ -31,7 +70,7 @@ def _lines(path, what, encoding="utf-8"):
         raise DataError(f"{path} not found (data root: --data-dir, $SASRECLLM_DATA or data/); expected {what}")
     n = 0
     try:
-        with (gzip.open if path.endswith(".gz") else open)(path, "rb") as f:
+        with (gzip.open if str(path).endswith(".gz") else open)(path, "rb") as f:
             for n, raw in enumerate(f, start=1):
                 yield n, raw.decode(encoding).rstrip("\r\n")
     except UnicodeDecodeError as e:
@@ -42,9 +81,9 @@ def _lines(path, what, encoding="utf-8"):
 
 
 def read_table(path, names, what, sep="\t", header=True, ints=(), encoding="utf-8", parse=None):
-    """Yields (line number, fields) of a file of `sep`-separated fields, parsed: those named in ints as
-    integers, those in parse {name: (function, what it expects)}; with header=True the first line is names."""
-    parse = {**{name: (int, f"an integer {name}") for name in ints}, **(parse or {})}
+    """Yields (line number, fields) of a file of `sep`-separated fields, parsed: those named in ints as ids
+    (1..ID_MAX), those in parse {name: (function, what it expects)}; with header=True the first line is names."""
+    parse = {**{name: (integer, f"an integer {name} 1..{ID_MAX}") for name in ints}, **(parse or {})}
     lines, kind = _lines(path, what, encoding), "tab" if sep == "\t" else repr(sep)
     first = next(lines, (1, ""))[1] if header else None
     if header and first.split(sep) != names:
@@ -64,16 +103,60 @@ def read_table(path, names, what, sep="\t", header=True, ints=(), encoding="utf-
         yield n, fields
 
 
-def _json_lines(path, what):
+def _parse_json(text, where, what):
+    """json.loads(text); a failure is a DataError naming where (file or file:line) and what was expected."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        why = f"{e.msg} at line {e.lineno} column {e.colno}"
+    except ValueError as e:  # an integer of over 4300 digits
+        why = str(e).split(";")[0]
+    except RecursionError:
+        why = "nested too deep"
+    raise DataError(f"{where}: expected {what} ({why})")
+
+
+def read_json(path, what, max_bytes=64 << 20):
+    """The value in a JSON file (UTF-8, at most max_bytes). A file that is missing, too big, not UTF-8 or
+    not JSON is a DataError naming it and what it should hold (what: e.g. "a run's metrics")."""
+    try:
+        with open(path, "rb") as f:
+            if (size := os.fstat(f.fileno()).st_size) > max_bytes:
+                raise DataError(f"{path}: expected {what} in at most {max_bytes} bytes, got {size}")
+            text = f.read().decode("utf-8")
+    except OSError as e:
+        raise DataError(f"{path}: expected {what} ({e.strerror or e})") from None
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: expected {what} in UTF-8 (byte {e.object[e.start]:#04x} at offset "
+                        f"{e.start})") from None
+    return _parse_json(text, path, what)
+
+
+def json_lines(path, what):
     """Yields (line number, object) from a JSON-lines file, plain or .gz."""
     for n, line in filter(lambda nl: nl[1].strip(), _lines(path, what)):
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{n}: expected one JSON object per line ({e.msg})") from None
+        obj = _parse_json(line, f"{path}:{n}", "one JSON object per line")
         if not isinstance(obj, dict):
             raise DataError(f"{path}:{n}: expected a JSON object, got {type(obj).__name__}")
         yield n, obj
+
+
+def _fields(path, n, obj, **parse):
+    """The values of obj's fields named in parse {name: (function, what it expects)}, each parsed."""
+    values = []
+    for name, (fn, expected) in parse.items():
+        try:
+            values.append(fn(obj.get(name)))
+        except ValueError:
+            got = f"got {json.dumps(obj[name])[:60]}" if name in obj else "it is missing"
+            raise DataError(f"{path}:{n}: expected {name} to be {expected}; {got}") from None
+    return values
+
+
+def _once(seen, key, n, path, said, expected):
+    """seen[key] = n, the line where key first appears; a repeat is a DataError naming both lines."""
+    if seen.setdefault(key, n) != n:
+        raise DataError(f"{path}:{n}: {said} line {seen[key]}; expected {expected} once")
 
 
 def load_ml1m(data_dir):
@@ -82,23 +165,16 @@ def load_ml1m(data_dir):
     items_path = os.path.join(data_dir, "ml1m", "items.tsv")
     what = "CoLLM's ML-1M split: collm-datasets/ml-1m.zip from https://github.com/zyang1580/CoLLM"
     titles, title_line = {}, {}
-    for n, (i, title) in read_table(items_path, ["item_id", "title"], what, ints=["item_id"]):
-        if i in titles:
-            raise DataError(f"{items_path}:{n}: item_id {i} repeats line {title_line[i]}; expected each item once")
-        if i < 1:
-            raise DataError(f"{items_path}:{n}: expected item_id >= 1 (0 is padding), got {i}")
-        titles[i], title_line[i] = title, n
+    for n, (i, title) in read_table(items_path, ["item_id", "title"], what, ints=["item_id"], parse={"title": TITLE}):
+        _once(title_line, i, n, items_path, f"item_id {i} repeats", "each item")
+        titles[i] = title
     # A repeated (user, item) row would leak its answer into a later row's history: pairs are unique.
     rows, splits, pair_line = [], [], {}
-    names, ints = ["user_id", "item_id", "label", "timestamp", "split"], ["user_id", "item_id", "timestamp"]
-    for n, (u, i, y, t, s) in read_table(inter_path, names, what, ints=ints, parse=dict(label=LABEL, split=SPLIT)):
-        if u < 1:
-            raise DataError(f"{inter_path}:{n}: expected user_id >= 1 (0 is padding), got {u}")
+    names, parse = ["user_id", "item_id", "label", "timestamp", "split"], dict(label=LABEL, timestamp=TIME, split=SPLIT)
+    for n, (u, i, y, t, s) in read_table(inter_path, names, what, ints=names[:2], parse=parse):
         if i not in titles:
             raise DataError(f"{inter_path}:{n}: item_id {i} has no title in {items_path}")
-        if pair_line.setdefault((u, i), n) != n:
-            raise DataError(f"{inter_path}:{n}: user_id {u} and item_id {i} repeat line "
-                            f"{pair_line[u, i]}; expected each (user, item) pair once")
+        _once(pair_line, (u, i), n, inter_path, f"user_id {u} and item_id {i} repeat", "each (user, item) pair")
         rows.append((u, i, y, t))
         splits.append(s)
     if not rows:
@@ -140,7 +216,11 @@ def from_ratings(name, domain, ratings, titles_raw, split, source, first_review_
         raise DataError(f"{source}:{line[bad[0]]}: rating {float(rating[bad[0]]):g} is outside 1..5 stars")
     rows = dict(user=user_raw, item=item_raw, label=(rating >= 4).astype(np.int64), timestamp=timestamp,
                 split=np.full(len(rating), "", dtype=object))
-    rows = _take(rows, np.array([i in titles_raw for i in item_raw.tolist()], dtype=bool))
+    titled, notes = np.array([i in titles_raw for i in item_raw.tolist()], dtype=bool), []
+    if not titled.all():  # stderr below: stdout may be --stats' JSON
+        notes.append(f"{source}: dropped {(~titled).sum()} ratings of {len(set(item_raw[~titled].tolist()))} "
+                     "items without a title, as CoLLM's merge with the titles does")
+    rows = _take(rows, titled)
     rows = _take(rows, np.argsort(renumber(rows["item"]), kind="stable"))   # the merge's order
     if split == "months":  # calendar months in UTC, 0 = the first month in the data
         month = rows["timestamp"].astype("datetime64[s]").astype("datetime64[M]").astype(np.int64)
@@ -152,14 +232,14 @@ def from_ratings(name, domain, ratings, titles_raw, split, source, first_review_
     rows = _take(rows, np.lexsort((rows["timestamp"], np.unique(rows["user"], return_inverse=True)[1])))
     pairs = np.stack([np.unique(rows[k], return_inverse=True)[1] for k in ("user", "item")], 1)
     first = np.unique(pairs, axis=0, return_index=True)[1]
-    repeated, notes = len(rows["user"]) - len(first), []
+    repeated = len(rows["user"]) - len(first)
     if repeated and first_review_only:  # a repeated review is no new event (and its target is in its history)
         rows = _take(rows, np.sort(first))
         notes.append(f"{source}: dropped {repeated} repeated (user, item) reviews, keeping each pair's first")
     elif repeated:
         notes.append(f"{source}: kept {repeated} repeated (user, item) ratings (re-ratings); each later one "
                      "has its item in its own history")
-    for note in notes:  # stderr: stdout may be --stats' JSON
+    for note in notes:
         print(f"note: {note}", file=sys.stderr)
 
     rows["raw_item"] = rows["item"]
@@ -184,10 +264,11 @@ def load_movielens(data_dir, split="months"):
     ratings_path = os.path.join(data_dir, "ml-1m", "ratings.dat")
     what = f"GroupLens' ml-1m/ in {data_dir}: unzip https://files.grouplens.org/datasets/movielens/ml-1m.zip there"
     movies = read_table(os.path.join(data_dir, "ml-1m", "movies.dat"), ["MovieID", "Title", "Genres"], what,
-                        "::", False, ["MovieID"], "latin-1")
+                        "::", False, ["MovieID"], "latin-1", dict(Title=TITLE))
     titles = {mid: title for _, (mid, title, _genres) in movies}
-    names = ["UserID", "MovieID", "Rating", "Timestamp"]
-    ratings = [(*fields, n) for n, fields in read_table(ratings_path, names, what, "::", False, names, "latin-1")]
+    names, parse = ["UserID", "MovieID", "Rating", "Timestamp"], dict(Rating=RATING, Timestamp=TIME)
+    rows = read_table(ratings_path, names, what, "::", False, names[:2], "latin-1", parse)
+    ratings = [(*fields, n) for n, fields in rows]
     return from_ratings("movielens", "movie", ratings, titles, split, ratings_path)
 
 
@@ -199,35 +280,21 @@ def load_amazon(data_dir, split="ratio", reviews=None, meta=None):
     meta = meta or os.path.join(data_dir, "amazon-book", "meta_Books.json.gz")
     what = ("Amazon Review Data (2018), https://nijianmo.github.io/amazon/index.html: the 5-core reviews "
             "(Books_5.json.gz) and the metadata (meta_Books.json.gz); or pass --reviews FILE --meta FILE")
-    titles = {}
-    for n, obj in _json_lines(meta, what):
-        if not isinstance(obj.get("asin"), str):
-            raise DataError(f"{meta}:{n}: expected a string field 'asin'")
-        if isinstance(obj.get("title"), str) and obj["title"].strip():
-            titles[obj["asin"]] = obj["title"].strip()
-    ratings = []
-    for n, obj in _json_lines(reviews, what):
-        try:
-            ratings.append((str(obj["reviewerID"]), str(obj["asin"]), float(obj["overall"]),
-                            int(obj["unixReviewTime"]), n))
-        except (KeyError, TypeError, ValueError):
-            raise DataError(f"{reviews}:{n}: expected fields reviewerID, asin, overall (number) "
-                            "and unixReviewTime (integer)") from None
+    titles = {}  # an untitled item (no title, null or blank) is left out, and so are its ratings
+    for n, obj in json_lines(meta, what):
+        asin, title = _fields(meta, n, obj, asin=NAME, title=TEXT)
+        if title and title.strip():
+            titles[asin] = title.strip()
+    fields = dict(reviewerID=NAME, asin=NAME, overall=NUMBER, unixReviewTime=JSON_TIME)
+    ratings = [(*_fields(reviews, n, obj, **fields), n) for n, obj in json_lines(reviews, what)]
     domain = "book" if "book" in os.path.basename(reviews).lower() else "item"  # the prompt's noun
     return from_ratings("amazon", domain, ratings, titles, split, reviews, first_review_only=True,
                         max_id=AMAZON_MAX_ID)
 
 
-def _finite(text):
-    v = float(text)
-    if not np.isfinite(v):
-        raise ValueError(text)
-    return v
-
-
 FLAG = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
-PREDS = {"user_id": (int, "an integer user_id"), "label": LABEL,
-         "score": (_finite, "a finite number as score"), "split": (str, ""),
+PREDS = {**{c: (integer, f"an integer {c} 1..{ID_MAX}") for c in ("user_id", "item_id")}, "label": LABEL,
+         "score": (real, "a finite number as score"), "split": (str, ""),
          **{c: (lambda v: FLAG[v.lower()], f"{c} as 1/0, true/false or yes/no") for c in ("seen", "warm")}}
 
 
@@ -238,5 +305,9 @@ def read_preds(path):
     need = ["user_id", "item_id", "label", "score"]
     if not set(need) <= set(header):
         raise DataError(f"{path}:1: missing column(s) {sorted(set(need) - set(header))}; expected at least {need}")
-    rows = [fields for _, fields in read_table(path, header, what, parse=PREDS)]
+    rows, pair_line, u, i = [], {}, header.index("user_id"), header.index("item_id")
+    for n, fields in read_table(path, header, what, parse=PREDS):
+        _once(pair_line, (fields[u], fields[i]), n, path, f"user_id {fields[u]} and item_id {fields[i]} repeat",
+              "each (user, item) pair")
+        rows.append(fields)
     return {c.removesuffix("_id"): np.array([r[j] for r in rows]) for j, c in enumerate(header) if c in PREDS}

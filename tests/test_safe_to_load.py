@@ -1,0 +1,189 @@
+"""Files a user is handed are hostile: a checkpoint that would run code, links planted in a run
+directory, a lock held from another PID namespace, a disk that fills at any write, a run read
+from another directory. Each test pins one class, through every path that meets it."""
+import errno
+import json
+import os
+import pickle
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import eval as ev
+import lora
+import train
+import walk
+from test_faults import cf_run, one_error_line, write_data
+from tools import runs
+
+
+@pytest.fixture
+def root(tmp_path):
+    return write_data(tmp_path / "data")
+
+
+class Payload:
+    """Unpickling this makes a directory: the proof that a loader ran the file's code."""
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.mkdir, (str(self.marker),)
+
+
+def test_no_loader_runs_a_hostile_pickle(root, tmp_path, capsys):
+    out, marker = tmp_path / "mf", tmp_path / "ran"
+    assert cf_run(root, out) == 0
+    for name in ("best.pt", "last.pt"):
+        torch.save({"args": {}, "model": Payload(marker)}, out / name)  # a plain pickle where a checkpoint goes
+    (out / "evil.pkl").write_bytes(pickle.dumps(Payload(marker)))
+    capsys.readouterr()
+    assert cf_run(root, out, "--resume", "--max-epochs", "3") == 2            # --resume
+    assert f"{out / 'last.pt'}: cannot read this checkpoint" in one_error_line(capsys)
+    assert ev.main([str(out)]) == 2                                            # eval.py RUN
+    assert f"{out / 'best.pt'}: cannot read this checkpoint" in one_error_line(capsys)
+    assert walk.main(["--run", str(out), "--data-dir", str(root)]) == 2      # walk.py --run
+    one_error_line(capsys)
+    for path in (out / "best.pt", out / "evil.pkl"):                           # --cf-ckpt, read by the joint stage
+        with pytest.raises(runs.RunError, match="cannot read this checkpoint"):
+            train.load_cf(train.parse_args(["--stage", "joint", "--cf", "mf", "--cf-ckpt", str(path)]), None)
+    adapter = tmp_path / "adapter"                                             # an adapter's legacy .bin
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps(dict(r=2, lora_alpha=4, target_modules=["q_proj"])))
+    torch.save({"x": Payload(marker)}, adapter / "adapter_model.bin")
+    model = torch.nn.Module()
+    model.q_proj = torch.nn.Linear(4, 4)
+    with pytest.raises(ValueError, match="adapter_model.bin"):
+        lora.load_adapter(model, adapter)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("name", ["best.pt", "last.pt", "log.jsonl", "metrics.json", "run.lock", "rescored.json"])
+def test_nothing_is_written_through_a_planted_link(root, tmp_path, capsys, name):
+    out, outside = tmp_path / "mf", tmp_path / "outside"
+    assert cf_run(root, out, "--stop-after", "1") == 0
+    if name == "rescored.json":
+        assert cf_run(root, out, "--resume") == 0
+    keep = out / "kept"  # a link in place of a checkpoint: the run's own bytes, read through the link
+    os.replace(out / name, keep) if (out / name).exists() else keep.write_bytes(b"")
+    outside.write_bytes(keep.read_bytes())
+    (out / name).symlink_to(outside)
+    capsys.readouterr()
+    rc = ev.main([str(out)]) if name == "rescored.json" else cf_run(root, out, "--resume")
+    assert rc == 2 and f"{out / name} is a symbolic link; refusing to write through it" in one_error_line(capsys)
+    assert outside.read_bytes() == keep.read_bytes()
+
+
+LOCK_HOLDER = """
+import fcntl, json, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)
+fcntl.flock(fd, fcntl.LOCK_EX)
+os.write(fd, json.dumps(dict(pid=int(sys.argv[2]), host=sys.argv[3], started="then")).encode())
+print("held", flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_lock_belongs_to_its_run_across_pid_namespaces(root, tmp_path, capsys):
+    """Run A, pid 1 of its own namespace, shows the pid of run B: B is refused, and leaves A's lock."""
+    out = tmp_path / "mf"
+    out.mkdir()
+    a = subprocess.Popen([sys.executable, "-c", LOCK_HOLDER, str(out / runs.LOCK), str(os.getpid()),
+                          socket.gethostname()], stdout=subprocess.PIPE, text=True)
+    try:
+        assert a.stdout.readline() == "held\n"
+        before = (out / runs.LOCK).read_bytes()
+        for run in (lambda: cf_run(root, out), lambda: cf_run(root, out, "--resume"), lambda: ev.main([str(out)])):
+            capsys.readouterr()
+            assert run() == 2 and f"is in use by another run (pid {os.getpid()} on" in one_error_line(capsys)
+            assert (out / runs.LOCK).read_bytes() == before  # still A's
+    finally:
+        a.kill()
+        a.wait()
+    capsys.readouterr()
+    assert cf_run(root, out) == 0  # A has ended: its lock is proven stale, and taken over
+    assert f"taking over the lock of pid {os.getpid()}" in capsys.readouterr().out
+    assert not (out / runs.LOCK).exists()
+
+
+def full_disk_at(monkeypatch, name, nth):
+    """The nth write of a file called `name` fails as a full disk does, part-way through its bytes."""
+    seen, opened = [0], {}
+    mkstemp, fdopen = runs.tempfile.mkstemp, runs.os.fdopen
+
+    def tracked_mkstemp(prefix="", **kw):
+        fd, path = mkstemp(prefix=prefix, **kw)
+        opened[fd] = prefix == name + "."
+        return fd, path
+
+    class Full:
+        def __init__(self, f):
+            self.f = f
+        def __enter__(self):
+            return self
+        def __exit__(self, *exc):
+            self.f.close()
+        def write(self, data):
+            self.f.write(data[:len(data) // 2])
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    def tracked_fdopen(fd, *a, **kw):
+        f = fdopen(fd, *a, **kw)
+        if opened.pop(fd, False):
+            seen[0] += 1
+            return Full(f) if seen[0] == nth else f
+        return f
+    monkeypatch.setattr(runs.tempfile, "mkstemp", tracked_mkstemp)
+    monkeypatch.setattr(runs.os, "fdopen", tracked_fdopen)
+
+
+def run_record(out):
+    log = [{k: v for k, v in json.loads(line).items() if k not in ("seconds", "samples_per_s")}
+           for line in (out / "log.jsonl").read_text().splitlines()]
+    return log, json.loads((out / "metrics.json").read_text()), runs.read_checkpoint(str(out / "best.pt"))["model"]
+
+
+@pytest.mark.parametrize("name, nth", [("best.pt", 1), ("last.pt", 2), ("log.jsonl", 2), ("metrics.json", 1),
+                                       ("log.jsonl", 3)])
+def test_a_full_disk_at_any_write_loses_nothing(root, tmp_path, capsys, monkeypatch, name, nth):
+    assert cf_run(root, tmp_path / "whole", "--max-epochs", "3", "--patience", "9") == 0
+    out = tmp_path / "mf"
+    with monkeypatch.context() as m:
+        full_disk_at(m, name, nth)
+        capsys.readouterr()
+        assert cf_run(root, out, "--max-epochs", "3", "--patience", "9") == 2
+    err = one_error_line(capsys)
+    assert f"{out / name}: could not write it ([Errno {errno.ENOSPC}] No space left on device)" in err
+    assert not [f for f in os.listdir(out) if f.endswith(".tmp")]  # nothing stale blocks the retry
+    assert cf_run(root, out, "--max-epochs", "3", "--patience", "9", "--resume") == 0  # the space freed
+    (log, m1, w1), (whole_log, m2, w2) = run_record(out), run_record(tmp_path / "whole")
+    assert log == whole_log and m1 == m2 and all(torch.equal(w1[k], w2[k]) for k in w2)
+
+
+def test_a_run_reads_the_same_from_any_directory(root, tmp_path, capsys, monkeypatch):
+    made, elsewhere = tmp_path / "made", tmp_path / "elsewhere"
+    made.mkdir()
+    elsewhere.mkdir()
+    monkeypatch.chdir(made)  # the default, relative --runs
+    common = ["--data", "ml1m", "--data-dir", os.path.relpath(root), "--llm", "tiny", "--threads", "1"]
+    assert train.main(["--stage", "icl", *common]) == 0
+    assert train.main(["--stage", "mf", *common[:4], "--max-epochs", "1"]) == 0
+    monkeypatch.chdir(elsewhere)
+    for run in ("icl", "mf"):
+        assert ev.main([str(made / "runs" / run)]) == 0
+    assert walk.main(["--run", str(made / "runs" / "icl")]) == 2  # (an icl run: refused, having read it)
+    assert os.listdir(elsewhere) == []  # nothing built or written in the caller's directory
+    for f in (made / "runs" / "tiny-llm").iterdir():
+        f.unlink()
+    (made / "runs" / "tiny-llm").rmdir()
+    capsys.readouterr()
+    assert ev.main([str(made / "runs" / "icl")]) == 2
+    err = one_error_line(capsys)
+    assert "tiny-llm/config.json not found: the run's tiny backbone is missing" in err
+    assert os.listdir(elsewhere) == [] and not (made / "runs" / "tiny-llm").exists()
+    with pytest.raises(FileNotFoundError, match="nowhere not found"):
+        runs.files_digest(str(tmp_path / "nowhere"))

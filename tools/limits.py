@@ -1,0 +1,213 @@
+"""Sizes checked before memory is spent. A config.json, an adapter or a flag of the right type but an
+absurd size (1e9 layers, r=1e8, --dim 100000, an eps of inf) is refused as one line naming it, before
+anything is built or read: a config against the shapes in the safetensors headers, a run's memory
+against what the machine has free. The estimates are rough upper bounds, not measurements; the
+lesson files call each check in one line (llama.load_model, lora.inject and load_adapter, train.py)."""
+import math
+import os
+import re
+from dataclasses import fields
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import SafetensorError, safe_open
+
+GiB = 2 ** 30
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded; the message names the file and what was expected."""
+
+
+class SizeError(ValueError):
+    """A run that cannot fit; the message names the flags or file, the estimate and the limit."""
+
+
+def short(v):
+    return repr(v) if len(repr(v)) <= 40 else repr(v)[:30] + "..."  # (a 400-digit eps, a 1 MB string)
+
+
+def expect(name, v, kind=int, low=0, high=None, low_open=False, high_open=False):
+    """v, an int (kind int) or finite int or float (kind float), not a bool, in [low, high] (ends open as asked)."""
+    ok = isinstance(v, (int, float) if kind is float else int) and not isinstance(v, bool)
+    ok = ok and (kind is int or abs(v) <= 1.7e308)  # False for nan, inf and ints past any float
+    ok = ok and (v > low if low_open else v >= low) and (high is None or (v < high if high_open else v <= high))
+    if not ok:
+        where = f"{'>' if low_open else '>='} {low}"
+        where += "" if high is None else f" and {'<' if high_open else '<='} {high}"
+        raise ValueError(f"{name} is {short(v)}; expected {'an integer' if kind is int else 'a finite number'} {where}")
+
+
+def available(device="cpu"):
+    """Bytes free on device: CUDA's free memory, else /proc/meminfo's MemAvailable; None where unknown."""
+    if str(device).startswith("cuda"):  # (a run recorded on CUDA, read here without: no check)
+        return torch.cuda.mem_get_info(torch.device(device))[0] if torch.cuda.is_available() else None
+    try:
+        with open("/proc/meminfo") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        return None
+
+
+def fits(need, what, device="cpu"):
+    """Refuse, as one line, what would need `need` bytes where `device` has fewer free."""
+    have = available(device)
+    if have is not None and need > have:
+        gib = lambda n: f"{n / GiB:.1f}" if n < 1e5 * GiB else f"{min(n, 2 ** 100) / GiB:.3g}"  # noqa: E731
+        raise SizeError(f"{what} needs about {gib(need)} GiB, more than the {gib(have)} GiB available")
+
+# ----------------------------------------------------------------------------------------------
+# llama.py: config.json against the weights, before the model is built
+
+
+def check_config(cfg):
+    """Every LlamaConfig field of its type and in range: a config.json value of the wrong kind or size
+    fails as it is read, not mid-allocation or mid-forward (an rms_norm_eps of inf scores every row alike)."""
+    for f in fields(cfg):
+        v = getattr(cfg, f.name)
+        if f.name == "eos_token_id" and isinstance(v, list):  # from_dict takes the first of a list of ints
+            raise ValueError(f"eos_token_id is {short(v)}; expected an integer >= 0, or a non-empty list of them")
+        if f.type in (bool, str):
+            if not isinstance(v, f.type):
+                raise ValueError(f"{f.name} is {short(v)}; expected " + ("true or false" if f.type is bool else "a string"))
+        elif f.name == "rms_norm_eps":
+            expect(f.name, v, float, 0, 1, low_open=True, high_open=True)
+        else:  # sizes >= 1; head_dim (0: derived), token ids, initializer_range >= 0; rope_theta > 0
+            low = 0 if f.type is float or f.name in ("head_dim", "bos_token_id", "eos_token_id") else 1
+            expect(f.name, v, f.type, low, low_open=f.name == "rope_theta")
+    nh, nkv = cfg.num_attention_heads, cfg.num_key_value_heads
+    if nh % nkv:
+        raise ValueError(f"num_attention_heads={nh} is not a multiple of num_key_value_heads={nkv}")
+    hs = cfg.head_dim or cfg.hidden_size // nh
+    if hs % 2 or hs == 0:  # RoPE turns pairs (i, i + hs/2)
+        raise ValueError(f"head_dim is {hs}{'' if cfg.head_dim else ' (hidden_size // num_attention_heads)'}; "
+                         "expected a positive even number")
+
+
+def check_checkpoint(cfg, config, files, dtype=torch.float32, device="cpu"):
+    """config.json (cfg, read from `config`) against the shapes in the safetensors headers of `files` (no tensor
+    is read): a layer count, width or vocabulary the weights lack is named with the key that shows it, before the
+    model is built (1e9 layers never finish building, even on the meta device); then the weights against memory."""
+    shapes = {}
+    for path in files:
+        try:
+            with safe_open(path, framework="pt") as f:
+                shapes.update({k: (tuple(f.get_slice(k).get_shape()), path) for k in f.keys()})
+        except (SafetensorError, FileNotFoundError) as e:  # a truncated file says "incomplete metadata"
+            raise CheckpointError(f"{path}: cannot read this safetensors file ({e})") from None
+    layers = sorted({int(m[1]) for k in shapes if (m := re.match(r"model\.layers\.(\d+)\.", k))})
+    if len(layers) != cfg.num_hidden_layers:
+        where = ", ".join(map(str, files[:1])) + (f" and {len(files) - 1} more shards" if len(files) > 1 else "")
+        raise CheckpointError(f"{config}: num_hidden_layers is {cfg.num_hidden_layers}, but the weights "
+                              f"({where}) hold {len(layers)} layers")
+    D, I, V = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size
+    q, kv = cfg.num_attention_heads * cfg.head_dim, cfg.num_key_value_heads * cfg.head_dim
+    block = {"input_layernorm": (D,), "self_attn.q_proj": (q, D), "self_attn.k_proj": (kv, D),
+             "self_attn.v_proj": (kv, D), "self_attn.o_proj": (D, q), "mlp.gate_proj": (I, D),
+             "mlp.up_proj": (I, D), "mlp.down_proj": (D, I), "post_attention_layernorm": (D,)}
+    want = {"model.embed_tokens": (V, D), **{f"model.layers.{i}.{k}": s for i in layers for k, s in block.items()},
+            "model.norm": (D,), "lm_head": (V, D)}  # in the model's order: the first wrong key is named
+    for k, s in want.items():
+        shape, path = shapes.get(k + ".weight", (s, None))
+        if shape != s:
+            raise CheckpointError(f"{path}: key {k + '.weight'!r} has shape {shape}, {config} implies {s}")
+    n = sum(math.prod(s) for s, _ in shapes.values())
+    dtype = dtype or torch.float32
+    fits(n * dtype.itemsize, f"{Path(config).parent}: {n:,} weights in {str(dtype)[6:]}", device)
+
+# ----------------------------------------------------------------------------------------------
+# lora.py: an adapter's sizes against its tensors, before inject allocates
+
+
+def check_adapter(adapter_dir, cfg, state=None):
+    """adapter_config.json's r, lora_alpha, lora_dropout and target_modules, and its r against the adapter's
+    tensors (lora_A (r, in), lora_B (out, r)): their shapes come from adapter_model.safetensors' header, or
+    from state (the older adapter_model.bin, loaded whole), so inject allocates nothing the file lacks."""
+    path, weights = Path(adapter_dir, "adapter_config.json"), Path(adapter_dir, "adapter_model.safetensors")
+    r, targets = cfg.get("r"), cfg.get("target_modules")
+    expect(f"{path}: r", r, int, 1)
+    expect(f"{path}: lora_alpha", cfg.get("lora_alpha"), float, 0, low_open=True)
+    expect(f"{path}: lora_dropout", cfg.get("lora_dropout", 0.0), float, 0, 1, high_open=True)
+    if not isinstance(targets, str) and not (isinstance(targets, list) and all(isinstance(t, str) for t in targets)):
+        raise ValueError(f"{path}: target_modules is {targets!r}; expected a list of module names")
+    try:
+        if state is None:
+            with safe_open(weights, framework="pt") as f:
+                shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+        else:
+            weights, shapes = weights.with_suffix(".bin"), {k: tuple(v.shape) for k, v in state.items()}
+    except (SafetensorError, FileNotFoundError, AttributeError) as e:  # a truncated file: "incomplete metadata"
+        raise ValueError(f"{weights}: cannot read it ({e})") from None
+    for k, s in shapes.items():
+        side = "A" if ".lora_A." in k else "B" if ".lora_B." in k else None
+        if side is None:  # not LoRA's: load_adapter refuses it by name
+            continue
+        module = k.split(f".lora_{side}.")[0].rsplit(".", 1)[-1]
+        if isinstance(targets, list) and module not in targets:
+            raise ValueError(f"{path}: target_modules {targets} lack {module!r}, which {weights} adapts ({k!r})")
+        if len(s) != 2 or s[side == "B"] != r:
+            raise ValueError(f"{path}: r is {r}, but {weights} holds {k!r} of shape {s}; expected "
+                             + (f"({r}, in_features)" if side == "A" else f"(out_features, {r})"))
+
+# ----------------------------------------------------------------------------------------------
+# train.py: a run's flags and its memory, before the model is built
+
+
+def check_flags(a):
+    """Run a's flags that cannot work together, as they are parsed: before any data is read."""
+    if a.stage == "sasrec" and a.dim % a.heads:
+        raise SizeError(f"--heads {a.heads} does not divide --dim {a.dim}: SASRec splits the width into equal heads")
+    cpus = os.cpu_count() or 1
+    if a.threads > (most := max(256, 4 * cpus)):  # each OpenMP thread takes a stack; 100,000 of them crash torch
+        raise SizeError(f"--threads {a.threads}: this machine has {cpus} CPUs; expected at most {most}")
+
+
+def check_cf(a, ds):
+    """Run a's CF model on ds, before it is built: its parameters (fp32, with gradients and AdamW's two
+    moments), every row's history (--maxlen ids) and the activations of the largest batch (SASRec: a
+    (B, T, d) tensor ~16 times per layer and its (B, heads, T, T) attention) within the memory free."""
+    d, T, L, n = a.dim, a.maxlen, a.layers if a.stage == "sasrec" else 1, ds.n_users + ds.n_items + 2
+    params = dict(sasrec=n * (d + 1) + T * d + L * 6 * d * d, mf=n * (d + 1), ncf=n * (2 * d + 1) + 3 * d * d,
+                  gru4rec=n * (d + 1) + 6 * d * d, pop=n, mc=(ds.n_items + 1) ** 2)[a.stage]
+    heads = a.heads if a.stage == "sasrec" else 0
+    acts = [B * layers * (T * d * 16 + heads * T * T * 2) * 4 for B, layers in
+            ((min(a.batch_size, len(ds)), L), (min(4096, len(ds)), 1))]  # a train batch; a scoring chunk
+    need = params * (4 if a.stage in ("pop", "mc") else 16) + 3 * len(ds) * (T + 1) * 8 + max(acts)
+    sasrec = f" --layers {a.layers} --heads {a.heads}" if a.stage == "sasrec" else ""
+    fits(need, f"--stage {a.stage} --dim {d}{sasrec} --maxlen {T} --batch-size {a.batch_size} on {len(ds)} rows "
+         f"({ds.n_users} users, {ds.n_items} items): this run", a.device)
+
+
+def check_llm(a, cfg, cf=None):
+    """Run a's collaborative tokens, before the mapping layer is built: 2 x --proj-token-num pseudo-tokens
+    leave room for a prompt in the LLM's positions, and the mapping (d -> 10 d -> k D, fp32 with AdamW) fits."""
+    if cf is None:
+        return
+    k, D, d = a.proj_token_num, cfg.hidden_size, cf.dim + 2
+    if 2 * k >= cfg.max_position_embeddings:
+        raise SizeError(f"--proj-token-num {k}: 2 x {k} pseudo-tokens leave no room for the prompt in --llm "
+                        f"{a.llm}'s {cfg.max_position_embeddings} positions (max_position_embeddings)")
+    fits(16 * 10 * d * (d + k * D + 2), f"--proj-token-num {k}: a mapping layer of {10 * d * (d + k * D) / 1e9:.2f} B "
+         "parameters", a.device)
+
+
+def check_prompts(a, ds, cfg, prompts):
+    """Run a's prompts, before any batch is made: none longer than the LLM's max_position_embeddings
+    (positions it never trained on score silently wrong), and the activations of the longest batch,
+    padded to --pad-multiple, within the memory free (the weights are loaded by now)."""
+    lengths = np.array([len(p.ids) for p in prompts])
+    over = np.flatnonzero(lengths > cfg.max_position_embeddings)
+    if len(over):
+        r, k = int(over[0]), len(prompts[over[0]].user_pos)
+        pseudo = f", {2 * k} of them pseudo-tokens" if k else ""
+        raise SizeError(f"row {r} (user {ds.user[r]}, item {ds.item[r]}): its prompt is {lengths[r]} tokens{pseudo}, "
+                        f"more than the {cfg.max_position_embeddings} positions of --llm {a.llm} "
+                        f"(max_position_embeddings; {len(over)} such rows)")
+    T = -(-int(lengths.max()) // a.pad_multiple) * a.pad_multiple
+    D, I, L, nh = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers, cfg.num_attention_heads
+    acts = [B * layers * (T * (12 * D + 4 * I) * 4 + nh * T * T * 10) for B, layers in
+            ((min(a.eval_batch_size, len(ds)), 2), (0 if a.stage == "icl" else min(a.batch_size, len(ds)), L))]
+    fits(max(acts) + 8 * a.iters_per_epoch, f"--batch-size {a.batch_size} --eval-batch-size {a.eval_batch_size} "
+         f"--pad-multiple {a.pad_multiple} --iters-per-epoch {a.iters_per_epoch} (prompts of up to {lengths.max()} "
+         f"tokens, padded to {T}) on --llm {a.llm}: this run", a.device)
