@@ -5,6 +5,7 @@ for anyone's prediction file (the metrics themselves, each with its formula, are
     python eval.py runs/joint --shuffle-cf --repeats 3   # the CF tokens permuted across rows
     python eval.py runs/joint --shuffle-text             # the prompts' text permuted, each row its CF tokens
     python eval.py runs/joint --dtype float32            # a bf16 run re-scored in fp32
+    python eval.py runs/sasrec --fuse runs/text          # the fusion probe: SASRec's and TALLRec's logits
     python eval.py --preds FILE.tsv --scores logits      # metrics for a prediction file
 
 eval.py only reads a run: it refuses one still training (run.lock held) or unfinished (no metrics.json)
@@ -17,11 +18,12 @@ import sys
 import time
 
 import numpy as np
+import torch
 
 import llama
 import loop
 import train
-from metrics import PARTS, metrics
+from metrics import PARTS, metrics, sigmoid
 from tools import runs, sources
 from tools.report import _num, fmt, fmt_mean_std, markdown_table, md_table, mean_std, read_metrics
 
@@ -57,6 +59,37 @@ def shuffle_report(run_dir, shuffle, repeats=1, data_dir=None, device=None, dtyp
     title = f"{run_dir}: {what} permuted across rows ({repeats} permutation{'s' * (repeats > 1)})"
     return title + "\n" + md_table(["part", "AUC", "AUC shuffled", "drop", "UAUC", "UAUC shuffled", "drop"],
                                    [[p, *cells(p, "auc"), *cells(p, "uauc")] for p in PARTS if p in plain])
+
+
+def row_scores(run, split):
+    """{(user, item): (logit, label)} of a finished run on one split (its own rows: --valid-rows keeps a subset)."""
+    args, ds, model, make_predict = run
+    model.eval()
+    with torch.no_grad(), loop.autocast_for(args)():
+        s = make_predict()(model, split)
+    rows = ds.idx(split)
+    return {(int(u), int(i)): (float(x), int(y)) for u, i, y, x in zip(ds.user[rows], ds.item[rows], ds.label[rows], s)}
+
+
+def fusion_table(run_a, run_b, data_dir=None):
+    """The fusion probe: a logistic regression over [A's logit, B's logit] (e.g. SASRec's and TALLRec's), fitted
+    on the valid rows both runs scored, then scoring test. If it beats A on test, B holds signal A lacks."""
+    runs_ = [finished_run(r, data_dir) for r in (run_a, run_b)]
+    split = {p: [row_scores(r, p) for r in runs_] for p in ("valid", "test")}
+    keys = {p: sorted(set(a) & set(b)) for p, (a, b) in split.items()}
+    X = {p: np.array([[1.0, a[k][0], b[k][0]] for k in keys[p]]) for p, (a, b) in split.items()}
+    y = {p: np.array([split[p][0][k][1] for k in keys[p]], dtype=float) for p in split}
+    w = np.zeros(3)
+    for _ in range(50):  # Newton's method on the log-likelihood, a little L2 so that it never diverges
+        p = sigmoid(X["valid"] @ w)
+        w -= np.linalg.solve((X["valid"].T * p * (1 - p)) @ X["valid"] + 1e-6 * np.eye(3),
+                             X["valid"].T @ (p - y["valid"]) + 1e-6 * w)
+    users = np.array([u for u, _ in keys["test"]])
+    rows = [(f"{run_a} alone", metrics(users, y["test"], X["test"][:, 1])),
+            (f"{run_b} alone", metrics(users, y["test"], X["test"][:, 2])),
+            (f"fused: {w[1]:+.3f} x A {w[2]:+.3f} x B {w[0]:+.3f}", metrics(users, y["test"], X["test"] @ w))]
+    return (f"fitted on {len(keys['valid'])} valid rows both runs scored; test on {len(keys['test'])} rows\n"
+            + markdown_table(rows, rel=False))
 
 
 def preds_table(path, scores):
@@ -106,16 +139,22 @@ def main(argv=None):
     ap.add_argument("--shuffle-cf", action="store_true", help="ablation: permute the CF tokens across the rows")
     ap.add_argument("--shuffle-text", action="store_true", help="ablation: permute the prompts' text across the rows")
     ap.add_argument("--repeats", type=runs.positive, default=1, help="--shuffle-*: K permutations")
+    ap.add_argument("--fuse", metavar="RUN_B", help="the fusion probe: RUN's and RUN_B's logits, fitted on valid")
     ap.add_argument("--preds", help="TSV with user_id, item_id, label, score [, split, seen, warm]")
     ap.add_argument("--scores", choices=("logits", "probs"), help="--preds: what the score column holds")
     args = ap.parse_args(argv)
     if args.run:  # in the numerics the run was trained in (runs.numerics), before torch's first op
-        saved = runs.peek_args(os.path.join(args.run, "best.pt"))
-        runs.numerics(args.dtype or saved.get("dtype"), args.device or saved.get("device", "cpu"))
+        saved = [runs.peek_args(os.path.join(r, "best.pt")) for r in (args.run, args.fuse) if r]
+        dtype = next((a.get("dtype") for a in saved if a.get("dtype") != "float32"), "float32")  # bf16: native
+        runs.numerics(args.dtype or dtype, args.device or saved[0].get("device", "cpu"))
     if args.preds:
         if not args.scores:
             ap.error("--preds needs --scores logits or --scores probs (what the score column holds)")
         print(preds_table(args.preds, args.scores))
+    elif args.run and args.fuse:
+        with contextlib.redirect_stdout(sys.stderr):
+            report = fusion_table(args.run, args.fuse, args.data_dir)
+        print(report)
     elif args.run and (args.shuffle_cf or args.shuffle_text):
         with contextlib.redirect_stdout(sys.stderr):  # progress lines; stdout keeps the report alone
             report = shuffle_report(args.run, "cf" if args.shuffle_cf else "text", args.repeats, args.data_dir, args.device, args.dtype,

@@ -147,6 +147,19 @@ def test_chain_writes_runs_and_checkpoints_round_trip(chain):
         assert not np.isclose(shuffled["test"]["logloss"], saved["test"]["logloss"])
 
 
+def test_the_fusion_probe_fits_on_valid_and_scores_test(chain, capsys):
+    """eval.py RUN --fuse RUN_B: a logistic regression on both runs' valid logits, scored on test. A run fused
+    with itself ranks as it does alone, or in reverse where its fitted weight is negative (valid AUC < 0.5
+    on this tiny run); with another run, three rows."""
+    auc = json.load(open(chain / "sasrec" / "metrics.json"))["test"]["auc"]
+    fused = ev.fusion_table(str(chain / "sasrec"), str(chain / "sasrec")).splitlines()[-1]
+    weight = float(fused.split("fused: ")[1].split(" x A")[0])
+    assert f"| {(auc if weight > 0 else 1 - auc):.4f} |" in fused, fused
+    assert ev.main([str(chain / "sasrec"), "--fuse", str(chain / "text")]) == 0
+    out = capsys.readouterr().out
+    assert "fitted on" in out and out.count("\n| ") == 4 and "fused:" in out  # header + 3 rows
+
+
 def test_test_only_rescoring_writes_beside_not_over(chain, tmp_path, capsys):
     """eval.py RUN --test-only --device cpu --into DIR: the test parts alone, equal to the run's
     own test figures, in DIR/<run name>.json; the run's metrics.json is left as it was."""
