@@ -146,7 +146,8 @@ def parse_args(argv=None):
         if f.type is bool:
             ap.add_argument(name, action="store_true", help=m["help"])
         else:
-            ap.add_argument(name, default=f.default, type=m["type"] or f.type, choices=m["choices"],
+            kind = m["type"] or {int: non_negative}.get(f.type, f.type)  # (ints as the data files' are: digits)
+            ap.add_argument(name, default=f.default, type=kind, choices=m["choices"],
                             help=m["help"], required=f.name == "stage")
     return Run(**vars(ap.parse_args(argv)))
 

@@ -143,7 +143,7 @@ def main(argv=None):
     ap.add_argument("--llm", default="tiny", help="without a trained run: the backbone (HF dir or 'tiny')")
     ap.add_argument("--runs", default="runs", help="where runs/joint and the tiny backbone live")
     ap.add_argument("--run", default=None, help="a joint run directory (default: RUNS/joint if it exists)")
-    ap.add_argument("--row", type=int, default=None, help="the data row (default: the first test row)")
+    ap.add_argument("--row", type=runs.non_negative, default=None, help="the data row (default: the first test row)")
     ap.add_argument("--verbose", action="store_true", help="list the functions on the training path")
     args = ap.parse_args(argv)
     args.run = args.run or os.path.join(args.runs, "joint")

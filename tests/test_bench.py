@@ -19,7 +19,7 @@ import torch
 
 import data
 import llama
-from tools import bench, precision
+from tools import bench
 
 torch.set_num_threads(1)  # one thread: robust on a shared 2-core machine
 ROOT = Path(__file__).resolve().parent.parent
@@ -208,33 +208,3 @@ def test_candidates_time_our_variants_against_eager(tiny_dir, data_dir):
     assert list(line["train"]) == ["llama.py+lora.py", "llama.py+lora.py sdpa math", "llama.py+lora.py compiled"]
     assert set(line["ratios"]["score"]["alternate"]) == {"sdpa_math_vs_eager", "compiled_vs_eager"}
     assert "Self CPU" in stdout  # the profile's table
-
-
-def test_precision_scores_each_prompt_in_its_own_place(tiny_dir, ml1m):
-    """tools/precision.py's batched scores (bucketed by length, left-padded) are each prompt's own
-    score alone, in the input order; and bf16 stays within bf16's rounding of fp32."""
-    model, tok = llama.load(tiny_dir)
-    rows = ml1m.idx("test")[:12]
-    prompts = data.encode_prompts(ml1m, rows, tok, collab=False)
-    answers = [tok.yes_id, tok.no_id]
-    batched = precision.score(model, prompts, answers, batch_size=5, autocast=False)
-    alone = [precision.score(model, [p], answers, batch_size=1, autocast=False)[0] for p in prompts]
-    assert len(set(len(p.ids) for p in prompts)) > 1  # padding was exercised
-    torch.testing.assert_close(torch.tensor(batched), torch.tensor(alone), atol=1e-4, rtol=1e-4)
-    half = precision.score(llama.load_model(tiny_dir, torch.bfloat16), prompts, answers, 5, autocast=True)
-    assert abs(half - batched).max() < 0.1
-
-
-def test_precision_keeps_scores_so_one_precision_can_be_rerun(tiny_dir, data_dir, tmp_path):
-    """tools/precision.py: fp32 alone, then bf16 alone into the same --out; the second run finds the
-    first's scores (the .scores.npz) and reports the difference, with AUCs that are the scores' own."""
-    out, common = tmp_path / "agree.json", ["--ckpt", str(tiny_dir), "--data-dir", str(data_dir), "--rows", "40"]
-    precision.main(common + ["--precisions", "fp32", "--out", str(out)])
-    assert "icl bf16 - fp32" not in json.loads(out.read_text())
-    precision.main(common + ["--precisions", "bf16", "--out", str(out)])
-    report, scores = json.loads(out.read_text()), np.load(tmp_path / "agree.scores.npz")
-    assert sorted(scores) == ["icl bf16", "icl fp32"] and len(scores["icl fp32"]) == report["icl fp32"]["n"] == 40
-    d = report["icl bf16 - fp32"]
-    assert d["auc"] == pytest.approx(report["icl bf16"]["auc"] - report["icl fp32"]["auc"])
-    assert d["max_abs_score_diff"] == pytest.approx(float(np.abs(scores["icl bf16"] - scores["icl fp32"]).max()))
-    assert 0.9 < d["score_corr"] <= 1.0 and 0 < d["score_diff_std"] < d["fp32_score_std"]

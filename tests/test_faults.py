@@ -356,7 +356,11 @@ def test_each_cli_says_bad_input_in_one_line(root, tmp_path, tiny_llm):
         "backbones bad config": ([sys.executable, "-m", "tools.backbones", "--decode", str(bad_ckpt)], 2,
                                  "num_hidden_layers is -2; expected an integer >= 1", False),
         "bench --steps 0": ([sys.executable, "-m", "tools.bench", "--no-hf", "--steps", "0"], 2,
-                            "bench.py: error: expected integers >= 1", True),
+                            "bench.py: error: argument --steps: expected an integer >= 1, got 0", True),
+        "train.py --seed 1_0": (train_py + ["--seed", "1_0"], 2,  # flags are read as strictly as data files
+                                "train.py: error: argument --seed: expected an integer, got '1_0'", True),
+        "train.py --lr nan": (train_py + ["--lr", "nan"], 2,
+                              "train.py: error: argument --lr: expected a finite number, got 'nan'", True),
     }
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"}
     procs = {name: subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,

@@ -3,5 +3,5 @@
 runs.py (run directories, checkpoint files, error lines), dist.py (torchrun), sources.py (data
 files and the raw-ratings recipe), backbones.py (random checkpoints), report.py and svg.py (the
 paper's tables and figures, the README's generated blocks), datainfo.py (data statistics),
-bench.py (throughput against HF + peft), precision.py (bf16 against fp32), table.sh (the table driver).
+bench.py (throughput against HF + peft), table.sh (the table driver).
 """

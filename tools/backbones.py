@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import save_file
 
 from llama import Llama, LlamaConfig, load, load_tokenizer
-from tools.runs import cli
+from tools.runs import cli, positive
 
 # TinyLlama-1.1B's config.json (see ../shared/models/README.md): LlamaConfig's defaults are its values.
 TINYLLAMA = dict(architectures=["LlamaForCausalLM"], model_type="llama", hidden_act="silu", **asdict(LlamaConfig()))
@@ -85,7 +85,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--decode", metavar="DIR", required=True, help="greedy-decode --prompt with the checkpoint in DIR")
     p.add_argument("--prompt", default="Is the sky blue? Answer Yes or No.")
-    p.add_argument("--max-new-tokens", type=int, default=8)
+    p.add_argument("--max-new-tokens", type=positive, default=8)
     args = p.parse_args(argv)
     model, tok = load(args.decode)
     ids, new = tok.encode(args.prompt, bos=True), []

@@ -363,11 +363,11 @@ def main(argv=None):
     p.add_argument("--shape", choices=list(SHAPES), help="default: tiny (--check: tinyllama)")
     p.add_argument("--device", help="default: cpu (--check: cuda)")
     p.add_argument("--dtype", choices=list(LLAMA_DTYPE), help="bf16: bf16 weights and autocast (--check on cuda)")
-    p.add_argument("--train-batch", type=int, default=16)
-    p.add_argument("--score-batch", type=int, default=64)
-    p.add_argument("--steps", type=int, default=3, help="batches per phase (each is warmed, then timed)")
-    p.add_argument("--pad-multiple", type=int, default=16, help="round batch widths up to a multiple of N")
-    p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
+    p.add_argument("--train-batch", type=runs.positive, default=16)
+    p.add_argument("--score-batch", type=runs.positive, default=64)
+    p.add_argument("--steps", type=runs.positive, default=3, help="batches per phase (each is warmed, then timed)")
+    p.add_argument("--pad-multiple", type=runs.positive, default=16, help="round batch widths up to a multiple of N")
+    p.add_argument("--threads", type=runs.non_negative, default=0, help="CPU threads (0: torch's default)")
     p.add_argument("--no-hf", action="store_true", help="skip the transformers+peft comparison")
     p.add_argument("--compile", action="store_true", help="add llama.py+lora.py with torch.compile'd layers")
     p.add_argument("--check", action="store_true", help="the GPU check: CHECK's sizes, every order, then the loop")
@@ -381,10 +381,6 @@ def main(argv=None):
     args.dtype = args.dtype or ("bf16" if args.check and args.device.startswith("cuda") else "fp32")
     if args.check:
         vars(args).update(CHECK["cuda" if args.device.startswith("cuda") else "cpu"])
-    low = dict(steps=1, train_batch=1, score_batch=1, pad_multiple=1, threads=0)
-    bad = [f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k in low and v < low[k]]
-    if bad:
-        p.error(f"expected integers >= 1 (--threads >= 0), got {', '.join(bad)}")
     if args.threads:
         torch.set_num_threads(args.threads)
     runs.check_device(args.device)

@@ -26,7 +26,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from tools.dist import barrier, is_main, say
-from tools.sources import read_json
+from tools.sources import DECIMAL, read_json
 
 LOCK = "run.lock"  # in a run directory while a run writes there: its pid, host and start
 MADE_FROM = "made_from.json"  # beside a tiny backbone or an adapter: the digests of what made it
@@ -124,10 +124,9 @@ def number(low, high=None, kind=float, low_open=False):
     where = f"{'>' if low_open else '>='} {low}" + ("" if high is None else f" and <= {high}")
 
     def parse(text):
-        try:
-            v = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if not re.fullmatch(r"-?[0-9]+" if kind is int else DECIMAL, text):  # as strict as the data files: no "1_0"
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        v = kind(text)
         if not math.isfinite(v) or (v <= low if low_open else v < low) or (high is not None and v > high):
             raise argparse.ArgumentTypeError(f"expected {what} {where}, got {text}")
         return v
