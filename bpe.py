@@ -95,7 +95,7 @@ class BPETokenizer(AnswerIds):
         self.path = Path(path)
         try:
             self._read(read_json(self.path, "an HF tokenizer.json"))
-        except (KeyError, TypeError, AttributeError) as e:  # a field missing, or of another JSON type
+        except (KeyError, TypeError, AttributeError, IndexError) as e:  # a field missing, or of another JSON type
             raise ValueError(f"{self.path}: expected an HF tokenizer.json ({type(e).__name__}: {e})") from None
         # Longest first: of two added tokens that start at the same place the longer wins, as in HF.
         names = sorted(self.added, key=len, reverse=True)
@@ -156,9 +156,14 @@ class BPETokenizer(AnswerIds):
             if lost:
                 raise ValueError(f"{self.path}: merge {' '.join(m)!r} needs {lost[0]!r}, not in model.vocab")
         self.added = {t["content"]: t["id"] for t in added}
+        bad = [(t, i) for t, i in [*self.vocab.items(), *self.added.items()]
+               if type(t) is not str or type(i) is not int or i < 0]  # an id indexes the embedding table
+        if bad:
+            raise ValueError(f"{self.path}: token {bad[0][0]!r:.40} has id {bad[0][1]!r:.40}; expected a string "
+                             "with an id that is an int >= 0")
         self.tokens = {i: t for t, i in self.vocab.items()} | {i: t for t, i in self.added.items()}
         self.added_ids = set(self.added.values())
-        self.vocab_size = max(self.tokens) + 1
+        self.vocab_size = max(self.tokens, default=-1) + 1  # (no token: no bos_token, refused below)
 
     def pre_tokenize(self, text: str) -> list:
         kinds = text.translate(CHAR_CLASSES)  # one class letter per char

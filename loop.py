@@ -151,12 +151,15 @@ def trainable_state(model):
     return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def load_trainable(model, state):
-    """Load trainable tensors: a missing or unexpected key fails here, a mis-shaped one in torch."""
-    missing = {n for n, p in model.named_parameters() if p.requires_grad} - set(state)
-    unexpected = set(state) - {n for n, _ in model.named_parameters()}
-    if missing or unexpected:
-        raise KeyError(f"checkpoint mismatch: missing {sorted(missing)}, unexpected {sorted(unexpected)}")
+def load_trainable(model, state, path):
+    """Load trainable tensors from the checkpoint at path: a missing, unexpected or mis-shaped key is one line."""
+    params = dict(model.named_parameters())
+    missing = {n for n, p in params.items() if p.requires_grad} - set(state)
+    unexpected = set(state) - set(params)
+    bad = [n for n in set(state) & set(params) if not (torch.is_tensor(state[n]) and state[n].shape == params[n].shape)]
+    if missing or unexpected or bad:
+        raise runs.RunError(f"{path}: does not fit this model: missing {sorted(missing)[:3]}, unexpected "
+                            f"{sorted(unexpected)[:3]}, of another shape {sorted(bad)[:3]}")
     model.load_state_dict(state, strict=False)
 
 
@@ -178,26 +181,43 @@ def save(run, name, made_from, model, epoch, best, opt=None, sched=None, scaler=
 def resume_from(run, made_from, model, opt, sched, scaler):
     path = os.path.join(run.out, "last.pt")
     ck = runs.read_checkpoint(path)
-    may_change = [f.name for f in fields(run) if f.metadata.get("resume_may_change")]
-    changed = runs.changed_flags(ck["args"], asdict(run), may_change)
-    if changed:
-        raise runs.RunError(f"--resume: {path} was trained with other flags: {'; '.join(changed)}. Resume with "
-                            "the run's own flags, or start a new run (another --out, or --overwrite)")
-    runs.check_made_from(f"--resume: {path}", ck.get("made_from", {}), made_from)
-    load_trainable(model, ck["model"])
-    for part, key in ((opt, "optimizer"), (sched, "scheduler"), (scaler, "scaler")):
-        part.load_state_dict(ck[key])
-    runs.set_rng_state(ck["rng"])
-    write_log(run, ck["log"])  # whole again, if its last write failed
-    say(f"resumed from {path} after epoch {ck['epoch']} (best valid AUC {ck['best']['auc']:.4f})")
-    return ck["epoch"], ck["best"], ck["log"]
+    try:  # a last.pt is input like any other: what AdamW would read only at its next step is checked now
+        may_change = [f.name for f in fields(run) if f.metadata.get("resume_may_change")]
+        changed = runs.changed_flags(ck["args"], asdict(run), may_change)
+        if changed:
+            raise runs.RunError(f"--resume: {path} was trained with other flags: {'; '.join(changed)}. Resume with "
+                                "the run's own flags, or start a new run (another --out, or --overwrite)")
+        runs.check_made_from(f"--resume: {path}", ck.get("made_from", {}), made_from)
+        load_trainable(model, ck["model"], path)
+        for part, key in ((opt, "optimizer"), (sched, "scheduler"), (scaler, "scaler")):
+            part.load_state_dict(ck[key])
+        for g in opt.param_groups:
+            numbers = [g["lr"], g["weight_decay"], g["eps"], *g["betas"]]
+            if len(g["betas"]) != 2 or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in numbers):
+                raise ValueError(f"optimizer settings {numbers}")
+            if any(torch.is_tensor(t) and t.ndim and t.shape != p.shape for p in g["params"]
+                   for t in opt.state.get(p, {}).values()):
+                raise ValueError("optimizer moments of another shape than the parameters")
+        runs.set_rng_state(ck["rng"])
+        epoch, best, log = ck["epoch"], ck["best"], ck["log"]
+        if not (type(epoch) is int and isinstance(log, list) and all(isinstance(h, dict) for h in log)
+                and all(isinstance(best[k], (int, float)) for k in ("auc", "epoch", "bad_epochs"))):
+            raise ValueError("epoch, best or log of the wrong type")
+    except runs.RunError:
+        raise
+    except (ValueError, TypeError, KeyError, AttributeError, IndexError, RuntimeError) as e:
+        raise runs.RunError(f"{path}: its resume state is damaged or foreign ({type(e).__name__}: "
+                            f"{runs.first_line(e)}); start over with --overwrite") from None
+    write_log(run, log)  # whole again, if its last write failed
+    say(f"resumed from {path} after epoch {epoch} (best valid AUC {best['auc']:.4f})")
+    return epoch, best, log
 
 
 def finish(run, model, predict, ds, autocast=nullcontext):
     """Reload best.pt, score valid and test, write metrics.json (test's warm/cold parts too)."""
     barrier()  # rank 0 has written best.pt
-    ck = runs.read_checkpoint(os.path.join(run.out, "best.pt"))
-    load_trainable(model, ck["model"])
+    ck = runs.read_checkpoint(path := os.path.join(run.out, "best.pt"))
+    load_trainable(model, ck["model"], path)
     report = dict(evaluate(model, predict, ds, autocast=autocast), best_epoch=ck["epoch"])
     runs.write_json(report, os.path.join(run.out, "metrics.json"))
     say(f"test auc {report['test']['auc']:.4f} | valid auc {report['valid']['auc']:.4f} -> {run.out}/metrics.json")

@@ -270,7 +270,7 @@ def load_cf(args, ds):
         raise runs.RunError(f"--cf-ckpt {args.cf_ckpt} is a {a.stage} run reading {a.maxlen} items of history; the "
                             f"joint stage has --cf {args.cf} --maxlen {args.maxlen}: give the flags of that run")
     cf = build_cf(a, ds)
-    loop.load_trainable(cf, ck["model"])
+    loop.load_trainable(cf, ck["model"], args.cf_ckpt)
     return cf.to(args.device)
 
 
@@ -370,17 +370,32 @@ def run_all(args):
 
 
 def read_run(path):
+    """(Run, checkpoint) of a checkpoint file: its flags are input like any other, each checked as if it had
+    been typed (its type, range and choices), its made_from a dict; any problem is one line naming the file."""
     ck = runs.read_checkpoint(path)
     try:
-        return Run(**ck["args"]), ck
-    except TypeError as e:  # a flag this checkout does not know
-        raise runs.RunError(f"{path}: written by another version of train.py ({e}); retrain it here") from None
+        saved = ck["args"]
+        unknown = set(saved) - {f.name for f in fields(Run)}
+        if unknown:
+            raise ValueError(f"written by another version of train.py (flags {sorted(unknown)}); retrain it here")
+        for f in fields(Run):
+            v, parse, choices = saved.get(f.name, f.default), f.metadata["type"], f.metadata["choices"]
+            ok = v is None and f.default is None or (
+                isinstance(v, (int, float) if f.type is float else f.type) and isinstance(v, bool) == (f.type is bool)
+                and (not choices or v in choices) and (not parse or parse(repr(v)) == v))
+            if not ok:
+                raise ValueError(f"its flag {f.name} is {v!r}")
+        if not isinstance(ck.get("made_from", {}), dict) or not isinstance(ck.get("model"), dict):
+            raise ValueError("its made_from or model is not a dict")
+        return Run(**saved), ck
+    except (ValueError, TypeError, KeyError, AttributeError, argparse.ArgumentTypeError) as e:
+        raise runs.RunError(f"{path}: not a checkpoint this train.py can use: {runs.first_line(e)}") from None
 
 
 def load_run(run_dir, data_dir=None, device=None, dtype=None):
     """(args, ds, model, make_predict(shuffle=None, seed=0) -> predict): a run rebuilt from best.pt,
     in its own precision unless another device or LLM dtype is asked (then autocast follows them)."""
-    args, ck = read_run(os.path.join(run_dir, "best.pt"))
+    args, ck = read_run(best := os.path.join(run_dir, "best.pt"))
     if dtype and args.stage in CF_STAGES:
         raise runs.RunError(f"--dtype sets an LLM run's weights; {run_dir} is a '{args.stage}' run, scored in fp32")
     now = dict(data_dir=data_dir or args.data_dir, device=device or args.device, dtype=dtype or args.dtype)
@@ -394,7 +409,7 @@ def load_run(run_dir, data_dir=None, device=None, dtype=None):
     ds = load_data(args)
     runs.check_made_from(run_dir, ck.get("made_from", {}), made_from(args, ds))
     model, prompts = (build_cf(args, ds).to(args.device), None) if args.stage in CF_STAGES else build_llm_model(args, ds)
-    loop.load_trainable(model, ck["model"])
+    loop.load_trainable(model, ck["model"], best)
     if prompts is None:
         return args, ds, model, lambda shuffle=None, seed=0: cf_predictor(ds, args.maxlen, args.device)
     return args, ds, model, lambda shuffle=None, seed=0: llm_predictor(args, ds, prompts, shuffle, seed)

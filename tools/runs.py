@@ -14,6 +14,7 @@ import random
 import re
 import shutil
 import socket
+import stat
 import sys
 import tempfile
 import time
@@ -85,7 +86,7 @@ def native_bf16():
 # Inductor keys its kernel cache without the ISA it was told: AVX512 kernels cached by a native run crashed a
 # portable --compile run (seen on an AMD EPYC), so portable runs keep their own cache.
 PORTABLE = dict(ATEN_CPU_CAPABILITY="avx2", MKL_CBWR="AVX2", ONEDNN_MAX_CPU_ISA="AVX2",
-                TORCHINDUCTOR_CACHE_DIR=os.path.join(tempfile.gettempdir(), f"torchinductor-avx2-{os.getuid()}"))
+                TORCHINDUCTOR_CACHE_DIR=os.path.join(os.path.expanduser("~"), ".cache", "sasrecllm", "torchinductor-avx2"))
 
 
 def numerics(dtype, device="cpu"):
@@ -163,6 +164,7 @@ def write_atomic(path, data: bytes):
     try:
         with writing(path):
             fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=os.path.dirname(path) or ".")
+            os.fchmod(fd, 0o666 & ~UMASK)  # (mkstemp makes 0600: results stay as readable as open() makes them)
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
             os.replace(tmp, path)
@@ -172,6 +174,9 @@ def write_atomic(path, data: bytes):
             with suppress(OSError):
                 os.remove(tmp)
 
+
+UMASK = os.umask(0o22)
+os.umask(UMASK)
 
 # A checkpoint is a safetensors file: its tensors, and everything else (the flags, the epoch, the optimizer's
 # numbers, the RNG states) as JSON in the header, with the SHA-256 of both. Loading one parses data only:
@@ -221,8 +226,7 @@ def save_atomic(obj, path):
 
 def read_checkpoint(path):
     """A checkpoint that save_atomic wrote (its tensors on the CPU), its digest checked, or one error line."""
-    if not os.path.isfile(path):
-        raise RunError(f"{path} not found")
+    regular_file(path)
     try:
         with safe_open(path, framework="pt") as f:
             head, tensors = f.metadata() or {}, {k: f.get_tensor(k) for k in f.keys()}
@@ -236,10 +240,22 @@ def read_checkpoint(path):
     return obj
 
 
+def regular_file(path):
+    """path, if it is a regular file (a FIFO would block a reader forever, /dev/zero never end); else one line."""
+    try:
+        if stat.S_ISREG(os.stat(path).st_mode):
+            return path
+    except FileNotFoundError:
+        raise RunError(f"{path} not found") from None
+    except OSError as e:
+        raise RunError(f"{path}: cannot read it ({first_line(e)})") from None
+    raise RunError(f"{path} is not a regular file (a directory, FIFO or device)")
+
+
 def peek_args(path):
     """A checkpoint's flags from its header alone, no tensor read ({} if unreadable: read_checkpoint says why)."""
     with suppress(Exception):
-        with safe_open(path, framework="pt") as f:
+        with safe_open(regular_file(path), framework="pt") as f:
             return dict(json.loads(f.metadata()["meta"])["args"])
     return {}
 
@@ -259,6 +275,7 @@ def publish_dir(final, write):
     refuse_link(final)
     parent, name = os.path.split(os.path.abspath(final))
     with writing(final):
+        os.makedirs(parent, exist_ok=True)
         tmp = tempfile.mkdtemp(prefix=name + ".tmp-", dir=parent)
     try:
         with writing(final):
@@ -418,7 +435,11 @@ def lock(out):
     path = os.path.join(out, LOCK)
     refuse_link(path)
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:  # a FIFO, a device, a hard link to a file elsewhere
+            os.close(fd)
+            raise RunError(f"{path} is not a plain lock file (a FIFO, device or hard link); remove it, or use another --out")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -448,7 +469,7 @@ def read_lock(path):
     with suppress(OSError, ValueError):
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
         with os.fdopen(fd, "rb") as f:
-            holder = json.loads(f.read(4096))
+            holder = json.loads(f.read(4096)) if stat.S_ISREG(os.fstat(fd).st_mode) else {}
         return holder if isinstance(holder, dict) else {}
     return {}
 

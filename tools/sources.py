@@ -13,7 +13,9 @@ import json
 import math
 import os
 import re
+import stat
 import sys
+from collections import Counter
 
 import numpy as np
 
@@ -21,6 +23,7 @@ SPLITS = ("train", "valid", "test")
 AMAZON_MAX_ID = 4000  # the paper keeps Amazon Book user and item ids <= 4000
 ID_MAX, TIME_MAX = 2**31 - 1, 10**11 - 1  # TIME_MAX: Unix seconds before the year 5138 (1e20 overflowed months)
 DIGITS = re.compile("[0-9]+")  # int() would also take " 1", "1_0", "+1" and "١"
+LINE_MAX = 64 << 20  # bytes in one line (Amazon's longest JSON lines are far shorter): no line fills memory
 DECIMAL = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")  # float() also takes "nan", "1_0"
 
 
@@ -64,14 +67,26 @@ NUMBER = _is(lambda v: type(v) in (int, float), "a number")  # not a bool
 JSON_TIME = (lambda v: integer(json.dumps(v), 0, TIME_MAX), f"an integer 0..{TIME_MAX} (Unix seconds)")
 
 
+def _open(path, what):
+    """path opened to read bytes, if it is a regular file: a FIFO would wait forever, /dev/zero never end
+    (O_NONBLOCK: opening a FIFO waits for no writer; the type is checked on what was opened)."""
+    f = open(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb")
+    if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+        f.close()
+        raise DataError(f"{path} is not a regular file (a directory, FIFO or device); expected {what}")
+    return f
+
+
 def _lines(path, what, encoding="utf-8"):
     """Yields (line number, line); .gz is decompressed. A bad byte is reported on its own line."""
     if not os.path.exists(path):
         raise DataError(f"{path} not found (data root: --data-dir, $SASRECLLM_DATA or data/); expected {what}")
     n = 0
     try:
-        with (gzip.open if str(path).endswith(".gz") else open)(path, "rb") as f:
-            for n, raw in enumerate(f, start=1):
+        with _open(path, what) as file, (gzip.open(file) if str(path).endswith(".gz") else file) as f:
+            for n, raw in enumerate(iter(lambda: f.readline(LINE_MAX + 1), b""), start=1):
+                if len(raw) > LINE_MAX:
+                    raise DataError(f"{path}:{n}: a line longer than {LINE_MAX} bytes; expected {what}")
                 yield n, raw.decode(encoding).rstrip("\r\n")
     except UnicodeDecodeError as e:
         raise DataError(f"{path}:{n}: expected {encoding} text (byte {e.object[e.start]:#04x} at column "
@@ -120,10 +135,11 @@ def read_json(path, what, max_bytes=64 << 20):
     """The value in a JSON file (UTF-8, at most max_bytes). A file that is missing, too big, not UTF-8 or
     not JSON is a DataError naming it and what it should hold (what: e.g. "a run's metrics")."""
     try:
-        with open(path, "rb") as f:
-            if (size := os.fstat(f.fileno()).st_size) > max_bytes:
+        with _open(path, what) as f:
+            raw = f.read(max_bytes + 1)  # one byte over the cap at most, even from a file still growing
+            if (size := max(os.fstat(f.fileno()).st_size, len(raw))) > max_bytes:
                 raise DataError(f"{path}: expected {what} in at most {max_bytes} bytes, got {size}")
-            text = f.read().decode("utf-8")
+            text = raw.decode("utf-8")
     except OSError as e:
         raise DataError(f"{path}: expected {what} ({e.strerror or e})") from None
     except UnicodeDecodeError as e:
@@ -302,6 +318,8 @@ def read_preds(path):
     """{user, label, score [, split, seen, warm]} from a prediction TSV (eval.py --preds), all checked."""
     what = "a prediction TSV: user_id, item_id, label, score [, split, seen, warm], header first"
     header = next(_lines(path, what), (1, ""))[1].split("\t")
+    if twice := [c for c, k in Counter(header).items() if k > 1]:
+        raise DataError(f"{path}:1: column {twice[0]!r:.60} repeats; expected each column once")
     need = ["user_id", "item_id", "label", "score"]
     if not set(need) <= set(header):
         raise DataError(f"{path}:1: missing column(s) {sorted(set(need) - set(header))}; expected at least {need}")
