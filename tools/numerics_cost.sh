@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# What portable numerics (tools/runs.py PORTABLE: one AVX2 kernel path on every x86-64 CPU) cost: the same
+# runs with them and with this CPU's native kernels, alternating, REPEATS times each, wall seconds per run.
+#   bash tools/numerics_cost.sh OUT_DIR     (REPEATS=3; SASRECLLM_DATA as for train.py)
+# Rows: a 4-epoch SASRec run on ML-1M, and the main job's chain cut to one short epoch per stage.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=${1:?usage: bash tools/numerics_cost.sh OUT_DIR}
+mkdir -p "$out"
+cap=$(env -u ATEN_CPU_CAPABILITY python -c "import torch; print(torch.backends.cpu.get_cpu_capability().lower())")
+native=(env ATEN_CPU_CAPABILITY="$cap" MKL_CBWR=AUTO ONEDNN_MAX_CPU_ISA=ALL)  # set: numerics() leaves them
+jobs=("sasrec|--stage sasrec --data ml1m --max-epochs 4 --patience 9"
+      "chain|--stage all --data ml1m --llm tiny --max-epochs 1 --iters-per-epoch 100 --valid-rows 2000")
+echo "| run | mode | seconds per run | mean |" >"$out/cost.md.tmp"
+echo "|---|---|---|---|" >>"$out/cost.md.tmp"
+for job in "${jobs[@]}"; do
+  name=${job%%|*} flags=${job#*|}
+  declare -A secs=([portable]="" [native]="")
+  for k in $(seq "${REPEATS:-3}"); do
+    for mode in portable native; do
+      pre=(); [ "$mode" = native ] && pre=("${native[@]}")
+      rm -rf "$out/runs"
+      t0=$(date +%s.%N)
+      # shellcheck disable=SC2086
+      "${pre[@]}" python train.py $flags --runs "$out/runs" --out "$out/runs/$name" >"$out/$name-$mode-$k.log" 2>&1
+      secs[$mode]+="$(echo "$(date +%s.%N) - $t0" | bc | xargs printf '%.1f') "
+      head -1 "$out/$name-$mode-$k.log"
+    done
+  done
+  for mode in portable native; do
+    mean=$(echo "${secs[$mode]}" | awk '{s=0; for (i=1;i<=NF;i++) s+=$i; printf "%.1f", s/NF}')
+    echo "| $name | $mode | ${secs[$mode]}| $mean |" >>"$out/cost.md.tmp"
+  done
+done
+mv "$out/cost.md.tmp" "$out/cost.md"
+cat "$out/cost.md"
