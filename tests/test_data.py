@@ -668,3 +668,113 @@ def test_a_broken_tokenizer_is_an_error_naming_its_file(tmp_path):
         bpe.BPETokenizer(path)
     path = _bpe_files(tmp_path, ["a b"], config='{"bos_token": "ab", "eos_token": "a"}')
     assert bpe.BPETokenizer(path).encode("abc", bos=False) == [256, ord("c")]
+
+
+# review round: readers and tools
+
+def test_tokenizer_ids_are_ints_and_a_sequence_is_not_empty(tmp_path):
+    vocab = {c: b for b, c in bpe.BYTE_TO_CHAR.items()}
+    for pre, i, words in (({"type": "Sequence", "pretokenizers": []}, 101, "expected an HF tokenizer.json (IndexError"),
+                          ({"type": "ByteLevel"}, -5, "token 'e' has id -5; expected"),
+                          ({"type": "ByteLevel"}, 1.5, "token 'e' has id 1.5; expected")):
+        spec = {"pre_tokenizer": pre, "model": {"type": "BPE", "vocab": vocab | {"e": i}, "merges": []}}
+        path = _bpe_files(tmp_path, [], json.dumps(spec))
+        with pytest.raises(ValueError, match=re.escape(f"{path}: {words}")):
+            bpe.BPETokenizer(path)
+
+
+def test_an_adapter_bin_of_odd_keys_or_values_is_one_error_naming_the_bin(tmp_path):
+    from tools import limits
+    cfg = dict(r=2, lora_alpha=4, target_modules=["q_proj"])
+    for state in ({5: torch.zeros(2, 3)}, [torch.zeros(2, 3)], {"m.q_proj.lora_A.weight": [[0.0] * 3] * 2}):
+        with pytest.raises(ValueError, match=re.escape(f"{tmp_path / 'adapter_model.bin'}: cannot read it")):
+            limits.check_adapter(tmp_path, cfg, state)
+    limits.check_adapter(tmp_path, cfg, {"m.q_proj.lora_A.weight": torch.zeros(2, 3)})
+
+
+def _hung(*_):
+    raise TimeoutError("hung: an opened FIFO waits for a writer forever")
+
+
+def test_inputs_that_are_no_regular_file_or_hold_a_huge_line_are_one_error(tmp_path, monkeypatch):
+    import os
+    import signal
+    os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "null").symlink_to(os.devnull)  # /dev/zero would fill memory: st_size 0 passed the size cap
+    old = signal.signal(signal.SIGALRM, _hung)
+    signal.alarm(30)
+    try:
+        for name in ("fifo", "null"):
+            for read in (lambda p: sources.read_json(p, "a thing"), sources.read_preds):
+                with pytest.raises(DataError, match=f"{tmp_path / name} is not a regular file"):
+                    read(tmp_path / name)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+    monkeypatch.setattr(sources, "LINE_MAX", 50)
+    path = tmp_path / "p.tsv"
+    path.write_text("user_id\titem_id\tlabel\tscore\n1\t2\t1\t0.5\n" + "1" * 60 + "\n")
+    with pytest.raises(DataError, match=r"p.tsv:3: a line longer than 50 bytes"):
+        sources.read_preds(path)
+    with gzip.open(tmp_path / "r.json.gz", "wt") as f:
+        f.write('{"a": 1}\n' + " " * 60 + "\n")
+    lines = sources.json_lines(tmp_path / "r.json.gz", "x")
+    assert next(lines) == (1, {"a": 1})
+    with pytest.raises(DataError, match=r"r.json.gz:2: a line longer than 50 bytes"):
+        next(lines)
+    for header, name in (("user_id\titem_id\tlabel\tscore\tscore", "score"),
+                         ("user_id\titem_id\tuser_id\tlabel\tscore", "user_id")):
+        path.write_text(header + "\n1\t2\t1\t0.5\t3\n")
+        with pytest.raises(DataError, match=rf"p.tsv:1: column '{name}' repeats"):
+            sources.read_preds(path)
+
+
+def test_report_inputs_are_typed_and_its_writes_atomic(tmp_path, capsys):
+    root, victim = tmp_path / "t", tmp_path / "victim.md"
+    run = root / "seed0" / "sasrec"
+    run.mkdir(parents=True)
+    good = '{"epoch": 1, "valid": {"auc": 0.6, "uauc": null}, "samples_per_s": 10.0}'
+    cases = [("log.jsonl", '{"epoch": "1", "valid": {}}', 'log.jsonl:1: expected epoch to be an integer >= 1; got "1"'),
+             ("log.jsonl", good + '\n{"epoch": 2}', "log.jsonl:2: expected valid to be an object of metrics; it is"),
+             ("log.jsonl", '{"epoch": 1, "valid": {}, "samples_per_s": "fast"}',
+              'log.jsonl:1: expected samples_per_s to be a number, got "fast"'),
+             ("log.jsonl", '{"epoch": 1, "valid": {"auc": "x"}}', "log.jsonl:1: valid: expected auc to be a number or"),
+             ("metrics.json", "[1]", "metrics.json: expected a run's metrics (a JSON object), got list"),
+             ("times.tsv", "seed0/sasrec\tinf", "times.tsv:1: expected name TAB seconds"),
+             ("times.tsv", "\nabc", "times.tsv:2: expected name TAB seconds"),
+             ("times.tsv", "a\t5\tpaused", "times.tsv:1: expected name TAB seconds")]
+    for name, text, words in cases:
+        (run / "log.jsonl").write_text(good + "\n")
+        (run / "metrics.json").write_text('{"test": {"auc": 0.6, "uauc": null}, "best_epoch": 1}')
+        (root / "times.tsv").write_text("seed0/sasrec\t12\tstarted\n")
+        (root / name if name == "times.tsv" else run / name).write_text(text + "\n")
+        assert report.main(["--table", str(root)]) == 2, name
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and words in err and err.count("\n") == 1, err
+    (root / "times.tsv").write_text("seed0/sasrec\t12\tstarted\n")
+    assert report.main(["--table", str(root)]) == 0
+    assert "| SASRec | 0:00:12 | 1 (1) | 10.0 | - |" in capsys.readouterr().out
+    victim.write_text("keep me")
+    (tmp_path / "t.md").unlink()
+    (tmp_path / "t.md").symlink_to(victim)
+    assert report.main(["--table", str(root)]) == 2 and "t.md is a symbolic link" in capsys.readouterr().err
+    assert victim.read_text() == "keep me"
+
+
+def test_an_export_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    _write_grouplens(tmp_path, GROUPLENS)
+    ds, out = data.load("movielens", tmp_path), tmp_path / "out.jsonl"
+    out.write_text("old\n")
+
+    def full(*_):
+        raise OSError(28, "No space left on device")
+    with monkeypatch.context() as m:
+        m.setattr(runs.os, "replace", full)
+        with pytest.raises(runs.RunError, match=f"{out}: could not write it"):
+            datainfo.export(ds, out)
+    assert out.read_text() == "old\n" and sorted(p.name for p in tmp_path.iterdir()) == ["ml-1m", "out.jsonl"]
+    (tmp_path / "link.jsonl").symlink_to(out)
+    with pytest.raises(runs.RunError, match="link.jsonl is a symbolic link"):
+        datainfo.export(ds, tmp_path / "link.jsonl")
+    datainfo.export(ds, out)
+    assert len(out.read_text().splitlines()) == len(ds) and out.read_text() != "old\n"

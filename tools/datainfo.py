@@ -10,7 +10,7 @@ import numpy as np
 
 import data
 import metrics
-from tools.runs import cli
+from tools.runs import cli, write_atomic
 
 
 def stats(ds):
@@ -24,12 +24,12 @@ def stats(ds):
 
 
 def export(ds, path):
-    with open(path, "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(dict(
-            user_id=int(ds.user[i]), item_id=int(ds.item[i]), label=int(ds.label[i]),
-            timestamp=int(ds.timestamp[i]), split=str(ds.split[i]), history=ds.history[i],
-            seen=bool(ds.seen[i]), warm=bool(ds.warm[i]), prompt_text=data.prompt(ds, i, False),
-            prompt_collab=data.prompt(ds, i, True)), ensure_ascii=False) + "\n" for i in range(len(ds)))
+    """One JSON object per row, written whole or not at all (a full disk keeps the old file)."""
+    rows = (dict(user_id=int(ds.user[i]), item_id=int(ds.item[i]), label=int(ds.label[i]),
+                 timestamp=int(ds.timestamp[i]), split=str(ds.split[i]), history=ds.history[i],
+                 seen=bool(ds.seen[i]), warm=bool(ds.warm[i]), prompt_text=data.prompt(ds, i, False),
+                 prompt_collab=data.prompt(ds, i, True)) for i in range(len(ds)))
+    write_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode("utf-8"))
 
 
 @cli

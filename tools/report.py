@@ -3,6 +3,7 @@ and the README's generated blocks: reporting machinery beside the lesson (metric
 metrics, eval.py scores one run, this file lays them out; tools/table.sh trains the rows)."""
 import argparse
 import datetime
+import json
 import math
 import os
 import re
@@ -12,8 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from metrics import rel_imp
-from tools.runs import cli, write_json
-from tools.sources import json_lines, read_json
+from tools.runs import cli, write_atomic, write_json
+from tools.sources import TIME_MAX, DataError, _fields, _is, _lines, integer, json_lines, read_json
 from tools.svg import finite, svg_bars, svg_lines
 
 
@@ -73,10 +74,31 @@ def mean_std(reports):
     return out
 
 
+def numbers(where, obj, what, null=False, nest=True):
+    """obj, a JSON object whose values are numbers (or null, with null=True) or, one level down, objects of
+    numbers or null (metrics: null is undefined); else a DataError naming where (file or file:line) and the key."""
+    if not isinstance(obj, dict):
+        raise DataError(f"{where}: expected {what} (a JSON object), got {type(obj).__name__}")
+    for k, v in obj.items():
+        if nest and isinstance(v, dict):
+            numbers(f"{where}: {k}", v, "metrics", True, False)
+        elif not (type(v) in (int, float) or null and v is None):  # type(): not a bool
+            raise DataError(f"{where}: expected {k} to be a number{' or null' * null}, got {json.dumps(v)[:60]}")
+    return obj
+
+
+EPOCH = (lambda v: integer(json.dumps(v)), "an integer >= 1")  # 1, not "1", 1.0 or true
+METRICS = _is(lambda v: isinstance(v, dict), "an object of metrics")
+
+
 def read_log(run_dir):
     """log.jsonl's epochs, [] when the run has none (Pop, ICL and the other closed-form rows)."""
     path = Path(run_dir, "log.jsonl")
-    return [obj for _, obj in json_lines(path, "a run's log")] if path.exists() else []
+    log = []
+    for n, obj in json_lines(path, "a run's log") if path.exists() else []:
+        _fields(path, n, obj, epoch=EPOCH, valid=METRICS)
+        log.append(numbers(f"{path}:{n}", obj, "an epoch"))
+    return log
 
 
 def read_metrics(run_dir):
@@ -84,11 +106,11 @@ def read_metrics(run_dir):
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path} not found: the run is unfinished or was never trained "
                                 f"(python train.py ... --out {run_dir}, with --resume to finish it)")
-    return read_json(path, "a run's metrics")
+    return numbers(path, read_json(path, "a run's metrics"), "a run's metrics")
 
 
 def _write(path, text):
-    Path(path).write_text(text, encoding="utf-8")
+    write_atomic(path, text.encode("utf-8"))
     return path
 
 
@@ -159,15 +181,25 @@ def row_seconds(root):
     """{seed<s>/<stage>: seconds} from table.sh's times.tsv (name TAB seconds [TAB started|resumed]): a
     row started again replaces its time, a resumed one (after a pause or a kill) adds to it."""
     path, seconds = os.path.join(root, "times.tsv"), {}
-    with open(path) if os.path.exists(path) else open(os.devnull) as f:
-        for name, sec, *how in (line.rstrip("\n").split("\t") for line in f if line.strip()):
-            seconds[name] = float(sec) + (seconds.get(name, 0.0) if how == ["resumed"] else 0.0)
+    lines = _lines(path, "table.sh's row times") if os.path.exists(path) else []
+    for n, line in filter(lambda nl: nl[1].strip(), lines):
+        try:
+            name, sec, *how = line.split("\t")
+            if how not in ([], ["started"], ["resumed"]):
+                raise ValueError(how)
+            sec = integer(sec, 0, TIME_MAX)
+        except ValueError:
+            raise DataError(f"{path}:{n}: expected name TAB seconds 0..{TIME_MAX} [TAB started or resumed], "
+                            f"got {line[:60]!r}") from None
+        seconds[name] = sec + (seconds.get(name, 0) if how == ["resumed"] else 0)
+    if sum(seconds.values()) > TIME_MAX:  # (timedelta's limit is 1000 times that)
+        raise DataError(f"{path}: its rows add up to more than {TIME_MAX} seconds")
     return seconds
 
 
 def cost_row(name, run_dir, seconds):
     log = read_log(run_dir)
-    median = lambda key: f"{np.median([e[key] for e in log]):,.1f}" if log and key in log[0] else "-"
+    median = lambda key: f"{np.median([e[key] for e in log]):,.1f}" if log and all(key in e for e in log) else "-"
     best = read_metrics(run_dir).get("best_epoch") if os.path.exists(os.path.join(run_dir, "metrics.json")) else None
     wall = str(datetime.timedelta(seconds=round(seconds))) if seconds is not None else "-"
     return [name, wall, f"{len(log)} ({best})" if log else "-", median("samples_per_s"), median("tokens_per_s")]
