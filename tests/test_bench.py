@@ -56,7 +56,7 @@ def test_turn_orders():
 def test_compiled_variant_scores_as_eager():
     """--compile's implementation: compiled layers on a copy of the same weights and LoRA init, the same
     scores; the warm pass absorbs its compilation, and its ratio to eager is reported. Two batches of one
-    width, so the layers compile once."""
+    width, so the layers compile once (a new width compiles again: test_train's --compile test meets those)."""
     eager, compiled = bench.build(bench.TINY, torch.float32, torch.device("cpu"), with_hf=False, variants=("compiled",))
     assert (eager.name, compiled.name) == ("llama.py+lora.py", "llama.py+lora.py compiled")
     for (k, a), b in zip(eager.model.state_dict().items(), compiled.model.state_dict().values()):
