@@ -144,7 +144,7 @@ def test_minutes_pauses_a_row_and_the_next_call_resumes_it(tmp_path, data_dir):
     without a report; the same command without MINUTES resumes the row, and its times add up."""
     root = tmp_path / "t"
     call = lambda **env: subprocess.run(
-        ["bash", "tools/table.sh", str(root), "--data-dir", str(data_dir), "--limit", "100", "--max-epochs", "2",
+        ["bash", "tools/table.sh", str(root), "--data-dir", str(data_dir), "--limit", "300", "--max-epochs", "2",
          "--threads", "1"], cwd=ROOT, env={**os.environ, "ROWS": "sasrec", "OMP_NUM_THREADS": "1", **env},
         capture_output=True, text=True, timeout=300)
     out = call(MINUTES="0.0001", SASREC_FLAGS="--lr 2e-3")  # <STAGE>_FLAGS: that stage's rows only
@@ -171,7 +171,7 @@ def test_lr_sweep_chooses_on_valid_only(tmp_path, data_dir):
     LR's first-epoch valid AUC from its log, best first; a second call trains nothing."""
     root = tmp_path / "sweep"
     call = lambda: subprocess.run(
-        ["bash", "tools/lr_sweep.sh", str(root), "--stage", "sasrec", "--data-dir", str(data_dir), "--limit", "100",
+        ["bash", "tools/lr_sweep.sh", str(root), "--stage", "sasrec", "--data-dir", str(data_dir), "--limit", "300",
          "--threads", "1"], cwd=ROOT, env={**os.environ, "LRS": "1e-3 1e-2", "OMP_NUM_THREADS": "1"},
         capture_output=True, text=True, timeout=300)
     out = call()
