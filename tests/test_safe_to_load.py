@@ -2,6 +2,7 @@
 directory, a lock held from another PID namespace, a disk that fills at any write, a run read
 from another directory. Each test pins one class, through every path that meets it."""
 import errno
+import hashlib
 import json
 import os
 import pickle
@@ -188,6 +189,25 @@ def test_a_run_reads_the_same_from_any_directory(root, tmp_path, capsys, monkeyp
     assert os.listdir(elsewhere) == [] and not (made / "runs" / "tiny-llm").exists()
     with pytest.raises(FileNotFoundError, match="nowhere not found"):
         runs.files_digest(str(tmp_path / "nowhere"))
+
+
+def test_a_backbone_rebuilt_by_another_library_version_digests_alike(tmp_path):
+    """The same weights saved by transformers 5.24 and 5.25 differ only in config.json's "transformers_version":
+    made_from must not call that a changed backbone. Any other change still is one; a JSON file with no such
+    key digests as its bytes (so digests recorded before this rule still hold for tiny backbones)."""
+    def digest(config, weights=b"w"):
+        d = tmp_path / str(len(list(tmp_path.iterdir())))
+        d.mkdir()
+        (d / "config.json").write_text(config)
+        (d / "model.safetensors").write_bytes(weights)
+        return runs.files_digest(str(d))
+    cfg = '{"hidden_size": 576, "transformers_version": "%s", "_name_or_path": "%s"}'
+    assert digest(cfg % ("5.24.0", "a")) == digest(cfg % ("5.25.0", "b")) == digest('{"hidden_size": 576}')
+    assert digest(cfg % ("5.24.0", "a")) != digest('{"hidden_size": 577, "transformers_version": "5.24.0"}')
+    assert digest(cfg % ("5.24.0", "a")) != digest(cfg % ("5.24.0", "a"), weights=b"v")
+    plain = tmp_path / "plain.json"
+    plain.write_text('{"b": 1,  "a": 2}')
+    assert runs.files_digest(str(plain)) == hashlib.sha256(b"plain.json" + plain.read_bytes()).hexdigest()[:16]
 
 
 def crafted(src, dst, edit):

@@ -214,6 +214,9 @@ def test_a_bf16_run_on_a_cpu_without_native_bf16_says_it_is_slow(monkeypatch):
     assert asked.amp == "bf16" and "emulated" in runs.precision_note(asked) and "--dtype float32" in runs.precision_note(asked)
     assert "emulated" not in runs.precision_note(train.parse_args(["--stage", "text", "--llm", "some/dir"]))
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")  # oneDNN capped below its bf16 kernels: emulated again
+    assert "emulated" in runs.precision_note(asked)
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
     assert runs.precision_note(asked).startswith("bf16 weights")  # native bf16: the default, no warning
 
 

@@ -210,6 +210,7 @@ def test_amp_defaults_to_fp16_on_cuda_and_none_on_cpu():
 @pytest.mark.parametrize("amx, avx512_bf16, want", [(True, True, ("bfloat16", "bf16")), (False, True, ("bfloat16", "bf16")),
                                                     (False, False, ("float32", "none"))])
 def test_a_real_llm_on_cpu_runs_in_bf16_only_where_the_cpu_has_it(monkeypatch, amx, avx512_bf16, want):
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")  # (the suite's portable cap, tested in test_sasrecllm.py)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
     real = train.parse_args(["--stage", "text", "--llm", "some/dir"])

@@ -76,8 +76,11 @@ def default_precision(a):
 
 
 def native_bf16():
-    """Whether this CPU computes bf16 in hardware (AMX or avx512_bf16); elsewhere torch emulates it."""
-    return torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()
+    """Whether this CPU computes bf16 in hardware (AMX or avx512_bf16), and oneDNN may use it: an ISA cap
+    below AVX512_CORE_BF16 (ONEDNN_MAX_CPU_ISA, as PORTABLE sets for the tests) leaves bf16 emulated."""
+    capped = os.environ.get("ONEDNN_MAX_CPU_ISA", "ALL").upper() in (
+        "SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI")
+    return not capped and (torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
 
 
 # One kernel path on every x86-64 CPU with AVX2: ATen's vector width, MKL's GEMM branch (MKL_CBWR) and
@@ -337,14 +340,29 @@ def data_digests(ds):
     return dict(rows=digest(*cols, catalog), catalog=digest(catalog))
 
 
+# Keys that record which library version wrote a config, not what the model computes: the same weights
+# rebuilt under transformers 5.24 and 5.25 differ only in "transformers_version", and must digest alike.
+PROVENANCE = ("transformers_version", "_name_or_path")
+PROVENANCE_KEY = re.compile(rb'"(transformers_version|_name_or_path)"')
+
+
 def files_digest(path):
-    """The digest of a file, or of a directory's files by name, read in 1 MiB blocks."""
+    """The digest of a file, or of a directory's files by name, read in 1 MiB blocks; a JSON object is
+    digested without its PROVENANCE keys (a file that has none digests as its bytes)."""
     if not os.path.exists(path):  # a missing input is missing, not "changed"
         raise FileNotFoundError(f"{path} not found")
     h = hashlib.sha256()
     files = [os.path.join(path, f) for f in sorted(os.listdir(path))] if os.path.isdir(path) else [path]
     for f in filter(os.path.isfile, files):
         h.update(os.path.basename(f).encode())
+        with open(f, "rb") as fh:
+            text = fh.read(64 << 20) if f.endswith(".json") else b""
+        if PROVENANCE_KEY.search(text):
+            with suppress(ValueError):
+                obj = json.loads(text)
+                if isinstance(obj, dict):
+                    h.update(json.dumps({k: v for k, v in obj.items() if k not in PROVENANCE}, sort_keys=True).encode())
+                    continue
         with open(f, "rb") as fh:
             for block in iter(lambda: fh.read(1 << 20), b""):
                 h.update(block)
