@@ -186,6 +186,22 @@ def test_lr_sweep_chooses_on_valid_only(tmp_path, data_dir):
     assert again.returncode == 0 and again.stdout.count("done before, skipped") == 2
 
 
+@pytest.mark.parametrize("how", ["--dtype bfloat16", "--dtype=bfloat16", "a bf16 last.pt"])
+def test_a_bf16_row_is_neither_started_nor_resumed_where_bf16_is_emulated(tmp_path, data_dir, how):
+    """The suite's ONEDNN_MAX_CPU_ISA=AVX2 (conftest) leaves bf16 emulated here, as on an AVX2-only CPU: a bf16
+    LLM row stops the table (exit 3) before it trains, so that no seed mixes precisions or CPU kernels."""
+    root, flags = tmp_path / "t", how.split() if how.startswith("--") else []
+    if not flags:
+        runs.save_atomic(dict(args=dict(dtype="bfloat16")), str(tmp_path / "last.pt"))
+        (root / "seed0" / "text").mkdir(parents=True)
+        os.replace(tmp_path / "last.pt", root / "seed0" / "text" / "last.pt")
+    out = subprocess.run(["bash", "tools/table.sh", str(root), "--data-dir", str(data_dir), "--limit", "100", *flags],
+                         cwd=ROOT, env={**os.environ, "ROWS": "text", "LLM": "tiny"}, capture_output=True, text=True)
+    assert out.returncode == 3 and "no native bf16" in out.stderr, out.stderr[-2000:]
+    kept = sorted(os.listdir(root / "seed0" / "text")) if (root / "seed0" / "text").exists() else []
+    assert kept == ([] if flags else ["last.pt"]) and not (root / "times.tsv").exists()
+
+
 @pytest.mark.parametrize("flag", ["--seed", "--out=x", "--stage", "--llm"])
 def test_flags_the_table_sets_are_refused_before_any_row(tmp_path, data_dir, flag):
     out = table_sh(tmp_path / "t", data_dir, flag, "1")
