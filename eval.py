@@ -18,7 +18,6 @@ import sys
 import time
 
 import numpy as np
-import torch
 
 import llama
 import loop
@@ -29,7 +28,7 @@ from tools.report import _num, fmt, fmt_mean_std, markdown_table, md_table, mean
 
 
 def finished_run(run_dir, data_dir=None, device=None, dtype=None):
-    if holder := runs.live_lock(run_dir):
+    if (holder := runs.live_lock(run_dir)) is not None:  # ({}: held, its holder unreadable)
         raise runs.RunError(runs.busy_message(run_dir, holder))
     read_metrics(run_dir)  # unfinished runs have none
     return train.load_run(run_dir, data_dir, device, dtype)
@@ -64,9 +63,7 @@ def shuffle_report(run_dir, shuffle, repeats=1, data_dir=None, device=None, dtyp
 def row_scores(run, split):
     """{(user, item): (logit, label)} of a finished run on one split (its own rows: --valid-rows keeps a subset)."""
     args, ds, model, make_predict = run
-    model.eval()
-    with torch.no_grad(), loop.autocast_for(args)():
-        s = make_predict()(model, split)
+    s = loop.evaluate(model, make_predict(), ds, [split], loop.autocast_for(args), raw=True)[split]
     rows = ds.idx(split)
     return {(int(u), int(i)): (float(x), int(y)) for u, i, y, x in zip(ds.user[rows], ds.item[rows], ds.label[rows], s)}
 
@@ -151,14 +148,11 @@ def main(argv=None):
         if not args.scores:
             ap.error("--preds needs --scores logits or --scores probs (what the score column holds)")
         print(preds_table(args.preds, args.scores))
-    elif args.run and args.fuse:
-        with contextlib.redirect_stdout(sys.stderr):
-            report = fusion_table(args.run, args.fuse, args.data_dir)
-        print(report)
-    elif args.run and (args.shuffle_cf or args.shuffle_text):
+    elif args.run and (args.fuse or args.shuffle_cf or args.shuffle_text):
         with contextlib.redirect_stdout(sys.stderr):  # progress lines; stdout keeps the report alone
-            report = shuffle_report(args.run, "cf" if args.shuffle_cf else "text", args.repeats, args.data_dir, args.device, args.dtype,
-                                       args.test_only)
+            report = fusion_table(args.run, args.fuse, args.data_dir) if args.fuse else shuffle_report(
+                args.run, "cf" if args.shuffle_cf else "text", args.repeats, args.data_dir, args.device, args.dtype,
+                args.test_only)
         print(report)
     elif args.run:
         [report] = score_run(finished_run(args.run, args.data_dir, args.device, args.dtype), test_only=args.test_only)

@@ -37,10 +37,10 @@ def train(run, made_from, model, batches, loss_fn, predict, ds):
     scaler = torch.amp.GradScaler(torch.device(run.device).type, enabled=run.amp == "fp16")
     autocast = autocast_for(run)
     epoch, best, history = 0, dict(auc=-1.0, epoch=0, bad_epochs=0), []  # history: log.jsonl's lines
-    if run.resume and not os.path.exists(os.path.join(run.out, "last.pt")):  # it stopped in its first epoch
-        say(f"--resume: {run.out} has no last.pt yet; starting at epoch 1")
     if run.resume and os.path.exists(os.path.join(run.out, "last.pt")):
         epoch, best, history = resume_from(run, made_from, model, opt, sched, scaler)
+    elif run.resume:  # it stopped in its first epoch
+        say(f"--resume: {run.out} has no last.pt yet; starting at epoch 1")
     steps, t_run = 0, time.time()
     while epoch < run.max_epochs and best["bad_epochs"] < run.patience:
         if run.max_minutes and time.time() - t_run > 60 * run.max_minutes:
@@ -49,7 +49,7 @@ def train(run, made_from, model, batches, loss_fn, predict, ds):
         epoch += 1
         model.train()
         t0 = t_said = time.time()
-        loss_sum, n_seen, tokens = torch.zeros((), dtype=torch.float64, device=run.device), 0, 0  # loss: no sync per step
+        loss_sum, n_seen, tokens = torch.zeros((), dtype=torch.float64, device=run.device), 0, 0  # no sync per step
         for b in batches(epoch):
             b = b.to(run.device)
             with autocast():
@@ -66,7 +66,7 @@ def train(run, made_from, model, batches, loss_fn, predict, ds):
             scaler.step(opt)  # with fp16, skips a step whose gradients overflowed
             scaler.update()
             sched.step()
-            n_seen, steps, tokens = n_seen + b.n_global, steps + 1, tokens + b.tokens * world  # (tokens: this rank's, times world)
+            n_seen, steps, tokens = n_seen + b.n_global, steps + 1, tokens + b.tokens * world  # (this rank's x world)
             if time.time() - t_said > PROGRESS_SECONDS:  # the only host sync inside an epoch
                 t_said = time.time()
                 check_finite(model, loss_sum, epoch)
@@ -132,11 +132,13 @@ def autocast_for(run):
     return (lambda: torch.autocast(torch.device(run.device).type, dtype=amp_dtype)) if amp_dtype else nullcontext
 
 
-def evaluate(model, predict, ds, splits=("valid", "test"), autocast=nullcontext):
-    """metrics.json's sections of `splits` (test brings its seen/unseen and warm/cold parts), in eval mode."""
+def evaluate(model, predict, ds, splits=("valid", "test"), autocast=nullcontext, raw=False):
+    """metrics.json's sections of `splits` (test brings its seen/unseen and warm/cold parts), in eval mode;
+    raw=True: the logits themselves, {split: predict(model, split)}."""
     model.eval()
     with torch.no_grad(), autocast():
-        return M.split_report(ds, *(predict(model, s) if s in splits else None for s in ("valid", "test")))
+        logits = {s: predict(model, s) for s in ("valid", "test") if s in splits}
+    return logits if raw else M.split_report(ds, logits.get("valid"), logits.get("test"))
 
 
 def check_finite(model, loss_sum, epoch):

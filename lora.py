@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from tools import limits
+from tools import limits, runs
 
 PEFT_PREFIX = "base_model.model."  # peft's PeftModel(LoraModel(model)) prefix in saved keys
 # adapter_config.json keys that plain LoRA reads (or that carry no numbers); every other key must be off
@@ -39,23 +39,16 @@ class LoRALinear(nn.Linear):
         # Parameters are reused as they are, so no memory is copied and names stay `weight`/`bias`.
         nn.Module.__init__(self)
         self.in_features, self.out_features = base.in_features, base.out_features
-        self.weight = base.weight
-        self.bias = base.bias
-        self.weight.requires_grad_(False)
-        if self.bias is not None:
-            self.bias.requires_grad_(False)
+        self.weight, self.bias = base.weight, base.bias
+        base.requires_grad_(False)  # W (and its bias) frozen
         self.r, self.alpha, self.scaling = r, alpha, alpha / r
-        # The adapter lives in fp32 (trainable parameters in fp32) on the base weight's device.
-        dev = base.weight.device
+        dev = base.weight.device  # the adapter lives there, in fp32 (trainable parameters are fp32)
         self.lora_A = nn.Linear(self.in_features, r, bias=False, device=dev, dtype=torch.float32)   # (r, in)
         self.lora_B = nn.Linear(r, self.out_features, bias=False, device=dev, dtype=torch.float32)  # (out, r)
         self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.merged = False
-        self.reset_lora_parameters()
-
-    def reset_lora_parameters(self):
         nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))  # nn.Linear's default, as peft
-        nn.init.zeros_(self.lora_B.weight)
+        nn.init.zeros_(self.lora_B.weight)  # a fresh adapter changes nothing
 
     def delta_weight(self):
         return (self.lora_B.weight @ self.lora_A.weight) * self.scaling  # (out, in)
@@ -76,8 +69,7 @@ class LoRALinear(nn.Linear):
             self.merged = True
 
     @torch.no_grad()
-    def unmerge(self):
-        # Exact in fp32 up to rounding; in bf16 merge + unmerge loses the low bits of W.
+    def unmerge(self):  # exact in fp32 up to rounding; in bf16 merge + unmerge loses the low bits of W
         if self.merged:
             self.weight -= self.delta_weight().to(self.weight.dtype)
             self.merged = False
@@ -93,8 +85,7 @@ def lora_layers(model):
 def inject(model, targets=("q_proj", "v_proj"), r=8, alpha=16, dropout=0.05):
     """Replace every nn.Linear whose last name is in `targets` by a LoRALinear, freeze everything
     else, and return the model. Afterwards only lora_A / lora_B weights require grad."""
-    for p in model.parameters():
-        p.requires_grad_(False)
+    model.requires_grad_(False)
     found = [(module, name, child) for module in model.modules() for name, child in module.named_children()
              if name in targets and type(child) is nn.Linear]
     if not found:
@@ -171,11 +162,11 @@ def load_adapter(model, adapter_dir):
         raise ValueError(f"{adapter_dir}: adapter uses {unknown}, which lora.py does not implement")
     weights = adapter_dir / "adapter_model.safetensors"
     # peft's older adapter_model.bin has no header to read shapes from: its (small) tensors are read first
+    bin_path = weights.with_suffix(".bin")
     try:  # weights_only: tensors and plain containers; a pickle that would run code is refused
-        state = None if weights.exists() else torch.load(weights.with_suffix(".bin"), map_location="cpu", weights_only=True)
+        state = None if weights.exists() else torch.load(bin_path, map_location="cpu", weights_only=True)
     except Exception as e:  # (missing, truncated, hostile: one line)
-        raise ValueError(f"{weights.with_suffix('.bin')}: cannot read it ({type(e).__name__}: "
-                         f"{(str(e).strip().splitlines() or [''])[0][:200]})") from None
+        raise ValueError(f"{bin_path}: cannot read it ({type(e).__name__}: {runs.first_line(e)[:200]})") from None
     limits.check_adapter(adapter_dir, cfg, state)  # r, alpha, dropout, targets, shapes: before inject allocates
     if not lora_layers(model):
         targets = cfg["target_modules"]
@@ -189,12 +180,10 @@ def load_adapter(model, adapter_dir):
             raise ValueError(f"{weights}: cannot read it ({e})") from None
     if any(m.merged for m in lora_layers(model).values()):
         raise ValueError("unmerge() the model before loading another adapter into it")
-    ours = lora_state_dict(model)
-    loaded = {}
-    for key, tensor in state.items():
-        # peft drops the adapter name ("default") from saved keys; tolerate it if present.
-        name = key.removeprefix(PEFT_PREFIX).replace(".lora_A.default.", ".lora_A.").replace(
-            ".lora_B.default.", ".lora_B.")
+    ours, loaded = lora_state_dict(model), {}
+    for key, tensor in state.items():  # (peft may keep the adapter name, "default", in a key: tolerated)
+        name = key.removeprefix(PEFT_PREFIX).replace(".lora_A.default.", ".lora_A.")
+        name = name.replace(".lora_B.default.", ".lora_B.")
         if name not in ours:
             raise ValueError(f"{adapter_dir}: adapter key {key!r} matches no LoRA layer in the model")
         if tensor.shape != ours[name].shape:

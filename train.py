@@ -63,9 +63,11 @@ def flag(default=None, help=None, type=None, choices=None, resume_may_change=Fal
 @dataclass
 class Run:
     """One run: every flag of train.py. Saved in each checkpoint, so that a run rebuilds itself."""
-    stage: str = flag(None, "which stage (or all: sasrec, text, joint in turn)", choices=CF_STAGES + LLM_STAGES + ("all",))
+    stage: str = flag(None, "which stage (or all: sasrec, text, joint in turn)",
+                      choices=CF_STAGES + LLM_STAGES + ("all",))
     data: str = flag("ml1m", "ml1m, movielens or amazon")
-    split: str = flag(None, "CoLLM's month windows, or the paper's 8:1:1 (amazon's default)", choices=("months", "ratio"))
+    split: str = flag(None, "CoLLM's month windows, or the paper's 8:1:1 (amazon's default)",
+                      choices=("months", "ratio"))
     reviews: str = flag(None, "amazon: reviews file (default DATA/amazon-book/Books_5.json.gz)")
     meta: str = flag(None, "amazon: metadata file (default DATA/amazon-book/meta_Books.json.gz)")
     data_dir: str = flag(None, "data root (default: $SASRECLLM_DATA, else data/)", resume_may_change=True)
@@ -88,12 +90,15 @@ class Run:
                     choices=("none", "bf16", "fp16"))
     resume: bool = flag(False, "continue from OUT/last.pt, with the same flags", resume_may_change=True)
     overwrite: bool = flag(False, "start over in a used OUT (old files move to OUT/old-*/)", resume_may_change=True)
-    stop_after: int = flag(0, "stop after epoch N, as if killed (tests --resume)", type=non_negative, resume_may_change=True)
+    stop_after: int = flag(0, "stop after epoch N, as if killed (tests --resume)", type=non_negative,
+                           resume_may_change=True)
     max_steps: int = flag(0, "stop after N optimizer steps (smoke runs)", type=non_negative, resume_may_change=True)
     max_minutes: float = flag(0.0, "start no new epoch after this many minutes", type=number(0), resume_may_change=True)
     pause_minutes: float = flag(0.0, "stop as --stop-after does before an epoch that would end after N minutes "
-                                "(judged by the last one); continue with --resume", type=number(0), resume_may_change=True)
-    iters_per_epoch: int = flag(None, "LLM stages: epochs of N iterations (default 400; 0: one pass)", type=non_negative)
+                                "(judged by the last one); continue with --resume", type=number(0),
+                                resume_may_change=True)
+    iters_per_epoch: int = flag(None, "LLM stages: epochs of N iterations (default 400; 0: one pass)",
+                                type=non_negative)
     # CF models
     dim: int = flag(None, type=positive)
     dropout: float = flag(None, type=number(0, 0.99))
@@ -103,7 +108,8 @@ class Run:
     no_bias: bool = flag(False, "SASRec without user/item biases")
     objective: str = flag("bce", "SASRec: BCE on labels, or next-item with sampled negatives", choices=("bce", "next"))
     # LLM stages
-    runs: str = flag("runs", "root of the stage runs (--stage all, the tiny backbone, defaults)", resume_may_change=True)
+    runs: str = flag("runs", "root of the stage runs (--stage all, the tiny backbone, defaults)",
+                     resume_may_change=True)
     llm: str = flag(os.path.join("checkpoints", "TinyLlama-1.1B"), "HF-format LLM dir, or tiny (a random backbone)")
     template: str = flag("paper", "prompt wording (data.TEMPLATES)", choices=TEMPLATES)
     tokenizer: str = flag(None, "--llm tiny: use this tokenizer.model (else one is trained on the data)")
@@ -352,8 +358,8 @@ def run_llm(args, ds=None):
     report = loop.train(args, made, model, llm_batches(args, ds, prompts), bce_loss, predict, ds)
     if args.stage == "text" and report is not None and is_main():
         # loop.train has reloaded the best epoch: publish its LoRA in peft's format (plug-and-play)
-        runs.publish_dir(os.path.join(args.out, "adapter"), lambda d: (lora.save_adapter(model.llm, d),
-                                                                       runs.write_json(made, os.path.join(d, runs.MADE_FROM))))
+        runs.publish_dir(os.path.join(args.out, "adapter"), lambda d: (
+            lora.save_adapter(model.llm, d), runs.write_json(made, os.path.join(d, runs.MADE_FROM))))
     barrier()
     return report
 
@@ -396,7 +402,8 @@ def load_run(run_dir, data_dir=None, device=None, dtype=None):
     """(args, ds, model, make_predict(shuffle=None, seed=0) -> predict): a run rebuilt from best.pt,
     in its own precision unless another device or LLM dtype is asked (then autocast follows them)."""
     args, ck = read_run(best := os.path.join(run_dir, "best.pt"))
-    if dtype and args.stage in CF_STAGES:
+    cf = args.stage in CF_STAGES
+    if dtype and cf:
         raise runs.RunError(f"--dtype sets an LLM run's weights; {run_dir} is a '{args.stage}' run, scored in fp32")
     now = dict(data_dir=data_dir or args.data_dir, device=device or args.device, dtype=dtype or args.dtype)
     if device or dtype:  # autocast follows the device and the weights, as train.py's default does
@@ -408,9 +415,9 @@ def load_run(run_dir, data_dir=None, device=None, dtype=None):
                                 f"{args.stage} --llm tiny --runs {args.runs} ... rebuilds it)")  # (never made here)
     ds = load_data(args)
     runs.check_made_from(run_dir, ck.get("made_from", {}), made_from(args, ds))
-    model, prompts = (build_cf(args, ds).to(args.device), None) if args.stage in CF_STAGES else build_llm_model(args, ds)
+    model, prompts = (build_cf(args, ds).to(args.device), None) if cf else build_llm_model(args, ds)
     loop.load_trainable(model, ck["model"], best)
-    if prompts is None:
+    if cf:
         return args, ds, model, lambda shuffle=None, seed=0: cf_predictor(ds, args.maxlen, args.device)
     return args, ds, model, lambda shuffle=None, seed=0: llm_predictor(args, ds, prompts, shuffle, seed)
 

@@ -36,8 +36,7 @@ def build(args):
         # The whole data set, even when the run trained on a --limit slice: a slice keeps the
         # full data's ids and histories, so row r here is line r + 2 of the file.
         return a, data.load(a.data, a.data_dir), model.eval(), f"the trained joint run {run}"
-    a = train.parse_args(["--stage", "joint", "--data", args.data, "--llm", args.llm, "--runs", args.runs]
-                         + (["--data-dir", args.data_dir] if args.data_dir else []))
+    a = train.Run(stage="joint", data=args.data, llm=args.llm, runs=args.runs, data_dir=args.data_dir)
     ds = data.load(a.data, a.data_dir)
     torch.manual_seed(0)
     llm, tok = llama.load(train.backbone_dir(a, ds))
@@ -110,7 +109,8 @@ def walk(args):
     print(f"\n8. the LLM (llama.Llama, {model.llm.cfg.num_hidden_layers} layers): hidden {tuple(h.shape)}; at the last "
           f"position z_Yes = {float(z[0]):+.4f} (id {model.answer_ids[0]}), z_No = {float(z[1]):+.4f} "
           f"(id {model.answer_ids[1]})")
-    print(f"    score s = z_Yes - z_No = {s:+.6f}; p(like) = sigmoid(s) = {1 / (1 + np.exp(-s)):.4f}; label {ds.label[row]}")
+    print(f"    score s = z_Yes - z_No = {s:+.6f}; p(like) = sigmoid(s) = {1 / (1 + np.exp(-s)):.4f}; "
+          f"label {ds.label[row]}")
 
     calls = []
     sys.setprofile(lambda frame, event, arg: calls.append(frame.f_code) if event == "call" else None)

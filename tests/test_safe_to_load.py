@@ -112,6 +112,16 @@ def test_a_lock_belongs_to_its_run_across_pid_namespaces(root, tmp_path, capsys)
     assert not (out / runs.LOCK).exists()
 
 
+def test_eval_refuses_a_run_whose_lock_it_cannot_read(root, tmp_path, capsys):
+    """A link where run.lock belongs counts as held (live_lock gives {}, falsy): eval.py refuses the run."""
+    out = tmp_path / "mf"
+    assert cf_run(root, out) == 0
+    (out / runs.LOCK).symlink_to(tmp_path / "elsewhere")
+    capsys.readouterr()
+    assert ev.main([str(out)]) == 2 and "is in use by another run (an unreadable lock)" in one_error_line(capsys)
+    assert not (out / "rescored.json").exists()
+
+
 def full_disk_at(monkeypatch, name, nth):
     """The nth write of a file called `name` fails as a full disk does, part-way through its bytes."""
     seen, opened = [0], {}

@@ -112,8 +112,7 @@ def default_amp(device, dtype):
 
 
 def precision_note(a):
-    """Why Run a computes in its precision: the default's reason, or "as asked" (and a warning where bf16
-    would be emulated: a bf16 run re-scored on a CPU without native bf16 runs many times slower)."""
+    """Why Run a computes in its precision: the default's reason, or "as asked" (warning where bf16 is emulated)."""
     dtype, why = default_precision(a)
     if a.dtype == dtype:
         return why
@@ -157,25 +156,22 @@ def refuse_link(path):
 
 
 def write_atomic(path, data: bytes):
-    """path's new bytes, written to a temporary file of a unique name (created exclusively, beside path,
-    removed if anything fails) and renamed into place: a reader never sees half a file, a retry never
-    meets a stale one."""
+    """path's new bytes, written to a unique temporary file beside it (made exclusively, removed if anything
+    fails) and renamed into place: a reader never sees half a file, a retry never meets a stale one."""
     if not is_main():  # under torchrun, rank 0 alone writes
         return
     refuse_link(path)
-    tmp = None
-    try:
-        with writing(path):
-            fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=os.path.dirname(path) or ".")
+    with writing(path):
+        fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=os.path.dirname(path) or ".")
+        try:
             os.fchmod(fd, 0o666 & ~UMASK)  # (mkstemp makes 0600: results stay as readable as open() makes them)
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
             os.replace(tmp, path)
-            tmp = None
-    finally:
-        if tmp:
+        except BaseException:
             with suppress(OSError):
                 os.remove(tmp)
+            raise
 
 
 UMASK = os.umask(0o22)
@@ -237,10 +233,9 @@ def read_checkpoint(path):
             raise RunError(f"not a {FORMAT} file (format {head.get('format')!r})")
         if _sha256(head["meta"], tensors) != head.get("sha256"):
             raise RunError("its bytes do not match the SHA-256 it was written with: the file is damaged")
-        obj = _join(json.loads(head["meta"]), tensors)
+        return _join(json.loads(head["meta"]), tensors)
     except Exception as e:  # a missing, truncated, foreign or hostile file fails in many ways; none runs code
         raise RunError(f"{path}: cannot read this checkpoint ({type(e).__name__}: {first_line(e)})") from None
-    return obj
 
 
 def regular_file(path):

@@ -177,8 +177,7 @@ def _once(seen, key, n, path, said, expected):
 
 def load_ml1m(data_dir):
     """ml1m/interactions.tsv and items.tsv, ids and splits as CoLLM made them -> make_dataset's arguments."""
-    inter_path = os.path.join(data_dir, "ml1m", "interactions.tsv")
-    items_path = os.path.join(data_dir, "ml1m", "items.tsv")
+    inter_path, items_path = (os.path.join(data_dir, "ml1m", name) for name in ("interactions.tsv", "items.tsv"))
     what = "CoLLM's ML-1M split: collm-datasets/ml-1m.zip from https://github.com/zyang1580/CoLLM"
     titles, title_line = {}, {}
     for n, (i, title) in read_table(items_path, ["item_id", "title"], what, ints=["item_id"], parse={"title": TITLE}):
