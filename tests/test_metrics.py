@@ -91,6 +91,16 @@ def test_rel_imp_and_table():
     assert "| b |" in table and "+12.50%" in table
 
 
+def test_mean_std_names_what_differs():
+    """Seeds whose metrics.json hold different parts or metrics: one ValueError naming the difference."""
+    a = {"test": {"auc": 0.7, "uauc": 0.6}, "best_epoch": 2}
+    with pytest.raises(ValueError, match="^report 2 lacks test's uauc, unlike report 1;"):
+        report.mean_std([a, {"test": {"auc": 0.8}}])
+    with pytest.raises(ValueError, match="^seed1 has test_cold's auc, unlike seed0;"):
+        report.mean_std([a, {**a, "test_cold": {"auc": 0.5}}], ["seed0", "seed1"])
+    assert report.mean_std([a, {**a, "best_epoch": 5}])["test"]["auc"][0] == pytest.approx(0.7)
+
+
 def test_preds_cli(tmp_path):
     path = tmp_path / "p.tsv"
     path.write_text("user_id\titem_id\tlabel\tscore\tsplit\tseen\n"

@@ -41,8 +41,8 @@ def random_state(cfg: LlamaConfig, dtype=torch.float32, device="cpu", seed=0) ->
 
 
 def config_json(cfg: LlamaConfig) -> dict:
-    """config.json for cfg, in TinyLlama's spelling (also readable by transformers)."""
-    return dict(architectures=["LlamaForCausalLM"], model_type="llama", hidden_act="silu", **asdict(cfg))
+    """config.json for cfg: TinyLlama's keys in its order (also readable by transformers), cfg's values."""
+    return {**TINYLLAMA, **asdict(cfg)}
 
 
 def write_random(out_dir, cfg: LlamaConfig, tokenizer_model, dtype=torch.float32, seed=0):

@@ -34,7 +34,7 @@ import llama
 import loop
 import lora
 import train
-from tools import backbones, runs
+from tools import backbones, report, runs
 
 TINY = dict(vocab_size=1000, hidden_size=128, intermediate_size=344, num_hidden_layers=4,
             num_attention_heads=4, num_key_value_heads=2)
@@ -52,10 +52,10 @@ MODES = {"fp32": (torch.float32, False), "fp32 weights, bf16 autocast": (torch.f
          "bf16 weights, bf16 autocast": (torch.bfloat16, True)}
 
 
-def bucketed(seqs, batch_size, pad_multiple=1, shuffle=True, seed=0):
-    """(idx, ids, mask) of each batch of the id lists seqs, bucketed as train.py buckets them; ids and
-    mask (B, T) LEFT-padded with masked 0s to the longest, rounded up to pad_multiple."""
-    for idx in data.bucket_batches([len(s) for s in seqs], batch_size, shuffle, seed):
+def bucketed(seqs, batch_size, pad_multiple=1, seed=0):
+    """(idx, ids, mask) of each batch of the id lists seqs, bucketed (shuffled) as train.py buckets them; ids
+    and mask (B, T) LEFT-padded with masked 0s to the longest, rounded up to pad_multiple."""
+    for idx in data.bucket_batches([len(s) for s in seqs], batch_size, shuffle=True, seed=seed):
         T = -(-max(len(seqs[j]) for j in idx) // pad_multiple) * pad_multiple  # rounded up
         yield idx, data.pad_left([seqs[j] for j in idx], T), data.pad_left([[1] * len(seqs[j]) for j in idx], T)
 
@@ -236,27 +236,27 @@ def measure(impls, batches, device, amp, orders, peak_tflops):
                 "tokens_per_s": round(m.tokens / m.elapsed, 1), "samples_per_s": round(m.samples / m.elapsed, 2),
                 "pad_frac": round(1 - m.tokens / m.padded, 3), "s_per_step": round(m.elapsed / m.steps, 4),
                 "tflops": round(tflops, 3), "pct_peak": round(100 * tflops / peak_tflops, 2),
-                "warm_extra_s": round(w - m.elapsed, 3), **({"peak_mem_mb": round(m.peak_mem, 1)} if m.peak_mem else {})}
+                "warm_extra_s": round(w - m.elapsed, 3),
+                **({"peak_mem_mb": round(m.peak_mem, 1)} if m.peak_mem else {})}
     return out
 
 
-def matmul_tflops(dtype, seconds=1.0):
-    """The TFLOP/s of a plain (2048 x 576) @ (576 x 1536) matmul in dtype on this process's CPU threads."""
-    a, b = torch.randn(2048, 576, dtype=dtype), torch.randn(576, 1536, dtype=dtype)
-    a @ b  # a warm-up, untimed
-    n, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
-        a @ b
-        n += 1
-    return round(2 * 2048 * 576 * 1536 * n / (time.perf_counter() - t0) / 1e12, 3)
-
-
 def peak(device, seconds=1.0):
-    """(TFLOP/s, its kind): PEAK_TFLOPS on CUDA; on a CPU, the faster plain matmul, bf16 or fp32: bf16
-    where the CPU has native bf16 units (AMX: about 10x fp32), fp32 where bf16 is emulated."""
+    """(TFLOP/s, its kind): PEAK_TFLOPS on CUDA; on a CPU, the faster plain (2048 x 576) @ (576 x 1536) matmul
+    on this process's threads, bf16 or fp32: bf16 where the CPU has native bf16 units (AMX: about 10x fp32),
+    fp32 where bf16 is emulated."""
     if device.type == "cuda":
         return PEAK_TFLOPS, "CUDA"
-    return max((matmul_tflops(torch.bfloat16, seconds), "bf16"), (matmul_tflops(torch.float32, seconds), "fp32"))
+    rates = []
+    for dtype, kind in ((torch.bfloat16, "bf16"), (torch.float32, "fp32")):
+        a, b = torch.randn(2048, 576, dtype=dtype), torch.randn(576, 1536, dtype=dtype)
+        a @ b  # a warm-up, untimed
+        n, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            a @ b
+            n += 1
+        rates.append((round(2 * 2048 * 576 * 1536 * n / (time.perf_counter() - t0) / 1e12, 3), kind))
+    return max(rates)
 
 
 def run(args, device):
@@ -292,9 +292,9 @@ def run_loop(args, device):
         a = train.parse_args([str(x) for x in [
             "--stage", "text", "--llm", os.path.join(tmp, "llm"), "--out", os.path.join(tmp, "run"), "--device",
             args.device, "--dtype", LLAMA_DTYPE[args.dtype], "--amp", "bf16" if args.dtype == "bf16" else "none",
-            "--pad-multiple", args.pad_multiple, "--batch-size", args.train_batch, "--eval-batch-size", args.score_batch,
-            "--iters-per-epoch", args.loop_iters, "--max-epochs", LOOP_EPOCHS, "--patience", LOOP_EPOCHS, "--limit",
-            args.limit] + (["--data-dir", args.data_dir] if args.data_dir else [])])
+            "--pad-multiple", args.pad_multiple, "--batch-size", args.train_batch, "--eval-batch-size",
+            args.score_batch, "--iters-per-epoch", args.loop_iters, "--max-epochs", LOOP_EPOCHS, "--patience",
+            LOOP_EPOCHS, "--limit", args.limit] + (["--data-dir", args.data_dir] if args.data_dir else [])])
         ds = train.load_data(a)
         line, t_loop, sizes = run(args, device), time.perf_counter(), SHAPES[args.shape]
         # the tokenizer's special ids, and a vocabulary no smaller than its (its ids must index the table)
@@ -307,8 +307,7 @@ def run_loop(args, device):
             epoch_batches = train.llm_batches(a, ds, prompts)
             loop.train(a, train.made_from(a, ds), model, epoch_batches, train.bce_loss,
                        train.llm_predictor(a, ds, prompts), ds)
-        with open(os.path.join(a.out, "log.jsonl")) as f:
-            log = [json.loads(line) for line in f][-1]
+        log = report.read_log(a.out)[-1]
     first, last = ([[len(prompts[r].ids) for r in b.rows[g]] for g in b.groups]
                    for b in (epoch_batches(1), epoch_batches(LOOP_EPOCHS)))
     rate, samples, valid = log["samples_per_s"], sum(map(len, last)), ds.idx("valid")

@@ -63,9 +63,16 @@ def markdown_table(rows, rel=True, ours=("joint", "SASRecLLM")):
     return md_table(["model"] + [c for _, c in COLUMNS] + ["Rel. Imp."] * rel, body)
 
 
-def mean_std(reports):
-    """{part: {metric: (mean, std)}} over a list of metrics.json dicts: std the sample standard
-    deviation (ddof 1), None for a single report; an undefined metric (null) is NaN."""
+def mean_std(reports, names=None):
+    """{part: {metric: (mean, std)}} over a list of metrics.json dicts (names: theirs, for an error): std the
+    sample standard deviation (ddof 1), None for a single report; an undefined metric (null) is NaN."""
+    names = names or [f"report {i + 1}" for i in range(len(reports))]
+    keys = [{(part, k) for part, m in r.items() if isinstance(m, dict) for k in m} for r in reports]
+    for name, have in zip(names, keys):
+        if have != keys[0]:  # a mean over some of the reports would pass for one over all of them
+            part, k = min(have ^ keys[0])
+            raise ValueError(f"{name} {'has' if (part, k) in have else 'lacks'} {part}'s {k}, unlike {names[0]}; "
+                             "the reports averaged must hold the same parts and metrics")
     out = {}
     for part, m in reports[0].items():
         if isinstance(m, dict):  # not best_epoch
@@ -87,16 +94,13 @@ def numbers(where, obj, what, null=False, nest=True):
     return obj
 
 
-EPOCH = (lambda v: integer(json.dumps(v)), "an integer >= 1")  # 1, not "1", 1.0 or true
-METRICS = _is(lambda v: isinstance(v, dict), "an object of metrics")
-
-
 def read_log(run_dir):
     """log.jsonl's epochs, [] when the run has none (Pop, ICL and the other closed-form rows)."""
     path = Path(run_dir, "log.jsonl")
     log = []
     for n, obj in json_lines(path, "a run's log") if path.exists() else []:
-        _fields(path, n, obj, epoch=EPOCH, valid=METRICS)
+        _fields(path, n, obj, epoch=(lambda v: integer(json.dumps(v)), "an integer >= 1"),  # 1, not "1", 1.0 or true
+                valid=_is(lambda v: isinstance(v, dict), "an object of metrics"))
         log.append(numbers(f"{path}:{n}", obj, "an epoch"))
     return log
 
@@ -174,7 +178,7 @@ def table_runs(root, stages):
                                 "wrote (e.g. runs/table_ml1m)")
     dirs = {s: [os.path.join(root, f"seed{k}", s) for k in seeds] for s in stages}
     runs = {s: ds for s, ds in dirs.items() if any(map(os.path.isdir, ds))}
-    return seeds, runs, {s: mean_std([read_metrics(d) for d in ds]) for s, ds in runs.items()}
+    return seeds, runs, {s: mean_std([read_metrics(d) for d in ds], ds) for s, ds in runs.items()}
 
 
 def row_seconds(root):

@@ -48,7 +48,8 @@ def _frame(width, height, title, xlabel, ylabel, ys, legend):
         tail += [f'<rect x="{x}" y="{y}" width="10" height="10" fill="{PALETTE[i % len(PALETTE)]}"/>',
                  f'<text class="legend" x="{x + 14}" y="{y + 9}">{escape(name)}</text>']
     yc = PAD_T + H / 2
-    tail += [f'<text class="xlabel" x="{PAD_L + W / 2:.1f}" y="{height - 8}" text-anchor="middle">{escape(xlabel)}</text>',
+    tail += [f'<text class="xlabel" x="{PAD_L + W / 2:.1f}" y="{height - 8}" text-anchor="middle">'
+             f'{escape(xlabel)}</text>',
              f'<text class="ylabel" x="16" y="{yc:.1f}" text-anchor="middle" transform="rotate(-90 16 {yc:.1f})">'
              f'{escape(ylabel)}</text>', "</svg>"]
     return head, tail, Y, yticks, W, H
