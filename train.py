@@ -51,6 +51,7 @@ STAGE_DEFAULTS = {
     "icl": dict(_LLM, lr=0.0, wd=0.0),
 }
 PATHS = ("data_dir", "reviews", "meta", "out", "runs", "llm", "tokenizer", "cf_ckpt", "lora")
+COMPILE_FROM_STEPS = 100  # a real LLM's training steps from which --compile is the default on a CPU
 MAX_EPOCHS_TINY = 10  # the random tiny backbone creeps up for dozens of epochs: keep the chain short
 
 
@@ -125,7 +126,8 @@ class Run:
     lora_dropout: float = flag(0.05, type=number(0, 0.99))
     eval_batch_size: int = flag(64, type=positive, resume_may_change=True)
     pad_multiple: int = flag(1, "round prompt batch lengths up to a multiple of N (for GPUs)", type=positive)
-    compile: bool = flag(False, "LLM stages: torch.compile every decoder layer", resume_may_change=True)
+    compile: bool = flag(None, "LLM stages: torch.compile every decoder layer (default: where it measured faster, "
+                         "a real LLM's text or joint stage of >= 100 steps on a CPU)", resume_may_change=True)
 
     def __post_init__(self):
         tiny = dict(max_epochs=MAX_EPOCHS_TINY) if self.stage in LLM_STAGES and self.llm == "tiny" else {}
@@ -136,6 +138,9 @@ class Run:
         if self.stage != "all":  # (--stage all: each stage takes its own)
             self.dtype = self.dtype or runs.default_precision(self)[0]
             self.amp = self.amp or runs.default_amp(self.device, self.dtype)
+            if self.compile is None:  # ~50 s of compiling: even at 20 steps, +11% at 100 (results/README.md)
+                self.compile = (self.stage in ("text", "joint") and self.llm != "tiny" and self.device == "cpu"
+                                and (self.max_steps or self.iters_per_epoch * self.max_epochs) >= COMPILE_FROM_STEPS)
         self.out = self.out or os.path.join(self.runs, self.stage)
         self.cf_ckpt = self.cf_ckpt or os.path.join(self.runs, self.cf, "best.pt")
         self.lora = self.lora or os.path.join(self.runs, "text", "adapter")
@@ -149,8 +154,9 @@ def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     for f in fields(Run):
         m, name = f.metadata, "--" + f.name.replace("_", "-")
-        if f.type is bool:
-            ap.add_argument(name, action="store_true", help=m["help"])
+        if f.type is bool:  # (a default of None: --compile / --no-compile, else the default decides)
+            ap.add_argument(name, action=argparse.BooleanOptionalAction if f.default is None else "store_true",
+                            help=m["help"])
         else:
             kind = m["type"] or {int: non_negative}.get(f.type, f.type)  # (ints as the data files' are: digits)
             ap.add_argument(name, default=f.default, type=kind, choices=m["choices"],
@@ -304,7 +310,8 @@ def build_llm_model(args, ds):
         layer.compile()
     limits.check_llm(args, llm.cfg, cf)  # the pseudo-tokens' positions and the mapping's memory, before it is built
     model = SASRecLLM(llm, tok.yes_id, tok.no_id, cf=cf, proj_token_num=args.proj_token_num, cf_bias=bool(args.cf_bias))
-    say(f"precision: --dtype {args.dtype} --amp {args.amp} ({runs.precision_note(args)})")
+    say(f"precision: --dtype {args.dtype} --amp {args.amp} ({runs.precision_note(args)})"
+        + ("; decoder layers compiled (--no-compile: eager)" if args.compile else ""))
     prompts = data.encode_prompts(ds, range(len(ds)), tok, cf is not None, args.proj_token_num, args.template)
     limits.check_prompts(args, ds, llm.cfg, prompts)  # none past max_position_embeddings; batches that fit
     say(f"{len(prompts)} {args.template} prompts, {np.mean([len(p.ids) for p in prompts]):.0f} tokens on average")

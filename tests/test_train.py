@@ -222,6 +222,20 @@ def test_a_real_llm_on_cpu_runs_in_bf16_only_where_the_cpu_has_it(monkeypatch, a
     assert (asked.dtype, asked.amp) == ("float32", "none")
 
 
+@pytest.mark.parametrize("argv, want", [
+    (["--stage", "text", "--llm", "d"], True), (["--stage", "joint", "--llm", "d", "--max-epochs", "1"], True),
+    (["--stage", "text", "--llm", "d", "--max-steps", "20"], False),  # ~50 s of compiling: no gain in 20 steps
+    (["--stage", "text", "--llm", "d", "--iters-per-epoch", "0"], False),  # steps unknown before the data
+    (["--stage", "text", "--llm", "d", "--no-compile"], False), (["--stage", "text", "--llm", "tiny"], False),
+    (["--stage", "text", "--llm", "tiny", "--compile"], True), (["--stage", "icl", "--llm", "d"], False),
+    (["--stage", "text", "--llm", "d", "--device", "cuda"], False), (["--stage", "sasrec"], False)])
+def test_compile_is_the_default_where_it_measured_faster(argv, want):
+    """A real LLM's text or joint stage of >= 100 steps on a CPU compiles its decoder layers unless told not to."""
+    assert train.parse_args(argv).compile is want
+    assert [a.compile for a in (dataclasses.replace(train.parse_args(["--stage", "all", "--llm", "d"]), stage=s)
+                                for s in ("sasrec", "text", "joint"))] == [False, True, True]
+
+
 def test_compiled_layers_train_as_the_eager_ones(data_dir, tmp_path):
     """--compile (torch.compile of every decoder layer, beside the eager Block.forward) on a short
     tiny text stage (one training step, then the scoring, compiled again with dynamic shapes): the
