@@ -215,6 +215,7 @@ def test_a_backbone_rebuilt_by_another_library_version_digests_alike(tmp_path):
     assert digest(cfg % ("5.24.0", "a")) == digest(cfg % ("5.25.0", "b")) == digest('{"hidden_size": 576}')
     assert digest(cfg % ("5.24.0", "a")) != digest('{"hidden_size": 577, "transformers_version": "5.24.0"}')
     assert digest(cfg % ("5.24.0", "a")) != digest(cfg % ("5.24.0", "a"), weights=b"v")
+    assert digest('{"r": 8, "peft_version": "0.21.0"}') == digest('{"r": 8, "peft_version": "0.22.0"}')
     plain = tmp_path / "plain.json"
     plain.write_text('{"b": 1,  "a": 2}')
     assert runs.files_digest(str(plain)) == hashlib.sha256(b"plain.json" + plain.read_bytes()).hexdigest()[:16]

@@ -337,8 +337,8 @@ def data_digests(ds):
 
 # Keys that record which library version wrote a config, not what the model computes: the same weights
 # rebuilt under transformers 5.24 and 5.25 differ only in "transformers_version", and must digest alike.
-PROVENANCE = ("transformers_version", "_name_or_path")
-PROVENANCE_KEY = re.compile(rb'"(transformers_version|_name_or_path)"')
+PROVENANCE = ("transformers_version", "peft_version", "_name_or_path")
+PROVENANCE_KEY = re.compile(rb'"(transformers_version|peft_version|_name_or_path)"')
 
 
 def files_digest(path):
