@@ -13,7 +13,7 @@
 # stage's rows only, e.g. TEXT_FLAGS="--lr 1e-3"), SHUFFLE_FLAGS (eval.py's, for the --shuffle-cf step,
 # e.g. "--test-only --dtype float32" for a bf16 run on a CPU without native bf16), MINUTES (a session's
 # budget: the rows pause, resumably, before an epoch that would end after it; run the same command again
-# to go on), PYTHON (python). A bf16 LLM row (--dtype bfloat16, or a last.pt trained in bf16) is neither
+# to go on), PYTHON (python). A bf16 LLM row (--dtype bfloat16 or --amp bf16, or a last.pt of either) is neither
 # started nor resumed on a CPU without native bf16 (exit 3): its seeds would mix precisions or kernels.
 # A finished row (metrics.json) is skipped, one a kill or a pause left with a last.pt resumes, one with
 # other files starts over (--overwrite moves them aside). Row wall times are appended to ROOT/times.tsv.
@@ -54,11 +54,15 @@ for ((s = 0; s < ${SEEDS:-1}; s++)); do
             flags+=(--pause-minutes "$left")
         fi
         if [ "${DEVICE:-cpu}" = cpu ] && [[ " icl text joint " == *" $stage "* ]] &&
-            { [ -f "$out/last.pt" ] || [[ " ${flags[*]} " =~ \ --dtype[=\ ]bfloat16\  ]]; } && ! "$py" -c '
+            { [ -f "$out/last.pt" ] || [[ " ${flags[*]} " == *" --dtype"[=\ ]"bfloat16"* ]] ||
+              [[ " ${flags[*]} " == *" --amp"[=\ ]"bf16"* ]]; } &&
+            ! "$py" -c '
 import sys, tools.runs as r
-a = sys.argv[2:]
-bf16 = "--dtype=bfloat16" in a or ["--dtype", "bfloat16"] in [a[i:i + 2] for i in range(len(a))]
-sys.exit(not r.native_bf16() and (bf16 or r.peek_args(sys.argv[1]).get("dtype") == "bfloat16"))' "$out/last.pt" "${flags[@]}"
+a, had = sys.argv[2:], r.peek_args(sys.argv[1])  # the flags in order (the last wins), the flags of last.pt
+pairs = (x.split("=", 1) if "=" in x else (x, y) for x, y in zip(a, a[1:] + [""]))
+asked = {k: v for k, v in pairs if k in ("--dtype", "--amp")}
+bf16 = "bf16" in (asked.get("--amp"), had.get("amp")) or "bfloat16" in (asked.get("--dtype"), had.get("dtype"))
+sys.exit(bf16 and not r.native_bf16())' "$out/last.pt" "${flags[@]}"
         then
             echo "[table] $stage, seed $s: a bf16 row, and this CPU has no native bf16 (emulated: many times slower," \
                 "other kernels than the row's own); run the same command on a CPU with AMX or avx512_bf16" >&2
