@@ -122,3 +122,13 @@ def toy_rows():
 def overfit_auc():
     """overfit_auc(model, rows) -> train AUC after 300 Adam steps on the rows."""
     return _overfit_auc
+
+
+# The slowest files first (their fixtures train and build), so that `pytest -n auto --dist loadfile` gives the
+# other cores the many short files meanwhile, not a long file last while they idle; order within a file kept.
+SLOW_FIRST = ("test_table.py", "test_sasrecllm.py", "test_tokenizer.py", "test_train.py", "test_bench.py")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(SLOW_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(SLOW_FIRST)))
