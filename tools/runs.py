@@ -338,11 +338,11 @@ def data_digests(ds):
 # Keys that record which library version wrote a config, not what the model computes: the same weights
 # rebuilt under transformers 5.24 and 5.25 differ only in "transformers_version", and must digest alike.
 PROVENANCE = ("transformers_version", "peft_version", "_name_or_path")
-PROVENANCE_KEY = re.compile(rb'"(transformers_version|peft_version|_name_or_path)"')
+PROVENANCE_KEY = re.compile(b'"(' + "|".join(PROVENANCE).encode() + b')"')
 
 
 def files_digest(path):
-    """The digest of a file, or of a directory's files by name, read in 1 MiB blocks; a JSON object is
+    """The digest of a file, or of a directory's files by name, read once in 1 MiB blocks; a JSON object is
     digested without its PROVENANCE keys (a file that has none digests as its bytes)."""
     if not os.path.exists(path):  # a missing input is missing, not "changed"
         raise FileNotFoundError(f"{path} not found")
@@ -351,14 +351,12 @@ def files_digest(path):
     for f in filter(os.path.isfile, files):
         h.update(os.path.basename(f).encode())
         with open(f, "rb") as fh:
-            text = fh.read(64 << 20) if f.endswith(".json") else b""
-        if PROVENANCE_KEY.search(text):
+            head = fh.read(64 << 20) if f.endswith(".json") else b""  # (a config: its whole text)
             with suppress(ValueError):
-                obj = json.loads(text)
-                if isinstance(obj, dict):
+                if PROVENANCE_KEY.search(head) and isinstance(obj := json.loads(head), dict):
                     h.update(json.dumps({k: v for k, v in obj.items() if k not in PROVENANCE}, sort_keys=True).encode())
                     continue
-        with open(f, "rb") as fh:
+            h.update(head)
             for block in iter(lambda: fh.read(1 << 20), b""):
                 h.update(block)
     return h.hexdigest()[:16]
