@@ -54,14 +54,14 @@ for ((s = 0; s < ${SEEDS:-1}; s++)); do
             flags+=(--pause-minutes "$left")
         fi
         if [ "${DEVICE:-cpu}" = cpu ] && [[ " icl text joint " == *" $stage "* ]] &&
-            { [ -f "$out/last.pt" ] || [[ " ${flags[*]} " == *" --dtype"[=\ ]"bfloat16"* ]] ||
-              [[ " ${flags[*]} " == *" --amp"[=\ ]"bf16"* ]]; } &&
-            ! "$py" -c '
-import sys, tools.runs as r
-a, had = sys.argv[2:], r.peek_args(sys.argv[1])  # the flags in order (the last wins), the flags of last.pt
-pairs = (x.split("=", 1) if "=" in x else (x, y) for x, y in zip(a, a[1:] + [""]))
-asked = {k: v for k, v in pairs if k in ("--dtype", "--amp")}
-bf16 = "bf16" in (asked.get("--amp"), had.get("amp")) or "bfloat16" in (asked.get("--dtype"), had.get("dtype"))
+            { [ -f "$out/last.pt" ] || [[ "${flags[*]}" == *bf* ]]; } && ! "$py" -c '
+import contextlib, io, sys, train, tools.runs as r
+try:  # the flags as train.py reads them (abbreviations, the last one winning); bad ones: train.py says so
+    with contextlib.redirect_stderr(io.StringIO()):
+        asked = vars(train.parse_args(sys.argv[2:]))
+except (SystemExit, ValueError):
+    asked = {}
+bf16 = any(d.get("dtype") == "bfloat16" or d.get("amp") == "bf16" for d in (asked, r.peek_args(sys.argv[1])))
 sys.exit(bf16 and not r.native_bf16())' "$out/last.pt" "${flags[@]}"
         then
             echo "[table] $stage, seed $s: a bf16 row, and this CPU has no native bf16 (emulated: many times slower," \
