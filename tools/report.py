@@ -169,15 +169,16 @@ PAPER = {"ml1m": {"sasrec": (0.634, 0.607), "text": (0.689, 0.676), "joint": (0.
 
 
 def table_runs(root, stages):
-    """(seeds, {stage: [its run dir on each seed]}, {stage: mean_std over them}) for the stages with
-    runs under a table root; a missing metrics.json is an error that names it."""
+    """(seeds, {stage: [its run dir on each seed that has one]}, {stage: mean_std over them}) for the
+    stages with runs under a table root. A row may have fewer seeds than the table (Pop and ICL are
+    deterministic: seed 0 alone); a run directory without metrics.json is an error that names it."""
     names = os.listdir(root) if os.path.isdir(root) else []
     seeds = sorted(int(n[4:]) for n in names if re.fullmatch(r"seed\d+", n))
     if not seeds:
         raise FileNotFoundError(f"{root}: no seed<N>/ run directories; expected the root that tools/table.sh "
                                 "wrote (e.g. runs/table_ml1m)")
-    dirs = {s: [os.path.join(root, f"seed{k}", s) for k in seeds] for s in stages}
-    runs = {s: ds for s, ds in dirs.items() if any(map(os.path.isdir, ds))}
+    dirs = {s: [d for k in seeds if os.path.isdir(d := os.path.join(root, f"seed{k}", s))] for s in stages}
+    runs = {s: ds for s, ds in dirs.items() if ds}
     return seeds, runs, {s: mean_std([read_metrics(d) for d in ds], ds) for s, ds in runs.items()}
 
 
@@ -218,6 +219,9 @@ def build_table(root, command="", data=None):
     spread = "mean ± sample std" if n > 1 else "one seed, no std"
     # Bold lines, not headings: a README embeds this file inside its own sections.
     lines = [f"**{len(runs)} rows over {n} seed{'s' * (n > 1)} ({', '.join(map(str, seeds))}), {spread}**", ""]
+    seed_of = lambda d: os.path.basename(os.path.dirname(d))[4:]  # ROOT/seed<k>/<stage> -> k
+    fewer = [f"{ROWS[s]} (seed {', '.join(map(seed_of, ds))})" for s, ds in runs.items() if len(ds) < n]
+    lines += [f"Rows on fewer seeds: {', '.join(fewer)}.", ""] if fewer else []
     lines += [f"`{command}`", ""] if command else []
     ours = "SASRecLLM's" if "joint" in stats else "with no SASRecLLM row, the part's best-AUC row's"
     lines += [f"The rows' own training times add up to {total} ({root}/times.tsv). Rel. Imp.: {ours} gain "
@@ -277,7 +281,8 @@ def plot_table(root, into=None):
         raise FileNotFoundError(f"{root}: the figures need the rows {', '.join(ABLATION)}; it has {', '.join(runs)}")
     into = into or os.path.join(root, "figures")
     os.makedirs(into, exist_ok=True)
-    over = f"mean over {len(seeds)} seed{'s' * (len(seeds) > 1)}"
+    over = (f"mean over {len(seeds)} seed{'s' * (len(seeds) > 1)}" if all(len(ds) == len(seeds) for ds in runs.values())
+            else "mean over each row's seeds")
     means = lambda part, k: {ROWS[s]: st[part][k][0] if part in st else None for s, st in stats.items()}
     fig10 = _write(os.path.join(into, "fig10_ablation.svg"), svg_bars(
         {label: means("test", k) for k, label in COLUMNS}, f"Fig. 10: ablation on test, {over}",
