@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from safetensors import SafetensorError, safe_open
 
 from bpe import AnswerIds, BPETokenizer
-from tools import limits
+from tools import limits, sources
 from tools.limits import CheckpointError  # a checkpoint that cannot be loaded: one line naming the file
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -97,15 +97,14 @@ class LlamaConfig:
 
     @classmethod
     def from_json(cls, path) -> "LlamaConfig":
+        d = sources.read_json(path, "a JSON object, an HF-format checkpoint's config.json")  # a regular file, bounded
+        if not isinstance(d, dict):
+            raise CheckpointError(f"{path}: expected a JSON object, got {type(d).__name__}")
         try:
-            return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
-        except FileNotFoundError:
-            raise FileNotFoundError(f"{path} not found; expected an HF-format checkpoint's config.json") from None
+            return cls.from_dict(d)
         except KeyError as e:
             raise CheckpointError(f"{path}: missing {e.args[0]}; expected an HF Llama config") from None
-        except (json.JSONDecodeError, RecursionError) as e:  # RecursionError: nested too deep
-            raise CheckpointError(f"{path}: expected a JSON object ({e})") from None
-        except (OSError, ValueError, TypeError, AttributeError) as e:  # __post_init__ names the field
+        except (ValueError, TypeError, AttributeError) as e:  # __post_init__ names the field
             raise CheckpointError(f"{path}: {e}") from None
 
 
@@ -280,8 +279,9 @@ def weight_files(ckpt_dir) -> list:
     index = ckpt_dir / "model.safetensors.index.json"
     if index.exists():
         try:  # weight_map: key -> shard file
-            return [ckpt_dir / name for name in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
-        except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
+            weight_map = sources.read_json(index, "a JSON object with a weight_map of file names")["weight_map"]
+            return [ckpt_dir / name for name in sorted(set(weight_map.values()))]
+        except (KeyError, TypeError, AttributeError) as e:
             raise CheckpointError(f"{index}: expected a JSON object with a weight_map of file names ({e!r})") from None
     if (ckpt_dir / "model.safetensors").exists():
         return [ckpt_dir / "model.safetensors"]
@@ -350,7 +350,8 @@ class Tokenizer(AnswerIds):
 
     def __init__(self, path):
         self.path = str(path)
-        self.sp = spm.SentencePieceProcessor(model_file=self.path)
+        # From its bytes (a regular file, bounded), not model_file=: a FIFO would block sentencepiece forever.
+        self.sp = spm.SentencePieceProcessor(model_proto=sources.read_bytes(path, "a sentencepiece tokenizer.model"))
         self.bos_id, self.eos_id, self.unk_id = self.sp.bos_id(), self.sp.eos_id(), self.sp.unk_id()
         self.vocab_size = self.sp.vocab_size()
 

@@ -71,7 +71,7 @@ def train(run, made_from, model, batches, loss_fn, predict, ds):
                 t_said = time.time()
                 check_finite(model, loss_sum, epoch)
                 say(f"  epoch {epoch} step {steps} | loss {loss_sum.item() / max(1, n_seen // world):.4f} "
-                    f"| {n_seen / (t_said - t0):.0f} samples/s")
+                    f"| {n_seen / (t_said - t0):.1f} samples/s")
             if run.max_steps and steps >= run.max_steps:
                 break
         check_finite(model, loss_sum, epoch)  # the last update of the epoch, too

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from tools import limits, runs
+from tools import limits, runs, sources
 
 PEFT_PREFIX = "base_model.model."  # peft's PeftModel(LoraModel(model)) prefix in saved keys
 # adapter_config.json keys that plain LoRA reads (or that carry no numbers); every other key must be off
@@ -148,10 +148,9 @@ def load_adapter(model, adapter_dir):
     the adapter's r / alpha / dropout / targets first if the model has none. Strict: every adapter
     key must exist in the model with the same shape, and every LoRA layer must be covered."""
     adapter_dir = Path(adapter_dir)
-    try:
-        cfg = dict(json.loads((adapter_dir / "adapter_config.json").read_text()))
-    except (ValueError, TypeError, RecursionError) as e:
-        raise ValueError(f"{adapter_dir / 'adapter_config.json'}: expected a JSON object ({e})") from None
+    cfg = sources.read_json(adapter_dir / "adapter_config.json", "peft's adapter_config.json")  # (bounded, a file)
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{adapter_dir / 'adapter_config.json'}: expected a JSON object, got {type(cfg).__name__}")
     if cfg.get("peft_type", "LORA") != "LORA":
         raise ValueError(f"{adapter_dir}: peft_type {cfg['peft_type']!r}; lora.py implements plain LoRA only")
     # Any other feature peft writes (DoRA, rsLoRA, aLoRA's invocation tokens, rank patterns, ...) would
@@ -164,7 +163,8 @@ def load_adapter(model, adapter_dir):
     # peft's older adapter_model.bin has no header to read shapes from: its (small) tensors are read first
     bin_path = weights.with_suffix(".bin")
     try:  # weights_only: tensors and plain containers; a pickle that would run code is refused
-        state = None if weights.exists() else torch.load(bin_path, map_location="cpu", weights_only=True)
+        state = None if weights.exists() else torch.load(sources.regular_file(bin_path), map_location="cpu",
+                                                         weights_only=True)
     except Exception as e:  # (missing, truncated, hostile: one line)
         raise ValueError(f"{bin_path}: cannot read it ({type(e).__name__}: {runs.first_line(e)[:200]})") from None
     limits.check_adapter(adapter_dir, cfg, state)  # r, alpha, dropout, targets, shapes: before inject allocates

@@ -297,7 +297,6 @@ def build_llm_model(args, ds):
     if args.stage == "text":
         lora.inject(llm, r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout)  # only LoRA trains
     elif args.stage == "joint":
-        runs.check_adapter(args.lora)
         recorded = runs.read_made_from(args.lora)
         if recorded:  # ours records its backbone and data; peft's own adapters do not
             now = dict(runs.data_digests(ds), backbone=runs.files_digest(backbone))

@@ -479,6 +479,34 @@ def test_an_adapter_feature_that_is_not_implemented_is_refused(tiny_llm, tmp_pat
         lora.load_adapter(llama.load_model(tiny_llm), tmp_path / "a")
 
 
+@pytest.mark.parametrize("name", ["config.json", "model.safetensors", "model.safetensors.index.json", "tokenizer.model",
+                                  "adapter_config.json", "adapter_model.safetensors", "adapter_model.bin"])
+@pytest.mark.parametrize("odd", ["fifo", "directory"])
+def test_no_file_of_a_backbone_or_adapter_that_is_a_fifo_or_a_directory_hangs(tiny_llm, tmp_path, name, odd):
+    """Every file that llama.load or lora.load_adapter opens: a FIFO would block its reader forever (after 10 s,
+    far past the tiny load's time, another process marks the test failed and opens the FIFO to write, which frees
+    the reader), a directory must not pass for the file. (A thread could not: safetensors' open holds the GIL.)"""
+    ckpt, adapter, freed = tmp_path / "ckpt", tmp_path / "adapter", tmp_path / "freed"
+    shutil.copytree(tiny_llm, ckpt)
+    lora.save_adapter(lora.inject(llama.load_model(tiny_llm)), adapter)
+    if name == "adapter_model.bin":  # peft's older format: read only where no .safetensors is
+        os.remove(adapter / "adapter_model.safetensors")
+    path = (adapter if name.startswith("adapter") else ckpt) / name
+    if path.exists():
+        os.remove(path)
+    os.mkfifo(path) if odd == "fifo" else path.mkdir()
+    free = subprocess.Popen(["sh", "-c", 'sleep 10; touch "$2"; while :; do : > "$1"; sleep 1; done', "-",
+                             str(path), str(freed)]) if odd == "fifo" else None
+    try:
+        with pytest.raises(Exception) as e:
+            llama.load(ckpt) if path.parent == ckpt else lora.load_adapter(llama.load_model(tiny_llm), adapter)
+    finally:
+        free and (free.kill(), free.wait())
+    assert not freed.exists(), f"{name}: its reader waited on the FIFO"
+    assert isinstance(e.value, (ValueError, FileNotFoundError)), repr(e.value)
+    assert name in str(e.value) and "\n" not in str(e.value), str(e.value)
+
+
 @pytest.mark.parametrize("flags, words", [
     (["--clip", "-1"], "--clip: expected a finite number > 0"), (["--clip", "0"], "--clip: expected a finite number > 0"),
     (["--wd", "-5"], "--wd: expected a finite number >= 0"), (["--dropout", "nan"], "--dropout: expected a finite"),
@@ -574,7 +602,7 @@ HOSTILE_CONFIGS = {  # words in the error line -> the edit; each error names the
     "key 'model.layers.0.mlp.gate_proj.weight' has shape (172, 64),": _edit_config("intermediate_size", 10 ** 9),
     "key 'model.embed_tokens.weight' has shape": _edit_config("vocab_size", 10 ** 12),
     "config.json: eos_token_id is []; expected an integer >= 0, or a non-empty list": _edit_config("eos_token_id", []),
-    "config.json: expected a JSON object (maximum recursion": lambda d: (d / "config.json").write_text("[" * 10 ** 5),
+    "config.json: expected a JSON object, an HF-format checkpoint's config.json (nested too deep)": lambda d: (d / "config.json").write_text("[" * 10 ** 5),
     "model.safetensors.index.json: expected a JSON object with a weight_map": lambda d: (
         d / "model.safetensors.index.json").write_text('{"weight_map": {"a": 3}}'),
 }

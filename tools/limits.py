@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
 
+from tools.sources import regular_file
+
 GiB = 2 ** 30
 
 
@@ -92,7 +94,7 @@ def check_checkpoint(cfg, config, files, dtype=torch.float32, device="cpu"):
     shapes = {}
     for path in files:
         try:
-            with safe_open(path, framework="pt") as f:
+            with safe_open(regular_file(path, "a safetensors file"), framework="pt") as f:
                 shapes.update({k: (tuple(f.get_slice(k).get_shape()), path) for k in f.keys()})
         except (SafetensorError, FileNotFoundError) as e:  # a truncated file says "incomplete metadata"
             raise CheckpointError(f"{path}: cannot read this safetensors file ({e})") from None
@@ -134,7 +136,7 @@ def check_adapter(adapter_dir, cfg, state=None):
     weights = weights if state is None else weights.with_suffix(".bin")
     try:
         if state is None:
-            with safe_open(weights, framework="pt") as f:
+            with safe_open(regular_file(weights, "an adapter's safetensors"), framework="pt") as f:
                 shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
         elif isinstance(state, dict) and all(type(k) is str and torch.is_tensor(v) for k, v in state.items()):
             shapes = {k: tuple(v.shape) for k, v in state.items()}

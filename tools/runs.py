@@ -27,7 +27,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from tools.dist import barrier, is_main, say
-from tools.sources import DECIMAL, read_json
+from tools.sources import DECIMAL, read_json, regular_file
 
 LOCK = "run.lock"  # in a run directory while a run writes there: its pid, host and start
 MADE_FROM = "made_from.json"  # beside a tiny backbone or an adapter: the digests of what made it
@@ -225,7 +225,7 @@ def save_atomic(obj, path):
 
 def read_checkpoint(path):
     """A checkpoint that save_atomic wrote (its tensors on the CPU), its digest checked, or one error line."""
-    regular_file(path)
+    regular_file(path, "a checkpoint")
     try:
         with safe_open(path, framework="pt") as f:
             head, tensors = f.metadata() or {}, {k: f.get_tensor(k) for k in f.keys()}
@@ -236,18 +236,6 @@ def read_checkpoint(path):
         return _join(json.loads(head["meta"]), tensors)
     except Exception as e:  # a missing, truncated, foreign or hostile file fails in many ways; none runs code
         raise RunError(f"{path}: cannot read this checkpoint ({type(e).__name__}: {first_line(e)})") from None
-
-
-def regular_file(path):
-    """path, if it is a regular file (a FIFO would block a reader forever, /dev/zero never end); else one line."""
-    try:
-        if stat.S_ISREG(os.stat(path).st_mode):
-            return path
-    except FileNotFoundError:
-        raise RunError(f"{path} not found") from None
-    except OSError as e:
-        raise RunError(f"{path}: cannot read it ({first_line(e)})") from None
-    raise RunError(f"{path} is not a regular file (a directory, FIFO or device)")
 
 
 def peek_args(path):
@@ -287,14 +275,6 @@ def publish_dir(final, write):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-
-
-def check_adapter(adapter_dir):
-    """An adapter_config.json that lora.load_adapter can read, or one error line naming it."""
-    path = Path(adapter_dir, "adapter_config.json")
-    cfg = read_json(path, "peft's adapter_config.json")
-    if not isinstance(cfg, dict) or not {"r", "lora_alpha", "target_modules"} <= set(cfg):
-        raise RunError(f"{path}: expected peft's adapter_config.json, JSON with r, lora_alpha and target_modules")
 
 
 GET_SMOLLM2 = Path(__file__).resolve().parents[2] / "shared" / "tools" / "get_smollm2.py"  # (CI's layout only)

@@ -131,17 +131,36 @@ def _parse_json(text, where, what):
     raise DataError(f"{where}: expected {what} ({why})")
 
 
-def read_json(path, what, max_bytes=64 << 20):
-    """The value in a JSON file (UTF-8, at most max_bytes). A file that is missing, too big, not UTF-8 or
-    not JSON is a DataError naming it and what it should hold (what: e.g. "a run's metrics")."""
+def regular_file(path, what="it"):
+    """path, if it is a regular file (a FIFO would block a reader forever, /dev/zero never end); else one line.
+    For a library that opens the file itself (safetensors, torch.load); read_bytes opens and checks at once."""
+    try:
+        if stat.S_ISREG(os.stat(path).st_mode):
+            return path
+    except FileNotFoundError:
+        raise DataError(f"{path} not found; expected {what}") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot read {what} ({e.strerror or e})") from None
+    raise DataError(f"{path} is not a regular file (a directory, FIFO or device); expected {what}")
+
+
+def read_bytes(path, what, max_bytes=64 << 20):
+    """A regular file's bytes, at most max_bytes; else a DataError naming it and what it should hold."""
     try:
         with _open(path, what) as f:
             raw = f.read(max_bytes + 1)  # one byte over the cap at most, even from a file still growing
             if (size := max(os.fstat(f.fileno()).st_size, len(raw))) > max_bytes:
                 raise DataError(f"{path}: expected {what} in at most {max_bytes} bytes, got {size}")
-            text = raw.decode("utf-8")
+            return raw
     except OSError as e:
         raise DataError(f"{path}: expected {what} ({e.strerror or e})") from None
+
+
+def read_json(path, what, max_bytes=64 << 20):
+    """The value in a JSON file (UTF-8, at most max_bytes). A file that is missing, too big, not UTF-8 or
+    not JSON is a DataError naming it and what it should hold (what: e.g. "a run's metrics")."""
+    try:
+        text = read_bytes(path, what, max_bytes).decode("utf-8")
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: expected {what} in UTF-8 (byte {e.object[e.start]:#04x} at offset "
                         f"{e.start})") from None
