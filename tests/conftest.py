@@ -21,6 +21,7 @@ from tools.runs import PORTABLE  # noqa: E402
 os.environ.update(PORTABLE)  # portable numerics (tools/runs.py) for the whole suite, before torch's first op
 if workers := os.environ.get("PYTEST_XDIST_WORKER_COUNT"):  # pytest -n N: the cores shared, not each taken
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(workers)))
+    os.environ.setdefault("OMP_NUM_THREADS", str(torch.get_num_threads()))  # and by the CLIs the tests start
 DATA_DIR = Path(os.environ.get("SASRECLLM_DATA", ROOT.parent / "shared" / "data"))
 os.environ.setdefault("SASRECLLM_DATA", str(DATA_DIR))  # before data.py reads it; subprocesses inherit it
 

@@ -288,9 +288,9 @@ def test_text_and_joint_steps_on_a_real_pretrained_llm(smol_dir, data_dir, tmp_p
     embeddings, GQA 9/3): the real-LLM path runs, writes a peft adapter and a joint checkpoint."""
     common = ["--data", "ml1m", "--data-dir", str(data_dir), "--llm", str(smol_dir), "--runs", str(tmp_path),
               "--limit", "5", "--max-steps", "1", "--batch-size", "2", "--eval-batch-size", "5",
-              "--iters-per-epoch", "0", "--threads", "2"]
+              "--iters-per-epoch", "0", "--threads", str(torch.get_num_threads())]
     assert train.main(["--stage", "sasrec", "--data", "ml1m", "--data-dir", str(data_dir), "--runs", str(tmp_path),
-                       "--limit", "50", "--max-epochs", "1", "--threads", "2"]) == 0
+                       "--limit", "50", "--max-epochs", "1", "--threads", str(torch.get_num_threads())]) == 0
     assert train.main(["--stage", "text", *common]) == 0
     assert (tmp_path / "text" / "adapter" / "adapter_config.json").exists()
     assert train.main(["--stage", "joint", *common]) == 0

@@ -242,7 +242,7 @@ def test_compiled_layers_train_as_the_eager_ones(data_dir, tmp_path):
     same loss and metrics as eager, to float rounding (about 30 s of compiling)."""
     common = ["--stage", "text", "--data", "ml1m", "--data-dir", str(data_dir), "--llm", "tiny", "--runs", str(tmp_path),
               "--limit", "32", "--max-epochs", "1", "--iters-per-epoch", "1", "--batch-size", "8", "--pad-multiple", "16",
-              "--threads", "2"]
+              "--threads", str(torch.get_num_threads())]  # (the worker's share of the cores under pytest -n)
     threads = torch.get_num_threads()
     try:
         assert train.main([*common, "--out", str(tmp_path / "eager")]) == 0
