@@ -24,3 +24,13 @@ def test_a_changed_metric_makes_the_check_fail(tmp_path):
     assert ev.render_readme(fresh, str(tmp_path)) == fresh
     (tmp_path / "r" / "a.json").write_text('{"test": {"auc": 0.76, "uauc": 0.7, "logloss": 0.6}}')
     assert ev.render_readme(fresh, str(tmp_path)) != fresh
+
+
+def test_a_row_of_several_runs_is_their_mean_and_sample_std(tmp_path):
+    for name, auc in (("s0", 0.70), ("s1", 0.72), ("s2", 0.77)):
+        (tmp_path / f"{name}.json").write_text(f'{{"test": {{"auc": {auc}, "uauc": 0.6}}}}')
+    out = ev.render_readme("<!-- table test norel | seeds: s0.json + s1.json + s2.json | one: s0.json -->\n"
+                           "<!-- /generated -->\n", str(tmp_path))
+    rows = {line.split("|")[1].strip(): line for line in out.splitlines() if line.startswith("| s") or "| one" in line}
+    assert "0.7300 ± 0.0361" in rows["seeds"] and "0.6000 ± 0.0000" in rows["seeds"]  # std of .70 .72 .77: 0.0361
+    assert "| 0.7000 |" in rows["one"] and "±" not in rows["one"]

@@ -128,7 +128,8 @@ GENERATED = re.compile(r"(<!-- (table|file) (.*?) -->\n)(.*?)(<!-- /generated --
 
 
 def render_readme(text, root="."):
-    """The README with every generated block rebuilt from the files its marker names."""
+    """The README with every generated block rebuilt from the files its marker names. A table row is
+    `label: a.json`, or `label: a.json + b.json + ...` for the mean ± sample std over those runs (seeds)."""
     def block(kind, spec):
         if kind == "file":
             return Path(root, spec.strip()).read_text(encoding="utf-8").rstrip("\n")
@@ -136,11 +137,13 @@ def render_readme(text, root="."):
         part, *flags = head.split()  # "test", or "test norel" for a table without Rel.Imp.
         table = []
         for row in rows:
-            label, path = (x.strip() for x in row.rsplit(":", 1))
-            m = read_json(Path(root, path), "a run's metrics")
-            if part not in m:
-                raise ValueError(f"{path}: no '{part}' section")
-            table.append((label, m[part]))
+            label, paths = (x.strip() for x in row.rsplit(":", 1))
+            paths = [p.strip() for p in paths.split("+")]
+            ms = [read_json(Path(root, p), "a run's metrics") for p in paths]
+            for p, m in zip(paths, ms):
+                if not isinstance(m, dict) or part not in m:
+                    raise ValueError(f"{p}: no '{part}' section")
+            table.append((label, ms[0][part] if len(ms) == 1 else mean_std(ms, paths)[part]))
         return markdown_table(table, rel="norel" not in flags)
     return GENERATED.sub(lambda g: g[1] + block(g[2], g[3]) + "\n" + g[5], text)
 
