@@ -280,7 +280,11 @@ def weight_files(ckpt_dir) -> list:
     if index.exists():
         try:  # weight_map: key -> shard file
             weight_map = sources.read_json(index, "a JSON object with a weight_map of file names")["weight_map"]
-            return [ckpt_dir / name for name in sorted(set(weight_map.values()))]
+            names = sorted(set(weight_map.values()))
+            if bad := [n for n in names if not isinstance(n, str) or Path(n).name != n or n in ("", ".", "..")]:
+                raise CheckpointError(f"{index}: expected a JSON object with a weight_map of file names in its "
+                                      f"directory; shard {bad[0]!r} is not one")
+            return [ckpt_dir / name for name in names]
         except (KeyError, TypeError, AttributeError) as e:
             raise CheckpointError(f"{index}: expected a JSON object with a weight_map of file names ({e!r})") from None
     if (ckpt_dir / "model.safetensors").exists():
@@ -351,7 +355,9 @@ class Tokenizer(AnswerIds):
     def __init__(self, path):
         self.path = str(path)
         # From its bytes (a regular file, bounded), not model_file=: a FIFO would block sentencepiece forever.
-        self.sp = spm.SentencePieceProcessor(model_proto=sources.read_bytes(path, "a sentencepiece tokenizer.model"))
+        # (LoadFromSerializedProto, not model_proto=, which skips an empty file and leaves no model loaded.)
+        self.sp = spm.SentencePieceProcessor()
+        self.sp.LoadFromSerializedProto(sources.read_bytes(path, "a sentencepiece tokenizer.model"))
         self.bos_id, self.eos_id, self.unk_id = self.sp.bos_id(), self.sp.eos_id(), self.sp.unk_id()
         self.vocab_size = self.sp.vocab_size()
 

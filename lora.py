@@ -162,11 +162,13 @@ def load_adapter(model, adapter_dir):
     weights = adapter_dir / "adapter_model.safetensors"
     # peft's older adapter_model.bin has no header to read shapes from: its (small) tensors are read first
     bin_path = weights.with_suffix(".bin")
-    try:  # weights_only: tensors and plain containers; a pickle that would run code is refused
-        state = None if weights.exists() else torch.load(sources.regular_file(bin_path), map_location="cpu",
-                                                         weights_only=True)
-    except Exception as e:  # (missing, truncated, hostile: one line)
-        raise ValueError(f"{bin_path}: cannot read it ({type(e).__name__}: {runs.first_line(e)[:200]})") from None
+    state = None
+    if not weights.exists():
+        try:  # read whole, its size against free memory first; weights_only: a pickle that would run code is refused
+            limits.fits(Path(sources.regular_file(bin_path, "peft's adapter_model.bin")).stat().st_size, str(bin_path))
+            state = torch.load(bin_path, map_location="cpu", weights_only=True)
+        except Exception as e:  # (missing, truncated, hostile: one line)
+            raise ValueError(f"{bin_path}: cannot read it ({type(e).__name__}: {runs.first_line(e)[:200]})") from None
     limits.check_adapter(adapter_dir, cfg, state)  # r, alpha, dropout, targets, shapes: before inject allocates
     if not lora_layers(model):
         targets = cfg["target_modules"]

@@ -319,6 +319,9 @@ BAD_CHECKPOINTS = {
     "config.json: rms_norm_eps is 'small'; expected a finite number > 0": _edit_config("rms_norm_eps", "small"),
     "config.json: expected a JSON object": lambda d: (d / "config.json").write_text("[1, 2"),
     "tokenizer.model: expected a sentencepiece model": lambda d: (d / "tokenizer.model").write_bytes(b"garbage"),
+    "tokenizer.model: expected a sentencepiece model (": lambda d: (d / "tokenizer.model").write_bytes(b""),
+    "model.safetensors.index.json: expected a JSON object with a weight_map of file names in its directory; shard '../x'": lambda d: (d / "model.safetensors.index.json")
+    .write_text('{"weight_map": {"a": "../x"}}'),
     ": no tokenizer.model (sentencepiece) or tokenizer.json": lambda d: (d / "tokenizer.model").unlink(),
     "model.safetensors: cannot read this safetensors file": lambda d: (d / "model.safetensors").write_bytes(
         (d / "model.safetensors").read_bytes()[:-64]),

@@ -176,7 +176,8 @@ def table_runs(root, stages):
     stages with runs under a table root. A row may have fewer seeds than the table (Pop and ICL are
     deterministic: seed 0 alone); a run directory without metrics.json is an error that names it."""
     names = os.listdir(root) if os.path.isdir(root) else []
-    seeds = sorted(int(n[4:]) for n in names if re.fullmatch(r"seed\d+", n))
+    seeds = sorted(int(n[4:]) for n in names if re.fullmatch(r"seed\d+", n)
+                   and any(os.path.isdir(os.path.join(root, n, s)) for s in stages))  # (a seed that holds a row)
     if not seeds:
         raise FileNotFoundError(f"{root}: no seed<N>/ run directories; expected the root that tools/table.sh "
                                 "wrote (e.g. runs/table_ml1m)")
@@ -225,7 +226,7 @@ def build_table(root, command="", data=None):
     seed_of = lambda d: os.path.basename(os.path.dirname(d))[4:]  # ROOT/seed<k>/<stage> -> k
     fewer = [f"{ROWS[s]} (seed {', '.join(map(seed_of, ds))})" for s, ds in runs.items() if len(ds) < n]
     lines += [f"Rows on fewer seeds: {', '.join(fewer)}.", ""] if fewer else []
-    lines += [f"`{command}`", ""] if command else []
+    lines += [f"`{c}`" for c in command.splitlines()] + [""] if command else []  # (one call a line)
     ours = "SASRecLLM's" if "joint" in stats else "with no SASRecLLM row, the part's best-AUC row's"
     lines += [f"The rows' own training times add up to {total} ({root}/times.tsv). Rel. Imp.: {ours} gain "
               "over the row, the mean over AUC and UAUC of (ours - row) / row, on the seed means."]
@@ -239,9 +240,10 @@ def build_table(root, command="", data=None):
             ["model", "AUC (ours)", "UAUC (ours)", "AUC (paper, TinyLlama-1.1B)", "UAUC (paper)"],
             [[ROWS[s], ours(s, "auc"), ours(s, "uauc"), f"{a:.3f}", f"{u:.3f}"] for s, (a, u) in paper.items()])]
     lines += ["", "**cost**", "", md_table(["model", "wall time", "epochs (best)", "train samples/s", "train tokens/s"],
-                                          [cost_row(ROWS[s], os.path.join(root, "seed0", s), seconds.get(f"seed0/{s}"))
-                                           for s in runs]),
-              "", "Seed 0: the row's wall time (times.tsv), its epochs, its training speed (the median over epochs)."]
+                                          [cost_row(ROWS[s], ds[0], seconds.get(os.path.relpath(ds[0], root)))
+                                           for s, ds in runs.items()]),
+              "", "The row's first seed: its wall time (times.tsv), its epochs, its training speed (the median over "
+              "epochs)."]
     text = "\n".join(lines) + "\n"
     print(text + f"wrote {_write(os.path.normpath(root) + '.md', text)}")
 
@@ -295,15 +297,19 @@ def plot_table(root, into=None):
     fig11 = _write(os.path.join(into, "fig11_warm_cold.svg"), svg_bars(
         warm_cold, f"Fig. 11: warm and cold test rows, {over}", xlabel="metric, test rows", ylabel="value",
         ref=(0.5, "chance"), width=800))
-    chain = [("text", runs["text"][0]), ("joint", runs["joint"][0])]
-    return [fig10, fig11] + write_curves(chain, into, note=f": text then joint stage (seed {seeds[0]})")
+    seed = next((k for k in seeds if all(os.path.isdir(os.path.join(root, f"seed{k}", s)) for s in ("text", "joint"))),
+                None)
+    if seed is None:
+        raise FileNotFoundError(f"{root}: Fig. 12 needs a seed with both a text and a joint run")
+    chain = [(s, os.path.join(root, f"seed{seed}", s)) for s in ("text", "joint")]
+    return [fig10, fig11] + write_curves(chain, into, note=f": text then joint stage (seed {seed})")
 
 
 @cli
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--table", metavar="ROOT", help="Table 1 over ROOT/seed<s>/<stage> -> ROOT.md")
-    ap.add_argument("--command", default="", help="--table: the command that trained it, printed above the table")
+    ap.add_argument("--command", default="", help="--table: the commands that trained it (one a line), printed above the table")
     ap.add_argument("--paper", metavar="DATA", help="--table: set the paper's figures on DATA (ml1m) beside ours")
     ap.add_argument("--plot", metavar="ROOT", help="Figs. 10-12 of a table root -> --into (default ROOT/figures)")
     ap.add_argument("--collect", nargs="+", metavar="RUN", help="copy the runs' metrics.json into --into")

@@ -332,7 +332,7 @@ def files_digest(path):
         h.update(os.path.basename(f).encode())
         with open(f, "rb") as fh:
             head = fh.read(64 << 20) if f.endswith(".json") else b""  # (a config: its whole text)
-            with suppress(ValueError):
+            with suppress(ValueError, RecursionError):  # (not JSON, or nested too deep: digested as bytes)
                 if PROVENANCE_KEY.search(head) and isinstance(obj := json.loads(head), dict):
                     h.update(json.dumps({k: v for k, v in obj.items() if k not in PROVENANCE}, sort_keys=True).encode())
                     continue

@@ -88,7 +88,9 @@ done
 command="SEEDS=${SEEDS:-1} ROWS='$rows' LLM=${LLM:-tiny} DEVICE=${DEVICE:-cpu} LLM_FLAGS='${LLM_FLAGS:-}' CF_FLAGS='${CF_FLAGS:-}'"
 for stage in $rows; do v=${stage^^}_FLAGS && [ -z "${!v:-}" ] || command+=" $v='${!v}'"; done
 command+=" bash tools/table.sh $root $*"
-"$py" -m tools.report --table "$root" --command "$command" --paper "${DATA:-ml1m}"
+# Every call that trained rows here, in order (seed 0 of every row, then more seeds of a few, say): the table's recipe.
+grep -qxF -- "$command" "$root/commands.txt" 2>/dev/null || printf '%s\n' "$command" >>"$root/commands.txt"
+"$py" -m tools.report --table "$root" --command "$(cat "$root/commands.txt")" --paper "${DATA:-ml1m}"
 if [[ " $rows " == *" joint "* ]] && [ ! -f "$root/shuffle_cf.md" ]; then
     read -ra shuffle <<<"${SHUFFLE_FLAGS:-}"
     "$py" eval.py "$root/seed0/joint" --shuffle-cf --device "${DEVICE:-cpu}" "${shuffle[@]}" >"$root/shuffle_cf.md.tmp"
