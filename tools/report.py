@@ -14,7 +14,7 @@ import numpy as np
 
 from metrics import rel_imp
 from tools.runs import cli, write_atomic, write_json
-from tools.sources import TIME_MAX, DataError, _fields, _is, _lines, integer, json_lines, read_json
+from tools.sources import TIME_MAX, DataError, _fields, _is, _lines, integer, json_lines, read_bytes, read_json
 from tools.svg import finite, svg_bars, svg_lines
 
 
@@ -132,7 +132,7 @@ def render_readme(text, root="."):
     `label: a.json`, or `label: a.json + b.json + ...` for the mean ± sample std over those runs (seeds)."""
     def block(kind, spec):
         if kind == "file":
-            return Path(root, spec.strip()).read_text(encoding="utf-8").rstrip("\n")
+            return read_bytes(Path(root, spec.strip()), "a file the README embeds").decode().rstrip("\n")
         head, *rows = [field.strip() for field in spec.split("|")]
         part, *flags = head.split()  # "test", or "test norel" for a table without Rel.Imp.
         table = []
@@ -324,7 +324,7 @@ def main(argv=None):
     elif args.collect:
         collect(args.collect, args.into or "results")
     elif path := args.readme or args.check_readme:
-        text = Path(path).read_text(encoding="utf-8")
+        text = read_bytes(path, "a README").decode()
         new = render_readme(text, os.path.dirname(os.path.abspath(path)))
         if args.check_readme and new != text:
             print(f"error: {path} is stale; run python -m tools.report --readme {path}", file=sys.stderr)
