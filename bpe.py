@@ -103,7 +103,7 @@ class BPETokenizer(AnswerIds):
         self.cache = {}  # word -> ids; prompts repeat a few thousand words over and over
 
         cfg_path = self.path.with_name("tokenizer_config.json")
-        cfg = read_json(cfg_path, "an HF tokenizer_config.json") if cfg_path.exists() else {}
+        cfg = read_json(cfg_path, "an HF tokenizer_config.json", obj=True) if cfg_path.exists() else {}
 
         def token_id(key):
             name = cfg.get(key)

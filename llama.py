@@ -97,9 +97,7 @@ class LlamaConfig:
 
     @classmethod
     def from_json(cls, path) -> "LlamaConfig":
-        d = sources.read_json(path, "a JSON object, an HF-format checkpoint's config.json")  # a regular file, bounded
-        if not isinstance(d, dict):
-            raise CheckpointError(f"{path}: expected a JSON object, got {type(d).__name__}")
+        d = sources.read_json(path, "a JSON object, an HF-format checkpoint's config.json", obj=True)  # (bounded)
         try:
             return cls.from_dict(d)
         except KeyError as e:
@@ -279,7 +277,7 @@ def weight_files(ckpt_dir) -> list:
     index = ckpt_dir / "model.safetensors.index.json"
     if index.exists():
         try:  # weight_map: key -> shard file
-            weight_map = sources.read_json(index, "a JSON object with a weight_map of file names")["weight_map"]
+            weight_map = sources.read_json(index, "a JSON object with a weight_map of file names", obj=True)["weight_map"]
             names = sorted(set(weight_map.values()))
             if bad := [n for n in names if not isinstance(n, str) or Path(n).name != n or n in ("", ".", "..")]:
                 raise CheckpointError(f"{index}: expected a JSON object with a weight_map of file names in its "

@@ -148,9 +148,7 @@ def load_adapter(model, adapter_dir):
     the adapter's r / alpha / dropout / targets first if the model has none. Strict: every adapter
     key must exist in the model with the same shape, and every LoRA layer must be covered."""
     adapter_dir = Path(adapter_dir)
-    cfg = sources.read_json(adapter_dir / "adapter_config.json", "peft's adapter_config.json")  # (bounded, a file)
-    if not isinstance(cfg, dict):
-        raise ValueError(f"{adapter_dir / 'adapter_config.json'}: expected a JSON object, got {type(cfg).__name__}")
+    cfg = sources.read_json(adapter_dir / "adapter_config.json", "peft's adapter_config.json", obj=True)  # (bounded)
     if cfg.get("peft_type", "LORA") != "LORA":
         raise ValueError(f"{adapter_dir}: peft_type {cfg['peft_type']!r}; lora.py implements plain LoRA only")
     # Any other feature peft writes (DoRA, rsLoRA, aLoRA's invocation tokens, rank patterns, ...) would

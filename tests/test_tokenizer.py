@@ -147,6 +147,14 @@ def test_refuses_what_is_not_implemented(tmp_path, change, words):
         bpe.BPETokenizer(write_tiny_bpe(tmp_path, **change) / "tokenizer.json")
 
 
+@pytest.mark.parametrize("name", ["tokenizer.json", "tokenizer_config.json"])
+def test_a_tokenizer_file_that_is_no_json_object_is_named(tmp_path, name):
+    d = write_tiny_bpe(tmp_path)
+    (d / name).write_text("[1]")
+    with pytest.raises(ValueError, match=f"{name}: expected an HF {name}"):
+        bpe.BPETokenizer(d / "tokenizer.json")
+
+
 def test_load_picks_the_tokenizer_and_checks_vocab_size(tmp_path):
     with pytest.raises(FileNotFoundError, match="tokenizer.model.*tokenizer.json"):
         llama.load_tokenizer(tmp_path)

@@ -344,10 +344,7 @@ def files_digest(path):
 
 def read_made_from(d):
     path = Path(d, MADE_FROM)
-    made = read_json(path, "the digests of what made it") if path.exists() else {}
-    if not isinstance(made, dict):
-        raise RunError(f"{path}: expected a JSON object of digests")
-    return made
+    return read_json(path, "the digests of what made it", obj=True) if path.exists() else {}
 
 
 def check_made_from(what, recorded, now, keys=None):

@@ -156,15 +156,19 @@ def read_bytes(path, what, max_bytes=64 << 20):
         raise DataError(f"{path}: expected {what} ({e.strerror or e})") from None
 
 
-def read_json(path, what, max_bytes=64 << 20):
-    """The value in a JSON file (UTF-8, at most max_bytes). A file that is missing, too big, not UTF-8 or
-    not JSON is a DataError naming it and what it should hold (what: e.g. "a run's metrics")."""
+def read_json(path, what, max_bytes=64 << 20, obj=False):
+    """The value in a JSON file (UTF-8, at most max_bytes; with obj, a JSON object). A file that is missing, too
+    big, not UTF-8, not JSON or not an object is a DataError naming it and what it should hold (what: e.g. "a
+    run's metrics")."""
     try:
         text = read_bytes(path, what, max_bytes).decode("utf-8")
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: expected {what} in UTF-8 (byte {e.object[e.start]:#04x} at offset "
                         f"{e.start})") from None
-    return _parse_json(text, path, what)
+    value = _parse_json(text, path, what)
+    if obj and not isinstance(value, dict):
+        raise DataError(f"{path}: expected {what} (a JSON object), got {type(value).__name__}")
+    return value
 
 
 def json_lines(path, what):
