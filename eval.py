@@ -24,7 +24,7 @@ import loop
 import train
 from metrics import PARTS, metrics, sigmoid
 from tools import runs, sources
-from tools.report import _num, fmt, fmt_mean_std, markdown_table, md_table, mean_std, read_metrics
+from tools.tables import _num, fmt, fmt_mean_std, markdown_table, md_table, mean_std, read_metrics
 
 
 def finished_run(run_dir, data_dir=None, device=None, dtype=None):

@@ -99,13 +99,6 @@ def metrics(users, labels, logits):
                 n=int(len(np.asarray(labels).ravel())))
 
 
-def rel_imp(ours, row):
-    """The paper's Rel.Imp. of `ours` (SASRecLLM) over `row`: the mean over m in {AUC, UAUC} of
-    (ours_m - row_m) / row_m. NaN when a metric is undefined or zero."""
-    terms = [(ours[m] - row[m]) / row[m] if ours[m] is not None and row[m] else float("nan") for m in ("auc", "uauc")]
-    return float(np.mean(terms))
-
-
 PARTS = ("valid", "test", "test_seen", "test_unseen", "test_warm", "test_cold")  # metrics.json's sections
 
 

@@ -28,7 +28,7 @@ from baselines import MC, MF, NCF, GRU4Rec, Pop
 from sasrecllm import SASRec, SASRecLLM
 from tools import backbones, limits, runs
 from tools.dist import barrier, gather_scores, init_distributed, is_main, rank_world, say
-from tools.report import markdown_table
+from tools.tables import markdown_table
 from tools.runs import cli, non_negative, number, positive
 
 CF_STAGES = ("sasrec", "pop", "mf", "ncf", "gru4rec", "mc")
@@ -255,6 +255,9 @@ def backbone_dir(args, ds):
     want = dict(texts=runs.digest(json.dumps(texts).encode()),
                 tokenizer=runs.files_digest(args.tokenizer) if args.tokenizer else None)
     if not os.path.exists(os.path.join(d, "config.json")):
+        if args.tokenizer:  # missing, garbage, or "Yes"/"No" not one piece each: one line naming it, before writing
+            tok = llama.load_tokenizer(args.tokenizer)
+            tok.yes_id, tok.no_id
         if is_main():
             runs.publish_dir(d, lambda tmp: (backbones.make_tiny(tmp, texts, args.tokenizer, seed=0),
                                              runs.write_json(want, os.path.join(tmp, runs.MADE_FROM))))

@@ -19,7 +19,7 @@ import torch
 
 import data
 import llama
-from tools import bench
+from drivers import bench
 
 torch.set_num_threads(1)  # one thread: robust on a shared 2-core machine
 ROOT = Path(__file__).resolve().parent.parent
@@ -147,7 +147,7 @@ def test_check_prints_one_json_line(data_dir, tokenizer_path):
     iterations, 64 rows per split), about 10 s on one thread."""
     pytest.importorskip("transformers")
     pytest.importorskip("peft")
-    out = subprocess.run([sys.executable, "-m", "tools.bench", "--check", "--device", "cpu", "--shape", "tiny",
+    out = subprocess.run([sys.executable, "-m", "drivers.bench", "--check", "--device", "cpu", "--shape", "tiny",
                           "--threads", "1", "--tokenizer", str(tokenizer_path)], cwd=ROOT, capture_output=True,
                          text=True, timeout=300, env={**os.environ, "SASRECLLM_DATA": str(data_dir)})
     assert out.returncode == 0, out.stderr[-2000:]
@@ -180,7 +180,7 @@ def test_check_prints_one_json_line(data_dir, tokenizer_path):
 
 
 def run_ckpt(tiny_dir, data_dir, *flags):
-    out = subprocess.run([sys.executable, "-m", "tools.bench", "--ckpt", str(tiny_dir), "--steps", "1", "--train-batch",
+    out = subprocess.run([sys.executable, "-m", "drivers.bench", "--ckpt", str(tiny_dir), "--steps", "1", "--train-batch",
                           "1", "--score-batch", "1", "--threads", "1", *flags], cwd=ROOT, capture_output=True,
                          text=True, timeout=300, env={**os.environ, "SASRECLLM_DATA": str(data_dir)})
     assert out.returncode == 0, out.stderr[-2000:]

@@ -20,7 +20,8 @@ import data
 import llama
 import train
 from data import DataError
-from tools import datainfo, report, runs, sources
+from drivers import datainfo, report
+from tools import runs, sources
 
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -484,7 +485,7 @@ def test_bad_raw_lines(tmp_path):
 
 def test_cli_error_exit_code_no_traceback(tmp_path):
     path = _ml1m_dir(tmp_path, GOOD[:1] + ["1\t2\t7\t15\ttrain"] + GOOD[1:])
-    res = subprocess.run([sys.executable, "-m", "tools.datainfo", "ml1m", "--stats",
+    res = subprocess.run([sys.executable, "-m", "drivers.datainfo", "ml1m", "--stats",
                           "--data-dir", str(tmp_path)], capture_output=True, text=True, cwd=ROOT)
     assert res.returncode == 2 and res.stdout == ""
     assert res.stderr == f"error: {path}:3: expected label 0 or 1, got '7'\n"

@@ -22,7 +22,8 @@ import lora
 import metrics
 import train
 from conftest import ROOT
-from tools import backbones, datainfo, report, runs
+from drivers import datainfo, decode, report
+from tools import backbones, runs
 
 
 HEADER = "user_id\titem_id\tlabel\ttimestamp\tsplit"
@@ -332,7 +333,7 @@ BAD_CHECKPOINTS = {
 def test_llama_cli_bad_checkpoint_is_one_line(tiny_llm, tmp_path, capsys, monkeypatch, words):
     d = _copy(tiny_llm, tmp_path)
     BAD_CHECKPOINTS[words](d)
-    assert backbones.main(["--decode", str(d), "--max-new-tokens", "1"]) == 2
+    assert decode.main([str(d), "--max-new-tokens", "1"]) == 2
     err = one_error_line(capsys)
     assert err.startswith(f"error: {d}") and words in err
 
@@ -349,16 +350,16 @@ def test_each_cli_says_bad_input_in_one_line(root, tmp_path, tiny_llm):
     a_file.write_text("x")
     train_py = [sys.executable, "train.py", "--stage", "mf", "--data-dir", str(root)]
     cases = {  # command -> (exit code, words in the error line, argparse's usage first)
-        "datainfo dup": ([sys.executable, "-m", "tools.datainfo", "ml1m", "--data-dir", str(dup)], 2,
+        "datainfo dup": ([sys.executable, "-m", "drivers.datainfo", "ml1m", "--data-dir", str(dup)], 2,
                         f"error: {dup / 'ml1m' / 'interactions.tsv'}:{len(rows) + 2}: user_id 6 and item_id", False),
         "train.py --out FILE": (train_py + ["--out", str(a_file)], 2, f"error: {a_file} is a file", False),
         "train.py --limit -5": (train_py + ["--limit", "-5"], 2,
                                 "train.py: error: argument --limit: expected an integer >= 0, got -5", True),
         "train.py --batch-size 0": (train_py + ["--batch-size", "0"], 2,
                                     "train.py: error: argument --batch-size: expected an integer >= 1, got 0", True),
-        "backbones bad config": ([sys.executable, "-m", "tools.backbones", "--decode", str(bad_ckpt)], 2,
+        "backbones bad config": ([sys.executable, "-m", "drivers.decode", str(bad_ckpt)], 2,
                                  "num_hidden_layers is -2; expected an integer >= 1", False),
-        "bench --steps 0": ([sys.executable, "-m", "tools.bench", "--no-hf", "--steps", "0"], 2,
+        "bench --steps 0": ([sys.executable, "-m", "drivers.bench", "--no-hf", "--steps", "0"], 2,
                             "bench.py: error: argument --steps: expected an integer >= 1, got 0", True),
         "train.py --seed 1_0": (train_py + ["--seed", "1_0"], 2,  # flags are read as strictly as data files
                                 "train.py: error: argument --seed: expected an integer, got '1_0'", True),
@@ -615,7 +616,7 @@ HOSTILE_CONFIGS = {  # words in the error line -> the edit; each error names the
 def test_a_hostile_config_is_one_line_before_anything_is_built(tiny_llm, tmp_path, capsys, words):
     d = _copy(tiny_llm, tmp_path)
     HOSTILE_CONFIGS[words](d)
-    assert backbones.main(["--decode", str(d), "--max-new-tokens", "1"]) == 2
+    assert decode.main([str(d), "--max-new-tokens", "1"]) == 2
     err = one_error_line(capsys)
     assert err.startswith(f"error: {d}") and words in err
 

@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import llama
+from drivers import decode
 from tools import backbones
 
 torch.set_num_threads(2)
@@ -82,6 +83,32 @@ def test_logits_match_hf_on_left_padded_batch(tmp_path, style, tie):
     # Only the two chosen lm_head rows, at the last position.
     last = model(input_ids=ids, attention_mask=mask)[:, -1]
     torch.testing.assert_close(model.token_logits(last, [5, 9]), want[:, -1, [5, 9]], atol=1e-5, rtol=1e-5)
+
+
+def test_random_checkpoints_are_written_in_hf_layout_as_llama_reads_it():
+    """tools/backbones.py writes names and shapes from HF's layout, without llama.py: the same names,
+    shapes and order as Llama's own state dict (a tied lm_head left out), and TINYLLAMA is its defaults."""
+    assert llama.LlamaConfig.from_dict(backbones.TINYLLAMA) == llama.LlamaConfig()
+    for tied, head_dim in ((False, 0), (True, 16)):
+        cfg = llama.LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=40, num_hidden_layers=2,
+                                num_attention_heads=4, num_key_value_heads=2, head_dim=head_dim, tie_word_embeddings=tied)
+        with torch.device("meta"):
+            want = {k: tuple(v.shape) for k, v in llama.Llama(cfg).state_dict().items()}
+        if tied:
+            want.pop("lm_head.weight")
+        assert list(backbones.shapes(backbones.config_json(cfg)).items()) == list(want.items())
+
+
+def test_tools_import_no_lesson_file():
+    """The import graph is one-way: tools/ (machinery) imports no top-level lesson file; drivers/ may."""
+    import ast
+    root = Path(__file__).resolve().parent.parent
+    lesson = {p.stem for p in root.glob("*.py")} | {"drivers"}
+    for path in (root / "tools").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            assert not {n.split(".")[0] for n in names} & lesson, f"{path.name} imports {names}"
 
 
 def test_refuses_what_is_not_implemented():
@@ -256,7 +283,7 @@ def test_make_tiny_with_real_tokenizer_and_cli(tokenizer_path, tmp_path, capsys,
     d = backbones.make_tiny(tmp_path / "tiny", tokenizer_model=tokenizer_path)
     model, tok = llama.load(d)
     assert model.cfg.vocab_size == 32000 and tok.yes_id == 3869
-    assert backbones.main(["--decode", str(d), "--prompt", "Yes or No?", "--max-new-tokens", "3"]) == 0
+    assert decode.main([str(d), "--prompt", "Yes or No?", "--max-new-tokens", "3"]) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert set(out) == {"prompt_tokens", "new_ids", "text", "yes_minus_no"}
     assert out["prompt_tokens"] == len(tok.encode("Yes or No?", bos=True))

@@ -9,7 +9,7 @@ import pytest
 import eval as ev
 import metrics as M
 from conftest import ROOT
-from tools import report
+from tools import tables
 
 
 def brute_auc(y, s):
@@ -86,8 +86,8 @@ def test_metrics_agree_with_sklearn():
 def test_rel_imp_and_table():
     best = dict(auc=0.75, uauc=0.70)
     row = dict(auc=0.60, uauc=0.70)
-    assert M.rel_imp(best, row) == pytest.approx((0.25 + 0.0) / 2)
-    table = report.markdown_table([("a", {**best, "logloss": 0.5}), ("b", row)])
+    assert tables.rel_imp(best, row) == pytest.approx((0.25 + 0.0) / 2)
+    table = tables.markdown_table([("a", {**best, "logloss": 0.5}), ("b", row)])
     assert "| b |" in table and "+12.50%" in table
 
 
@@ -95,10 +95,10 @@ def test_mean_std_names_what_differs():
     """Seeds whose metrics.json hold different parts or metrics: one ValueError naming the difference."""
     a = {"test": {"auc": 0.7, "uauc": 0.6}, "best_epoch": 2}
     with pytest.raises(ValueError, match="^report 2 lacks test's uauc, unlike report 1;"):
-        report.mean_std([a, {"test": {"auc": 0.8}}])
+        tables.mean_std([a, {"test": {"auc": 0.8}}])
     with pytest.raises(ValueError, match="^seed1 has test_cold's auc, unlike seed0;"):
-        report.mean_std([a, {**a, "test_cold": {"auc": 0.5}}], ["seed0", "seed1"])
-    assert report.mean_std([a, {**a, "best_epoch": 5}])["test"]["auc"][0] == pytest.approx(0.7)
+        tables.mean_std([a, {**a, "test_cold": {"auc": 0.5}}], ["seed0", "seed1"])
+    assert tables.mean_std([a, {**a, "best_epoch": 5}])["test"]["auc"][0] == pytest.approx(0.7)
 
 
 def test_preds_cli(tmp_path):

@@ -1,4 +1,4 @@
-"""tools/report.py's SVG plots, parsed back with ElementTree: every stage named, whole-epoch x ticks, bars
+"""drivers/report.py's SVG plots, parsed back with ElementTree: every stage named, whole-epoch x ticks, bars
 on a y axis from zero, axis labels, and the paper's Figs. 10-12 from a --table root. Tiny fake run
 directories, no data and no training."""
 import json
@@ -8,7 +8,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from tools import report as ev
+from drivers import report as ev
 from tools import svg as charts
 
 SVG = "{http://www.w3.org/2000/svg}"
@@ -88,7 +88,7 @@ def test_x_ticks_are_whole_epochs(n):
 
 
 # -----------------------------------------------------------------------------
-# Figs. 10-12 from a table root (python -m tools.report --plot ROOT)
+# Figs. 10-12 from a table root (python -m drivers.report --plot ROOT)
 
 ABLATION = ["ICL", "TALLRec", "SASRec", "SASRecLLM"]
 METRICS = [("logloss", "Log Loss"), ("precision", "Precision"), ("recall", "Recall"), ("f1", "F1"),
@@ -104,7 +104,7 @@ def full_report(auc):
 
 @pytest.fixture
 def table_root(tmp_path):
-    """ROOT/seed<s>/<stage> as tools/table.sh writes it: two seeds of the four ablation
+    """ROOT/seed<s>/<stage> as drivers/table.sh writes it: two seeds of the four ablation
     rows; text trains 3 epochs and joint 2, ICL and SASRec leave no log that matters here."""
     root = tmp_path / "table_ml1m"
     for s in (0, 1):
@@ -156,7 +156,7 @@ def test_table_figures_name_what_is_missing(table_root, tmp_path, capsys):
     run = table_root / "seed0" / "joint"
     assert ev.main(["--plot", str(run)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: ") and "no seed<N>/" in err[0] and "tools/table.sh" in err[0]
+    assert len(err) == 1 and err[0].startswith("error: ") and "no seed<N>/" in err[0] and "drivers/table.sh" in err[0]
 
 
 def test_one_epoch_stage_is_drawn_as_a_dot():

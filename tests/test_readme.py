@@ -1,10 +1,10 @@
 """The README's result tables are generated from the metrics the runs wrote (results/), never typed:
 every block between `<!-- table ... -->` / `<!-- file ... -->` and `<!-- /generated -->` must equal
-what `python -m tools.report --readme` makes of the files it names."""
+what `python -m drivers.report --readme` makes of the files it names."""
 import pytest
 
 from conftest import ROOT
-from tools import report as ev
+from drivers import report as ev
 
 
 @pytest.mark.parametrize("readme, least", [("README.md", 2), ("results/README.md", 10)])
@@ -12,7 +12,7 @@ def test_readme_tables_match_the_runs_metrics(readme, least):
     path = ROOT / readme
     text = path.read_text(encoding="utf-8")
     assert len(ev.GENERATED.findall(text)) >= least  # the main job, SmolLM2; results/: every other table
-    assert ev.render_readme(text, str(path.parent)) == text, f"{readme} is stale: run python -m tools.report --readme {readme}"
+    assert ev.render_readme(text, str(path.parent)) == text, f"{readme} is stale: run python -m drivers.report --readme {readme}"
 
 
 def test_a_changed_metric_makes_the_check_fail(tmp_path):

@@ -1,8 +1,8 @@
-"""tools/table.sh, the one table driver: every row of the paper's Table 1 trained on a tiny slice of
+"""drivers/table.sh, the one table driver: every row of the paper's Table 1 trained on a tiny slice of
 ML-1M (100 rows per split, 2 optimizer steps, the random tiny backbone), seed 0 first, then a second
 seed of SASRec, TALLRec and SASRecLLM alone (as the real-LLM table does), then checked against the
 runs' own metrics.json: each cell is the mean ± sample std over the row's seeds, Rel.Imp. is the
-paper's formula on the seed means, a second call trains nothing, and tools.report --plot draws
+paper's formula on the seed means, a second call trains nothing, and drivers.report --plot draws
 Figs. 10-12."""
 import json
 import os
@@ -15,18 +15,20 @@ import pytest
 
 import metrics
 from conftest import ROOT
-from tools import report, runs
+from drivers import report
+from tools import runs
+from tools.tables import COLUMNS, markdown_table
 
 ROWS = {"pop": "Pop", "mf": "MF", "ncf": "NCF", "gru4rec": "RNN", "mc": "MC", "sasrec": "SASRec",
         "icl": "ICL", "text": "TALLRec", "joint": "SASRecLLM"}
-KEYS = [k for k, _ in report.COLUMNS]  # logloss, precision, recall, f1, accuracy, auc, uauc
+KEYS = [k for k, _ in COLUMNS]  # logloss, precision, recall, f1, accuracy, auc, uauc
 SEEDS, MULTI = 2, ("sasrec", "text", "joint")  # the rows trained on both seeds; the others on seed 0
 
 
 def table_sh(root, data_dir, *flags, seeds=SEEDS, rows=" ".join(ROWS)):
     env = {**os.environ, "SEEDS": str(seeds), "ROWS": rows, "LLM": "tiny", "OMP_NUM_THREADS": "1",
            "SHUFFLE_FLAGS": "--test-only"}
-    return subprocess.run(["bash", "tools/table.sh", str(root), "--data-dir", str(data_dir), "--limit", "100",
+    return subprocess.run(["bash", "drivers/table.sh", str(root), "--data-dir", str(data_dir), "--limit", "100",
                            "--max-steps", "2", "--threads", "1", *flags], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=900)
 
@@ -63,7 +65,7 @@ def seed_values(root, stage, part, key):
 
 def test_every_row_and_part_in_the_papers_columns(table):
     md = (table.parent / "table_ml1m.md").read_text()
-    assert "bash tools/table.sh" in md and "times.tsv" in md
+    assert "bash drivers/table.sh" in md and "times.tsv" in md
     calls = [line for line in md.splitlines() if line.startswith("`SEEDS=")]  # both calls, in order
     assert [c.split()[0:2] for c in calls] == [["`SEEDS=1", "ROWS='pop"], ["`SEEDS=2", "ROWS='sasrec"]], calls
     assert "Rows on fewer seeds: Pop (seed 0), MF (seed 0), NCF (seed 0), RNN (seed 0), MC (seed 0), ICL (seed 0)." in md
@@ -84,7 +86,7 @@ def test_every_row_and_part_in_the_papers_columns(table):
         h, m, sec = map(int, cost[name]["wall time"].split(":"))
         assert h * 3600 + m * 60 + sec == round(times[f"seed0/{stage}"]), name
     assert cost["TALLRec"]["train tokens/s"] != "-" and cost["SASRec"]["train tokens/s"] == "-"
-    header = report.markdown_table([]).splitlines()[0]  # Table 1's columns as metrics.py writes them
+    header = markdown_table([]).splitlines()[0]  # Table 1's columns as metrics.py writes them
     for part, (head, cells) in tables.items():
         assert head == header, part
         assert list(cells) == list(ROWS.values()), part
@@ -98,7 +100,7 @@ def test_cells_are_mean_and_sample_std_over_seeds(table):
     stds = []
     for part, (_, cells) in tables.items():
         for stage, name in ROWS.items():
-            for key, column in report.COLUMNS:
+            for key, column in COLUMNS:
                 v = seed_values(table, stage, part, key)
                 cell = cells[name][column]
                 if None in v:  # undefined on a seed (e.g. UAUC with no eligible user)
@@ -168,7 +170,7 @@ def test_minutes_pauses_a_row_and_the_next_call_resumes_it(tmp_path, data_dir):
     without a report; the same command without MINUTES resumes the row, and its times add up."""
     root = tmp_path / "t"
     call = lambda **env: subprocess.run(
-        ["bash", "tools/table.sh", str(root), "--data-dir", str(data_dir), "--limit", "300", "--max-epochs", "2",
+        ["bash", "drivers/table.sh", str(root), "--data-dir", str(data_dir), "--limit", "300", "--max-epochs", "2",
          "--threads", "1"], cwd=ROOT, env={**os.environ, "ROWS": "sasrec", "OMP_NUM_THREADS": "1", **env},
         capture_output=True, text=True, timeout=300)
     out = call(MINUTES="0.0001", SASREC_FLAGS="--lr 2e-3")  # <STAGE>_FLAGS: that stage's rows only
@@ -191,11 +193,11 @@ def test_minutes_pauses_a_row_and_the_next_call_resumes_it(tmp_path, data_dir):
 
 
 def test_lr_sweep_chooses_on_valid_only(tmp_path, data_dir):
-    """tools/lr_sweep.sh: one epoch per LR, no test scoring (no metrics.json), and sweep.md lists each
+    """drivers/lr_sweep.sh: one epoch per LR, no test scoring (no metrics.json), and sweep.md lists each
     LR's first-epoch valid AUC from its log, best first; a second call trains nothing."""
     root = tmp_path / "sweep"
     call = lambda: subprocess.run(
-        ["bash", "tools/lr_sweep.sh", str(root), "--stage", "sasrec", "--data-dir", str(data_dir), "--limit", "300",
+        ["bash", "drivers/lr_sweep.sh", str(root), "--stage", "sasrec", "--data-dir", str(data_dir), "--limit", "300",
          "--threads", "1"], cwd=ROOT, env={**os.environ, "LRS": "1e-3 1e-2", "OMP_NUM_THREADS": "1"},
         capture_output=True, text=True, timeout=300)
     out = call()
@@ -220,7 +222,7 @@ def test_a_bf16_row_is_neither_started_nor_resumed_where_bf16_is_emulated(tmp_pa
         runs.save_atomic(dict(args=dict(dtype="bfloat16")), str(tmp_path / "last.pt"))
         (root / "seed0" / "text").mkdir(parents=True)
         os.replace(tmp_path / "last.pt", root / "seed0" / "text" / "last.pt")
-    out = subprocess.run(["bash", "tools/table.sh", str(root), "--data-dir", str(data_dir), "--limit", "100", *flags],
+    out = subprocess.run(["bash", "drivers/table.sh", str(root), "--data-dir", str(data_dir), "--limit", "100", *flags],
                          cwd=ROOT, env={**os.environ, "ROWS": "text", "LLM": "tiny"}, capture_output=True, text=True)
     assert out.returncode == 3 and "no native bf16" in out.stderr, out.stderr[-2000:]
     kept = sorted(os.listdir(root / "seed0" / "text")) if (root / "seed0" / "text").exists() else []

@@ -1,51 +1,67 @@
-"""Backbones with random weights in the real Hugging Face layout, and a greedy-decoding check.
-Machinery, not the lesson: the tests, the bench and `--llm tiny` need checkpoints that llama.load
-reads exactly as it reads TinyLlama's, whose weights cannot be had here.
-
-    python -m tools.backbones --decode DIR --prompt "Is the sky blue?"   # greedy, no KV cache
+"""Backbones with random weights in the real Hugging Face layout. Machinery, not the lesson: the tests,
+the bench and `--llm tiny` need checkpoints that llama.load reads exactly as it reads TinyLlama's, whose
+weights cannot be had here. The tensor names and shapes are written here from HF's layout, not taken
+from llama.py, so a checkpoint made here tests llama.py's reading of that layout.
 """
-import argparse
 import io
 import json
 import shutil
-import sys
-from dataclasses import asdict
+from dataclasses import asdict, is_dataclass
 from pathlib import Path
 
 import sentencepiece as spm
 import torch
 from safetensors.torch import save_file
 
-from llama import Llama, LlamaConfig, load, load_tokenizer
-from tools.runs import cli, positive
+from tools.sources import read_bytes
 
-# TinyLlama-1.1B's config.json (see ../shared/models/README.md): LlamaConfig's defaults are its values.
-TINYLLAMA = dict(architectures=["LlamaForCausalLM"], model_type="llama", hidden_act="silu", **asdict(LlamaConfig()))
+# TinyLlama-1.1B's config.json (see ../shared/models/README.md); llama.LlamaConfig's defaults are its values.
+TINYLLAMA = dict(architectures=["LlamaForCausalLM"], model_type="llama", hidden_act="silu", vocab_size=32000,
+                 hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32,
+                 num_key_value_heads=4, head_dim=64, rms_norm_eps=1e-05, rope_theta=10000.0,
+                 max_position_embeddings=2048, tie_word_embeddings=False, torch_dtype="bfloat16",
+                 bos_token_id=1, eos_token_id=2, initializer_range=0.02)
 TINY_TEXTS = ["Given a user who has watched the following movies: Toy Story (1995), Heat (1995), Jumanji (1995). "
               "Will the user enjoy the movie Casino (1995)? Answer Yes or No.",
               "The user has read the following books. Will the user like the target book? Yes or No.",
               "Answer: Yes", "Answer: No", "<UserID> <TargetItemID> user item movie book title history"]
 
 
-def random_state(cfg: LlamaConfig, dtype=torch.float32, device="cpu", seed=0) -> dict:
-    """A state dict for Llama(cfg) with HF's init (normal, std cfg.initializer_range; norms 1), made on
-    `device` in `dtype` directly (1.1 B never pass through fp32), a tied lm_head left out as HF does."""
-    with torch.device("meta"):
-        shapes = {k: v.shape for k, v in Llama(cfg).state_dict().items()}
-    if cfg.tie_word_embeddings:
-        shapes.pop("lm_head.weight")
+def shapes(cfg: dict) -> dict:
+    """{HF tensor name: shape} of a Llama with config.json's values cfg, in HF's order; lm_head left out
+    when tied to the embedding, as HF saves it."""
+    D, F, V, hd = cfg["hidden_size"], cfg["intermediate_size"], cfg["vocab_size"], cfg.get("head_dim")
+    q, kv = cfg["num_attention_heads"], cfg["num_key_value_heads"]
+    hd = hd or D // q
+    out = {"model.embed_tokens.weight": (V, D)}
+    for i in range(cfg["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        out.update({p + "input_layernorm.weight": (D,), p + "self_attn.q_proj.weight": (q * hd, D),
+                    p + "self_attn.k_proj.weight": (kv * hd, D), p + "self_attn.v_proj.weight": (kv * hd, D),
+                    p + "self_attn.o_proj.weight": (D, q * hd), p + "post_attention_layernorm.weight": (D,),
+                    p + "mlp.gate_proj.weight": (F, D), p + "mlp.up_proj.weight": (F, D), p + "mlp.down_proj.weight": (D, F)})
+    out["model.norm.weight"] = (D,)
+    return out if cfg.get("tie_word_embeddings") else {**out, "lm_head.weight": (V, D)}
+
+
+def random_state(cfg, dtype=torch.float32, device="cpu", seed=0) -> dict:
+    """A state dict for a Llama with config cfg (config.json's dict, or a llama.LlamaConfig) with HF's init
+    (normal, std initializer_range; norms 1), made on `device` in `dtype` directly (1.1 B never pass
+    through fp32)."""
+    cfg = config_json(cfg)
     g = torch.Generator(device).manual_seed(seed)
     return {k: torch.ones(shape, dtype=dtype, device=device) if k.endswith("norm.weight") else
-            torch.empty(shape, dtype=dtype, device=device).normal_(0.0, cfg.initializer_range, generator=g)
-            for k, shape in shapes.items()}
+            torch.empty(shape, dtype=dtype, device=device).normal_(0.0, cfg["initializer_range"], generator=g)
+            for k, shape in shapes(cfg).items()}
 
 
-def config_json(cfg: LlamaConfig) -> dict:
-    """config.json for cfg: TinyLlama's keys in its order (also readable by transformers), cfg's values."""
-    return {**TINYLLAMA, **asdict(cfg)}
+def config_json(cfg) -> dict:
+    """config.json for cfg (a dict, or a llama.LlamaConfig): TinyLlama's keys in its order (also readable
+    by transformers), cfg's values."""
+    return {**TINYLLAMA, **(asdict(cfg) if is_dataclass(cfg) else cfg)}
 
 
-def write_random(out_dir, cfg: LlamaConfig, tokenizer_model, dtype=torch.float32, seed=0):
+def write_random(out_dir, cfg, tokenizer_model, dtype=torch.float32, seed=0):
     """config.json + model.safetensors + tokenizer.model, random weights made in `dtype` (in RAM once)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -71,35 +87,9 @@ def make_tiny(out_dir, texts=None, tokenizer_model=None, seed=0):
                                        model_type="bpe", byte_fallback=True, hard_vocab_limit=False,
                                        num_threads=1, minloglevel=2)
         tokenizer_model.write_bytes(buf.getvalue())
-    tok = load_tokenizer(tokenizer_model)  # a missing or garbage file: one error naming it
-    tok.yes_id, tok.no_id  # raise now if either is not a single piece
-    cfg = LlamaConfig(vocab_size=tok.vocab_size, hidden_size=64, intermediate_size=172,
-                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                      rms_norm_eps=1e-5, max_position_embeddings=2048, torch_dtype="float32",
-                      bos_token_id=tok.bos_id, eos_token_id=tok.eos_id, initializer_range=64 ** -0.5)
+    sp = spm.SentencePieceProcessor()  # (train.py checks a given tokenizer_model first, with llama.load_tokenizer)
+    sp.LoadFromSerializedProto(read_bytes(tokenizer_model, "a sentencepiece tokenizer.model"))
+    cfg = dict(vocab_size=sp.vocab_size(), hidden_size=64, intermediate_size=172, num_hidden_layers=2,
+               num_attention_heads=4, num_key_value_heads=2, head_dim=16, torch_dtype="float32",
+               bos_token_id=sp.bos_id(), eos_token_id=sp.eos_id(), initializer_range=64 ** -0.5)
     return write_random(out_dir, cfg, tokenizer_model, torch.float32, seed)
-
-
-@cli
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--decode", metavar="DIR", required=True, help="greedy-decode --prompt with the checkpoint in DIR")
-    p.add_argument("--prompt", default="Is the sky blue? Answer Yes or No.")
-    p.add_argument("--max-new-tokens", type=positive, default=8)
-    args = p.parse_args(argv)
-    model, tok = load(args.decode)
-    ids, new = tok.encode(args.prompt, bos=True), []
-    with torch.no_grad():
-        h = model(input_ids=torch.tensor([ids]))[:, -1]  # (1, D)
-        yes, no = model.token_logits(h, [tok.yes_id, tok.no_id])[0].tolist()
-        while len(new) < args.max_new_tokens:  # greedy, without a KV cache: each step re-runs it all
-            nxt = int(model.logits(model(input_ids=torch.tensor([ids + new]))[0, -1]).argmax())
-            if nxt == tok.eos_id:
-                break
-            new.append(nxt)
-    print(json.dumps({"prompt_tokens": len(ids), "new_ids": new, "text": tok.decode(new),
-                      "yes_minus_no": round(yes - no, 6)}))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -65,7 +65,7 @@ def check_device(device):
 
 
 def default_precision(a):
-    """(weight dtype, why) for Run a without --dtype (autocast follows), as tools/bench.py --ckpt measured."""
+    """(weight dtype, why) for Run a without --dtype (autocast follows), as drivers/bench.py --ckpt measured."""
     if a.device.startswith("cuda"):
         return "float32", "the paper's mixed precision on CUDA: fp32 weights, fp16 autocast and a GradScaler"
     if a.llm == "tiny" or a.stage not in ("icl", "text", "joint"):

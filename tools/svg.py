@@ -1,4 +1,4 @@
-"""Hand-written SVG charts for tools/report.py's figures: a line chart (training curves across stages) and
+"""Hand-written SVG charts for drivers/report.py's figures: a line chart (training curves across stages) and
 a grouped bar chart (the ablation and warm/cold bars), with no plotting dependency. The output is plain
 text, byte-identical from run to run; every text and bar carries a class (title, xtick, bar...) for tests."""
 import itertools

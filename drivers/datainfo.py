@@ -1,4 +1,4 @@
-"""Statistics and an export of a loaded data set: `python -m tools.datainfo ml1m --stats` prints one
+"""Statistics and an export of a loaded data set: `python -m drivers.datainfo ml1m --stats` prints one
 JSON object (rows, like rates, seen and warm shares, UAUC users); `--export FILE.jsonl` writes one
 JSON object per row, the paper's prompts included."""
 import argparse

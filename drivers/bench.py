@@ -8,10 +8,10 @@ passes rotate which one goes first on each batch (--check times each order); war
 first meetings cost. FLOPs count useful work on real tokens; pct_peak is of PEAK_TFLOPS on CUDA,
 on a CPU of what a plain matmul reaches on the same threads (bf16, or fp32 where it is faster).
 
-    python -m tools.bench --check               # the prepared GPU check: every order, then train.py's loop
-    python -m tools.bench --check --device cpu --shape tiny     # the same on CPU, in seconds
-    python -m tools.bench --ckpt checkpoints/SmolLM2-135M-Instruct --threads 2   # every CPU precision mode
-    python -m tools.bench --ckpt DIR --candidates   # faster variants of our bf16 step, then a profile
+    python -m drivers.bench --check               # the prepared GPU check: every order, then train.py's loop
+    python -m drivers.bench --check --device cpu --shape tiny     # the same on CPU, in seconds
+    python -m drivers.bench --ckpt checkpoints/SmolLM2-135M-Instruct --threads 2   # every CPU precision mode
+    python -m drivers.bench --ckpt DIR --candidates   # faster variants of our bf16 step, then a profile
 """
 import argparse
 import contextlib
@@ -34,7 +34,7 @@ import llama
 import loop
 import lora
 import train
-from tools import backbones, report, runs
+from tools import backbones, runs, tables
 
 TINY = dict(vocab_size=1000, hidden_size=128, intermediate_size=344, num_hidden_layers=4,
             num_attention_heads=4, num_key_value_heads=2)
@@ -307,7 +307,7 @@ def run_loop(args, device):
             epoch_batches = train.llm_batches(a, ds, prompts)
             loop.train(a, train.made_from(a, ds), model, epoch_batches, train.bce_loss,
                        train.llm_predictor(a, ds, prompts), ds)
-        log = report.read_log(a.out)[-1]
+        log = tables.read_log(a.out)[-1]
     first, last = ([[len(prompts[r].ids) for r in b.rows[g]] for g in b.groups]
                    for b in (epoch_batches(1), epoch_batches(LOOP_EPOCHS)))
     rate, samples, valid = log["samples_per_s"], sum(map(len, last)), ds.idx("valid")

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # What portable numerics (tools/runs.py PORTABLE: one AVX2 kernel path on every x86-64 CPU) cost: the same
 # runs with them and with this CPU's native kernels, alternating, REPEATS times each, wall seconds per run.
-#   bash tools/numerics_cost.sh OUT_DIR     (REPEATS=3; SASRECLLM_DATA as for train.py)
+#   bash drivers/numerics_cost.sh OUT_DIR     (REPEATS=3; SASRECLLM_DATA as for train.py)
 # Rows: a one-epoch SASRec run on ML-1M; with CHAIN=1, the main job's chain cut to one short epoch per stage.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-out=${1:?usage: bash tools/numerics_cost.sh OUT_DIR}
+out=${1:?usage: bash drivers/numerics_cost.sh OUT_DIR}
 mkdir -p "$out"
 cap=$(env -u ATEN_CPU_CAPABILITY python -c "import torch; print(torch.backends.cpu.get_cpu_capability().lower())")
 native=(env ATEN_CPU_CAPABILITY="$cap" MKL_CBWR=AUTO ONEDNN_MAX_CPU_ISA=ALL)  # set: numerics() leaves them

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # The one table driver: train every row of the paper's Table 1 (or 2) for each seed under ROOT, lay
-# them out (ROOT.md by tools.report --table) and, with the joint row, run the --shuffle-cf ablation
+# them out (ROOT.md by drivers.report --table) and, with the joint row, run the --shuffle-cf ablation
 # on seed 0's joint run (ROOT/shuffle_cf.md).
 #
-#   bash tools/table.sh ROOT [train.py flags for every row...]
-#   SEEDS=3 bash tools/table.sh runs/table_ml1m                        # Table 1, tiny backbone
+#   bash drivers/table.sh ROOT [train.py flags for every row...]
+#   SEEDS=3 bash drivers/table.sh runs/table_ml1m                        # Table 1, tiny backbone
 #   ROWS="pop sasrec icl text joint" LLM=checkpoints/SmolLM2-135M-Instruct \
-#       LLM_FLAGS="--dtype bfloat16 --amp bf16" bash tools/table.sh runs/smollm2   # a real LLM
+#       LLM_FLAGS="--dtype bfloat16 --amp bf16" bash drivers/table.sh runs/smollm2   # a real LLM
 #
 # Environment: DATA (ml1m), SEEDS (1: seed 0 only), ROWS (all nine, in Table 1's order), LLM (tiny),
 # DEVICE (cpu), LLM_FLAGS (the LLM rows only), CF_FLAGS (the CF rows only), <STAGE>_FLAGS (that
@@ -18,12 +18,12 @@
 # A finished row (metrics.json) is skipped, one a kill or a pause left with a last.pt resumes, one with
 # other files starts over (--overwrite moves them aside). Row wall times are appended to ROOT/times.tsv.
 set -euo pipefail
-root=${1:?usage: bash tools/table.sh ROOT [train.py flags...]}
+root=${1:?usage: bash drivers/table.sh ROOT [train.py flags...]}
 shift
 for flag in "$@"; do
     case ${flag%%=*} in
         --stage | --data | --seed | --out | --runs | --cf-ckpt | --lora | --resume | --overwrite | --device | --llm)
-            echo "error: tools/table.sh sets ${flag%%=*} for every row itself (DATA, SEEDS, DEVICE and LLM set" \
+            echo "error: drivers/table.sh sets ${flag%%=*} for every row itself (DATA, SEEDS, DEVICE and LLM set" \
                 "the data, the seeds, the device and the LLM); remove it" >&2
             exit 2 ;;
     esac
@@ -87,10 +87,10 @@ sys.exit(bf16 and not r.native_bf16())' "$out/last.pt" "${flags[@]}"
 done
 command="SEEDS=${SEEDS:-1} ROWS='$rows' LLM=${LLM:-tiny} DEVICE=${DEVICE:-cpu} LLM_FLAGS='${LLM_FLAGS:-}' CF_FLAGS='${CF_FLAGS:-}'"
 for stage in $rows; do v=${stage^^}_FLAGS && [ -z "${!v:-}" ] || command+=" $v='${!v}'"; done
-command+=" bash tools/table.sh $root $*"
+command+=" bash drivers/table.sh $root $*"
 # Every call that trained rows here, in order (seed 0 of every row, then more seeds of a few, say): the table's recipe.
 grep -qxF -- "$command" "$root/commands.txt" 2>/dev/null || printf '%s\n' "$command" >>"$root/commands.txt"
-"$py" -m tools.report --table "$root" --command "$(cat "$root/commands.txt")" --paper "${DATA:-ml1m}"
+"$py" -m drivers.report --table "$root" --command "$(cat "$root/commands.txt")" --paper "${DATA:-ml1m}"
 if [[ " $rows " == *" joint "* ]] && [ ! -f "$root/shuffle_cf.md" ]; then
     read -ra shuffle <<<"${SHUFFLE_FLAGS:-}"
     "$py" eval.py "$root/seed0/joint" --shuffle-cf --device "${DEVICE:-cpu}" "${shuffle[@]}" >"$root/shuffle_cf.md.tmp"

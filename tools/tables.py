@@ -1,0 +1,113 @@
+"""Table 1's layout (seven metrics per row, Rel.Imp., mean ± std over seeds) and the readers of a run's
+metrics.json and log.jsonl: what train.py and eval.py print their tables with, and drivers/report.py
+lays the paper's tables out with. Machinery beside the lesson: metrics.py computes the metrics."""
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+
+from tools.sources import DataError, _fields, _is, integer, json_lines, read_json
+
+
+# -----------------------------------------------------------------------------
+# Table 1's layout: seven metrics per row, Rel.Imp., mean ± std over seeds
+
+COLUMNS = [("logloss", "Log Loss"), ("precision", "Precision"), ("recall", "Recall"), ("f1", "F1"),
+           ("accuracy", "Accuracy"), ("auc", "AUC"), ("uauc", "UAUC")]
+
+
+def _num(v):
+    return float("nan") if v is None else v
+
+
+def fmt(v):
+    return "nan" if v is None or math.isnan(v) else f"{v:.4f}"
+
+
+def fmt_mean_std(mean, std):
+    """'0.7301 ± 0.0033'; the mean alone for one run (std None) or an undefined mean."""
+    return fmt(mean) if std is None or math.isnan(mean) else f"{fmt(mean)} ± {fmt(std)}"
+
+
+def md_table(head, rows):
+    """A markdown table: head is a list of column names, rows lists of cell strings."""
+    return "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] +
+                     ["| " + " | ".join(cells) + " |" for cells in rows])
+
+
+def rel_imp(ours, row):
+    """The paper's Rel.Imp. of `ours` (SASRecLLM) over `row`: the mean over m in {AUC, UAUC} of
+    (ours_m - row_m) / row_m. NaN when a metric is undefined or zero."""
+    terms = [(ours[m] - row[m]) / row[m] if ours[m] is not None and row[m] else float("nan") for m in ("auc", "uauc")]
+    return float(np.mean(terms))
+
+
+def markdown_table(rows, rel=True, ours=("joint", "SASRecLLM")):
+    """Table 1. rows: [(name, {metric: value, or (mean, std) over seeds})]. Rel.Imp. is the paper's
+    (rel_imp) on the means: the gain of SASRecLLM (the first row whose name starts with one of
+    `ours`) over each other row; without such a row, the gain of the row with the best AUC."""
+    pair = lambda v: v if isinstance(v, tuple) else (v, None)
+    means = [{k: pair(v)[0] for k, v in m.items()} for _, m in rows]
+    ref = next((mean for (name, _), mean in zip(rows, means) if name.startswith(ours)), None)
+    if ref is None:  # no SASRecLLM row: the row with the best AUC
+        valid = [m for m in means if not math.isnan(_num(m.get("auc")))]
+        ref = max(valid, key=lambda m: m["auc"], default=None)
+    body = []
+    for (name, m), mean in zip(rows, means):
+        body.append([name] + [fmt_mean_std(*pair(m.get(k))) for k, _ in COLUMNS])
+        if rel:
+            gain = rel_imp(ref, mean) if ref is not None and mean is not ref else None
+            body[-1].append("-" if gain is None else "nan" if math.isnan(gain) else f"{100 * gain:+.2f}%")
+    return md_table(["model"] + [c for _, c in COLUMNS] + ["Rel. Imp."] * rel, body)
+
+
+def mean_std(reports, names=None):
+    """{part: {metric: (mean, std)}} over a list of metrics.json dicts (names: theirs, for an error): std the
+    sample standard deviation (ddof 1), None for a single report; an undefined metric (null) is NaN."""
+    names = names or [f"report {i + 1}" for i in range(len(reports))]
+    keys = [{(part, k) for part, m in r.items() if isinstance(m, dict) for k in m} for r in reports]
+    for name, have in zip(names, keys):
+        if have != keys[0]:  # a mean over some of the reports would pass for one over all of them
+            part, k = min(have ^ keys[0])
+            raise ValueError(f"{name} {'has' if (part, k) in have else 'lacks'} {part}'s {k}, unlike {names[0]}; "
+                             "the reports averaged must hold the same parts and metrics")
+    out = {}
+    for part, m in reports[0].items():
+        if isinstance(m, dict):  # not best_epoch
+            arrays = {k: np.array([_num(r[part][k]) for r in reports], dtype=np.float64) for k in m}
+            out[part] = {k: (float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else None) for k, v in arrays.items()}
+    return out
+
+
+def numbers(where, obj, what, null=False, nest=True):
+    """obj, a JSON object whose values are numbers (or null, with null=True) or, one level down, objects of
+    numbers or null (metrics: null is undefined); else a DataError naming where (file or file:line) and the key."""
+    if not isinstance(obj, dict):
+        raise DataError(f"{where}: expected {what} (a JSON object), got {type(obj).__name__}")
+    for k, v in obj.items():
+        if nest and isinstance(v, dict):
+            numbers(f"{where}: {k}", v, "metrics", True, False)
+        elif not (type(v) in (int, float) or null and v is None):  # type(): not a bool
+            raise DataError(f"{where}: expected {k} to be a number{' or null' * null}, got {json.dumps(v)[:60]}")
+    return obj
+
+
+def read_log(run_dir):
+    """log.jsonl's epochs, [] when the run has none (Pop, ICL and the other closed-form rows)."""
+    path = Path(run_dir, "log.jsonl")
+    log = []
+    for n, obj in json_lines(path, "a run's log") if path.exists() else []:
+        _fields(path, n, obj, epoch=(lambda v: integer(json.dumps(v)), "an integer >= 1"),  # 1, not "1", 1.0 or true
+                valid=_is(lambda v: isinstance(v, dict), "an object of metrics"))
+        log.append(numbers(f"{path}:{n}", obj, "an epoch"))
+    return log
+
+
+def read_metrics(run_dir):
+    path = os.path.join(run_dir, "metrics.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} not found: the run is unfinished or was never trained "
+                                f"(python train.py ... --out {run_dir}, with --resume to finish it)")
+    return numbers(path, read_json(path, "a run's metrics"), "a run's metrics")
