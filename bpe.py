@@ -138,6 +138,7 @@ class BPETokenizer(AnswerIds):
                 not steps[-1].get("use_regex", True) or steps[-1].get("add_prefix_space", False),
             "Digits without individual_digits":
                 types[0] == "Digits" and not steps[0].get("individual_digits"),
+            "an added token with empty content": any(t.get("content") == "" for t in added),
             "added tokens with lstrip/rstrip/single_word":
                 any(t.get("lstrip") or t.get("rstrip") or t.get("single_word") for t in added),
         }

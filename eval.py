@@ -28,6 +28,8 @@ from tools.tables import _num, fmt, fmt_mean_std, markdown_table, md_table, mean
 
 
 def finished_run(run_dir, data_dir=None, device=None, dtype=None):
+    if not os.path.isdir(run_dir):
+        raise FileNotFoundError(f"{run_dir}: no such run directory (train.py --out DIR writes one)")
     if (holder := runs.live_lock(run_dir)) is not None:  # ({}: held, its holder unreadable)
         raise runs.RunError(runs.busy_message(run_dir, holder))
     read_metrics(run_dir)  # unfinished runs have none

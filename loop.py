@@ -38,7 +38,7 @@ def train(run, made_from, model, batches, loss_fn, predict, ds):
     autocast = autocast_for(run)
     epoch, best, history = 0, dict(auc=-1.0, epoch=0, bad_epochs=0), []  # history: log.jsonl's lines
     if run.resume and os.path.exists(os.path.join(run.out, "last.pt")):
-        epoch, best, history = resume_from(run, made_from, model, opt, sched, scaler)
+        epoch, best, history = resume_from(run, made_from, model, opt, sched, scaler, n)
     elif run.resume:  # it stopped in its first epoch
         say(f"--resume: {run.out} has no last.pt yet; starting at epoch 1")
     steps, t_run = 0, time.time()
@@ -180,7 +180,7 @@ def save(run, name, made_from, model, epoch, best, opt=None, sched=None, scaler=
     runs.save_atomic(ck, os.path.join(run.out, name))
 
 
-def resume_from(run, made_from, model, opt, sched, scaler):
+def resume_from(run, made_from, model, opt, sched, scaler, n):
     path = os.path.join(run.out, "last.pt")
     ck = runs.read_checkpoint(path)
     try:  # a last.pt is input like any other: what AdamW would read only at its next step is checked now
@@ -191,23 +191,19 @@ def resume_from(run, made_from, model, opt, sched, scaler):
                                 "the run's own flags, or start a new run (another --out, or --overwrite)")
         runs.check_made_from(f"--resume: {path}", ck.get("made_from", {}), made_from)
         load_trainable(model, ck["model"], path)
+        fresh = opt.state_dict(), sched.state_dict()  # as this run's flags build them
         for part, key in ((opt, "optimizer"), (sched, "scheduler"), (scaler, "scaler")):
             part.load_state_dict(ck[key])
-        for g in opt.param_groups:
-            numbers = [g["lr"], g["weight_decay"], g["eps"], *g["betas"]]
-            if len(g["betas"]) != 2 or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in numbers):
-                raise ValueError(f"optimizer settings {numbers}")
-            if any(torch.is_tensor(t) and t.ndim and t.shape != p.shape for p in g["params"]
-                   for t in opt.state.get(p, {}).values()):
-                raise ValueError("optimizer moments of another shape than the parameters")
-        runs.set_rng_state(ck["rng"])
         epoch, best, log = ck["epoch"], ck["best"], ck["log"]
-        if not (type(epoch) is int and isinstance(log, list) and all(isinstance(h, dict) for h in log)
+        if not (type(epoch) is int and 0 < epoch <= run.max_epochs and isinstance(log, list)
+                and all(isinstance(h, dict) for h in log)
                 and all(isinstance(best[k], (int, float)) for k in ("auc", "epoch", "bad_epochs"))):
-            raise ValueError("epoch, best or log of the wrong type")
+            raise ValueError("epoch, best or log of the wrong type or range")
+        runs.check_resumed(opt, sched, *fresh, steps=epoch * n)
+        runs.set_rng_state(ck["rng"])
     except runs.RunError:
         raise
-    except (ValueError, TypeError, KeyError, AttributeError, IndexError, RuntimeError) as e:
+    except (ValueError, TypeError, KeyError, AttributeError, IndexError, RuntimeError, OverflowError) as e:
         raise runs.RunError(f"{path}: its resume state is damaged or foreign ({type(e).__name__}: "
                             f"{runs.first_line(e)}); start over with --overwrite") from None
     write_log(run, log)  # whole again, if its last write failed

@@ -163,7 +163,7 @@ def load_adapter(model, adapter_dir):
     state = None
     if not weights.exists():
         try:  # read whole, its size against free memory first; weights_only: a pickle that would run code is refused
-            limits.fits(Path(sources.regular_file(bin_path, "peft's adapter_model.bin")).stat().st_size, str(bin_path))
+            limits.fits_torch_zip(sources.regular_file(bin_path, "peft's adapter_model.bin"))
             state = torch.load(bin_path, map_location="cpu", weights_only=True)
         except Exception as e:  # (missing, truncated, hostile: one line)
             raise ValueError(f"{bin_path}: cannot read it ({type(e).__name__}: {runs.first_line(e)[:200]})") from None

@@ -79,7 +79,7 @@ def table_runs(root, stages):
     stages with runs under a table root. A row may have fewer seeds than the table (Pop and ICL are
     deterministic: seed 0 alone); a run directory without metrics.json is an error that names it."""
     names = os.listdir(root) if os.path.isdir(root) else []
-    seeds = sorted(int(n[4:]) for n in names if re.fullmatch(r"seed\d+", n)
+    seeds = sorted(int(n[4:]) for n in names if re.fullmatch(r"seed(0|[1-9][0-9]*)", n)
                    and any(os.path.isdir(os.path.join(root, n, s)) for s in stages))  # (a seed that holds a row)
     if not seeds:
         raise FileNotFoundError(f"{root}: no seed<N>/ run directories; expected the root that drivers/table.sh "

@@ -564,11 +564,13 @@ def test_a_prediction_pair_is_there_once(tmp_path):
         sources.read_preds(str(path))
 
 
-@pytest.mark.parametrize("title", ["", " ", "  \xa0"])
+@pytest.mark.parametrize("title", ["", " ", "  \xa0", "\x00", "\u200b\ufeff"])  # nothing visible: blank
 def test_a_blank_title_is_an_error_on_its_line(tmp_path, title):
     _ml1m_dir(tmp_path / "a", GOOD, f"item_id\ttitle\n1\tA (2000)\n2\t{title}\n")
     with pytest.raises(DataError, match=r"items.tsv:3: expected a title that is not blank, got "):
         data.load("ml1m", tmp_path / "a")
+    if not title.isascii() and "\xa0" not in title:
+        return  # movies.dat is Latin-1
     _write_grouplens(tmp_path / "b", GROUPLENS)
     movies = tmp_path / "b" / "ml-1m" / "movies.dat"
     movies.write_text(movies.read_text(encoding="latin-1") + f"50::{title}::Drama\n", encoding="latin-1")
@@ -595,6 +597,15 @@ def test_a_review_field_has_the_json_type_its_meaning_needs(tmp_path, field, val
         data.load("amazon", tmp_path, reviews=str(tmp_path / "r.json"), meta=str(tmp_path / "m.json"))
 
 
+def test_a_movie_id_is_in_movies_dat_once(tmp_path):
+    """items.tsv refuses a repeated item_id; movies.dat kept the last title of a repeated MovieID."""
+    _write_grouplens(tmp_path, GROUPLENS)
+    movies = tmp_path / "ml-1m" / "movies.dat"
+    movies.write_text(movies.read_text(encoding="latin-1") + "30::Heat II (1996)::Action\n", encoding="latin-1")
+    with pytest.raises(DataError, match=r"movies.dat:5: MovieID 30 repeats line 3; expected each movie once"):
+        data.load("movielens", tmp_path)
+
+
 def test_metadata_fields_and_untitled_items(tmp_path, capsys):
     reviews, meta = tmp_path / "r.json", tmp_path / "m.json"
     _write_jsonl(reviews, REVIEWS)
@@ -605,7 +616,7 @@ def test_metadata_fields_and_untitled_items(tmp_path, capsys):
         with pytest.raises(DataError, match=rf"m.json:6: expected {words}"):
             data.load("amazon", tmp_path, reviews=str(reviews), meta=str(meta))
     # i9 has no title, i3 a blank one, i2 a null one: their 7 ratings are dropped, as CoLLM's merge does, and said
-    _write_jsonl(meta, [{"asin": "i1", "title": "Emma"}, {"asin": "i2", "title": None}, {"asin": "i3", "title": " "}])
+    _write_jsonl(meta, [{"asin": "i1", "title": "Emma"}, {"asin": "i2", "title": None}, {"asin": "i3", "title": " \u200b"}])
     got = sources.load_amazon(tmp_path, "ratio", str(reviews), str(meta))
     assert len(got["user"]) == 3 and set(got["titles"]) == {"", "Emma"}
     assert got["notes"][0] == (f"{reviews}: dropped 7 ratings of 3 items without a title, as CoLLM's merge "

@@ -24,6 +24,7 @@ import train
 from conftest import ROOT
 from drivers import datainfo, decode, report
 from tools import backbones, runs
+from tools.sources import DataError
 
 
 HEADER = "user_id\titem_id\tlabel\ttimestamp\tsplit"
@@ -64,7 +65,8 @@ def cf_run(root, out, *extra):
 
 def one_error_line(capsys):
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("error: ") and "Traceback" not in err, err
+    assert err.count("\n") == 1 and err.startswith("error: ") and "Traceback" not in err, err[:2000]
+    assert len(err) < 1100, f"an error line of {len(err)} characters"  # runs.MAX_ERROR, and the word and the tail
     return err
 
 # ---------------------------------------------------------------------------------------------
@@ -378,6 +380,29 @@ def test_each_cli_says_bad_input_in_one_line(root, tmp_path, tiny_llm):
             assert lines[0].startswith("usage: ") and lines[-1].startswith(words), (name, err)
         else:
             assert len(lines) == 1 and words in lines[0], (name, err)
+
+
+def test_numbers_past_range_and_lookalike_digits_are_one_line(root, tmp_path, capsys):
+    """OverflowError's class (a flag whose use overflows, a number of 400 digits in a file) and digits
+    spelled another way (cuda:01, Arabic-Indic digits, seed01): one line each, never a traceback."""
+    assert cf_run(root, tmp_path / "w", "--warmup-epochs", "1e308") == 2
+    assert "--warmup-epochs 1e+308 is more than --max-epochs 2" in one_error_line(capsys)
+    for device in ("cuda:01", "cuda:\u0661"):
+        assert cf_run(root, tmp_path / "d", "--device", device) == 2
+        assert f"--device {device}: expected cpu, cuda or cuda:N" in one_error_line(capsys)
+    (a_file := tmp_path / "file").write_text("x")
+    assert ev.main([str(a_file)]) == 2 and f"{a_file}: no such run directory" in one_error_line(capsys)
+    table = tmp_path / "table"
+    (table / "seed0" / "sasrec").mkdir(parents=True)
+    (table / "seed0" / "sasrec" / "metrics.json").write_text('{"test": {"auc": 1' + "0" * 400 + "}}")
+    assert report.main(["--table", str(table)]) == 2
+    assert "metrics.json: expected a run's metrics (integer 10000" in one_error_line(capsys)
+    (table / "seed0").rename(table / "seed01")  # not seed 1, nor seed 0: no seed at all
+    assert report.main(["--table", str(table)]) == 2 and "no seed<N>/ run directories" in one_error_line(capsys)
+    reviews = tmp_path / "r.json"
+    reviews.write_text('{"reviewerID": "u", "asin": "i", "overall": 1' + "0" * 400 + ', "unixReviewTime": 1}\n')
+    with pytest.raises(DataError, match=r"r.json:1: .*integer 10000.*out of range"):
+        data.load("amazon", tmp_path, reviews=str(reviews), meta=str(reviews))
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA: --device cuda is valid here")

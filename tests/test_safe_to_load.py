@@ -239,6 +239,7 @@ EDITS = {  # a checkpoint is input like any other: each is one line naming the f
     "heads that do not divide dim": lambda ck: ck["args"].update(stage="sasrec", heads=3),
     "made_from a list": lambda ck: ck.update(made_from=[1]),
     "a foreign flag": lambda ck: ck["args"].update(colour="blue"),
+    "a flag of a megabyte": lambda ck: ck["args"].update(lr="A" * 10 ** 6),  # echoed, cut to one short line
 }
 RESUME_EDITS = {
     "rng of floats": lambda ck: ck["rng"].update(torch=torch.zeros(3)),
@@ -249,6 +250,19 @@ RESUME_EDITS = {
     "an epoch that is a string": lambda ck: ck.update(epoch="1"),
     "best without auc": lambda ck: ck.update(best={}),
     "numpy state a string": lambda ck: ck["rng"].update(numpy="x"),
+    # what AdamW or the schedule would take silently, or fail on steps later: every setting as the flags build it
+    "maximize": lambda ck: ck["optimizer"]["param_groups"][0].update(maximize=True),
+    "amsgrad a string": lambda ck: ck["optimizer"]["param_groups"][0].update(amsgrad="yes"),
+    "an initial lr of 1e308": lambda ck: ck["optimizer"]["param_groups"][0].update(initial_lr=1e308),
+    "an lr off the schedule": lambda ck: ck["optimizer"]["param_groups"][0].update(lr=0.5),
+    "base_lrs of 1e308": lambda ck: ck["scheduler"].update(base_lrs=[1e308] * len(ck["scheduler"]["base_lrs"])),
+    "a schedule past the run": lambda ck: ck["scheduler"].update(last_epoch=10 ** 6, _step_count=10 ** 6 + 1),
+    "a schedule step that is a string": lambda ck: ck["scheduler"].update(last_epoch="x"),
+    "a negative epoch": lambda ck: ck.update(epoch=-5),
+    # numbers past what the RNGs or a float hold: OverflowError, which escaped as a traceback
+    "numpy position 1e30": lambda ck: ck["rng"]["numpy"].__setitem__(2, 10 ** 30),
+    "a python RNG word of 2**70": lambda ck: ck["rng"]["python"][1].__setitem__(0, 2 ** 70),
+    "a gauss of 400 digits": lambda ck: ck["rng"]["numpy"].__setitem__(4, 10 ** 400),
 }
 
 
@@ -302,3 +316,38 @@ def test_odd_files_where_a_run_reads_or_writes_are_one_line_never_a_hang(mf_run,
                        "--runs", str(tmp_path / "new" / "runs"), "--out", str(tmp_path / "icl")]) == 0
     assert (tmp_path / "new" / "runs" / "tiny-llm" / "config.json").exists()  # its parent made, not "disk full"
     assert oct((tmp_path / "icl" / "metrics.json").stat().st_mode & 0o777) == oct(0o666 & ~runs.UMASK)
+
+
+def test_an_adapter_bin_is_sized_from_its_zip_directory_before_it_is_read(tmp_path):
+    """torch.save writes stored zip records, so their declared sizes are what torch.load allocates; a
+    compressed record (a small file that inflates a thousandfold) and the older non-zip format (sizes
+    inside the pickle) are refused before torch.load, and a plain .bin still loads."""
+    import zipfile
+    model = torch.nn.Module()
+    model.q_proj = torch.nn.Linear(4, 4)
+    lora.inject(model, ("q_proj",), r=2, alpha=4, dropout=0.0)
+    torch.nn.init.normal_(model.q_proj.lora_B.weight)
+    lora.save_adapter(model, tmp_path / "st")
+    state = {"base_model.model." + k: v for k, v in lora.lora_state_dict(model).items()}
+    made = {}
+    for name, save in {"plain": lambda f: torch.save(state, f),
+                       "legacy": lambda f: torch.save(state, f, _use_new_zipfile_serialization=False)}.items():
+        (d := tmp_path / name).mkdir()
+        shutil.copy(tmp_path / "st" / "adapter_config.json", d)
+        save(d / "adapter_model.bin")
+        made[name] = d
+    (d := tmp_path / "deflated").mkdir()
+    shutil.copy(tmp_path / "st" / "adapter_config.json", d)
+    with zipfile.ZipFile(made["plain"] / "adapter_model.bin") as src, \
+            zipfile.ZipFile(d / "adapter_model.bin", "w", zipfile.ZIP_DEFLATED) as dst:
+        for r in src.infolist():
+            dst.writestr(r.filename, src.read(r))
+    for name, words in (("deflated", "is compressed"), ("legacy", "torch.save's zip format")):
+        target = torch.nn.Module()
+        target.q_proj = torch.nn.Linear(4, 4)
+        with pytest.raises(ValueError, match=words):
+            lora.load_adapter(target, d if name == "deflated" else made[name])
+    target = torch.nn.Module()
+    target.q_proj = torch.nn.Linear(4, 4)
+    lora.load_adapter(target, made["plain"])
+    assert torch.equal(target.q_proj.lora_B.weight, model.q_proj.lora_B.weight)

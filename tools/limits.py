@@ -6,6 +6,7 @@ lesson files call each check in one line (llama.load_model, lora.inject and load
 import math
 import os
 import re
+import zipfile
 from dataclasses import fields
 from pathlib import Path
 
@@ -59,6 +60,20 @@ def fits(need, what, device="cpu"):
         gib = lambda n: f"{n / GiB:.1f}" if n < 1e5 * GiB else f"{min(n, 2 ** 100) / GiB:.3g}"  # noqa: E731
         raise SizeError(f"{what} needs about {gib(need)} GiB, more than the {gib(have)} GiB available")
 
+def fits_torch_zip(path):
+    """torch.load's file against free memory before it is read: torch.save writes a zip of stored records,
+    so their declared sizes are what loading allocates. A compressed record (a 256 KB file inflating to
+    256 MB) or the older non-zip format (sizes inside the pickle) is refused."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            records = z.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: expected torch.save's zip format ({type(e).__name__}: {e})") from None
+    if packed := [r.filename for r in records if r.compress_type != zipfile.ZIP_STORED]:
+        raise CheckpointError(f"{path}: record {packed[0][:80]!r} is compressed; torch.save stores its records")
+    fits(sum(r.file_size for r in records), str(path))
+
+
 # ----------------------------------------------------------------------------------------------
 # llama.py: config.json against the weights, before the model is built
 
@@ -98,7 +113,7 @@ def check_checkpoint(cfg, config, files, dtype=torch.float32, device="cpu"):
                 shapes.update({k: (tuple(f.get_slice(k).get_shape()), path) for k in f.keys()})
         except (SafetensorError, FileNotFoundError) as e:  # a truncated file says "incomplete metadata"
             raise CheckpointError(f"{path}: cannot read this safetensors file ({e})") from None
-    layers = sorted({int(m[1]) for k in shapes if (m := re.match(r"model\.layers\.(\d+)\.", k))})
+    layers = sorted({int(m[1]) for k in shapes if (m := re.match(r"model\.layers\.([0-9]+)\.", k))})
     if len(layers) != cfg.num_hidden_layers:
         where = ", ".join(map(str, files[:1])) + (f" and {len(files) - 1} more shards" if len(files) > 1 else "")
         raise CheckpointError(f"{config}: num_hidden_layers is {cfg.num_hidden_layers}, but the weights "
@@ -163,6 +178,9 @@ def check_flags(a):
     """Run a's flags that cannot work together, as they are parsed: before any data is read."""
     if a.stage == "sasrec" and a.dim % a.heads:
         raise SizeError(f"--heads {a.heads} does not divide --dim {a.dim}: SASRec splits the width into equal heads")
+    if a.max_epochs is not None and a.warmup_epochs > a.max_epochs:  # (1e308 would overflow the step count)
+        raise SizeError(f"--warmup-epochs {a.warmup_epochs:g} is more than --max-epochs {a.max_epochs}: "
+                        "the learning rate would never reach --lr")
     cpus = os.cpu_count() or 1
     if a.threads > (most := max(256, 4 * cpus)):  # each OpenMP thread takes a stack; 100,000 of them crash torch
         raise SizeError(f"--threads {a.threads}: this machine has {cpus} CPUs; expected at most {most}")

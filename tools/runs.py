@@ -27,7 +27,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from tools.dist import barrier, is_main, say
-from tools.sources import DECIMAL, read_json, regular_file
+from tools.sources import DECIMAL, loads, read_json, regular_file
 
 LOCK = "run.lock"  # in a run directory while a run writes there: its pid, host and start
 MADE_FROM = "made_from.json"  # beside a tiny backbone or an adapter: the digests of what made it
@@ -41,14 +41,19 @@ def first_line(e):
     return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
+MAX_ERROR = 1000  # characters of an error line
+
+
 def cli(main):
     """main(argv), its exit status (0 for None), with an expected failure as one error line on stderr."""
     @functools.wraps(main)
     def run(argv=None):
         try:
             return main(argv) or 0
-        except (FloatingPointError, ValueError, KeyError, OSError) as e:  # DataError, RunError: ValueErrors
-            why = e.args[0] if isinstance(e, KeyError) and e.args else first_line(e)  # a KeyError without quotes
+        except (ArithmeticError, ValueError, KeyError, OSError) as e:  # DataError, RunError: ValueErrors
+            why = str(e.args[0]) if isinstance(e, KeyError) and e.args else first_line(e)  # a KeyError without quotes
+            if len(why) > MAX_ERROR:  # a value echoed from a hostile file (a 1 MB flag in a checkpoint)
+                why = f"{why[:MAX_ERROR]}... ({len(why)} characters)"
             print(f"error: {why}", file=sys.stderr)
             return 1 if isinstance(e, FloatingPointError) else 2
         except KeyboardInterrupt as e:
@@ -58,10 +63,12 @@ def cli(main):
 
 
 def check_device(device):
-    if not re.fullmatch(r"cpu|cuda(:\d+)?", device):
+    if not re.fullmatch(r"cpu|cuda(:(0|[1-9][0-9]{0,3}))?", device):  # ASCII digits, one spelling of each
         raise RunError(f"--device {device}: expected cpu, cuda or cuda:N")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise RunError(f"--device {device}, but torch {torch.__version__} sees no CUDA device; use --device cpu")
+    if device.startswith("cuda:") and int(device[5:]) >= torch.cuda.device_count():
+        raise RunError(f"--device {device}, but torch sees {torch.cuda.device_count()} CUDA device(s)")
 
 
 def default_precision(a):
@@ -233,7 +240,7 @@ def read_checkpoint(path):
             raise RunError(f"not a {FORMAT} file (format {head.get('format')!r})")
         if _sha256(head["meta"], tensors) != head.get("sha256"):
             raise RunError("its bytes do not match the SHA-256 it was written with: the file is damaged")
-        return _join(json.loads(head["meta"]), tensors)
+        return _join(loads(head["meta"]), tensors)
     except Exception as e:  # a missing, truncated, foreign or hostile file fails in many ways; none runs code
         raise RunError(f"{path}: cannot read this checkpoint ({type(e).__name__}: {first_line(e)})") from None
 
@@ -242,7 +249,7 @@ def peek_args(path):
     """A checkpoint's flags from its header alone, no tensor read ({} if unreadable: read_checkpoint says why)."""
     with suppress(Exception):
         with safe_open(regular_file(path), framework="pt") as f:
-            return dict(json.loads(f.metadata()["meta"])["args"])
+            return dict(loads(f.metadata()["meta"])["args"])
     return {}
 
 
@@ -360,6 +367,29 @@ def seed_everything(seed):
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def check_resumed(opt, sched, fresh_opt, fresh_sched, steps):
+    """A last.pt's AdamW and LambdaLR states, loaded into opt and sched, against the fresh states this run's
+    flags build: every setting the same (maximize, amsgrad, betas...), moments of the parameters' shapes,
+    the schedule at most `steps` in, and each learning rate the schedule's own at that step."""
+    plain = lambda v: list(v) if isinstance(v, tuple) else v  # noqa: E731 (a JSON header has no tuples)
+    groups = [{k: plain(v) for k, v in g.items() if k != "params"} for g in opt.state_dict()["param_groups"]]
+    want = [{k: plain(v) for k, v in g.items() if k != "params"} for g in fresh_opt["param_groups"]]
+    for g, w in zip(groups, want, strict=True):
+        if changed := sorted(k for k in g.keys() | w.keys() if k != "lr" and g.get(k) != w.get(k)):
+            raise ValueError(f"optimizer setting {changed[0]} {g.get(changed[0])!r:.40} instead of {w.get(changed[0])!r:.40}")
+    if any(torch.is_tensor(t) and t.ndim and t.shape != p.shape for g in opt.param_groups for p in g["params"]
+           for t in opt.state.get(p, {}).values()):
+        raise ValueError("optimizer moments of another shape than the parameters")
+    s = sched.state_dict()
+    if s.keys() != fresh_sched.keys() or s["base_lrs"] != fresh_sched["base_lrs"]:
+        raise ValueError("a scheduler of other settings")
+    if not (type(s["last_epoch"]) is int and 0 <= s["last_epoch"] <= steps and s["_step_count"] == s["last_epoch"] + 1):
+        raise ValueError(f"a schedule at step {s['last_epoch']!r:.40} of a run {steps} steps in")
+    for g, base, f in zip(opt.param_groups, s["base_lrs"], sched.lr_lambdas):
+        if not math.isclose(g["lr"], base * f(s["last_epoch"]), rel_tol=1e-6, abs_tol=1e-12):
+            raise ValueError(f"a learning rate {g['lr']!r:.40} where the schedule has {base * f(s['last_epoch'])}")
 
 
 def rng_state():

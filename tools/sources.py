@@ -59,7 +59,8 @@ LABEL = ({"0": 0, "1": 1}.__getitem__, "label 0 or 1")
 SPLIT = (dict(zip(SPLITS, SPLITS)).__getitem__, "split train, valid or test")
 RATING = (lambda s: integer(s, 0), "an integer Rating")  # from_ratings says 1..5 stars
 TIME = (lambda s: integer(s, 0, TIME_MAX), f"an integer timestamp 0..{TIME_MAX} (Unix seconds)")
-TITLE = _is(lambda s: s.strip() != "", "a title that is not blank")
+visible = lambda s: any(c.isprintable() and not c.isspace() for c in s)  # noqa: E731 (not NUL, U+200B, U+FEFF)
+TITLE = _is(visible, "a title that is not blank")
 NAME = _is(lambda v: isinstance(v, str) and v.strip() != "", "a non-empty string")
 TEXT = _is(lambda v: v is None or isinstance(v, str), "a string or null")
 NUMBER = _is(lambda v: type(v) in (int, float), "a number")  # not a bool
@@ -118,13 +119,26 @@ def read_table(path, names, what, sep="\t", header=True, ints=(), encoding="utf-
         yield n, fields
 
 
+def _int(s):
+    try:
+        float(v := int(s))  # a number past 1e308 would overflow wherever it is used
+    except OverflowError:
+        raise ValueError(f"integer {s[:20]}... ({len(s)} digits) out of range") from None
+    return v
+
+
+def loads(text):
+    """json.loads, with an integer too large to be a float refused (ValueError)."""
+    return json.loads(text, parse_int=_int)
+
+
 def _parse_json(text, where, what):
     """json.loads(text); a failure is a DataError naming where (file or file:line) and what was expected."""
     try:
-        return json.loads(text)
+        return loads(text)
     except json.JSONDecodeError as e:
         why = f"{e.msg} at line {e.lineno} column {e.colno}"
-    except ValueError as e:  # an integer of over 4300 digits
+    except ValueError as e:  # an integer out of range
         why = str(e).split(";")[0]
     except RecursionError:
         why = "nested too deep"
@@ -303,7 +317,10 @@ def load_movielens(data_dir, split="months"):
     what = f"GroupLens' ml-1m/ in {data_dir}: unzip https://files.grouplens.org/datasets/movielens/ml-1m.zip there"
     movies = read_table(os.path.join(data_dir, "ml-1m", "movies.dat"), ["MovieID", "Title", "Genres"], what,
                         "::", False, ["MovieID"], "latin-1", dict(Title=TITLE))
-    titles = {mid: title for _, (mid, title, _genres) in movies}
+    titles, title_line = {}, {}
+    for n, (mid, title, _genres) in movies:
+        _once(title_line, mid, n, os.path.join(data_dir, "ml-1m", "movies.dat"), f"MovieID {mid} repeats", "each movie")
+        titles[mid] = title
     names, parse = ["UserID", "MovieID", "Rating", "Timestamp"], dict(Rating=RATING, Timestamp=TIME)
     rows = read_table(ratings_path, names, what, "::", False, names[:2], "latin-1", parse)
     ratings = [(*fields, n) for n, fields in rows]
@@ -321,7 +338,7 @@ def load_amazon(data_dir, split="ratio", reviews=None, meta=None):
     titles = {}  # an untitled item (no title, null or blank) is left out, and so are its ratings
     for n, obj in json_lines(meta, what):
         asin, title = _fields(meta, n, obj, asin=NAME, title=TEXT)
-        if title and title.strip():
+        if title and visible(title):
             titles[asin] = title.strip()
     fields = dict(reviewerID=NAME, asin=NAME, overall=NUMBER, unixReviewTime=JSON_TIME)
     ratings = [(*_fields(reviews, n, obj, **fields), n) for n, obj in json_lines(reviews, what)]
