@@ -191,7 +191,7 @@ def resume_from(run, made_from, model, opt, sched, scaler, n):
                                 "the run's own flags, or start a new run (another --out, or --overwrite)")
         runs.check_made_from(f"--resume: {path}", ck.get("made_from", {}), made_from)
         load_trainable(model, ck["model"], path)
-        fresh = opt.state_dict(), sched.state_dict()  # as this run's flags build them
+        fresh = opt.state_dict(), sched.state_dict(), scaler.state_dict()  # as this run's flags build them
         for part, key in ((opt, "optimizer"), (sched, "scheduler"), (scaler, "scaler")):
             part.load_state_dict(ck[key])
         epoch, best, log = ck["epoch"], ck["best"], ck["log"]
@@ -199,7 +199,7 @@ def resume_from(run, made_from, model, opt, sched, scaler, n):
                 and all(isinstance(h, dict) for h in log)
                 and all(isinstance(best[k], (int, float)) for k in ("auc", "epoch", "bad_epochs"))):
             raise ValueError("epoch, best or log of the wrong type or range")
-        runs.check_resumed(opt, sched, *fresh, steps=epoch * n)
+        runs.check_resumed(opt, sched, scaler, fresh, steps=epoch * n)
         runs.set_rng_state(ck["rng"])
     except runs.RunError:
         raise

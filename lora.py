@@ -162,8 +162,9 @@ def load_adapter(model, adapter_dir):
     bin_path = weights.with_suffix(".bin")
     state = None
     if not weights.exists():
-        try:  # read whole, its size against free memory first; weights_only: a pickle that would run code is refused
-            limits.fits_torch_zip(sources.regular_file(bin_path, "peft's adapter_model.bin"))
+        # read whole, what it will allocate against free memory first; weights_only: no pickle runs code
+        limits.fits_torch_zip(sources.regular_file(bin_path, "peft's adapter_model.bin"))
+        try:
             state = torch.load(bin_path, map_location="cpu", weights_only=True)
         except Exception as e:  # (missing, truncated, hostile: one line)
             raise ValueError(f"{bin_path}: cannot read it ({type(e).__name__}: {runs.first_line(e)[:200]})") from None

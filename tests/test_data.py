@@ -597,6 +597,18 @@ def test_a_review_field_has_the_json_type_its_meaning_needs(tmp_path, field, val
         data.load("amazon", tmp_path, reviews=str(tmp_path / "r.json"), meta=str(tmp_path / "m.json"))
 
 
+def test_a_gz_that_decompresses_far_past_its_size_is_refused(tmp_path):
+    """Valid review lines padded with a megabyte of spaces each: 80 MB from a 100 KB .gz. Each line is
+    bounded (LINE_MAX) but their number was not: the rows would fill memory from a small file."""
+    reviews = tmp_path / "r.json.gz"
+    with gzip.open(reviews, "wt", encoding="utf-8") as f:
+        for _ in range(80):
+            f.write(json.dumps(REVIEWS[0]) + " " * (1 << 20) + "\n")
+    _write_jsonl(tmp_path / "m.json", META)
+    with pytest.raises(DataError, match=r"r.json.gz:[0-9]+: decompresses to over 100 times its size"):
+        data.load("amazon", tmp_path, reviews=str(reviews), meta=str(tmp_path / "m.json"))
+
+
 def test_a_movie_id_is_in_movies_dat_once(tmp_path):
     """items.tsv refuses a repeated item_id; movies.dat kept the last title of a repeated MovieID."""
     _write_grouplens(tmp_path, GROUPLENS)

@@ -399,6 +399,13 @@ def test_numbers_past_range_and_lookalike_digits_are_one_line(root, tmp_path, ca
     assert "metrics.json: expected a run's metrics (integer 10000" in one_error_line(capsys)
     (table / "seed0").rename(table / "seed01")  # not seed 1, nor seed 0: no seed at all
     assert report.main(["--table", str(table)]) == 2 and "no seed<N>/ run directories" in one_error_line(capsys)
+    with pytest.raises(SystemExit):  # argparse's: a flag's value echoed in 40 characters at most
+        cf_run(root, tmp_path / "s", "--seed", "1" + "0" * 5000)
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "argument --seed: expected an integer, got '1000" in err and len(err) < 200, err[:300]
+    (stale := tmp_path / "stale").mkdir()
+    (stale / runs.LOCK).write_text("[" * 5000)  # a dead run's lock, nested too deep to read: taken over
+    assert cf_run(root, stale) == 0
     reviews = tmp_path / "r.json"
     reviews.write_text('{"reviewerID": "u", "asin": "i", "overall": 1' + "0" * 400 + ', "unixReviewTime": 1}\n')
     with pytest.raises(DataError, match=r"r.json:1: .*integer 10000.*out of range"):

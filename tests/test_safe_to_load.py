@@ -259,6 +259,11 @@ RESUME_EDITS = {
     "a schedule past the run": lambda ck: ck["scheduler"].update(last_epoch=10 ** 6, _step_count=10 ** 6 + 1),
     "a schedule step that is a string": lambda ck: ck["scheduler"].update(last_epoch="x"),
     "a negative epoch": lambda ck: ck.update(epoch=-5),
+    "a 0-d moment": lambda ck: [s.update(exp_avg=torch.zeros(())) for s in ck["optimizer"]["state"].values()],
+    "a negative second moment": lambda ck: [s.update(exp_avg_sq=-s["exp_avg_sq"] - 1) for s in ck["optimizer"]["state"].values()],
+    "no second moment": lambda ck: [s.pop("exp_avg_sq") for s in ck["optimizer"]["state"].values()],
+    "a negative AdamW step": lambda ck: [s.update(step=torch.tensor(-5.0)) for s in ck["optimizer"]["state"].values()],
+    "an AdamW step of NaN": lambda ck: [s.update(step=torch.tensor(float("nan"))) for s in ck["optimizer"]["state"].values()],
     # numbers past what the RNGs or a float hold: OverflowError, which escaped as a traceback
     "numpy position 1e30": lambda ck: ck["rng"]["numpy"].__setitem__(2, 10 ** 30),
     "a python RNG word of 2**70": lambda ck: ck["rng"]["python"][1].__setitem__(0, 2 ** 70),
@@ -320,8 +325,9 @@ def test_odd_files_where_a_run_reads_or_writes_are_one_line_never_a_hang(mf_run,
 
 def test_an_adapter_bin_is_sized_from_its_zip_directory_before_it_is_read(tmp_path):
     """torch.save writes stored zip records, so their declared sizes are what torch.load allocates; a
-    compressed record (a small file that inflates a thousandfold) and the older non-zip format (sizes
-    inside the pickle) are refused before torch.load, and a plain .bin still loads."""
+    compressed record (a small file that inflates a thousandfold), the older non-zip format (sizes
+    inside the pickle) and a pickle naming more than a dict of tensors needs (weights_only builds a
+    bytearray of any size) are refused before torch.load, and a plain .bin still loads."""
     import zipfile
     model = torch.nn.Module()
     model.q_proj = torch.nn.Linear(4, 4)
@@ -331,7 +337,8 @@ def test_an_adapter_bin_is_sized_from_its_zip_directory_before_it_is_read(tmp_pa
     state = {"base_model.model." + k: v for k, v in lora.lora_state_dict(model).items()}
     made = {}
     for name, save in {"plain": lambda f: torch.save(state, f),
-                       "legacy": lambda f: torch.save(state, f, _use_new_zipfile_serialization=False)}.items():
+                       "legacy": lambda f: torch.save(state, f, _use_new_zipfile_serialization=False),
+                       "bytearray": lambda f: torch.save({**state, "x": bytearray(100)}, f)}.items():
         (d := tmp_path / name).mkdir()
         shutil.copy(tmp_path / "st" / "adapter_config.json", d)
         save(d / "adapter_model.bin")
@@ -342,7 +349,8 @@ def test_an_adapter_bin_is_sized_from_its_zip_directory_before_it_is_read(tmp_pa
             zipfile.ZipFile(d / "adapter_model.bin", "w", zipfile.ZIP_DEFLATED) as dst:
         for r in src.infolist():
             dst.writestr(r.filename, src.read(r))
-    for name, words in (("deflated", "is compressed"), ("legacy", "torch.save's zip format")):
+    for name, words in (("deflated", "is compressed"), ("legacy", "not a zip file"),
+                        ("bytearray", "names '__builtin__ bytearray', not a dict of tensors")):  # 40 bytes could ask 3e8
         target = torch.nn.Module()
         target.q_proj = torch.nn.Linear(4, 4)
         with pytest.raises(ValueError, match=words):
@@ -351,3 +359,47 @@ def test_an_adapter_bin_is_sized_from_its_zip_directory_before_it_is_read(tmp_pa
     target.q_proj = torch.nn.Linear(4, 4)
     lora.load_adapter(target, made["plain"])
     assert torch.equal(target.q_proj.lora_B.weight, model.q_proj.lora_B.weight)
+
+
+def test_resumed_optimizer_scheduler_and_scaler_states_are_checked_against_fresh_ones():
+    """runs.check_resumed on the states three steps of a real fp16 loop wrote: they pass; each setting,
+    step or scale edited is refused, as a ValueError (resume_from makes it one line naming last.pt)."""
+    import copy
+    import loop
+
+    def build():
+        torch.manual_seed(0)
+        model = torch.nn.Linear(4, 3)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, loop.lr_lambda(2, 10))
+        return model, opt, sched, torch.amp.GradScaler("cpu", enabled=True)
+
+    model, opt, sched, scaler = build()
+    for _ in range(3):
+        opt.zero_grad()
+        scaler.scale(model(torch.randn(5, 4)).square().mean()).backward()
+        scaler.step(opt), scaler.update(), sched.step()
+    saved = {k: part.state_dict() for k, part in dict(opt=opt, sched=sched, scaler=scaler).items()}
+
+    def resumed(edit=lambda st: None):
+        st = copy.deepcopy(saved)
+        edit(st)
+        _, o, s, sc = build()
+        fresh = o.state_dict(), s.state_dict(), sc.state_dict()
+        o.load_state_dict(st["opt"]), s.load_state_dict(st["sched"]), sc.load_state_dict(st["scaler"])
+        runs.check_resumed(o, s, sc, fresh, steps=3)
+
+    resumed()  # as written
+    state = lambda st: st["opt"]["state"][0]  # noqa: E731
+    edits = {"maximize": lambda st: st["opt"]["param_groups"][0].update(maximize=True),
+             "a step past the run": lambda st: state(st).update(step=torch.tensor(4.0)),
+             "a moment of NaN": lambda st: state(st)["exp_avg"].fill_(float("nan")),
+             "a loss scale of NaN": lambda st: st["scaler"].update(scale=float("nan")),
+             "a loss scale of 0": lambda st: st["scaler"].update(scale=0.0),
+             "a growth interval of 0": lambda st: st["scaler"].update(growth_interval=0),
+             "a backoff factor of 2": lambda st: st["scaler"].update(backoff_factor=2.0),
+             "a growth tracker past its interval": lambda st: st["scaler"].update(_growth_tracker=10 ** 6),
+             "a schedule one step ahead": lambda st: st["sched"].update(last_epoch=4, _step_count=5)}
+    for what, edit in edits.items():
+        with pytest.raises(ValueError):
+            resumed(edit)

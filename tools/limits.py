@@ -5,6 +5,7 @@ against what the machine has free. The estimates are rough upper bounds, not mea
 lesson files call each check in one line (llama.load_model, lora.inject and load_adapter, train.py)."""
 import math
 import os
+import pickletools
 import re
 import zipfile
 from dataclasses import fields
@@ -60,18 +61,30 @@ def fits(need, what, device="cpu"):
         gib = lambda n: f"{n / GiB:.1f}" if n < 1e5 * GiB else f"{min(n, 2 ** 100) / GiB:.3g}"  # noqa: E731
         raise SizeError(f"{what} needs about {gib(need)} GiB, more than the {gib(have)} GiB available")
 
+TENSOR_PICKLE = {"collections OrderedDict", "torch._utils _rebuild_tensor_v2", "torch._utils _rebuild_parameter"}
+
+
 def fits_torch_zip(path):
     """torch.load's file against free memory before it is read: torch.save writes a zip of stored records,
-    so their declared sizes are what loading allocates. A compressed record (a 256 KB file inflating to
-    256 MB) or the older non-zip format (sizes inside the pickle) is refused."""
+    so their declared sizes are what loading allocates, and a pickle that names only a dict of tensors'
+    few globals (weights_only would also build a bytearray(3e8) from 40 bytes). A compressed record (a
+    256 KB file inflating to 256 MB) or the older non-zip format (sizes inside the pickle) is refused."""
     try:
         with zipfile.ZipFile(path) as z:
             records = z.infolist()
-    except (zipfile.BadZipFile, OSError, ValueError) as e:
-        raise CheckpointError(f"{path}: expected torch.save's zip format ({type(e).__name__}: {e})") from None
-    if packed := [r.filename for r in records if r.compress_type != zipfile.ZIP_STORED]:
-        raise CheckpointError(f"{path}: record {packed[0][:80]!r} is compressed; torch.save stores its records")
-    fits(sum(r.file_size for r in records), str(path))
+            if packed := [r.filename for r in records if r.compress_type != zipfile.ZIP_STORED]:
+                raise ValueError(f"record {packed[0][:80]!r} is compressed; torch.save stores its records")
+            fits(sum(r.file_size for r in records), str(path))
+            [pkl] = [r for r in records if r.filename.endswith("/data.pkl") or r.filename == "data.pkl"]
+            for op, arg, _ in pickletools.genops(z.read(pkl)):
+                if op.name in ("GLOBAL", "INST", "STACK_GLOBAL") and not (
+                        arg in TENSOR_PICKLE or re.fullmatch(r"torch [A-Za-z0-9]*Storage", str(arg))):
+                    raise ValueError(f"its pickle names {arg or op.name!r:.60}, not a dict of tensors")
+    except SizeError:
+        raise
+    except Exception as e:  # (not a zip, no data.pkl or two, a damaged pickle)
+        raise CheckpointError(f"{path}: expected torch.save's zip of a dict of tensors ({type(e).__name__}: "
+                              f"{str(e)[:200]})") from None
 
 
 # ----------------------------------------------------------------------------------------------

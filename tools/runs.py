@@ -134,8 +134,8 @@ def number(low, high=None, kind=float, low_open=False):
     where = f"{'>' if low_open else '>='} {low}" + ("" if high is None else f" and <= {high}")
 
     def parse(text):
-        if not re.fullmatch(r"-?[0-9]+" if kind is int else DECIMAL, text):  # as strict as the data files: no "1_0"
-            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        if len(text) > 40 or not re.fullmatch(r"-?[0-9]+" if kind is int else DECIMAL, text):  # no "1_0"
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text[:40]!r}{'...' * (len(text) > 40)}")
         v = kind(text)
         if not math.isfinite(v) or (v <= low if low_open else v < low) or (high is not None and v > high):
             raise argparse.ArgumentTypeError(f"expected {what} {where}, got {text}")
@@ -369,19 +369,36 @@ def seed_everything(seed):
     torch.manual_seed(seed)
 
 
-def check_resumed(opt, sched, fresh_opt, fresh_sched, steps):
-    """A last.pt's AdamW and LambdaLR states, loaded into opt and sched, against the fresh states this run's
-    flags build: every setting the same (maximize, amsgrad, betas...), moments of the parameters' shapes,
-    the schedule at most `steps` in, and each learning rate the schedule's own at that step."""
+def check_resumed(opt, sched, scaler, fresh, steps):
+    """A last.pt's AdamW, LambdaLR and GradScaler states, loaded into opt, sched and scaler, against the
+    fresh states (state dicts) this run's flags build: every setting the same (maximize, amsgrad, betas,
+    growth_interval...), finite moments of the parameters' shapes, AdamW's and the schedule's step at most
+    `steps` in, each learning rate the schedule's own at its step, a finite loss scale > 0."""
+    fresh_opt, fresh_sched, fresh_scaler = fresh
     plain = lambda v: list(v) if isinstance(v, tuple) else v  # noqa: E731 (a JSON header has no tuples)
     groups = [{k: plain(v) for k, v in g.items() if k != "params"} for g in opt.state_dict()["param_groups"]]
     want = [{k: plain(v) for k, v in g.items() if k != "params"} for g in fresh_opt["param_groups"]]
     for g, w in zip(groups, want, strict=True):
         if changed := sorted(k for k in g.keys() | w.keys() if k != "lr" and g.get(k) != w.get(k)):
             raise ValueError(f"optimizer setting {changed[0]} {g.get(changed[0])!r:.40} instead of {w.get(changed[0])!r:.40}")
-    if any(torch.is_tensor(t) and t.ndim and t.shape != p.shape for g in opt.param_groups for p in g["params"]
-           for t in opt.state.get(p, {}).values()):
-        raise ValueError("optimizer moments of another shape than the parameters")
+    for g in opt.param_groups:
+        keys = {"step", "exp_avg", "exp_avg_sq"} | ({"max_exp_avg_sq"} if g["amsgrad"] else set())
+        for p, st in ((p, opt.state[p]) for p in g["params"] if p in opt.state):
+            if set(st) != keys:
+                raise ValueError(f"optimizer state {sorted(st)} instead of {sorted(keys)}")
+            step = st["step"]
+            if not (torch.is_tensor(step) and step.ndim == 0 and math.isfinite(k := float(step)) and k == int(k)
+                    and 0 <= k <= steps):
+                raise ValueError(f"an AdamW step {step!r:.40} of a run {steps} steps in")
+            if not all(torch.is_tensor(t := st[k]) and t.shape == p.shape and torch.isfinite(t).all()
+                       and (k == "exp_avg" or (t >= 0).all()) for k in keys - {"step"}):
+                raise ValueError("optimizer moments that are not finite, or of another shape than the parameters")
+    sc = scaler.state_dict()
+    if sc.keys() != fresh_scaler.keys() or any(sc[k] != fresh_scaler[k] for k in sc if k not in ("scale", "_growth_tracker")):
+        raise ValueError("a loss scaler of other settings")
+    if sc and not (isinstance(sc["scale"], float) and 0 < sc["scale"] < math.inf and type(sc["_growth_tracker"]) is int
+                   and 0 <= sc["_growth_tracker"] < sc["growth_interval"]):
+        raise ValueError(f"a loss scale {sc['scale']!r:.40} (growth tracker {sc['_growth_tracker']!r:.40})")
     s = sched.state_dict()
     if s.keys() != fresh_sched.keys() or s["base_lrs"] != fresh_sched["base_lrs"]:
         raise ValueError("a scheduler of other settings")
@@ -487,7 +504,7 @@ def read_lock(path):
     with suppress(OSError, ValueError):
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
         with os.fdopen(fd, "rb") as f:
-            holder = json.loads(f.read(4096)) if stat.S_ISREG(os.fstat(fd).st_mode) else {}
+            holder = loads(f.read(4096)) if stat.S_ISREG(os.fstat(fd).st_mode) else {}
         return holder if isinstance(holder, dict) else {}
     return {}
 

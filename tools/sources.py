@@ -24,6 +24,7 @@ AMAZON_MAX_ID = 4000  # the paper keeps Amazon Book user and item ids <= 4000
 ID_MAX, TIME_MAX = 2**31 - 1, 10**11 - 1  # TIME_MAX: Unix seconds before the year 5138 (1e20 overflowed months)
 DIGITS = re.compile("[0-9]+")  # int() would also take " 1", "1_0", "+1" and "١"
 LINE_MAX = 64 << 20  # bytes in one line (Amazon's longest JSON lines are far shorter): no line fills memory
+GZ_RATIO = 100  # a .gz that decompresses to more is a bomb (Amazon's JSON lines: about 5 to 10 times)
 DECIMAL = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")  # float() also takes "nan", "1_0"
 
 
@@ -85,9 +86,12 @@ def _lines(path, what, encoding="utf-8"):
     n = 0
     try:
         with _open(path, what) as file, (gzip.open(file) if str(path).endswith(".gz") else file) as f:
+            most, read = GZ_RATIO * os.fstat(file.fileno()).st_size + LINE_MAX, 0
             for n, raw in enumerate(iter(lambda: f.readline(LINE_MAX + 1), b""), start=1):
                 if len(raw) > LINE_MAX:
                     raise DataError(f"{path}:{n}: a line longer than {LINE_MAX} bytes; expected {what}")
+                if (read := read + len(raw)) > most:  # (a plain file never gets here)
+                    raise DataError(f"{path}:{n}: decompresses to over {GZ_RATIO} times its size; expected {what}")
                 yield n, raw.decode(encoding).rstrip("\r\n")
     except UnicodeDecodeError as e:
         raise DataError(f"{path}:{n}: expected {encoding} text (byte {e.object[e.start]:#04x} at column "
@@ -128,8 +132,11 @@ def _int(s):
 
 
 def loads(text):
-    """json.loads, with an integer too large to be a float refused (ValueError)."""
-    return json.loads(text, parse_int=_int)
+    """json.loads, with an integer too large to be a float, or nesting too deep, refused (ValueError)."""
+    try:
+        return json.loads(text, parse_int=_int)
+    except RecursionError:
+        raise ValueError("nested too deep") from None
 
 
 def _parse_json(text, where, what):
@@ -138,10 +145,8 @@ def _parse_json(text, where, what):
         return loads(text)
     except json.JSONDecodeError as e:
         why = f"{e.msg} at line {e.lineno} column {e.colno}"
-    except ValueError as e:  # an integer out of range
+    except ValueError as e:  # an integer out of range, nesting too deep
         why = str(e).split(";")[0]
-    except RecursionError:
-        why = "nested too deep"
     raise DataError(f"{where}: expected {what} ({why})")
 
 
