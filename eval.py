@@ -137,7 +137,7 @@ def main(argv=None):
     ap.add_argument("--into", default=None, help="write the re-score to INTO/<run name>.json")
     ap.add_argument("--shuffle-cf", action="store_true", help="ablation: permute the CF tokens across the rows")
     ap.add_argument("--shuffle-text", action="store_true", help="ablation: permute the prompts' text across the rows")
-    ap.add_argument("--repeats", type=runs.positive, default=1, help="--shuffle-*: K permutations")
+    ap.add_argument("--repeats", type=runs.number(1, 100, int), default=1, help="--shuffle-*: K permutations")
     ap.add_argument("--fuse", metavar="RUN_B", help="the fusion probe: RUN's and RUN_B's logits, fitted on valid")
     ap.add_argument("--preds", help="TSV with user_id, item_id, label, score [, split, seen, warm]")
     ap.add_argument("--scores", choices=("logits", "probs"), help="--preds: what the score column holds")

@@ -26,7 +26,7 @@ import loop
 import lora
 from baselines import MC, MF, NCF, GRU4Rec, Pop
 from sasrecllm import SASRec, SASRecLLM
-from tools import backbones, limits, runs
+from tools import backbones, limits, runs, sources
 from tools.dist import barrier, gather_scores, init_distributed, is_main, rank_world, say
 from tools.tables import markdown_table
 from tools.runs import cli, non_negative, number, positive
@@ -440,7 +440,10 @@ def main(argv=None):
     outs = [os.path.join(args.runs, s) for s in ("sasrec", "text", "joint")] if args.stage == "all" else [args.out]
     args = replace(args, device=init_distributed(args.device))
     try:
-        with runs.own_run_dirs(outs, args.resume, args.overwrite):  # refuses a second writer, keeps old runs
+        reads = sources.input_dirs(args.data, args.data_dir, args.reviews, args.meta) + [args.tokenizer] + (
+            [args.llm] if args.llm != "tiny" and args.stage in LLM_STAGES else []) + (
+            [args.cf_ckpt, args.lora] if args.stage == "joint" else [])
+        with runs.own_run_dirs(outs, args.resume, args.overwrite, reads):  # one writer; old runs and inputs kept
             (run_all if args.stage == "all" else run_cf if args.stage in CF_STAGES else run_llm)(args)
     except KeyboardInterrupt:
         raise KeyboardInterrupt(f"continue with the same command and --resume (in {', '.join(outs)})") from None

@@ -21,7 +21,7 @@ import data
 import llama
 import train
 from sasrecllm import SASRec, SASRecLLM, cf_vectors, splice
-from tools import runs
+from tools import runs, sources
 from tools.runs import cli
 
 
@@ -34,7 +34,7 @@ def build(args):
         if a.stage != "joint":
             raise ValueError(f"{run} is a '{a.stage}' run; the walk follows a joint run")
         # The whole data set, even when the run trained on a --limit slice: a slice keeps the
-        # full data's ids and histories, so row r here is line r + 2 of the file.
+        # full data's ids and histories, so row r here is the file's r-th row.
         return a, data.load(a.data, a.data_dir), model.eval(), f"the trained joint run {run}"
     a = train.Run(stage="joint", data=args.data, llm=args.llm, runs=args.runs, data_dir=args.data_dir)
     ds = data.load(a.data, a.data_dir)
@@ -63,10 +63,10 @@ def walk(args):
     print(f"model: {what}; backbone {backbone}\n")
 
     print(f"1. the row (data.load): row {row} of {len(ds)}, split {ds.split[row]}")
-    if ds.name == "ml1m":  # ml1m keeps file order: row r is line r + 2 of interactions.tsv
-        with open(os.path.join(a.data_dir or data.DATA_DIR, "ml1m", "interactions.tsv"), encoding="utf-8") as f:
-            line = next(itertools.islice(f, row + 1, None)).rstrip("\n")
-        print(f"    TSV line: {line!r}   (user_id, item_id, label, timestamp, split)")
+    if ds.name == "ml1m":  # ml1m keeps file order: row r is the r-th line after the header, blank lines aside
+        path = os.path.join(a.data_dir or data.DATA_DIR, "ml1m", "interactions.tsv")
+        n, line = next(itertools.islice(((n, t) for n, t in sources._lines(path, "") if t.strip()), row + 1, None))
+        print(f"    TSV line {n}: {line!r}   (user_id, item_id, label, timestamp, split)")
     print(f"    user {ds.user[row]}, item {ds.item[row]} {ds.titles[ds.item[row]]!r}, label {ds.label[row]} "
           f"({'liked' if ds.label[row] else 'not liked'}); warm {bool(ds.warm[row])}")
     hist = ds.history[row]

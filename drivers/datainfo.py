@@ -3,14 +3,14 @@ JSON object (rows, like rates, seen and warm shares, UAUC users); `--export FILE
 JSON object per row, the paper's prompts included."""
 import argparse
 import json
-import os
 import sys
 
 import numpy as np
 
 import data
 import metrics
-from tools.runs import cli, write_atomic
+from tools import sources
+from tools.runs import cli, refuse_overlap, write_atomic
 
 
 def stats(ds):
@@ -45,9 +45,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     ds = data.load(args.dataset, args.data_dir, args.split, args.reviews, args.meta)
     if args.export:
-        inputs = [ds.source, args.reviews, args.meta, os.path.join(args.data_dir, "ml1m", "items.tsv")]
-        if os.path.realpath(args.export) in {os.path.realpath(f) for f in inputs if f}:
-            raise ValueError(f"--export {args.export} is one of the input files; choose another file")
+        refuse_overlap(args.export, sources.input_dirs(args.dataset, args.data_dir, args.reviews, args.meta), "--export")
         export(ds, args.export)
     if args.stats or not args.export:
         print(json.dumps(stats(ds)))

@@ -10,7 +10,7 @@ import sys
 import torch
 
 from llama import load
-from tools.runs import cli, positive
+from tools.runs import cli, number
 
 
 @cli
@@ -18,10 +18,13 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("ckpt", metavar="DIR", help="greedy-decode --prompt with the checkpoint in DIR")
     p.add_argument("--prompt", default="Is the sky blue? Answer Yes or No.")
-    p.add_argument("--max-new-tokens", type=positive, default=8)
+    p.add_argument("--max-new-tokens", type=number(1, 4096, int), default=8)
     args = p.parse_args(argv)
     model, tok = load(args.ckpt)
     ids, new = tok.encode(args.prompt, bos=True), []
+    if len(ids) + args.max_new_tokens > model.cfg.max_position_embeddings:
+        raise ValueError(f"{len(ids)} prompt tokens and --max-new-tokens {args.max_new_tokens}: more than the "
+                         f"{model.cfg.max_position_embeddings} positions of {args.ckpt}")
     with torch.no_grad():
         h = model(input_ids=torch.tensor([ids]))[:, -1]  # (1, D)
         yes, no = model.token_logits(h, [tok.yes_id, tok.no_id])[0].tolist()

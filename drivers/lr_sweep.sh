@@ -20,16 +20,4 @@ for lr in ${LRS:?set LRS, e.g. LRS=\"1e-4 3e-4 1e-3\"}; do
     echo "[sweep] lr $lr: $py train.py $* --lr $lr --stop-after 1 --out $out --overwrite"
     "$py" train.py "$@" --lr "$lr" --stop-after 1 --out "$out" --overwrite
 done
-"$py" - "$root" "LRS='$LRS' bash drivers/lr_sweep.sh $root $*" <<'EOF'
-import os, sys
-from drivers.report import md_table, read_log
-root, command = sys.argv[1:]
-logs = {name[2:]: read_log(os.path.join(root, name)) for name in os.listdir(root) if name.startswith("lr")}
-rows = sorted(((log[0]["valid"]["auc"], lr, log[0]) for lr, log in logs.items() if log), reverse=True)  # best first
-table = md_table(["lr", "train loss", "valid AUC", "valid UAUC", "valid rows", "seconds"],
-                 [[lr, f"{e['train_loss']:.4f}", f"{auc:.4f}", f"{e['valid']['uauc']:.4f}", str(e["valid"]["n"]),
-                   f"{e['seconds']:.0f}"] for auc, lr, e in rows])
-text = f"`{command}`\n\n{table}\n"
-open(os.path.join(root, "sweep.md"), "w").write(text)
-print(text, end="")
-EOF
+"$py" -m drivers.report --sweep "$root" --command "LRS='$LRS' bash drivers/lr_sweep.sh $root $*"

@@ -11,9 +11,10 @@ from pathlib import Path
 import numpy as np
 
 from tools.runs import cli, write_atomic, write_json
-from tools.sources import TIME_MAX, DataError, _lines, integer, read_bytes, read_json
+from tools.sources import TIME_MAX, DataError, _lines, integer, read_bytes
 from tools.svg import finite, svg_bars, svg_lines
-from tools.tables import COLUMNS, fmt_mean_std, markdown_table, md_table, mean_std, read_log, read_metrics
+from tools.tables import (COLUMNS, fmt_mean_std, markdown_table, md_table, mean_std, read_log, read_metrics,
+                          read_metrics_file)
 
 
 def _write(path, text):
@@ -33,16 +34,25 @@ GENERATED = re.compile(r"(<!-- (table|file) (.*?) -->\n)(.*?)(<!-- /generated --
 def render_readme(text, root="."):
     """The README with every generated block rebuilt from the files its marker names. A table row is
     `label: a.json`, or `label: a.json + b.json + ...` for the mean ± sample std over those runs (seeds)."""
+    def inside(spec):  # a README someone else wrote may not embed /etc/passwd or ../secret
+        path = Path(root, spec.strip())
+        if os.path.isabs(spec.strip()) or os.path.commonpath([os.path.realpath(path), os.path.realpath(root)]) != \
+                os.path.realpath(root):
+            raise ValueError(f"README marker names {spec.strip()[:80]!r}; expected a path inside {root}")
+        return path
+
     def block(kind, spec):
         if kind == "file":
-            return read_bytes(Path(root, spec.strip()), "a file the README embeds").decode().rstrip("\n")
+            return read_bytes(inside(spec), "a file the README embeds").decode().rstrip("\n")
         head, *rows = [field.strip() for field in spec.split("|")]
         part, *flags = head.split()  # "test", or "test norel" for a table without Rel.Imp.
         table = []
         for row in rows:
+            if ":" not in row:
+                raise ValueError(f"README table row {row[:80]!r}; expected 'label: a.json [+ b.json...]'")
             label, paths = (x.strip() for x in row.rsplit(":", 1))
             paths = [p.strip() for p in paths.split("+")]
-            ms = [read_json(Path(root, p), "a run's metrics") for p in paths]
+            ms = [read_metrics_file(inside(p)) for p in paths]
             for p, m in zip(paths, ms):
                 if not isinstance(m, dict) or part not in m:
                     raise ValueError(f"{p}: no '{part}' section")
@@ -208,6 +218,21 @@ def plot_table(root, into=None):
     return [fig10, fig11] + write_curves(chain, into, note=f": text then joint stage (seed {seed})")
 
 
+def sweep_table(root, command):
+    """drivers/lr_sweep.sh's ROOT/sweep.md: each lr<LR>/ run's one epoch, best valid AUC first."""
+    names = [n for n in os.listdir(root) if n.startswith("lr")]
+    logs = {n[2:]: log for n in names if (log := read_log(os.path.join(root, n)))}
+    for lr, log in logs.items():
+        if not {"train_loss", "seconds"} <= log[0].keys() or not {"auc", "uauc", "n"} <= log[0]["valid"].keys():
+            raise DataError(f"{os.path.join(root, 'lr' + lr, 'log.jsonl')}:1: expected train_loss, seconds and "
+                            "valid's auc, uauc and n")
+    rows = sorted(((log[0]["valid"]["auc"], lr, log[0]) for lr, log in logs.items()), reverse=True)
+    table = md_table(["lr", "train loss", "valid AUC", "valid UAUC", "valid rows", "seconds"],
+                     [[lr, f"{e['train_loss']:.4f}", f"{auc:.4f}", f"{e['valid']['uauc']:.4f}", str(e["valid"]["n"]),
+                       f"{e['seconds']:.0f}"] for auc, lr, e in rows])
+    return f"`{command}`\n\n{table}\n"
+
+
 @cli
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__)
@@ -215,6 +240,7 @@ def main(argv=None):
     ap.add_argument("--command", default="", help="--table: the commands that trained it (one a line), printed above the table")
     ap.add_argument("--paper", metavar="DATA", help="--table: set the paper's figures on DATA (ml1m) beside ours")
     ap.add_argument("--plot", metavar="ROOT", help="Figs. 10-12 of a table root -> --into (default ROOT/figures)")
+    ap.add_argument("--sweep", metavar="ROOT", help="drivers/lr_sweep.sh's table -> ROOT/sweep.md")
     ap.add_argument("--collect", nargs="+", metavar="RUN", help="copy the runs' metrics.json into --into")
     ap.add_argument("--into", default=None, help="--collect: the folder; --plot ROOT: where the figures go")
     ap.add_argument("--readme", nargs="?", const="README.md", metavar="FILE", help="rebuild FILE's generated blocks")
@@ -224,6 +250,9 @@ def main(argv=None):
         build_table(args.table, args.command, args.paper)
     elif args.plot:
         print("\n".join(f"wrote {p}" for p in plot_table(args.plot, args.into)))
+    elif args.sweep:
+        print(text := sweep_table(args.sweep, args.command), end="")
+        _write(os.path.join(args.sweep, "sweep.md"), text)
     elif args.collect:
         collect(args.collect, args.into or "results")
     elif path := args.readme or args.check_readme:

@@ -30,10 +30,31 @@ for flag in "$@"; do
 done
 py=${PYTHON:-python}
 rows=${ROWS:-"pop mf ncf gru4rec mc sasrec icl text joint"}
-mkdir -p "$root"
+# SEEDS and ROWS reach bash arithmetic and indirect expansion, which run a $(command) inside them: checked first.
+if ! [[ ${SEEDS:-1} =~ ^[1-9][0-9]{0,2}$ ]]; then
+    echo "error: SEEDS=${SEEDS:0:40}: expected a number of seeds, 1..999" >&2
+    exit 2
+fi
+for stage in $rows; do
+    if [[ " pop mf ncf gru4rec mc sasrec icl text joint " != *" $stage "* ]]; then
+        echo "error: ROWS holds ${stage:0:40}; expected some of: pop mf ncf gru4rec mc sasrec icl text joint" >&2
+        exit 2
+    fi
+done
+mkdir -p -- "$root"
+no_link() {  # nothing is written through a link planted in ROOT: it could point anywhere
+    for path; do
+        if [ -L "$path" ]; then
+            echo "error: $path is a symbolic link; refusing to write through it" >&2
+            exit 2
+        fi
+    done
+}
+no_link "$root/times.tsv" "$root/commands.txt" "$root/shuffle_cf.md.tmp" "$root/shuffle_cf.md"
 for ((s = 0; s < ${SEEDS:-1}; s++)); do
     for stage in $rows; do
         out=$root/seed$s/$stage
+        no_link "$root/seed$s" "$out"
         if [ -f "$out/metrics.json" ]; then
             echo "[table] $stage, seed $s: done before, skipped"
             continue

@@ -22,6 +22,7 @@ os.environ.update(PORTABLE)  # portable numerics (tools/runs.py) for the whole s
 if workers := os.environ.get("PYTEST_XDIST_WORKER_COUNT"):  # pytest -n N: the cores shared, not each taken
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(workers)))
     os.environ.setdefault("OMP_NUM_THREADS", str(torch.get_num_threads()))  # and by the CLIs the tests start
+    os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")  # inductor compiles in-process, no pool of its own
 DATA_DIR = Path(os.environ.get("SASRECLLM_DATA", ROOT.parent / "shared" / "data"))
 os.environ.setdefault("SASRECLLM_DATA", str(DATA_DIR))  # before data.py reads it; subprocesses inherit it
 

@@ -753,6 +753,9 @@ def test_inputs_that_are_no_regular_file_or_hold_a_huge_line_are_one_error(tmp_p
             sources.read_preds(path)
 
 
+METRICS = dict(logloss=0.6, precision=0.5, recall=0.5, f1=0.5, accuracy=0.5, auc=0.6, uauc=0.6)  # a part's all
+
+
 def test_report_inputs_are_typed_and_its_writes_atomic(tmp_path, capsys):
     root, victim = tmp_path / "t", tmp_path / "victim.md"
     run = root / "seed0" / "sasrec"
@@ -769,7 +772,7 @@ def test_report_inputs_are_typed_and_its_writes_atomic(tmp_path, capsys):
              ("times.tsv", "a\t5\tpaused", "times.tsv:1: expected name TAB seconds")]
     for name, text, words in cases:
         (run / "log.jsonl").write_text(good + "\n")
-        (run / "metrics.json").write_text('{"test": {"auc": 0.6, "uauc": null}, "best_epoch": 1}')
+        (run / "metrics.json").write_text(json.dumps({"test": {**METRICS, "uauc": None}, "best_epoch": 1}))
         (root / "times.tsv").write_text("seed0/sasrec\t12\tstarted\n")
         (root / name if name == "times.tsv" else run / name).write_text(text + "\n")
         assert report.main(["--table", str(root)]) == 2, name

@@ -3,6 +3,7 @@ set written here (ml1m's TSV format): repeated rows, huge ids, two writers on on
 a fresh run into an old one, --resume with other flags, a kill while a multi-file artefact is
 written, one-class and degenerate splits, checkpoints from the wild, and every CLI's one-line
 error for bad input."""
+import contextlib
 import json
 import os
 import shutil
@@ -22,7 +23,7 @@ import lora
 import metrics
 import train
 from conftest import ROOT
-from drivers import datainfo, decode, report
+from drivers import bench, datainfo, decode, report
 from tools import backbones, runs
 from tools.sources import DataError
 
@@ -412,6 +413,68 @@ def test_numbers_past_range_and_lookalike_digits_are_one_line(root, tmp_path, ca
         data.load("amazon", tmp_path, reviews=str(reviews), meta=str(reviews))
 
 
+def test_drivers_and_run_dirs_write_only_where_they_should(root, tmp_path, capsys, tiny_llm):
+    """Writes that went astray: a $(command) in table.sh's SEEDS or ROWS ran; a link planted in a table root
+    (its files, a row's directory) was written through; --out over the data moved it aside; an export over
+    an input file replaced it; a README marker embedded a file from anywhere. Each is one line, nothing
+    written."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    env = {**os.environ, "PYTHON": "true", "ROWS": "pop"}
+    for name, value in (("SEEDS", "PPID[$(touch " + str(tmp_path / "ran") + ")]"), ("ROWS", "a[$(touch x)]")):
+        out = subprocess.run(["bash", "drivers/table.sh", str(tmp_path / "t")], cwd=ROOT, capture_output=True, text=True,
+                             env={**env, name: value})
+        assert out.returncode == 2 and out.stderr.startswith(f"error: {name}") and not (tmp_path / "ran").exists()
+    for planted in ("times.tsv", "commands.txt", "shuffle_cf.md.tmp", "seed0", "seed0/pop"):
+        t = tmp_path / f"t_{planted.replace('/', '_')}"
+        (t / planted).parent.mkdir(parents=True, exist_ok=True)
+        (t / planted).symlink_to(victim if "." in planted else tmp_path)
+        out = subprocess.run(["bash", "drivers/table.sh", str(t)], cwd=ROOT, capture_output=True, text=True, env=env)
+        assert out.returncode == 2 and "is a symbolic link" in out.stderr, (planted, out.stderr)
+    assert victim.read_text() == "keep me"
+    (link := tmp_path / "link").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    assert cf_run(root, link) == 2 and "is a symbolic link" in one_error_line(capsys)
+    assert cf_run(root, root / "ml1m", "--overwrite") == 2 and "overlaps" in one_error_line(capsys)
+    assert cf_run(root, root, "--overwrite") == 2 and "overlaps" in one_error_line(capsys)
+    assert sorted(os.listdir(root / "ml1m")) == ["interactions.tsv", "items.tsv"]
+    assert datainfo.main(["ml1m", "--data-dir", str(root), "--export", str(root / "ml1m" / "items.tsv")]) == 2
+    assert "--export" in one_error_line(capsys) and "Movie" in (root / "ml1m" / "items.tsv").read_text()
+    for marker in ("file /etc/hostname", "file ../outside.md", "table test | a: /etc/hostname"):
+        with pytest.raises(ValueError, match="expected a path inside"):
+            report.render_readme(f"<!-- {marker} -->\n<!-- /generated -->\n", str(tmp_path))
+    bad = _copy(tiny_llm, tmp_path)  # bench --ckpt: our checks before transformers builds 100000 layers
+    _edit_config("num_hidden_layers", 100000)(bad)
+    assert bench.main(["--ckpt", str(bad), "--steps", "1", "--data-dir", str(root)]) == 2
+    assert "num_hidden_layers is 100000" in one_error_line(capsys)
+    for flags in (["--max-new-tokens", "99999999999"], ["--max-new-tokens", "4000", "--prompt", "x"]):
+        with contextlib.suppress(SystemExit):
+            assert decode.main([str(tiny_llm), *flags]) == 2
+        assert "--max-new-tokens" in capsys.readouterr().err
+
+
+def test_a_metrics_file_out_of_range_is_one_line_not_a_broken_plot(tmp_path, capsys):
+    """An AUC of 2e-323 made Fig. 10's ticks fail (StopIteration), 1e308 an OverflowError, a metric
+    missing a KeyError; metrics are read once, each present and in its range, and a sweep's log too."""
+    for auc, words in ((2e-323, None), (1e308, "got 1e+308 (larger than 1e12)"), (1.5, "test's auc is 1.5; expected 0..1"),
+                       ("drop", "test has no auc")):
+        for stage in ("icl", "text", "sasrec", "joint"):  # the rows the figures need
+            run = tmp_path / f"r{auc}" / "seed0" / stage
+            run.mkdir(parents=True)
+            m = dict(logloss=0.6, precision=0.5, recall=0.5, f1=0.5, accuracy=0.5, auc=0.5, uauc=0.5)
+            test = {k: v for k, v in {**m, "auc": auc}.items() if v != "drop"}
+            (run / "metrics.json").write_text(json.dumps({"test": test, "valid": m}))
+            (run / "log.jsonl").write_text(json.dumps({"epoch": 1, "train_loss": 0.6, "valid": {"auc": 0.5}}) + "\n")
+        code = report.main(["--plot", str(tmp_path / f"r{auc}")])
+        if words is None:
+            assert code in (0, None), capsys.readouterr().err
+        else:
+            assert code == 2 and words in one_error_line(capsys)
+    sweep = tmp_path / "sweep" / "lr1e-3"
+    sweep.mkdir(parents=True)
+    (sweep / "log.jsonl").write_text(json.dumps({"epoch": 1, "valid": {"uauc": 0.5}}) + "\n")
+    assert report.main(["--sweep", str(tmp_path / "sweep")]) == 2 and "expected train_loss" in one_error_line(capsys)
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA: --device cuda is valid here")
 def test_cuda_without_cuda_is_one_line(root, tmp_path, capsys):
     assert train.main(["--stage", "pop", "--data-dir", str(root), "--device", "cuda", "--out", str(tmp_path / "p")]) == 2
@@ -614,7 +677,7 @@ def test_no_tool_of_the_project_destroys_a_file(root, tmp_path, capsys):
     inter = root / "ml1m" / "interactions.tsv"
     before = inter.read_bytes()
     assert datainfo.main(["ml1m", "--data-dir", str(root), "--export", str(inter)]) == 2
-    assert "is one of the input files" in one_error_line(capsys) and inter.read_bytes() == before
+    assert "overlaps" in one_error_line(capsys) and inter.read_bytes() == before
 
 # ---------------------------------------------------------------------------------------------
 # hostile sizes: a type-valid but absurd config.json, adapter or flag is one line, before memory is spent

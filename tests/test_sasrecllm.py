@@ -275,7 +275,10 @@ def test_walk_scores_the_row_as_training_does(chain, data_dir, capsys):
     args, ds, model, make_predict = train.load_run(str(chain / "joint"))
     with torch.no_grad():
         test_scores = make_predict()(model.eval(), "test")
-    assert out["row"] == int(data.load("ml1m", data_dir).idx("test")[0])  # the slice's first test row too
+    full = data.load("ml1m", data_dir)
+    assert out["row"] == int(full.idx("test")[0])  # the slice's first test row too
+    r = out["row"]  # the TSV line shown is the row's own (the file's r-th row, found by the data reader)
+    assert f": {chr(9).join(map(str, (full.user[r], full.item[r], full.label[r], full.timestamp[r], 'test')))!r}" in printed
     assert out["score"] == pytest.approx(test_scores[0], abs=1e-5)
     assert out["score_train"] == pytest.approx(test_scores[0], abs=1e-5)
     assert out["files"] == ["data.py", "llama.py", "lora.py", "sasrecllm.py"]

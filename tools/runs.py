@@ -429,13 +429,23 @@ def changed_flags(saved, now, may_change):
             for k in sorted((saved.keys() | now.keys()) - set(may_change)) if saved.get(k) != now.get(k)]
 
 
+def refuse_overlap(target, inputs, what="--out"):
+    """A directory or file written to must neither be, hold, nor lie inside one of the run's inputs."""
+    t = os.path.realpath(target)
+    for i in filter(None, inputs):
+        if os.path.commonpath([t, r := os.path.realpath(i)]) in (t, r):
+            raise RunError(f"{what} {target} overlaps {i}, which this run reads; write elsewhere")
+
+
 @contextmanager
-def own_run_dirs(outs, resume=False, overwrite=False):
+def own_run_dirs(outs, resume=False, overwrite=False, inputs=()):
     """Hold each directory in outs (locked by rank 0, which proves it writable) until every file is
     written; unless resuming it starts empty: --overwrite moves an earlier run's files aside."""
     held = []
     try:
         for out in outs if is_main() else ():
+            refuse_link(out)  # a link planted in a table root would take the run, and --overwrite, elsewhere
+            refuse_overlap(out, inputs)
             if os.path.exists(out) and not os.path.isdir(out):
                 raise RunError(f"{out} is a file; expected a run directory (--out)")
             try:

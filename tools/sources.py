@@ -217,6 +217,14 @@ def _once(seen, key, n, path, said, expected):
         raise DataError(f"{path}:{n}: {said} line {seen[key]}; expected {expected} once")
 
 
+def input_dirs(name, data_dir, reviews=None, meta=None):
+    """The folders a data set is read from (no run or export writes into them)."""
+    if name == "amazon":
+        return [os.path.dirname(os.path.abspath(p or os.path.join(data_dir, "amazon-book", "-"))) for p in (reviews, meta)]
+    folder = {"ml1m": "ml1m", "movielens": "ml-1m"}.get(name)  # (another name: data.load says so)
+    return [os.path.join(data_dir, folder)] if folder else []
+
+
 def load_ml1m(data_dir):
     """ml1m/interactions.tsv and items.tsv, ids and splits as CoLLM made them -> make_dataset's arguments."""
     inter_path, items_path = (os.path.join(data_dir, "ml1m", name) for name in ("interactions.tsv", "items.tsv"))

@@ -17,7 +17,7 @@ def finite(v):
 def _ticks(lo, hi, n=5, integer=False):
     """About n round ticks, as (value, label), from at or below lo to at or above hi: steps of 1, 2,
     2.5 or 5 times a power of ten (whole steps only when integer), so labels read 0.50, not 0.454."""
-    if hi == lo:
+    if hi - lo < 1e-9:  # (one value, or values that differ by float noise)
         lo, hi = lo - 0.5, hi + 0.5
     raw = (hi - lo) / max(1, n - 1)
     p = 10.0 ** math.floor(math.log10(raw))

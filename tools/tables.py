@@ -18,6 +18,9 @@ COLUMNS = [("logloss", "Log Loss"), ("precision", "Precision"), ("recall", "Reca
            ("accuracy", "Accuracy"), ("auc", "AUC"), ("uauc", "UAUC")]
 
 
+SHARES = {"auc", "uauc", "precision", "recall", "f1", "accuracy"}  # metrics in 0..1
+
+
 def _num(v):
     return float("nan") if v is None else v
 
@@ -89,8 +92,9 @@ def numbers(where, obj, what, null=False, nest=True):
     for k, v in obj.items():
         if nest and isinstance(v, dict):
             numbers(f"{where}: {k}", v, "metrics", True, False)
-        elif not (type(v) in (int, float) or null and v is None):  # type(): not a bool
-            raise DataError(f"{where}: expected {k} to be a number{' or null' * null}, got {json.dumps(v)[:60]}")
+        elif not (type(v) in (int, float) and abs(v) <= 1e12 or null and v is None):  # type(): not a bool
+            raise DataError(f"{where}: expected {k} to be a number{' or null' * null}, got {json.dumps(v)[:60]}"
+                            + " (larger than 1e12)" * (type(v) in (int, float)))
     return obj
 
 
@@ -110,4 +114,16 @@ def read_metrics(run_dir):
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path} not found: the run is unfinished or was never trained "
                                 f"(python train.py ... --out {run_dir}, with --resume to finish it)")
-    return numbers(path, read_json(path, "a run's metrics"), "a run's metrics")
+    return read_metrics_file(path)
+
+
+def read_metrics_file(path):
+    """A metrics.json (a run's, or a copy under results/): parts of numbers or null, each in its range."""
+    m = numbers(path, read_json(path, "a run's metrics"), "a run's metrics")
+    for part, ms in m.items():
+        if isinstance(ms, dict) and (lost := [k for k, _ in COLUMNS if k not in ms]):
+            raise DataError(f"{path}: {part} has no {lost[0]}; expected the metrics {', '.join(k for k, _ in COLUMNS)}")
+        for k, v in ms.items() if isinstance(ms, dict) else ():
+            if v is not None and k in SHARES and not 0 <= v <= 1 or k == "logloss" and v is not None and v < 0:
+                raise DataError(f"{path}: {part}'s {k} is {v}; expected {'>= 0' if k == 'logloss' else '0..1'}")
+    return m
