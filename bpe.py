@@ -139,6 +139,7 @@ class BPETokenizer(AnswerIds):
             "Digits without individual_digits":
                 types[0] == "Digits" and not steps[0].get("individual_digits"),
             "an added token with empty content": any(t.get("content") == "" for t in added),
+            f"{len(added)} added tokens (at most 4096)": len(added) > 4096,
             "added tokens with lstrip/rstrip/single_word":
                 any(t.get("lstrip") or t.get("rstrip") or t.get("single_word") for t in added),
         }

@@ -3,6 +3,7 @@ generated blocks: a driver beside the lesson (metrics.py computes the metrics, e
 tools/tables.py lays one table out, drivers/table.sh trains the rows)."""
 import argparse
 import datetime
+import math
 import os
 import re
 import sys
@@ -13,7 +14,7 @@ import numpy as np
 from tools.runs import cli, write_atomic, write_json
 from tools.sources import TIME_MAX, DataError, _lines, integer, read_bytes
 from tools.svg import finite, svg_bars, svg_lines
-from tools.tables import (COLUMNS, fmt_mean_std, markdown_table, md_table, mean_std, read_log, read_metrics,
+from tools.tables import (COLUMNS, _num, fmt_mean_std, markdown_table, md_table, mean_std, read_log, read_metrics,
                           read_metrics_file)
 
 
@@ -226,7 +227,8 @@ def sweep_table(root, command):
         if not {"train_loss", "seconds"} <= log[0].keys() or not {"auc", "uauc", "n"} <= log[0]["valid"].keys():
             raise DataError(f"{os.path.join(root, 'lr' + lr, 'log.jsonl')}:1: expected train_loss, seconds and "
                             "valid's auc, uauc and n")
-    rows = sorted(((log[0]["valid"]["auc"], lr, log[0]) for lr, log in logs.items()), reverse=True)
+    rows = sorted(((log[0]["valid"]["auc"], lr, log[0]) for lr, log in logs.items()),
+                  key=lambda row: (not math.isnan(_num(row[0])), row[:2]), reverse=True)  # an undefined AUC last
     table = md_table(["lr", "train loss", "valid AUC", "valid UAUC", "valid rows", "seconds"],
                      [[lr, f"{e['train_loss']:.4f}", f"{auc:.4f}", f"{e['valid']['uauc']:.4f}", str(e["valid"]["n"]),
                        f"{e['seconds']:.0f}"] for auc, lr, e in rows])

@@ -564,17 +564,18 @@ def test_a_prediction_pair_is_there_once(tmp_path):
         sources.read_preds(str(path))
 
 
-@pytest.mark.parametrize("title", ["", " ", "  \xa0", "\x00", "\u200b\ufeff"])  # nothing visible: blank
+@pytest.mark.parametrize("title", ["", " ", "  \xa0", "\x00", "\u200b\ufeff", "x" * 2001])  # nothing visible, or
+# a title of a megabyte (each of its prompts would be 590,000 tokens, encoded before any length check)
 def test_a_blank_title_is_an_error_on_its_line(tmp_path, title):
     _ml1m_dir(tmp_path / "a", GOOD, f"item_id\ttitle\n1\tA (2000)\n2\t{title}\n")
-    with pytest.raises(DataError, match=r"items.tsv:3: expected a title that is not blank, got "):
+    with pytest.raises(DataError, match=r"items.tsv:3: expected a title that is not blank, of at most 2000 "):
         data.load("ml1m", tmp_path / "a")
     if not title.isascii() and "\xa0" not in title:
         return  # movies.dat is Latin-1
     _write_grouplens(tmp_path / "b", GROUPLENS)
     movies = tmp_path / "b" / "ml-1m" / "movies.dat"
     movies.write_text(movies.read_text(encoding="latin-1") + f"50::{title}::Drama\n", encoding="latin-1")
-    with pytest.raises(DataError, match=r"movies.dat:5: expected a title that is not blank, got "):
+    with pytest.raises(DataError, match=r"movies.dat:5: expected a title that is not blank, of at most 2000 "):
         data.load("movielens", tmp_path / "b")
 
 
@@ -623,7 +624,8 @@ def test_metadata_fields_and_untitled_items(tmp_path, capsys):
     _write_jsonl(reviews, REVIEWS)
     for line, words in (({"asin": None, "title": "X"}, "asin to be a non-empty string; got null"),
                         ({"asin": 3, "title": "X"}, "asin to be a non-empty string; got 3"),
-                        ({"asin": "i4", "title": 3}, "title to be a string or null; got 3")):
+                        ({"asin": "i4", "title": 3}, "title to be a string of at most 2000 characters or null; got 3"),
+                        ({"asin": "i4", "title": "x" * 2001}, "title to be a string of at most 2000 characters")):
         _write_jsonl(meta, META + [line])
         with pytest.raises(DataError, match=rf"m.json:6: expected {words}"):
             data.load("amazon", tmp_path, reviews=str(reviews), meta=str(meta))

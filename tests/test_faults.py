@@ -24,7 +24,7 @@ import metrics
 import train
 from conftest import ROOT
 from drivers import bench, datainfo, decode, report
-from tools import backbones, runs
+from tools import backbones, runs, sources
 from tools.sources import DataError
 
 
@@ -469,10 +469,22 @@ def test_a_metrics_file_out_of_range_is_one_line_not_a_broken_plot(tmp_path, cap
             assert code in (0, None), capsys.readouterr().err
         else:
             assert code == 2 and words in one_error_line(capsys)
-    sweep = tmp_path / "sweep" / "lr1e-3"
-    sweep.mkdir(parents=True)
-    (sweep / "log.jsonl").write_text(json.dumps({"epoch": 1, "valid": {"uauc": 0.5}}) + "\n")
-    assert report.main(["--sweep", str(tmp_path / "sweep")]) == 2 and "expected train_loss" in one_error_line(capsys)
+    sweep = tmp_path / "sweep"
+    for lr, auc in (("1e-3", 0.6), ("3e-3", float("nan")), ("1e-4", 0.7)):  # NaN: as loop.write_log writes it
+        (sweep / f"lr{lr}").mkdir(parents=True)
+        (sweep / f"lr{lr}" / "log.jsonl").write_text(json.dumps(
+            {"epoch": 1, "train_loss": 0.6, "seconds": 1.0, "valid": dict(auc=auc, uauc=float("nan"), n=9)}) + "\n")
+    assert report.main(["--sweep", str(sweep)]) in (0, None)
+    assert [line.split("|")[1].strip() for line in (sweep / "sweep.md").read_text().splitlines()[4:]] == \
+        ["1e-4", "1e-3", "3e-3"]  # best valid AUC first, an undefined one last
+    (sweep / "lr1e-5").mkdir()
+    (sweep / "lr1e-5" / "log.jsonl").write_text(json.dumps({"epoch": 1, "valid": {"uauc": 0.5}}) + "\n")
+    assert report.main(["--sweep", str(sweep)]) == 2 and "expected train_loss" in one_error_line(capsys)
+    reviews = tmp_path / "amazon" / "r.json"  # an Amazon run beside its files (their folder is not an input)
+    assert runs.refuse_overlap(tmp_path / "amazon" / "runs", sources.input_dirs("amazon", None, str(reviews),
+                                                                                 str(reviews))) is None
+    with pytest.raises(runs.RunError, match="overlaps"):
+        runs.refuse_overlap(tmp_path / "amazon", sources.input_dirs("amazon", None, str(reviews), str(reviews)))
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA: --device cuda is valid here")

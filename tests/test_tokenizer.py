@@ -142,6 +142,7 @@ def test_unicode_normalizers_match_hf(tmp_path, normalizer):
     ({"pre_tokenizer": {"type": "Metaspace"}}, "pre_tokenizer"),
     ({"pre_tokenizer": {**BYTE_LEVEL, "add_prefix_space": True}}, "add_prefix_space"),
     ({"added_tokens": [{"id": 300, "content": "", "special": True}]}, "empty content"),  # matched between every char
+    ({"added_tokens": [{"id": 300 + i, "content": f"<t{i}>"} for i in range(4097)]}, "4097 added tokens"),  # slow
 ])
 def test_refuses_what_is_not_implemented(tmp_path, change, words):
     with pytest.raises(ValueError, match=words):

@@ -61,9 +61,11 @@ SPLIT = (dict(zip(SPLITS, SPLITS)).__getitem__, "split train, valid or test")
 RATING = (lambda s: integer(s, 0), "an integer Rating")  # from_ratings says 1..5 stars
 TIME = (lambda s: integer(s, 0, TIME_MAX), f"an integer timestamp 0..{TIME_MAX} (Unix seconds)")
 visible = lambda s: any(c.isprintable() and not c.isspace() for c in s)  # noqa: E731 (not NUL, U+200B, U+FEFF)
-TITLE = _is(visible, "a title that is not blank")
+TITLE_MAX = 2000  # characters (ML-1M's longest title: 80, Amazon Gift Cards': 233)
+TITLE = _is(lambda s: visible(s) and len(s) <= TITLE_MAX, f"a title that is not blank, of at most {TITLE_MAX} characters")
 NAME = _is(lambda v: isinstance(v, str) and v.strip() != "", "a non-empty string")
-TEXT = _is(lambda v: v is None or isinstance(v, str), "a string or null")
+TEXT = _is(lambda v: v is None or isinstance(v, str) and len(v) <= TITLE_MAX, f"a string of at most {TITLE_MAX} "
+           "characters or null")
 NUMBER = _is(lambda v: type(v) in (int, float), "a number")  # not a bool
 # The value's JSON text: 300 passes; "300", 300.0, 3e2 and true do not.
 JSON_TIME = (lambda v: integer(json.dumps(v), 0, TIME_MAX), f"an integer 0..{TIME_MAX} (Unix seconds)")
@@ -218,9 +220,10 @@ def _once(seen, key, n, path, said, expected):
 
 
 def input_dirs(name, data_dir, reviews=None, meta=None):
-    """The folders a data set is read from (no run or export writes into them)."""
+    """The folders (Amazon: the files) a data set is read from: no run or export writes into them."""
     if name == "amazon":
-        return [os.path.dirname(os.path.abspath(p or os.path.join(data_dir, "amazon-book", "-"))) for p in (reviews, meta)]
+        return [reviews or os.path.join(data_dir, "amazon-book", "Books_5.json.gz"),
+                meta or os.path.join(data_dir, "amazon-book", "meta_Books.json.gz")]
     folder = {"ml1m": "ml1m", "movielens": "ml-1m"}.get(name)  # (another name: data.load says so)
     return [os.path.join(data_dir, folder)] if folder else []
 

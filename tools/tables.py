@@ -92,7 +92,7 @@ def numbers(where, obj, what, null=False, nest=True):
     for k, v in obj.items():
         if nest and isinstance(v, dict):
             numbers(f"{where}: {k}", v, "metrics", True, False)
-        elif not (type(v) in (int, float) and abs(v) <= 1e12 or null and v is None):  # type(): not a bool
+        elif not (type(v) in (int, float) and not abs(v) > 1e12 or null and v is None):  # (NaN: undefined; not a bool)
             raise DataError(f"{where}: expected {k} to be a number{' or null' * null}, got {json.dumps(v)[:60]}"
                             + " (larger than 1e12)" * (type(v) in (int, float)))
     return obj
