@@ -163,9 +163,18 @@ class BPETokenizer(AnswerIds):
         if bad:
             raise ValueError(f"{self.path}: token {bad[0][0]!r:.40} has id {bad[0][1]!r:.40}; expected a string "
                              "with an id that is an int >= 0")
-        self.tokens = {i: t for t, i in self.vocab.items()} | {i: t for t, i in self.added.items()}
+        self.tokens = {}  # id -> token; an added token may repeat a vocab entry (the same text at the same id)
+        for t, i in [*self.vocab.items(), *self.added.items()]:
+            if self.tokens.setdefault(i, t) != t:
+                raise ValueError(f"{self.path}: tokens {self.tokens[i]!r:.40} and {t!r:.40} share id {i}")
         self.added_ids = set(self.added.values())
         self.vocab_size = max(self.tokens, default=-1) + 1  # (no token: no bos_token, refused below)
+        if self.vocab_size > len(self.tokens):  # ids are 0..n-1: the embedding table's rows
+            raise ValueError(f"{self.path}: {len(self.tokens)} tokens with ids up to {self.vocab_size - 1}; "
+                             "expected the ids 0..n-1, each once")
+        for t, i in self.vocab.items():  # decode turns a token's characters back into bytes
+            if i not in self.added_ids and not set(t) <= CHAR_TO_BYTE.keys():
+                raise ValueError(f"{self.path}: token {t!r:.40} is not in the byte-level alphabet")
 
     def pre_tokenize(self, text: str) -> list:
         kinds = text.translate(CHAR_CLASSES)  # one class letter per char

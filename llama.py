@@ -279,7 +279,7 @@ def weight_files(ckpt_dir) -> list:
         try:  # weight_map: key -> shard file
             weight_map = sources.read_json(index, "a JSON object with a weight_map of file names", obj=True)["weight_map"]
             names = sorted(set(weight_map.values()))
-            if bad := [n for n in names if not isinstance(n, str) or Path(n).name != n or n in ("", ".", "..")]:
+            if bad := [n for n in names if not isinstance(n, str) or Path(n).name != n or n in ("", ".", "..") or "\0" in n]:
                 raise CheckpointError(f"{index}: expected a JSON object with a weight_map of file names in its "
                                       f"directory; shard {bad[0]!r} is not one")
             return [ckpt_dir / name for name in names]

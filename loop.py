@@ -192,7 +192,9 @@ def resume_from(run, made_from, model, opt, sched, scaler, n):
         runs.check_made_from(f"--resume: {path}", ck.get("made_from", {}), made_from)
         load_trainable(model, ck["model"], path)
         fresh = opt.state_dict(), sched.state_dict(), scaler.state_dict()  # as this run's flags build them
-        for part, key in ((opt, "optimizer"), (sched, "scheduler"), (scaler, "scaler")):
+        for part, key, now in zip((opt, sched, scaler), ("optimizer", "scheduler", "scaler"), fresh):
+            if not isinstance(ck[key], dict) or ck[key].keys() != now.keys():  # (LambdaLR would take any key)
+                raise ValueError(f"its {key} state has other keys than this run's")
             part.load_state_dict(ck[key])
         epoch, best, log = ck["epoch"], ck["best"], ck["log"]
         if not (type(epoch) is int and 0 < epoch <= run.max_epochs and isinstance(log, list)

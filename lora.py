@@ -187,6 +187,8 @@ def load_adapter(model, adapter_dir):
         name = name.replace(".lora_B.default.", ".lora_B.")
         if name not in ours:
             raise ValueError(f"{adapter_dir}: adapter key {key!r} matches no LoRA layer in the model")
+        if name in loaded:  # two spellings of one weight: neither may silently win
+            raise ValueError(f"{adapter_dir}: adapter key {key!r} names {name!r} a second time")
         if tensor.shape != ours[name].shape:
             raise ValueError(f"{adapter_dir}: {key!r} has shape {tuple(tensor.shape)}, "
                              f"the model expects {tuple(ours[name].shape)}")

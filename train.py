@@ -258,6 +258,8 @@ def backbone_dir(args, ds):
         if args.tokenizer:  # missing, garbage, or "Yes"/"No" not one piece each: one line naming it, before writing
             tok = llama.load_tokenizer(args.tokenizer)
             tok.yes_id, tok.no_id
+            if not isinstance(tok, llama.Tokenizer):  # make_tiny trains its own from a sentencepiece model
+                raise ValueError(f"--tokenizer {args.tokenizer}: --llm tiny needs a sentencepiece tokenizer.model")
         if is_main():
             runs.publish_dir(d, lambda tmp: (backbones.make_tiny(tmp, texts, args.tokenizer, seed=0),
                                              runs.write_json(want, os.path.join(tmp, runs.MADE_FROM))))

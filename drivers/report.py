@@ -14,7 +14,7 @@ import numpy as np
 from tools.runs import cli, write_atomic, write_json
 from tools.sources import TIME_MAX, DataError, _lines, integer, read_bytes
 from tools.svg import finite, svg_bars, svg_lines
-from tools.tables import (COLUMNS, _num, fmt_mean_std, markdown_table, md_table, mean_std, read_log, read_metrics,
+from tools.tables import (COLUMNS, _num, fmt, fmt_mean_std, markdown_table, md_table, mean_std, read_log, read_metrics,
                           read_metrics_file)
 
 
@@ -228,9 +228,10 @@ def sweep_table(root, command):
             raise DataError(f"{os.path.join(root, 'lr' + lr, 'log.jsonl')}:1: expected train_loss, seconds and "
                             "valid's auc, uauc and n")
     rows = sorted(((log[0]["valid"]["auc"], lr, log[0]) for lr, log in logs.items()),
-                  key=lambda row: (not math.isnan(_num(row[0])), row[:2]), reverse=True)  # an undefined AUC last
+                  key=lambda row: (ok := not math.isnan(_num(row[0])), _num(row[0]) if ok else 0, row[1]),
+                  reverse=True)  # an undefined AUC (NaN, null) last
     table = md_table(["lr", "train loss", "valid AUC", "valid UAUC", "valid rows", "seconds"],
-                     [[lr, f"{e['train_loss']:.4f}", f"{auc:.4f}", f"{e['valid']['uauc']:.4f}", str(e["valid"]["n"]),
+                     [[lr, fmt(e["train_loss"]), fmt(auc), fmt(e["valid"]["uauc"]), str(e["valid"]["n"]),
                        f"{e['seconds']:.0f}"] for auc, lr, e in rows])
     return f"`{command}`\n\n{table}\n"
 

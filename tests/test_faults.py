@@ -24,7 +24,7 @@ import metrics
 import train
 from conftest import ROOT
 from drivers import bench, datainfo, decode, report
-from tools import backbones, runs, sources
+from tools import backbones, runs, sources, tables
 from tools.sources import DataError
 
 
@@ -247,6 +247,10 @@ def test_a_kill_while_writing_the_tiny_backbone_leaves_no_half_backbone(root, tm
     d = train.backbone_dir(args, ds)
     model, tok = llama.load(d)
     assert model.cfg.hidden_size == 64 and tok.yes_id != tok.no_id
+    from test_tokenizer import write_tiny_bpe
+    args.tokenizer, args.runs = str(write_tiny_bpe(tmp_path / "bpe") / "tokenizer.json"), str(tmp_path / "r2")
+    with pytest.raises(ValueError, match="--llm tiny needs a sentencepiece tokenizer.model"):  # not "is the disk full?"
+        train.backbone_dir(args, ds)
 
 
 def test_a_kill_while_writing_the_adapter_says_how_to_finish(root, tmp_path, capsys, monkeypatch):
@@ -326,6 +330,10 @@ BAD_CHECKPOINTS = {
     "tokenizer.model: expected a sentencepiece model (": lambda d: (d / "tokenizer.model").write_bytes(b""),
     "model.safetensors.index.json: expected a JSON object with a weight_map of file names in its directory; shard '../x'": lambda d: (d / "model.safetensors.index.json")
     .write_text('{"weight_map": {"a": "../x"}}'),
+    "model.safetensors.index.json: expected a JSON object with a weight_map of file names in its directory; shard 'x\\x00y": lambda d: (d / "model.safetensors.index.json")
+    .write_text('{"weight_map": {"a": "x\\u0000y"}}'),  # a NUL: "embedded null byte", naming no file
+    "config.json: expected a JSON object, an HF-format checkpoint's config.json (key 'model_type' repeats)": lambda d: (d / "config.json").write_text(
+        (d / "config.json").read_text().replace("{", '{"model_type": "gpt2", ', 1)),  # the last of two won
     ": no tokenizer.model (sentencepiece) or tokenizer.json": lambda d: (d / "tokenizer.model").unlink(),
     "model.safetensors: cannot read this safetensors file": lambda d: (d / "model.safetensors").write_bytes(
         (d / "model.safetensors").read_bytes()[:-64]),
@@ -474,9 +482,16 @@ def test_a_metrics_file_out_of_range_is_one_line_not_a_broken_plot(tmp_path, cap
         (sweep / f"lr{lr}").mkdir(parents=True)
         (sweep / f"lr{lr}" / "log.jsonl").write_text(json.dumps(
             {"epoch": 1, "train_loss": 0.6, "seconds": 1.0, "valid": dict(auc=auc, uauc=float("nan"), n=9)}) + "\n")
+    (sweep / "lr1e-2").mkdir()  # null: an undefined AUC as a hand-made log may write it
+    (sweep / "lr1e-2" / "log.jsonl").write_text(json.dumps(
+        {"epoch": 1, "train_loss": 0.6, "seconds": 1.0, "valid": dict(auc=None, uauc=None, n=9)}) + "\n")
     assert report.main(["--sweep", str(sweep)]) in (0, None)
     assert [line.split("|")[1].strip() for line in (sweep / "sweep.md").read_text().splitlines()[4:]] == \
-        ["1e-4", "1e-3", "3e-3"]  # best valid AUC first, an undefined one last
+        ["1e-4", "1e-3", "3e-3", "1e-2"]  # best valid AUC first, an undefined one last
+    shutil.rmtree(sweep / "lr1e-2")
+    (tmp_path / "m.json").write_text(json.dumps({"best_epoch": 1, "test": 0.5}))
+    with pytest.raises(sources.DataError, match="test is 0.5; expected an object of metrics"):
+        tables.read_metrics_file(tmp_path / "m.json")
     (sweep / "lr1e-5").mkdir()
     (sweep / "lr1e-5" / "log.jsonl").write_text(json.dumps({"epoch": 1, "valid": {"uauc": 0.5}}) + "\n")
     assert report.main(["--sweep", str(sweep)]) == 2 and "expected train_loss" in one_error_line(capsys)
@@ -581,6 +596,17 @@ def test_the_joint_stage_refuses_a_cf_checkpoint_of_another_model_or_history(roo
     assert "reading 10 items of history" in one_error_line(capsys)
 
 
+@pytest.mark.parametrize("spelling", ["model.layers.0.self_attn.q_proj.lora_A.weight",  # no base_model.model.
+                                      "base_model.model.model.layers.0.self_attn.q_proj.lora_A.default.weight"])
+def test_two_adapter_keys_for_one_weight_are_refused(tiny_llm, tmp_path, spelling):
+    lora.save_adapter(lora.inject(llama.load_model(tiny_llm)), tmp_path / "a")
+    state = load_file(tmp_path / "a" / "adapter_model.safetensors")
+    state[spelling] = torch.full_like(state["base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"], 9.0)
+    save_file(state, tmp_path / "a" / "adapter_model.safetensors")
+    with pytest.raises(ValueError, match="a second time"):  # one of them won, silently
+        lora.load_adapter(llama.load_model(tiny_llm), tmp_path / "a")
+
+
 def test_an_adapter_feature_that_is_not_implemented_is_refused(tiny_llm, tmp_path):
     model = llama.load_model(tiny_llm)
     lora.save_adapter(lora.inject(model), tmp_path / "a")
@@ -647,8 +673,9 @@ def test_prediction_files_say_what_they_hold(tmp_path, capsys):
         ev.main(["--preds", str(path)])  # no --scores: no guessing between logits and probabilities
     for body, words in (("1\t1\t0.7\t0.9\t1\n", "expected label 0 or 1, got '0.7'"),
                         ("1\t1\t1\t0.9\tt\n", "expected warm as 1/0, true/false or yes/no, got 't'"),
-                        ("1\t1\t1\tnan\t1\n", "expected a finite number as score")):
-        path.write_text(head + body)
+                        ("1\t1\t1\tnan\t1\n", "expected a finite number as score"),
+                        ("1\t1\t1\t0.9\t1\tTest\n", "expected split train, valid or test, got 'Test'")):
+        path.write_text((head if body.count("\t") == 4 else head.replace("\n", "\tsplit\n")) + body)
         capsys.readouterr()
         assert ev.main(["--preds", str(path), "--scores", "logits"]) == 2 and words in one_error_line(capsys)
 

@@ -268,6 +268,12 @@ RESUME_EDITS = {
     "numpy position 1e30": lambda ck: ck["rng"]["numpy"].__setitem__(2, 10 ** 30),
     "a python RNG word of 2**70": lambda ck: ck["rng"]["python"][1].__setitem__(0, 2 ** 70),
     "a gauss of 400 digits": lambda ck: ck["rng"]["numpy"].__setitem__(4, 10 ** 400),
+    # LambdaLR.load_state_dict copies any key into the scheduler: an "optimizer" replaced its optimizer
+    "a scheduler that names an optimizer": lambda ck: ck["scheduler"].update(optimizer={"param_groups": []}),
+    "an optimizer with a foreign key": lambda ck: ck["optimizer"].update(extra=1),
+    # numpy trusts the position: past 624 it reads outside its key (a crash at its next draw)
+    "numpy position 625": lambda ck: ck["rng"]["numpy"].__setitem__(2, 625),
+    "a numpy key of 3 words": lambda ck: ck["rng"]["numpy"].__setitem__(1, [1, 2, 3]),
 }
 
 

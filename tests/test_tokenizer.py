@@ -149,6 +149,19 @@ def test_refuses_what_is_not_implemented(tmp_path, change, words):
         bpe.BPETokenizer(write_tiny_bpe(tmp_path, **change) / "tokenizer.json")
 
 
+@pytest.mark.parametrize("edit,words", [
+    (lambda v: v.update({"ĠYes": v["ĠNo"]}), "share id"),  # " Yes" and " No" one token: every score 0
+    (lambda v: v.update(zz=10 ** 15), "ids up to 1000000000000000"),  # a table of 1e15 rows
+    (lambda v: v.update({"中": len(v)}), "not in the byte-level alphabet"),  # decode met a KeyError
+])
+def test_a_vocabulary_of_shared_sparse_or_foreign_ids_is_refused(tmp_path, edit, words):
+    spec = json.loads((write_tiny_bpe(tmp_path) / "tokenizer.json").read_text())
+    edit(spec["model"]["vocab"])
+    (tmp_path / "tokenizer.json").write_text(json.dumps(spec))
+    with pytest.raises(ValueError, match=words):
+        llama.load_tokenizer(tmp_path)
+
+
 @pytest.mark.parametrize("name", ["tokenizer.json", "tokenizer_config.json"])
 def test_a_tokenizer_file_that_is_no_json_object_is_named(tmp_path, name):
     d = write_tiny_bpe(tmp_path)

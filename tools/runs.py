@@ -418,6 +418,9 @@ def rng_state():
 def set_rng_state(s):
     torch.set_rng_state(s["torch"])
     name, key, pos, has_gauss, gauss = s["numpy"]
+    if not (name == "MT19937" and len(key) == 624 and type(pos) is int and 0 <= pos <= 624 and has_gauss in (0, 1)
+            and type(gauss) is float):  # numpy trusts pos: past 624 it reads outside its state (a crash)
+        raise ValueError("numpy's RNG state is not MT19937's (624 words, a position 0..624)")
     np.random.set_state((name, np.array(key, dtype=np.uint32), pos, has_gauss, gauss))
     version, state, gauss = s["python"]
     random.setstate((version, tuple(state), gauss))

@@ -133,10 +133,19 @@ def _int(s):
     return v
 
 
+def _object(pairs):
+    """A JSON object whose keys are each given once (json.loads lets the last of two win, silently)."""
+    obj = dict(pairs)
+    if len(obj) < len(pairs):
+        raise ValueError(f"key {next(k for k, n in Counter(k for k, _ in pairs).items() if n > 1)!r:.60} repeats")
+    return obj
+
+
 def loads(text):
-    """json.loads, with an integer too large to be a float, or nesting too deep, refused (ValueError)."""
+    """json.loads, with an integer too large to be a float, a repeated key, or nesting too deep refused
+    (ValueError)."""
     try:
-        return json.loads(text, parse_int=_int)
+        return json.loads(text, parse_int=_int, object_pairs_hook=_object)
     except RecursionError:
         raise ValueError("nested too deep") from None
 
@@ -147,7 +156,7 @@ def _parse_json(text, where, what):
         return loads(text)
     except json.JSONDecodeError as e:
         why = f"{e.msg} at line {e.lineno} column {e.colno}"
-    except ValueError as e:  # an integer out of range, nesting too deep
+    except ValueError as e:  # an integer out of range, a repeated key, nesting too deep
         why = str(e).split(";")[0]
     raise DataError(f"{where}: expected {what} ({why})")
 
@@ -365,7 +374,7 @@ def load_amazon(data_dir, split="ratio", reviews=None, meta=None):
 
 FLAG = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
 PREDS = {**{c: (integer, f"an integer {c} 1..{ID_MAX}") for c in ("user_id", "item_id")}, "label": LABEL,
-         "score": (real, "a finite number as score"), "split": (str, ""),
+         "score": (real, "a finite number as score"), "split": SPLIT,
          **{c: (lambda v: FLAG[v.lower()], f"{c} as 1/0, true/false or yes/no") for c in ("seen", "warm")}}
 
 

@@ -121,6 +121,8 @@ def read_metrics_file(path):
     """A metrics.json (a run's, or a copy under results/): parts of numbers or null, each in its range."""
     m = numbers(path, read_json(path, "a run's metrics"), "a run's metrics")
     for part, ms in m.items():
+        if part != "best_epoch" and not isinstance(ms, dict):
+            raise DataError(f"{path}: {part} is {json.dumps(ms)[:60]}; expected an object of metrics")
         if isinstance(ms, dict) and (lost := [k for k, _ in COLUMNS if k not in ms]):
             raise DataError(f"{path}: {part} has no {lost[0]}; expected the metrics {', '.join(k for k, _ in COLUMNS)}")
         for k, v in ms.items() if isinstance(ms, dict) else ():
