@@ -28,7 +28,6 @@ os.environ.setdefault("SASRECLLM_DATA", str(DATA_DIR))  # before data.py reads i
 
 import metrics  # noqa: E402  (the project root is on sys.path only now)
 import data  # noqa: E402
-import llama  # noqa: E402
 from data import pad_left  # noqa: E402
 from tools import backbones  # noqa: E402
 

@@ -13,12 +13,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
-import data
-import llama
 from drivers import bench
 
 torch.set_num_threads(1)  # one thread: robust on a shared 2-core machine

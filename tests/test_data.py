@@ -653,7 +653,7 @@ def test_a_broken_metrics_json_is_one_line_naming_it(tmp_path, capsys):
 def test_read_json_refuses_what_is_not_json_naming_the_file(tmp_path):
     path = tmp_path / "x.json"
     path.write_bytes(b'{"a": "\xff"}')
-    with pytest.raises(DataError, match=rf"x.json: expected a thing in UTF-8 \(byte 0xff at offset 7\)"):
+    with pytest.raises(DataError, match=r"x.json: expected a thing in UTF-8 \(byte 0xff at offset 7\)"):
         sources.read_json(path, "a thing")
     path.write_text('{"a": [1, 2, 3]}')
     assert sources.read_json(path, "a thing") == {"a": [1, 2, 3]}

@@ -18,7 +18,6 @@ from safetensors.torch import load_file, save_file
 import data
 import eval as ev
 import llama
-import loop
 import lora
 import metrics
 import train

@@ -6,7 +6,6 @@ import sys
 import numpy as np
 import pytest
 
-import eval as ev
 import metrics as M
 from conftest import ROOT
 from tools import tables

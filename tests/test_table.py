@@ -13,7 +13,6 @@ import subprocess
 
 import pytest
 
-import metrics
 from conftest import ROOT
 from drivers import report
 from tools import runs
