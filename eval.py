@@ -127,7 +127,8 @@ def write_rescore(report, run_dir, into):
 
 @runs.cli
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 allow_abbrev=False)
     ap.add_argument("run", nargs="?", help="a finished run directory: re-score its best.pt")
     ap.add_argument("--device", default=None, help="score on this device, not the run's own (a GPU run on cpu)")
     ap.add_argument("--data-dir", default=None, help="the data root, if it moved since training")

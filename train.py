@@ -151,7 +151,8 @@ class Run:
 
 
 def parse_args(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 allow_abbrev=False)
     for f in fields(Run):
         m, name = f.metadata, "--" + f.name.replace("_", "-")
         if f.type is bool:  # (a default of None: --compile / --no-compile, else the default decides)
@@ -445,6 +446,8 @@ def main(argv=None):
         reads = sources.input_dirs(args.data, args.data_dir, args.reviews, args.meta) + [args.tokenizer] + (
             [args.llm] if args.llm != "tiny" and args.stage in LLM_STAGES else []) + (
             [args.cf_ckpt, args.lora] if args.stage == "joint" else [])
+        if args.llm == "tiny" and args.stage in LLM_STAGES + ("all",):  # the tiny backbone is written there too
+            runs.refuse_overlap(os.path.join(args.runs, "tiny-llm"), reads, "--runs")
         with runs.own_run_dirs(outs, args.resume, args.overwrite, reads):  # one writer; old runs and inputs kept
             (run_all if args.stage == "all" else run_cf if args.stage in CF_STAGES else run_llm)(args)
     except KeyboardInterrupt:

@@ -138,7 +138,8 @@ def walk(args):
 
 @cli
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 allow_abbrev=False)
     ap.add_argument("--data", default="ml1m")
     ap.add_argument("--data-dir", default=None, help="data root (default: $SASRECLLM_DATA, else data/)")
     ap.add_argument("--llm", default="tiny", help="without a trained run: the backbone (HF dir or 'tiny')")

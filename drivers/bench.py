@@ -360,7 +360,8 @@ def run_ckpt(args):
 
 @runs.cli
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                allow_abbrev=False)
     p.add_argument("--shape", choices=list(SHAPES), help="default: tiny (--check: tinyllama)")
     p.add_argument("--device", help="default: cpu (--check: cuda)")
     p.add_argument("--dtype", choices=list(LLAMA_DTYPE), help="bf16: bf16 weights and autocast (--check on cuda)")

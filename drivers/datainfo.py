@@ -34,7 +34,7 @@ def export(ds, path):
 
 @cli
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
     p.add_argument("dataset", choices=["ml1m", "movielens", "amazon"])
     p.add_argument("--data-dir", default=data.DATA_DIR)
     p.add_argument("--split", default=None, choices=["months", "ratio"], help="default: ratio for amazon, else months")

@@ -2,6 +2,7 @@
 generated blocks: a driver beside the lesson (metrics.py computes the metrics, eval.py scores one run,
 tools/tables.py lays one table out, drivers/table.sh trains the rows)."""
 import argparse
+import bisect
 import datetime
 import math
 import os
@@ -11,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tools.runs import cli, write_atomic, write_json
-from tools.sources import TIME_MAX, DataError, _lines, integer, read_bytes
+from tools.runs import cli, refuse_link, write_atomic, write_json
+from tools.sources import TIME_MAX, DataError, _lines, integer, read_text
 from tools.svg import finite, svg_bars, svg_lines
 from tools.tables import (COLUMNS, _num, fmt, fmt_mean_std, markdown_table, md_table, mean_std, read_log, read_metrics,
                           read_metrics_file)
@@ -29,7 +30,7 @@ def _write(path, text):
 #     <!-- table PART [norel] | label: results/x/a.json | label: results/x/b.json -->  ...  <!-- /generated -->
 #     <!-- file results/x/shuffle_cf.md -->  ...  <!-- /generated -->
 
-GENERATED = re.compile(r"(<!-- (table|file) (.*?) -->\n)(.*?)(<!-- /generated -->)", re.S)
+MARKER, CLOSER = re.compile(r"<!-- (table|file) (.*) -->\n"), "<!-- /generated -->"  # each a line of its own
 
 
 def render_readme(text, root="."):
@@ -44,7 +45,7 @@ def render_readme(text, root="."):
 
     def block(kind, spec):
         if kind == "file":
-            return read_bytes(inside(spec), "a file the README embeds").decode().rstrip("\n")
+            return read_text(inside(spec), "a file the README embeds").rstrip("\n")
         head, *rows = [field.strip() for field in spec.split("|")]
         part, *flags = head.split()  # "test", or "test norel" for a table without Rel.Imp.
         table = []
@@ -59,7 +60,19 @@ def render_readme(text, root="."):
                     raise ValueError(f"{p}: no '{part}' section")
             table.append((label, ms[0][part] if len(ms) == 1 else mean_std(ms, paths)[part]))
         return markdown_table(table, rel="norel" not in flags)
-    return GENERATED.sub(lambda g: g[1] + block(g[2], g[3]) + "\n" + g[5], text)
+    # line by line, each marker's closer found by bisection: a regex over the text rescanned it from every
+    # "<!-- " (a README of 1 MB took minutes)
+    lines = text.splitlines(keepends=True)
+    closers = [k for k, line in enumerate(lines) if line.startswith(CLOSER)]
+    out, k = [], 0
+    while k < len(lines):
+        m, c = MARKER.fullmatch(lines[k]), bisect.bisect(closers, k)  # the first closer after line k
+        if m and c < len(closers):
+            out += [lines[k], block(m[1], m[2]) + "\n"]
+            k = closers[c]
+        out.append(lines[k])
+        k += 1
+    return "".join(out)
 
 
 def collect(run_dirs, into):
@@ -199,6 +212,7 @@ def plot_table(root, into=None):
     if len(runs) < len(ABLATION):
         raise FileNotFoundError(f"{root}: the figures need the rows {', '.join(ABLATION)}; it has {', '.join(runs)}")
     into = into or os.path.join(root, "figures")
+    refuse_link(into)  # a link planted at ROOT/figures would take the figures anywhere
     os.makedirs(into, exist_ok=True)
     over = (f"mean over {len(seeds)} seed{'s' * (len(seeds) > 1)}" if all(len(ds) == len(seeds) for ds in runs.values())
             else "mean over each row's seeds")
@@ -238,7 +252,7 @@ def sweep_table(root, command):
 
 @cli
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = argparse.ArgumentParser(description=__doc__, allow_abbrev=False)
     ap.add_argument("--table", metavar="ROOT", help="Table 1 over ROOT/seed<s>/<stage> -> ROOT.md")
     ap.add_argument("--command", default="", help="--table: the commands that trained it (one a line), printed above the table")
     ap.add_argument("--paper", metavar="DATA", help="--table: set the paper's figures on DATA (ml1m) beside ours")
@@ -259,7 +273,7 @@ def main(argv=None):
     elif args.collect:
         collect(args.collect, args.into or "results")
     elif path := args.readme or args.check_readme:
-        text = read_bytes(path, "a README").decode()
+        text = read_text(path, "a README")
         new = render_readme(text, os.path.dirname(os.path.abspath(path)))
         if args.check_readme and new != text:
             print(f"error: {path} is stale; run python -m drivers.report --readme {path}", file=sys.stderr)

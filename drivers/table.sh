@@ -20,11 +20,17 @@
 set -euo pipefail
 root=${1:?usage: bash drivers/table.sh ROOT [train.py flags...]}
 shift
-for flag in "$@"; do
+words=("$@")  # what reaches train.py beside the flags set here: the arguments and every *_FLAGS
+for name in LLM CF POP MF NCF GRU4REC MC SASREC ICL TEXT JOINT; do
+    name=${name}_FLAGS
+    read -ra more <<<"${!name:-}"
+    words+=("${more[@]}")
+done
+for flag in "${words[@]}"; do  # (train.py takes no abbreviation: --see is no --seed)
     case ${flag%%=*} in
         --stage | --data | --seed | --out | --runs | --cf-ckpt | --lora | --resume | --overwrite | --device | --llm)
             echo "error: drivers/table.sh sets ${flag%%=*} for every row itself (DATA, SEEDS, DEVICE and LLM set" \
-                "the data, the seeds, the device and the LLM); remove it" >&2
+                "the data, the seeds, the device and the LLM); remove it from the arguments and the *_FLAGS" >&2
             exit 2 ;;
     esac
 done
@@ -33,6 +39,10 @@ rows=${ROWS:-"pop mf ncf gru4rec mc sasrec icl text joint"}
 # SEEDS and ROWS reach bash arithmetic and indirect expansion, which run a $(command) inside them: checked first.
 if ! [[ ${SEEDS:-1} =~ ^[1-9][0-9]{0,2}$ ]]; then
     echo "error: SEEDS=${SEEDS:0:40}: expected a number of seeds, 1..999" >&2
+    exit 2
+fi
+if [ -n "${MINUTES:-}" ] && ! [[ $MINUTES =~ ^[0-9]{1,6}(\.[0-9]{1,4})?$ && $MINUTES =~ [1-9] ]]; then
+    echo "error: MINUTES=${MINUTES:0:40}: expected a number of minutes > 0, such as 130 or 2.5" >&2
     exit 2
 fi
 for stage in $rows; do
@@ -77,7 +87,7 @@ for ((s = 0; s < ${SEEDS:-1}; s++)); do
         if [ "${DEVICE:-cpu}" = cpu ] && [[ " icl text joint " == *" $stage "* ]] &&
             { [ -f "$out/last.pt" ] || [[ "${flags[*]}" == *bf* ]]; } && ! "$py" -c '
 import contextlib, io, sys, train, tools.runs as r
-try:  # the flags as train.py reads them (abbreviations, the last one winning); bad ones: train.py says so
+try:  # the flags as train.py reads them (the last one winning); bad ones: train.py says so
     with contextlib.redirect_stderr(io.StringIO()):
         asked = vars(train.parse_args(sys.argv[2:]))
 except (SystemExit, ValueError):

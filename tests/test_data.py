@@ -310,6 +310,27 @@ def test_amazon_max_id(tmp_path, monkeypatch):
     assert ds.titles == ["", "Book 0", "Book 1", "Book 2", "Book 3"]
 
 
+@pytest.mark.parametrize("edit,words", [
+    (lambda r, m: r[0].update(reviewerID="A\u0000"), "reviewerID"),  # numpy's str arrays dropped the NUL: A's twin
+    (lambda r, m: r[0].update(asin="U" * 10 ** 5), "asin"),  # a fixed-width array of 10^5 characters a row
+    (lambda r, m: m[0].update(title="Book \ud800"), "lone surrogate"),  # no character; a later write failed
+])
+def test_amazon_ids_are_short_printable_strings_and_text_is_unicode(tmp_path, edit, words):
+    reviews, meta = [dict(r) for r in REVIEWS], [dict(m) for m in META]
+    edit(reviews, meta)
+    _write_jsonl(tmp_path / "r.json", reviews)
+    _write_jsonl(tmp_path / "m.json", meta)
+    with pytest.raises(DataError, match=words):
+        data.load("amazon", tmp_path, split="ratio", reviews=str(tmp_path / "r.json"), meta=str(tmp_path / "m.json"))
+
+
+def test_json_surrogate_pairs_load_and_lone_ones_are_refused():
+    assert sources.loads('["\\ud83d\\ude00", "\\u00e9"]') == ["\U0001F600", "é"]
+    for text in ('"\\ud800"', '{"a": ["x\\udc00"]}', '"\\ude00\\ud83d"'):
+        with pytest.raises(ValueError, match="lone surrogate"):
+            sources.loads(text)
+
+
 def test_amazon_giftcards(data_dir):
     d = data_dir / "amazon-giftcards"
     reviews, meta = str(d / "Gift_Cards_5.json.gz"), str(d / "meta_Gift_Cards.json.gz")
@@ -580,9 +601,9 @@ def test_a_blank_title_is_an_error_on_its_line(tmp_path, title):
 
 
 @pytest.mark.parametrize("field, value, expected", [
-    ("reviewerID", None, "a non-empty string; got null"), ("reviewerID", 7, "a non-empty string; got 7"),
+    ("reviewerID", None, "printable characters; got null"), ("reviewerID", 7, "printable characters; got 7"),
     ("reviewerID", "", "a non-empty string"), ("reviewerID", " ", "a non-empty string"),
-    ("reviewerID", ..., "a non-empty string; it is missing"), ("asin", None, "a non-empty string; got null"),
+    ("reviewerID", ..., "printable characters; it is missing"), ("asin", None, "printable characters; got null"),
     ("asin", ["i1"], "a non-empty string"), ("overall", True, "a number; got true"),
     ("overall", "5.0", "a number"), ("overall", None, "a number"),
     ("unixReviewTime", 1e20, "an integer 0..99999999999"), ("unixReviewTime", 10**20, "an integer 0"),
@@ -594,7 +615,7 @@ def test_a_review_field_has_the_json_type_its_meaning_needs(tmp_path, field, val
     bad = {k: v for k, v in {**REVIEWS[1], field: value}.items() if v is not ...}
     _write_jsonl(tmp_path / "r.json", [REVIEWS[0], bad] + REVIEWS[2:])
     _write_jsonl(tmp_path / "m.json", META)
-    with pytest.raises(DataError, match=rf"r.json:2: expected {field} to be {re.escape(expected)}"):
+    with pytest.raises(DataError, match=rf"r.json:2: expected {field} to be .*{re.escape(expected)}"):
         data.load("amazon", tmp_path, reviews=str(tmp_path / "r.json"), meta=str(tmp_path / "m.json"))
 
 
@@ -622,8 +643,8 @@ def test_a_movie_id_is_in_movies_dat_once(tmp_path):
 def test_metadata_fields_and_untitled_items(tmp_path, capsys):
     reviews, meta = tmp_path / "r.json", tmp_path / "m.json"
     _write_jsonl(reviews, REVIEWS)
-    for line, words in (({"asin": None, "title": "X"}, "asin to be a non-empty string; got null"),
-                        ({"asin": 3, "title": "X"}, "asin to be a non-empty string; got 3"),
+    for line, words in (({"asin": None, "title": "X"}, "asin to be a non-empty string of at most 200 printable characters; got null"),
+                        ({"asin": 3, "title": "X"}, "asin to be a non-empty string of at most 200 printable characters; got 3"),
                         ({"asin": "i4", "title": 3}, "title to be a string of at most 2000 characters or null; got 3"),
                         ({"asin": "i4", "title": "x" * 2001}, "title to be a string of at most 2000 characters")):
         _write_jsonl(meta, META + [line])

@@ -432,6 +432,15 @@ def test_drivers_and_run_dirs_write_only_where_they_should(root, tmp_path, capsy
         out = subprocess.run(["bash", "drivers/table.sh", str(tmp_path / "t")], cwd=ROOT, capture_output=True, text=True,
                              env={**env, name: value})
         assert out.returncode == 2 and out.stderr.startswith(f"error: {name}") and not (tmp_path / "ran").exists()
+    for name, value, words in (("CF_FLAGS", "--seed 7", "sets --seed"), ("POP_FLAGS", "--out=x", "sets --out"),
+                               ("MINUTES", "abc", "MINUTES=abc"), ("MINUTES", "10 minutes", "MINUTES=10 minutes"),
+                               ("MINUTES", "0", "MINUTES=0")):  # a row's flags won over the table's; no minutes
+        out = subprocess.run(["bash", "drivers/table.sh", str(tmp_path / "t")], cwd=ROOT, capture_output=True, text=True,
+                             env={**env, name: value})
+        assert out.returncode == 2 and words in out.stderr, (name, value, out.stderr)
+    with pytest.raises(SystemExit):  # --see was --seed (argparse's abbreviations), past table.sh's guard
+        train.parse_args(["--stage", "mf", "--see", "7"])
+    capsys.readouterr()
     for planted in ("times.tsv", "commands.txt", "shuffle_cf.md.tmp", "seed0", "seed0/pop"):
         t = tmp_path / f"t_{planted.replace('/', '_')}"
         (t / planted).parent.mkdir(parents=True, exist_ok=True)
@@ -449,6 +458,20 @@ def test_drivers_and_run_dirs_write_only_where_they_should(root, tmp_path, capsy
     for marker in ("file /etc/hostname", "file ../outside.md", "table test | a: /etc/hostname"):
         with pytest.raises(ValueError, match="expected a path inside"):
             report.render_readme(f"<!-- {marker} -->\n<!-- /generated -->\n", str(tmp_path))
+    (tmp_path / "latin1.md").write_bytes(b"caf\xe9\n")  # a README, or a file it embeds, not in UTF-8: named
+    (tmp_path / "embeds.md").write_text("<!-- file latin1.md -->\n<!-- /generated -->\n")
+    for readme in ("latin1.md", "embeds.md"):
+        assert report.main(["--check-readme", str(tmp_path / readme)]) == 2
+        assert "latin1.md: expected a" in one_error_line(capsys)
+    unclosed = "<!-- file x.md -->\n" + "<!-- file " * 1000 + "\n<!-- file y.md -->\nz <!-- /generated -->\n"
+    assert report.render_readme(unclosed, str(tmp_path)) == unclosed  # no closer on a line of its own: as it was
+    (tmp_path / "tiny-llm").mkdir()  # --runs inside the data; a tiny-llm of someone else's files is kept
+    (tmp_path / "tiny-llm" / "notes.txt").write_text("keep me")
+    icl = ["--stage", "icl", "--llm", "tiny", "--data-dir", str(root), "--limit", "40", "--threads", "1"]
+    assert train.main([*icl, "--runs", str(root / "ml1m"), "--out", str(tmp_path / "icl")]) == 2
+    assert "--runs" in one_error_line(capsys) and sorted(os.listdir(root / "ml1m")) == ["interactions.tsv", "items.tsv"]
+    assert train.main([*icl, "--runs", str(tmp_path), "--out", str(tmp_path / "icl")]) == 0
+    assert [p.read_text() for p in tmp_path.glob("tiny-llm.old-*/notes.txt")] == ["keep me"]
     bad = _copy(tiny_llm, tmp_path)  # bench --ckpt: our checks before transformers builds 100000 layers
     _edit_config("num_hidden_layers", 100000)(bad)
     assert bench.main(["--ckpt", str(bad), "--steps", "1", "--data-dir", str(root)]) == 2
@@ -474,6 +497,12 @@ def test_a_metrics_file_out_of_range_is_one_line_not_a_broken_plot(tmp_path, cap
         code = report.main(["--plot", str(tmp_path / f"r{auc}")])
         if words is None:
             assert code in (0, None), capsys.readouterr().err
+            planted = tmp_path / "planted"  # the same runs, and a link at ROOT/figures: no figure goes through it
+            shutil.copytree(tmp_path / f"r{auc}", planted, ignore=shutil.ignore_patterns("figures"))
+            (tmp_path / "victim").mkdir()
+            (planted / "figures").symlink_to(tmp_path / "victim", target_is_directory=True)
+            assert report.main(["--plot", str(planted)]) == 2 and "symbolic link" in one_error_line(capsys)
+            assert not list((tmp_path / "victim").iterdir())
         else:
             assert code == 2 and words in one_error_line(capsys)
     sweep = tmp_path / "sweep"
@@ -850,3 +879,20 @@ def test_normal_runs_pass_the_estimates_easily(ml1m, monkeypatch):
     prompts = [data.Prompt(ids=[1] * 265, user_pos=[], item_pos=[])] * len(ml1m)
     limits.check_prompts(train.parse_args(["--stage", "text", "--llm", "x"]), ml1m, smol, prompts)
     assert limits.available() > 2 ** 20  # /proc/meminfo read on Linux
+
+
+def test_memory_errors_huge_input_files_and_an_empty_data_variable(tmp_path, capsys, monkeypatch):
+    """numpy's MemoryError (a size no check foresaw) escaped cli as a traceback; a sparse 1 TB file beside an
+    adapter was digested for hours; SASRECLLM_DATA="" made the data root the current directory."""
+    @runs.cli
+    def main(argv=None):
+        raise MemoryError("Unable to allocate 373. GiB for an array")
+    assert main([]) == 1 and "error: out of memory (Unable to allocate 373. GiB" in one_error_line(capsys)
+    (tmp_path / "adapter_config.json").write_text("{}")
+    (tmp_path / "README.md").write_bytes(b"x" * 100)
+    monkeypatch.setattr(runs, "DIGEST_MAX", 99)
+    with pytest.raises(ValueError, match="README.md: 100 bytes; expected at most"):
+        runs.files_digest(str(tmp_path))
+    out = subprocess.run([sys.executable, "-c", "import data; print(data.DATA_DIR)"], cwd=ROOT, capture_output=True,
+                         text=True, env={**os.environ, "SASRECLLM_DATA": ""})
+    assert out.stdout.strip() == os.path.join(str(ROOT), "data"), out.stderr

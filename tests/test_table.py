@@ -211,7 +211,7 @@ def test_lr_sweep_chooses_on_valid_only(tmp_path, data_dir):
     assert again.returncode == 0 and again.stdout.count("done before, skipped") == 2
 
 
-@pytest.mark.parametrize("how", ["--dtype bfloat16", "--dtype=bfloat16", "--dty bfloat16", "--amp bf16",
+@pytest.mark.parametrize("how", ["--dtype bfloat16", "--dtype=bfloat16", "--amp bf16",
                                  "--amp=bf16 --dtype float32", "a bf16 last.pt"])
 def test_a_bf16_row_is_neither_started_nor_resumed_where_bf16_is_emulated(tmp_path, data_dir, how):
     """The suite's ONEDNN_MAX_CPU_ISA=AVX2 (conftest) leaves bf16 emulated here, as on an AVX2-only CPU: a bf16

@@ -56,6 +56,9 @@ def cli(main):
                 why = f"{why[:MAX_ERROR]}... ({len(why)} characters)"
             print(f"error: {why}", file=sys.stderr)
             return 1 if isinstance(e, FloatingPointError) else 2
+        except MemoryError as e:  # (numpy's, from a size no check foresaw)
+            print(f"error: out of memory ({first_line(e)[:200]})", file=sys.stderr)
+            return 1
         except KeyboardInterrupt as e:
             print(f"\ninterrupted{'; ' + str(e) if str(e) else ''}", file=sys.stderr)
             return 130
@@ -262,7 +265,8 @@ def write_json(obj, path):
 
 def publish_dir(final, write):
     """A multi-file artefact whole or not at all: write(tmp) fills a fresh sibling directory (a unique
-    name, made exclusively), which then replaces FINAL; a failure removes it and leaves FINAL as it was."""
+    name, made exclusively), which then replaces FINAL (an earlier FINAL is kept beside it, as FINAL.old-*);
+    a failure removes it and leaves FINAL as it was."""
     if not is_main():
         return
     refuse_link(final)
@@ -274,11 +278,11 @@ def publish_dir(final, write):
         with writing(final):
             write(tmp)
             old = None
-            if os.path.exists(final):  # renames only: a kill never leaves FINAL half deleted
-                os.rename(final, old := f"{tmp}.old")
+            if os.path.exists(final):  # renames only: a kill never leaves FINAL half deleted; nor is it deleted
+                os.rename(final, old := tempfile.mkdtemp(prefix=name + ".old-", dir=parent))
             os.rename(tmp, final)
         if old:
-            shutil.rmtree(old, ignore_errors=True)
+            print(f"kept the earlier {final} as {old}")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -328,6 +332,9 @@ PROVENANCE = ("transformers_version", "peft_version", "_name_or_path")
 PROVENANCE_KEY = re.compile(b'"(' + "|".join(PROVENANCE).encode() + b')"')
 
 
+DIGEST_MAX = 64 << 30  # bytes: far above a 7B model's largest shard (10 GB)
+
+
 def files_digest(path):
     """The digest of a file, or of a directory's files by name, read once in 1 MiB blocks; a JSON object is
     digested without its PROVENANCE keys (a file that has none digests as its bytes)."""
@@ -336,6 +343,8 @@ def files_digest(path):
     h = hashlib.sha256()
     files = [os.path.join(path, f) for f in sorted(os.listdir(path))] if os.path.isdir(path) else [path]
     for f in filter(os.path.isfile, files):
+        if (size := os.path.getsize(f)) > DIGEST_MAX:  # (a sparse 1 TB file beside an adapter: hours of reading)
+            raise ValueError(f"{f}: {size} bytes; expected at most {DIGEST_MAX >> 30} GiB in a file a run reads")
         h.update(os.path.basename(f).encode())
         with open(f, "rb") as fh:
             head = fh.read(64 << 20) if f.endswith(".json") else b""  # (a config: its whole text)

@@ -63,7 +63,8 @@ TIME = (lambda s: integer(s, 0, TIME_MAX), f"an integer timestamp 0..{TIME_MAX} 
 visible = lambda s: any(c.isprintable() and not c.isspace() for c in s)  # noqa: E731 (not NUL, U+200B, U+FEFF)
 TITLE_MAX = 2000  # characters (ML-1M's longest title: 80, Amazon Gift Cards': 233)
 TITLE = _is(lambda s: visible(s) and len(s) <= TITLE_MAX, f"a title that is not blank, of at most {TITLE_MAX} characters")
-NAME = _is(lambda v: isinstance(v, str) and v.strip() != "", "a non-empty string")
+NAME = _is(lambda v: isinstance(v, str) and v.strip() != "" and len(v) <= 200 and v.isprintable(),
+           "a non-empty string of at most 200 printable characters")  # (a NUL vanished in numpy's str arrays)
 TEXT = _is(lambda v: v is None or isinstance(v, str) and len(v) <= TITLE_MAX, f"a string of at most {TITLE_MAX} "
            "characters or null")
 NUMBER = _is(lambda v: type(v) in (int, float), "a number")  # not a bool
@@ -133,6 +134,9 @@ def _int(s):
     return v
 
 
+LONE_SURROGATE = re.compile(r"\\u[dD][89a-fA-F]")  # (a pair, an emoji's, is checked too, and passes)
+
+
 def _object(pairs):
     """A JSON object whose keys are each given once (json.loads lets the last of two win, silently)."""
     obj = dict(pairs)
@@ -144,10 +148,18 @@ def _object(pairs):
 def loads(text):
     """json.loads, with an integer too large to be a float, a repeated key, or nesting too deep refused
     (ValueError)."""
+    if isinstance(text, (bytes, bytearray)):
+        text = text.decode("utf-8")  # (json.loads would take UTF-16 and -32 too)
     try:
-        return json.loads(text, parse_int=_int, object_pairs_hook=_object)
+        value = json.loads(text, parse_int=_int, object_pairs_hook=_object)
     except RecursionError:
         raise ValueError("nested too deep") from None
+    if LONE_SURROGATE.search(text):  # "\ud800" alone is no character: UTF-8 cannot hold it, a later write fails
+        try:
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("a string holds a lone surrogate (\\ud800-\\udfff), which is no character") from None
+    return value
 
 
 def _parse_json(text, where, what):
@@ -186,16 +198,20 @@ def read_bytes(path, what, max_bytes=64 << 20):
         raise DataError(f"{path}: expected {what} ({e.strerror or e})") from None
 
 
+def read_text(path, what, max_bytes=64 << 20):
+    """A regular file's text in UTF-8 (read_bytes' checks); a bad byte is a DataError naming it and its offset."""
+    try:
+        return read_bytes(path, what, max_bytes).decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: expected {what} in UTF-8 (byte {e.object[e.start]:#04x} at offset "
+                        f"{e.start})") from None
+
+
 def read_json(path, what, max_bytes=64 << 20, obj=False):
     """The value in a JSON file (UTF-8, at most max_bytes; with obj, a JSON object). A file that is missing, too
     big, not UTF-8, not JSON or not an object is a DataError naming it and what it should hold (what: e.g. "a
     run's metrics")."""
-    try:
-        text = read_bytes(path, what, max_bytes).decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: expected {what} in UTF-8 (byte {e.object[e.start]:#04x} at offset "
-                        f"{e.start})") from None
-    value = _parse_json(text, path, what)
+    value = _parse_json(read_text(path, what, max_bytes), path, what)
     if obj and not isinstance(value, dict):
         raise DataError(f"{path}: expected {what} (a JSON object), got {type(value).__name__}")
     return value
