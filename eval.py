@@ -76,6 +76,11 @@ def fusion_table(run_a, run_b, data_dir=None):
     runs_ = [finished_run(r, data_dir) for r in (run_a, run_b)]
     split = {p: [row_scores(r, p) for r in runs_] for p in ("valid", "test")}
     keys = {p: sorted(set(a) & set(b)) for p, (a, b) in split.items()}
+    for p, (a, b) in split.items():  # one data set: the same rows, each with the same label
+        if not keys[p] or (k := next((k for k in keys[p] if a[k][1] != b[k][1]), None)):
+            why = f"(user, item) {k} is labelled {a[k][1]} in one, {b[k][1]} in the other" if keys[p] else \
+                f"no {p} row in both"
+            raise ValueError(f"{run_a} and {run_b}: {why}; fuse two runs of one data set")
     X = {p: np.array([[1.0, a[k][0], b[k][0]] for k in keys[p]]) for p, (a, b) in split.items()}
     y = {p: np.array([split[p][0][k][1] for k in keys[p]], dtype=float) for p in split}
     w = np.zeros(3)
@@ -101,7 +106,9 @@ def preds_table(path, scores):
     if scores == "probs":
         if s.min() < 0 or s.max() > 1:
             raise ValueError(f"{path}: --scores probs, but a score lies outside [0, 1] ({s.min():g} .. {s.max():g})")
-        s = np.log(np.clip(s, 1e-7, 1 - 1e-7) / np.clip(1 - s, 1e-7, 1))  # -> logits, as metrics() takes
+        # -> logits, as metrics() takes; only exact 0 and 1 are clipped (a clip at 1e-7 tied close scores)
+        s = np.clip(s, np.finfo(float).tiny, 1 - np.finfo(float).epsneg)
+        s = np.log(s) - np.log1p(-s)
     parts = [("test", test)]
     for pos, neg in (("seen", "unseen"), ("warm", "cold")):
         if pos in d:

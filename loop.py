@@ -198,9 +198,12 @@ def resume_from(run, made_from, model, opt, sched, scaler, n):
             part.load_state_dict(ck[key])
         epoch, best, log = ck["epoch"], ck["best"], ck["log"]
         if not (type(epoch) is int and 0 < epoch <= run.max_epochs and isinstance(log, list)
-                and all(isinstance(h, dict) for h in log)
-                and all(isinstance(best[k], (int, float)) for k in ("auc", "epoch", "bad_epochs"))):
-            raise ValueError("epoch, best or log of the wrong type or range")
+                and [h.get("epoch") if isinstance(h, dict) else None for h in log] == list(range(1, epoch + 1))
+                and type(best["epoch"]) is int and 0 < best["epoch"] <= epoch  # the epochs since the best:
+                and type(best["bad_epochs"]) is int and best["bad_epochs"] == epoch - best["epoch"]  # patience's
+                and isinstance(best["auc"], float) and not best["auc"] < 0 and not best["auc"] > 1):  # (NaN: undefined)
+            raise ValueError("epoch, best or log of the wrong type or range, or not of one run "
+                             "(a log line per epoch; the best epoch within them; AUC in 0..1)")
         runs.check_resumed(opt, sched, scaler, fresh, steps=epoch * n)
         runs.set_rng_state(ck["rng"])
     except runs.RunError:

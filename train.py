@@ -73,7 +73,7 @@ class Run:
     meta: str = flag(None, "amazon: metadata file (default DATA/amazon-book/meta_Books.json.gz)")
     data_dir: str = flag(None, "data root (default: $SASRECLLM_DATA, else data/)", resume_may_change=True)
     out: str = flag(None, "run directory (default: RUNS/<stage>)", resume_may_change=True)
-    seed: int = flag(0)
+    seed: int = flag(0, "the seed of torch, numpy and random", type=number(0, 2 ** 32 - 1, int))  # numpy's range
     limit: int = flag(0, "only the first N rows of each split (smoke tests)", type=non_negative)
     valid_rows: int = flag(0, "validate on a fixed random N of the valid rows (0: all); test is always whole",
                            type=non_negative)
@@ -244,6 +244,13 @@ def run_cf(args, ds=None):
 # Stages 2 and 3 (and ICL): the LLM reads the prompt; s = z_Yes - z_No
 
 
+def inputs(args):
+    """What a run reads (the data, the tokenizer, the LLM, the CF checkpoint and adapter): never written into."""
+    return sources.input_dirs(args.data, args.data_dir, args.reviews, args.meta) + [args.tokenizer] + (
+        [args.llm] if args.llm != "tiny" and args.stage in LLM_STAGES + ("all",) else []) + (
+        [args.cf_ckpt, args.lora] if args.stage == "joint" else [])
+
+
 def backbone_dir(args, ds):
     """--llm DIR, or the tiny backbone under --runs (its tokenizer knows the titles, not the rows loaded)."""
     if args.llm != "tiny":
@@ -251,6 +258,7 @@ def backbone_dir(args, ds):
             raise FileNotFoundError(f"no LLM checkpoint at {args.llm} (config.json missing). {runs.MISSING_LLM}")
         return args.llm
     d = os.path.join(args.runs, "tiny-llm")
+    runs.refuse_overlap(d, inputs(args), "--runs")  # (train.py, walk.py: whoever writes it)
     forms = [f.format(**n) for t in data.TEMPLATES.values() for f in t.values() for n in data.NOUNS.values()]
     texts = [f'"{t}"' for t in ds.titles[1:]] + forms * 50  # titles as prompts quote them; the words, often
     want = dict(texts=runs.digest(json.dumps(texts).encode()),
@@ -443,12 +451,7 @@ def main(argv=None):
     outs = [os.path.join(args.runs, s) for s in ("sasrec", "text", "joint")] if args.stage == "all" else [args.out]
     args = replace(args, device=init_distributed(args.device))
     try:
-        reads = sources.input_dirs(args.data, args.data_dir, args.reviews, args.meta) + [args.tokenizer] + (
-            [args.llm] if args.llm != "tiny" and args.stage in LLM_STAGES else []) + (
-            [args.cf_ckpt, args.lora] if args.stage == "joint" else [])
-        if args.llm == "tiny" and args.stage in LLM_STAGES + ("all",):  # the tiny backbone is written there too
-            runs.refuse_overlap(os.path.join(args.runs, "tiny-llm"), reads, "--runs")
-        with runs.own_run_dirs(outs, args.resume, args.overwrite, reads):  # one writer; old runs and inputs kept
+        with runs.own_run_dirs(outs, args.resume, args.overwrite, inputs(args)):  # one writer; old runs and inputs kept
             (run_all if args.stage == "all" else run_cf if args.stage in CF_STAGES else run_llm)(args)
     except KeyboardInterrupt:
         raise KeyboardInterrupt(f"continue with the same command and --resume (in {', '.join(outs)})") from None

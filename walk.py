@@ -25,6 +25,11 @@ from tools import runs, sources
 from tools.runs import cli
 
 
+def full_data(a):
+    """The run's data set (its split, its Amazon files), whole: a --limit run's rows keep their numbers."""
+    return data.load(a.data, a.data_dir, a.split, a.reviews, a.meta)
+
+
 def build(args):
     """(run args, ds, model): a trained joint run rebuilt from its best.pt, or, without one, the
     joint model from untrained parts (random SASRec and mapping, no LoRA) on --llm's backbone."""
@@ -35,9 +40,9 @@ def build(args):
             raise ValueError(f"{run} is a '{a.stage}' run; the walk follows a joint run")
         # The whole data set, even when the run trained on a --limit slice: a slice keeps the
         # full data's ids and histories, so row r here is the file's r-th row.
-        return a, data.load(a.data, a.data_dir), model.eval(), f"the trained joint run {run}"
+        return a, full_data(a), model.eval(), f"the trained joint run {run}"
     a = train.Run(stage="joint", data=args.data, llm=args.llm, runs=args.runs, data_dir=args.data_dir)
-    ds = data.load(a.data, a.data_dir)
+    ds = full_data(a)
     torch.manual_seed(0)
     llm, tok = llama.load(train.backbone_dir(a, ds))
     dim = train.STAGE_DEFAULTS["sasrec"]["dim"]  # the joint stage itself reads it from the CF run
@@ -115,7 +120,7 @@ def walk(args):
     calls = []
     sys.setprofile(lambda frame, event, arg: calls.append(frame.f_code) if event == "call" else None)
     try:  # the training path, from the data files to the score, profiled
-        ds2 = data.load(a.data, a.data_dir)
+        ds2 = data.load(a.data, a.data_dir, a.split, a.reviews, a.meta)  # (full_data's call: walk.py's own)
         prompts = {row: data.encode_prompt(data.prompt(ds2, row, True, a.template), tok, a.proj_token_num)}
         b = data.prompt_batch(ds2, prompts, [row], a.maxlen)
         s_train = float(model(**b.inputs)[0])

@@ -34,7 +34,7 @@ import llama
 import loop
 import lora
 import train
-from tools import backbones, runs, tables
+from tools import backbones, limits, runs, tables
 
 TINY = dict(vocab_size=1000, hidden_size=128, intermediate_size=344, num_hidden_layers=4,
             num_attention_heads=4, num_key_value_heads=2)
@@ -384,6 +384,7 @@ def main(argv=None):
     if args.check:
         vars(args).update(CHECK["cuda" if args.device.startswith("cuda") else "cpu"])
     if args.threads:
+        limits.check_threads(args.threads)
         torch.set_num_threads(args.threads)
     runs.check_device(args.device)
     if args.ckpt:

@@ -828,3 +828,13 @@ def test_an_export_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
         datainfo.export(ds, tmp_path / "link.jsonl")
     datainfo.export(ds, out)
     assert len(out.read_text().splitlines()) == len(ds) and out.read_text() != "old\n"
+
+
+def test_walk_reads_the_run_s_own_split(tmp_path):
+    """walk.py loaded the default split whatever the run's: a ratio-split run's rows were other rows."""
+    import walk
+    _write_grouplens(tmp_path, GROUPLENS)
+    a = train.Run(stage="joint", data="movielens", split="ratio", data_dir=str(tmp_path))
+    sizes = lambda ds: [len(ds.idx(s)) for s in data.SPLITS]
+    assert sizes(walk.full_data(a)) == sizes(data.load("movielens", tmp_path, "ratio")) != \
+        sizes(data.load("movielens", tmp_path))

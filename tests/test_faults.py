@@ -471,6 +471,9 @@ def test_drivers_and_run_dirs_write_only_where_they_should(root, tmp_path, capsy
     assert train.main([*icl, "--runs", str(root / "ml1m"), "--out", str(tmp_path / "icl")]) == 2
     assert "--runs" in one_error_line(capsys) and sorted(os.listdir(root / "ml1m")) == ["interactions.tsv", "items.tsv"]
     assert train.main([*icl, "--runs", str(tmp_path), "--out", str(tmp_path / "icl")]) == 0
+    with pytest.raises(runs.RunError, match="--runs .* overlaps"):  # walk.py writes it through backbone_dir too
+        train.backbone_dir(train.parse_args(icl + ["--runs", str(root / "ml1m")]), data.load("ml1m", root))
+    assert bench.main(["--threads", "1000000"]) == 2 and "--threads 1000000" in one_error_line(capsys)
     assert [p.read_text() for p in tmp_path.glob("tiny-llm.old-*/notes.txt")] == ["keep me"]
     bad = _copy(tiny_llm, tmp_path)  # bench --ckpt: our checks before transformers builds 100000 layers
     _edit_config("num_hidden_layers", 100000)(bad)
@@ -561,6 +564,11 @@ def test_resume_and_eval_refuse_other_data_naming_what_changed(root, tmp_path, c
     assert ev.main([str(out), "--data-dir", str(flipped)]) == 2
     assert "rows changed" in one_error_line(capsys)
     assert ev.main([str(out)]) == 0 and (out / "rescored.json").exists()
+    other = tmp_path / "mf_flipped"  # the fusion probe over runs of two data sets scored B against A's labels
+    assert train.main(["--stage", "mf", "--data", "ml1m", "--data-dir", str(flipped), "--out", str(other),
+                       "--max-epochs", "1", "--batch-size", "16", "--threads", "1"]) == 0
+    capsys.readouterr()
+    assert ev.main([str(out), "--fuse", str(other)]) == 2 and "is labelled" in one_error_line(capsys)
 
 
 def _flip(row):
@@ -676,7 +684,8 @@ def test_no_file_of_a_backbone_or_adapter_that_is_a_fifo_or_a_directory_hangs(ti
     (["--clip", "-1"], "--clip: expected a finite number > 0"), (["--clip", "0"], "--clip: expected a finite number > 0"),
     (["--wd", "-5"], "--wd: expected a finite number >= 0"), (["--dropout", "nan"], "--dropout: expected a finite"),
     (["--warmup-epochs", "nan"], "--warmup-epochs: expected a finite"),
-    (["--max-minutes", "-1"], "--max-minutes: expected a finite number >= 0"), (["--lr", "inf"], "--lr: expected a finite")])
+    (["--max-minutes", "-1"], "--max-minutes: expected a finite number >= 0"), (["--lr", "inf"], "--lr: expected a finite"),
+    (["--seed", "4294967296"], "--seed: expected an integer >= 0 and <= 4294967295")])  # numpy's, after the data
 def test_flags_that_make_no_sense_are_refused_where_they_enter(root, tmp_path, capsys, flags, words):
     with pytest.raises(SystemExit) as e:
         cf_run(root, tmp_path / "mf", *flags)
@@ -691,6 +700,16 @@ def test_a_device_that_does_not_exist_and_zero_repeats_are_one_line(root, tmp_pa
         with pytest.raises(SystemExit):
             ev.main([str(tmp_path), "--repeats", n])
         assert "--repeats: expected an integer >= 1" in capsys.readouterr().err
+
+
+def test_probabilities_near_0_and_1_keep_their_order(tmp_path, capsys):
+    """A clip at 1e-7 tied every probability past it: AUC 0.625 and UAUC 0.75 where the order gives 0.75 and 1."""
+    path = tmp_path / "p.tsv"
+    path.write_text("user_id\titem_id\tlabel\tscore\n1\t1\t0\t0.9999999\n1\t2\t1\t0.99999999\n"
+                    "2\t1\t0\t0.00000001\n2\t2\t1\t0.0000001\n")
+    assert ev.main(["--preds", str(path), "--scores", "probs"]) == 0
+    row = capsys.readouterr().out.splitlines()[-1].split("|")
+    assert [c.strip() for c in row[-3:-1]] == ["0.7500", "1.0000"], row  # AUC, UAUC
 
 
 def test_prediction_files_say_what_they_hold(tmp_path, capsys):

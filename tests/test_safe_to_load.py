@@ -273,6 +273,11 @@ RESUME_EDITS = {
     # numpy trusts the position: past 624 it reads outside its key (a crash at its next draw)
     "numpy position 625": lambda ck: ck["rng"]["numpy"].__setitem__(2, 625),
     "a numpy key of 3 words": lambda ck: ck["rng"]["numpy"].__setitem__(1, [1, 2, 3]),
+    # best and log as one run leaves them: patience, the best epoch and the log of a run went astray
+    "bad epochs of -1000000": lambda ck: ck["best"].update(bad_epochs=-10 ** 6),
+    "a best AUC of inf": lambda ck: ck["best"].update(auc=float("inf")),
+    "a best epoch past the run": lambda ck: ck["best"].update(epoch=99),
+    "a log of 10000 lines": lambda ck: ck.update(log=ck["log"] * 10 ** 4),
 }
 
 

@@ -230,6 +230,14 @@ def test_hard_strings_match_hf_and_round_trip(tok, hf_tok):
         assert tok.encode(s, bos=True) == [tok.bos_id] + ids
 
 
+def test_long_words_match_hf(tok, hf_tok):
+    """Words of thousands of letters, where the merges' order matters most (the heap of bpe.bpe)."""
+    rng = random.Random(1)
+    texts = ["x" * 5000, "ab" * 2000, "".join(rng.choice("abcdeéT") for _ in range(4000)), "0123456789" * 300]
+    for s, want in zip(texts, hf_ids(hf_tok, texts)):
+        assert tok.encode(s, bos=False) == want, s[:20]
+
+
 def test_random_strings_match_hf(tok, hf_tok):
     """Random strings over a mix of ASCII, Latin-1, CJK, emoji and white space."""
     rng = random.Random(0)

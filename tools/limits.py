@@ -194,9 +194,13 @@ def check_flags(a):
     if a.max_epochs is not None and a.warmup_epochs > a.max_epochs:  # (1e308 would overflow the step count)
         raise SizeError(f"--warmup-epochs {a.warmup_epochs:g} is more than --max-epochs {a.max_epochs}: "
                         "the learning rate would never reach --lr")
+    check_threads(a.threads)
+
+
+def check_threads(n):
     cpus = os.cpu_count() or 1
-    if a.threads > (most := max(256, 4 * cpus)):  # each OpenMP thread takes a stack; 100,000 of them crash torch
-        raise SizeError(f"--threads {a.threads}: this machine has {cpus} CPUs; expected at most {most}")
+    if n > (most := max(256, 4 * cpus)):  # each OpenMP thread takes a stack; 100,000 of them crash torch
+        raise SizeError(f"--threads {n}: this machine has {cpus} CPUs; expected at most {most}")
 
 
 def check_cf(a, ds):
