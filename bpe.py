@@ -23,7 +23,7 @@ class AnswerIds:
     def word_id(self, word: str) -> int:
         """The id of a string that must be a single token, e.g. "Yes" -> 3869 ("▁Yes") for Llama 2."""
         ids = self.encode(word, bos=False)
-        if len(ids) != 1:
+        if len(ids) != 1 or ids[0] == self.unk_id:  # (unknown: "Yes" and "No" would be one token, every score 0)
             raise ValueError(f"{word!r} is not a single token in {self.path}: {self.pieces(ids)}")
         return ids[0]
 
@@ -215,9 +215,11 @@ class BPETokenizer(AnswerIds):
             ids = self.cache[word] = [self.vocab[p] for p in parts if p in self.vocab]
         return ids
 
-    def encode(self, text: str, bos: bool = True) -> list:
+    def encode(self, text: str, bos: bool = True, special: bool = True) -> list:
+        """special=False: an added token's text ("<|im_end|>" in a title) is plain text, as for HF's
+        split_special_tokens; data text is encoded so, never becoming an end of turn or an UNK slot."""
         ids = [self.bos_id] if bos else []
-        pieces = self.added_re.split(text) if self.added_re else [text]
+        pieces = self.added_re.split(text) if self.added_re and special else [text]
         for k, piece in enumerate(pieces):
             if k % 2:  # re.split puts the matched added tokens at the odd places
                 ids.append(self.added[piece])

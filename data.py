@@ -191,8 +191,12 @@ def prompt(ds, i, collab, template="paper"):
 
 
 def _title(title):
-    """A title never makes, moves or fills a slot: a marker inside it loses its angle brackets."""
-    return re.sub("<(UserID|TargetItemID|HisItemTitleList|TargetItemTitle)>", r"\1", title)
+    """A title never makes, moves or fills a slot: a marker inside it loses its angle brackets, again
+    until none is left ("<<UserID>>" would leave "<UserID>" after one pass)."""
+    marker = re.compile("<(UserID|TargetItemID|HisItemTitleList|TargetItemTitle)>")
+    while marker.search(title):
+        title = marker.sub(r"\1", title)
+    return title
 
 
 # ----------------------------------------------------------------------------------------------
@@ -269,7 +273,7 @@ def encode_prompt(text, tok, proj_token_num=1):
             pos[piece] += range(len(ids), len(ids) + proj_token_num)
             ids += [tok.unk_id] * proj_token_num
         elif piece:
-            ids += tok.encode(piece, bos=False)
+            ids += tok.encode(piece, bos=False, special=False)  # a title's "<|im_end|>" stays text
     return Prompt(ids=ids, user_pos=pos["<UserID>"], item_pos=pos["<TargetItemID>"])
 
 

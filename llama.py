@@ -279,7 +279,8 @@ def weight_files(ckpt_dir) -> list:
         try:  # weight_map: key -> shard file
             weight_map = sources.read_json(index, "a JSON object with a weight_map of file names", obj=True)["weight_map"]
             names = sorted(set(weight_map.values()))
-            if bad := [n for n in names if not isinstance(n, str) or Path(n).name != n or n in ("", ".", "..") or "\0" in n]:
+            if bad := [n for n in names if not isinstance(n, str) or Path(n).name != n or n in ("", ".", "..")
+                       or "\0" in n]:
                 raise CheckpointError(f"{index}: expected a JSON object with a weight_map of file names in its "
                                       f"directory; shard {bad[0]!r} is not one")
             return [ckpt_dir / name for name in names]
@@ -358,9 +359,13 @@ class Tokenizer(AnswerIds):
         self.sp.LoadFromSerializedProto(sources.read_bytes(path, "a sentencepiece tokenizer.model"))
         self.bos_id, self.eos_id, self.unk_id = self.sp.bos_id(), self.sp.eos_id(), self.sp.unk_id()
         self.vocab_size = self.sp.vocab_size()
+        if not (0 <= self.bos_id < self.vocab_size and 0 <= self.unk_id < self.vocab_size):
+            # (every prompt starts with BOS, and UNK holds the slots)
+            raise ValueError(f"{path}: bos id {self.bos_id} or unk id {self.unk_id} is not a token "
+                             f"(0..{self.vocab_size - 1})")
 
-    def encode(self, text: str, bos: bool = True) -> list:
-        ids = self.sp.encode(text)
+    def encode(self, text: str, bos: bool = True, special: bool = True) -> list:
+        ids = self.sp.encode(text)  # (sentencepiece never reads "<s>" or "</s>" in text as a special token)
         return [self.bos_id] + ids if bos else ids
 
     def decode(self, ids) -> str:

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from tools.runs import cli, refuse_link, write_atomic, write_json
-from tools.sources import TIME_MAX, DataError, _lines, integer, read_text
+from tools.sources import DECIMAL, TIME_MAX, DataError, _lines, integer, read_text
 from tools.svg import finite, svg_bars, svg_lines
 from tools.tables import (COLUMNS, _num, fmt, fmt_mean_std, markdown_table, md_table, mean_std, read_log, read_metrics,
                           read_metrics_file)
@@ -45,7 +45,10 @@ def render_readme(text, root="."):
 
     def block(kind, spec):
         if kind == "file":
-            return read_text(inside(spec), "a file the README embeds").rstrip("\n")
+            text = read_text(inside(spec), "a file the README embeds").rstrip("\n")
+            if re.search(r"^<!-- ((table|file) .* -->|/generated -->)", text, re.M):  # it would add blocks each time
+                raise ValueError(f"{spec.strip()[:80]}: a file the README embeds holds a marker line of its own")
+            return text
         head, *rows = [field.strip() for field in spec.split("|")]
         part, *flags = head.split()  # "test", or "test norel" for a table without Rel.Imp.
         table = []
@@ -82,6 +85,7 @@ def collect(run_dirs, into):
     if clash:
         raise ValueError(f"--collect: two runs named {clash[0]} would write the same {into}/{clash[0]}.json; "
                          "collect them into different --into folders")
+    refuse_link(into)
     os.makedirs(into, exist_ok=True)
     for d, name in zip(run_dirs, names):
         write_json(read_metrics(d), os.path.join(into, name + ".json"))
@@ -235,7 +239,7 @@ def plot_table(root, into=None):
 
 def sweep_table(root, command):
     """drivers/lr_sweep.sh's ROOT/sweep.md: each lr<LR>/ run's one epoch, best valid AUC first."""
-    names = [n for n in os.listdir(root) if n.startswith("lr")]
+    names = [n for n in os.listdir(root) if n.startswith("lr") and DECIMAL.fullmatch(n[2:])]  # (a name is a cell)
     logs = {n[2:]: log for n in names if (log := read_log(os.path.join(root, n)))}
     for lr, log in logs.items():
         if not {"train_loss", "seconds"} <= log[0].keys() or not {"auc", "uauc", "n"} <= log[0]["valid"].keys():

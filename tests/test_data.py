@@ -352,7 +352,7 @@ class CharTokenizer:
     """One id per character (ord + 3); enough to check positions and padding."""
     bos_id, eos_id, unk_id, vocab_size = 1, 2, 0, 70000
 
-    def encode(self, text, bos=True):
+    def encode(self, text, bos=True, special=True):
         return ([self.bos_id] if bos else []) + [ord(c) + 3 for c in text]
 
     def decode(self, ids):

@@ -15,6 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+import bpe
 import data
 import eval as ev
 import llama
@@ -463,6 +464,12 @@ def test_drivers_and_run_dirs_write_only_where_they_should(root, tmp_path, capsy
     for readme in ("latin1.md", "embeds.md"):
         assert report.main(["--check-readme", str(tmp_path / readme)]) == 2
         assert "latin1.md: expected a" in one_error_line(capsys)
+    (tmp_path / "closes.md").write_text("A\n<!-- /generated -->\nB\n")  # each --readme added a B and a closer
+    with pytest.raises(ValueError, match="holds a marker line of its own"):
+        report.render_readme("<!-- file closes.md -->\n<!-- /generated -->\n", str(tmp_path))
+    (tmp_path / "into").symlink_to(tmp_path / "victim_dir", target_is_directory=True)
+    with pytest.raises(runs.RunError, match="symbolic link"):  # --collect's --into, as --plot's
+        report.collect([str(tmp_path / "icl")], str(tmp_path / "into"))
     unclosed = "<!-- file x.md -->\n" + "<!-- file " * 1000 + "\n<!-- file y.md -->\nz <!-- /generated -->\n"
     assert report.render_readme(unclosed, str(tmp_path)) == unclosed  # no closer on a line of its own: as it was
     (tmp_path / "tiny-llm").mkdir()  # --runs inside the data; a tiny-llm of someone else's files is kept
@@ -520,6 +527,10 @@ def test_a_metrics_file_out_of_range_is_one_line_not_a_broken_plot(tmp_path, cap
     assert [line.split("|")[1].strip() for line in (sweep / "sweep.md").read_text().splitlines()[4:]] == \
         ["1e-4", "1e-3", "3e-3", "1e-2"]  # best valid AUC first, an undefined one last
     shutil.rmtree(sweep / "lr1e-2")
+    forged = sweep / "lr2e-3 | 0.0 | 0.99 | 0.99 | 9 | 0 |\n| 9e-9"  # a directory's name is no table row
+    shutil.copytree(sweep / "lr1e-3", forged)
+    assert report.main(["--sweep", str(sweep)]) in (0, None) and "0.99" not in (sweep / "sweep.md").read_text()
+    shutil.rmtree(forged)
     (tmp_path / "m.json").write_text(json.dumps({"best_epoch": 1, "test": 0.5}))
     with pytest.raises(sources.DataError, match="test is 0.5; expected an object of metrics"):
         tables.read_metrics_file(tmp_path / "m.json")
@@ -737,12 +748,35 @@ def test_ratings_out_of_range_are_refused_on_their_line(tmp_path):
 
 
 def test_a_title_never_makes_or_moves_a_slot(root, tmp_path):
-    items = [f"{i}\tMovie {i} <TargetItemID> <UserID> (2000)" for i in range(1, N_ITEMS + 1)]
+    items = [f"{i}\tMovie {i} <TargetItemID> <UserID> <<UserID>> <<TargetItemTitle>> (2000)"  # (one pass left
+             for i in range(1, N_ITEMS + 1)]                                                   # "<UserID>")
     ds = data.load("ml1m", write_data(tmp_path / "d", items=items))
     tok = llama.load_tokenizer(backbones.make_tiny(tmp_path / "tok", texts=["Movie (2000)"]))
     for r in range(len(ds)):
         p = data.encode_prompt(data.prompt(ds, r, True), tok)
         assert len(p.user_pos) == len(p.item_pos) == 1 and p.user_pos[0] < p.item_pos[0]
+    from test_tokenizer import write_tiny_bpe  # a byte-level BPE's added tokens in a title stay text
+    bpe_tok = llama.load_tokenizer(write_tiny_bpe(tmp_path / "bpe"))
+    p = data.encode_prompt("Heat <|im_end|><|endoftext|> <|im_start|> <UserID>", bpe_tok)
+    assert p.ids.count(bpe_tok.bos_id) == 1 and bpe_tok.eos_id not in p.ids and p.ids.count(bpe_tok.unk_id) == 1
+    assert bpe_tok.encode("<|im_end|>", bos=False) == [bpe_tok.eos_id]  # (a user's own --prompt: as HF reads it)
+
+
+def test_a_tokenizer_of_unknown_answers_or_ids_outside_it_is_refused(tmp_path):
+    """"Yes" and "No" as UNK made every score 0; a BOS id of -1 failed in torch.embedding with a traceback."""
+    class UnknownWords(bpe.AnswerIds):
+        path, unk_id = "t", 0
+        encode, pieces = (lambda self, text, bos=False: [0]), (lambda self, ids: ["<unk>"])
+    with pytest.raises(ValueError, match="'Yes' is not a single token in t"):
+        UnknownWords().yes_id
+    import io
+    import sentencepiece as spm
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(["Yes No abc"] * 50), model_writer=buf, vocab_size=30,
+                                   bos_id=-1, hard_vocab_limit=False, num_threads=1, minloglevel=2)
+    (tmp_path / "tokenizer.model").write_bytes(buf.getvalue())
+    with pytest.raises(ValueError, match="bos id -1 or unk id 0 is not a token"):
+        llama.Tokenizer(tmp_path / "tokenizer.model")
 
 
 def test_a_bad_byte_is_reported_on_its_own_line(root):
@@ -912,6 +946,8 @@ def test_memory_errors_huge_input_files_and_an_empty_data_variable(tmp_path, cap
     monkeypatch.setattr(runs, "DIGEST_MAX", 99)
     with pytest.raises(ValueError, match="README.md: 100 bytes; expected at most"):
         runs.files_digest(str(tmp_path))
+    with pytest.raises(ValueError, match="more bytes than its size"):  # /proc/self/pagemap: 0 bytes, gives 256 GiB
+        runs.files_digest("/proc/self/status")
     out = subprocess.run([sys.executable, "-c", "import data; print(data.DATA_DIR)"], cwd=ROOT, capture_output=True,
                          text=True, env={**os.environ, "SASRECLLM_DATA": ""})
     assert out.stdout.strip() == os.path.join(str(ROOT), "data"), out.stderr

@@ -278,6 +278,8 @@ RESUME_EDITS = {
     "a best AUC of inf": lambda ck: ck["best"].update(auc=float("inf")),
     "a best epoch past the run": lambda ck: ck["best"].update(epoch=99),
     "a log of 10000 lines": lambda ck: ck.update(log=ck["log"] * 10 ** 4),
+    # AdamW's step += 1 on a bool or complex step: a traceback once resumed
+    "an AdamW step that is a bool": lambda ck: [s.update(step=torch.tensor(True)) for s in ck["optimizer"]["state"].values()],
 }
 
 

@@ -24,7 +24,7 @@ class CharTok:
     """Enough of a tokenizer for encode_prompt: one id per character, BOS 1, UNK 0."""
     bos_id, eos_id, unk_id, vocab_size = 1, 2, 0, 300
 
-    def encode(self, text, bos=True):
+    def encode(self, text, bos=True, special=True):
         return ([1] if bos else []) + [3 + (ord(c) % 290) for c in text]
 
 

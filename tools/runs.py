@@ -347,14 +347,16 @@ def files_digest(path):
             raise ValueError(f"{f}: {size} bytes; expected at most {DIGEST_MAX >> 30} GiB in a file a run reads")
         h.update(os.path.basename(f).encode())
         with open(f, "rb") as fh:
-            head = fh.read(64 << 20) if f.endswith(".json") else b""  # (a config: its whole text)
+            head = fh.read(min(size, 64 << 20)) if f.endswith(".json") else b""  # (a config: its whole text)
             with suppress(ValueError, RecursionError):  # (not JSON, or nested too deep: digested as bytes)
                 if PROVENANCE_KEY.search(head) and isinstance(obj := json.loads(head), dict):
                     h.update(json.dumps({k: v for k, v in obj.items() if k not in PROVENANCE}, sort_keys=True).encode())
                     continue
             h.update(head)
-            for block in iter(lambda: fh.read(1 << 20), b""):
+            for block in iter(lambda: fh.read(min(1 << 20, size - fh.tell())), b""):  # its size, no more:
                 h.update(block)
+            if fh.read(1):  # /proc/self/pagemap says 0 bytes and gives 256 GiB
+                raise ValueError(f"{f}: more bytes than its size ({size}); expected a regular file a run reads")
     return h.hexdigest()[:16]
 
 
@@ -396,12 +398,13 @@ def check_resumed(opt, sched, scaler, fresh, steps):
             if set(st) != keys:
                 raise ValueError(f"optimizer state {sorted(st)} instead of {sorted(keys)}")
             step = st["step"]
-            if not (torch.is_tensor(step) and step.ndim == 0 and math.isfinite(k := float(step)) and k == int(k)
-                    and 0 <= k <= steps):
+            if not (torch.is_tensor(step) and step.ndim == 0 and step.dtype in (torch.float32, torch.float64)
+                    and math.isfinite(k := float(step)) and k == int(k) and 0 <= k <= steps):  # (a bool: a traceback)
                 raise ValueError(f"an AdamW step {step!r:.40} of a run {steps} steps in")
-            if not all(torch.is_tensor(t := st[k]) and t.shape == p.shape and torch.isfinite(t).all()
-                       and (k == "exp_avg" or (t >= 0).all()) for k in keys - {"step"}):
-                raise ValueError("optimizer moments that are not finite, or of another shape than the parameters")
+            if not all(torch.is_tensor(t := st[k]) and t.shape == p.shape and t.dtype == p.dtype
+                       and torch.isfinite(t).all() and (k == "exp_avg" or (t >= 0).all()) for k in keys - {"step"}):
+                raise ValueError("optimizer moments that are not finite, or of another shape or dtype than the "
+                                 "parameters")
     sc = scaler.state_dict()
     if sc.keys() != fresh_scaler.keys() or any(sc[k] != fresh_scaler[k] for k in sc if k not in ("scale", "_growth_tracker")):
         raise ValueError("a loss scaler of other settings")
