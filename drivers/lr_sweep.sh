@@ -10,9 +10,21 @@ set -euo pipefail
 root=${1:?usage: LRS="1e-4 3e-4" bash drivers/lr_sweep.sh ROOT --stage STAGE [train.py flags...]}
 shift
 py=${PYTHON:-python}
-mkdir -p "$root"
-for lr in ${LRS:?set LRS, e.g. LRS=\"1e-4 3e-4 1e-3\"}; do
+set -f  # LRS is split on spaces, never globbed ("*" named the files here)
+lrs=(${LRS:?set LRS, e.g. LRS=\"1e-4 3e-4 1e-3\"})
+for lr in "${lrs[@]}"; do  # each is a directory's name: a number, never "../x"
+    if ! [[ $lr =~ ^[0-9]{1,20}(\.[0-9]{1,20})?([eE][-+]?[0-9]{1,3})?$ ]]; then
+        echo "error: LRS holds ${lr:0:40}; expected learning rates such as 1e-4 3e-4" >&2
+        exit 2
+    fi
+done
+mkdir -p -- "$root"
+for lr in "${lrs[@]}"; do
     out=$root/lr$lr
+    if [ -L "$out" ]; then  # train.py refuses a linked --out too; the sweep stops before it
+        echo "error: $out is a symbolic link; refusing to write through it" >&2
+        exit 2
+    fi
     if [ -s "$out/log.jsonl" ]; then
         echo "[sweep] lr $lr: done before, skipped"
         continue

@@ -439,6 +439,10 @@ def test_drivers_and_run_dirs_write_only_where_they_should(root, tmp_path, capsy
         out = subprocess.run(["bash", "drivers/table.sh", str(tmp_path / "t")], cwd=ROOT, capture_output=True, text=True,
                              env={**env, name: value})
         assert out.returncode == 2 and words in out.stderr, (name, value, out.stderr)
+    for lrs in ("../../x", "*", "1e-3 $(touch x)"):  # lr_sweep.sh: LRS names directories (and was globbed)
+        out = subprocess.run(["bash", "drivers/lr_sweep.sh", str(tmp_path / "sw"), "--stage", "mf"], cwd=ROOT,
+                             capture_output=True, text=True, env={**env, "LRS": lrs})
+        assert out.returncode == 2 and "error: LRS holds" in out.stderr and not (tmp_path / "x").exists(), out.stderr
     with pytest.raises(SystemExit):  # --see was --seed (argparse's abbreviations), past table.sh's guard
         train.parse_args(["--stage", "mf", "--see", "7"])
     capsys.readouterr()
