@@ -119,7 +119,7 @@ def preds_table(path, scores):
 
 def write_rescore(report, run_dir, into):
     """INTO/<run>.json, or RUN/rescored.json; an earlier one is moved aside, and metrics.json never touched."""
-    folder, name = (into, os.path.basename(os.path.normpath(run_dir))) if into else (run_dir, "rescored")
+    folder, name = (into, os.path.basename(os.path.abspath(run_dir))) if into else (run_dir, "rescored")
     os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, name + ".json")
     runs.refuse_link(path)
@@ -153,19 +153,21 @@ def main(argv=None):
     if args.run:  # in the numerics the run was trained in (runs.numerics), before torch's first op
         saved = [runs.peek_args(os.path.join(r, "best.pt")) for r in (args.run, args.fuse) if r]
         dtype = next((a.get("dtype") for a in saved if a.get("dtype") != "float32"), "float32")  # bf16: native
-        runs.numerics(args.dtype or dtype, args.device or saved[0].get("device", "cpu"))
+        numerics = runs.numerics(args.dtype or dtype, args.device or saved[0].get("device", "cpu"))
     if args.preds:
         if not args.scores:
             ap.error("--preds needs --scores logits or --scores probs (what the score column holds)")
         print(preds_table(args.preds, args.scores))
     elif args.run and (args.fuse or args.shuffle_cf or args.shuffle_text):
         with contextlib.redirect_stdout(sys.stderr):  # progress lines; stdout keeps the report alone
+            print(numerics)
             report = fusion_table(args.run, args.fuse, args.data_dir) if args.fuse else shuffle_report(
                 args.run, "cf" if args.shuffle_cf else "text", args.repeats, args.data_dir, args.device, args.dtype,
                 args.test_only)
         print(report)
     elif args.run:
         [report] = score_run(finished_run(args.run, args.data_dir, args.device, args.dtype), test_only=args.test_only)
+        print(numerics)
         print(f"wrote {write_rescore(report, args.run, args.into)}")
         print(markdown_table([(p, report[p]) for p in PARTS if p in report], rel=False))
     else:

@@ -4,19 +4,25 @@
 #   bash drivers/numerics_cost.sh OUT_DIR     (REPEATS=3; SASRECLLM_DATA as for train.py)
 # Rows: a one-epoch SASRec run on ML-1M; with CHAIN=1, the main job's chain cut to one short epoch per stage.
 set -euo pipefail
+out=$(realpath -m -- "${1:?usage: bash drivers/numerics_cost.sh OUT_DIR}")  # the caller's, before the cd below
+[ -z "${SASRECLLM_DATA:-}" ] || export SASRECLLM_DATA=$(realpath -m -- "$SASRECLLM_DATA")
+repeats=${REPEATS:-3} chain=${CHAIN:-0}
+if ! [[ $repeats =~ ^[1-9][0-9]{0,2}$ && $chain =~ ^[01]$ ]]; then
+    echo "error: REPEATS=${repeats:0:40} CHAIN=${chain:0:40}: expected REPEATS 1..999 and CHAIN 0 or 1" >&2
+    exit 2
+fi
 cd "$(dirname "$0")/.."
-out=${1:?usage: bash drivers/numerics_cost.sh OUT_DIR}
-mkdir -p "$out"
+mkdir -p -- "$out"
 cap=$(env -u ATEN_CPU_CAPABILITY python -c "import torch; print(torch.backends.cpu.get_cpu_capability().lower())")
 native=(env ATEN_CPU_CAPABILITY="$cap" MKL_CBWR=AUTO ONEDNN_MAX_CPU_ISA=ALL)  # set: numerics() leaves them
 jobs=("sasrec|--stage sasrec --data ml1m --max-epochs 1")  # CHAIN=1 adds the main job's chain, one short epoch each
-[ -n "${CHAIN:-}" ] && jobs+=("chain|--stage all --data ml1m --llm tiny --max-epochs 1 --iters-per-epoch 100 --valid-rows 2000")
+[ "$chain" = 1 ] && jobs+=("chain|--stage all --data ml1m --llm tiny --max-epochs 1 --iters-per-epoch 100 --valid-rows 2000")
 echo "| run | mode | seconds per run | mean |" >"$out/cost.md.tmp"
 echo "|---|---|---|---|" >>"$out/cost.md.tmp"
 for job in "${jobs[@]}"; do
   name=${job%%|*} flags=${job#*|}
   declare -A secs=([portable]="" [native]="")
-  for k in $(seq "${REPEATS:-3}"); do
+  for k in $(seq "$repeats"); do
     for mode in portable native; do
       pre=(); [ "$mode" = native ] && pre=("${native[@]}")
       rm -rf "$out/runs"

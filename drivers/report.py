@@ -80,7 +80,7 @@ def render_readme(text, root="."):
 
 def collect(run_dirs, into):
     """Copy each run's metrics.json to INTO/<run name>.json: the files the README's tables cite."""
-    names = [os.path.basename(os.path.normpath(d)) for d in run_dirs]
+    names = [os.path.basename(os.path.abspath(d)) for d in run_dirs]
     clash = sorted({n for n in names if names.count(n) > 1})
     if clash:
         raise ValueError(f"--collect: two runs named {clash[0]} would write the same {into}/{clash[0]}.json; "
@@ -176,7 +176,7 @@ def build_table(root, command="", data=None):
               "", "The row's first seed: its wall time (times.tsv), its epochs, its training speed (the median over "
               "epochs)."]
     text = "\n".join(lines) + "\n"
-    print(text + f"wrote {_write(os.path.normpath(root) + '.md', text)}")
+    print(text + f"wrote {_write(os.path.abspath(root) + '.md', text)}")
 
 
 # -----------------------------------------------------------------------------

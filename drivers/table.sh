@@ -35,6 +35,8 @@ for flag in "${words[@]}"; do  # (train.py takes no abbreviation: --see is no --
     esac
 done
 py=${PYTHON:-python}
+repo=$(cd "$(dirname "$0")/.." && pwd)  # train.py and the modules, from any directory (ROOT stays the caller's)
+export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}"
 rows=${ROWS:-"pop mf ncf gru4rec mc sasrec icl text joint"}
 # SEEDS and ROWS reach bash arithmetic and indirect expansion, which run a $(command) inside them: checked first.
 if ! [[ ${SEEDS:-1} =~ ^[1-9][0-9]{0,2}$ ]]; then
@@ -84,8 +86,9 @@ for ((s = 0; s < ${SEEDS:-1}; s++)); do
             fi
             flags+=(--pause-minutes "$left")
         fi
+        bf16=0
         if [ "${DEVICE:-cpu}" = cpu ] && [[ " icl text joint " == *" $stage "* ]] &&
-            { [ -f "$out/last.pt" ] || [[ "${flags[*]}" == *bf* ]]; } && ! "$py" -c '
+            { [ -f "$out/last.pt" ] || [[ "${flags[*]}" == *bf* ]]; }; then "$py" -c '
 import contextlib, io, sys, train, tools.runs as r
 try:  # the flags as train.py reads them (the last one winning); bad ones: train.py says so
     with contextlib.redirect_stderr(io.StringIO()):
@@ -93,8 +96,12 @@ try:  # the flags as train.py reads them (the last one winning); bad ones: train
 except (SystemExit, ValueError):
     asked = {}
 bf16 = any(d.get("dtype") == "bfloat16" or d.get("amp") == "bf16" for d in (asked, r.peek_args(sys.argv[1])))
-sys.exit(bf16 and not r.native_bf16())' "$out/last.pt" "${flags[@]}"
-        then
+sys.exit(3 if bf16 and not r.native_bf16() else 0)' "$out/last.pt" "${flags[@]}" || bf16=$?
+        fi
+        if [ "$bf16" != 0 ] && [ "$bf16" != 3 ]; then  # (a traceback is no answer about bf16)
+            echo "error: the bf16 check of $stage, seed $s failed (exit $bf16)" >&2
+            exit 2
+        elif [ "$bf16" = 3 ]; then
             echo "[table] $stage, seed $s: a bf16 row, and this CPU has no native bf16 (emulated: many times slower," \
                 "other kernels than the row's own); run the same command on a CPU with AMX or avx512_bf16" >&2
             exit 3
@@ -108,7 +115,7 @@ sys.exit(bf16 and not r.native_bf16())' "$out/last.pt" "${flags[@]}"
         fi
         echo "[table] $stage, seed $s: $py train.py ${flags[*]}"
         t0=$SECONDS
-        "$py" train.py "${flags[@]}"
+        "$py" "$repo/train.py" "${flags[@]}"
         printf 'seed%s/%s\t%d\t%s\n' "$s" "$stage" $((SECONDS - t0)) "$how" >>"$root/times.tsv"
         if [ ! -f "$out/metrics.json" ]; then
             echo "[table] $stage, seed $s: not finished (paused or stopped); run the same command again to go on"
@@ -124,7 +131,7 @@ grep -qxF -- "$command" "$root/commands.txt" 2>/dev/null || printf '%s\n' "$comm
 "$py" -m drivers.report --table "$root" --command "$(cat "$root/commands.txt")" --paper "${DATA:-ml1m}"
 if [[ " $rows " == *" joint "* ]] && [ ! -f "$root/shuffle_cf.md" ]; then
     read -ra shuffle <<<"${SHUFFLE_FLAGS:-}"
-    "$py" eval.py "$root/seed0/joint" --shuffle-cf --device "${DEVICE:-cpu}" "${shuffle[@]}" >"$root/shuffle_cf.md.tmp"
+    "$py" "$repo/eval.py" "$root/seed0/joint" --shuffle-cf --device "${DEVICE:-cpu}" "${shuffle[@]}" >"$root/shuffle_cf.md.tmp"
     mv "$root/shuffle_cf.md.tmp" "$root/shuffle_cf.md"
     cat "$root/shuffle_cf.md"
 fi

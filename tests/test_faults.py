@@ -24,7 +24,7 @@ import metrics
 import train
 from conftest import ROOT
 from drivers import bench, datainfo, decode, report
-from tools import backbones, runs, sources, tables
+from tools import backbones, dist, runs, sources, tables
 from tools.sources import DataError
 
 
@@ -443,6 +443,15 @@ def test_drivers_and_run_dirs_write_only_where_they_should(root, tmp_path, capsy
         out = subprocess.run(["bash", "drivers/lr_sweep.sh", str(tmp_path / "sw"), "--stage", "mf"], cwd=ROOT,
                              capture_output=True, text=True, env={**env, "LRS": lrs})
         assert out.returncode == 2 and "error: LRS holds" in out.stderr and not (tmp_path / "x").exists(), out.stderr
+    for e in ({"REPEATS": "abc"}, {"REPEATS": "0"}, {"CHAIN": "2"}):  # a table of -nan; CHAIN=0 ran the chain
+        out = subprocess.run(["bash", "drivers/numerics_cost.sh", str(tmp_path / "nc")], cwd=ROOT, capture_output=True,
+                             text=True, env={**env, **e})
+        assert out.returncode == 2 and "expected REPEATS 1..999" in out.stderr and not (tmp_path / "nc").exists()
+    elsewhere = tmp_path / "elsewhere"  # table.sh from another directory: ROOT is the caller's, train.py the repo's
+    elsewhere.mkdir()
+    out = subprocess.run(["bash", str(ROOT / "drivers" / "table.sh"), "t", "--data-dir", str(root)], cwd=elsewhere,
+                         capture_output=True, text=True, env={**os.environ, "ROWS": "pop"})
+    assert out.returncode == 0 and (elsewhere / "t" / "seed0" / "pop" / "metrics.json").exists(), out.stderr[-2000:]
     with pytest.raises(SystemExit):  # --see was --seed (argparse's abbreviations), past table.sh's guard
         train.parse_args(["--stage", "mf", "--see", "7"])
     capsys.readouterr()
@@ -486,6 +495,9 @@ def test_drivers_and_run_dirs_write_only_where_they_should(root, tmp_path, capsy
         train.backbone_dir(train.parse_args(icl + ["--runs", str(root / "ml1m")]), data.load("ml1m", root))
     assert bench.main(["--threads", "1000000"]) == 2 and "--threads 1000000" in one_error_line(capsys)
     assert [p.read_text() for p in tmp_path.glob("tiny-llm.old-*/notes.txt")] == ["keep me"]
+    with contextlib.chdir(tmp_path / "icl"):  # a run named "." is named by its folder, not "..json"
+        report.collect(["."], str(tmp_path / "col"))
+    assert os.listdir(tmp_path / "col") == ["icl.json"]
     bad = _copy(tiny_llm, tmp_path)  # bench --ckpt: our checks before transformers builds 100000 layers
     _edit_config("num_hidden_layers", 100000)(bad)
     assert bench.main(["--ckpt", str(bad), "--steps", "1", "--data-dir", str(root)]) == 2
@@ -583,7 +595,8 @@ def test_resume_and_eval_refuse_other_data_naming_what_changed(root, tmp_path, c
     assert train.main(["--stage", "mf", "--data", "ml1m", "--data-dir", str(flipped), "--out", str(other),
                        "--max-epochs", "1", "--batch-size", "16", "--threads", "1"]) == 0
     capsys.readouterr()
-    assert ev.main([str(out), "--fuse", str(other)]) == 2 and "is labelled" in one_error_line(capsys)
+    assert ev.main([str(out), "--fuse", str(other)]) == 2  # (after the numerics line, as the progress lines)
+    assert "is labelled" in capsys.readouterr().err.splitlines()[-1]
 
 
 def _flip(row):
@@ -955,3 +968,10 @@ def test_memory_errors_huge_input_files_and_an_empty_data_variable(tmp_path, cap
     out = subprocess.run([sys.executable, "-c", "import data; print(data.DATA_DIR)"], cwd=ROOT, capture_output=True,
                          text=True, env={**os.environ, "SASRECLLM_DATA": ""})
     assert out.stdout.strip() == os.path.join(str(ROOT), "data"), out.stderr
+    for k, v in (("WORLD_SIZE", "abc"), ("WORLD_SIZE", ""), ("RANK", "-1"), ("LOCAL_RANK", "٣")):  # int()'s message,
+        monkeypatch.setenv(k, v)                                                # naming no variable, or a hung group
+        with pytest.raises(ValueError, match="expected integers with 0 <= RANK, LOCAL_RANK < WORLD_SIZE"):
+            dist.init_distributed("cpu")
+        monkeypatch.delenv(k)
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "abc")  # oneDNN runs its widest ISA for a value it cannot read
+    assert runs.numerics("float32").startswith("numerics: NOT portable: ONEDNN_MAX_CPU_ISA=abc, not AVX2")

@@ -2,6 +2,7 @@
 float, the scores), no-ops in one process. Written out instead of DistributedDataParallel: with a
 frozen LLM only a few tensors train, and loop.py shows the one collective that training needs."""
 import os
+import re
 
 import torch
 import torch.distributed as dist
@@ -29,11 +30,16 @@ def barrier():
 
 def init_distributed(device):
     """Under torchrun: join the process group (NCCL on GPUs, gloo on CPU); returns this rank's device."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+    world, rank, local = (os.environ.get(k, d) for k, d in (("WORLD_SIZE", "1"), ("RANK", "0"), ("LOCAL_RANK", "0")))
+    if not all(re.fullmatch(r"0|[1-9][0-9]{0,3}", v) for v in (world, rank, local)) or int(rank) >= int(world) \
+            or int(local) >= int(world):  # (torchrun sets them; a bad one failed in int() or hung the group)
+        raise ValueError(f"WORLD_SIZE={world[:20]!r} RANK={rank[:20]!r} LOCAL_RANK={local[:20]!r}: expected "
+                         "integers with 0 <= RANK, LOCAL_RANK < WORLD_SIZE (as torchrun sets them)")
+    if int(world) <= 1:
         return device
     dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
     if device.startswith("cuda"):
-        device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+        device = f"cuda:{local}"
         torch.cuda.set_device(device)
     return device
 

@@ -109,9 +109,11 @@ def numerics(dtype, device="cpu"):
     for k, v in PORTABLE.items():
         os.environ.setdefault(k, v)  # (set one yourself to opt out)
     got = torch.backends.cpu.get_cpu_capability()
-    if got != "AVX2":
-        return (f"numerics: NOT portable: torch runs its {got} kernels (torch chose before this line, or "
-                "ATEN_CPU_CAPABILITY was set); the bits may differ between CPU kinds")
+    other = [f"{k}={os.environ[k][:20]}" for k in list(PORTABLE)[1:3] if os.environ[k].upper() != PORTABLE[k]]
+    if got != "AVX2" or other:  # (oneDNN runs its widest ISA for a value it cannot read)
+        why = f"torch runs its {got} kernels" if got != "AVX2" else f"{' and '.join(other)}, not AVX2"
+        return (f"numerics: NOT portable: {why} (torch chose before this line, or ATEN_CPU_CAPABILITY, MKL_CBWR or "
+                "ONEDNN_MAX_CPU_ISA was set); the bits may differ between CPU kinds")
     return "numerics: portable (one AVX2 kernel path on every x86-64 CPU: " + \
         " ".join(f"{k}={os.environ[k]}" for k in list(PORTABLE)[:3]) + ")"
 
