@@ -20,8 +20,9 @@
 set -euo pipefail
 root=${1:?usage: bash drivers/table.sh ROOT [train.py flags...]}
 shift
+all_rows="pop mf ncf gru4rec mc sasrec icl text joint"  # Table 1's rows, in its order
 words=("$@")  # what reaches train.py beside the flags set here: the arguments and every *_FLAGS
-for name in LLM CF POP MF NCF GRU4REC MC SASREC ICL TEXT JOINT; do
+for name in LLM CF ${all_rows^^}; do
     name=${name}_FLAGS
     read -ra more <<<"${!name:-}"
     words+=("${more[@]}")
@@ -37,7 +38,7 @@ done
 py=${PYTHON:-python}
 repo=$(cd "$(dirname "$0")/.." && pwd)  # train.py and the modules, from any directory (ROOT stays the caller's)
 export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}"
-rows=${ROWS:-"pop mf ncf gru4rec mc sasrec icl text joint"}
+rows=${ROWS:-$all_rows}
 # SEEDS and ROWS reach bash arithmetic and indirect expansion, which run a $(command) inside them: checked first.
 if ! [[ ${SEEDS:-1} =~ ^[1-9][0-9]{0,2}$ ]]; then
     echo "error: SEEDS=${SEEDS:0:40}: expected a number of seeds, 1..999" >&2
@@ -48,8 +49,8 @@ if [ -n "${MINUTES:-}" ] && ! [[ $MINUTES =~ ^[0-9]{1,6}(\.[0-9]{1,4})?$ && $MIN
     exit 2
 fi
 for stage in $rows; do
-    if [[ " pop mf ncf gru4rec mc sasrec icl text joint " != *" $stage "* ]]; then
-        echo "error: ROWS holds ${stage:0:40}; expected some of: pop mf ncf gru4rec mc sasrec icl text joint" >&2
+    if [[ " $all_rows " != *" $stage "* ]]; then
+        echo "error: ROWS holds ${stage:0:40}; expected some of: $all_rows" >&2
         exit 2
     fi
 done
