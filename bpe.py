@@ -28,7 +28,13 @@ class AnswerIds:
         return ids[0]
 
     yes_id = property(lambda self: self.word_id(self.ANSWERS[0]))
-    no_id = property(lambda self: self.word_id(self.ANSWERS[1]))
+
+    @property
+    def no_id(self) -> int:
+        if (no := self.word_id(self.ANSWERS[1])) == self.yes_id:  # (a normalizer that writes "Yes" as "No")
+            raise ValueError(f"'Yes' and 'No' are the same token in {self.path} ({self.pieces([no])}): every score "
+                             "z_Yes - z_No would be 0")
+        return no
 
 
 # GPT-2's reversible byte -> character map (its bytes_to_unicode): printable Latin-1 bytes stand for
@@ -109,6 +115,8 @@ class BPETokenizer(AnswerIds):
         def token_id(key):
             name = cfg.get(key)
             name = name.get("content") if isinstance(name, dict) else name  # older files nest it
+            if name is not None and type(name) is not str:
+                raise ValueError(f"{cfg_path}: {key} is {name!r:.40}; expected the text of a token")
             return self.added.get(name, self.vocab.get(name))
 
         self.bos_id, self.eos_id = token_id("bos_token"), token_id("eos_token")
@@ -133,6 +141,9 @@ class BPETokenizer(AnswerIds):
             "BPE dropout": bool(model.get("dropout")),
             "a subword prefix/suffix": bool(model.get("continuing_subword_prefix")
                                             or model.get("end_of_word_suffix")),
+            "unk_token or byte_fallback with bytes missing from model.vocab (HF drops a missing byte only "
+            "without them)": bool(model.get("unk_token") is not None or model.get("byte_fallback"))
+                             and not set(BYTE_TO_CHAR.values()) <= model["vocab"].keys(),
             f"normalizer {norms}": any(n not in ("NFC", "NFD", "NFKC", "NFKD") for n in norms),
             f"pre_tokenizer {types}": types not in (["ByteLevel"], ["Digits", "ByteLevel"]),
             "ByteLevel without use_regex or with add_prefix_space":

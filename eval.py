@@ -166,7 +166,10 @@ def main(argv=None):
                 args.test_only)
         print(report)
     elif args.run:
-        [report] = score_run(finished_run(args.run, args.data_dir, args.device, args.dtype), test_only=args.test_only)
+        run = finished_run(args.run, args.data_dir, args.device, args.dtype)
+        if args.into:  # (into the LLM's folder, it would change the digest the run was made from)
+            runs.refuse_overlap(args.into, train.inputs(run[0]), "--into")
+        [report] = score_run(run, test_only=args.test_only)
         print(numerics)
         print(f"wrote {write_rescore(report, args.run, args.into)}")
         print(markdown_table([(p, report[p]) for p in PARTS if p in report], rel=False))

@@ -75,6 +75,9 @@ class LlamaConfig:
         if scaling or rope.get("rope_type", "default") != "default":
             raise ValueError(f"rope scaling ({scaling or rope}) is not implemented; only plain RoPE is")
         theta = d.get("rope_theta", rope.get("rope_theta", 10000.0))
+        if "rope_theta" in d and "rope_theta" in rope and d["rope_theta"] != rope["rope_theta"]:  # (HF reads the latter)
+            raise ValueError(f"rope_theta {d['rope_theta']!r:.40} and rope_parameters' {rope['rope_theta']!r:.40} "
+                             "differ; expected one value")
         eos = d.get("eos_token_id", 2)  # HF allows a list of ids; decoding stops at the first
         kv = d.get("num_key_value_heads")
         return cls(

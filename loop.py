@@ -18,7 +18,7 @@ from dataclasses import asdict, fields
 import torch
 
 import metrics as M
-from tools import runs
+from tools import limits, runs
 from tools.dist import all_reduce_grads, all_sum, barrier, rank_world, say
 
 CHECKPOINT_EVERY = 8   # epochs between the numbered checkpoints (the paper's habit)
@@ -158,10 +158,11 @@ def load_trainable(model, state, path):
     params = dict(model.named_parameters())
     missing = {n for n, p in params.items() if p.requires_grad} - set(state)
     unexpected = set(state) - set(params)
-    bad = [n for n in set(state) & set(params) if not (torch.is_tensor(state[n]) and state[n].shape == params[n].shape)]
+    bad = [n for n in set(state) & set(params) if not (torch.is_tensor(state[n]) and state[n].shape == params[n].shape
+                                                        and state[n].dtype in limits.FLOATS.values())]
     if missing or unexpected or bad:
         raise runs.RunError(f"{path}: does not fit this model: missing {sorted(missing)[:3]}, unexpected "
-                            f"{sorted(unexpected)[:3]}, of another shape {sorted(bad)[:3]}")
+                            f"{sorted(unexpected)[:3]}, of another shape or not a float {sorted(bad)[:3]}")
     model.load_state_dict(state, strict=False)
 
 

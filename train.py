@@ -244,10 +244,12 @@ def run_cf(args, ds=None):
 # Stages 2 and 3 (and ICL): the LLM reads the prompt; s = z_Yes - z_No
 
 
-def inputs(args):
-    """What a run reads (the data, the tokenizer, the LLM, the CF checkpoint and adapter): never written into."""
+def inputs(args, tiny=True):
+    """What a run reads (the data, the tokenizer, the LLM or tiny=the tiny one under --runs, the CF checkpoint
+    and adapter): never written into."""
+    llm = args.llm if args.llm != "tiny" else os.path.join(args.runs, "tiny-llm") if tiny else None
     return sources.input_dirs(args.data, args.data_dir, args.reviews, args.meta) + [args.tokenizer] + (
-        [args.llm] if args.llm != "tiny" and args.stage in LLM_STAGES + ("all",) else []) + (
+        [llm] if llm and args.stage in LLM_STAGES + ("all",) else []) + (
         [args.cf_ckpt, args.lora] if args.stage == "joint" else [])
 
 
@@ -258,7 +260,7 @@ def backbone_dir(args, ds):
             raise FileNotFoundError(f"no LLM checkpoint at {args.llm} (config.json missing). {runs.MISSING_LLM}")
         return args.llm
     d = os.path.join(args.runs, "tiny-llm")
-    runs.refuse_overlap(d, inputs(args), "--runs")  # (train.py, walk.py: whoever writes it)
+    runs.refuse_overlap(d, inputs(args, tiny=False), "--runs")  # (train.py, walk.py: whoever writes it)
     forms = [f.format(**n) for t in data.TEMPLATES.values() for f in t.values() for n in data.NOUNS.values()]
     texts = [f'"{t}"' for t in ds.titles[1:]] + forms * 50  # titles as prompts quote them; the words, often
     want = dict(texts=runs.digest(json.dumps(texts).encode()),
@@ -411,6 +413,8 @@ def read_run(path):
                 and (not choices or v in choices) and (not parse or parse(repr(v)) == v))
             if not ok:
                 raise ValueError(f"its flag {f.name} is {v!r}")
+        if saved.get("stage") == "all":  # (a chain, not a stage: no dtype or amp of its own)
+            raise ValueError("its stage is 'all'; expected the stage that trained it")
         if not isinstance(ck.get("made_from", {}), dict) or not isinstance(ck.get("model"), dict):
             raise ValueError("its made_from or model is not a dict")
         return Run(**saved), ck

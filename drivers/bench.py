@@ -358,6 +358,9 @@ def run_ckpt(args):
             print(f"| {name} | {mode} | {' | '.join(cells)} |")
 
 
+SIZE = runs.number(1, 4096, int)  # a batch, a step count, a pad multiple: a bench's sizes, far past any it needs
+
+
 @runs.cli
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -365,10 +368,10 @@ def main(argv=None):
     p.add_argument("--shape", choices=list(SHAPES), help="default: tiny (--check: tinyllama)")
     p.add_argument("--device", help="default: cpu (--check: cuda)")
     p.add_argument("--dtype", choices=list(LLAMA_DTYPE), help="bf16: bf16 weights and autocast (--check on cuda)")
-    p.add_argument("--train-batch", type=runs.positive, default=16)
-    p.add_argument("--score-batch", type=runs.positive, default=64)
-    p.add_argument("--steps", type=runs.positive, default=3, help="batches per phase (each is warmed, then timed)")
-    p.add_argument("--pad-multiple", type=runs.positive, default=16, help="round batch widths up to a multiple of N")
+    p.add_argument("--train-batch", type=SIZE, default=16)
+    p.add_argument("--score-batch", type=SIZE, default=64)
+    p.add_argument("--steps", type=SIZE, default=3, help="batches per phase (each is warmed, then timed)")
+    p.add_argument("--pad-multiple", type=SIZE, default=16, help="round batch widths up to a multiple of N")
     p.add_argument("--threads", type=runs.non_negative, default=0, help="CPU threads (0: torch's default)")
     p.add_argument("--no-hf", action="store_true", help="skip the transformers+peft comparison")
     p.add_argument("--compile", action="store_true", help="add llama.py+lora.py with torch.compile'd layers")

@@ -371,7 +371,7 @@ def test_each_cli_says_bad_input_in_one_line(root, tmp_path, tiny_llm):
         "backbones bad config": ([sys.executable, "-m", "drivers.decode", str(bad_ckpt)], 2,
                                  "num_hidden_layers is -2; expected an integer >= 1", False),
         "bench --steps 0": ([sys.executable, "-m", "drivers.bench", "--no-hf", "--steps", "0"], 2,
-                            "bench.py: error: argument --steps: expected an integer >= 1, got 0", True),
+                            "bench.py: error: argument --steps: expected an integer >= 1 and <= 4096, got 0", True),
         "train.py --seed 1_0": (train_py + ["--seed", "1_0"], 2,  # flags are read as strictly as data files
                                 "train.py: error: argument --seed: expected an integer, got '1_0'", True),
         "train.py --lr nan": (train_py + ["--lr", "nan"], 2,
@@ -826,11 +826,29 @@ def _config_text(old, new):
     return lambda d: (d / "config.json").write_text((d / "config.json").read_text().replace(old, new))
 
 
+def _two_shards(d):
+    """The weights in two shards, the second also holding a zero embedding table: read in turn, it won."""
+    state = load_file(d / "model.safetensors")
+    save_file(state, d / "a.safetensors")
+    save_file({"model.embed_tokens.weight": torch.zeros_like(state["model.embed_tokens.weight"])}, d / "b.safetensors")
+    (d / "model.safetensors").unlink()
+    index = {"weight_map": {"lm_head.x": "b.safetensors", **{k: "a.safetensors" for k in state}}}  # (both files)
+    (d / "model.safetensors.index.json").write_text(json.dumps(index))
+
+
 HOSTILE_CONFIGS = {  # words in the error line -> the edit; each error names the file
     "config.json: num_hidden_layers is 1000000000, but the weights": _edit_config("num_hidden_layers", 10 ** 9),
     "config.json: num_hidden_layers is 1000000000.0; expected an integer >= 1": _edit_config("num_hidden_layers", 1e9),
     "config.json: rms_norm_eps is inf; expected a finite number > 0": _config_text('"rms_norm_eps": 1e-05', '"rms_norm_eps": 1e999'),
-    "config.json: rope_theta is 0; expected a finite number > 0": _edit_config("rope_theta", 0),
+    "config.json: rope_theta is 0; expected a finite number >= 1 and <= 3.4e+38": _edit_config("rope_theta", 0),
+    "config.json: rope_theta is 1e-300; expected a finite number >= 1": _edit_config("rope_theta", 1e-300),  # 0 in fp32
+    "config.json: rope_theta is 1" + "0" * 29 + "...; expected": _edit_config("rope_theta", 10 ** 300),
+    "config.json: rope_theta 10000.0 and rope_parameters' 500000.0 differ": _edit_config(
+        "rope_parameters", {"rope_type": "default", "rope_theta": 500000.0}),  # HF reads the latter; ours the former
+    "model.safetensors: key 'model.norm.weight' is I8; expected F16, BF16, F32, F64": lambda d: save_file(
+        {**load_file(d / "model.safetensors"), "model.norm.weight": torch.ones(64, dtype=torch.int8)},
+        d / "model.safetensors"),  # (cast to fp32 without a word; U64 weights scored -6e17)
+    "b.safetensors: key 'model.embed_tokens.weight' is in ": _two_shards,
     "config.json: num_attention_heads is 0; expected an integer >= 1": _edit_config("num_attention_heads", 0),
     "config.json: num_key_value_heads is 0; expected an integer >= 1": _edit_config("num_key_value_heads", 0),
     "config.json: hidden_size is 0; expected an integer >= 1": _edit_config("hidden_size", 0),
@@ -868,6 +886,7 @@ def test_weights_that_cannot_fit_are_refused_before_they_are_read(tiny_llm, monk
 @pytest.mark.parametrize("edit, words", [
     (dict(r=10 ** 8), "r is 100000000, but "), (dict(r=8.0), "r is 8.0; expected an integer >= 1"),
     (dict(r=0), "r is 0; expected an integer >= 1"), (dict(lora_alpha=float("inf")), "lora_alpha is inf"),
+    (dict(lora_alpha=1e308), "lora_alpha is 1e.308; expected a finite number > 0 and <= 65504"),  # a NaN loss
     (dict(lora_dropout=1.0), "lora_dropout is 1.0; expected a finite number >= 0 and < 1"),
     (dict(target_modules=["q_proj"]), "target_modules ['q_proj'] lack 'v_proj'"),
     (dict(target_modules=5), "target_modules is 5; expected a list of module names")])
@@ -975,3 +994,94 @@ def test_memory_errors_huge_input_files_and_an_empty_data_variable(tmp_path, cap
         monkeypatch.delenv(k)
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "abc")  # oneDNN runs its widest ISA for a value it cannot read
     assert runs.numerics("float32").startswith("numerics: NOT portable: ONEDNN_MAX_CPU_ISA=abc, not AVX2")
+
+
+# ---------------------------------------------------------------------------------------------
+# a tenth review: the twins of cases fixed before
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "bin"])
+def test_adapter_and_checkpoint_tensors_that_are_no_floats_are_refused(tiny_llm, tmp_path, fmt):
+    """bool, int8 or int64 LoRA tensors (2**50 in one) were cast to fp32 without a word; a joint best.pt's too."""
+    lora.save_adapter(lora.inject(llama.load_model(tiny_llm)), tmp_path / "a")
+    st = tmp_path / "a" / "adapter_model.safetensors"
+    state = load_file(st)
+    key = next(k for k in state if ".lora_B." in k)
+    state[key] = state[key].to(torch.int64)
+    if fmt == "bin":
+        torch.save(state, st.with_suffix(".bin"))
+        st.unlink()
+    else:
+        save_file(state, st)
+    with pytest.raises(ValueError, match=rf"adapter_model.{fmt}: key '{key}' is (I64|torch.int64); expected F16, BF16"):
+        lora.load_adapter(llama.load_model(tiny_llm), tmp_path / "a")
+    model = torch.nn.Linear(2, 2)
+    with pytest.raises(runs.RunError, match=r"of another shape or not a float \['weight'\]"):
+        train.loop.load_trainable(model, {"weight": torch.ones(2, 2, dtype=torch.int8), "bias": torch.zeros(2)}, "b.pt")
+
+
+def test_eval_into_an_input_of_the_run_is_refused_before_scoring(root, tmp_path, capsys):
+    """--into the run's data folder (or its LLM's) wrote there, and changed what the run was made from."""
+    assert cf_run(root, tmp_path / "mf") == 0
+    capsys.readouterr()
+    assert ev.main([str(tmp_path / "mf"), "--into", str(root)]) == 2
+    assert "--into " in one_error_line(capsys) and not list(root.glob("*.json"))
+
+
+def test_torch_out_of_memory_is_one_line_and_other_runtime_errors_are_not_hidden(capsys):
+    @runs.cli
+    def main(argv=None):
+        raise RuntimeError(argv[0])
+    assert main(["[enforce fail at alloc_cpu.cpp:127] . DefaultCPUAllocator: can't allocate memory: you tried"]) == 1
+    assert "error: out of memory (" in one_error_line(capsys)
+    with pytest.raises(RuntimeError, match="a bug"):
+        main(["a bug"])
+    with pytest.raises(SystemExit):  # (argparse's usage and error line, before anything is allocated)
+        bench.main(["--train-batch", "100000000000", "--no-hf"])
+    assert "--train-batch: expected an integer >= 1 and <= 4096" in capsys.readouterr().err
+
+
+def test_a_checkpoint_of_stage_all_is_refused(root, tmp_path, capsys):
+    """--stage all is a chain, not a stage: a best.pt that said so gave `error: None`."""
+    assert cf_run(root, tmp_path / "mf") == 0
+    ck = runs.read_checkpoint(str(tmp_path / "mf" / "best.pt"))
+    ck["args"].update(stage="all", dtype=None, amp=None)
+    runs.save_atomic(ck, str(tmp_path / "mf" / "best.pt"))
+    capsys.readouterr()
+    assert ev.main([str(tmp_path / "mf")]) == 2
+    assert "not a checkpoint this train.py can use: its stage is 'all'" in one_error_line(capsys)
+
+
+@pytest.mark.parametrize("edit, words", [
+    (lambda log: [log[0], log[0]], "log.jsonl:2: epoch 1; expected 2, the epochs in order from 1"),
+    (lambda log: [dict(log[0], valid=dict(log[0]["valid"], auc=1e11))], "log.jsonl:1: valid's auc is 100000000000.0"),
+])
+def test_a_log_edited_out_of_order_or_range_is_refused(root, tmp_path, edit, words):
+    """The report drew an AUC axis up to 1e11, and counted an epoch twice, from a log edited by hand."""
+    assert cf_run(root, tmp_path / "mf") == 0
+    path = tmp_path / "mf" / "log.jsonl"
+    log = [json.loads(line) for line in path.read_text().splitlines()]
+    path.write_text("".join(json.dumps(e) + "\n" for e in edit(log)))
+    with pytest.raises(DataError, match=words.replace("(", r"\(")):
+        tables.read_log(tmp_path / "mf")
+
+
+def test_the_fp32_runs_own_isa_cap_does_not_hide_the_cpus_bf16(monkeypatch):
+    """numerics() caps oneDNN for an fp32 run; its precision line then said this CPU had no native bf16."""
+    hardware = torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()
+    monkeypatch.setattr(runs, "SET_HERE", set())
+    for k in runs.PORTABLE:
+        monkeypatch.delenv(k, raising=False)
+    assert runs.native_bf16() == hardware
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")  # (torch chose its kernels long ago in this process)
+    runs.numerics("float32")
+    assert "ONEDNN_MAX_CPU_ISA" in runs.SET_HERE and runs.native_bf16() == hardware
+    monkeypatch.setattr(runs, "SET_HERE", set())  # a cap of the caller's own counts
+    assert runs.native_bf16() is False
+
+
+def test_sasrec_blocks_count_their_modules_not_only_their_tensors(root, tmp_path, capsys, little_memory):
+    """A million 4-wide blocks: 13 GiB of tensors and activations passed, then ~35 KB of modules each (35 GB)."""
+    assert train.main(["--stage", "sasrec", "--data-dir", str(root), "--out", str(tmp_path / "s"), "--layers", "1000000",
+                       "--dim", "4", "--heads", "1", "--batch-size", "1"]) == 2
+    assert "GiB, more than the 16.0 GiB available" in one_error_line(capsys)

@@ -343,3 +343,39 @@ def test_smollm2_in_bf16_is_as_close_to_fp32_as_hf_in_bf16(smol_dir, tok, short_
     scores["ours", torch.bfloat16], scores["hf", torch.bfloat16] = z[:, 0] - z[:, 1], w[:, 0] - w[:, 1]
     drift = {who: (scores[who, torch.bfloat16] - scores[who, torch.float32]).abs().max().item() for who in ("ours", "hf")}
     assert drift["ours"] <= drift["hf"] + 0.02 and drift["ours"] < 0.25, drift
+
+
+@pytest.mark.parametrize("option", [{"unk_token": "<|endoftext|>"}, {"byte_fallback": True}, {}])
+def test_a_missing_byte_with_an_unknown_token_is_refused(tmp_path, option):
+    """Without "©" in the vocabulary, HF drops that byte, as bpe.py does; with unk_token (or byte_fallback)
+    HF writes the unknown token (or a byte piece) there instead: then our ids would differ, silently."""
+    spec = json.loads((write_tiny_bpe(tmp_path) / "tokenizer.json").read_text())
+    spec["model"]["vocab"] = {t: i for i, t in enumerate(t for t in spec["model"]["vocab"] if t != "©")}
+    spec["model"].update(option)
+    (tmp_path / "tokenizer.json").write_text(json.dumps(spec))
+    if option:
+        with pytest.raises(ValueError, match="unk_token or byte_fallback with bytes missing from model.vocab"):
+            llama.load_tokenizer(tmp_path)
+    else:
+        v = spec["model"]["vocab"]  # "©" is the bytes c2 a9, written "Â©": a9 is dropped
+        assert llama.load_tokenizer(tmp_path).encode("a©b", bos=False) == [v["a"], v["Â"], v["b"]]
+
+
+def test_yes_and_no_as_one_token_are_refused():
+    """A normalizer that writes "Yes" as "No" (sentencepiece's normalization rules can) made both answers one
+    token: z_Yes - z_No was 0 for every row, AUC 0.5, exit 0."""
+    class Same(bpe.AnswerIds):
+        path, unk_id = "tokenizer.model", 0
+        encode = lambda self, word, bos=False: [260]  # noqa: E731
+        pieces = lambda self, ids: ["▁No"] * len(ids)  # noqa: E731
+    assert Same().yes_id == 260
+    with pytest.raises(ValueError, match="'Yes' and 'No' are the same token in tokenizer.model"):
+        Same().no_id
+
+
+@pytest.mark.parametrize("value", [["<|im_start|>"], {"content": ["a"]}])
+def test_a_special_token_of_another_type_names_tokenizer_config(tmp_path, value):
+    d = write_tiny_bpe(tmp_path)
+    (d / "tokenizer_config.json").write_text(json.dumps({"bos_token": value, "eos_token": "<|im_end|>"}))
+    with pytest.raises(ValueError, match=r"tokenizer_config.json: bos_token is \[?.{0,20}; expected the text of a token"):
+        llama.load_tokenizer(d)

@@ -103,9 +103,11 @@ def check_config(cfg):
                 raise ValueError(f"{f.name} is {short(v)}; expected " + ("true or false" if f.type is bool else "a string"))
         elif f.name == "rms_norm_eps":
             expect(f.name, v, float, 0, 1, low_open=True, high_open=True)
-        else:  # sizes >= 1; head_dim (0: derived), token ids, initializer_range >= 0; rope_theta > 0
+        elif f.name == "rope_theta":  # RoPE's base, in fp32: 1e-300 is 0 there (inv_freq inf, every score NaN)
+            expect(f.name, v, float, 1, 3.4e38)
+        else:  # sizes >= 1; head_dim (0: derived), token ids, initializer_range >= 0
             low = 0 if f.type is float or f.name in ("head_dim", "bos_token_id", "eos_token_id") else 1
-            expect(f.name, v, f.type, low, low_open=f.name == "rope_theta")
+            expect(f.name, v, f.type, low)
     nh, nkv = cfg.num_attention_heads, cfg.num_key_value_heads
     if nh % nkv:
         raise ValueError(f"num_attention_heads={nh} is not a multiple of num_key_value_heads={nkv}")
@@ -113,6 +115,16 @@ def check_config(cfg):
     if hs % 2 or hs == 0:  # RoPE turns pairs (i, i + hs/2)
         raise ValueError(f"head_dim is {hs}{'' if cfg.head_dim else ' (hidden_size // num_attention_heads)'}; "
                          "expected a positive even number")
+
+
+FLOATS = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F64": torch.float64}
+
+
+def check_float(path, key, dtype):
+    """A weight stored as a real float (a safetensors dtype name, or a torch dtype): an integer, bool, complex
+    or 8-bit float tensor would be cast to the model's dtype without a word, meaning other numbers."""
+    if dtype not in FLOATS and dtype not in FLOATS.values():
+        raise CheckpointError(f"{path}: key {key!r} is {dtype}; expected {', '.join(FLOATS)} (a floating-point weight)")
 
 
 def check_checkpoint(cfg, config, files, dtype=torch.float32, device="cpu"):
@@ -123,7 +135,11 @@ def check_checkpoint(cfg, config, files, dtype=torch.float32, device="cpu"):
     for path in files:
         try:
             with safe_open(regular_file(path, "a safetensors file"), framework="pt") as f:
-                shapes.update({k: (tuple(f.get_slice(k).get_shape()), path) for k in f.keys()})
+                for k in f.keys():
+                    check_float(path, k, f.get_slice(k).get_dtype())
+                    if k in shapes:  # (read in turn, the later shard's would silently win)
+                        raise CheckpointError(f"{path}: key {k!r} is in {shapes[k][1]} too; expected it in one shard")
+                    shapes[k] = tuple(f.get_slice(k).get_shape()), path
         except (SafetensorError, FileNotFoundError) as e:  # a truncated file says "incomplete metadata"
             raise CheckpointError(f"{path}: cannot read this safetensors file ({e})") from None
     layers = sorted({int(m[1]) for k in shapes if (m := re.match(r"model\.layers\.([0-9]+)\.", k))})
@@ -157,7 +173,7 @@ def check_adapter(adapter_dir, cfg, state=None):
     path, weights = Path(adapter_dir, "adapter_config.json"), Path(adapter_dir, "adapter_model.safetensors")
     r, targets = cfg.get("r"), cfg.get("target_modules")
     expect(f"{path}: r", r, int, 1)
-    expect(f"{path}: lora_alpha", cfg.get("lora_alpha"), float, 0, low_open=True)
+    expect(f"{path}: lora_alpha", cfg.get("lora_alpha"), float, 0, 65504, low_open=True)  # (fp16's largest)
     expect(f"{path}: lora_dropout", cfg.get("lora_dropout", 0.0), float, 0, 1, high_open=True)
     if not isinstance(targets, str) and not (isinstance(targets, list) and all(isinstance(t, str) for t in targets)):
         raise ValueError(f"{path}: target_modules is {targets!r}; expected a list of module names")
@@ -166,8 +182,12 @@ def check_adapter(adapter_dir, cfg, state=None):
         if state is None:
             with safe_open(regular_file(weights, "an adapter's safetensors"), framework="pt") as f:
                 shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+                for k in f.keys():
+                    check_float(weights, k, f.get_slice(k).get_dtype())
         elif isinstance(state, dict) and all(type(k) is str and torch.is_tensor(v) for k, v in state.items()):
             shapes = {k: tuple(v.shape) for k, v in state.items()}
+            for k, v in state.items():
+                check_float(weights, k, v.dtype)
         else:
             raise TypeError("expected a dict of tensors named by strings")
     except (SafetensorError, FileNotFoundError, TypeError) as e:  # a truncated file: "incomplete metadata"
@@ -206,14 +226,15 @@ def check_threads(n):
 def check_cf(a, ds):
     """Run a's CF model on ds, before it is built: its parameters (fp32, with gradients and AdamW's two
     moments), every row's history (--maxlen ids) and the activations of the largest batch (SASRec: a
-    (B, T, d) tensor ~16 times per layer and its (B, heads, T, T) attention) within the memory free."""
+    (B, T, d) tensor ~16 times per layer and its (B, heads, T, T) attention; each block's modules, ~35 KB
+    as measured, counted as 64 KiB) within the memory free."""
     d, T, L, n = a.dim, a.maxlen, a.layers if a.stage == "sasrec" else 1, ds.n_users + ds.n_items + 2
     params = dict(sasrec=n * (d + 1) + T * d + L * 6 * d * d, mf=n * (d + 1), ncf=n * (2 * d + 1) + 3 * d * d,
                   gru4rec=n * (d + 1) + 6 * d * d, pop=n, mc=(ds.n_items + 1) ** 2)[a.stage]
     heads = a.heads if a.stage == "sasrec" else 0
     acts = [B * layers * (T * d * 16 + heads * T * T * 2) * 4 for B, layers in
             ((min(a.batch_size, len(ds)), L), (min(4096, len(ds)), 1))]  # a train batch; a scoring chunk
-    need = params * (4 if a.stage in ("pop", "mc") else 16) + 3 * len(ds) * (T + 1) * 8 + max(acts)
+    need = params * (4 if a.stage in ("pop", "mc") else 16) + 3 * len(ds) * (T + 1) * 8 + max(acts) + L * (64 << 10)
     sasrec = f" --layers {a.layers} --heads {a.heads}" if a.stage == "sasrec" else ""
     fits(need, f"--stage {a.stage} --dim {d}{sasrec} --maxlen {T} --batch-size {a.batch_size} on {len(ds)} rows "
          f"({ds.n_users} users, {ds.n_items} items): this run", a.device)

@@ -56,7 +56,10 @@ def cli(main):
                 why = f"{why[:MAX_ERROR]}... ({len(why)} characters)"
             print(f"error: {why}", file=sys.stderr)
             return 1 if isinstance(e, FloatingPointError) else 2
-        except MemoryError as e:  # (numpy's, from a size no check foresaw)
+        except (MemoryError, RuntimeError) as e:  # numpy's or torch's out of memory, from a size no check foresaw
+            if isinstance(e, RuntimeError) and not isinstance(e, torch.OutOfMemoryError) \
+                    and "can't allocate memory" not in str(e):  # (the CPU allocator's words)
+                raise
             print(f"error: out of memory ({first_line(e)[:200]})", file=sys.stderr)
             return 1
         except KeyboardInterrupt as e:
@@ -87,8 +90,9 @@ def default_precision(a):
 
 def native_bf16():
     """Whether this CPU computes bf16 in hardware (AMX or avx512_bf16), and oneDNN may use it: an ISA cap
-    below AVX512_CORE_BF16 (ONEDNN_MAX_CPU_ISA, as PORTABLE sets for the tests) leaves bf16 emulated."""
-    capped = os.environ.get("ONEDNN_MAX_CPU_ISA", "ALL").upper() in (
+    below AVX512_CORE_BF16 (ONEDNN_MAX_CPU_ISA, as PORTABLE sets for the tests) leaves bf16 emulated. The
+    cap numerics() sets for an fp32 run does not count: that run asked for fp32, on whatever CPU."""
+    capped = "ONEDNN_MAX_CPU_ISA" not in SET_HERE and os.environ.get("ONEDNN_MAX_CPU_ISA", "ALL").upper() in (
         "SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI")
     return not capped and (torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
 
@@ -100,6 +104,7 @@ def native_bf16():
 # portable --compile run (seen on an AMD EPYC), so portable runs keep their own cache.
 PORTABLE = dict(ATEN_CPU_CAPABILITY="avx2", MKL_CBWR="AVX2", ONEDNN_MAX_CPU_ISA="AVX2",
                 TORCHINDUCTOR_CACHE_DIR=os.path.join(os.path.expanduser("~"), ".cache", "sasrecllm", "torchinductor-avx2"))
+SET_HERE = set()  # the PORTABLE variables numerics() set in this process, not its caller
 
 
 def numerics(dtype, device="cpu"):
@@ -107,7 +112,9 @@ def numerics(dtype, device="cpu"):
     if device != "cpu" or dtype != "float32" or platform.machine().lower() not in ("x86_64", "amd64"):
         return "numerics: native (this machine's fastest kernels; the bits may differ between CPU kinds)"
     for k, v in PORTABLE.items():
-        os.environ.setdefault(k, v)  # (set one yourself to opt out)
+        if k not in os.environ:  # (set one yourself to opt out)
+            os.environ[k] = v
+            SET_HERE.add(k)
     got = torch.backends.cpu.get_cpu_capability()
     other = [f"{k}={os.environ[k][:20]}" for k in list(PORTABLE)[1:3] if os.environ[k].upper() != PORTABLE[k]]
     if got != "AVX2" or other:  # (oneDNN runs its widest ISA for a value it cannot read)

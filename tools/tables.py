@@ -105,7 +105,10 @@ def read_log(run_dir):
     for n, obj in json_lines(path, "a run's log") if path.exists() else []:
         _fields(path, n, obj, epoch=(lambda v: integer(json.dumps(v)), "an integer >= 1"),  # 1, not "1", 1.0 or true
                 valid=_is(lambda v: isinstance(v, dict), "an object of metrics"))
+        if obj["epoch"] != len(log) + 1:  # (a log edited by hand: one figure drawn twice, a cost table wrong)
+            raise DataError(f"{path}:{n}: epoch {obj['epoch']}; expected {len(log) + 1}, the epochs in order from 1")
         log.append(numbers(f"{path}:{n}", obj, "an epoch"))
+        in_range(f"{path}:{n}", "valid", obj["valid"])
     return log
 
 
@@ -125,7 +128,13 @@ def read_metrics_file(path):
             raise DataError(f"{path}: {part} is {json.dumps(ms)[:60]}; expected an object of metrics")
         if isinstance(ms, dict) and (lost := [k for k, _ in COLUMNS if k not in ms]):
             raise DataError(f"{path}: {part} has no {lost[0]}; expected the metrics {', '.join(k for k, _ in COLUMNS)}")
-        for k, v in ms.items() if isinstance(ms, dict) else ():
-            if v is not None and k in SHARES and not 0 <= v <= 1 or k == "logloss" and v is not None and v < 0:
-                raise DataError(f"{path}: {part}'s {k} is {v}; expected {'>= 0' if k == 'logloss' else '0..1'}")
+        if isinstance(ms, dict):
+            in_range(path, part, ms)
     return m
+
+
+def in_range(where, part, ms):
+    """Each share (AUC, precision...) of a part's metrics in 0..1 and its logloss >= 0 (None or NaN: undefined)."""
+    for k, v in ms.items():
+        if v is not None and v == v and (k in SHARES and not 0 <= v <= 1 or k == "logloss" and v < 0):
+            raise DataError(f"{where}: {part}'s {k} is {v}; expected {'>= 0' if k == 'logloss' else '0..1'}")
