@@ -1085,3 +1085,11 @@ def test_sasrec_blocks_count_their_modules_not_only_their_tensors(root, tmp_path
     assert train.main(["--stage", "sasrec", "--data-dir", str(root), "--out", str(tmp_path / "s"), "--layers", "1000000",
                        "--dim", "4", "--heads", "1", "--batch-size", "1"]) == 2
     assert "GiB, more than the 16.0 GiB available" in one_error_line(capsys)
+
+
+def test_a_run_written_into_its_own_tiny_backbone_is_refused(root, tmp_path, capsys):
+    """--out RUNS/tiny-llm (or RUNS itself, which holds it) would change the backbone the run reads."""
+    for out in (tmp_path / "r" / "tiny-llm", tmp_path / "r"):
+        assert train.main(["--stage", "icl", "--llm", "tiny", "--data-dir", str(root), "--runs", str(tmp_path / "r"),
+                           "--out", str(out), "--threads", "1"]) == 2
+        assert f"--out {out} overlaps {tmp_path / 'r' / 'tiny-llm'}, which this run reads" in one_error_line(capsys)
