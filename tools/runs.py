@@ -77,22 +77,22 @@ def check_device(device):
         raise RunError(f"--device {device}, but torch sees {torch.cuda.device_count()} CUDA device(s)")
 
 
-def default_precision(a):
+def default_precision(a, own_cap=True):
     """(weight dtype, why) for Run a without --dtype (autocast follows), as drivers/bench.py --ckpt measured."""
     if a.device.startswith("cuda"):
         return "float32", "the paper's mixed precision on CUDA: fp32 weights, fp16 autocast and a GradScaler"
     if a.llm == "tiny" or a.stage not in ("icl", "text", "joint"):
         return "float32", "fp32: the tiny backbone and the CF models gain nothing from bf16 on a CPU"
-    if native_bf16():
+    if native_bf16(own_cap):
         return "bfloat16", "bf16 weights and autocast: this CPU has native bf16 (AMX or avx512_bf16)"
     return "float32", "fp32: this CPU has no native bf16 (no AMX, no avx512_bf16), where bf16 is slower"
 
 
-def native_bf16():
+def native_bf16(own_cap=True):
     """Whether this CPU computes bf16 in hardware (AMX or avx512_bf16), and oneDNN may use it: an ISA cap
-    below AVX512_CORE_BF16 (ONEDNN_MAX_CPU_ISA, as PORTABLE sets for the tests) leaves bf16 emulated. The
-    cap numerics() sets for an fp32 run does not count: that run asked for fp32, on whatever CPU."""
-    capped = "ONEDNN_MAX_CPU_ISA" not in SET_HERE and os.environ.get("ONEDNN_MAX_CPU_ISA", "ALL").upper() in (
+    below AVX512_CORE_BF16 (ONEDNN_MAX_CPU_ISA, as PORTABLE sets for the tests) leaves bf16 emulated.
+    own_cap=False: the cap numerics() set in this process for an fp32 run does not count."""
+    capped = (own_cap or "ONEDNN_MAX_CPU_ISA" not in SET_HERE) and os.environ.get("ONEDNN_MAX_CPU_ISA", "ALL").upper() in (
         "SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI")
     return not capped and (torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
 
@@ -132,7 +132,7 @@ def default_amp(device, dtype):
 
 def precision_note(a):
     """Why Run a computes in its precision: the default's reason, or "as asked" (warning where bf16 is emulated)."""
-    dtype, why = default_precision(a)
+    dtype, why = default_precision(a, own_cap=False)  # (an fp32 run's own oneDNN cap is not why it is fp32)
     if a.dtype == dtype:
         return why
     slow = a.dtype == "bfloat16" and a.device == "cpu" and not native_bf16()
