@@ -68,6 +68,9 @@ class LlamaConfig:
             raise ValueError(f"model_type={d['model_type']!r}: only 'llama' is implemented")
         if d.get("hidden_act", "silu") != "silu":
             raise ValueError(f"hidden_act={d['hidden_act']!r}: only 'silu' (SwiGLU) is implemented")
+        if d.get("transformers_weights"):  # (HF loads the file it names; we would read model.safetensors)
+            raise ValueError(f"transformers_weights={d['transformers_weights']!r:.40}: another weights file is not "
+                             "implemented")
         if d.get("attention_bias") or d.get("mlp_bias"):
             raise ValueError("attention_bias/mlp_bias=true: biases in the projections are not implemented")
         rope = d.get("rope_parameters") or {}
@@ -278,6 +281,8 @@ def weight_files(ckpt_dir) -> list:
     """model.safetensors, or the shards that model.safetensors.index.json names."""
     ckpt_dir = Path(ckpt_dir)
     index = ckpt_dir / "model.safetensors.index.json"
+    if index.exists() and (ckpt_dir / "model.safetensors").exists():  # (HF reads the one file, we read the index)
+        raise CheckpointError(f"{ckpt_dir}: both model.safetensors and {index.name}; expected one of them")
     if index.exists():
         try:  # weight_map: key -> shard file
             weight_map = sources.read_json(index, "a JSON object with a weight_map of file names", obj=True)["weight_map"]
@@ -301,7 +306,9 @@ def read_weights(files, dtype=None, device="cpu") -> dict:
     for path in files:
         try:
             with safe_open(path, framework="pt") as f:
-                state.update({key: f.get_tensor(key).to(device=device, dtype=dtype) for key in f.keys()})
+                for key in f.keys():
+                    state[key] = f.get_tensor(key).to(device=device, dtype=dtype)
+                    limits.check_finite(path, key, state[key])
         except (SafetensorError, FileNotFoundError) as e:  # a truncated file says "incomplete metadata"
             raise CheckpointError(f"{path}: cannot read this safetensors file ({e})") from None
     return state

@@ -159,10 +159,11 @@ def load_trainable(model, state, path):
     missing = {n for n, p in params.items() if p.requires_grad} - set(state)
     unexpected = set(state) - set(params)
     bad = [n for n in set(state) & set(params) if not (torch.is_tensor(state[n]) and state[n].shape == params[n].shape
-                                                        and state[n].dtype in limits.FLOATS.values())]
+                                                        and state[n].dtype in limits.FLOATS.values()
+                                                        and torch.isfinite(state[n]).all())]
     if missing or unexpected or bad:
         raise runs.RunError(f"{path}: does not fit this model: missing {sorted(missing)[:3]}, unexpected "
-                            f"{sorted(unexpected)[:3]}, of another shape or not a float {sorted(bad)[:3]}")
+                            f"{sorted(unexpected)[:3]}, of another shape, not a float or not finite {sorted(bad)[:3]}")
     model.load_state_dict(state, strict=False)
 
 

@@ -192,6 +192,7 @@ def load_adapter(model, adapter_dir):
         if tensor.shape != ours[name].shape:
             raise ValueError(f"{adapter_dir}: {key!r} has shape {tuple(tensor.shape)}, "
                              f"the model expects {tuple(ours[name].shape)}")
+        limits.check_finite(adapter_dir, key, tensor)
         loaded[name] = tensor
     missing = sorted(set(ours) - set(loaded))
     if missing:

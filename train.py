@@ -388,11 +388,19 @@ def run_llm(args, ds=None):
 
 def run_all(args):
     """The dual-stage chain: SASRec alone, then LoRA on text-only prompts, then joint tuning."""
-    ds, reports = load_data(args), {}
+    ds, reports, t0 = load_data(args), {}, time.time()
     for stage in ("sasrec", "text", "joint"):
-        a = replace(args, stage=stage, out=os.path.join(args.runs, stage))  # the stage's own defaults
+        # --max-minutes and --pause-minutes are the chain's: each stage gets what the ones before it left
+        left = {k: getattr(args, k) - (time.time() - t0) / 60 for k in ("max_minutes", "pause_minutes") if getattr(args, k)}
+        if any(v <= 0 for v in left.values()):
+            say(f"=== the chain's minutes are spent before stage {stage}; --stage {stage} goes on from here")
+            break
+        a = replace(args, stage=stage, out=os.path.join(args.runs, stage), **left)  # the stage's own defaults
         say(f"=== stage {stage} -> {a.out}")
         reports[stage] = (run_cf if stage in CF_STAGES else run_llm)(a, ds)
+        if reports[stage] is None:  # paused or stopped: a later stage must not build on an unfinished one
+            say(f"=== stage {stage} did not finish; the chain stops here (--stage {stage} --resume goes on)")
+            break
     say(markdown_table([(s, r["test"]) for s, r in reports.items() if r]))  # the chain's test table
     return reports
 

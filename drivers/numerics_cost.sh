@@ -13,6 +13,8 @@ if ! [[ $repeats =~ ^[1-9][0-9]{0,2}$ && $chain =~ ^[01]$ ]]; then
 fi
 cd "$(dirname "$0")/.."
 mkdir -p -- "$out"
+scratch=$(mktemp -d "$out/numerics-runs.XXXXXX")  # its own: a runs/ of the caller's in OUT is never deleted
+trap 'rm -rf -- "$scratch"' EXIT
 cap=$(env -u ATEN_CPU_CAPABILITY python -c "import torch; print(torch.backends.cpu.get_cpu_capability().lower())")
 native=(env ATEN_CPU_CAPABILITY="$cap" MKL_CBWR=AUTO ONEDNN_MAX_CPU_ISA=ALL)  # set: numerics() leaves them
 jobs=("sasrec|--stage sasrec --data ml1m --max-epochs 1")  # CHAIN=1 adds the main job's chain, one short epoch each
@@ -25,10 +27,10 @@ for job in "${jobs[@]}"; do
   for k in $(seq "$repeats"); do
     for mode in portable native; do
       pre=(); [ "$mode" = native ] && pre=("${native[@]}")
-      rm -rf "$out/runs"
+      rm -rf -- "$scratch/runs"
       t0=$(date +%s.%N)
       # shellcheck disable=SC2086
-      "${pre[@]}" python train.py $flags --runs "$out/runs" --out "$out/runs/$name" >"$out/$name-$mode-$k.log" 2>&1
+      "${pre[@]}" python train.py $flags --runs "$scratch/runs" --out "$scratch/runs/$name" >"$out/$name-$mode-$k.log" 2>&1
       secs[$mode]+="$(echo "$(date +%s.%N) - $t0" | bc | xargs printf '%.1f') "
       head -1 "$out/$name-$mode-$k.log"
     done

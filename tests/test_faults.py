@@ -321,17 +321,22 @@ def _edit_config(key, value):
     return edit
 
 
+def _index(text):
+    def edit(d):  # an index in place of model.safetensors
+        (d / "model.safetensors").unlink()
+        (d / "model.safetensors.index.json").write_text(text)
+    return edit
+
+
 BAD_CHECKPOINTS = {
     "config.json: missing hidden_size; expected an HF Llama config": _no_hidden_size,
     "config.json: hidden_size is '64'; expected an integer >= 1": _edit_config("hidden_size", "64"),
-    "config.json: rms_norm_eps is 'small'; expected a finite number > 0": _edit_config("rms_norm_eps", "small"),
+    "config.json: rms_norm_eps is 'small'; expected a finite number >= 1e-30": _edit_config("rms_norm_eps", "small"),
     "config.json: expected a JSON object": lambda d: (d / "config.json").write_text("[1, 2"),
     "tokenizer.model: expected a sentencepiece model": lambda d: (d / "tokenizer.model").write_bytes(b"garbage"),
     "tokenizer.model: expected a sentencepiece model (": lambda d: (d / "tokenizer.model").write_bytes(b""),
-    "model.safetensors.index.json: expected a JSON object with a weight_map of file names in its directory; shard '../x'": lambda d: (d / "model.safetensors.index.json")
-    .write_text('{"weight_map": {"a": "../x"}}'),
-    "model.safetensors.index.json: expected a JSON object with a weight_map of file names in its directory; shard 'x\\x00y": lambda d: (d / "model.safetensors.index.json")
-    .write_text('{"weight_map": {"a": "x\\u0000y"}}'),  # a NUL: "embedded null byte", naming no file
+    "model.safetensors.index.json: expected a JSON object with a weight_map of file names in its directory; shard '../x'": _index('{"weight_map": {"a": "../x"}}'),
+    "model.safetensors.index.json: expected a JSON object with a weight_map of file names in its directory; shard 'x\\x00y": _index('{"weight_map": {"a": "x\\u0000y"}}'),  # a NUL: "embedded null byte", naming no file
     "config.json: expected a JSON object, an HF-format checkpoint's config.json (key 'model_type' repeats)": lambda d: (d / "config.json").write_text(
         (d / "config.json").read_text().replace("{", '{"model_type": "gpt2", ', 1)),  # the last of two won
     ": no tokenizer.model (sentencepiece) or tokenizer.json": lambda d: (d / "tokenizer.model").unlink(),
@@ -839,7 +844,7 @@ def _two_shards(d):
 HOSTILE_CONFIGS = {  # words in the error line -> the edit; each error names the file
     "config.json: num_hidden_layers is 1000000000, but the weights": _edit_config("num_hidden_layers", 10 ** 9),
     "config.json: num_hidden_layers is 1000000000.0; expected an integer >= 1": _edit_config("num_hidden_layers", 1e9),
-    "config.json: rms_norm_eps is inf; expected a finite number > 0": _config_text('"rms_norm_eps": 1e-05', '"rms_norm_eps": 1e999'),
+    "config.json: rms_norm_eps is inf; expected a finite number >= 1e-30 and < 1": _config_text('"rms_norm_eps": 1e-05', '"rms_norm_eps": 1e999'),
     "config.json: rope_theta is 0; expected a finite number >= 1 and <= 3.4e+38": _edit_config("rope_theta", 0),
     "config.json: rope_theta is 1e-300; expected a finite number >= 1": _edit_config("rope_theta", 1e-300),  # 0 in fp32
     "config.json: rope_theta is 1" + "0" * 29 + "...; expected": _edit_config("rope_theta", 10 ** 300),
@@ -849,6 +854,14 @@ HOSTILE_CONFIGS = {  # words in the error line -> the edit; each error names the
         {**load_file(d / "model.safetensors"), "model.norm.weight": torch.ones(64, dtype=torch.int8)},
         d / "model.safetensors"),  # (cast to fp32 without a word; U64 weights scored -6e17)
     "b.safetensors: key 'model.embed_tokens.weight' is in ": _two_shards,
+    "config.json: rms_norm_eps is 1e-300; expected a finite number >= 1e-30": _edit_config("rms_norm_eps", 1e-300),
+    "ckpt: both model.safetensors and model.safetensors.index.json; expected one": lambda d: (
+        d / "model.safetensors.index.json").write_text('{"weight_map": {}}'),  # HF reads the one, we read the other
+    "config.json: transformers_weights='other.safetensors': another weights file": _edit_config(
+        "transformers_weights", "other.safetensors"),
+    "model.safetensors: key 'model.norm.weight' holds NaN or inf values": lambda d: save_file(
+        {**load_file(d / "model.safetensors"), "model.norm.weight": torch.full((64,), float("inf"))},
+        d / "model.safetensors"),  # (decode printed NaN, as no JSON, with exit 0)
     "config.json: num_attention_heads is 0; expected an integer >= 1": _edit_config("num_attention_heads", 0),
     "config.json: num_key_value_heads is 0; expected an integer >= 1": _edit_config("num_key_value_heads", 0),
     "config.json: hidden_size is 0; expected an integer >= 1": _edit_config("hidden_size", 0),
@@ -857,8 +870,7 @@ HOSTILE_CONFIGS = {  # words in the error line -> the edit; each error names the
     "key 'model.embed_tokens.weight' has shape": _edit_config("vocab_size", 10 ** 12),
     "config.json: eos_token_id is []; expected an integer >= 0, or a non-empty list": _edit_config("eos_token_id", []),
     "config.json: expected a JSON object, an HF-format checkpoint's config.json (nested too deep)": lambda d: (d / "config.json").write_text("[" * 10 ** 5),
-    "model.safetensors.index.json: expected a JSON object with a weight_map": lambda d: (
-        d / "model.safetensors.index.json").write_text('{"weight_map": {"a": 3}}'),
+    "model.safetensors.index.json: expected a JSON object with a weight_map": _index('{"weight_map": {"a": 3}}'),
 }
 
 
@@ -889,7 +901,8 @@ def test_weights_that_cannot_fit_are_refused_before_they_are_read(tiny_llm, monk
     (dict(lora_alpha=1e308), "lora_alpha is 1e.308; expected a finite number > 0 and <= 65504"),  # a NaN loss
     (dict(lora_dropout=1.0), "lora_dropout is 1.0; expected a finite number >= 0 and < 1"),
     (dict(target_modules=["q_proj"]), "target_modules ['q_proj'] lack 'v_proj'"),
-    (dict(target_modules=5), "target_modules is 5; expected a list of module names")])
+    (dict(target_modules=5), "target_modules is 5; expected a list of module names"),
+    (dict(target_modules=["q_proj", "v_proj", "lm_head"]), "target_modules has 'lm_head'; lora.py adapts the decoder")])
 @pytest.mark.parametrize("fmt", ["safetensors", "bin"])
 def test_an_adapter_of_hostile_sizes_is_refused_before_inject(tiny_llm, tmp_path, edit, words, fmt):
     lora.save_adapter(lora.inject(llama.load_model(tiny_llm)), tmp_path / "a")
@@ -1015,9 +1028,14 @@ def test_adapter_and_checkpoint_tensors_that_are_no_floats_are_refused(tiny_llm,
         save_file(state, st)
     with pytest.raises(ValueError, match=rf"adapter_model.{fmt}: key '{key}' is (I64|torch.int64); expected F16, BF16"):
         lora.load_adapter(llama.load_model(tiny_llm), tmp_path / "a")
+    state[key] = torch.full_like(state[key], float("nan"), dtype=torch.float32)  # a float, and NaN
+    torch.save(state, st.with_suffix(".bin")) if fmt == "bin" else save_file(state, st)
+    with pytest.raises(ValueError, match=rf"{tmp_path / 'a'}: key '{key}' holds NaN or inf values"):
+        lora.load_adapter(llama.load_model(tiny_llm), tmp_path / "a")
     model = torch.nn.Linear(2, 2)
-    with pytest.raises(runs.RunError, match=r"of another shape or not a float \['weight'\]"):
-        train.loop.load_trainable(model, {"weight": torch.ones(2, 2, dtype=torch.int8), "bias": torch.zeros(2)}, "b.pt")
+    for weight in (torch.ones(2, 2, dtype=torch.int8), torch.full((2, 2), float("inf"))):
+        with pytest.raises(runs.RunError, match=r"of another shape, not a float or not finite \['weight'\]"):
+            train.loop.load_trainable(model, {"weight": weight, "bias": torch.zeros(2)}, "b.pt")
 
 
 def test_eval_into_an_input_of_the_run_is_refused_before_scoring(root, tmp_path, capsys):
@@ -1094,3 +1112,22 @@ def test_a_run_written_into_its_own_tiny_backbone_is_refused(root, tmp_path, cap
         assert train.main(["--stage", "icl", "--llm", "tiny", "--data-dir", str(root), "--runs", str(tmp_path / "r"),
                            "--out", str(out), "--threads", "1"]) == 2
         assert f"--out {out} overlaps {tmp_path / 'r' / 'tiny-llm'}, which this run reads" in one_error_line(capsys)
+
+
+def test_numerics_cost_deletes_nothing_of_the_callers(tmp_path):
+    """OUT/runs was removed before every timed run: with OUT the repository, the main job's runs went with it."""
+    (tmp_path / "runs" / "joint").mkdir(parents=True)
+    (tmp_path / "runs" / "joint" / "best.pt").write_text("kept")
+    out = subprocess.run(["bash", "drivers/numerics_cost.sh", str(tmp_path)], cwd=ROOT, capture_output=True, text=True,
+                         env={**os.environ, "SASRECLLM_DATA": str(tmp_path / "none"), "REPEATS": "1"})
+    assert out.returncode != 0 and (tmp_path / "runs" / "joint" / "best.pt").read_text() == "kept"
+    assert not list(tmp_path.glob("numerics-runs.*"))  # its own scratch folder, removed
+
+
+def test_the_chain_stops_at_a_stage_that_did_not_finish(root, tmp_path, capsys):
+    """--stage all went on past a paused or stopped SASRec: the text stage trained, and the joint stage
+    was built on the unfinished SASRec (or refused it, naming the text stage)."""
+    assert train.main(["--stage", "all", "--llm", "tiny", "--data-dir", str(root), "--runs", str(tmp_path / "r"),
+                       "--stop-after", "1", "--max-epochs", "2", "--threads", "1"]) == 0
+    assert (tmp_path / "r" / "sasrec" / "last.pt").exists() and not list((tmp_path / "r" / "text").iterdir())
+    assert "=== stage sasrec did not finish; the chain stops here" in capsys.readouterr().out

@@ -101,8 +101,8 @@ def check_config(cfg):
         if f.type in (bool, str):
             if not isinstance(v, f.type):
                 raise ValueError(f"{f.name} is {short(v)}; expected " + ("true or false" if f.type is bool else "a string"))
-        elif f.name == "rms_norm_eps":
-            expect(f.name, v, float, 0, 1, low_open=True, high_open=True)
+        elif f.name == "rms_norm_eps":  # in fp32 and bf16: 1e-300 is 0 there (a zero row's norm divides by 0)
+            expect(f.name, v, float, 1e-30, 1, high_open=True)
         elif f.name == "rope_theta":  # RoPE's base, in fp32: 1e-300 is 0 there (inv_freq inf, every score NaN)
             expect(f.name, v, float, 1, 3.4e38)
         else:  # sizes >= 1; head_dim (0: derived), token ids, initializer_range >= 0
@@ -125,6 +125,12 @@ def check_float(path, key, dtype):
     or 8-bit float tensor would be cast to the model's dtype without a word, meaning other numbers."""
     if dtype not in FLOATS and dtype not in FLOATS.values():
         raise CheckpointError(f"{path}: key {key!r} is {dtype}; expected {', '.join(FLOATS)} (a floating-point weight)")
+
+
+def check_finite(path, key, t):
+    """A weight's values finite, after any cast (fp16 turns 70000 into inf): one NaN makes every score NaN."""
+    if not torch.isfinite(t).all():
+        raise CheckpointError(f"{path}: key {key!r} holds NaN or inf values (in {str(t.dtype)[6:]}); expected finite weights")
 
 
 def check_checkpoint(cfg, config, files, dtype=torch.float32, device="cpu"):
@@ -166,6 +172,9 @@ def check_checkpoint(cfg, config, files, dtype=torch.float32, device="cpu"):
 # lora.py: an adapter's sizes against its tensors, before inject allocates
 
 
+DECODER_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")  # HF Llama's
+
+
 def check_adapter(adapter_dir, cfg, state=None):
     """adapter_config.json's r, lora_alpha, lora_dropout and target_modules, and its r against the adapter's
     tensors (lora_A (r, in), lora_B (out, r)): their shapes come from adapter_model.safetensors' header, or
@@ -177,6 +186,10 @@ def check_adapter(adapter_dir, cfg, state=None):
     expect(f"{path}: lora_dropout", cfg.get("lora_dropout", 0.0), float, 0, 1, high_open=True)
     if not isinstance(targets, str) and not (isinstance(targets, list) and all(isinstance(t, str) for t in targets)):
         raise ValueError(f"{path}: target_modules is {targets!r}; expected a list of module names")
+    # (an lm_head LoRA would load and be ignored: the score reads lm_head's Yes/No rows, not its delta)
+    if isinstance(targets, list) and (odd := [t for t in targets if t not in DECODER_LINEARS]):
+        raise ValueError(f"{path}: target_modules has {odd[0]!r:.40}; lora.py adapts the decoder layers' "
+                         f"projections only ({', '.join(DECODER_LINEARS)})")
     weights = weights if state is None else weights.with_suffix(".bin")
     try:
         if state is None:
