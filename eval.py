@@ -150,6 +150,15 @@ def main(argv=None):
     ap.add_argument("--preds", help="TSV with user_id, item_id, label, score [, split, seen, warm]")
     ap.add_argument("--scores", choices=("logits", "probs"), help="--preds: what the score column holds")
     args = ap.parse_args(argv)
+    modes = [f"--{f.replace('_', '-')}" for f in ("shuffle_cf", "shuffle_text", "fuse", "preds") if getattr(args, f)]
+    if len(modes) > 1:  # (the first one ran, the others were dropped without a word)
+        ap.error(f"{' and '.join(modes)}: one at a time")
+    if args.preds and args.run:
+        ap.error("--preds scores its file alone; give no RUN")
+    if args.into and modes:
+        ap.error(f"--into keeps a plain re-score; {modes[0]} prints its table")
+    if args.fuse and (args.device or args.dtype or args.test_only):
+        ap.error("--fuse reads both runs as they were trained, on valid and test: no --device, --dtype or --test-only")
     if args.run:  # in the numerics the run was trained in (runs.numerics), before torch's first op
         saved = [runs.peek_args(os.path.join(r, "best.pt")) for r in (args.run, args.fuse) if r]
         dtype = next((a.get("dtype") for a in saved if a.get("dtype") != "float32"), "float32")  # bf16: native

@@ -224,7 +224,8 @@ def run_cf(args, ds=None):
     model = build_cf(args, ds)
     predict = cf_predictor(ds, args.maxlen, args.device)
     rows = ds.idx("train")
-    data.require_both_labels(ds, "train")
+    for split in ("train",) if args.stage in ("pop", "mc") else ("train", "valid"):  # (valid: the epoch's AUC)
+        data.require_both_labels(ds, split)
     if args.stage in ("pop", "mc"):
         last = torch.tensor([ds.history[r][-1] if ds.history[r] else 0 for r in rows])
         model.fit(*(torch.from_numpy(a[rows]) for a in (ds.user, ds.item, ds.label)), last)
@@ -371,6 +372,8 @@ def llm_predictor(args, ds, prompts, shuffle=None, seed=0):
 def run_llm(args, ds=None):
     """icl (score only), text (TALLRec) or joint (SASRecLLM)."""
     ds = load_data(args, ds)
+    for split in () if args.stage == "icl" else ("train", "valid"):  # one class: nothing to learn, no AUC to pick by
+        data.require_both_labels(ds, split)
     runs.seed_everything(args.seed)
     model, prompts = build_llm_model(args, ds)
     predict = llm_predictor(args, ds, prompts)

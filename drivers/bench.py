@@ -334,7 +334,7 @@ def run_ckpt(args):
     (top, kind), variants = peak(cpu), ("sdpa math", "compiled") if args.candidates else ()
     for mode in list(MODES)[-1:] if args.candidates else MODES:
         (dtype, amp), hf = MODES[mode], None
-        ours = llama.load_model(args.ckpt, dtype)  # first: its checks refuse a hostile config.json in one line
+        ours = llama.load(args.ckpt, dtype)[0]  # first: its checks (config.json, the tokenizer's ids) in one line
         if not (args.no_hf or args.candidates):  # the candidates are ours only
             import transformers
             hf = transformers.AutoModelForCausalLM.from_pretrained(args.ckpt, dtype=dtype, attn_implementation="sdpa",

@@ -10,7 +10,17 @@ set -euo pipefail
 root=${1:?usage: LRS="1e-4 3e-4" bash drivers/lr_sweep.sh ROOT --stage STAGE [train.py flags...]}
 shift
 py=${PYTHON:-python}
+repo=$(cd "$(dirname "$0")/.." && pwd)  # train.py and the modules, from any directory (ROOT stays the caller's)
+export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}"
 set -f  # LRS is split on spaces, never globbed ("*" named the files here)
+stage=
+for ((i = 1; i <= $#; i++)); do  # the stage as train.py reads it, the last one winning
+    case ${!i} in --stage=*) stage=${!i#--stage=} ;; --stage) j=$((i + 1)) && stage=${!j:-} ;; esac
+done
+if [[ " pop mc icl all " == *" $stage "* ]]; then  # (they train no epoch: they would score test)
+    echo "error: --stage ${stage:0:40}: a sweep needs a stage that trains epochs (mf, ncf, gru4rec, sasrec, text, joint)" >&2
+    exit 2
+fi
 lrs=(${LRS:?set LRS, e.g. LRS=\"1e-4 3e-4 1e-3\"})
 for lr in "${lrs[@]}"; do  # each is a directory's name: a number, never "../x"
     if ! [[ $lr =~ ^[0-9]{1,20}(\.[0-9]{1,20})?([eE][-+]?[0-9]{1,3})?$ ]]; then
@@ -30,6 +40,6 @@ for lr in "${lrs[@]}"; do
         continue
     fi
     echo "[sweep] lr $lr: $py train.py $* --lr $lr --stop-after 1 --out $out --overwrite"
-    "$py" train.py "$@" --lr "$lr" --stop-after 1 --out "$out" --overwrite
+    "$py" "$repo/train.py" "$@" --lr "$lr" --stop-after 1 --out "$out" --overwrite
 done
 "$py" -m drivers.report --sweep "$root" --command "LRS='$LRS' bash drivers/lr_sweep.sh $root $*"

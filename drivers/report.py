@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tools.runs import cli, refuse_link, write_atomic, write_json
+import train
+from tools.runs import cli, refuse_link, refuse_overlap, write_atomic, write_json
 from tools.sources import DECIMAL, TIME_MAX, DataError, _lines, integer, read_text
 from tools.svg import finite, svg_bars, svg_lines
 from tools.tables import (COLUMNS, _num, fmt, fmt_mean_std, markdown_table, md_table, mean_std, read_log, read_metrics,
@@ -78,6 +79,15 @@ def render_readme(text, root="."):
     return "".join(out)
 
 
+def refuse_into(into, run_dirs):
+    """--into neither a link nor in what a run read (its data, LLM, adapter...): one more file there changes
+    the digest the run was made from, and eval.py, --resume and the joint stage then refuse the run."""
+    refuse_link(into)
+    for best in (os.path.join(d, "best.pt") for d in run_dirs):
+        if os.path.exists(best):
+            refuse_overlap(into, train.inputs(train.read_run(best)[0]), "--into")
+
+
 def collect(run_dirs, into):
     """Copy each run's metrics.json to INTO/<run name>.json: the files the README's tables cite."""
     names = [os.path.basename(os.path.abspath(d)) for d in run_dirs]
@@ -85,7 +95,7 @@ def collect(run_dirs, into):
     if clash:
         raise ValueError(f"--collect: two runs named {clash[0]} would write the same {into}/{clash[0]}.json; "
                          "collect them into different --into folders")
-    refuse_link(into)
+    refuse_into(into, run_dirs)
     os.makedirs(into, exist_ok=True)
     for d, name in zip(run_dirs, names):
         write_json(read_metrics(d), os.path.join(into, name + ".json"))
@@ -216,7 +226,7 @@ def plot_table(root, into=None):
     if len(runs) < len(ABLATION):
         raise FileNotFoundError(f"{root}: the figures need the rows {', '.join(ABLATION)}; it has {', '.join(runs)}")
     into = into or os.path.join(root, "figures")
-    refuse_link(into)  # a link planted at ROOT/figures would take the figures anywhere
+    refuse_into(into, [d for ds in runs.values() for d in ds])  # (a link at ROOT/figures: the figures anywhere)
     os.makedirs(into, exist_ok=True)
     over = (f"mean over {len(seeds)} seed{'s' * (len(seeds) > 1)}" if all(len(ds) == len(seeds) for ds in runs.values())
             else "mean over each row's seeds")

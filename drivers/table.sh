@@ -18,6 +18,7 @@
 # A finished row (metrics.json) is skipped, one a kill or a pause left with a last.pt resumes, one with
 # other files starts over (--overwrite moves them aside). Row wall times are appended to ROOT/times.tsv.
 set -euo pipefail
+set -f  # ROWS and the *_FLAGS are split on spaces, never globbed (ROWS='m?' ran the row a file "mc" named)
 root=${1:?usage: bash drivers/table.sh ROOT [train.py flags...]}
 shift
 all_rows="pop mf ncf gru4rec mc sasrec icl text joint"  # Table 1's rows, in its order

@@ -126,13 +126,16 @@ def test_histories_share_one_array_and_match_a_brute_force(tmp_path):
     torch.testing.assert_close(ds.history.padded([n - 1, n], 4), data.pad_left([ds.history[n - 1], []], 4))
 
 
-def test_a_one_class_train_split_is_a_clear_error(root, tmp_path, capsys):
-    """As in Amazon Gift Cards (train: 100% likes), where Pop's log-odds start would be logit(1) = inf."""
+@pytest.mark.parametrize("split, stage", [("train", "mf"), ("valid", "mf"), ("train", "text"), ("valid", "joint")])
+def test_a_one_class_train_or_valid_split_is_a_clear_error(root, tmp_path, capsys, split, stage):
+    """As in Amazon Gift Cards (train: 100% likes), where Pop's log-odds start would be logit(1) = inf; the text
+    stage trained on it to a test AUC of 0.0, and a one-class valid split picked epoch 1 by a NaN AUC."""
     fields = [line.split("\t") for line in tiny_rows()]
-    write_data(root, ["\t".join(f[:2] + ["1" if f[4] == "train" else f[2]] + f[3:]) for f in fields])
-    assert cf_run(root, tmp_path / "mf") == 2
+    write_data(root, ["\t".join(f[:2] + ["1" if f[4] == split else f[2]] + f[3:]) for f in fields])
+    flags = [] if stage == "mf" else ["--llm", "tiny", "--runs", str(tmp_path), "--cf", "mf"]
+    assert cf_run(root, tmp_path / stage, "--stage", stage, *flags) == 2
     err = one_error_line(capsys)
-    assert "interactions.tsv: the train split holds only likes (30 rows); expected both likes and dislikes" in err
+    assert f"interactions.tsv: the {split} split holds only likes (" in err and "expected both likes and dislikes" in err
 
 
 def test_an_empty_split_is_a_clear_error(root, capsys):
@@ -1131,3 +1134,67 @@ def test_the_chain_stops_at_a_stage_that_did_not_finish(root, tmp_path, capsys):
                        "--stop-after", "1", "--max-epochs", "2", "--threads", "1"]) == 0
     assert (tmp_path / "r" / "sasrec" / "last.pt").exists() and not list((tmp_path / "r" / "text").iterdir())
     assert "=== stage sasrec did not finish; the chain stops here" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["R", "--shuffle-cf", "--shuffle-text"], "--shuffle-cf and --shuffle-text: one at a time"),
+    (["R", "--shuffle-cf", "--into", "x"], "--into keeps a plain re-score; --shuffle-cf prints its table"),
+    (["R", "--fuse", "S", "--test-only"], "--fuse reads both runs as they were trained"),
+    (["R", "--preds", "p.tsv", "--scores", "probs"], "--preds scores its file alone; give no RUN")])
+def test_eval_refuses_modes_it_would_drop(flags, words, capsys):
+    """The first mode ran and the others were dropped without a word (a table titled 'CF tokens permuted')."""
+    with pytest.raises(SystemExit):
+        ev.main(flags)
+    assert words in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("edit, words", [
+    (dict(best_epoch=-7.5), "best_epoch is -7.5; expected an epoch"), (dict(best_epoch=10 ** 13), "larger than 1e12"),
+    (dict(test=dict(n=2.5)), "test's n is 2.5; expected a count")])
+def test_a_metrics_files_epoch_and_counts_are_checked(tmp_path, edit, words):
+    """The cost table showed '1 (-7.5)' epochs from a hand-edited best_epoch, and sweep.md printed any n."""
+    m = dict(logloss=0.6, precision=0.5, recall=0.5, f1=0.5, accuracy=0.5, auc=0.5, uauc=0.5, uauc_users=3, n=9)
+    obj = {"valid": m, "test": m, "best_epoch": 1}
+    obj.update({k: dict(m, **v) if isinstance(v, dict) else v for k, v in edit.items()})
+    (tmp_path / "metrics.json").write_text(json.dumps(obj))
+    with pytest.raises(DataError, match=words):
+        tables.read_metrics_file(tmp_path / "metrics.json")
+
+
+def test_the_sweep_and_the_table_run_from_anywhere_train_only_and_glob_nothing(root, tmp_path):
+    """lr_sweep.sh ran the cwd's train.py (a stray one, or none); --stage mc scored test in a 'sweep on valid';
+    table.sh globbed ROWS='m?' into the row a file named mc in the cwd named."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "train.py").write_text("raise SystemExit('the stray train.py ran')")
+    (elsewhere / "mc").write_text("")
+    env = {**os.environ, "LRS": "1e-2"}
+    out = subprocess.run(["bash", str(ROOT / "drivers" / "lr_sweep.sh"), "sw", "--stage", "mf", "--data-dir", str(root),
+                          "--threads", "1"], cwd=elsewhere, capture_output=True, text=True, env=env)
+    assert out.returncode == 0 and (elsewhere / "sw" / "lr1e-2" / "log.jsonl").exists(), out.stderr[-2000:]
+    for stage in (["--stage", "mc"], ["--stage=icl"], ["--stage", "mf", "--stage", "pop"]):
+        out = subprocess.run(["bash", str(ROOT / "drivers" / "lr_sweep.sh"), "sw2", *stage], cwd=elsewhere,
+                             capture_output=True, text=True, env=env)
+        assert out.returncode == 2 and "a sweep needs a stage that trains epochs" in out.stderr, out.stderr
+    out = subprocess.run(["bash", str(ROOT / "drivers" / "table.sh"), "t"], cwd=elsewhere, capture_output=True,
+                         text=True, env={**os.environ, "ROWS": "m?", "PYTHON": "true"})
+    assert out.returncode == 2 and "error: ROWS" in out.stderr and not (elsewhere / "t").exists(), out.stderr
+
+
+def test_report_writes_no_file_into_what_a_run_read(root, tmp_path, capsys):
+    """--collect (and --plot) --into an input of a run (its adapter, its LLM, its data) changed its digest."""
+    assert cf_run(root, tmp_path / "mf") == 0
+    capsys.readouterr()
+    assert report.main(["--collect", str(tmp_path / "mf"), "--into", str(root / "ml1m")]) == 2
+    assert "--into " in one_error_line(capsys) and not list((root / "ml1m").glob("*.json"))
+
+
+def test_bench_ckpt_checks_the_tokenizer_against_the_vocabulary(tiny_llm, tmp_path, capsys):
+    """--ckpt read the tokenizer and the model apart: ids past vocab_size were an IndexError mid-forward."""
+    d = _copy(tiny_llm, tmp_path)
+    state = load_file(d / "model.safetensors")
+    state = {k: v[:300] if k in ("model.embed_tokens.weight", "lm_head.weight") else v for k, v in state.items()}
+    save_file(state, d / "model.safetensors")
+    _edit_config("vocab_size", 300)(d)
+    assert bench.main(["--ckpt", str(d), "--no-hf", "--steps", "1", "--train-batch", "1", "--score-batch", "1"]) == 2
+    assert "the tokenizer has ids up to" in one_error_line(capsys)

@@ -123,6 +123,8 @@ def read_metrics(run_dir):
 def read_metrics_file(path):
     """A metrics.json (a run's, or a copy under results/): parts of numbers or null, each in its range."""
     m = numbers(path, read_json(path, "a run's metrics"), "a run's metrics")
+    if m.get("best_epoch") is not None and not (type(m["best_epoch"]) is int and m["best_epoch"] >= 0):
+        raise DataError(f"{path}: best_epoch is {m['best_epoch']}; expected an epoch, an integer >= 0 (0: no training)")
     for part, ms in m.items():
         if part != "best_epoch" and not isinstance(ms, dict):
             raise DataError(f"{path}: {part} is {json.dumps(ms)[:60]}; expected an object of metrics")
@@ -136,5 +138,7 @@ def read_metrics_file(path):
 def in_range(where, part, ms):
     """Each share (AUC, precision...) of a part's metrics in 0..1 and its logloss >= 0 (None or NaN: undefined)."""
     for k, v in ms.items():
+        if k in ("n", "uauc_users") and not (type(v) is int and v >= 0):  # counts: a table prints them
+            raise DataError(f"{where}: {part}'s {k} is {v}; expected a count, an integer >= 0")
         if v is not None and v == v and (k in SHARES and not 0 <= v <= 1 or k == "logloss" and v < 0):
             raise DataError(f"{where}: {part}'s {k} is {v}; expected {'>= 0' if k == 'logloss' else '0..1'}")
