@@ -167,6 +167,10 @@ def load_trainable(model, state, path):
     model.load_state_dict(state, strict=False)
 
 
+def same_auc(a, b):
+    return a == b or a != a and b != b  # (NaN, an undefined AUC, is itself)
+
+
 def write_log(run, history):
     runs.write_atomic(os.path.join(run.out, "log.jsonl"), "".join(json.dumps(h) + "\n" for h in history).encode())
 
@@ -203,9 +207,10 @@ def resume_from(run, made_from, model, opt, sched, scaler, n):
                 and [h.get("epoch") if isinstance(h, dict) else None for h in log] == list(range(1, epoch + 1))
                 and type(best["epoch"]) is int and 0 < best["epoch"] <= epoch  # the epochs since the best:
                 and type(best["bad_epochs"]) is int and best["bad_epochs"] == epoch - best["epoch"]  # patience's
-                and isinstance(best["auc"], float) and not best["auc"] < 0 and not best["auc"] > 1):  # (NaN: undefined)
+                and isinstance(best["auc"], float) and not best["auc"] < 0 and not best["auc"] > 1  # (NaN: undefined)
+                and same_auc(best["auc"], log[best["epoch"] - 1].get("valid", {}).get("auc"))):  # the log's own
             raise ValueError("epoch, best or log of the wrong type or range, or not of one run "
-                             "(a log line per epoch; the best epoch within them; AUC in 0..1)")
+                             "(a log line per epoch; the best epoch within them, its AUC the log's; AUC in 0..1)")
         runs.check_resumed(opt, sched, scaler, fresh, steps=epoch * n)
         runs.set_rng_state(ck["rng"])
     except runs.RunError:

@@ -224,7 +224,7 @@ def run_cf(args, ds=None):
     model = build_cf(args, ds)
     predict = cf_predictor(ds, args.maxlen, args.device)
     rows = ds.idx("train")
-    for split in ("train",) if args.stage in ("pop", "mc") else ("train", "valid"):  # (valid: the epoch's AUC)
+    for split in ("train", "valid", "test"):  # one class: nothing to learn, no AUC to pick an epoch by or report
         data.require_both_labels(ds, split)
     if args.stage in ("pop", "mc"):
         last = torch.tensor([ds.history[r][-1] if ds.history[r] else 0 for r in rows])
@@ -322,6 +322,8 @@ def build_llm_model(args, ds):
         llm.requires_grad_(False)  # LoRA frozen in the joint stage
         cf = load_cf(args, ds)
         cf.requires_grad_(not args.freeze_cf)
+    if args.compile and (cache := os.environ.get("TORCHINDUCTOR_CACHE_DIR")):  # (inductor writes its kernels there)
+        runs.refuse_overlap(cache, inputs(args), "TORCHINDUCTOR_CACHE_DIR")
     for layer in llm.model.layers if args.compile else ():  # the same Block.forward, fused by inductor
         layer.compile()
     limits.check_llm(args, llm.cfg, cf)  # the pseudo-tokens' positions and the mapping's memory, before it is built
@@ -372,7 +374,7 @@ def llm_predictor(args, ds, prompts, shuffle=None, seed=0):
 def run_llm(args, ds=None):
     """icl (score only), text (TALLRec) or joint (SASRecLLM)."""
     ds = load_data(args, ds)
-    for split in () if args.stage == "icl" else ("train", "valid"):  # one class: nothing to learn, no AUC to pick by
+    for split in ("valid", "test") if args.stage == "icl" else ("train", "valid", "test"):  # (as run_cf's)
         data.require_both_labels(ds, split)
     runs.seed_everything(args.seed)
     model, prompts = build_llm_model(args, ds)

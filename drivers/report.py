@@ -37,16 +37,20 @@ MARKER, CLOSER = re.compile(r"<!-- (table|file) (.*) -->\n"), "<!-- /generated -
 def render_readme(text, root="."):
     """The README with every generated block rebuilt from the files its marker names. A table row is
     `label: a.json`, or `label: a.json + b.json + ...` for the mean ± sample std over those runs (seeds)."""
-    def inside(spec):  # a README someone else wrote may not embed /etc/passwd or ../secret
+    def inside(spec, suffix):  # a README someone else wrote may not embed /etc/passwd, ../secret or .ssh/id_rsa
         path = Path(root, spec.strip())
         if os.path.isabs(spec.strip()) or os.path.commonpath([os.path.realpath(path), os.path.realpath(root)]) != \
                 os.path.realpath(root):
             raise ValueError(f"README marker names {spec.strip()[:80]!r}; expected a path inside {root}")
+        if path.suffix != suffix or any(p.startswith(".") for p in Path(os.path.relpath(os.path.realpath(path),
+                                                                                        os.path.realpath(root))).parts):
+            raise ValueError(f"README marker names {spec.strip()[:80]!r}; expected a {suffix} file, outside "
+                             "hidden folders")
         return path
 
     def block(kind, spec):
         if kind == "file":
-            text = read_text(inside(spec), "a file the README embeds").rstrip("\n")
+            text = read_text(inside(spec, ".md"), "a file the README embeds").rstrip("\n")
             if re.search(r"^<!-- ((table|file) .* -->|/generated -->)", text, re.M):  # it would add blocks each time
                 raise ValueError(f"{spec.strip()[:80]}: a file the README embeds holds a marker line of its own")
             return text
@@ -58,7 +62,7 @@ def render_readme(text, root="."):
                 raise ValueError(f"README table row {row[:80]!r}; expected 'label: a.json [+ b.json...]'")
             label, paths = (x.strip() for x in row.rsplit(":", 1))
             paths = [p.strip() for p in paths.split("+")]
-            ms = [read_metrics_file(inside(p)) for p in paths]
+            ms = [read_metrics_file(inside(p, ".json")) for p in paths]
             for p, m in zip(paths, ms):
                 if not isinstance(m, dict) or part not in m:
                     raise ValueError(f"{p}: no '{part}' section")

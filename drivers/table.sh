@@ -65,6 +65,13 @@ no_link() {  # nothing is written through a link planted in ROOT: it could point
     done
 }
 no_link "$root/times.tsv" "$root/commands.txt" "$root/shuffle_cf.md.tmp" "$root/shuffle_cf.md"
+# and no FIFO (it hung the table), device or huge file (3 MB of commands.txt: one argument too long) there
+for path in "$root/times.tsv" "$root/commands.txt" "$root/shuffle_cf.md.tmp" "$root/shuffle_cf.md"; do
+    if [ -e "$path" ] && { [ ! -f "$path" ] || [ "$(stat -c %s -- "$path")" -gt 1048576 ]; }; then
+        echo "error: $path is not a regular file of at most 1 MiB; remove it" >&2
+        exit 2
+    fi
+done
 for ((s = 0; s < ${SEEDS:-1}; s++)); do
     for stage in $rows; do
         out=$root/seed$s/$stage

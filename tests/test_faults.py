@@ -480,6 +480,12 @@ def test_drivers_and_run_dirs_write_only_where_they_should(root, tmp_path, capsy
     for marker in ("file /etc/hostname", "file ../outside.md", "table test | a: /etc/hostname"):
         with pytest.raises(ValueError, match="expected a path inside"):
             report.render_readme(f"<!-- {marker} -->\n<!-- /generated -->\n", str(tmp_path))
+    (tmp_path / ".ssh").mkdir()
+    (tmp_path / ".ssh" / "id_rsa.md").write_text("SECRET")  # inside the README's folder, and still not its to embed
+    (tmp_path / "id_rsa").write_text("SECRET")
+    for marker in ("file .ssh/id_rsa.md", "file id_rsa", "table test | a: id_rsa"):
+        with pytest.raises(ValueError, match="file, outside hidden folders"):
+            report.render_readme(f"<!-- {marker} -->\n<!-- /generated -->\n", str(tmp_path))
     (tmp_path / "latin1.md").write_bytes(b"caf\xe9\n")  # a README, or a file it embeds, not in UTF-8: named
     (tmp_path / "embeds.md").write_text("<!-- file latin1.md -->\n<!-- /generated -->\n")
     for readme in ("latin1.md", "embeds.md"):
@@ -1198,3 +1204,41 @@ def test_bench_ckpt_checks_the_tokenizer_against_the_vocabulary(tiny_llm, tmp_pa
     _edit_config("vocab_size", 300)(d)
     assert bench.main(["--ckpt", str(d), "--no-hf", "--steps", "1", "--train-batch", "1", "--score-batch", "1"]) == 2
     assert "the tokenizer has ids up to" in one_error_line(capsys)
+
+
+def test_no_write_replaces_a_device_a_fifo_or_goes_through_a_linked_run(root, tmp_path, capsys):
+    """--export /dev/null (as root: the system's) and a FIFO were replaced by regular files; eval.py wrote
+    rescored.json through a linked RUN, and its re-score through a linked --into."""
+    os.mkfifo(tmp_path / "fifo")
+    assert datainfo.main(["ml1m", "--data-dir", str(root), "--export", str(tmp_path / "fifo")]) == 2
+    assert "fifo is not a regular file" in one_error_line(capsys) and (tmp_path / "fifo").is_fifo()
+    assert cf_run(root, tmp_path / "mf") == 0
+    (tmp_path / "linked").symlink_to(tmp_path / "mf", target_is_directory=True)
+    (tmp_path / "into").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    capsys.readouterr()
+    for argv in ([str(tmp_path / "linked")], [str(tmp_path / "mf"), "--into", str(tmp_path / "into")]):
+        assert ev.main(argv) == 2 and "symbolic link" in one_error_line(capsys)
+    assert not (tmp_path / "mf" / "rescored.json").exists() and not (tmp_path / "elsewhere").exists()
+    t = tmp_path / "t"
+    t.mkdir()
+    os.mkfifo(t / "commands.txt")  # table.sh hung reading it
+    out = subprocess.run(["bash", "drivers/table.sh", str(t)], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "ROWS": "pop", "PYTHON": "true"})
+    assert out.returncode == 2 and "commands.txt is not a regular file" in out.stderr, out.stderr
+
+
+def test_a_one_class_test_split_is_refused_as_train_and_valid_are(root, capsys):
+    """Its AUC is undefined: the run finished with test AUC NaN and exit 0 (Pop and SASRec alike)."""
+    fields = [line.split("\t") for line in tiny_rows()]
+    write_data(root, ["\t".join(f[:2] + ["1" if f[4] == "test" else f[2]] + f[3:]) for f in fields])
+    for stage in ("pop", "sasrec"):
+        assert cf_run(root, root.parent / stage, "--stage", stage) == 2
+        assert "the test split holds only likes (" in one_error_line(capsys)
+
+
+def test_compile_keeps_its_kernels_out_of_the_runs_inputs(root, tmp_path, capsys, monkeypatch, tiny_llm):
+    """TORCHINDUCTOR_CACHE_DIR inside the backbone: --compile wrote .so files among its weights (and reads them back)."""
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tiny_llm / "cache"))
+    assert train.main(["--stage", "text", "--data-dir", str(root), "--llm", str(tiny_llm), "--compile", "--runs",
+                       str(tmp_path), "--max-epochs", "1", "--threads", "1"]) == 2
+    assert "TORCHINDUCTOR_CACHE_DIR " in one_error_line(capsys) and not (tiny_llm / "cache").exists()

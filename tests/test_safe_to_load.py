@@ -229,6 +229,8 @@ def crafted(src, dst, edit):
 
 EDITS = {  # a checkpoint is input like any other: each is one line naming the file, no traceback
     "a tensor of another shape": lambda ck: ck["model"].update({k: torch.zeros(7, 3) for k in list(ck["model"])[:1]}),
+    "a tensor of NaN": lambda ck: [t.fill_(float("nan")) for t in list(ck["model"].values())[:1]],  # every score NaN
+    "a tensor of integers": lambda ck: ck["model"].update({k: v.long() for k, v in list(ck["model"].items())[:1]}),
     "no model": lambda ck: ck.pop("model"),
     "dim as a string": lambda ck: ck["args"].update(dim="64"),
     "dim not an integer": lambda ck: ck["args"].update(dim=64.5),
@@ -277,6 +279,7 @@ RESUME_EDITS = {
     "bad epochs of -1000000": lambda ck: ck["best"].update(bad_epochs=-10 ** 6),
     "a best AUC of inf": lambda ck: ck["best"].update(auc=float("inf")),
     "a best epoch past the run": lambda ck: ck["best"].update(epoch=99),
+    "a best AUC that its log does not hold": lambda ck: ck["best"].update(auc=0.123456789),  # test on the wrong epoch
     "a log of 10000 lines": lambda ck: ck.update(log=ck["log"] * 10 ** 4),
     # AdamW's step += 1 on a bool or complex step: a traceback once resumed
     "an AdamW step that is a bool": lambda ck: [s.update(step=torch.tensor(True)) for s in ck["optimizer"]["state"].values()],

@@ -180,6 +180,8 @@ def write_atomic(path, data: bytes):
     if not is_main():  # under torchrun, rank 0 alone writes
         return
     refuse_link(path)
+    if os.path.exists(path) and not os.path.isfile(path):  # (a device or FIFO would be replaced: /dev/null, as root)
+        raise RunError(f"{path} is not a regular file (a directory, device or FIFO); write to a file's path")
     with writing(path):
         fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=os.path.dirname(path) or ".")
         try:
