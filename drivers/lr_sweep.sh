@@ -11,7 +11,7 @@ root=${1:?usage: LRS="1e-4 3e-4" bash drivers/lr_sweep.sh ROOT --stage STAGE [tr
 shift
 py=${PYTHON:-python}
 repo=$(cd "$(dirname "$0")/.." && pwd)  # train.py and the modules, from any directory (ROOT stays the caller's)
-export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}" PYTHONSAFEPATH=1  # (-m and -c: no module from the cwd)
 set -f  # LRS is split on spaces, never globbed ("*" named the files here)
 stage=
 for ((i = 1; i <= $#; i++)); do  # the stage as train.py reads it, the last one winning

@@ -38,7 +38,7 @@ for flag in "${words[@]}"; do  # (train.py takes no abbreviation: --see is no --
 done
 py=${PYTHON:-python}
 repo=$(cd "$(dirname "$0")/.." && pwd)  # train.py and the modules, from any directory (ROOT stays the caller's)
-export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}" PYTHONSAFEPATH=1  # (-m and -c: no module from the cwd)
 rows=${ROWS:-$all_rows}
 # SEEDS and ROWS reach bash arithmetic and indirect expansion, which run a $(command) inside them: checked first.
 if ! [[ ${SEEDS:-1} =~ ^[1-9][0-9]{0,2}$ ]]; then

@@ -457,6 +457,8 @@ def test_drivers_and_run_dirs_write_only_where_they_should(root, tmp_path, capsy
         assert out.returncode == 2 and "expected REPEATS 1..999" in out.stderr and not (tmp_path / "nc").exists()
     elsewhere = tmp_path / "elsewhere"  # table.sh from another directory: ROOT is the caller's, train.py the repo's
     elsewhere.mkdir()
+    for stray in ("train.py", "drivers.py"):  # and no module of the cwd's (python -m and -c put it first)
+        (elsewhere / stray).write_text(f"raise SystemExit('the stray {stray} ran')")
     out = subprocess.run(["bash", str(ROOT / "drivers" / "table.sh"), "t", "--data-dir", str(root)], cwd=elsewhere,
                          capture_output=True, text=True, env={**os.environ, "ROWS": "pop"})
     assert out.returncode == 0 and (elsewhere / "t" / "seed0" / "pop" / "metrics.json").exists(), out.stderr[-2000:]
@@ -1172,7 +1174,8 @@ def test_the_sweep_and_the_table_run_from_anywhere_train_only_and_glob_nothing(r
     table.sh globbed ROWS='m?' into the row a file named mc in the cwd named."""
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    (elsewhere / "train.py").write_text("raise SystemExit('the stray train.py ran')")
+    for stray in ("train.py", "tools.py", "drivers.py"):  # (python -m and -c put the cwd first on sys.path)
+        (elsewhere / stray).write_text(f"raise SystemExit('the stray {stray} ran')")
     (elsewhere / "mc").write_text("")
     env = {**os.environ, "LRS": "1e-2"}
     out = subprocess.run(["bash", str(ROOT / "drivers" / "lr_sweep.sh"), "sw", "--stage", "mf", "--data-dir", str(root),
