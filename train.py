@@ -56,7 +56,8 @@ MAX_EPOCHS_TINY = 10  # the random tiny backbone creeps up for dozens of epochs:
 
 
 def flag(default=None, help=None, type=None, choices=None, resume_may_change=False):
-    """A Run field and its flag. resume_may_change: how to run (a device), not what: --resume lets it differ."""
+    """A Run field and its flag. resume_may_change: how to run (a device), not what, or a path whose files made_from
+    checks by content (a link or another cwd spells the same files otherwise): --resume lets it differ."""
     return field(default=default, metadata=dict(help=help, type=type, choices=choices,
                                                 resume_may_change=resume_may_change))
 
@@ -69,8 +70,8 @@ class Run:
     data: str = flag("ml1m", "ml1m, movielens or amazon")
     split: str = flag(None, "CoLLM's month windows, or the paper's 8:1:1 (amazon's default)",
                       choices=("months", "ratio"))
-    reviews: str = flag(None, "amazon: reviews file (default DATA/amazon-book/Books_5.json.gz)")
-    meta: str = flag(None, "amazon: metadata file (default DATA/amazon-book/meta_Books.json.gz)")
+    reviews: str = flag(None, "amazon: reviews file (default DATA/amazon-book/Books_5.json.gz)", resume_may_change=True)
+    meta: str = flag(None, "amazon: metadata file (default DATA/amazon-book/meta_Books.json.gz)", resume_may_change=True)
     data_dir: str = flag(None, "data root (default: $SASRECLLM_DATA, else data/)", resume_may_change=True)
     out: str = flag(None, "run directory (default: RUNS/<stage>)", resume_may_change=True)
     seed: int = flag(0, "the seed of torch, numpy and random", type=number(0, 2 ** 32 - 1, int))  # numpy's range
@@ -111,13 +112,15 @@ class Run:
     # LLM stages
     runs: str = flag("runs", "root of the stage runs (--stage all, the tiny backbone, defaults)",
                      resume_may_change=True)
-    llm: str = flag(os.path.join("checkpoints", "TinyLlama-1.1B"), "HF-format LLM dir, or tiny (a random backbone)")
+    llm: str = flag(os.path.join("checkpoints", "TinyLlama-1.1B"), "HF-format LLM dir, or tiny (a random backbone)",
+                    resume_may_change=True)
     template: str = flag("paper", "prompt wording (data.TEMPLATES)", choices=TEMPLATES)
-    tokenizer: str = flag(None, "--llm tiny: use this tokenizer.model (else one is trained on the data)")
+    tokenizer: str = flag(None, "--llm tiny: use this tokenizer.model (else one is trained on the data)",
+                          resume_may_change=True)
     dtype: str = flag(None, "LLM weights (default: bfloat16 on a CPU with native bf16, else float32)", choices=DTYPES)
     cf: str = flag("sasrec", "the joint stage's CF encoder", choices=("sasrec", "mf", "gru4rec"))
-    cf_ckpt: str = flag(None, "the joint stage's CF checkpoint (default: RUNS/<cf>/best.pt)")
-    lora: str = flag(None, "text-stage LoRA adapter dir (default: RUNS/text/adapter)")
+    cf_ckpt: str = flag(None, "the joint stage's CF checkpoint (default: RUNS/<cf>/best.pt)", resume_may_change=True)
+    lora: str = flag(None, "text-stage LoRA adapter dir (default: RUNS/text/adapter)", resume_may_change=True)
     freeze_cf: bool = flag(False, "joint stage: train the mapping layer only")
     cf_bias: int = flag(1, "joint: 1 appends the CF biases to its vectors (sasrecllm.cf_vectors)", choices=(0, 1))
     proj_token_num: int = flag(1, "pseudo-tokens per <UserID>, <TargetItemID>", type=positive)

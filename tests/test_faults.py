@@ -184,7 +184,9 @@ def test_resume_refuses_flags_that_change_the_run(root, tmp_path, capsys):
     assert train.main(["--stage", "ncf", "--data", "ml1m", "--data-dir", str(root), "--out", str(out),
                        "--max-epochs", "2", "--batch-size", "16", "--threads", "1", "--resume"]) == 2
     assert "--stage ncf (the run has mf)" in one_error_line(capsys)
-    assert cf_run(root, out, "--resume", "--threads", "2") == 0  # how to run may change; what to run may not
+    os.symlink(root, tmp_path / "linked-data")  # the same files spelt otherwise (a link, another cwd): refused
+    assert cf_run(tmp_path / "linked-data", out, "--resume", "--threads", "2", "--runs", str(tmp_path / "elsewhere"),
+                  "--llm", "other", "--cf-ckpt", "x.pt", "--lora", "y") == 0  # paths the stage never reads, too
     ck = runs.read_checkpoint(str(out / "last.pt"))
     assert ck["args"]["lr"] == 3e-3 and ck["epoch"] == 2
 
