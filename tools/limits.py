@@ -142,10 +142,10 @@ def check_checkpoint(cfg, config, files, dtype=torch.float32, device="cpu"):
         try:
             with safe_open(regular_file(path, "a safetensors file"), framework="pt") as f:
                 for k in f.keys():
-                    check_float(path, k, f.get_slice(k).get_dtype())
+                    check_float(path, k, (s := f.get_slice(k)).get_dtype())
                     if k in shapes:  # (read in turn, the later shard's would silently win)
                         raise CheckpointError(f"{path}: key {k!r} is in {shapes[k][1]} too; expected it in one shard")
-                    shapes[k] = tuple(f.get_slice(k).get_shape()), path
+                    shapes[k] = tuple(s.get_shape()), path
         except (SafetensorError, FileNotFoundError) as e:  # a truncated file says "incomplete metadata"
             raise CheckpointError(f"{path}: cannot read this safetensors file ({e})") from None
     layers = sorted({int(m[1]) for k in shapes if (m := re.match(r"model\.layers\.([0-9]+)\.", k))})
@@ -194,9 +194,10 @@ def check_adapter(adapter_dir, cfg, state=None):
     try:
         if state is None:
             with safe_open(regular_file(weights, "an adapter's safetensors"), framework="pt") as f:
-                shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+                shapes = {}
                 for k in f.keys():
-                    check_float(weights, k, f.get_slice(k).get_dtype())
+                    check_float(weights, k, (s := f.get_slice(k)).get_dtype())
+                    shapes[k] = tuple(s.get_shape())
         elif isinstance(state, dict) and all(type(k) is str and torch.is_tensor(v) for k, v in state.items()):
             shapes = {k: tuple(v.shape) for k, v in state.items()}
             for k, v in state.items():
