@@ -154,6 +154,8 @@ class BPETokenizer(AnswerIds):
             f"{len(added)} added tokens (at most 4096)": len(added) > 4096,
             "added tokens with lstrip/rstrip/single_word":
                 any(t.get("lstrip") or t.get("rstrip") or t.get("single_word") for t in added),
+            "added tokens that are not special (HF matches them in data text too)":  # (encode(special=False))
+                any(t.get("special") is not True for t in added),
         }
         for what, bad in refused.items():
             if bad:
@@ -170,6 +172,8 @@ class BPETokenizer(AnswerIds):
             if lost:
                 raise ValueError(f"{self.path}: merge {' '.join(m)!r} needs {lost[0]!r}, not in model.vocab")
         self.added = {t["content"]: t["id"] for t in added}
+        if clash := next((t for t, i in self.added.items() if self.vocab.get(t, i) != i), None):  # (HF: the vocab's)
+            raise ValueError(f"{self.path}: added token {clash!r:.40} is in model.vocab at another id")
         bad = [(t, i) for t, i in [*self.vocab.items(), *self.added.items()]
                if type(t) is not str or type(i) is not int or i < 0]  # an id indexes the embedding table
         if bad:

@@ -27,10 +27,15 @@ from tools import runs, sources
 from tools.tables import _num, fmt, fmt_mean_std, markdown_table, md_table, mean_std, read_metrics
 
 
-def finished_run(run_dir, data_dir=None, device=None, dtype=None):
+def finished_run(run_dir, data_dir=None, device=None, dtype=None, hold=None):
+    """A finished run, rebuilt (train.load_run); hold (an ExitStack): its run.lock held until that closes, so
+    that no run starts over there while a re-score is on its way into it."""
     if not os.path.isdir(run_dir):
         raise FileNotFoundError(f"{run_dir}: no such run directory (train.py --out DIR writes one)")
-    if (holder := runs.live_lock(run_dir)) is not None:  # ({}: held, its holder unreadable)
+    if hold:
+        runs.refuse_link(run_dir)  # (its lock and re-score would land wherever it points)
+        hold.enter_context(runs.holding(run_dir))
+    elif (holder := runs.live_lock(run_dir)) is not None:  # ({}: held, its holder unreadable)
         raise runs.RunError(runs.busy_message(run_dir, holder))
     read_metrics(run_dir)  # unfinished runs have none
     return train.load_run(run_dir, data_dir, device, dtype)
@@ -137,18 +142,19 @@ def write_rescore(report, run_dir, into):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                  allow_abbrev=False)
-    ap.add_argument("run", nargs="?", help="a finished run directory: re-score its best.pt")
+    ap.add_argument("run", nargs="?", type=runs.path, help="a finished run directory: re-score its best.pt")
     ap.add_argument("--device", default=None, help="score on this device, not the run's own (a GPU run on cpu)")
-    ap.add_argument("--data-dir", default=None, help="the data root, if it moved since training")
+    ap.add_argument("--data-dir", type=runs.path, help="the data root, if it moved since training")
     ap.add_argument("--dtype", default=None, choices=llama.DTYPES,
                     help="an LLM run's weights in this dtype, not its own (a bf16 run on a CPU without native bf16)")
     ap.add_argument("--test-only", action="store_true", help="score the test split alone")
-    ap.add_argument("--into", default=None, help="write the re-score to INTO/<run name>.json")
+    ap.add_argument("--into", type=runs.path, help="write the re-score to INTO/<run name>.json")
     ap.add_argument("--shuffle-cf", action="store_true", help="ablation: permute the CF tokens across the rows")
     ap.add_argument("--shuffle-text", action="store_true", help="ablation: permute the prompts' text across the rows")
     ap.add_argument("--repeats", type=runs.number(1, 100, int), default=1, help="--shuffle-*: K permutations")
-    ap.add_argument("--fuse", metavar="RUN_B", help="the fusion probe: RUN's and RUN_B's logits, fitted on valid")
-    ap.add_argument("--preds", help="TSV with user_id, item_id, label, score [, split, seen, warm]")
+    ap.add_argument("--fuse", metavar="RUN_B", type=runs.path,
+                    help="the fusion probe: RUN's and RUN_B's logits, fitted on valid")
+    ap.add_argument("--preds", type=runs.path, help="TSV with user_id, item_id, label, score [, split, seen, warm]")
     ap.add_argument("--scores", choices=("logits", "probs"), help="--preds: what the score column holds")
     args = ap.parse_args(argv)
     modes = [f"--{f.replace('_', '-')}" for f in ("shuffle_cf", "shuffle_text", "fuse", "preds") if getattr(args, f)]
@@ -176,12 +182,13 @@ def main(argv=None):
                 args.test_only)
         print(report)
     elif args.run:
-        run = finished_run(args.run, args.data_dir, args.device, args.dtype)
-        if args.into:  # (into the LLM's folder, it would change the digest the run was made from)
-            runs.refuse_overlap(args.into, train.inputs(run[0]), "--into")
-        [report] = score_run(run, test_only=args.test_only)
-        print(numerics)
-        print(f"wrote {write_rescore(report, args.run, args.into)}")
+        with contextlib.ExitStack() as held:
+            run = finished_run(args.run, args.data_dir, args.device, args.dtype, hold=None if args.into else held)
+            if args.into:  # (into the LLM's folder, it would change the digest the run was made from)
+                runs.refuse_overlap(args.into, train.inputs(run[0]), "--into")
+            [report] = score_run(run, test_only=args.test_only)
+            print(numerics)
+            print(f"wrote {write_rescore(report, args.run, args.into)}")
         print(markdown_table([(p, report[p]) for p in PARTS if p in report], rel=False))
     else:
         ap.print_help()

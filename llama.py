@@ -75,7 +75,7 @@ class LlamaConfig:
             raise ValueError("attention_bias/mlp_bias=true: biases in the projections are not implemented")
         rope = d.get("rope_parameters") or {}
         scaling = d.get("rope_scaling")
-        if scaling or rope.get("rope_type", "default") != "default":
+        if scaling or rope.get("rope_type", rope.get("type", "default")) != "default":  # ("type": the older name)
             raise ValueError(f"rope scaling ({scaling or rope}) is not implemented; only plain RoPE is")
         theta = d.get("rope_theta", rope.get("rope_theta", 10000.0))
         if "rope_theta" in d and "rope_theta" in rope and d["rope_theta"] != rope["rope_theta"]:  # (HF reads the latter)
@@ -332,8 +332,11 @@ def load_model(ckpt_dir, dtype=torch.float32, device="cpu") -> Llama:
         model = Llama(cfg)
     state = read_weights(files, dtype, device)  # fp16, bf16 or fp32 on disk, cast to dtype
     state = {k: v for k, v in state.items() if not IGNORED_KEYS.search(k)}
-    if cfg.tie_word_embeddings:
-        state.pop("lm_head.weight", None)  # HF omits it for tied models; the embedding is used
+    if cfg.tie_word_embeddings:  # HF omits lm_head for tied models; the embedding is used
+        head = state.pop("lm_head.weight", None)  # (one unlike the embedding: transformers 5 would keep it, 4 tie)
+        if head is not None and not torch.equal(head, state.get("model.embed_tokens.weight", head)):
+            raise CheckpointError(f"{ckpt_dir}: tie_word_embeddings is true, but lm_head.weight differs from the "
+                                  "embedding; set it false to use that lm_head, or drop it")
     expected = {k: v.shape for k, v in model.state_dict().items()
                 if not (cfg.tie_word_embeddings and k == "lm_head.weight")}
     missing = sorted(set(expected) - set(state))
@@ -394,6 +397,11 @@ def load_tokenizer(path):
     if not path.is_file():
         if not (path / "tokenizer.model").exists() and not (path / "tokenizer.json").exists():
             raise FileNotFoundError(f"{path}: no tokenizer.model (sentencepiece) or tokenizer.json (byte-level BPE)")
+        if (path / "tokenizer.model").exists() and (path / "tokenizer.json").exists() and "ByteLevel" in json.dumps(
+                [(spec := sources.read_json(path / "tokenizer.json", "an HF tokenizer.json", obj=True)).get("pre_tokenizer"),
+                 spec.get("decoder")]):  # (HF would read that one: its ids, and its Yes and No, differ)
+            raise CheckpointError(f"{path}: a sentencepiece tokenizer.model beside a byte-level tokenizer.json, two "
+                                  "tokenizers; keep the one the checkpoint was trained with")
         path = path / ("tokenizer.model" if (path / "tokenizer.model").exists() else "tokenizer.json")
     bpe = path.suffix == ".json"
     try:

@@ -39,6 +39,9 @@ def train(run, made_from, model, batches, loss_fn, predict, ds):
     epoch, best, history = 0, dict(auc=-1.0, epoch=0, bad_epochs=0), []  # history: log.jsonl's lines
     if run.resume and os.path.exists(os.path.join(run.out, "last.pt")):
         epoch, best, history = resume_from(run, made_from, model, opt, sched, scaler, n)
+        if epoch < run.max_epochs and best["bad_epochs"] < run.patience:  # an ended run goes on: what it said
+            runs.move_aside(run.out, [f for f in sorted(os.listdir(run.out))  # then is not what it says now
+                                      if f == "metrics.json" or f.startswith("rescored")], "--resume")
     elif run.resume:  # it stopped in its first epoch
         say(f"--resume: {run.out} has no last.pt yet; starting at epoch 1")
     steps, t_run = 0, time.time()
@@ -160,7 +163,7 @@ def load_trainable(model, state, path):
     unexpected = set(state) - set(params)
     bad = [n for n in set(state) & set(params) if not (torch.is_tensor(state[n]) and state[n].shape == params[n].shape
                                                         and state[n].dtype in limits.FLOATS.values()
-                                                        and torch.isfinite(state[n]).all())]
+                                                        and torch.isfinite(state[n].to(params[n].dtype)).all())]
     if missing or unexpected or bad:
         raise runs.RunError(f"{path}: does not fit this model: missing {sorted(missing)[:3]}, unexpected "
                             f"{sorted(unexpected)[:3]}, of another shape, not a float or not finite {sorted(bad)[:3]}")
@@ -213,6 +216,11 @@ def resume_from(run, made_from, model, opt, sched, scaler, n):
                              "(a log line per epoch; the best epoch within them, its AUC the log's; AUC in 0..1)")
         runs.check_resumed(opt, sched, scaler, fresh, steps=epoch * n)
         runs.set_rng_state(ck["rng"])
+        best_pt = runs.read_checkpoint(os.path.join(run.out, "best.pt"))  # the model the run ends by scoring:
+        if (best_pt["epoch"], best_pt.get("made_from")) != (best["epoch"], made_from) or not same_auc(
+                best_pt["best_valid_auc"], best["auc"]) or runs.changed_flags(best_pt["args"], ck["args"], may_change):
+            raise ValueError(f"its best.pt is not its best epoch {best['epoch']} (a best.pt of epoch "
+                             f"{best_pt['epoch']!r:.20}, or of other flags or inputs)")
     except runs.RunError:
         raise
     except (ValueError, TypeError, KeyError, AttributeError, IndexError, RuntimeError, OverflowError) as e:

@@ -153,10 +153,12 @@ def load_adapter(model, adapter_dir):
         raise ValueError(f"{adapter_dir}: peft_type {cfg['peft_type']!r}; lora.py implements plain LoRA only")
     # Any other feature peft writes (DoRA, rsLoRA, aLoRA's invocation tokens, rank patterns, ...) would
     # change the numbers; it is refused unless it is off, never read as plain LoRA.
-    off = (None, False, 0, "none", {}, [])
-    unknown = sorted(k for k, v in cfg.items() if k not in PLAIN_LORA_KEYS and not any(v is o or v == o for o in off))
-    if unknown:
-        raise ValueError(f"{adapter_dir}: adapter uses {unknown}, which lora.py does not implement")
+    off = lambda k: (None, []) if k == "layers_to_transform" else (None, False, 0, "none", {}, [])  # (0: layer 0)
+    unknown = sorted(k for k, v in cfg.items() if k not in PLAIN_LORA_KEYS and not any(v is o or v == o for o in off(k)))
+    init = cfg.get("init_lora_weights", True)  # pissa and olora move part of W into the adapter: W is not ours
+    if unknown or not (init is True or init is False or init in ("gaussian", "eva")):
+        raise ValueError(f"{adapter_dir}: adapter uses {unknown or f'init_lora_weights {init!r:.40}'}, which lora.py "
+                         "does not implement")
     weights = adapter_dir / "adapter_model.safetensors"
     # peft's older adapter_model.bin has no header to read shapes from: its (small) tensors are read first
     bin_path = weights.with_suffix(".bin")
@@ -174,6 +176,9 @@ def load_adapter(model, adapter_dir):
         if isinstance(targets, str):
             raise ValueError(f"{adapter_dir}: target_modules as a regex ({targets!r}) is not supported")
         inject(model, tuple(targets), cfg["r"], cfg["lora_alpha"], cfg.get("lora_dropout", 0.0))
+    elif any((m.r, m.alpha) != (cfg["r"], cfg["lora_alpha"]) for m in lora_layers(model).values()):
+        raise ValueError(f"{adapter_dir}: r {cfg['r']}, lora_alpha {cfg['lora_alpha']}, but the model's LoRA has "
+                         "others (its scaling would stay): load it into a model without LoRA")
     if state is None:
         try:
             state = load_file(weights)
@@ -183,6 +188,8 @@ def load_adapter(model, adapter_dir):
         raise ValueError("unmerge() the model before loading another adapter into it")
     ours, loaded = lora_state_dict(model), {}
     for key, tensor in state.items():  # (peft may keep the adapter name, "default", in a key: tolerated)
+        if not key.startswith(PEFT_PREFIX):  # (peft loads none of such a key, and scores the base model)
+            raise ValueError(f"{adapter_dir}: adapter key {key!r} lacks peft's prefix {PEFT_PREFIX!r}")
         name = key.removeprefix(PEFT_PREFIX).replace(".lora_A.default.", ".lora_A.")
         name = name.replace(".lora_B.default.", ".lora_B.")
         if name not in ours:
@@ -192,7 +199,7 @@ def load_adapter(model, adapter_dir):
         if tensor.shape != ours[name].shape:
             raise ValueError(f"{adapter_dir}: {key!r} has shape {tuple(tensor.shape)}, "
                              f"the model expects {tuple(ours[name].shape)}")
-        limits.check_finite(adapter_dir, key, tensor)
+        limits.check_finite(adapter_dir, key, tensor.to(ours[name].dtype))  # (as loaded: 1e300 in F64 is inf)
         loaded[name] = tensor
     missing = sorted(set(ours) - set(loaded))
     if missing:

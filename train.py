@@ -138,15 +138,21 @@ class Run:
             if getattr(self, k) is None:
                 setattr(self, k, v)
         limits.check_flags(self)  # --heads against --dim, --threads: before any data is read
+        if empty := [k for k in PATHS if getattr(self, k) == ""]:  # ("--out $OUT" with OUT unset: not the default)
+            raise runs.RunError(f"--{empty[0].replace('_', '-')} '': an empty path; give one, or leave the flag out")
+        if self.stage == "all" and (given := [k for k in ("out", "cf_ckpt", "lora") if getattr(self, k)]):
+            raise runs.RunError(f"--stage all writes and reads its stages under --runs ({self.runs}/sasrec, text, "
+                                f"joint); --{given[0].replace('_', '-')} is for one stage: give --runs instead")
         if self.stage != "all":  # (--stage all: each stage takes its own)
             self.dtype = self.dtype or runs.default_precision(self)[0]
             self.amp = self.amp or runs.default_amp(self.device, self.dtype)
             if self.compile is None:  # ~50 s of compiling: even at 20 steps, +11% at 100 (results/README.md)
                 self.compile = (self.stage in ("text", "joint") and self.llm != "tiny" and self.device == "cpu"
                                 and (self.max_steps or self.iters_per_epoch * self.max_epochs) >= COMPILE_FROM_STEPS)
-        self.out = self.out or os.path.join(self.runs, self.stage)
-        self.cf_ckpt = self.cf_ckpt or os.path.join(self.runs, self.cf, "best.pt")
-        self.lora = self.lora or os.path.join(self.runs, "text", "adapter")
+        if self.stage != "all":  # (its stages take these under --runs, each its own)
+            self.out = self.out or os.path.join(self.runs, self.stage)
+            self.cf_ckpt = self.cf_ckpt or os.path.join(self.runs, self.cf, "best.pt")
+            self.lora = self.lora or os.path.join(self.runs, "text", "adapter")
         self.data_dir = self.data_dir or data.DATA_DIR
         for k in PATHS:  # recorded as absolute paths: a run means the same files from any directory
             if getattr(self, k) not in (None, "tiny"):
@@ -380,6 +386,8 @@ def run_llm(args, ds=None):
     for split in ("valid", "test") if args.stage == "icl" else ("train", "valid", "test"):  # (as run_cf's)
         data.require_both_labels(ds, split)
     runs.seed_everything(args.seed)
+    for flag, path in [("--cf-ckpt", args.cf_ckpt), ("--lora", args.lora)] if args.stage == "joint" else []:
+        runs.check_finished(os.path.dirname(path), f"{flag} {path}")  # (not one paused, or being trained again)
     model, prompts = build_llm_model(args, ds)
     predict = llm_predictor(args, ds, prompts)
     made = made_from(args, ds)  # (digests a backbone of gigabytes: once per run)

@@ -376,9 +376,11 @@ def main(argv=None):
     p.add_argument("--no-hf", action="store_true", help="skip the transformers+peft comparison")
     p.add_argument("--compile", action="store_true", help="add llama.py+lora.py with torch.compile'd layers")
     p.add_argument("--check", action="store_true", help="the GPU check: CHECK's sizes, every order, then the loop")
-    p.add_argument("--data-dir", help="the data root (default: $SASRECLLM_DATA, else data/)")
-    p.add_argument("--tokenizer", default=os.environ.get("SASRECLLM_TOKENIZER"), help="--check: Llama-2's tokenizer")
-    p.add_argument("--ckpt", help="a real checkpoint (e.g. SmolLM2) on CPU: every precision mode, real ML-1M prompts")
+    p.add_argument("--data-dir", type=runs.path, help="the data root (default: $SASRECLLM_DATA, else data/)")
+    p.add_argument("--tokenizer", type=runs.path, default=os.environ.get("SASRECLLM_TOKENIZER"),
+                   help="--check: Llama-2's tokenizer")
+    p.add_argument("--ckpt", type=runs.path,
+                   help="a real checkpoint (e.g. SmolLM2) on CPU: every precision mode, real ML-1M prompts")
     p.add_argument("--candidates", action="store_true", help="--ckpt: our variants in bf16, and a profile")
     args = p.parse_args(argv)
     args.shape = args.shape or ("tinyllama" if args.check else "tiny")

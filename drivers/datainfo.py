@@ -10,7 +10,7 @@ import numpy as np
 import data
 import metrics
 from tools import sources
-from tools.runs import cli, refuse_overlap, write_atomic
+from tools.runs import cli, path, refuse_overlap, write_atomic
 
 
 def stats(ds):
@@ -36,12 +36,12 @@ def export(ds, path):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
     p.add_argument("dataset", choices=["ml1m", "movielens", "amazon"])
-    p.add_argument("--data-dir", default=data.DATA_DIR)
+    p.add_argument("--data-dir", type=path, default=data.DATA_DIR)
     p.add_argument("--split", default=None, choices=["months", "ratio"], help="default: ratio for amazon, else months")
-    p.add_argument("--reviews", help="amazon: reviews JSON lines (.gz or plain)")
-    p.add_argument("--meta", help="amazon: metadata JSON lines (.gz or plain)")
+    p.add_argument("--reviews", type=path, help="amazon: reviews JSON lines (.gz or plain)")
+    p.add_argument("--meta", type=path, help="amazon: metadata JSON lines (.gz or plain)")
     p.add_argument("--stats", action="store_true", help="print one JSON object of statistics")
-    p.add_argument("--export", metavar="FILE.jsonl", help="write one JSON object per row")
+    p.add_argument("--export", metavar="FILE.jsonl", type=path, help="write one JSON object per row")
     args = p.parse_args(argv)
     ds = data.load(args.dataset, args.data_dir, args.split, args.reviews, args.meta)
     if args.export:

@@ -8,12 +8,13 @@ import math
 import os
 import re
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
 
 import train
-from tools.runs import cli, refuse_link, refuse_overlap, write_atomic, write_json
+from tools.runs import changed_flags, cli, path, peek_args, refuse_link, refuse_overlap, write_atomic, write_json
 from tools.sources import DECIMAL, TIME_MAX, DataError, _lines, integer, read_text
 from tools.svg import finite, svg_bars, svg_lines
 from tools.tables import (COLUMNS, _num, fmt, fmt_mean_std, markdown_table, md_table, mean_std, read_log, read_metrics,
@@ -116,6 +117,25 @@ ROWS = {"pop": "Pop", "mf": "MF", "ncf": "NCF", "gru4rec": "RNN", "mc": "MC", "s
 PAPER = {"ml1m": {"sasrec": (0.634, 0.607), "text": (0.689, 0.676), "joint": (0.696, 0.685)}}
 
 
+def check_alike(dirs, want):
+    """Refuse runs that may not share a row: each must have its flags of `want` ({flag: value} per run: a seed
+    its --seed, a sweep's LR its --lr) and otherwise the first one's flags and rows (how and where a run ran,
+    its device or paths, may differ), else a mean or a sweep would mix experiments."""
+    may = {f.name for f in fields(train.Run) if f.metadata["resume_may_change"]} | set(want[0] if want else ())
+    first = None
+    for d, w in zip(dirs, want):
+        args, made = peek_args(best := os.path.join(d, "best.pt")), peek_args(best, "made_from")
+        if bad := next((k for k, v in w.items() if args.get(k) != v), None):
+            raise DataError(f"{best}: trained with --{bad.replace('_', '-')} {args.get(bad)!r:.40}, not {w[bad]}"
+                            " as its directory says (or unreadable)")
+        changed = changed_flags(first[1], args, may) + [f"other rows (digest {made.get('rows')!r:.20})"] * (
+            made.get("rows") != first[2]) if first else []
+        if changed:
+            raise DataError(f"{d} and {first[0]} differ in more than {', '.join(w)}: {'; '.join(changed)[:300]}; "
+                            "a row's runs must share their flags and data (train it again, or use another root)")
+        first = first or (d, args, made.get("rows"))
+
+
 def table_runs(root, stages):
     """(seeds, {stage: [its run dir on each seed that has one]}, {stage: mean_std over them}) for the
     stages with runs under a table root. A row may have fewer seeds than the table (Pop and ICL are
@@ -128,6 +148,8 @@ def table_runs(root, stages):
                                 "wrote (e.g. runs/table_ml1m)")
     dirs = {s: [d for k in seeds if os.path.isdir(d := os.path.join(root, f"seed{k}", s))] for s in stages}
     runs = {s: ds for s, ds in dirs.items() if ds}
+    for ds in runs.values():
+        check_alike(ds, [dict(seed=int(os.path.basename(os.path.dirname(d))[4:])) for d in ds])
     return seeds, runs, {s: mean_std([read_metrics(d) for d in ds], ds) for s, ds in runs.items()}
 
 
@@ -259,6 +281,7 @@ def sweep_table(root, command):
         if not {"train_loss", "seconds"} <= log[0].keys() or not {"auc", "uauc", "n"} <= log[0]["valid"].keys():
             raise DataError(f"{os.path.join(root, 'lr' + lr, 'log.jsonl')}:1: expected train_loss, seconds and "
                             "valid's auc, uauc and n")
+    check_alike([os.path.join(root, "lr" + lr) for lr in logs], [dict(lr=float(lr)) for lr in logs])  # one stage
     rows = sorted(((log[0]["valid"]["auc"], lr, log[0]) for lr, log in logs.items()),
                   key=lambda row: (ok := not math.isnan(_num(row[0])), _num(row[0]) if ok else 0, row[1]),
                   reverse=True)  # an undefined AUC (NaN, null) last
@@ -271,15 +294,18 @@ def sweep_table(root, command):
 @cli
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, allow_abbrev=False)
-    ap.add_argument("--table", metavar="ROOT", help="Table 1 over ROOT/seed<s>/<stage> -> ROOT.md")
+    ap.add_argument("--table", metavar="ROOT", type=path, help="Table 1 over ROOT/seed<s>/<stage> -> ROOT.md")
     ap.add_argument("--command", default="", help="--table: the commands that trained it (one a line), printed above the table")
     ap.add_argument("--paper", metavar="DATA", help="--table: set the paper's figures on DATA (ml1m) beside ours")
-    ap.add_argument("--plot", metavar="ROOT", help="Figs. 10-12 of a table root -> --into (default ROOT/figures)")
-    ap.add_argument("--sweep", metavar="ROOT", help="drivers/lr_sweep.sh's table -> ROOT/sweep.md")
-    ap.add_argument("--collect", nargs="+", metavar="RUN", help="copy the runs' metrics.json into --into")
-    ap.add_argument("--into", default=None, help="--collect: the folder; --plot ROOT: where the figures go")
-    ap.add_argument("--readme", nargs="?", const="README.md", metavar="FILE", help="rebuild FILE's generated blocks")
-    ap.add_argument("--check-readme", nargs="?", const="README.md", metavar="FILE", help="exit 1 when FILE is stale")
+    ap.add_argument("--plot", metavar="ROOT", type=path,
+                    help="Figs. 10-12 of a table root -> --into (default ROOT/figures)")
+    ap.add_argument("--sweep", metavar="ROOT", type=path, help="drivers/lr_sweep.sh's table -> ROOT/sweep.md")
+    ap.add_argument("--collect", nargs="+", metavar="RUN", type=path, help="copy the runs' metrics.json into --into")
+    ap.add_argument("--into", type=path, help="--collect: the folder; --plot ROOT: where the figures go")
+    ap.add_argument("--readme", nargs="?", const="README.md", metavar="FILE", type=path,
+                    help="rebuild FILE's generated blocks")
+    ap.add_argument("--check-readme", nargs="?", const="README.md", metavar="FILE", type=path,
+                    help="exit 1 when FILE is stale")
     args = ap.parse_args(argv)
     if args.table:
         build_table(args.table, args.command, args.paper)
@@ -290,14 +316,14 @@ def main(argv=None):
         _write(os.path.join(args.sweep, "sweep.md"), text)
     elif args.collect:
         collect(args.collect, args.into or "results")
-    elif path := args.readme or args.check_readme:
-        text = read_text(path, "a README")
-        new = render_readme(text, os.path.dirname(os.path.abspath(path)))
+    elif readme := args.readme or args.check_readme:
+        text = read_text(readme, "a README")
+        new = render_readme(text, os.path.dirname(os.path.abspath(readme)))
         if args.check_readme and new != text:
-            print(f"error: {path} is stale; run python -m drivers.report --readme {path}", file=sys.stderr)
+            print(f"error: {readme} is stale; run python -m drivers.report --readme {readme}", file=sys.stderr)
             return 1
-        print(f"{path}: generated blocks match results/" if args.check_readme else
-              f"rewrote the generated blocks of {_write(path, new)}")
+        print(f"{readme}: generated blocks match results/" if args.check_readme else
+              f"rewrote the generated blocks of {_write(readme, new)}")
     else:
         ap.print_help()
         return 2

@@ -29,7 +29,7 @@ os.environ.setdefault("SASRECLLM_DATA", str(DATA_DIR))  # before data.py reads i
 import metrics  # noqa: E402  (the project root is on sys.path only now)
 import data  # noqa: E402
 from data import pad_left  # noqa: E402
-from tools import backbones  # noqa: E402
+from tools import backbones, runs  # noqa: E402
 
 # A real pretrained Llama-family model, built by ../shared/tools/get_smollm2.py into the cache.
 CACHE = Path(os.environ.get("SASRECLLM_CACHE", Path.home() / ".cache" / "sasrecllm"))
@@ -82,6 +82,15 @@ def tokenizer_path():
     if not TOKENIZER.exists():
         pytest.skip(f"real Llama-2 tokenizer not found at {TOKENIZER} (set SASRECLLM_TOKENIZER)")
     return TOKENIZER
+
+
+def fake_best(run_dir, **args):
+    """run_dir/best.pt holding only flags (--seed from a seed<k>/ parent): what report.py checks of a table's runs."""
+    seed = run_dir.parent.name[4:] if run_dir.parent.name.startswith("seed") else "0"
+    stage = run_dir.name if run_dir.name in ("pop", "mf", "ncf", "gru4rec", "mc", "sasrec", "icl", "text", "joint") \
+        else "sasrec"
+    runs.save_atomic(dict(args=dict(seed=int(seed), stage=stage, **args), made_from={}, model={}),
+                     str(run_dir / "best.pt"))
 
 
 # -----------------------------------------------------------------------------

@@ -19,6 +19,7 @@ import bpe
 import data
 import llama
 import train
+from conftest import fake_best
 from data import DataError
 from drivers import datainfo, report
 from tools import runs, sources
@@ -783,6 +784,7 @@ def test_report_inputs_are_typed_and_its_writes_atomic(tmp_path, capsys):
     root, victim = tmp_path / "t", tmp_path / "victim.md"
     run = root / "seed0" / "sasrec"
     run.mkdir(parents=True)
+    fake_best(run)
     good = '{"epoch": 1, "valid": {"auc": 0.6, "uauc": null}, "samples_per_s": 10.0}'
     cases = [("log.jsonl", '{"epoch": "1", "valid": {}}', 'log.jsonl:1: expected epoch to be an integer >= 1; got "1"'),
              ("log.jsonl", good + '\n{"epoch": 2}', "log.jsonl:2: expected valid to be an object of metrics; it is"),

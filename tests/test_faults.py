@@ -22,7 +22,8 @@ import llama
 import lora
 import metrics
 import train
-from conftest import ROOT
+import walk
+from conftest import ROOT, fake_best
 from drivers import bench, datainfo, decode, report
 from tools import backbones, dist, runs, sources, tables
 from tools.sources import DataError
@@ -414,6 +415,7 @@ def test_numbers_past_range_and_lookalike_digits_are_one_line(root, tmp_path, ca
     table = tmp_path / "table"
     (table / "seed0" / "sasrec").mkdir(parents=True)
     (table / "seed0" / "sasrec" / "metrics.json").write_text('{"test": {"auc": 1' + "0" * 400 + "}}")
+    fake_best(table / "seed0" / "sasrec")
     assert report.main(["--table", str(table)]) == 2
     assert "metrics.json: expected a run's metrics (integer 10000" in one_error_line(capsys)
     (table / "seed0").rename(table / "seed01")  # not seed 1, nor seed 0: no seed at all
@@ -537,6 +539,7 @@ def test_a_metrics_file_out_of_range_is_one_line_not_a_broken_plot(tmp_path, cap
             m = dict(logloss=0.6, precision=0.5, recall=0.5, f1=0.5, accuracy=0.5, auc=0.5, uauc=0.5)
             test = {k: v for k, v in {**m, "auc": auc}.items() if v != "drop"}
             (run / "metrics.json").write_text(json.dumps({"test": test, "valid": m}))
+            fake_best(run)
             (run / "log.jsonl").write_text(json.dumps({"epoch": 1, "train_loss": 0.6, "valid": {"auc": 0.5}}) + "\n")
         code = report.main(["--plot", str(tmp_path / f"r{auc}")])
         if words is None:
@@ -554,9 +557,11 @@ def test_a_metrics_file_out_of_range_is_one_line_not_a_broken_plot(tmp_path, cap
         (sweep / f"lr{lr}").mkdir(parents=True)
         (sweep / f"lr{lr}" / "log.jsonl").write_text(json.dumps(
             {"epoch": 1, "train_loss": 0.6, "seconds": 1.0, "valid": dict(auc=auc, uauc=float("nan"), n=9)}) + "\n")
+        fake_best(sweep / f"lr{lr}", lr=float(lr))
     (sweep / "lr1e-2").mkdir()  # null: an undefined AUC as a hand-made log may write it
     (sweep / "lr1e-2" / "log.jsonl").write_text(json.dumps(
         {"epoch": 1, "train_loss": 0.6, "seconds": 1.0, "valid": dict(auc=None, uauc=None, n=9)}) + "\n")
+    fake_best(sweep / "lr1e-2", lr=1e-2)
     assert report.main(["--sweep", str(sweep)]) in (0, None)
     assert [line.split("|")[1].strip() for line in (sweep / "sweep.md").read_text().splitlines()[4:]] == \
         ["1e-4", "1e-3", "3e-3", "1e-2"]  # best valid AUC first, an undefined one last
@@ -678,15 +683,39 @@ def test_the_joint_stage_refuses_a_cf_checkpoint_of_another_model_or_history(roo
     assert "reading 10 items of history" in one_error_line(capsys)
 
 
-@pytest.mark.parametrize("spelling", ["model.layers.0.self_attn.q_proj.lora_A.weight",  # no base_model.model.
-                                      "base_model.model.model.layers.0.self_attn.q_proj.lora_A.default.weight"])
-def test_two_adapter_keys_for_one_weight_are_refused(tiny_llm, tmp_path, spelling):
+@pytest.mark.parametrize("spelling, words", [  # no base_model.model.: peft would load none of it
+    ("model.layers.0.self_attn.q_proj.lora_A.weight", "lacks peft's prefix"),
+    ("base_model.model.model.layers.0.self_attn.q_proj.lora_A.default.weight", "a second time")])
+def test_two_adapter_keys_for_one_weight_are_refused(tiny_llm, tmp_path, spelling, words):
     lora.save_adapter(lora.inject(llama.load_model(tiny_llm)), tmp_path / "a")
     state = load_file(tmp_path / "a" / "adapter_model.safetensors")
     state[spelling] = torch.full_like(state["base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"], 9.0)
     save_file(state, tmp_path / "a" / "adapter_model.safetensors")
-    with pytest.raises(ValueError, match="a second time"):  # one of them won, silently
+    with pytest.raises(ValueError, match=words):  # one of them won, silently
         lora.load_adapter(llama.load_model(tiny_llm), tmp_path / "a")
+
+
+@pytest.mark.parametrize("edit, words", [
+    (lambda cfg, sd: cfg.update(init_lora_weights="pissa"), "init_lora_weights 'pissa'"),  # peft moves W into it
+    (lambda cfg, sd: cfg.update(layers_to_transform=0), "layers_to_transform"),  # peft: layer 0 alone
+    (lambda cfg, sd: sd.update({k: v.double().fill_(1e300) for k, v in sd.items()}), "NaN or inf"),  # inf as fp32
+    (lambda cfg, sd: [sd.update({k.removeprefix(lora.PEFT_PREFIX): sd.pop(k)}) for k in list(sd)], "lacks peft's prefix"),
+    (None, "lora_alpha 8, but the model's LoRA has others")])  # loaded into a model of another LoRA: its scaling stayed
+def test_an_adapter_that_peft_reads_otherwise_is_refused(tiny_llm, tmp_path, edit, words):
+    """Each loaded here as plain LoRA, while peft scores it otherwise (up to 4.4 apart in the logits)."""
+    lora.save_adapter(lora.inject(llama.load_model(tiny_llm), r=4, alpha=8), tmp_path / "a")
+    cfg, sd = json.loads((tmp_path / "a" / "adapter_config.json").read_text()), \
+        load_file(tmp_path / "a" / "adapter_model.safetensors")
+    for ok in ({"init_lora_weights": "gaussian", "layers_to_transform": None}, {}):  # what peft reads as plain LoRA
+        (tmp_path / "a" / "adapter_config.json").write_text(json.dumps({**cfg, **ok}))
+        lora.load_adapter(llama.load_model(tiny_llm), tmp_path / "a")
+    if edit:
+        edit(cfg, sd)
+    (tmp_path / "a" / "adapter_config.json").write_text(json.dumps(cfg))
+    save_file(sd, tmp_path / "a" / "adapter_model.safetensors")
+    model = lora.inject(llama.load_model(tiny_llm), r=4, alpha=16) if edit is None else llama.load_model(tiny_llm)
+    with pytest.raises(ValueError, match=words):
+        lora.load_adapter(model, tmp_path / "a")
 
 
 def test_an_adapter_feature_that_is_not_implemented_is_refused(tiny_llm, tmp_path):
@@ -1247,3 +1276,138 @@ def test_compile_keeps_its_kernels_out_of_the_runs_inputs(root, tmp_path, capsys
     assert train.main(["--stage", "text", "--data-dir", str(root), "--llm", str(tiny_llm), "--compile", "--runs",
                        str(tmp_path), "--max-epochs", "1", "--threads", "1"]) == 2
     assert "TORCHINDUCTOR_CACHE_DIR " in one_error_line(capsys) and not (tiny_llm / "cache").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# a run directory is the run's alone: what --overwrite moves, what --resume continues, who builds on it
+
+
+def test_overwrite_moves_a_runs_files_only_and_never_a_folder_of_other_files(root, tmp_path, capsys):
+    """--out . --overwrite moved a whole repository, .git too, into ./old-*/ (and --out ~ a home)."""
+    out = tmp_path / "repo"
+    (out / ".git").mkdir(parents=True)
+    (out / "notes.txt").write_text("keep me here")
+    for extra in ([], ["--overwrite"]):
+        assert cf_run(root, out, *extra) == 2
+        assert f"{out} holds files no run writes (.git, notes.txt); --out must be a run directory" in one_error_line(capsys)
+    assert sorted(os.listdir(out)) == [".git", "notes.txt"]
+    assert cf_run(root, tmp_path / "run", "--stop-after", "1") == 0  # a run's own files (and an earlier run's)
+    assert cf_run(root, tmp_path / "run", "--overwrite") == 0 and cf_run(root, tmp_path / "run", "--overwrite") == 0
+
+
+def test_resume_with_no_last_pt_keeps_a_finished_run(root, tmp_path, capsys):
+    """A Pop run (no last.pt, ever) resumed as SASRec: its best.pt and metrics.json overwritten, no flag checked."""
+    out = tmp_path / "run"
+    assert cf_run(root, out, "--stage", "pop") == 0
+    before = {f: (out / f).read_bytes() for f in ("best.pt", "metrics.json")}
+    for stage in ("sasrec", "pop"):
+        assert cf_run(root, out, "--stage", stage, "--resume") == 2
+        assert f"--resume: {out} has no last.pt to continue from, but an earlier run's files" in one_error_line(capsys)
+    assert all((out / f).read_bytes() == b for f, b in before.items())
+
+
+def test_resume_refuses_a_best_pt_that_is_not_the_runs_own(root, tmp_path, capsys):
+    """Another run's best.pt in a paused run: the resumed run ended by scoring it, its metrics the stranger's."""
+    out, other = tmp_path / "run", tmp_path / "other"
+    assert cf_run(root, out, "--stop-after", "1") == 0 and cf_run(root, other, "--lr", "0.01") == 0
+    shutil.copy(other / "best.pt", out / "best.pt")
+    capsys.readouterr()
+    assert cf_run(root, out, "--resume") == 2
+    assert "its best.pt is not its best epoch 1 (a best.pt of epoch" in one_error_line(capsys)
+    assert not (out / "metrics.json").exists()
+
+
+def test_a_finished_run_that_goes_on_sets_its_metrics_aside(root, tmp_path, capsys):
+    """A finished run resumed past its end kept the old metrics.json: eval.py, table.sh and report read it."""
+    out = tmp_path / "run"
+    assert cf_run(root, out, "--max-steps", "1") == 0  # finished after epoch 1 (max-steps), of 2
+    before = (out / "metrics.json").read_bytes()
+    assert cf_run(root, out, "--resume", "--stop-after", "2") == 0  # epoch 2, then paused
+    [aside] = out.glob("old-*")
+    assert (aside / "metrics.json").read_bytes() == before and not (out / "metrics.json").exists()
+    capsys.readouterr()
+    assert ev.main([str(out)]) == 2 and "metrics.json not found" in one_error_line(capsys)  # unfinished, not stale
+    assert cf_run(root, out, "--resume") == 0  # nothing left to train: scored again, metrics of the run it is
+    assert len(list(out.glob("old-*"))) == 1 and json.loads((out / "metrics.json").read_text())["best_epoch"] == \
+        runs.read_checkpoint(str(out / "best.pt"))["epoch"]
+
+
+def test_eval_holds_the_run_it_rescores(root, tmp_path, capsys, monkeypatch):
+    """A run started over (--overwrite) while eval.py scored the old one: the old run's re-score landed in the new."""
+    out = tmp_path / "run"
+    assert cf_run(root, out) == 0
+    started = []
+    score = ev.score_run
+    monkeypatch.setattr(ev, "score_run", lambda *a, **k: started.append(cf_run(root, out, "--overwrite")) or score(*a, **k))
+    capsys.readouterr()
+    assert ev.main([str(out)]) == 0 and started == [2] and "is in use by another run" in capsys.readouterr().err
+    assert (out / "rescored.json").exists() and not list(out.glob("old-*")) and not (out / runs.LOCK).exists()
+
+
+def test_runs_of_other_flags_share_no_row_of_a_table_or_sweep(root, tmp_path, capsys):
+    """report --table averaged seeds of other flags (and a seed1/ trained with --seed 0); a sweep's lr1e-3/
+    trained at 0.05, or another stage's, showed as lr 1e-3."""
+    table = tmp_path / "table"
+    assert cf_run(root, table / "seed0" / "mf") == 0 and cf_run(root, table / "seed1" / "mf", "--seed", "1") == 0
+    assert report.main(["--table", str(table)]) in (0, None)  # the same flags but the seed
+    assert cf_run(root, table / "seed1" / "mf", "--seed", "1", "--lr", "0.01", "--overwrite") == 0
+    capsys.readouterr()
+    assert report.main(["--table", str(table)]) == 2
+    assert "differ in more than seed: --lr 0.01 (the run has 0.003)" in one_error_line(capsys)
+    assert cf_run(root, table / "seed1" / "mf", "--overwrite") == 0  # --seed 0 in seed1/
+    assert report.main(["--table", str(table)]) == 2 and "trained with --seed 0, not 1" in one_error_line(capsys)
+    assert cf_run(root, tmp_path / "sweep" / "lr1e-3", "--lr", "0.05", "--stop-after", "1") == 0
+    capsys.readouterr()
+    assert report.main(["--sweep", str(tmp_path / "sweep")]) == 2
+    assert "trained with --lr 0.05, not 0.001" in one_error_line(capsys)
+
+
+def test_the_joint_stage_builds_on_finished_runs_only(root, tmp_path, capsys, tiny_llm):
+    """A paused SASRec (last.pt, no metrics.json) was taken as the joint stage's CF model without a word."""
+    r = tmp_path / "r"
+    assert cf_run(root, r / "sasrec", "--stage", "sasrec", "--stop-after", "1") == 0
+    capsys.readouterr()
+    assert train.main(["--stage", "joint", "--data-dir", str(root), "--llm", str(tiny_llm), "--runs", str(r),
+                       "--threads", "1"]) == 2
+    assert f"--cf-ckpt {r / 'sasrec' / 'best.pt'}: its run {r / 'sasrec'} has not finished" in one_error_line(capsys)
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--stage", "all", "--out", "x"], "--stage all writes and reads its stages under --runs"),  # --out was ignored
+    (["--stage", "all", "--cf-ckpt", "x.pt"], "--cf-ckpt is for one stage"),  # the joint stage took another SASRec
+    (["--stage", "mf", "--out", ""], "--out '': an empty path"),  # "--out $OUT" with OUT unset: runs/mf
+    (["--stage", "joint", "--lora", ""], "--lora '': an empty path")])
+def test_flags_that_would_be_ignored_or_defaulted_are_refused(argv, words, capsys):
+    assert train.main(argv) == 2 and words in one_error_line(capsys)
+
+
+def test_an_empty_path_or_a_link_spelt_with_a_slash_is_refused_by_every_cli(root, tmp_path, capsys):
+    """--into '' re-scored into the run itself; --into LINK/ went through the link (LINK without the slash did not)."""
+    for main, argv in ((ev.main, ["R", "--into", ""]), (report.main, ["--collect", "R", "--into", ""]),
+                       (walk.main, ["--run", ""]), (datainfo.main, ["ml1m", "--data-dir", ""])):
+        with pytest.raises(SystemExit):
+            main(argv)
+        assert "expected a path, got ''" in capsys.readouterr().err
+    assert cf_run(root, tmp_path / "mf") == 0
+    (tmp_path / "link").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    (tmp_path / "elsewhere").mkdir()
+    capsys.readouterr()
+    for spelt in (f"{tmp_path / 'link'}/", f"{tmp_path / 'link'}/."):
+        assert report.main(["--collect", str(tmp_path / "mf"), "--into", spelt]) == 2
+        assert "symbolic link" in one_error_line(capsys) and not list((tmp_path / "elsewhere").iterdir())
+
+
+def test_numerics_cost_writes_through_no_planted_link_and_says_why_it_failed(tmp_path):
+    (tmp_path / "victim").write_text("keep me")
+    (tmp_path / "nc").mkdir()
+    (tmp_path / "nc" / "cost.md").symlink_to(tmp_path / "victim")
+    (tmp_path / "nc" / "sasrec-portable-1.log").symlink_to(tmp_path / "victim")  # where its logs were written
+    env = {**os.environ, "SASRECLLM_DATA": str(tmp_path / "none"), "REPEATS": "1"}
+    out = subprocess.run(["bash", "drivers/numerics_cost.sh", str(tmp_path / "nc")], cwd=ROOT, capture_output=True,
+                         text=True, env=env)
+    assert out.returncode == 2 and "cost.md is a link" in out.stderr and (tmp_path / "victim").read_text() == "keep me"
+    (tmp_path / "nc" / "cost.md").unlink()
+    out = subprocess.run(["bash", "drivers/numerics_cost.sh", str(tmp_path / "nc")], cwd=ROOT, capture_output=True,
+                         text=True, env=env)
+    assert out.returncode == 2 and "error: the sasrec run (portable) failed" in out.stderr  # (it said nothing)
+    assert "not found" in out.stderr and (tmp_path / "victim").read_text() == "keep me"

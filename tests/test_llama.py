@@ -116,6 +116,7 @@ def test_refuses_what_is_not_implemented():
     for change, words in [({"model_type": "mistral"}, "model_type"),
                           ({"rope_scaling": {"type": "linear", "factor": 2.0}}, "rope scaling"),
                           ({"rope_parameters": {"rope_type": "llama3", "rope_theta": 5e5}}, "rope scaling"),
+                          ({"rope_parameters": {"type": "linear", "factor": 4.0}}, "rope scaling"),  # (the older key)
                           ({"attention_bias": True}, "bias")]:
         with pytest.raises(ValueError, match=words):
             llama.LlamaConfig.from_dict({**base, **change})
@@ -197,6 +198,20 @@ def test_bf16_training_path_is_taken_and_agrees(tiny_dir, monkeypatch):
 
 # ----------------------------------------------------------------------------------------------
 # Loader errors and layouts
+
+
+def test_a_tied_config_beside_an_lm_head_of_its_own_is_refused(tiny_dir, tmp_path):
+    """tie_word_embeddings true and an lm_head.weight unlike the embedding: we scored with the embedding,
+    transformers 5 keeps the file's lm_head (4 ties them): refused; one equal to the embedding loads."""
+    d = copy_ckpt(tiny_dir, tmp_path / "t")
+    cfg = json.loads((d / "config.json").read_text())
+    (d / "config.json").write_text(json.dumps({**cfg, "tie_word_embeddings": True}))
+    with pytest.raises(llama.CheckpointError, match="lm_head.weight differs from the embedding"):
+        llama.load_model(d)
+    state = load_file(d / "model.safetensors")
+    save_file({**state, "lm_head.weight": state["model.embed_tokens.weight"].clone()}, d / "model.safetensors")
+    model = llama.load_model(d)
+    assert model.lm_head.weight is model.model.embed_tokens.weight
 
 
 def test_truncated_file(tiny_dir, tmp_path):

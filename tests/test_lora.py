@@ -85,7 +85,7 @@ def test_save_load_roundtrip_and_errors(tiny_dir, tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(b(input_ids=ids, attention_mask=mask), a(input_ids=ids, attention_mask=mask))
     wrong_rank = lora.inject(llama.load_model(tiny_dir), r=2, alpha=8)
-    with pytest.raises(ValueError, match="lora_A.weight' has shape"):
+    with pytest.raises(ValueError, match="r 4, lora_alpha 8, but the model's LoRA has others"):
         lora.load_adapter(wrong_rank, tmp_path / "ad")
 
 

@@ -8,6 +8,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
+from conftest import fake_best
 from drivers import report as ev
 from tools import svg as charts
 
@@ -31,6 +32,7 @@ def fake_run(path, epochs=0, null_uauc_at=None, metrics=None):
         (path / "log.jsonl").write_text("".join(log))
     if metrics is not None:
         (path / "metrics.json").write_text(json.dumps(metrics))
+        fake_best(path)
     return path
 
 

@@ -117,8 +117,10 @@ def test_eval_refuses_a_run_whose_lock_it_cannot_read(root, tmp_path, capsys):
     assert cf_run(root, out) == 0
     (out / runs.LOCK).symlink_to(tmp_path / "elsewhere")
     capsys.readouterr()
-    assert ev.main([str(out)]) == 2 and "is in use by another run (an unreadable lock)" in one_error_line(capsys)
-    assert not (out / "rescored.json").exists()
+    assert ev.main([str(out), "--into", str(tmp_path / "into")]) == 2  # (it reads the run: checks its lock)
+    assert "is in use by another run (an unreadable lock)" in one_error_line(capsys)
+    assert ev.main([str(out)]) == 2 and "run.lock is a symbolic link" in one_error_line(capsys)  # (it holds it)
+    assert not (out / "rescored.json").exists() and not (tmp_path / "into").exists()
 
 
 def full_disk_at(monkeypatch, name, nth):
@@ -231,6 +233,8 @@ EDITS = {  # a checkpoint is input like any other: each is one line naming the f
     "a tensor of another shape": lambda ck: ck["model"].update({k: torch.zeros(7, 3) for k in list(ck["model"])[:1]}),
     "a tensor of NaN": lambda ck: [t.fill_(float("nan")) for t in list(ck["model"].values())[:1]],  # every score NaN
     "a tensor of integers": lambda ck: ck["model"].update({k: v.long() for k, v in list(ck["model"].items())[:1]}),
+    "a float64 tensor of 1e300": lambda ck: ck["model"].update(  # finite as read, inf in the model's fp32
+        {k: torch.full(v.shape, 1e300, dtype=torch.float64) for k, v in list(ck["model"].items())[:1]}),
     "no model": lambda ck: ck.pop("model"),
     "dim as a string": lambda ck: ck["args"].update(dim="64"),
     "dim not an integer": lambda ck: ck["args"].update(dim=64.5),

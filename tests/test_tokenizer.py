@@ -143,6 +143,8 @@ def test_unicode_normalizers_match_hf(tmp_path, normalizer):
     ({"pre_tokenizer": {**BYTE_LEVEL, "add_prefix_space": True}}, "add_prefix_space"),
     ({"added_tokens": [{"id": 300, "content": "", "special": True}]}, "empty content"),  # matched between every char
     ({"added_tokens": [{"id": 300 + i, "content": f"<t{i}>"} for i in range(4097)]}, "4097 added tokens"),  # slow
+    ({"added_tokens": [{"id": 300, "content": "<x>", "special": False}]}, "not special"),  # HF matches it in titles
+    ({"added_tokens": [{"id": 300, "content": "a", "special": True}]}, "'a' is in model.vocab at another id"),  # HF: vocab's
 ])
 def test_refuses_what_is_not_implemented(tmp_path, change, words):
     with pytest.raises(ValueError, match=words):
@@ -186,12 +188,18 @@ def test_load_picks_the_tokenizer_and_checks_vocab_size(tmp_path):
         llama.load(d)
 
 
-def test_tokenizer_model_wins_over_tokenizer_json(tmp_path, tokenizer_path):
-    """Llama-2 checkpoints ship both files; their tokenizer.json is not byte-level."""
+def test_tokenizer_model_wins_over_a_tokenizer_json_that_is_not_byte_level(tmp_path, tokenizer_path):
+    """Llama-2 checkpoints ship both files; their tokenizer.json is not byte-level (Metaspace, byte fallback). A
+    byte-level one beside a tokenizer.model is another tokenizer, which HF would read: refused, not outvoted."""
     d = write_tiny_bpe(tmp_path)
     shutil.copy(tokenizer_path, d / "tokenizer.model")
+    with pytest.raises(llama.CheckpointError, match="beside a byte-level tokenizer.json, two tokenizers"):
+        llama.load_tokenizer(d)
+    assert isinstance(llama.load_tokenizer(d / "tokenizer.json"), bpe.BPETokenizer)  # named: that one
+    spec = json.loads((d / "tokenizer.json").read_text())
+    spec.update(pre_tokenizer={"type": "Metaspace", "replacement": "\u2581"}, decoder={"type": "ByteFallback"})
+    (d / "tokenizer.json").write_text(json.dumps(spec))
     assert isinstance(llama.load_tokenizer(d), llama.Tokenizer)
-    assert isinstance(llama.load_tokenizer(d / "tokenizer.json"), bpe.BPETokenizer)
 
 
 # ----------------------------------------------------------------------------------------------

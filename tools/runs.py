@@ -30,6 +30,9 @@ from tools.dist import barrier, is_main, say
 from tools.sources import DECIMAL, loads, read_json, regular_file
 
 LOCK = "run.lock"  # in a run directory while a run writes there: its pid, host and start
+# What a run directory may hold: the files train.py and eval.py write there, their temporaries, earlier runs
+RUN_FILE = re.compile(r"(best|last|epoch_[0-9]+)\.pt|log\.jsonl|metrics\.json|rescored(-[0-9-]+)?\.json|"
+                      r"adapter(\.(tmp|old)-\w+)?|[\w.-]+\.tmp|run\.lock|old-[\w-]+")
 MADE_FROM = "made_from.json"  # beside a tiny backbone or an adapter: the digests of what made it
 
 
@@ -155,6 +158,13 @@ def number(low, high=None, kind=float, low_open=False):
     return parse
 
 
+def path(text):
+    """An argparse type: a path, never empty ("--into $DIR" with DIR unset must not mean "no --into")."""
+    if not text:
+        raise argparse.ArgumentTypeError("expected a path, got ''")
+    return text
+
+
 positive = number(1, kind=int)      # a batch size, a count of epochs
 non_negative = number(0, kind=int)  # 0 meaning "none" or "no limit"
 
@@ -170,7 +180,7 @@ def writing(path):
 
 def refuse_link(path):
     """Nothing is written through a symbolic link planted where a run writes: it could point anywhere."""
-    if os.path.islink(path):
+    if os.path.islink(os.path.normpath(path)):  # ("link/" and "link/." are the folder it points to, not a link)
         raise RunError(f"{path} is a symbolic link; refusing to write through it (remove it, or use another --out)")
 
 
@@ -259,11 +269,12 @@ def read_checkpoint(path):
         raise RunError(f"{path}: cannot read this checkpoint ({type(e).__name__}: {first_line(e)})") from None
 
 
-def peek_args(path):
-    """A checkpoint's flags from its header alone, no tensor read ({} if unreadable: read_checkpoint says why)."""
+def peek_args(path, key="args"):
+    """A checkpoint's flags (or another dict of its header: made_from) with no tensor read ({} if unreadable:
+    read_checkpoint says why)."""
     with suppress(Exception):
         with safe_open(regular_file(path), framework="pt") as f:
-            return dict(loads(f.metadata()["meta"])["args"])
+            return dict(loads(f.metadata()["meta"])[key])
     return {}
 
 
@@ -479,17 +490,21 @@ def own_run_dirs(outs, resume=False, overwrite=False, inputs=()):
                 held.append(lock(out))
             except OSError as e:
                 raise RunError(f"{out}: cannot write there ({first_line(e)})") from None
-            for name in os.listdir(out) if resume else ():  # (a fresh run moves them aside, as all else)
+            names = sorted(os.listdir(out))
+            if not resume and (foreign := [f for f in names if not RUN_FILE.fullmatch(f)]):  # (--overwrite: moved)
+                raise RunError(f"{out} holds files no run writes ({', '.join(foreign[:3])}{', ...' * len(foreign[3:])})"
+                               "; --out must be a run directory: a new or empty one, or an earlier run's")
+            for name in names if resume else ():  # (a fresh run moves them aside, as all else)
                 refuse_link(os.path.join(out, name))
-            old = [] if resume else sorted(f for f in os.listdir(out) if f != LOCK and not f.startswith("old-"))
-            if old and not overwrite:
+            old = [f for f in names if f != LOCK and not f.startswith("old-")]
+            if resume and "last.pt" not in old and [f for f in old if not f.endswith(".tmp")]:  # (they'd be overwritten)
+                raise RunError(f"--resume: {out} has no last.pt to continue from, but an earlier run's files "
+                               f"({', '.join(old[:3])}); start over with --overwrite (they move to {out}/old-*)")
+            if old and not resume and not overwrite:
                 raise RunError(f"{out} holds an earlier run ({', '.join(old[:3])}{', ...' if old[3:] else ''}); "
                                f"continue it with --resume, or start over with --overwrite (it moves to {out}/old-*)")
-            if old:
-                aside = tempfile.mkdtemp(prefix=time.strftime("old-%Y%m%d-%H%M%S-"), dir=out)  # a new name, always
-                for name in old:
-                    os.rename(os.path.join(out, name), os.path.join(aside, name))
-                say(f"--overwrite: moved the earlier run's files in {out} to {aside}")
+            if not resume:
+                move_aside(out, old, "--overwrite")
         barrier()
         yield
     finally:
@@ -497,9 +512,21 @@ def own_run_dirs(outs, resume=False, overwrite=False, inputs=()):
             unlock(fd, path)
 
 
+def move_aside(out, names, why):
+    """out's files `names` moved into a new out/old-<time>-*/, never deleted (on rank 0)."""
+    if names and is_main():
+        aside = tempfile.mkdtemp(prefix=time.strftime("old-%Y%m%d-%H%M%S-"), dir=out)  # a new name, always
+        for name in names:
+            os.rename(os.path.join(out, name), os.path.join(aside, name))
+        say(f"{why}: moved the earlier {', '.join(names[:3])}{', ...' * len(names[3:])} in {out} to {aside}")
+
+
 # out/run.lock is held with flock(2) for as long as its run lives: the kernel releases it when the process
 # ends, however it ends, whatever PID namespace or host name it had. So a lock nobody holds is proven stale,
 # and a pid in the file (only said to the user) proves nothing. Only the holder removes it.
+
+HELD = set()  # the run directories whose lock this process holds
+
 
 def lock(out):
     """(fd, path) of out/run.lock, now held by this process; or a RunError naming its live holder."""
@@ -525,10 +552,22 @@ def lock(out):
     os.ftruncate(fd, 0)
     os.write(fd, json.dumps(dict(pid=os.getpid(), host=socket.gethostname(),
                                  started=time.strftime("%Y-%m-%d %H:%M:%S"))).encode())
+    HELD.add(os.path.realpath(out))
     return fd, path
 
 
+@contextmanager
+def holding(out):
+    """out/run.lock held meanwhile (eval.py, while it scores a run and writes beside it)."""
+    fd, path = lock(out)
+    try:
+        yield
+    finally:
+        unlock(fd, path)
+
+
 def unlock(fd, path):
+    HELD.discard(os.path.realpath(os.path.dirname(path)))
     with suppress(OSError):
         if os.path.samestat(os.fstat(fd), os.stat(path, follow_symlinks=False)):  # still our file
             os.remove(path)
@@ -561,6 +600,15 @@ def live_lock(out):
         return read_lock(path)
     finally:
         os.close(fd)
+
+
+def check_finished(run_dir, what):
+    """A run another builds on is neither being written (its lock held) nor paused (a last.pt, no metrics.json)."""
+    if os.path.realpath(run_dir) not in HELD and (holder := live_lock(run_dir)) is not None:  # (--stage all: ours)
+        raise RunError(f"{what}: {busy_message(run_dir, holder)}")
+    if os.path.exists(os.path.join(run_dir, "last.pt")) and not os.path.exists(os.path.join(run_dir, "metrics.json")):
+        raise RunError(f"{what}: its run {run_dir} has not finished (a last.pt, no metrics.json); finish it first "
+                       "(its command again, with --resume)")
 
 
 def busy_message(out, holder):
