@@ -115,6 +115,14 @@ def make_dataset(name, domain, user, item, label, timestamp, split, titles, sour
     # Histories. np.lexsort is stable, so rows with the same (user, timestamp) keep their row order.
     order = np.lexsort((timestamp, user))                      # (N,) primary key: user
     u, liked_row = user[order], label[order] == 1
+    # In that order each user's train rows come first, then valid, then test: else a train row's history
+    # would hold a test row's liked item (a leak no metric shows). CoLLM's month windows keep it.
+    rank = (split[order] == "valid") + 2 * (split[order] == "test")  # (N,) 0 train, 1 valid, 2 test
+    if (back := np.flatnonzero((u[1:] == u[:-1]) & (rank[1:] < rank[:-1]))).size:
+        a, b = order[back[0]], order[back[0] + 1]
+        raise DataError(f"{source}: user {user[a]}'s {split[b]} row (item {item[b]}, time {timestamp[b]}) comes at or "
+                        f"after its {split[a]} row (item {item[a]}, time {timestamp[a]}): a history would hold a later "
+                        "split's like; expected each user's train rows before valid, valid before test")
     liked = item[order][liked_row]                             # (L,) user by user, in time order
     before = np.cumsum(liked_row) - liked_row                  # (N,) likes in earlier sorted rows
     first = np.r_[True, u[1:] != u[:-1]]                       # (N,) a user's first sorted row

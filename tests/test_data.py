@@ -22,7 +22,7 @@ import train
 from conftest import fake_best
 from data import DataError
 from drivers import datainfo, report
-from tools import runs, sources
+from tools import limits, runs, sources
 
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -840,3 +840,53 @@ def test_walk_reads_the_run_s_own_split(tmp_path):
     sizes = lambda ds: [len(ds.idx(s)) for s in data.SPLITS]
     assert sizes(walk.full_data(a)) == sizes(data.load("movielens", tmp_path, "ratio")) != \
         sizes(data.load("movielens", tmp_path))
+
+
+@pytest.mark.parametrize("lines", [
+    ["1\t1\t1\t10\ttest", "1\t2\t0\t20\ttrain", "1\t3\t0\t30\tvalid"],  # a train row after a test row: [1] in its history
+    ["1\t1\t1\t10\ttest", "1\t2\t0\t10\ttrain", "1\t3\t0\t30\tvalid"]])  # tied, the test row first in the file
+def test_a_users_splits_out_of_time_order_are_refused(tmp_path, lines):
+    """The split column was trusted while histories follow time: a train row's history held a test row's like."""
+    _ml1m_dir(tmp_path, lines, "item_id\ttitle\n1\tA (2000)\n2\tB (2001)\n3\tC (2002)\n")
+    with pytest.raises(DataError, match=r"user 1's train row \(item 2, time (20|10)\) comes at or after its test row "
+                                        r"\(item 1, time 10\): a history would hold a later split's like"):
+        data.load("ml1m", tmp_path)
+
+
+def test_a_titles_spelling_is_the_files_one_whatever_its_encoding_or_colons(tmp_path):
+    """movies.dat saved as UTF-8 was read as Latin-1 ('Alien³' became 'AlienÂ³'); 'Star Trek:::Sci-Fi' lost
+    its colon to the genres; a title with spaces around it was spelt two ways in one prompt."""
+    for encoding in ("latin-1", "utf-8"):
+        _write_grouplens(tmp_path / encoding, GROUPLENS)
+        movies = tmp_path / encoding / "ml-1m" / "movies.dat"
+        movies.write_bytes(movies.read_bytes().decode("latin-1").replace("Heat (1995)", " Star Trek: ")
+                           .encode(encoding))
+        titles = set(data.load("movielens", tmp_path / encoding).titles)
+        assert {"Star Trek:", "Café au lait (1993)", "Alien³ (1992)"} <= titles, (encoding, titles)
+    _ml1m_dir(tmp_path / "t", ["1\t1\t1\t10\ttrain", "1\t2\t0\t20\tvalid", "2\t1\t1\t30\ttest"],
+              "item_id\ttitle\n1\t  A (2000) \n2\tB (2001)\n")
+    assert data.load("ml1m", tmp_path / "t").titles == ["", "A (2000)", "B (2001)"]
+
+
+def test_a_prediction_column_of_another_name_is_refused(tmp_path):
+    """'Split' (not 'split') was left out, and the valid rows scored as test."""
+    path = tmp_path / "p.tsv"
+    path.write_text("user_id\titem_id\tlabel\tscore\tSplit\n1\t1\t1\t0.9\ttest\n1\t2\t0\t0.1\tvalid\n")
+    with pytest.raises(DataError, match=r"p.tsv:1: column 'Split' is none of user_id, item_id, label, score, split"):
+        sources.read_preds(str(path))
+
+
+def test_the_amazon_noun_is_book_for_the_books_files_alone(tmp_path):
+    for name, noun in (("Books_5.json", "book"), ("Facebook_reviews.json", "item"), ("Notebook_5.json", "item")):
+        _write_jsonl(tmp_path / name, REVIEWS)
+        _write_jsonl(tmp_path / "meta.json", META)
+        assert data.load("amazon", tmp_path, reviews=str(tmp_path / name), meta=str(tmp_path / "meta.json")).domain == noun
+
+
+def test_the_mc_memory_check_counts_the_fits_float64_temporaries(ml1m, monkeypatch):
+    """MC's fit holds several float64 copies of its (n_items+1)^2 table; the check counted one fp32 one (13x less)."""
+    a = train.parse_args(["--stage", "mc"])
+    cells = (ml1m.n_items + 1) ** 2
+    monkeypatch.setattr(limits, "available", lambda device: 20 * cells)  # room for 5 fp32 tables, not 3 float64 ones
+    with pytest.raises(limits.SizeError, match="--stage mc"):
+        limits.check_cf(a, ml1m)

@@ -248,7 +248,8 @@ def check_cf(a, ds):
     heads = a.heads if a.stage == "sasrec" else 0
     acts = [B * layers * (T * d * 16 + heads * T * T * 2) * 4 for B, layers in
             ((min(a.batch_size, len(ds)), L), (min(4096, len(ds)), 1))]  # a train batch; a scoring chunk
-    need = params * (4 if a.stage in ("pop", "mc") else 16) + 3 * len(ds) * (T + 1) * 8 + max(acts) + L * (64 << 10)
+    bytes_per = dict(pop=4, mc=64).get(a.stage, 16)  # (MC's fit: float64 temporaries of its table, ~50 B a cell seen)
+    need = params * bytes_per + 3 * len(ds) * (T + 1) * 8 + max(acts) + L * (64 << 10)
     sasrec = f" --layers {a.layers} --heads {a.heads}" if a.stage == "sasrec" else ""
     fits(need, f"--stage {a.stage} --dim {d}{sasrec} --maxlen {T} --batch-size {a.batch_size} on {len(ds)} rows "
          f"({ds.n_users} users, {ds.n_items} items): this run", a.device)

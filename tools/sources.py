@@ -8,6 +8,7 @@ label = rating >= 4; number calendar months (UTC) from the first month: months 1
 and renumber users and items 1..N by first appearance (0 is padding). Or the paper's chronological
 8:1:1 split (`ratio`, Amazon's default).
 """
+import codecs
 import gzip
 import json
 import math
@@ -62,7 +63,8 @@ RATING = (lambda s: integer(s, 0), "an integer Rating")  # from_ratings says 1..
 TIME = (lambda s: integer(s, 0, TIME_MAX), f"an integer timestamp 0..{TIME_MAX} (Unix seconds)")
 visible = lambda s: any(c.isprintable() and not c.isspace() for c in s)  # noqa: E731 (not NUL, U+200B, U+FEFF)
 TITLE_MAX = 2000  # characters (ML-1M's longest title: 80, Amazon Gift Cards': 233)
-TITLE = _is(lambda s: visible(s) and len(s) <= TITLE_MAX, f"a title that is not blank, of at most {TITLE_MAX} characters")
+TITLE = (lambda s: _is(lambda s: visible(s) and len(s) <= TITLE_MAX, "")[0](s).strip(),  # (one spelling in a prompt)
+         f"a title that is not blank, of at most {TITLE_MAX} characters")
 NAME = _is(lambda v: isinstance(v, str) and v.strip() != "" and len(v) <= 200 and v.isprintable(),
            "a non-empty string of at most 200 printable characters")  # (a NUL vanished in numpy's str arrays)
 TEXT = _is(lambda v: v is None or isinstance(v, str) and len(v) <= TITLE_MAX, f"a string of at most {TITLE_MAX} "
@@ -103,9 +105,23 @@ def _lines(path, what, encoding="utf-8"):
         raise DataError(f"{path}:{n + 1}: expected readable text ({e})") from None
 
 
-def read_table(path, names, what, sep="\t", header=True, ints=(), encoding="utf-8", parse=None):
+def decodes(path, what, encoding="utf-8"):
+    """Whether the whole file decodes in `encoding` (read a block at a time)."""
+    decoder = codecs.getincrementaldecoder(encoding)()
+    with _open(path, what) as f:
+        try:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                decoder.decode(block)
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError:
+            return False
+    return True
+
+
+def read_table(path, names, what, sep="\t", header=True, ints=(), encoding="utf-8", parse=None, free=None):
     """Yields (line number, fields) of a file of `sep`-separated fields, parsed: those named in ints as ids
-    (1..ID_MAX), those in parse {name: (function, what it expects)}; with header=True the first line is names."""
+    (1..ID_MAX), those in parse {name: (function, what it expects)}; with header=True the first line is names.
+    free: the one field that may hold sep itself (a title "Star Trek:"), split off from both ends."""
     parse = {**{name: (integer, f"an integer {name} 1..{ID_MAX}") for name in ints}, **(parse or {})}
     lines, kind = _lines(path, what, encoding), "tab" if sep == "\t" else repr(sep)
     first = next(lines, (1, ""))[1] if header else None
@@ -113,6 +129,9 @@ def read_table(path, names, what, sep="\t", header=True, ints=(), encoding="utf-
         raise DataError(f"{path}:1: expected the header {sep.join(names)!r} ({kind}-separated), got {first!r}")
     for n, line in filter(lambda nl: nl[1].strip(), lines):  # blank lines hold no row
         fields = line.split(sep)
+        if free is not None and len(fields) >= len(names):
+            *fields, rest = line.split(sep, free)
+            fields += rest.rsplit(sep, len(names) - free - 1)
         if len(fields) != len(names):
             raise DataError(f"{path}:{n}: expected {len(names)} {kind}-separated fields "
                             f"({', '.join(names)}), got {len(fields)}")
@@ -356,8 +375,9 @@ def load_movielens(data_dir, split="months"):
     """Raw GroupLens ml-1m/ratings.dat (UserID::MovieID::Rating::Timestamp) + movies.dat."""
     ratings_path = os.path.join(data_dir, "ml-1m", "ratings.dat")
     what = f"GroupLens' ml-1m/ in {data_dir}: unzip https://files.grouplens.org/datasets/movielens/ml-1m.zip there"
-    movies = read_table(os.path.join(data_dir, "ml-1m", "movies.dat"), ["MovieID", "Title", "Genres"], what,
-                        "::", False, ["MovieID"], "latin-1", dict(Title=TITLE))
+    path = os.path.join(data_dir, "ml-1m", "movies.dat")  # GroupLens' is latin-1; one saved again, UTF-8
+    movies = read_table(path, ["MovieID", "Title", "Genres"], what, "::", False, ["MovieID"],
+                        "utf-8" if os.path.exists(path) and decodes(path, what) else "latin-1", dict(Title=TITLE), 1)
     titles, title_line = {}, {}
     for n, (mid, title, _genres) in movies:
         _once(title_line, mid, n, os.path.join(data_dir, "ml-1m", "movies.dat"), f"MovieID {mid} repeats", "each movie")
@@ -383,7 +403,7 @@ def load_amazon(data_dir, split="ratio", reviews=None, meta=None):
             titles[asin] = title.strip()
     fields = dict(reviewerID=NAME, asin=NAME, overall=NUMBER, unixReviewTime=JSON_TIME)
     ratings = [(*_fields(reviews, n, obj, **fields), n) for n, obj in json_lines(reviews, what)]
-    domain = "book" if "book" in os.path.basename(reviews).lower() else "item"  # the prompt's noun
+    domain = "book" if re.match(r"books[_.]", os.path.basename(reviews).lower()) else "item"  # (not Notebook_*)
     return from_ratings("amazon", domain, ratings, titles, split, reviews, first_review_only=True,
                         max_id=AMAZON_MAX_ID)
 
@@ -401,6 +421,8 @@ def read_preds(path):
     if twice := [c for c, k in Counter(header).items() if k > 1]:
         raise DataError(f"{path}:1: column {twice[0]!r:.60} repeats; expected each column once")
     need = ["user_id", "item_id", "label", "score"]
+    if other := [c for c in header if c not in PREDS]:  # ("Split" was left out, and valid rows scored as test)
+        raise DataError(f"{path}:1: column {other[0]!r:.60} is none of {', '.join(PREDS)}; name them so")
     if not set(need) <= set(header):
         raise DataError(f"{path}:1: missing column(s) {sorted(set(need) - set(header))}; expected at least {need}")
     rows, pair_line, u, i = [], {}, header.index("user_id"), header.index("item_id")
