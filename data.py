@@ -96,6 +96,18 @@ def require_both_labels(ds, split):
                         f"({len(rows)} rows); expected both likes and dislikes (a small --limit can cut one away)")
 
 
+def seen_warm(user, item, split, n_users, n_items):
+    """(seen, warm) per row: its user and item in the train rows at all, and more than 3 times each."""
+    train = split == "train"
+    user_train = np.bincount(user[train], minlength=n_users + 1)    # (n_users+1,)
+    item_train = np.bincount(item[train], minlength=n_items + 1)    # (n_items+1,)
+    # The paper (Section 4.1.2) calls a row warm when its "interaction count exceeds a predefined
+    # threshold of 3". Both sides must exceed it, as CoLLM's warm/cold split asks of both: the CF
+    # half knows a row only when it has seen its user and its item often enough.
+    return ((user_train[user] > 0) & (item_train[item] > 0),
+            (user_train[user] > WARM_MORE_THAN) & (item_train[item] > WARM_MORE_THAN))
+
+
 def make_dataset(name, domain, user, item, label, timestamp, split, titles, source, notes=()):
     """Checks the splits, then derives the seen / warm flags and every row's history."""
     for s in SPLITS:
@@ -103,14 +115,7 @@ def make_dataset(name, domain, user, item, label, timestamp, split, titles, sour
             raise DataError(f"{source}: split {s!r} is empty; expected rows in each of "
                             f"{', '.join(SPLITS)}")
     n_users, n_items = int(user.max()), int(item.max())
-    train = split == "train"
-    user_train = np.bincount(user[train], minlength=n_users + 1)    # (n_users+1,)
-    item_train = np.bincount(item[train], minlength=n_items + 1)    # (n_items+1,)
-    seen = (user_train[user] > 0) & (item_train[item] > 0)
-    # The paper (Section 4.1.2) calls a row warm when its "interaction count exceeds a predefined
-    # threshold of 3". Both sides must exceed it, as CoLLM's warm/cold split asks of both: the CF
-    # half knows a row only when it has seen its user and its item often enough.
-    warm = (user_train[user] > WARM_MORE_THAN) & (item_train[item] > WARM_MORE_THAN)
+    seen, warm = seen_warm(user, item, split, n_users, n_items)
 
     # Histories. np.lexsort is stable, so rows with the same (user, timestamp) keep their row order.
     order = np.lexsort((timestamp, user))                      # (N,) primary key: user
@@ -340,9 +345,11 @@ def epoch_groups(lengths, batch_size, seed, epoch, iters_per_epoch=0):
 class PromptBatches:
     """Batches of prompt rows, collated lazily (a list of token ids costs less than its tensors).
     Under torchrun each global batch is split across ranks, so ranks see disjoint rows (the
-    DistributedSampler's job) while every global batch stays one length bucket."""
+    DistributedSampler's job) while every global batch stays one length bucket. A batch of fewer rows
+    than ranks (a bucket's last few) is left out of that epoch: a rank with no row would have no step."""
 
     def __init__(self, ds, prompts, rows, groups, maxlen, rank=0, world=1, cf_rows=None, pad_multiple=1):
+        groups = [g for g in groups if len(g) >= world]
         self.ds, self.prompts, self.rows, self.groups, self.maxlen = ds, prompts, rows, groups, maxlen
         self.rank, self.world, self.cf_rows, self.pad_multiple = rank, world, cf_rows, pad_multiple
 
@@ -360,11 +367,14 @@ class PromptBatches:
 def data_slice(ds, limit=0, valid_rows=0):
     """The first `limit` rows of each split (row order), for smoke tests; and/or a fixed random
     `valid_rows` of the valid split (early stopping on a subset, to save a real LLM's time).
-    Histories are the full data's, so a row reads the same prompt as in the whole data set."""
+    Histories are the full data's, so a row reads the same prompt as in the whole data set; seen and warm
+    count the train rows kept."""
     parts = {s: ds.idx(s)[:limit] if limit else ds.idx(s) for s in SPLITS}
     if valid_rows:  # the same subset whatever the run's --seed
         parts["valid"] = np.random.default_rng(0).permutation(parts["valid"])[:valid_rows]
     keep = np.sort(np.concatenate(list(parts.values())))
     arrays = {f.name: getattr(ds, f.name)[keep] for f in fields(ds) if isinstance(getattr(ds, f.name), np.ndarray)}
+    a = arrays  # seen and warm of the train rows kept, which the run learns from (not the whole data's)
+    arrays["seen"], arrays["warm"] = seen_warm(a["user"], a["item"], a["split"], ds.n_users, ds.n_items)
     h = ds.history
     return replace(ds, history=Histories(h.liked, h.start[keep], h.end[keep]), **arrays)

@@ -166,6 +166,11 @@ def main(argv=None):
         ap.error(f"--into keeps a plain re-score; {modes[0]} prints its table")
     if args.fuse and (args.device or args.dtype or args.test_only):
         ap.error("--fuse reads both runs as they were trained, on valid and test: no --device, --dtype or --test-only")
+    unread = [f"--{k.replace('_', '-')}" for k, v in vars(args).items() if v != ap.get_default(k) and not (
+        k in ("run", "preds", "scores") and args.preds or k not in ("preds", "scores", "repeats") and args.run or
+        k == "repeats" and (args.shuffle_cf or args.shuffle_text))]  # (each mode's own; the rest was ignored)
+    if unread:
+        ap.error(f"{', '.join(unread)}: not read {'with --preds' if args.preds else 'by this mode'}")
     if args.run:  # in the numerics the run was trained in (runs.numerics), before torch's first op
         saved = [runs.peek_args(os.path.join(r, "best.pt")) for r in (args.run, args.fuse) if r]
         dtype = next((a.get("dtype") for a in saved if a.get("dtype") != "float32"), "float32")  # bf16: native

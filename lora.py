@@ -90,6 +90,8 @@ def inject(model, targets=("q_proj", "v_proj"), r=8, alpha=16, dropout=0.05):
              if name in targets and type(child) is nn.Linear]
     if not found:
         raise ValueError(f"no nn.Linear named any of {targets} in the model")
+    if r > (most := min(min(c.in_features, c.out_features) for *_, c in found)):  # (and its (B*T, r) activations)
+        raise ValueError(f"LoRA rank r={r} is more than the {most} a layer's B A can reach; expected r <= {most}")
     # A (r, in) and B (out, r) in fp32, with their gradients and AdamW's two moments: refused if they cannot fit
     limits.fits(16 * r * sum(c.in_features + c.out_features for *_, c in found),
                 f"LoRA of rank r={r} on {len(found)} layers", found[0][2].weight.device)

@@ -51,6 +51,13 @@ STAGE_DEFAULTS = {
     "icl": dict(_LLM, lr=0.0, wd=0.0),
 }
 PATHS = ("data_dir", "reviews", "meta", "out", "runs", "llm", "tokenizer", "cf_ckpt", "lora")
+_TRAINED = ("sasrec", "mf", "ncf", "gru4rec")
+READS = {  # the flags that only some stages read (the others every stage), checked as typed (parse_args)
+    **dict.fromkeys(("dim", "dropout"), _TRAINED), **dict.fromkeys(("layers", "heads", "no_bias", "objective"), ("sasrec",)),
+    **dict.fromkeys(("llm", "template", "tokenizer", "dtype", "pad_multiple", "eval_batch_size", "compile",
+                     "iters_per_epoch"), LLM_STAGES),
+    **dict.fromkeys(("lora_r", "lora_alpha", "lora_dropout"), ("text",)),
+    **dict.fromkeys(("cf", "cf_ckpt", "lora", "freeze_cf", "cf_bias", "proj_token_num"), ("joint",))}
 COMPILE_FROM_STEPS = 100  # a real LLM's training steps from which --compile is the default on a CPU
 MAX_EPOCHS_TINY = 10  # the random tiny backbone creeps up for dozens of epochs: keep the chain short
 
@@ -79,7 +86,8 @@ class Run:
     valid_rows: int = flag(0, "validate on a fixed random N of the valid rows (0: all); test is always whole",
                            type=non_negative)
     device: str = flag("cpu", "cpu, cuda or cuda:N", resume_may_change=True)
-    threads: int = flag(2, "torch CPU threads", type=positive, resume_may_change=True)
+    threads: int = flag(None, "torch CPU threads (default: torch's own, OMP_NUM_THREADS or the cores)", type=positive,
+                        resume_may_change=True)
     # the loop; None takes the stage's default from STAGE_DEFAULTS
     lr: float = flag(None, "learning rate", type=number(0))
     wd: float = flag(None, "AdamW weight decay", type=number(0))
@@ -125,7 +133,7 @@ class Run:
     cf_bias: int = flag(1, "joint: 1 appends the CF biases to its vectors (sasrecllm.cf_vectors)", choices=(0, 1))
     proj_token_num: int = flag(1, "pseudo-tokens per <UserID>, <TargetItemID>", type=positive)
     lora_r: int = flag(8, type=positive)
-    lora_alpha: float = flag(16.0, type=number(0, low_open=True))
+    lora_alpha: float = flag(16.0, type=number(0, 65504, low_open=True))  # (fp16's largest, as adapters are checked)
     lora_dropout: float = flag(0.05, type=number(0, 0.99))
     eval_batch_size: int = flag(64, type=positive, resume_may_change=True)
     pad_multiple: int = flag(1, "round prompt batch lengths up to a multiple of N (for GPUs)", type=positive)
@@ -137,6 +145,7 @@ class Run:
         for k, v in {**STAGE_DEFAULTS.get(self.stage, {}), **tiny}.items():
             if getattr(self, k) is None:
                 setattr(self, k, v)
+        self.threads = self.threads or torch.get_num_threads()
         limits.check_flags(self)  # --heads against --dim, --threads: before any data is read
         if empty := [k for k in PATHS if getattr(self, k) == ""]:  # ("--out $OUT" with OUT unset: not the default)
             raise runs.RunError(f"--{empty[0].replace('_', '-')} '': an empty path; give one, or leave the flag out")
@@ -171,7 +180,17 @@ def parse_args(argv=None):
             kind = m["type"] or {int: non_negative}.get(f.type, f.type)  # (ints as the data files' are: digits)
             ap.add_argument(name, default=f.default, type=kind, choices=m["choices"],
                             help=m["help"], required=f.name == "stage")
-    return Run(**vars(ap.parse_args(argv)))
+    given = vars(ap.parse_args(argv))
+    stage = given["stage"]
+    stages = ("sasrec", "text", "joint") if stage == "all" else (stage,)
+    for k, v in given.items():  # a flag no stage of the run reads is refused, not recorded and ignored
+        if v != ap.get_default(k) and (READS.get(k) and not set(READS[k]) & set(stages) or
+                                       k in ("reviews", "meta") and given["data"] != "amazon" or
+                                       k == "tokenizer" and given["llm"] != "tiny"):
+            raise runs.RunError(f"--{k.replace('_', '-')}: --stage {stage}"
+                                f"{' --data ' + given['data'] if k in ('reviews', 'meta') else ''}"
+                                f"{' --llm ' + given['llm'] if k == 'tokenizer' else ''} does not read it")
+    return Run(**given)
 
 
 def load_data(args, ds=None):
@@ -228,6 +247,9 @@ def cf_predictor(ds, maxlen, device="cpu", chunk=4096):
 
 def run_cf(args, ds=None):
     """Train SASRec or a CF baseline; Pop and MC are fitted in closed form from the train rows."""
+    if rank_world()[1] > 1:  # (every rank trained on every batch, its loss counted world times)
+        raise runs.RunError(f"--stage {args.stage} under torchrun: a CF stage runs in one process (its batches are "
+                            "not split across ranks); run it with python train.py")
     ds = load_data(args, ds)
     runs.seed_everything(args.seed)
     model = build_cf(args, ds)
@@ -357,8 +379,9 @@ def llm_batches(args, ds, prompts):
 
 def llm_predictor(args, ds, prompts, shuffle=None, seed=0):
     """Each rank scores a share of the length buckets. The ablations permute the split's rows (seed): shuffle
-    "cf" gives each prompt another row's CF inputs; "text" gives each row's CF inputs another row's prompt
-    (its titles and slots); either way a row keeps its label."""
+    "cf" gives each prompt the CF inputs of the row the permutation maps it to; "text" gives each row's CF
+    inputs that row's prompt (its titles and slots); either way a row keeps its label. A permutation of n rows
+    leaves about one row on itself, and some on a row of the same user (more in a --limit slice)."""
     rank, world = rank_world()
     def predict(model, split):
         rows = ds.idx(split)

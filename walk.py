@@ -155,7 +155,6 @@ def main(argv=None):
     args = ap.parse_args(argv)
     best = os.path.join(args.run or os.path.join(args.runs, "joint"), "best.pt")
     print(runs.numerics(runs.peek_args(best).get("dtype", "float32")))
-    torch.set_num_threads(2)
     walk(args)
     return 0
 

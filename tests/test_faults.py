@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -133,7 +134,7 @@ def test_a_one_class_train_or_valid_split_is_a_clear_error(root, tmp_path, capsy
     stage trained on it to a test AUC of 0.0, and a one-class valid split picked epoch 1 by a NaN AUC."""
     fields = [line.split("\t") for line in tiny_rows()]
     write_data(root, ["\t".join(f[:2] + ["1" if f[4] == split else f[2]] + f[3:]) for f in fields])
-    flags = [] if stage == "mf" else ["--llm", "tiny", "--runs", str(tmp_path), "--cf", "mf"]
+    flags = [] if stage == "mf" else ["--llm", "tiny", "--runs", str(tmp_path), *["--cf", "mf"] * (stage == "joint")]
     assert cf_run(root, tmp_path / stage, "--stage", stage, *flags) == 2
     err = one_error_line(capsys)
     assert f"interactions.tsv: the {split} split holds only likes (" in err and "expected both likes and dislikes" in err
@@ -186,8 +187,7 @@ def test_resume_refuses_flags_that_change_the_run(root, tmp_path, capsys):
                        "--max-epochs", "2", "--batch-size", "16", "--threads", "1", "--resume"]) == 2
     assert "--stage ncf (the run has mf)" in one_error_line(capsys)
     os.symlink(root, tmp_path / "linked-data")  # the same files spelt otherwise (a link, another cwd): refused
-    assert cf_run(tmp_path / "linked-data", out, "--resume", "--threads", "2", "--runs", str(tmp_path / "elsewhere"),
-                  "--llm", "other", "--cf-ckpt", "x.pt", "--lora", "y") == 0  # paths the stage never reads, too
+    assert cf_run(tmp_path / "linked-data", out, "--resume", "--threads", "2", "--runs", str(tmp_path / "elsewhere")) == 0
     ck = runs.read_checkpoint(str(out / "last.pt"))
     assert ck["args"]["lr"] == 3e-3 and ck["epoch"] == 2
 
@@ -988,14 +988,16 @@ def llm_parts(tiny_llm, tmp_path_factory):
 
 def llm_run(parts, stage, *flags):
     root, runs_dir = parts
-    return train.main(["--stage", stage, "--data-dir", str(root), "--runs", str(runs_dir), "--cf", "mf", "--threads", "1",
+    return train.main(["--stage", stage, "--data-dir", str(root), "--runs", str(runs_dir), "--threads", "1",
+                       *["--cf", "mf"] * (stage == "joint"),
                        "--out", str(runs_dir / f"{stage}-{len(os.listdir(runs_dir))}"), "--max-epochs", "1", *flags])
 
 
 @pytest.mark.parametrize("stage, flags, words", [
     ("icl", ["--pad-multiple", "1000000000"], "--pad-multiple 1000000000 --iters-per-epoch 400 (prompts of up to "),
     ("text", ["--iters-per-epoch", str(10 ** 13)], "--iters-per-epoch 10000000000000"),
-    ("text", ["--lora-r", "100000000"], "LoRA of rank r=100000000 on 4 layers needs about "),
+    ("text", ["--iters-per-epoch", str(10 ** 9)], "--iters-per-epoch 1000000000"),  # (passed, then built for hours)
+    ("text", ["--lora-r", "100000000"], "LoRA rank r=100000000 is more than the 32 a layer"),
     ("joint", ["--proj-token-num", "100000"], "--proj-token-num 100000: 2 x 100000 pseudo-tokens leave no room"),
     ("joint", ["--proj-token-num", "1000"], "pseudo-tokens, more than the 2048 positions of --llm ")])
 def test_hostile_llm_flags_are_one_line_before_memory_is_spent(tiny_llm, llm_parts, capsys, little_memory, stage, flags,
@@ -1411,3 +1413,76 @@ def test_numerics_cost_writes_through_no_planted_link_and_says_why_it_failed(tmp
                          text=True, env=env)
     assert out.returncode == 2 and "error: the sasrec run (portable) failed" in out.stderr  # (it said nothing)
     assert "not found" in out.stderr and (tmp_path / "victim").read_text() == "keep me"
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--stage", "mf", "--objective", "next"], "--objective: --stage mf does not read it"),  # BCE, no bias init
+    (["--stage", "joint", "--dim", "128"], "--dim: --stage joint does not read it"),  # the CF checkpoint's own
+    (["--stage", "joint", "--lora-r", "2"], "--lora-r: --stage joint does not read it"),  # the adapter's own
+    (["--stage", "sasrec", "--iters-per-epoch", "7"], "--iters-per-epoch: --stage sasrec does not read it"),
+    (["--stage", "mf", "--llm", "tiny", "--tokenizer", "t.model"], "--llm: --stage mf does not read it"),
+    (["--stage", "text", "--tokenizer", "t.model"], "--tokenizer: --stage text --llm checkpoints/TinyLlama-1.1B"),
+    (["--stage", "mf", "--reviews", "r.json"], "--reviews: --stage mf --data ml1m does not read it"),
+    (["--stage", "text", "--freeze-cf"], "--freeze-cf: --stage text does not read it"),
+    (["--stage", "all", "--objective", "next", "--template", "x"], "argument --template: invalid choice")])
+def test_a_flag_the_stage_does_not_read_is_refused(argv, words, capsys):
+    """Accepted, recorded in the checkpoint and ignored: --dim 128 --lora-r 2 on a joint run gave the plain run's
+    metrics; --objective next on mf trained with BCE but skipped BCE's bias start."""
+    with contextlib.suppress(SystemExit):
+        assert train.main(argv) == 2
+    assert words in capsys.readouterr().err
+    for ok in (["--stage", "all", "--dim", "32", "--lora-r", "4", "--llm", "tiny"], ["--stage", "sasrec", "--dim", "32"]):
+        train.parse_args(ok)  # a flag one of the chain's stages reads
+
+
+def test_cf_stages_refuse_torchrun_and_lora_flags_stay_in_range(root, monkeypatch, capsys):
+    """Under torchrun a CF stage trained every rank on every batch and logged its loss times the ranks;
+    --lora-alpha 1e5 trained an adapter that the joint stage then refused."""
+    monkeypatch.setattr(train, "rank_world", lambda: (0, 2))
+    with pytest.raises(runs.RunError, match="--stage mf under torchrun: a CF stage runs in one process"):
+        train.run_cf(train.parse_args(["--stage", "mf", "--data-dir", str(root), "--threads", "1"]))
+    with pytest.raises(SystemExit):
+        train.parse_args(["--stage", "text", "--lora-alpha", "100000"])
+    assert "expected a finite number > 0 and <= 65504" in capsys.readouterr().err
+
+
+def test_a_sliced_runs_warm_and_seen_rows_are_its_own_train_rows(ml1m):
+    """--limit kept the whole data's seen and warm flags: 13 of 100 test rows 'warm' with none really so."""
+    s = data.data_slice(ml1m, 100)
+    train_rows = s.split == "train"
+    count = lambda ids, k: np.bincount(ids[train_rows], minlength=k + 1)
+    users, items = count(s.user, s.n_users), count(s.item, s.n_items)
+    assert s.warm.tolist() == ((users[s.user] > 3) & (items[s.item] > 3)).tolist()
+    assert s.seen.tolist() == ((users[s.user] > 0) & (items[s.item] > 0)).tolist()
+    assert s.warm.sum() < ml1m.warm[np.concatenate([ml1m.idx(p)[:100] for p in data.SPLITS])].sum()
+    whole = data.data_slice(ml1m, 0, 2000)  # --valid-rows alone keeps every train row: the same flags
+    assert whole.warm[whole.split == "test"].tolist() == ml1m.warm[ml1m.split == "test"].tolist()
+
+
+def test_a_batch_smaller_than_the_ranks_is_left_out_not_a_crash():
+    """Under torchrun a length bucket's last batch of fewer rows than ranks left a rank with no row (max() of
+    an empty sequence on that rank, a gloo hang-up on the other)."""
+    b = data.PromptBatches(None, None, np.arange(5), [[0, 1, 2, 3], [4]], 25, rank=1, world=2)
+    assert len(b) == 1 and b.groups == [[0, 1, 2, 3]]
+    assert len(data.PromptBatches(None, None, np.arange(5), [[0, 1, 2, 3], [4]], 25)) == 2  # one process: all
+
+
+def test_each_eval_mode_refuses_the_flags_it_does_not_read(tmp_path, capsys):
+    path = tmp_path / "p.tsv"
+    path.write_text("user_id\titem_id\tlabel\tscore\n1\t1\t1\t0.9\n1\t2\t0\t0.1\n")
+    for argv, words in ((["--preds", str(path), "--scores", "probs", "--repeats", "4"], "--repeats: not read with"),
+                        (["--preds", str(path), "--scores", "probs", "--device", "cuda", "--test-only"],
+                         "--device, --test-only: not read with --preds"),
+                        (["R", "--scores", "probs"], "--scores: not read by this mode"),
+                        (["R", "--repeats", "3"], "--repeats: not read by this mode")):
+        with pytest.raises(SystemExit):
+            ev.main(argv)
+        assert words in capsys.readouterr().err
+
+
+def test_threads_default_to_torchs_own(monkeypatch):
+    """--threads defaulted to 2 over OMP_NUM_THREADS (and torchrun's one a rank); walk.py set 2 itself."""
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    assert train.parse_args(["--stage", "mf"]).threads == 1
+    assert train.parse_args(["--stage", "mf", "--threads", "3"]).threads == 3
+    assert "set_num_threads(2)" not in (ROOT / "walk.py").read_text()

@@ -46,9 +46,8 @@ def fingerprint(run_dir):
 
 def test_a_short_tiny_chain_repeats_bit_for_bit(data_dir, tmp_path):
     threads = torch.get_num_threads()
-    common = ["--data", "ml1m", "--data-dir", str(data_dir), "--llm", "tiny", "--runs", str(tmp_path),
-              "--limit", "120", "--threads", "1"]
-    llm = ["--max-epochs", "1", "--iters-per-epoch", "3", "--batch-size", "8", "--eval-batch-size", "32"]
+    common = ["--data", "ml1m", "--data-dir", str(data_dir), "--runs", str(tmp_path), "--limit", "120", "--threads", "1"]
+    llm = ["--llm", "tiny", "--max-epochs", "1", "--iters-per-epoch", "3", "--batch-size", "8", "--eval-batch-size", "32"]
     try:
         assert train.main(["--stage", "sasrec", *common, "--max-epochs", "2"]) == 0
         assert train.main(["--stage", "text", *common, *llm]) == 0

@@ -284,6 +284,7 @@ def check_prompts(a, ds, cfg, prompts):
     D, I, L, nh = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers, cfg.num_attention_heads
     acts = [B * layers * (T * (12 * D + 4 * I) * 4 + nh * T * T * 10) for B, layers in
             ((min(a.eval_batch_size, len(ds)), 2), (0 if a.stage == "icl" else min(a.batch_size, len(ds)), L))]
-    fits(max(acts) + 8 * a.iters_per_epoch, f"--batch-size {a.batch_size} --eval-batch-size {a.eval_batch_size} "
+    # (and each step's list of rows, built for the epoch: 180-640 bytes a step seen, counted as 1 KiB)
+    fits(max(acts) + 1024 * a.iters_per_epoch, f"--batch-size {a.batch_size} --eval-batch-size {a.eval_batch_size} "
          f"--pad-multiple {a.pad_multiple} --iters-per-epoch {a.iters_per_epoch} (prompts of up to {lengths.max()} "
          f"tokens, padded to {T}) on --llm {a.llm}: this run", a.device)

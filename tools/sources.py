@@ -47,12 +47,12 @@ def real(text):
     return float(text)
 
 
-def _is(ok, what):
-    """A parser (function, what it expects) that passes the values ok(value) accepts."""
+def _is(ok, what, then=None):
+    """A parser (function, what it expects) that passes the values ok(value) accepts (as then(value))."""
     def parse(v):
         if not ok(v):
             raise ValueError(v)
-        return v
+        return then(v) if then else v
     return parse, what
 
 
@@ -63,8 +63,8 @@ RATING = (lambda s: integer(s, 0), "an integer Rating")  # from_ratings says 1..
 TIME = (lambda s: integer(s, 0, TIME_MAX), f"an integer timestamp 0..{TIME_MAX} (Unix seconds)")
 visible = lambda s: any(c.isprintable() and not c.isspace() for c in s)  # noqa: E731 (not NUL, U+200B, U+FEFF)
 TITLE_MAX = 2000  # characters (ML-1M's longest title: 80, Amazon Gift Cards': 233)
-TITLE = (lambda s: _is(lambda s: visible(s) and len(s) <= TITLE_MAX, "")[0](s).strip(),  # (one spelling in a prompt)
-         f"a title that is not blank, of at most {TITLE_MAX} characters")
+TITLE = _is(lambda s: visible(s) and len(s) <= TITLE_MAX, f"a title that is not blank, of at most {TITLE_MAX} "
+            "characters", str.strip)  # (" Heat " and "Heat": one spelling in a prompt)
 NAME = _is(lambda v: isinstance(v, str) and v.strip() != "" and len(v) <= 200 and v.isprintable(),
            "a non-empty string of at most 200 printable characters")  # (a NUL vanished in numpy's str arrays)
 TEXT = _is(lambda v: v is None or isinstance(v, str) and len(v) <= TITLE_MAX, f"a string of at most {TITLE_MAX} "
