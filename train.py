@@ -380,8 +380,8 @@ def llm_batches(args, ds, prompts):
 def llm_predictor(args, ds, prompts, shuffle=None, seed=0):
     """Each rank scores a share of the length buckets. The ablations permute the split's rows (seed): shuffle
     "cf" gives each prompt the CF inputs of the row the permutation maps it to; "text" gives each row's CF
-    inputs that row's prompt (its titles and slots); either way a row keeps its label. A permutation of n rows
-    leaves about one row on itself, and some on a row of the same user (more in a --limit slice)."""
+    inputs the prompt (titles and slots) of that row; either way a row keeps its label. A permutation of n
+    rows leaves about one row on itself, and some on a row of the same user (more in a --limit slice)."""
     rank, world = rank_world()
     def predict(model, split):
         rows = ds.idx(split)
