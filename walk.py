@@ -154,6 +154,9 @@ def main(argv=None):
     ap.add_argument("--verbose", action="store_true", help="list the functions on the training path")
     args = ap.parse_args(argv)
     best = os.path.join(args.run or os.path.join(args.runs, "joint"), "best.pt")
+    unread = ["data", "llm"] * os.path.exists(best) + ["runs"] * bool(args.run)  # (a trained run brings its own)
+    if given := [f"--{k}" for k in unread if getattr(args, k) != ap.get_default(k)]:
+        ap.error(f"{', '.join(given)}: not read with the trained run {os.path.dirname(best)}")
     print(runs.numerics(runs.peek_args(best).get("dtype", "float32")))
     walk(args)
     return 0

@@ -43,6 +43,8 @@ def main(argv=None):
     p.add_argument("--stats", action="store_true", help="print one JSON object of statistics")
     p.add_argument("--export", metavar="FILE.jsonl", type=path, help="write one JSON object per row")
     args = p.parse_args(argv)
+    if args.dataset != "amazon" and (args.reviews or args.meta):
+        p.error(f"--reviews and --meta are amazon's files; {args.dataset} does not read them")
     ds = data.load(args.dataset, args.data_dir, args.split, args.reviews, args.meta)
     if args.export:
         refuse_overlap(args.export, sources.input_dirs(args.dataset, args.data_dir, args.reviews, args.meta), "--export")

@@ -296,7 +296,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, allow_abbrev=False)
     ap.add_argument("--table", metavar="ROOT", type=path, help="Table 1 over ROOT/seed<s>/<stage> -> ROOT.md")
     ap.add_argument("--command", default="", help="--table: the commands that trained it (one a line), printed above the table")
-    ap.add_argument("--paper", metavar="DATA", help="--table: set the paper's figures on DATA (ml1m) beside ours")
+    ap.add_argument("--paper", metavar="DATA", choices=list(PAPER),
+                    help="--table: set the paper's figures on DATA (ml1m) beside ours")
     ap.add_argument("--plot", metavar="ROOT", type=path,
                     help="Figs. 10-12 of a table root -> --into (default ROOT/figures)")
     ap.add_argument("--sweep", metavar="ROOT", type=path, help="drivers/lr_sweep.sh's table -> ROOT/sweep.md")
@@ -307,6 +308,12 @@ def main(argv=None):
     ap.add_argument("--check-readme", nargs="?", const="README.md", metavar="FILE", type=path,
                     help="exit 1 when FILE is stale")
     args = ap.parse_args(argv)
+    modes = [m for m in ("table", "plot", "sweep", "collect", "readme", "check_readme") if getattr(args, m)]
+    own = dict(command=("table", "sweep"), paper=("table",), into=("collect", "plot"))  # (else ignored)
+    if len(modes) > 1:  # (the first one ran, the others were dropped without a word)
+        ap.error(f"{' and '.join('--' + m.replace('_', '-') for m in modes)}: one at a time")
+    if bad := next((k for k, ms in own.items() if getattr(args, k) and not set(ms) & set(modes)), None):
+        ap.error(f"--{bad}: read by {' and '.join('--' + m for m in own[bad])} alone")
     if args.table:
         build_table(args.table, args.command, args.paper)
     elif args.plot:

@@ -9,7 +9,7 @@
 #       LLM_FLAGS="--dtype bfloat16 --amp bf16" bash drivers/table.sh runs/smollm2   # a real LLM
 #
 # Environment: DATA (ml1m), SEEDS (1: seed 0 only), ROWS (all nine, in Table 1's order), LLM (tiny),
-# DEVICE (cpu), LLM_FLAGS (the LLM rows only), CF_FLAGS (the CF rows only), <STAGE>_FLAGS (that
+# DEVICE (cpu), LLM_FLAGS (the LLM rows only), CF_FLAGS (the trained CF rows: mf ncf gru4rec sasrec), <STAGE>_FLAGS (that
 # stage's rows only, e.g. TEXT_FLAGS="--lr 1e-3"), SHUFFLE_FLAGS (eval.py's, for the --shuffle-cf step,
 # e.g. "--test-only --dtype float32" for a bf16 run on a CPU without native bf16), MINUTES (a session's
 # budget: the rows pause, resumably, before an epoch that would end after it; run the same command again
@@ -55,6 +55,20 @@ for stage in $rows; do
         exit 2
     fi
 done
+for name in ROWS DATA LLM DEVICE SEEDS MINUTES PYTHON; do  # set but empty: no default meant
+    if [ "${!name+set}" = set ] && [ -z "${!name}" ]; then
+        echo "error: $name is set but empty; give it a value, or unset it for its default" >&2
+        exit 2
+    fi
+done
+for name in LLM CF ${all_rows^^}; do  # flags no row of ROWS would read: refused, not ignored
+    case $name in LLM) want="icl text joint" ;; CF) want="mf ncf gru4rec sasrec" ;; *) want=${name,,} ;; esac
+    var=${name}_FLAGS
+    if [[ -n "${!var:-}" && -z "$(comm -12 <(tr ' ' '\n' <<<"$want" | sort) <(tr ' ' '\n' <<<"$rows" | sort))" ]]; then
+        echo "error: $var is set, but ROWS ($rows) holds none of the rows it is for ($want)" >&2
+        exit 2
+    fi
+done
 mkdir -p -- "$root"
 no_link() {  # nothing is written through a link planted in ROOT: it could point anywhere
     for path; do
@@ -83,6 +97,7 @@ for ((s = 0; s < ${SEEDS:-1}; s++)); do
         flags=(--stage "$stage" --data "${DATA:-ml1m}" --seed "$s" --out "$out" --runs "$root" --device "${DEVICE:-cpu}")
         case $stage in
             icl | text | joint) read -ra extra <<<"${LLM_FLAGS:-}"; flags+=(--llm "${LLM:-tiny}") ;;
+            pop | mc) extra=() ;;  # (fitted in closed form: no CF_FLAGS flag is theirs, and train.py refuses one)
             *) read -ra extra <<<"${CF_FLAGS:-}" ;;
         esac
         stage_flags=${stage^^}_FLAGS

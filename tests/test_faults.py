@@ -1486,3 +1486,34 @@ def test_threads_default_to_torchs_own(monkeypatch):
     assert train.parse_args(["--stage", "mf"]).threads == 1
     assert train.parse_args(["--stage", "mf", "--threads", "3"]).threads == 3
     assert "set_num_threads(2)" not in (ROOT / "walk.py").read_text()
+
+
+def test_drivers_refuse_what_they_would_ignore_and_give_each_row_its_own_flags(tmp_path, capsys):
+    """table.sh: ROWS='' trained all nine rows, MF_FLAGS without an mf row was ignored, and CF_FLAGS reached Pop
+    (which train.py now refuses); report.py ran one of two modes and ignored --into; walk.py walked a trained
+    run's own data whatever --data said; datainfo read ml1m whatever --reviews named."""
+    env = {**os.environ, "PYTHON": "true"}  # (no row trains: the commands are what is checked)
+    for extra, words in (({"ROWS": ""}, "ROWS is set but empty"), ({"ROWS": "pop", "MF_FLAGS": "--lr 1"},
+                         "MF_FLAGS is set, but ROWS (pop) holds none of the rows it is for (mf)"),
+                         ({"ROWS": "pop", "LLM_FLAGS": "--compile"}, "LLM_FLAGS is set, but ROWS (pop) holds none")):
+        out = subprocess.run(["bash", "drivers/table.sh", str(tmp_path / "t")], cwd=ROOT, capture_output=True,
+                             text=True, env={**env, **extra})
+        assert out.returncode == 2 and words in out.stderr, (extra, out.stderr)
+    for rows, want in (("pop mf", "--stage pop --data ml1m --seed 0"), ("mf", "--device cpu --dim 32")):
+        out = subprocess.run(["bash", "drivers/table.sh", str(tmp_path / rows)], cwd=ROOT, capture_output=True,
+                             text=True, env={**env, "ROWS": rows, "CF_FLAGS": "--dim 32"})  # (a row not run stops it)
+        first = out.stdout.splitlines()[0]
+        assert want in first and first.count("--dim") == (rows == "mf"), out.stdout
+    for argv, words in ((["--check-readme", "R.md", "--collect", "X"], "--collect and --check-readme: one at a time"),
+                        (["--readme", "R.md", "--into", "X"], "--into: read by --collect and --plot alone"),
+                        (["--table", "T", "--paper", "ML-1M"], "argument --paper: invalid choice")):
+        with pytest.raises(SystemExit):
+            report.main(argv)
+        assert words in capsys.readouterr().err
+    (tmp_path / "r" / "joint").mkdir(parents=True)
+    (tmp_path / "r" / "joint" / "best.pt").write_text("x")
+    for main, argv, words in ((walk.main, ["--runs", str(tmp_path / "r"), "--data", "amazon"], "--data: not read with"),
+                              (datainfo.main, ["ml1m", "--reviews", "r.json"], "--reviews and --meta are amazon's")):
+        with pytest.raises(SystemExit):
+            main(argv)
+        assert words in capsys.readouterr().err
