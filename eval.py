@@ -125,7 +125,7 @@ def preds_table(path, scores):
 def write_rescore(report, run_dir, into):
     """INTO/<run>.json, or RUN/rescored.json; an earlier one is moved aside, and metrics.json never touched."""
     folder, name = (into, os.path.basename(os.path.abspath(run_dir))) if into else (run_dir, "rescored")
-    runs.refuse_link(os.path.normpath(folder))  # (a linked RUN or INTO: the file lands wherever it points)
+    runs.refuse_link(folder)  # (a linked RUN or INTO: the file lands wherever it points)
     os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, name + ".json")
     runs.refuse_link(path)

@@ -380,7 +380,7 @@ def load_movielens(data_dir, split="months"):
                         "utf-8" if os.path.exists(path) and decodes(path, what) else "latin-1", dict(Title=TITLE), 1)
     titles, title_line = {}, {}
     for n, (mid, title, _genres) in movies:
-        _once(title_line, mid, n, os.path.join(data_dir, "ml-1m", "movies.dat"), f"MovieID {mid} repeats", "each movie")
+        _once(title_line, mid, n, path, f"MovieID {mid} repeats", "each movie")
         titles[mid] = title
     names, parse = ["UserID", "MovieID", "Rating", "Timestamp"], dict(Rating=RATING, Timestamp=TIME)
     rows = read_table(ratings_path, names, what, "::", False, names[:2], "latin-1", parse)
