@@ -78,6 +78,7 @@ class Dataset:
     warm: np.ndarray             # (N,) bool: user and item each have > 3 train rows (paper)
     source: str = ""             # the file the rows came from (error messages name it)
     notes: list = field(default_factory=list)  # what the loader changed, e.g. repeated pairs dropped
+    whole: object = None         # the Dataset a data_slice was cut from (None: this is the whole one)
 
     def __len__(self):
         return len(self.user)
@@ -377,4 +378,4 @@ def data_slice(ds, limit=0, valid_rows=0):
     a = arrays  # seen and warm of the train rows kept, which the run learns from (not the whole data's)
     arrays["seen"], arrays["warm"] = seen_warm(a["user"], a["item"], a["split"], ds.n_users, ds.n_items)
     h = ds.history
-    return replace(ds, history=Histories(h.liked, h.start[keep], h.end[keep]), **arrays)
+    return replace(ds, history=Histories(h.liked, h.start[keep], h.end[keep]), whole=ds.whole or ds, **arrays)

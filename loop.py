@@ -217,7 +217,7 @@ def resume_from(run, made_from, model, opt, sched, scaler, n):
         runs.check_resumed(opt, sched, scaler, fresh, steps=epoch * n)
         runs.set_rng_state(ck["rng"])
         best_pt = runs.read_checkpoint(os.path.join(run.out, "best.pt"))  # the model the run ends by scoring:
-        if (best_pt["epoch"], best_pt.get("made_from")) != (best["epoch"], made_from) or not same_auc(
+        if best_pt["epoch"] != best["epoch"] or runs.made_from_changes(best_pt["made_from"], made_from) or not same_auc(
                 best_pt["best_valid_auc"], best["auc"]) or runs.changed_flags(best_pt["args"], ck["args"], may_change):
             raise ValueError(f"its best.pt is not its best epoch {best['epoch']} (a best.pt of epoch "
                              f"{best_pt['epoch']!r:.20}, or of other flags or inputs)")

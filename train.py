@@ -325,7 +325,7 @@ def load_cf(args, ds):
     """The joint stage's CF encoder, rebuilt from its own best.pt (plug-and-play)."""
     a, ck = read_run(args.cf_ckpt)
     if "made_from" in ck:  # (a CF checkpoint from elsewhere has no record to check)
-        runs.check_made_from(f"--cf-ckpt {args.cf_ckpt}", ck["made_from"], runs.data_digests(ds), ["catalog"])
+        runs.check_made_from(f"--cf-ckpt {args.cf_ckpt}", ck["made_from"], runs.data_digests(ds), ["catalog", "data"])
     if (a.stage, a.maxlen) != (args.cf, args.maxlen):
         raise runs.RunError(f"--cf-ckpt {args.cf_ckpt} is a {a.stage} run reading {a.maxlen} items of history; the "
                             f"joint stage has --cf {args.cf} --maxlen {args.maxlen}: give the flags of that run")
@@ -348,7 +348,7 @@ def build_llm_model(args, ds):
         recorded = runs.read_made_from(args.lora)
         if recorded:  # ours records its backbone and data; peft's own adapters do not
             now = dict(runs.data_digests(ds), backbone=runs.files_digest(backbone))
-            runs.check_made_from(f"--lora {args.lora}", recorded, now, ["catalog", "backbone"])
+            runs.check_made_from(f"--lora {args.lora}", recorded, now, ["catalog", "data", "backbone"])
         lora.load_adapter(llm, args.lora)
         llm.requires_grad_(False)  # LoRA frozen in the joint stage
         cf = load_cf(args, ds)

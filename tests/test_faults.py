@@ -608,7 +608,7 @@ def test_resume_and_eval_refuse_other_data_naming_what_changed(root, tmp_path, c
     capsys.readouterr()
     assert train.main(["--stage", "mf", "--data", "ml1m", "--data-dir", str(flipped), "--out", str(out), "--max-epochs",
                        "2", "--batch-size", "16", "--threads", "1", "--resume"]) == 2
-    assert "made from other inputs than these: rows changed" in one_error_line(capsys)
+    assert "made from other inputs than these: data, rows changed" in one_error_line(capsys)
     assert cf_run(root, out, "--resume") == 0  # the same data: it goes on
     capsys.readouterr()
     assert ev.main([str(out), "--data-dir", str(flipped)]) == 2
@@ -681,6 +681,18 @@ def test_the_joint_stage_refuses_a_cf_checkpoint_of_another_model_or_history(roo
     capsys.readouterr()
     assert train.main(["--stage", "joint", *common, "--cf-ckpt", str(tmp_path / "s10" / "best.pt")]) == 2
     assert "reading 10 items of history" in one_error_line(capsys)
+    flipped = write_data(tmp_path / "flipped", [_flip(r) for r in tiny_rows()])  # the same catalog, other rows
+    assert train.main(["--stage", "sasrec", "--data", "ml1m", "--data-dir", str(flipped), "--out",
+                       str(tmp_path / "s_other"), "--max-epochs", "1", "--threads", "1"]) == 0
+    capsys.readouterr()  # --limit cuts both down to the same rows: only the whole data set tells them apart
+    assert train.main(["--stage", "joint", *common, "--limit", "2", "--cf-ckpt", str(tmp_path / "s_other" / "best.pt")]) == 2
+    assert "made from other inputs than these: data changed" in one_error_line(capsys)
+    assert train.main(["--stage", "text", *common[:3], str(flipped), *common[4:], "--out", str(tmp_path / "t_other")]) == 0
+    capsys.readouterr()
+    assert train.main(["--stage", "joint", *common, "--lora", str(tmp_path / "t_other" / "adapter")]) == 2
+    assert "made from other inputs than these: data changed" in one_error_line(capsys)
+    old = {"rows": "r", "catalog": "c"}  # a run before the whole-data digest: compared on what it records
+    assert runs.made_from_changes(old, dict(old, data="d")) == [] and runs.made_from_changes(old, {"data": "d"})
 
 
 @pytest.mark.parametrize("spelling, words", [  # no base_model.model.: peft would load none of it

@@ -342,10 +342,12 @@ def digest(*parts):
 
 
 def data_digests(ds):
-    """{rows: the rows this run loaded, labels and splits too; catalog: what the ids mean, any --limit}."""
-    cols = [ds.user, ds.item, ds.label, ds.timestamp, ds.split.astype("U5"), ds.history.liked, ds.history.start]
+    """{rows: the rows this run loaded, labels and splits too; catalog: what the ids mean, any --limit;
+    data: the whole data set a --limit or --valid-rows slice was cut from (two slices of it differ in rows)}."""
     catalog = json.dumps([ds.name, ds.n_users, ds.n_items, ds.titles]).encode()
-    return dict(rows=digest(*cols, catalog), catalog=digest(catalog))
+    rows = lambda d: digest(d.user, d.item, d.label, d.timestamp, d.split.astype("U5"),  # noqa: E731
+                            d.history.liked, d.history.start, catalog)
+    return dict(rows=rows(ds), catalog=digest(catalog), data=rows(ds.whole or ds))
 
 
 # Keys that record which library version wrote a config, not what the model computes: the same weights
@@ -387,10 +389,17 @@ def read_made_from(d):
     return read_json(path, "the digests of what made it", obj=True) if path.exists() else {}
 
 
+NEWER = ("data",)  # made_from keys that runs before session 19 lack: compared where the record has them
+
+
+def made_from_changes(recorded, now, keys=None):
+    return [k for k in keys or sorted(set(recorded) | set(now))
+            if recorded.get(k) != now.get(k) and (k in recorded or k not in NEWER)]
+
+
 def check_made_from(what, recorded, now, keys=None):
     """Refuse, in one line naming what changed, a use of `what` on other inputs than it was made from."""
-    changed = [k for k in keys or sorted(set(recorded) | set(now)) if recorded.get(k) != now.get(k)]
-    if changed:
+    if changed := made_from_changes(recorded, now, keys):
         was = "; ".join(f"{k} {recorded.get(k)} then, {now.get(k)} now" for k in changed)
         raise RunError(f"{what} was made from other inputs than these: {', '.join(changed)} changed ({was}); "
                        "use the inputs it was made from, or train a new run")
