@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 
 import train
-from tools.runs import changed_flags, cli, path, peek_args, refuse_link, refuse_overlap, write_atomic, write_json
+from tools.runs import (changed_flags, cli, json_bytes, move_aside, path, peek_args, refuse_link, refuse_overlap,
+                        write_atomic)
 from tools.sources import DECIMAL, TIME_MAX, DataError, _lines, integer, read_text
 from tools.svg import finite, svg_bars, svg_lines
 from tools.tables import (COLUMNS, _num, fmt, fmt_mean_std, markdown_table, md_table, mean_std, read_log, read_metrics,
@@ -103,7 +104,11 @@ def collect(run_dirs, into):
     refuse_into(into, run_dirs)
     os.makedirs(into, exist_ok=True)
     for d, name in zip(run_dirs, names):
-        write_json(read_metrics(d), os.path.join(into, name + ".json"))
+        new, target = json_bytes(read_metrics(d)), os.path.join(into, name + ".json")
+        if os.path.lexists(target) and not (os.path.isfile(target) and os.path.getsize(target) == len(new)
+                                            and Path(target).read_bytes() == new):
+            move_aside(into, [name + ".json"], "--collect")  # other figures under that name: kept, not overwritten
+        write_atomic(target, new)
         print(f"{d}/metrics.json -> {into}/{name}.json")
 
 

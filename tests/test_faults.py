@@ -865,11 +865,15 @@ def test_a_bad_byte_is_reported_on_its_own_line(root):
 
 
 def test_no_tool_of_the_project_destroys_a_file(root, tmp_path, capsys):
-    for d in ("a", "b"):
-        assert cf_run(root, tmp_path / d / "mf") == 0
+    for seed, d in enumerate(("a", "b")):
+        assert cf_run(root, tmp_path / d / "mf", "--seed", str(seed)) == 0
     capsys.readouterr()
     assert report.main(["--collect", str(tmp_path / "a" / "mf"), str(tmp_path / "b" / "mf"), "--into", str(tmp_path / "x")]) == 2
     assert "two runs named mf" in one_error_line(capsys) and not (tmp_path / "x").exists()
+    for d in ("a", "a", "b"):  # the same figures again change nothing; other figures under mf.json are kept
+        assert report.main(["--collect", str(tmp_path / d / "mf"), "--into", str(tmp_path / "x")]) in (0, None)
+    kept = list((tmp_path / "x").glob("old-*/mf.json"))
+    assert len(kept) == 1 and kept[0].read_bytes() == (tmp_path / "a" / "mf" / "metrics.json").read_bytes()
     inter = root / "ml1m" / "interactions.tsv"
     before = inter.read_bytes()
     assert datainfo.main(["ml1m", "--data-dir", str(root), "--export", str(inter)]) == 2

@@ -278,11 +278,15 @@ def peek_args(path, key="args"):
     return {}
 
 
-def write_json(obj, path):
-    """JSON with NaN written as null (a metric undefined on one class), atomically."""
+def json_bytes(obj):
+    """JSON with NaN written as null (a metric undefined on one class)."""
     clean = lambda v: (None if isinstance(v, float) and math.isnan(v) else
                        {k: clean(x) for k, x in v.items()} if isinstance(v, dict) else v)
-    write_atomic(path, json.dumps(clean(obj), indent=2).encode())
+    return json.dumps(clean(obj), indent=2).encode()
+
+
+def write_json(obj, path):
+    write_atomic(path, json_bytes(obj))
 
 
 def publish_dir(final, write):
