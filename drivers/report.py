@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 
 import train
-from tools.runs import (changed_flags, cli, json_bytes, move_aside, path, peek_args, refuse_link, refuse_overlap,
-                        write_atomic)
+from tools.runs import (changed_flags, cli, json_bytes, made_from_changes, move_aside, path, peek_args, refuse_link,
+                        refuse_overlap, write_atomic)
 from tools.sources import DECIMAL, TIME_MAX, DataError, _lines, integer, read_text
 from tools.svg import finite, svg_bars, svg_lines
 from tools.tables import (COLUMNS, _num, fmt, fmt_mean_std, markdown_table, md_table, mean_std, read_log, read_metrics,
@@ -124,21 +124,24 @@ PAPER = {"ml1m": {"sasrec": (0.634, 0.607), "text": (0.689, 0.676), "joint": (0.
 
 def check_alike(dirs, want):
     """Refuse runs that may not share a row: each must have its flags of `want` ({flag: value} per run: a seed
-    its --seed, a sweep's LR its --lr) and otherwise the first one's flags and rows (how and where a run ran,
-    its device or paths, may differ), else a mean or a sweep would mix experiments."""
-    may = {f.name for f in fields(train.Run) if f.metadata["resume_may_change"]} | set(want[0] if want else ())
+    its --seed and its row's stage, a sweep's LR its --lr) and otherwise the first one's flags and inputs (how
+    and where a run ran, its device or paths, may differ; not how long: --max-steps, --max-minutes), else a
+    mean or a sweep would mix experiments."""
+    may = {f.name for f in fields(train.Run) if f.metadata["resume_may_change"]} - {"max_steps", "max_minutes"}
+    may |= set(want[0] if want else ())
     first = None
     for d, w in zip(dirs, want):
         args, made = peek_args(best := os.path.join(d, "best.pt")), peek_args(best, "made_from")
         if bad := next((k for k, v in w.items() if args.get(k) != v), None):
             raise DataError(f"{best}: trained with --{bad.replace('_', '-')} {args.get(bad)!r:.40}, not {w[bad]}"
                             " as its directory says (or unreadable)")
-        changed = changed_flags(first[1], args, may) + [f"other rows (digest {made.get('rows')!r:.20})"] * (
-            made.get("rows") != first[2]) if first else []
+        changed = changed_flags(first[1], args, may) + [  # (a joint run's CF run and adapter are its seed's own)
+            f"other {k} (digest {made.get(k)!r:.20})" for k in made_from_changes(first[2], made)
+            if k not in ("cf", "adapter")] if first else []
         if changed:
             raise DataError(f"{d} and {first[0]} differ in more than {', '.join(w)}: {'; '.join(changed)[:300]}; "
                             "a row's runs must share their flags and data (train it again, or use another root)")
-        first = first or (d, args, made.get("rows"))
+        first = first or (d, args, made)
 
 
 def table_runs(root, stages):
@@ -153,8 +156,8 @@ def table_runs(root, stages):
                                 "wrote (e.g. runs/table_ml1m)")
     dirs = {s: [d for k in seeds if os.path.isdir(d := os.path.join(root, f"seed{k}", s))] for s in stages}
     runs = {s: ds for s, ds in dirs.items() if ds}
-    for ds in runs.values():
-        check_alike(ds, [dict(seed=int(os.path.basename(os.path.dirname(d))[4:])) for d in ds])
+    for s, ds in runs.items():  # (a directory's name is no proof of the stage or seed that made it)
+        check_alike(ds, [dict(seed=int(os.path.basename(os.path.dirname(d))[4:]), stage=s) for d in ds])
     return seeds, runs, {s: mean_std([read_metrics(d) for d in ds], ds) for s, ds in runs.items()}
 
 

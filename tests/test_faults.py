@@ -503,6 +503,13 @@ def test_drivers_and_run_dirs_write_only_where_they_should(root, tmp_path, capsy
     (tmp_path / "into").symlink_to(tmp_path / "victim_dir", target_is_directory=True)
     with pytest.raises(runs.RunError, match="symbolic link"):  # --collect's --into, as --plot's
         report.collect([str(tmp_path / "icl")], str(tmp_path / "into"))
+    (tmp_path / "victim_dir" / "inner").mkdir(parents=True)  # "link/..": the link target's parent, not link's
+    (tmp_path / "lk").mkdir()
+    (tmp_path / "lk" / "L").symlink_to(tmp_path / "victim_dir" / "inner", target_is_directory=True)
+    with pytest.raises(runs.RunError, match="'..' after a symbolic link"):
+        report.collect([str(tmp_path / "icl")], str(tmp_path / "lk" / "L" / ".."))
+    assert datainfo.main(["ml1m", "--data-dir", str(root), "--export", str(tmp_path / "lk" / "L" / ".." / "e.jsonl")]) == 2
+    assert "after a symbolic link" in one_error_line(capsys) and os.listdir(tmp_path / "victim_dir") == ["inner"]
     unclosed = "<!-- file x.md -->\n" + "<!-- file " * 1000 + "\n<!-- file y.md -->\nz <!-- /generated -->\n"
     assert report.render_readme(unclosed, str(tmp_path)) == unclosed  # no closer on a line of its own: as it was
     (tmp_path / "tiny-llm").mkdir()  # --runs inside the data; a tiny-llm of someone else's files is kept
@@ -1362,7 +1369,7 @@ def test_eval_holds_the_run_it_rescores(root, tmp_path, capsys, monkeypatch):
     assert (out / "rescored.json").exists() and not list(out.glob("old-*")) and not (out / runs.LOCK).exists()
 
 
-def test_runs_of_other_flags_share_no_row_of_a_table_or_sweep(root, tmp_path, capsys):
+def test_runs_of_other_flags_share_no_row_of_a_table_or_sweep(root, tmp_path, capsys, tiny_llm):
     """report --table averaged seeds of other flags (and a seed1/ trained with --seed 0); a sweep's lr1e-3/
     trained at 0.05, or another stage's, showed as lr 1e-3."""
     table = tmp_path / "table"
@@ -1371,9 +1378,20 @@ def test_runs_of_other_flags_share_no_row_of_a_table_or_sweep(root, tmp_path, ca
     assert cf_run(root, table / "seed1" / "mf", "--seed", "1", "--lr", "0.01", "--overwrite") == 0
     capsys.readouterr()
     assert report.main(["--table", str(table)]) == 2
-    assert "differ in more than seed: --lr 0.01 (the run has 0.003)" in one_error_line(capsys)
+    assert "differ in more than seed, stage: --lr 0.01 (the run has 0.003)" in one_error_line(capsys)
     assert cf_run(root, table / "seed1" / "mf", "--overwrite") == 0  # --seed 0 in seed1/
     assert report.main(["--table", str(table)]) == 2 and "trained with --seed 0, not 1" in one_error_line(capsys)
+    assert cf_run(root, table / "seed1" / "mf", "--seed", "1", "--max-steps", "1", "--overwrite") == 0  # a smoke run
+    assert report.main(["--table", str(table)]) == 2 and "--max-steps 1 (the run has 0)" in one_error_line(capsys)
+    shutil.rmtree(table / "seed1")
+    assert cf_run(root, table / "seed0" / "sasrec") == 0  # an MF run in the SASRec row's folder
+    assert report.main(["--table", str(table)]) == 2 and "trained with --stage 'mf', not sasrec" in one_error_line(capsys)
+    shutil.rmtree(table / "seed0" / "sasrec")
+    icl = ["--stage", "icl", "--data-dir", str(root), "--limit", "40", "--threads", "1", "--runs", str(tmp_path)]
+    assert train.main([*icl, "--llm", "tiny", "--out", str(table / "seed0" / "icl")]) == 0
+    assert train.main([*icl, "--llm", str(tiny_llm), "--out", str(table / "seed1" / "icl"), "--seed", "1"]) == 0
+    capsys.readouterr()  # the same flags on another LLM
+    assert report.main(["--table", str(table)]) == 2 and "other backbone" in one_error_line(capsys)
     assert cf_run(root, tmp_path / "sweep" / "lr1e-3", "--lr", "0.05", "--stop-after", "1") == 0
     capsys.readouterr()
     assert report.main(["--sweep", str(tmp_path / "sweep")]) == 2

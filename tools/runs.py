@@ -182,6 +182,8 @@ def refuse_link(path):
     """Nothing is written through a symbolic link planted where a run writes: it could point anywhere."""
     if os.path.islink(os.path.normpath(path)):  # ("link/" and "link/." are the folder it points to, not a link)
         raise RunError(f"{path} is a symbolic link; refusing to write through it (remove it, or use another --out)")
+    if os.path.realpath(path) != os.path.realpath(os.path.normpath(path)):  # "link/..": the target's parent
+        raise RunError(f"{path}: a '..' after a symbolic link leads elsewhere than it reads; spell the path without it")
 
 
 def write_atomic(path, data: bytes):
