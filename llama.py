@@ -73,6 +73,8 @@ class LlamaConfig:
                              "implemented")
         if d.get("attention_bias") or d.get("mlp_bias"):
             raise ValueError("attention_bias/mlp_bias=true: biases in the projections are not implemented")
+        if d.get("attention_dropout"):  # (HF drops attention weights while training: the text stage would differ)
+            raise ValueError(f"attention_dropout={d['attention_dropout']!r:.20}: dropout in attention is not implemented")
         rope = d.get("rope_parameters") or {}
         scaling = d.get("rope_scaling")
         if scaling or rope.get("rope_type", rope.get("type", "default")) != "default":  # ("type": the older name)

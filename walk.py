@@ -21,7 +21,7 @@ import data
 import llama
 import train
 from sasrecllm import SASRec, SASRecLLM, cf_vectors, splice
-from tools import runs, sources
+from tools import limits, runs, sources
 from tools.runs import cli
 
 
@@ -81,6 +81,7 @@ def walk(args):
     text = data.prompt(ds, row, True, a.template)
     print(f"\n3. the prompt (data.prompt, the {a.template} template's collaborative form):\n    {text}")
     p = data.encode_prompt(text, tok, a.proj_token_num)
+    limits.check_positions(a, ds, model.llm.cfg, [p], [row])  # (past them, the LLM's scores mean nothing)
     print(f"\n4. token ids (data.encode_prompt): {len(p.ids)} tokens; <UserID> slots at {p.user_pos}, "
           f"<TargetItemID> slots at {p.item_pos} (placeholder id {tok.unk_id})")
     for name, pos in (("<UserID>", p.user_pos), ("<TargetItemID>", p.item_pos)):

@@ -1035,6 +1035,9 @@ def test_a_prompt_past_max_position_embeddings_is_refused_naming_the_row(tiny_ll
     assert llm_run(llm_parts, "icl", "--llm", str(d)) == 2
     err = one_error_line(capsys)
     assert "error: row 0 (user 1, item 2): its prompt is " in err and f"more than the 16 positions of --llm {d}" in err
+    root = llm_parts[0]  # walk.py scores one row's prompt: the same refusal, naming that row
+    assert walk.main(["--data-dir", str(root), "--llm", str(d), "--runs", str(tmp_path / "w"), "--row", "3"]) == 2
+    assert "error: row 3 (user 1, item 5): its prompt is " in one_error_line(capsys)
 
 
 def test_normal_runs_pass_the_estimates_easily(ml1m, monkeypatch):

@@ -117,9 +117,10 @@ def test_refuses_what_is_not_implemented():
                           ({"rope_scaling": {"type": "linear", "factor": 2.0}}, "rope scaling"),
                           ({"rope_parameters": {"rope_type": "llama3", "rope_theta": 5e5}}, "rope scaling"),
                           ({"rope_parameters": {"type": "linear", "factor": 4.0}}, "rope scaling"),  # (the older key)
-                          ({"attention_bias": True}, "bias")]:
+                          ({"attention_bias": True}, "bias"), ({"attention_dropout": 0.5}, "attention_dropout=0.5")]:
         with pytest.raises(ValueError, match=words):
             llama.LlamaConfig.from_dict({**base, **change})
+    assert llama.LlamaConfig.from_dict({**base, "attention_dropout": 0.0}).hidden_size == base["hidden_size"]
 
 
 # ----------------------------------------------------------------------------------------------

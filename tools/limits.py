@@ -268,18 +268,24 @@ def check_llm(a, cfg, cf=None):
          "parameters", a.device)
 
 
-def check_prompts(a, ds, cfg, prompts):
-    """Run a's prompts, before any batch is made: none longer than the LLM's max_position_embeddings
-    (positions it never trained on score silently wrong), and the activations of the longest batch,
-    padded to --pad-multiple, within the memory free (the weights are loaded by now)."""
+def check_positions(a, ds, cfg, prompts, rows):
+    """None of the prompts (of ds's rows) longer than the LLM's max_position_embeddings: positions it never
+    trained on score silently wrong."""
     lengths = np.array([len(p.ids) for p in prompts])
     over = np.flatnonzero(lengths > cfg.max_position_embeddings)
     if len(over):
-        r, k = int(over[0]), len(prompts[over[0]].user_pos)
+        r, k = int(rows[over[0]]), len(prompts[over[0]].user_pos)
         pseudo = f", {2 * k} of them pseudo-tokens" if k else ""
-        raise SizeError(f"row {r} (user {ds.user[r]}, item {ds.item[r]}): its prompt is {lengths[r]} tokens{pseudo}, "
-                        f"more than the {cfg.max_position_embeddings} positions of --llm {a.llm} "
+        raise SizeError(f"row {r} (user {ds.user[r]}, item {ds.item[r]}): its prompt is {lengths[over[0]]} tokens"
+                        f"{pseudo}, more than the {cfg.max_position_embeddings} positions of --llm {a.llm} "
                         f"(max_position_embeddings; {len(over)} such rows)")
+    return lengths
+
+
+def check_prompts(a, ds, cfg, prompts):
+    """Run a's prompts, before any batch is made: check_positions, and the activations of the longest batch,
+    padded to --pad-multiple, within the memory free (the weights are loaded by now)."""
+    lengths = check_positions(a, ds, cfg, prompts, range(len(prompts)))
     T = -(-int(lengths.max()) // a.pad_multiple) * a.pad_multiple
     D, I, L, nh = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers, cfg.num_attention_heads
     acts = [B * layers * (T * (12 * D + 4 * I) * 4 + nh * T * T * 10) for B, layers in

@@ -65,8 +65,8 @@ visible = lambda s: any(c.isprintable() and not c.isspace() for c in s)  # noqa:
 TITLE_MAX = 2000  # characters (ML-1M's longest title: 80, Amazon Gift Cards': 233)
 TITLE = _is(lambda s: visible(s) and len(s) <= TITLE_MAX, f"a title that is not blank, of at most {TITLE_MAX} "
             "characters", str.strip)  # (" Heat " and "Heat": one spelling in a prompt)
-NAME = _is(lambda v: isinstance(v, str) and v.strip() != "" and len(v) <= 200 and v.isprintable(),
-           "a non-empty string of at most 200 printable characters")  # (a NUL vanished in numpy's str arrays)
+NAME = _is(lambda v: isinstance(v, str) and v.strip() == v != "" and len(v) <= 200 and v.isprintable(),
+           "a non-empty string of at most 200 printable characters, no space at either end")  # ("A " is "A"?)
 TEXT = _is(lambda v: v is None or isinstance(v, str) and len(v) <= TITLE_MAX, f"a string of at most {TITLE_MAX} "
            "characters or null")
 NUMBER = _is(lambda v: type(v) in (int, float), "a number")  # not a bool
