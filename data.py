@@ -256,7 +256,7 @@ def cf_tensors(ds, rows, maxlen, next_item=False):
     key = ds.user[rows] * (ds.n_items + 1) + (h.end[rows] - h.start[rows])    # (user, history length)
     t["group"] = torch.from_numpy(np.unique(key, return_inverse=True)[1].ravel())
     if next_item:
-        t["seq"] = pad_left([ds.history[r] + [int(ds.item[r])] for r in rows], maxlen + 1)
+        t["seq"] = torch.cat([t["hist"], t["item"][:, None]], 1)  # (B, maxlen + 1): no list per row (quadratic)
     return t
 
 

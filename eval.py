@@ -105,8 +105,8 @@ def preds_table(path, scores):
     """Metrics of a prediction file's test rows (or all rows) and their seen/unseen/warm/cold parts."""
     d = sources.read_preds(path)
     test = d["split"] == "test" if "split" in d else np.ones(len(d["user"]), dtype=bool)
-    if not test.any():
-        raise ValueError(f"{path}: no test rows")
+    if (likes := int(d["label"][test].sum())) in (0, test.sum()):  # (AUC is undefined on one class)
+        raise ValueError(f"{path}: {test.sum()} test rows, {likes} of them liked; expected likes and dislikes")
     s = d["score"]
     if scores == "probs":
         if s.min() < 0 or s.max() > 1:

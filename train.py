@@ -54,6 +54,9 @@ PATHS = ("data_dir", "reviews", "meta", "out", "runs", "llm", "tokenizer", "cf_c
 _TRAINED = ("sasrec", "mf", "ncf", "gru4rec")
 READS = {  # the flags that only some stages read (the others every stage), checked as typed (parse_args)
     **dict.fromkeys(("dim", "dropout"), _TRAINED), **dict.fromkeys(("layers", "heads", "no_bias", "objective"), ("sasrec",)),
+    # what is learned, and how (a budget, --max-epochs or --max-steps, any stage takes: a table's rows share one)
+    **dict.fromkeys(("lr", "wd", "batch_size", "warmup_epochs", "clip"), _TRAINED + ("text", "joint")),
+    "maxlen": ("sasrec", "gru4rec", "joint"),
     **dict.fromkeys(("llm", "template", "tokenizer", "dtype", "pad_multiple", "eval_batch_size", "compile",
                      "iters_per_epoch"), LLM_STAGES),
     **dict.fromkeys(("lora_r", "lora_alpha", "lora_dropout"), ("text",)),
@@ -164,7 +167,7 @@ class Run:
             self.lora = self.lora or os.path.join(self.runs, "text", "adapter")
         self.data_dir = self.data_dir or data.DATA_DIR
         for k in PATHS:  # recorded as absolute paths: a run means the same files from any directory
-            if getattr(self, k) not in (None, "tiny"):
+            if getattr(self, k) is not None and (k, getattr(self, k)) != ("llm", "tiny"):  # (--out tiny: a folder)
                 setattr(self, k, os.path.abspath(getattr(self, k)))
 
 

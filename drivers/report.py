@@ -57,7 +57,7 @@ def render_readme(text, root="."):
                 raise ValueError(f"{spec.strip()[:80]}: a file the README embeds holds a marker line of its own")
             return text
         head, *rows = [field.strip() for field in spec.split("|")]
-        part, *flags = head.split()  # "test", or "test norel" for a table without Rel.Imp.
+        part, *flags = head.split() or [""]  # "test", or "test norel" for a table without Rel.Imp.
         table = []
         for row in rows:
             if ":" not in row:
@@ -66,8 +66,8 @@ def render_readme(text, root="."):
             paths = [p.strip() for p in paths.split("+")]
             ms = [read_metrics_file(inside(p, ".json")) for p in paths]
             for p, m in zip(paths, ms):
-                if not isinstance(m, dict) or part not in m:
-                    raise ValueError(f"{p}: no '{part}' section")
+                if not isinstance(m, dict) or not isinstance(m.get(part), dict):  # (best_epoch is a number)
+                    raise ValueError(f"{p}: no '{part}' section of metrics; a README table marker names one (test...)")
             table.append((label, ms[0][part] if len(ms) == 1 else mean_std(ms, paths)[part]))
         return markdown_table(table, rel="norel" not in flags)
     # line by line, each marker's closer found by bisection: a regex over the text rescanned it from every

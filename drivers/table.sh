@@ -61,8 +61,9 @@ for name in ROWS DATA LLM DEVICE SEEDS MINUTES PYTHON; do  # set but empty: no d
         exit 2
     fi
 done
-for name in LLM CF ${all_rows^^}; do  # flags no row of ROWS would read: refused, not ignored
-    case $name in LLM) want="icl text joint" ;; CF) want="mf ncf gru4rec sasrec" ;; *) want=${name,,} ;; esac
+for name in LLM CF SHUFFLE ${all_rows^^}; do  # flags no row of ROWS would read: refused, not ignored
+    case $name in LLM) want="icl text joint" ;; CF) want="mf ncf gru4rec sasrec" ;; SHUFFLE) want=joint ;;
+        *) want=${name,,} ;; esac
     var=${name}_FLAGS hit=
     for w in $want; do [[ " $rows " == *" $w "* ]] && hit=1; done
     if [ -n "${!var:-}" ] && [ -z "$hit" ]; then
@@ -148,12 +149,13 @@ sys.exit(3 if bf16 and not r.native_bf16() else 0)' "$out/last.pt" "${flags[@]}"
         fi
     done
 done
-command="SEEDS=${SEEDS:-1} ROWS='$rows' LLM=${LLM:-tiny} DEVICE=${DEVICE:-cpu} LLM_FLAGS='${LLM_FLAGS:-}' CF_FLAGS='${CF_FLAGS:-}'"
+command="${DATA:+DATA=$DATA }SEEDS=${SEEDS:-1} ROWS='$rows' LLM=${LLM:-tiny} DEVICE=${DEVICE:-cpu} LLM_FLAGS='${LLM_FLAGS:-}' CF_FLAGS='${CF_FLAGS:-}'"
 for stage in $rows; do v=${stage^^}_FLAGS && [ -z "${!v:-}" ] || command+=" $v='${!v}'"; done
 command+=" bash drivers/table.sh $root $*"
 # Every call that trained rows here, in order (seed 0 of every row, then more seeds of a few, say): the table's recipe.
 grep -qxF -- "$command" "$root/commands.txt" 2>/dev/null || printf '%s\n' "$command" >>"$root/commands.txt"
-"$py" -m drivers.report --table "$root" --command "$(cat "$root/commands.txt")" --paper "${DATA:-ml1m}"
+paper=() && [ "${DATA:-ml1m}" != ml1m ] || paper=(--paper ml1m)  # (the paper's figures are ML-1M's only)
+"$py" -m drivers.report --table "$root" --command "$(cat "$root/commands.txt")" "${paper[@]}"
 if [[ " $rows " == *" joint "* ]] && [ ! -f "$root/shuffle_cf.md" ]; then
     read -ra shuffle <<<"${SHUFFLE_FLAGS:-}"
     "$py" "$repo/eval.py" "$root/seed0/joint" --shuffle-cf --device "${DEVICE:-cpu}" "${shuffle[@]}" >"$root/shuffle_cf.md.tmp"

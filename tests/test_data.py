@@ -602,9 +602,10 @@ def test_a_blank_title_is_an_error_on_its_line(tmp_path, title):
 
 
 @pytest.mark.parametrize("field, value, expected", [
-    ("reviewerID", None, "printable characters; got null"), ("reviewerID", 7, "printable characters; got 7"),
+    ("reviewerID", None, "either end; got null"), ("reviewerID", 7, "either end; got 7"),
     ("reviewerID", "", "a non-empty string"), ("reviewerID", " ", "a non-empty string"),
-    ("reviewerID", ..., "printable characters; it is missing"), ("asin", None, "printable characters; got null"),
+    ("reviewerID", "A ", 'no space at either end; got "A "'),  # ("A" is another user)
+    ("reviewerID", ..., "either end; it is missing"), ("asin", None, "either end; got null"),
     ("asin", ["i1"], "a non-empty string"), ("overall", True, "a number; got true"),
     ("overall", "5.0", "a number"), ("overall", None, "a number"),
     ("unixReviewTime", 1e20, "an integer 0..99999999999"), ("unixReviewTime", 10**20, "an integer 0"),

@@ -62,8 +62,9 @@ def root(tmp_path):
 
 
 def cf_run(root, out, *extra):
+    fitted = "--stage" in extra and extra[extra.index("--stage") + 1] in ("pop", "mc")  # (no epochs, no batches)
     return train.main(["--stage", "mf", "--data", "ml1m", "--data-dir", str(root), "--out", str(out),
-                       "--max-epochs", "2", "--batch-size", "16", "--threads", "1", *extra])
+                       *["--max-epochs", "2", "--batch-size", "16"] * (not fitted), "--threads", "1", *extra])
 
 
 def one_error_line(capsys):
@@ -126,6 +127,9 @@ def test_histories_share_one_array_and_match_a_brute_force(tmp_path):
         assert ds.history[r] == [i for i in liked if i <= r]
     assert ds.history[n] == []                            # user 2's only row
     torch.testing.assert_close(ds.history.padded([n - 1, n], 4), data.pad_left([ds.history[n - 1], []], 4))
+    rows = [0, 1, 5, n - 1, n]  # SASRec's next-item sequences from the shared array, as (history + [item])[-5:]
+    torch.testing.assert_close(data.cf_tensors(ds, rows, 4, next_item=True)["seq"],
+                               data.pad_left([ds.history[r] + [int(ds.item[r])] for r in rows], 5))
 
 
 @pytest.mark.parametrize("split, stage", [("train", "mf"), ("valid", "mf"), ("train", "text"), ("valid", "joint")])
@@ -522,6 +526,9 @@ def test_drivers_and_run_dirs_write_only_where_they_should(root, tmp_path, capsy
         train.backbone_dir(train.parse_args(icl + ["--runs", str(root / "ml1m")]), data.load("ml1m", root))
     assert bench.main(["--threads", "1000000"]) == 2 and "--threads 1000000" in one_error_line(capsys)
     assert [p.read_text() for p in tmp_path.glob("tiny-llm.old-*/notes.txt")] == ["keep me"]
+    for head in ("best_epoch", " "):  # a marker naming a number, or nothing, as its section: one line, no traceback
+        with pytest.raises(ValueError, match="section of metrics; a README table marker names one"):
+            report.render_readme(f"<!-- table {head} | a: icl/metrics.json -->\n<!-- /generated -->\n", str(tmp_path))
     with contextlib.chdir(tmp_path / "icl"):  # a run named "." is named by its folder, not "..json"
         report.collect(["."], str(tmp_path / "col"))
     assert os.listdir(tmp_path / "col") == ["icl.json"]
@@ -818,6 +825,11 @@ def test_prediction_files_say_what_they_hold(tmp_path, capsys):
                         ("1\t1\t1\t0.9\t1\tTest\n", "expected split train, valid or test, got 'Test'")):
         path.write_text((head if body.count("\t") == 4 else head.replace("\n", "\tsplit\n")) + body)
         capsys.readouterr()
+        assert ev.main(["--preds", str(path), "--scores", "logits"]) == 2 and words in one_error_line(capsys)
+    for body, words in (("1\t1\t1\t0.9\t1\ttest\n1\t2\t1\t0.2\t0\ttest\n1\t3\t0\t0.1\t0\tvalid\n",
+                         "2 test rows, 2 of them liked; expected likes and dislikes"),  # (it printed nan, exit 0)
+                        ("1\t1\t1\t0.9\t1\tvalid\n1\t2\t0\t0.1\t0\tvalid\n", "0 test rows, 0 of them liked")):
+        path.write_text(head.replace("\n", "\tsplit\n") + body)
         assert ev.main(["--preds", str(path), "--scores", "logits"]) == 2 and words in one_error_line(capsys)
 
 
@@ -1461,6 +1473,10 @@ def test_numerics_cost_writes_through_no_planted_link_and_says_why_it_failed(tmp
     (["--stage", "text", "--tokenizer", "t.model"], "--tokenizer: --stage text --llm checkpoints/TinyLlama-1.1B"),
     (["--stage", "mf", "--reviews", "r.json"], "--reviews: --stage mf --data ml1m does not read it"),
     (["--stage", "text", "--freeze-cf"], "--freeze-cf: --stage text does not read it"),
+    (["--stage", "pop", "--lr", "0.5"], "--lr: --stage pop does not read it"),  # fitted in closed form
+    (["--stage", "mc", "--batch-size", "3"], "--batch-size: --stage mc does not read it"),
+    (["--stage", "icl", "--wd", "5"], "--wd: --stage icl does not read it"),  # scored once, never trained
+    (["--stage", "mf", "--maxlen", "3"], "--maxlen: --stage mf does not read it"),  # no history in MF
     (["--stage", "all", "--objective", "next", "--template", "x"], "argument --template: invalid choice")])
 def test_a_flag_the_stage_does_not_read_is_refused(argv, words, capsys):
     """Accepted, recorded in the checkpoint and ignored: --dim 128 --lora-r 2 on a joint run gave the plain run's
@@ -1468,7 +1484,8 @@ def test_a_flag_the_stage_does_not_read_is_refused(argv, words, capsys):
     with contextlib.suppress(SystemExit):
         assert train.main(argv) == 2
     assert words in capsys.readouterr().err
-    for ok in (["--stage", "all", "--dim", "32", "--lora-r", "4", "--llm", "tiny"], ["--stage", "sasrec", "--dim", "32"]):
+    for ok in (["--stage", "all", "--dim", "32", "--lora-r", "4", "--llm", "tiny"], ["--stage", "sasrec", "--dim", "32"],
+               ["--stage", "icl", "--max-epochs", "6", "--patience", "6"], ["--stage", "gru4rec", "--maxlen", "9"]):
         train.parse_args(ok)  # a flag one of the chain's stages reads
 
 
@@ -1532,7 +1549,8 @@ def test_drivers_refuse_what_they_would_ignore_and_give_each_row_its_own_flags(t
     env = {**os.environ, "PYTHON": "true"}  # (no row trains: the commands are what is checked)
     for extra, words in (({"ROWS": ""}, "ROWS is set but empty"), ({"ROWS": "pop", "MF_FLAGS": "--lr 1"},
                          "MF_FLAGS is set, but ROWS (pop) holds none of the rows it is for (mf)"),
-                         ({"ROWS": "pop", "LLM_FLAGS": "--compile"}, "LLM_FLAGS is set, but ROWS (pop) holds none")):
+                         ({"ROWS": "pop", "LLM_FLAGS": "--compile"}, "LLM_FLAGS is set, but ROWS (pop) holds none"),
+                         ({"ROWS": "pop", "SHUFFLE_FLAGS": "--test-only"}, "SHUFFLE_FLAGS is set, but ROWS (pop)")):
         out = subprocess.run(["bash", "drivers/table.sh", str(tmp_path / "t")], cwd=ROOT, capture_output=True,
                              text=True, env={**env, **extra})
         assert out.returncode == 2 and words in out.stderr, (extra, out.stderr)
@@ -1541,6 +1559,14 @@ def test_drivers_refuse_what_they_would_ignore_and_give_each_row_its_own_flags(t
                              text=True, env={**env, "ROWS": rows, "CF_FLAGS": "--dim 32"})  # (a row not run stops it)
         first = out.stdout.splitlines()[0]
         assert want in first and first.count("--dim") == (rows == "mf"), out.stdout
+    (tmp_path / "ml" / "seed0" / "pop").mkdir(parents=True)  # a finished row; the report's call is written down
+    (tmp_path / "ml" / "seed0" / "pop" / "metrics.json").write_text("{}")
+    (tmp_path / "py").write_text(f"#!/bin/sh\necho \"$@\" >> {tmp_path / 'calls'}\n")
+    (tmp_path / "py").chmod(0o755)
+    out = subprocess.run(["bash", "drivers/table.sh", str(tmp_path / "ml")], cwd=ROOT, capture_output=True, text=True,
+                         env={**env, "ROWS": "pop", "DATA": "movielens", "PYTHON": str(tmp_path / "py")})
+    assert out.returncode == 0 and "--paper" not in (tmp_path / "calls").read_text(), out.stderr  # ML-1M's figures
+    assert (tmp_path / "ml" / "commands.txt").read_text().startswith("DATA=movielens SEEDS=1 ROWS='pop'")
     for argv, words in ((["--check-readme", "R.md", "--collect", "X"], "--collect and --check-readme: one at a time"),
                         (["--readme", "R.md", "--into", "X"], "--into: read by --collect and --plot alone"),
                         (["--table", "T", "--paper", "ML-1M"], "argument --paper: invalid choice")):

@@ -198,6 +198,11 @@ def test_a_run_reads_the_same_from_any_directory(root, tmp_path, capsys, monkeyp
     err = one_error_line(capsys)
     assert "tiny-llm/config.json not found: the run's tiny backbone is missing" in err
     assert os.listdir(elsewhere) == [] and not (made / "runs" / "tiny-llm").exists()
+    shutil.copytree(root, made / "tiny")  # a data root (or --out) named tiny is a folder like any other
+    monkeypatch.chdir(made)
+    assert train.main(["--stage", "mf", *common[:2], "--data-dir", "tiny", "--out", "tiny2", "--max-epochs", "1"]) == 0
+    monkeypatch.chdir(elsewhere)
+    assert ev.main([str(made / "tiny2")]) == 0
     with pytest.raises(FileNotFoundError, match="nowhere not found"):
         runs.files_digest(str(tmp_path / "nowhere"))
 
