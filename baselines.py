@@ -1,9 +1,8 @@
 """The conventional recommenders of the paper's Table 1 (CRM rows), besides SASRec.
 
-Every model scores a (user, liked-item history, target item) triple with one logit,
-forward(user, hist, item) -> (B,), hist (B, T) left-padded with item id 0. MF, NCF and GRU4Rec
-share the rest of SASRec's interface (what the joint stage's CF encoder needs):
-user_embedding(user, hist) -> (B, d), item_embedding(item) -> (B, d), attribute `dim`.
+Every model scores a (user, liked-item history, target item) triple with one logit, forward(user, hist, item) -> (B,),
+hist (B, T) left-padded with item id 0. MF, NCF and GRU4Rec share the rest of SASRec's interface (what the joint stage's
+CF encoder needs): user_embedding(user, hist) -> (B, d), item_embedding(item) -> (B, d), attribute `dim`.
 - Pop: smoothed like-rates of the user and of the item, fitted from train counts.
 - MF: matrix factorization with biases (Koren et al. 2009).
 - NCF: NeuMF, GMF plus an MLP (He et al. 2017).
@@ -21,8 +20,7 @@ def _logit(p):
 
 
 def _smoothed_rate(index, label, size, prior, strength):
-    """(positives + strength * prior) / (count + strength) per id in [0, size): a Beta-prior mean.
-    prior: a scalar, or one per id."""
+    """(positives + strength * prior) / (count + strength) per id in [0, size), prior a scalar or one per id."""
     pos = torch.zeros(size, dtype=torch.float64).index_add_(0, index, label.double())
     cnt = torch.zeros(size, dtype=torch.float64).index_add_(0, index, torch.ones_like(index, dtype=torch.float64))
     return (pos + strength * prior) / (cnt + strength)
@@ -52,11 +50,10 @@ class Pop(nn.Module):
 
 
 class MC(nn.Module):
-    """First-order Markov chain (Rendle, Freudenthaler & Schmidt-Thieme, "Factorizing
-    Personalized Markov Chains for Next-Basket Recommendation", WWW 2010, the MC part). The state
-    is the user's last liked item j; target i scores the log-odds of a like for the transition
-    j -> i, from the train rows with that (last liked, target) pair, smoothed toward the target's
-    own like-rate, itself smoothed toward the global rate r:
+    """First-order Markov chain (Rendle, Freudenthaler & Schmidt-Thieme, "Factorizing Personalized Markov Chains for
+    Next-Basket Recommendation", WWW 2010, the MC part). The state is the user's last liked item j; target i scores
+    the log-odds of a like for the transition j -> i, from the train rows with that (last liked, target) pair,
+    smoothed toward the target's own like-rate, itself smoothed toward the global rate r:
         r_i    = (pos_i + a r) / (n_i + a)
         r_{ji} = (pos_{ji} + b r_i) / (n_{ji} + b)
     in a dense (n_items+1)^2 table (fine for ML-1M's 3.3k items). The textbook chain, log P(i | j),
@@ -84,8 +81,7 @@ class MC(nn.Module):
 class MF(nn.Module):
     """Matrix factorization with biases, trained pointwise with BCE on the like label:
         logit = <p_u, q_i> + b_u + b_i + b
-    (Koren, Bell & Volinsky, "Matrix Factorization Techniques for Recommender Systems",
-    IEEE Computer 2009)."""
+    (Koren, Bell & Volinsky, "Matrix Factorization Techniques for Recommender Systems", IEEE Computer 2009)."""
 
     def __init__(self, n_users, n_items, dim=64):
         super().__init__()

@@ -15,9 +15,8 @@ from tools.sources import read_json
 
 
 class AnswerIds:
-    """yes_id and no_id, the two tokens the score reads, for a tokenizer with encode(text, bos),
-    pieces(ids) and path: ANSWERS as the tokenizer sees them after "#Answer:", looked up in its
-    own files, never a constant."""
+    """yes_id and no_id, the two tokens the score reads, for a tokenizer with encode(text, bos), pieces(ids) and
+    path: ANSWERS as the tokenizer sees them after "#Answer:", looked up in its own files, never a constant."""
     ANSWERS = ("Yes", "No")
 
     def word_id(self, word: str) -> int:
@@ -40,8 +39,7 @@ class AnswerIds:
 # GPT-2's reversible byte -> character map (its bytes_to_unicode): printable Latin-1 bytes stand for
 # themselves; the other 68 (space, controls...) move to chr(256 + k) in byte order, so " " is "Ġ"
 # and "\n" is "Ċ". Vocabulary entries and merges are written in these characters.
-PRINTABLE = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
-             *range(ord("®"), ord("ÿ") + 1)]
+PRINTABLE = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
 MOVED = [b for b in range(256) if b not in PRINTABLE]
 BYTE_TO_CHAR = {b: chr(b) for b in PRINTABLE} | {b: chr(256 + k) for k, b in enumerate(MOVED)}
 CHAR_TO_BYTE = {c: b for b, c in BYTE_TO_CHAR.items()}
@@ -91,12 +89,11 @@ def gpt2_split(text: str, kinds: str) -> list:
 
 
 class BPETokenizer(AnswerIds):
-    """Byte-level BPE with llama.Tokenizer's interface. From tokenizer.json: model.vocab, model.merges
-    (highest priority first), added_tokens (matched whole in the raw text before anything else, as
-    HF does), pre_tokenizer (ByteLevel, alone or after Digits: the hub's SmolLM2 file has both);
-    options not implemented here are refused, not ignored. tokenizer_config.json names bos/eos/unk.
-    SmolLM2's post_processor adds no special token, so encode(text, bos=False) is HF's ids; bos=True
-    prepends bos_id, as Tokenizer does (SmolLM2's <|im_start|>, which opens every turn it saw)."""
+    """Byte-level BPE with llama.Tokenizer's interface. From tokenizer.json: model.vocab, model.merges (highest priority
+    first), added_tokens (matched whole in the raw text before anything else, as HF does), pre_tokenizer (ByteLevel,
+    alone or after Digits: the hub's SmolLM2 file has both); options not implemented here are refused, not ignored.
+    tokenizer_config.json names bos/eos/unk. SmolLM2's post_processor adds no special token, so encode(text, bos=False)
+    is HF's ids; bos=True prepends bos_id, as Tokenizer does (SmolLM2's <|im_start|>, which opens every turn it saw)."""
 
     def __init__(self, path):
         self.path = Path(path)
@@ -168,8 +165,7 @@ class BPETokenizer(AnswerIds):
         merges = [m.split(" ") if isinstance(m, str) else m for m in model["merges"]]  # "a b" or ["a", "b"]
         self.ranks = {tuple(m): rank for rank, m in enumerate(merges)}
         for m in merges:  # each merge's two parts and its result are tokens (HF refuses the file too)
-            lost = [t for t in [*m, "".join(m)] if t not in self.vocab] if len(m) == 2 else ["(not a pair)"]
-            if lost:
+            if lost := [t for t in [*m, "".join(m)] if t not in self.vocab] if len(m) == 2 else ["(not a pair)"]:
                 raise ValueError(f"{self.path}: merge {' '.join(m)!r} needs {lost[0]!r}, not in model.vocab")
         self.added = {t["content"]: t["id"] for t in added}
         if clash := next((t for t, i in self.added.items() if self.vocab.get(t, i) != i), None):  # (HF: the vocab's)

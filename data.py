@@ -2,9 +2,8 @@
 
 Follows the paper "When Transformers Meet Recommenders: Integrating Self-Attentive Sequential
 Recommendation with Fine-Tuned LLMs":
-- Sec. 3.1, problem formulation: each sample is (user u, item i, label y), y = 1 when the user
-  rated the item >= 4 ("liked"), and the user's history is the items u liked before this one,
-  oldest first.
+- Sec. 3.1, problem formulation: each sample is (user u, item i, label y), y = 1 when the user rated the item >= 4
+  ("liked"), and the user's history is the items u liked before this one, oldest first.
 - Sec. 3.1.3.1, prompt construction: a fixed template that lists the last 10 liked titles and the
   target title; the SASRecLLM variant adds <UserID> and <TargetItemID> markers where the model
   later splices projected collaborative embeddings (k = proj_token_num slots per marker).
@@ -88,11 +87,9 @@ class Dataset:
 
 
 def require_both_labels(ds, split):
-    """Refuse a split that holds one class: a classifier learns nothing from it, and the CF
-    models' start (Pop's like-rate log-odds) is infinite there."""
+    """Refuse a one-class split: a classifier learns nothing there, and the CF start (Pop's log-odds) is infinite."""
     rows = ds.idx(split)
-    likes = int(ds.label[rows].sum())
-    if likes in (0, len(rows)):
+    if (likes := int(ds.label[rows].sum())) in (0, len(rows)):
         raise DataError(f"{ds.source}: the {split} split holds only {'likes' if likes else 'dislikes'} "
                         f"({len(rows)} rows); expected both likes and dislikes (a small --limit can cut one away)")
 
@@ -113,8 +110,7 @@ def make_dataset(name, domain, user, item, label, timestamp, split, titles, sour
     """Checks the splits, then derives the seen / warm flags and every row's history."""
     for s in SPLITS:
         if not np.any(split == s):
-            raise DataError(f"{source}: split {s!r} is empty; expected rows in each of "
-                            f"{', '.join(SPLITS)}")
+            raise DataError(f"{source}: split {s!r} is empty; expected rows in each of {', '.join(SPLITS)}")
     n_users, n_items = int(user.max()), int(item.max())
     seen, warm = seen_warm(user, item, split, n_users, n_items)
 
@@ -135,9 +131,8 @@ def make_dataset(name, domain, user, item, label, timestamp, split, titles, sour
     user_start = before[first][np.cumsum(first) - 1]           # (N,) where that user's likes begin
     start, end = np.empty(len(user), dtype=np.int64), np.empty(len(user), dtype=np.int64)
     start[order], end[order] = user_start, before
-    return Dataset(name=name, domain=domain, user=user, item=item, label=label,
-                   timestamp=timestamp, split=split, titles=titles, n_users=n_users,
-                   n_items=n_items, history=Histories(liked, start, end),
+    return Dataset(name=name, domain=domain, user=user, item=item, label=label, timestamp=timestamp, split=split,
+                   titles=titles, n_users=n_users, n_items=n_items, history=Histories(liked, start, end),
                    seen=seen, warm=warm, source=source, notes=list(notes))
 
 
@@ -145,12 +140,10 @@ def load(name, data_dir=None, split=None, reviews=None, meta=None):
     """Loads "ml1m" (CoLLM's fixed month split), "movielens" or "amazon". split: "months" (CoLLM's
     windows; ml1m's and movielens' default) or "ratio" (the paper's chronological 8:1:1, Amazon's
     default: Amazon Book starts in 1996, so month windows counted from its start hold no rows)."""
-    data_dir = data_dir or DATA_DIR
-    split = split or ("ratio" if name == "amazon" else "months")
+    data_dir, split = data_dir or DATA_DIR, split or ("ratio" if name == "amazon" else "months")
     if name == "ml1m":
         if split != "months":
-            raise DataError(f"ml1m is CoLLM's fixed month split; --split {split} needs the raw "
-                            "files: load 'movielens'")
+            raise DataError(f"ml1m is CoLLM's fixed month split; --split {split} needs the raw files: load 'movielens'")
         return make_dataset(**sources.load_ml1m(data_dir))
     if name == "movielens":
         return make_dataset(**sources.load_movielens(data_dir, split))
@@ -296,11 +289,10 @@ def encode_prompts(ds, rows, tok, collab, proj_token_num=1, template="paper"):
 
 
 def prompt_batch(ds, prompts, rows, maxlen=25, cf_rows=None, pad_multiple=1, n_global=None):
-    """The LLM's Batch for rows: their prompts (prompts[r], from encode_prompt) as tensors and, for
-    collaborative prompts, the CF encoder's inputs, from cf_rows when given (the --shuffle-cf
-    ablation: other rows' users and items, each prompt its own text). Left padding (to the longest
-    prompt, rounded up to a multiple of pad_multiple) makes the last position every row's answer
-    slot and shifts the marker slots right by the row's padding."""
+    """The LLM's Batch for rows: their prompts (prompts[r], from encode_prompt) as tensors and, for collaborative
+    prompts, the CF encoder's inputs, from cf_rows when given (the --shuffle-cf ablation: other rows' users and
+    items, each prompt its own text). Left padding (to the longest prompt, rounded up to a multiple of pad_multiple)
+    makes the last position every row's answer slot and shifts the marker slots right by the row's padding."""
     rows = np.asarray(rows, dtype=np.int64)
     batch = [prompts[r] for r in rows]
     T = -(-max(len(p.ids) for p in batch) // pad_multiple) * pad_multiple
@@ -321,14 +313,11 @@ def prompt_batch(ds, prompts, rows, maxlen=25, cf_rows=None, pad_multiple=1, n_g
 def bucket_batches(lengths, batch_size, shuffle, seed=0):
     """Batches of indices with similar lengths, so left padding stays small: sort by length (ties
     shuffled if shuffle), cut into batch_size, then shuffle the batches. Each index appears once."""
-    lengths = np.asarray(lengths)
-    rng = np.random.default_rng(seed)
+    lengths, rng = np.asarray(lengths), np.random.default_rng(seed)
     idx = rng.permutation(len(lengths)) if shuffle else np.arange(len(lengths))
     idx = idx[np.argsort(lengths[idx], kind="stable")]
     batches = [idx[s:s + batch_size].tolist() for s in range(0, len(idx), batch_size)]
-    if shuffle:
-        batches = [batches[j] for j in rng.permutation(len(batches))]
-    return batches
+    return [batches[j] for j in rng.permutation(len(batches))] if shuffle else batches
 
 
 def epoch_groups(lengths, batch_size, seed, epoch, iters_per_epoch=0):
@@ -366,10 +355,9 @@ class PromptBatches:
 
 
 def data_slice(ds, limit=0, valid_rows=0):
-    """The first `limit` rows of each split (row order), for smoke tests; and/or a fixed random
-    `valid_rows` of the valid split (early stopping on a subset, to save a real LLM's time).
-    Histories are the full data's, so a row reads the same prompt as in the whole data set; seen and warm
-    count the train rows kept."""
+    """The first `limit` rows of each split (row order), for smoke tests; and/or a fixed random `valid_rows` of the
+    valid split (early stopping on a subset, to save a real LLM's time). Histories are the full data's, so a row
+    reads the same prompt as in the whole data set; seen and warm count the train rows kept."""
     parts = {s: ds.idx(s)[:limit] if limit else ds.idx(s) for s in SPLITS}
     if valid_rows:  # the same subset whatever the run's --seed
         parts["valid"] = np.random.default_rng(0).permutation(parts["valid"])[:valid_rows]

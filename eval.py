@@ -34,7 +34,7 @@ def finished_run(run_dir, data_dir=None, device=None, dtype=None, hold=None):
         raise FileNotFoundError(f"{run_dir}: no such run directory (train.py --out DIR writes one)")
     if hold:
         runs.refuse_link(run_dir)  # (its lock and re-score would land wherever it points)
-        hold.enter_context(runs.holding(run_dir))
+        hold.callback(runs.unlock, *runs.lock(run_dir))
     elif (holder := runs.live_lock(run_dir)) is not None:  # ({}: held, its holder unreadable)
         raise runs.RunError(runs.busy_message(run_dir, holder))
     read_metrics(run_dir)  # unfinished runs have none
@@ -166,10 +166,9 @@ def main(argv=None):
         ap.error(f"--into keeps a plain re-score; {modes[0]} prints its table")
     if args.fuse and (args.device or args.dtype or args.test_only):
         ap.error("--fuse reads both runs as they were trained, on valid and test: no --device, --dtype or --test-only")
-    unread = [f"--{k.replace('_', '-')}" for k, v in vars(args).items() if v != ap.get_default(k) and not (
-        k in ("run", "preds", "scores") and args.preds or k not in ("preds", "scores", "repeats") and args.run or
-        k == "repeats" and (args.shuffle_cf or args.shuffle_text))]  # (each mode's own; the rest was ignored)
-    if unread:
+    if unread := [f"--{k.replace('_', '-')}" for k, v in vars(args).items() if v != ap.get_default(k) and not (
+            k in ("run", "preds", "scores") and args.preds or k not in ("preds", "scores", "repeats") and args.run or
+            k == "repeats" and (args.shuffle_cf or args.shuffle_text))]:  # (each mode's own; the rest was ignored)
         ap.error(f"{', '.join(unread)}: not read {'with --preds' if args.preds else 'by this mode'}")
     if args.run:  # in the numerics the run was trained in (runs.numerics), before torch's first op
         saved = [runs.peek_args(os.path.join(r, "best.pt")) for r in (args.run, args.fuse) if r]

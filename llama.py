@@ -1,20 +1,17 @@
 """A hand-written Llama (TinyLlama-1.1B and friends) that loads Hugging Face checkpoints as they are.
 
-SASRecLLM (the paper this repository follows, Section 3.2) fine-tunes TinyLlama-1.1B with LoRA and
-reads the answer from two logits: "Yes" and "No" at the last prompt position. This file is that
-backbone, from leaves to root:
+SASRecLLM (the paper this repository follows, Section 3.2) fine-tunes TinyLlama-1.1B with LoRA and reads the answer
+from two logits: "Yes" and "No" at the last prompt position. This file is that backbone, from leaves to root:
 
     RMSNorm -> decoder Block (grouped-query attention with RoPE, SwiGLU MLP) -> Llama -> loading
 
-References: Touvron et al. 2023, "Llama 2" (architecture); Su et al. 2021, "RoFormer" (RoPE, here
-in the rotate-half layout of HF transformers, so HF q/k weights load without any permutation);
-Ainslie et al. 2023, "GQA" (TinyLlama: 32 query heads share 4 key/value heads).
-Module names copy HF's (`model.layers.N.self_attn.q_proj` ...), so `model.safetensors` keys load
-with no mapping table, and tests/test_llama.py checks the logits against transformers. The
-sentencepiece tokenizer is here, byte-level BPE in bpe.py; random checkpoints, in tools/backbones.py.
+References: Touvron et al. 2023, "Llama 2" (architecture); Su et al. 2021, "RoFormer" (RoPE, here in the rotate-half
+layout of HF transformers, so HF q/k weights load without any permutation); Ainslie et al. 2023, "GQA" (TinyLlama:
+32 query heads share 4 key/value heads). Module names copy HF's (`model.layers.N.self_attn.q_proj` ...), so
+`model.safetensors` keys load with no mapping table, and tests/test_llama.py checks the logits against transformers.
+The sentencepiece tokenizer is here, byte-level BPE in bpe.py; random checkpoints, in tools/backbones.py.
 
-Shape letters: B batch, T sequence, D hidden size, nh query heads, nkv key/value heads,
-hs head size, V vocabulary.
+Shape letters: B batch, T sequence, D hidden size, nh query heads, nkv key/value heads, hs head size, V vocabulary.
 """
 import json
 import re
@@ -75,8 +72,7 @@ class LlamaConfig:
             raise ValueError("attention_bias/mlp_bias=true: biases in the projections are not implemented")
         if d.get("attention_dropout"):  # (HF drops attention weights while training: the text stage would differ)
             raise ValueError(f"attention_dropout={d['attention_dropout']!r:.20}: dropout in attention is not implemented")
-        rope = d.get("rope_parameters") or {}
-        scaling = d.get("rope_scaling")
+        rope, scaling = d.get("rope_parameters") or {}, d.get("rope_scaling")
         if scaling or rope.get("rope_type", rope.get("type", "default")) != "default":  # ("type": the older name)
             raise ValueError(f"rope scaling ({scaling or rope}) is not implemented; only plain RoPE is")
         theta = d.get("rope_theta", rope.get("rope_theta", 10000.0))
@@ -86,22 +82,15 @@ class LlamaConfig:
         eos = d.get("eos_token_id", 2)  # HF allows a list of ids; decoding stops at the first
         kv = d.get("num_key_value_heads")
         return cls(
-            vocab_size=d["vocab_size"],
-            hidden_size=d["hidden_size"],
-            intermediate_size=d["intermediate_size"],
-            num_hidden_layers=d["num_hidden_layers"],
-            num_attention_heads=d["num_attention_heads"],
-            num_key_value_heads=d["num_attention_heads"] if kv is None else kv,
-            head_dim=d.get("head_dim") or 0,
-            rms_norm_eps=d.get("rms_norm_eps", 1e-6),
-            rope_theta=theta,
+            vocab_size=d["vocab_size"], hidden_size=d["hidden_size"], intermediate_size=d["intermediate_size"],
+            num_hidden_layers=d["num_hidden_layers"], num_attention_heads=d["num_attention_heads"],
+            num_key_value_heads=d["num_attention_heads"] if kv is None else kv, head_dim=d.get("head_dim") or 0,
+            rms_norm_eps=d.get("rms_norm_eps", 1e-6), rope_theta=theta,
             max_position_embeddings=d.get("max_position_embeddings", 2048),
             tie_word_embeddings=d.get("tie_word_embeddings", False),
-            torch_dtype=d.get("dtype") or d.get("torch_dtype") or "float32",
-            bos_token_id=d.get("bos_token_id", 1),
+            torch_dtype=d.get("dtype") or d.get("torch_dtype") or "float32", bos_token_id=d.get("bos_token_id", 1),
             eos_token_id=eos[0] if isinstance(eos, list) and eos and all(type(i) is int for i in eos) else eos,
-            initializer_range=d.get("initializer_range", 0.02),
-        )
+            initializer_range=d.get("initializer_range", 0.02))
 
     @classmethod
     def from_json(cls, path) -> "LlamaConfig":
@@ -116,7 +105,6 @@ class LlamaConfig:
 
 # ----------------------------------------------------------------------------------------------
 # Model, from leaves to root
-
 
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float):
@@ -133,20 +121,17 @@ class RMSNorm(nn.Module):
 
 
 def attention(q, k, v, mask):
-    """softmax(q k^T / sqrt(hs), masked) v. q, k, v: (B, nh, T, hs); mask: (B, 1, T, T) bool
-    (True = may attend), or None for plain causal attention."""
+    """softmax(q k^T / sqrt(hs), masked) v; q, k, v (B, nh, T, hs); mask (B, 1, T, T) bool (True: attend) or None."""
     if q.device.type == "cpu" and q.dtype == torch.bfloat16 and torch.is_grad_enabled():
         return attention_written_out(q, k, v, mask)
-    if mask is None:  # no padding: the plain causal kernel (flash attention on GPU)
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    # no mask (no padding): the plain causal kernel (flash attention on GPU)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None)
 
 
 def attention_written_out(q, k, v, mask):
-    """The same as SDPA, as two matmuls and a softmax. Training in bf16 on the CPU takes this path:
-    autograd through these AMX matmuls runs faster than SDPA's flash-attention backward there
-    (results/README.md, the CPU bench). Scores are rounded to bf16 before the softmax, as in HF's
-    eager attention; the softmax itself runs in fp32."""
+    """The same as SDPA, as two matmuls and a softmax. Training in bf16 on the CPU takes this path: autograd through
+    these AMX matmuls runs faster than SDPA's flash-attention backward there (results/README.md, the CPU bench).
+    Scores are rounded to bf16 before the softmax, as in HF's eager attention; the softmax itself runs in fp32."""
     if mask is None:
         mask = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device).tril()
     s = (q * q.shape[-1] ** -0.5) @ k.transpose(-1, -2)           # (B, nh, T, T); scale the smaller side
@@ -154,77 +139,51 @@ def attention_written_out(q, k, v, mask):
     return torch.softmax(s, dim=-1, dtype=torch.float32).to(q.dtype) @ v
 
 
-class Attention(nn.Module):
-    """The attention sub-layer's weights; Block.forward uses them. A module of its own only so
-    that parameter names read `self_attn.q_proj` as in HF's checkpoints."""
-
-    def __init__(self, cfg: LlamaConfig):
-        super().__init__()
-        self.nh, self.nkv, self.hs = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
-        D = cfg.hidden_size
-        self.q_proj = nn.Linear(D, self.nh * self.hs, bias=False)
-        self.k_proj = nn.Linear(D, self.nkv * self.hs, bias=False)
-        self.v_proj = nn.Linear(D, self.nkv * self.hs, bias=False)
-        self.o_proj = nn.Linear(self.nh * self.hs, D, bias=False)
-
-
-class MLP(nn.Module):
-    """The SwiGLU sub-layer's weights (`mlp.gate_proj` ...); Block.forward uses them."""
-
-    def __init__(self, cfg: LlamaConfig):
-        super().__init__()
-        D, H = cfg.hidden_size, cfg.intermediate_size
-        self.gate_proj = nn.Linear(D, H, bias=False)
-        self.up_proj = nn.Linear(D, H, bias=False)
-        self.down_proj = nn.Linear(H, D, bias=False)
-
-
 class Block(nn.Module):
     """One decoder layer, read in one place: x + Attention(RMSNorm(x)), then x + SwiGLU(RMSNorm(x))."""
 
     def __init__(self, cfg: LlamaConfig):
         super().__init__()
-        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.self_attn = Attention(cfg)
-        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.mlp = MLP(cfg)
+        D, H, eps = cfg.hidden_size, cfg.intermediate_size, cfg.rms_norm_eps
+        self.nh, self.nkv, self.hs = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        q, kv = self.nh * self.hs, self.nkv * self.hs
+        # The sub-layers' weights, in ModuleDicts only so that names read `self_attn.q_proj` as in HF's checkpoints
+        self.input_layernorm = RMSNorm(D, eps)
+        self.self_attn = nn.ModuleDict(dict(q_proj=nn.Linear(D, q, bias=False), k_proj=nn.Linear(D, kv, bias=False),
+                                            v_proj=nn.Linear(D, kv, bias=False), o_proj=nn.Linear(q, D, bias=False)))
+        self.post_attention_layernorm = RMSNorm(D, eps)
+        self.mlp = nn.ModuleDict(dict(gate_proj=nn.Linear(D, H, bias=False), up_proj=nn.Linear(D, H, bias=False),
+                                      down_proj=nn.Linear(H, D, bias=False)))
 
     def forward(self, x, cos, sin, mask):
         # x: (B, T, D); cos, sin: (B, 1, T, hs); mask: (B, 1, T, T) bool, or None for no padding
-        a, m = self.self_attn, self.mlp
+        a, m, nh, nkv, hs = self.self_attn, self.mlp, self.nh, self.nkv, self.hs
         B, T, _ = x.shape
         h = self.input_layernorm(x)
-        q = a.q_proj(h).view(B, T, a.nh, a.hs).transpose(1, 2)    # (B, nh, T, hs)
-        k = a.k_proj(h).view(B, T, a.nkv, a.hs).transpose(1, 2)   # (B, nkv, T, hs)
-        v = a.v_proj(h).view(B, T, a.nkv, a.hs).transpose(1, 2)   # (B, nkv, T, hs)
+        q = a.q_proj(h).view(B, T, nh, hs).transpose(1, 2)    # (B, nh, T, hs)
+        k = a.k_proj(h).view(B, T, nkv, hs).transpose(1, 2)   # (B, nkv, T, hs)
+        v = a.v_proj(h).view(B, T, nkv, hs).transpose(1, 2)   # (B, nkv, T, hs)
         # RoPE, rotate-half: dimension i pairs with i + hs/2 (HF's layout, not Meta's 2i, 2i+1),
         # so that each pair turns by the angle of its frequency at the token's position.
         (q1, q2), (k1, k2) = q.chunk(2, dim=-1), k.chunk(2, dim=-1)
         q = q * cos + torch.cat((-q2, q1), dim=-1) * sin
         k = k * cos + torch.cat((-k2, k1), dim=-1) * sin
-        if a.nkv != a.nh:  # grouped-query attention: each kv head serves nh/nkv query heads
-            k, v = k.repeat_interleave(a.nh // a.nkv, dim=1), v.repeat_interleave(a.nh // a.nkv, dim=1)
+        if nkv != nh:  # grouped-query attention: each kv head serves nh/nkv query heads
+            k, v = k.repeat_interleave(nh // nkv, dim=1), v.repeat_interleave(nh // nkv, dim=1)
         y = attention(q, k, v, mask)                                 # (B, nh, T, hs)
-        x = x + a.o_proj(y.transpose(1, 2).reshape(B, T, a.nh * a.hs))   # (B, T, D)
+        x = x + a.o_proj(y.transpose(1, 2).reshape(B, T, nh * hs))   # (B, T, D)
         h = self.post_attention_layernorm(x)
         return x + m.down_proj(F.silu(m.gate_proj(h)) * m.up_proj(h))  # SwiGLU
-
-
-class LlamaModel(nn.Module):
-    """The decoder stack; its own class only so that parameter names read `model.layers.N...`."""
-
-    def __init__(self, cfg: LlamaConfig):
-        super().__init__()
-        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.num_hidden_layers))
-        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
 
 class Llama(nn.Module):
     def __init__(self, cfg: LlamaConfig):
         super().__init__()
         self.cfg = cfg
-        self.model = LlamaModel(cfg)
+        self.model = nn.ModuleDict(dict(  # the decoder stack; a ModuleDict so that names read `model.layers.N...`
+            embed_tokens=nn.Embedding(cfg.vocab_size, cfg.hidden_size),
+            layers=nn.ModuleList(Block(cfg) for _ in range(cfg.num_hidden_layers)),
+            norm=RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)))
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         if cfg.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
@@ -241,8 +200,7 @@ class Llama(nn.Module):
         dtype, x = x.dtype, x.float()
         B, T, _ = x.shape
         if attention_mask is None:
-            positions = torch.arange(T, device=x.device).expand(B, T)
-            mask = None
+            positions, mask = torch.arange(T, device=x.device).expand(B, T), None
         else:
             # Left padding: the first real token is position 0 whatever the padding before it.
             positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, T)
@@ -278,7 +236,6 @@ class Llama(nn.Module):
 # ----------------------------------------------------------------------------------------------
 # Loading
 
-
 def weight_files(ckpt_dir) -> list:
     """model.safetensors, or the shards that model.safetensors.index.json names."""
     ckpt_dir = Path(ckpt_dir)
@@ -302,8 +259,7 @@ def weight_files(ckpt_dir) -> list:
 
 
 def read_weights(files, dtype=None, device="cpu") -> dict:
-    """All tensors of the safetensors files (weight_files), each moved to dtype/device as soon as it is
-    read so only one copy of the weights exists."""
+    """All tensors of the safetensors files, each cast and moved as soon as it is read: one copy of the weights."""
     state = {}  # load_model then refuses a missing, unexpected or mis-shaped key, whichever shard held it
     for path in files:
         try:
@@ -326,8 +282,7 @@ def load_model(ckpt_dir, dtype=torch.float32, device="cpu") -> Llama:
     the meta device (no memory) and the tensors read from disk become its parameters directly
     (load_state_dict(assign=True)): one copy of the weights, never two."""
     ckpt_dir = Path(ckpt_dir)
-    cfg = LlamaConfig.from_json(ckpt_dir / "config.json")
-    files = weight_files(ckpt_dir)
+    cfg, files = LlamaConfig.from_json(ckpt_dir / "config.json"), weight_files(ckpt_dir)
     # The shapes in the files' headers first: a config.json that the weights contradict is named, not built.
     limits.check_checkpoint(cfg, ckpt_dir / "config.json", files, dtype, device)
     with torch.device("meta"):
@@ -341,11 +296,9 @@ def load_model(ckpt_dir, dtype=torch.float32, device="cpu") -> Llama:
                                   "embedding; set it false to use that lm_head, or drop it")
     expected = {k: v.shape for k, v in model.state_dict().items()
                 if not (cfg.tie_word_embeddings and k == "lm_head.weight")}
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    if missing:
+    if missing := sorted(set(expected) - set(state)):
         raise CheckpointError(f"{ckpt_dir}: missing key {missing[0]!r} ({len(missing)} missing in all)")
-    if unexpected:
+    if unexpected := sorted(set(state) - set(expected)):
         raise CheckpointError(f"{ckpt_dir}: unexpected key {unexpected[0]!r} ({len(unexpected)} in all)")
     for k, shape in expected.items():
         if state[k].shape != shape:
@@ -361,7 +314,6 @@ def load_model(ckpt_dir, dtype=torch.float32, device="cpu") -> Llama:
 
 # ----------------------------------------------------------------------------------------------
 # Tokenizers: sentencepiece's tokenizer.model (Llama 2, TinyLlama) here, byte-level BPE in bpe.py
-
 
 class Tokenizer(AnswerIds):
     """A thin sentencepiece wrapper."""

@@ -28,8 +28,7 @@ PROGRESS_SECONDS = 30  # a progress line inside an epoch at most this often
 def train(run, made_from, model, batches, loss_fn, predict, ds):
     """Train `model`'s trainable parameters; return the best epoch's metrics.json dict (None when
     --stop-after interrupts the run). made_from: digests of the run's inputs, saved in each checkpoint."""
-    world = rank_world()[1]
-    params = [p for p in model.parameters() if p.requires_grad]
+    world, params = rank_world()[1], [p for p in model.parameters() if p.requires_grad]
     assert all(p.dtype == torch.float32 for p in params), "trainable parameters must stay fp32"
     n = len(batches(1))  # steps per epoch
     opt = torch.optim.AdamW(param_groups(model, run.wd), lr=run.lr)
@@ -194,8 +193,7 @@ def resume_from(run, made_from, model, opt, sched, scaler, n):
     ck = runs.read_checkpoint(path)
     try:  # a last.pt is input like any other: what AdamW would read only at its next step is checked now
         may_change = [f.name for f in fields(run) if f.metadata.get("resume_may_change")]
-        changed = runs.changed_flags(ck["args"], asdict(run), may_change)
-        if changed:
+        if changed := runs.changed_flags(ck["args"], asdict(run), may_change):
             raise runs.RunError(f"--resume: {path} was trained with other flags: {'; '.join(changed)}. Resume with "
                                 "the run's own flags, or start a new run (another --out, or --overwrite)")
         runs.check_made_from(f"--resume: {path}", ck.get("made_from", {}), made_from)

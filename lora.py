@@ -7,12 +7,11 @@ A frozen linear layer W gains a trainable low-rank update:
 A starts Kaiming-uniform and B at zero (as loralib and peft do), so a fresh adapter changes
 nothing. SASRecLLM, like TALLRec, puts r=8, alpha=16, dropout 0.05 on q_proj and v_proj.
 
-`LoRALinear` subclasses nn.Linear and keeps the same `weight` Parameter, so the base checkpoint's
-names survive injection. Adapters are saved in peft's format (adapter_model.safetensors +
-adapter_config.json, keys `base_model.model.<module>.lora_A.weight`), so an adapter trained here
-loads in peft and one trained with peft (e.g. TALLRec's) loads here; tests/test_lora.py checks both.
-Merging W + scale * B A into the base weight is explicit (merge/unmerge), never a side effect of
-train() or eval().
+`LoRALinear` subclasses nn.Linear and keeps the same `weight` Parameter, so the base checkpoint's names survive
+injection. Adapters are saved in peft's format (adapter_model.safetensors + adapter_config.json, keys
+`base_model.model.<module>.lora_A.weight`), so an adapter trained here loads in peft and one trained with peft (e.g.
+TALLRec's) loads here; tests/test_lora.py checks both. Merging W + scale * B A into the base weight is explicit
+(merge/unmerge), never a side effect of train() or eval().
 """
 import json
 import math
@@ -83,8 +82,7 @@ def lora_layers(model):
 
 
 def inject(model, targets=("q_proj", "v_proj"), r=8, alpha=16, dropout=0.05):
-    """Replace every nn.Linear whose last name is in `targets` by a LoRALinear, freeze everything
-    else, and return the model. Afterwards only lora_A / lora_B weights require grad."""
+    """Replace every nn.Linear whose last name is in `targets` by a LoRALinear and freeze all but lora_A / lora_B."""
     model.requires_grad_(False)
     found = [(module, name, child) for module in model.modules() for name, child in module.named_children()
              if name in targets and type(child) is nn.Linear]
@@ -128,11 +126,10 @@ def adapter_config(model) -> dict:
         raise ValueError("LoRA layers with different r/alpha cannot be written as one peft config")
     drop = first.lora_dropout.p if isinstance(first.lora_dropout, nn.Dropout) else 0.0
     return {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": first.r, "lora_alpha": first.alpha,
-            "lora_dropout": drop, "target_modules": sorted({n.rsplit(".", 1)[-1] for n in layers}),
-            "bias": "none", "fan_in_fan_out": False, "use_rslora": False, "use_dora": False,
-            "init_lora_weights": True, "modules_to_save": None, "rank_pattern": {},
-            "alpha_pattern": {}, "layers_to_transform": None, "layers_pattern": None,
-            "base_model_name_or_path": None, "inference_mode": True}
+            "lora_dropout": drop, "target_modules": sorted({n.rsplit(".", 1)[-1] for n in layers}), "bias": "none",
+            "fan_in_fan_out": False, "use_rslora": False, "use_dora": False, "init_lora_weights": True,
+            "modules_to_save": None, "rank_pattern": {}, "alpha_pattern": {}, "layers_to_transform": None,
+            "layers_pattern": None, "base_model_name_or_path": None, "inference_mode": True}
 
 
 def save_adapter(model, out_dir):
@@ -163,8 +160,7 @@ def load_adapter(model, adapter_dir):
                          "does not implement")
     weights = adapter_dir / "adapter_model.safetensors"
     # peft's older adapter_model.bin has no header to read shapes from: its (small) tensors are read first
-    bin_path = weights.with_suffix(".bin")
-    state = None
+    bin_path, state = weights.with_suffix(".bin"), None
     if not weights.exists():
         # read whole, what it will allocate against free memory first; weights_only: no pickle runs code
         limits.fits_torch_zip(sources.regular_file(bin_path, "peft's adapter_model.bin"))
@@ -203,8 +199,7 @@ def load_adapter(model, adapter_dir):
                              f"the model expects {tuple(ours[name].shape)}")
         limits.check_finite(adapter_dir, key, tensor.to(ours[name].dtype))  # (as loaded: 1e300 in F64 is inf)
         loaded[name] = tensor
-    missing = sorted(set(ours) - set(loaded))
-    if missing:
+    if missing := sorted(set(ours) - set(loaded)):
         raise ValueError(f"{adapter_dir}: adapter lacks {missing[0]!r} ({len(missing)} missing)")
     model.load_state_dict(loaded, strict=False)  # strict=False: the base weights are not in it
     return model

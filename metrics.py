@@ -5,10 +5,9 @@
 - LogLoss; precision, recall, F1, accuracy at threshold 0.5.
 - Rel.Imp.: the paper's relative improvement of SASRecLLM over a row, averaged over AUC and UAUC.
 
-Models hand us logits s (pre-sigmoid); p = sigmoid(s) is the probability of "like". Scores must
-be finite: a NaN or an infinite score has no rank, and AUC over it would be an artefact of row
-order, so every metric refuses one (FloatingPointError, naming the count).
-A file of its own so that imports run one way: metrics <- loop <- train <- eval.
+Models hand us logits s (pre-sigmoid); p = sigmoid(s) is the probability of "like". Scores must be finite: a NaN or an
+infinite score has no rank, and AUC over it would be an artefact of row order, so every metric refuses one
+(FloatingPointError, naming the count). A file of its own so that imports run one way: metrics <- loop <- train <- eval.
 """
 import math
 
@@ -17,8 +16,7 @@ import numpy as np
 
 def finite_scores(scores):
     s = np.asarray(scores, dtype=np.float64).ravel()
-    bad = int((~np.isfinite(s)).sum())
-    if bad:
+    if bad := int((~np.isfinite(s)).sum()):
         raise FloatingPointError(f"{bad} of {len(s)} scores are NaN or infinite; a metric of them would be "
                                  "meaningless (the model's weights or inputs hold non-finite values)")
     return s
@@ -29,10 +27,8 @@ def auc(labels, scores):
 
         AUC = (sum_{i: y_i=1} rank_i - n1 (n1 + 1) / 2) / (n1 n0)
 
-    with tied scores sharing their mean rank. NaN when a class is absent.
-    """
-    y = np.asarray(labels).astype(bool).ravel()
-    s = finite_scores(scores)
+    with tied scores sharing their mean rank. NaN when a class is absent."""
+    y, s = np.asarray(labels).astype(bool).ravel(), finite_scores(scores)
     if len(y) != len(s):
         raise ValueError(f"auc: {len(y)} labels but {len(s)} scores")
     n1, n0 = int(y.sum()), int((~y).sum())
@@ -41,26 +37,20 @@ def auc(labels, scores):
     order = np.argsort(s, kind="mergesort")
     xs = s[order]
     starts = np.flatnonzero(np.r_[True, xs[1:] != xs[:-1]])  # where each run of tied scores starts
-    counts = np.diff(np.r_[starts, len(s)])
-    rank = np.empty(len(s), dtype=np.float64)
+    counts, rank = np.diff(np.r_[starts, len(s)]), np.empty(len(s), dtype=np.float64)
     rank[order] = np.repeat(starts + (counts + 1) / 2.0, counts)  # 1-based; ties share their mean rank
     return float((rank[y].sum() - n1 * (n1 + 1) / 2.0) / (n1 * n0))
 
 
 def uauc(users, labels, scores):
-    """UAUC = (1/|U'|) sum_{u in U'} AUC_u, U' = users with both a positive and a negative.
-    Returns (uauc, |U'|)."""
-    u = np.asarray(users).ravel()
-    y = np.asarray(labels).ravel()
-    s = np.asarray(scores, dtype=np.float64).ravel()
+    """UAUC = (1/|U'|) sum_{u in U'} AUC_u, U' = users with both a positive and a negative. Returns (uauc, |U'|)."""
+    u, y, s = np.asarray(users).ravel(), np.asarray(labels).ravel(), np.asarray(scores, dtype=np.float64).ravel()
     order = np.argsort(u, kind="mergesort")
     u, y, s = u[order], y[order], s[order]
     bounds = np.flatnonzero(np.r_[True, u[1:] != u[:-1], True])  # each user's rows: bounds[k]:bounds[k+1]
     aucs = [auc(y[a:b], s[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
     aucs = [v for v in aucs if not math.isnan(v)]
-    if not aucs:
-        return float("nan"), 0
-    return float(np.mean(aucs)), len(aucs)
+    return (float(np.mean(aucs)), len(aucs)) if aucs else (float("nan"), 0)
 
 
 def sigmoid(x):
@@ -83,8 +73,7 @@ def at_threshold(labels, probs, threshold=0.5):
         accuracy  = (TP + TN) / n"""
     y = np.asarray(labels).astype(bool).ravel()
     yhat = np.asarray(probs, dtype=np.float64).ravel() >= threshold
-    tp, fp, fn, tn = (int((y & yhat).sum()), int((~y & yhat).sum()), int((y & ~yhat).sum()),
-                      int((~y & ~yhat).sum()))
+    tp, fp, fn, tn = (int((y & yhat).sum()), int((~y & yhat).sum()), int((y & ~yhat).sum()), int((~y & ~yhat).sum()))
     return dict(precision=tp / (tp + fp) if tp + fp else 0.0, recall=tp / (tp + fn) if tp + fn else 0.0,
                 f1=2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0,
                 accuracy=(tp + tn) / len(y) if len(y) else float("nan"))
@@ -110,8 +99,7 @@ def split_report(ds, logits_valid, logits_test):
     for name, logits in (("valid", logits_valid), ("test", logits_test)):
         if logits is None:
             continue
-        rows = ds.idx(name)
-        logits = np.asarray(logits, dtype=np.float64).ravel()
+        rows, logits = ds.idx(name), np.asarray(logits, dtype=np.float64).ravel()
         out[name] = metrics(ds.user[rows], ds.label[rows], logits)
         if name == "test":
             for part, mask in (("seen", ds.seen[rows]), ("unseen", ~ds.seen[rows]),

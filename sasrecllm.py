@@ -1,14 +1,12 @@
 """SASRec, the collaborative encoder that SASRecLLM plugs into the LLM.
 
-SASRec: Kang & McAuley, "Self-Attentive Sequential Recommendation", ICDM 2018
-(arXiv:1808.09781). Pre-LayerNorm blocks of causal self-attention and a point-wise
-feed-forward network read a user's liked-item history; the last position's output is the user
-state, and a (user, item) score is the dot product of the user state with the item embedding.
+SASRec: Kang & McAuley, "Self-Attentive Sequential Recommendation", ICDM 2018 (arXiv:1808.09781). Pre-LayerNorm blocks
+of causal self-attention and a point-wise feed-forward network read a user's liked-item history; the last position's
+output is the user state, and a (user, item) score is the dot product of the user state with the item embedding.
 
 Differences from the original, each chosen for this benchmark (CoLLM's ML-1M split):
-- the default objective is pointwise BCE on the like/dislike label (`forward`), as CoLLM trains
-  it; the original next-item objective with sampled negatives is kept as `next_item_loss` and
-  train.py's `--objective next`;
+- the default objective is pointwise BCE on the like/dislike label (`forward`), as CoLLM trains it;
+  the original next-item objective with sampled negatives is `next_item_loss` (`--objective next`);
 - optional learned user/item/global biases are added to the dot product;
 - positions are counted from the right end of the sequence (the last item always gets position
   maxlen-1), so the user state does not depend on how much left padding a batch carries.
@@ -27,46 +25,27 @@ import torch.nn.functional as F
 # -----------------------------------------------------------------------------
 # SASRec
 
-
-class CausalSelfAttention(nn.Module):
-    """The attention sub-layer's weights (`attn.qkv`, `attn.out`); Block.forward uses them."""
-
-    def __init__(self, dim, n_heads):
-        super().__init__()
-        assert dim % n_heads == 0, f"dim {dim} is not divisible by n_heads {n_heads}"
-        self.n_heads = n_heads
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.out = nn.Linear(dim, dim)
-
-
-class PointWiseFFN(nn.Module):
-    """The feed-forward sub-layer's weights: SASRec's two Conv1d(k=1) layers (`ffn.conv1`,
-    `ffn.conv2`) and the dropout between them; Block.forward uses them."""
-
-    def __init__(self, dim, dropout):
-        super().__init__()
-        self.conv1 = nn.Conv1d(dim, dim, kernel_size=1)
-        self.conv2 = nn.Conv1d(dim, dim, kernel_size=1)
-        self.dropout = nn.Dropout(dropout)
-
-
 class Block(nn.Module):
-    """x + Dropout(Attn(LN(x))), then x + Dropout(FFN(LN(x))); padded positions are zeroed.
-    One layer, read in one place."""
+    """One layer, read in one place: x + Dropout(Attn(LN(x))), then x + Dropout(FFN(LN(x))); padding zeroed."""
 
     def __init__(self, dim, n_heads, dropout):
         super().__init__()
+        assert dim % n_heads == 0, f"dim {dim} is not divisible by n_heads {n_heads}"
+        self.n_heads = n_heads
+        # The sub-layers' weights (checkpoint keys attn.qkv, attn.out, ffn.conv1, ffn.conv2); the FFN is SASRec's
+        # two Conv1d(k=1) layers and the dropout between them.
         self.ln_1 = nn.LayerNorm(dim)
-        self.attn = CausalSelfAttention(dim, n_heads)
+        self.attn = nn.ModuleDict(dict(qkv=nn.Linear(dim, 3 * dim), out=nn.Linear(dim, dim)))
         self.ln_2 = nn.LayerNorm(dim)
-        self.ffn = PointWiseFFN(dim, dropout)
+        self.ffn = nn.ModuleDict(dict(conv1=nn.Conv1d(dim, dim, kernel_size=1),
+                                      conv2=nn.Conv1d(dim, dim, kernel_size=1), dropout=nn.Dropout(dropout)))
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x, keep, allowed):
         # x: (B, T, d); keep: (B, T) bool, False at padding; allowed: (B, 1, T, T) bool, SASRec.encode's
         a, f = self.attn, self.ffn
         B, T, d = x.shape
-        qkv = a.qkv(self.ln_1(x)).view(B, T, 3, a.n_heads, d // a.n_heads).permute(2, 0, 3, 1, 4)
+        qkv = a.qkv(self.ln_1(x)).view(B, T, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)
         q, k, v = qkv[0], qkv[1], qkv[2]  # (B, nh, T, hs) each
         # Dropout is applied to the sub-layer's output, not to the attention probabilities: on CPU
         # the (B, nh, T, T) dropout mask cost more than the rest of the layer.
@@ -81,12 +60,9 @@ class Block(nn.Module):
 
 
 class SASRec(nn.Module):
-    """score(user, hist, item) = <user state of hist, e_item> (+ b_user + b_item + b).
+    """score(user, hist, item) = <user state of hist, e_item> (+ b_user + b_item + b); user feeds only b_user."""
 
-    The user argument is used only by the optional user bias."""
-
-    def __init__(self, n_items, n_users=0, dim=64, n_layers=2, n_heads=4, maxlen=25, dropout=0.2,
-                 bias=True):
+    def __init__(self, n_items, n_users=0, dim=64, n_layers=2, n_heads=4, maxlen=25, dropout=0.2, bias=True):
         super().__init__()
         self.dim, self.maxlen = dim, maxlen
         self.item_emb = nn.Embedding(n_items + 1, dim, padding_idx=0)
@@ -125,10 +101,8 @@ class SASRec(nn.Module):
         return self.ln_f(x)
 
     def user_embedding(self, user, hist):
-        """(B,), (B, T) -> (B, d): the last position's output.
-
-        A user's rows with no new like between them share one history, so each distinct
-        history is encoded once (train.py batches such rows together)."""
+        """(B,), (B, T) -> (B, d): the last position's output. A user's rows with no new like between them
+        share one history, so each distinct history is encoded once (train.py batches such rows together)."""
         uniq, inv = torch.unique(hist, dim=0, return_inverse=True)  # (U, T), (B,)
         # index_select, not [inv]: the rows that share a history sum their gradients, and [inv]'s
         # backward (index_put_ with accumulate) has CPU threads add them atomically, in an order
@@ -157,16 +131,14 @@ class SASRec(nn.Module):
 
     def seq_logits(self, hist, targets):
         """The next-item objective: logit of targets[:, t] as the item after hist[:, :t+1].
-
         (B, T), (B, T) -> (B, T). The user bias is left out: it cannot rank items for a user."""
         h = self.encode(hist)  # (B, T, d)
         bu, bi = self.biases(None, targets)
         return (h * self.item_emb(targets)).sum(-1) + bu + bi
 
     def next_item_loss(self, b):
-        """SASRec's original objective on a data.Batch holding seq (B, T+1): at every position, the
-        true next liked item against one uniformly sampled negative, BCE on both; padded targets
-        are ignored."""
+        """SASRec's original objective on a data.Batch holding seq (B, T+1): at every position, the true
+        next liked item against one uniformly sampled negative, BCE on both; padded targets are ignored."""
         seq = b.inputs["seq"]                 # (B, T+1)
         hist, pos = seq[:, :-1], seq[:, 1:]   # (B, T) each
         neg = torch.randint(1, self.item_emb.num_embeddings, pos.shape, device=seq.device)
@@ -185,14 +157,12 @@ class SASRec(nn.Module):
 #   prompt  ──embed_tokens──────────────────────────────────────> (B, T, D) ─┘ <UserID>/<TargetItemID> slots
 #        ──> LLM (+ LoRA) ──> last position ──> z_Yes - z_No = s,  p = sigmoid(s),  BCE(s, y)
 
-
 class MappingLayer(nn.Sequential):
     """Projects a d-wide CF embedding into k pseudo-token embeddings of the LLM's width D.
 
-    (B, d) -> Linear(d, 10 d) -> ReLU -> Linear(10 d, k D) -> (B, k, D): the 2-layer MLP that
-    expands x10 and then projects (paper Section 3.2; CoLLM's `llama_proj`), its layers applied
-    in order as an nn.Sequential. One mapping serves both the user and the item embedding, as
-    they live in the same SASRec space."""
+    (B, d) -> Linear(d, 10 d) -> ReLU -> Linear(10 d, k D) -> (B, k, D): the 2-layer MLP that expands
+    x10 and then projects (paper Section 3.2; CoLLM's `llama_proj`), applied in order as an nn.Sequential.
+    One mapping serves both the user and the item embedding, as they live in the same SASRec space."""
 
     def __init__(self, d, D, proj_token_num=1):
         super().__init__(OrderedDict(
@@ -227,9 +197,8 @@ def cf_vectors(cf, user, hist, item, with_bias=False):
         logit = <u, i> + (b_user + b) + b_item,
     and the bare embeddings u, i leave the biases out. Appending one coordinate per side,
         u' = [u, 1, b_user + b],   i' = [i, b_item, 1],   so that  <u', i'> = logit  exactly,
-    hands the mapping layer everything the CF model scores with, as (B, d + 2) vectors. On a
-    temporal split the item bias (popularity) carries much of a CF model's AUC (see the README's
-    Pop row), and the bare embeddings hide it."""
+    hands the mapping layer everything the CF model scores with, as (B, d + 2) vectors. On a temporal split the item
+    bias (popularity) carries much of a CF model's AUC (see the README's Pop row), and the bare embeddings hide it."""
     u, i = cf.user_embedding(user, hist), cf.item_embedding(item)  # (B, d) each
     if not with_bias:
         return u, i
@@ -245,13 +214,11 @@ class SASRecLLM(nn.Module):
     - "tallrec":   LoRA on the text-only prompt (TALLRec, and the paper's stage 2);
     - "sasrecllm": LoRA plus collaborative tokens from `cf` spliced in (stage 3).
 
-    Score: s = z_Yes - z_No, the last position's logits of the "Yes" and "No" tokens, computed from
-    those two rows of lm_head only. p = sigmoid(s) = softmax([z_Yes, z_No])[0] is the probability of
-    "Yes" against "No", and BCE is taken on s. CoLLM instead uses sigmoid(z_Yes) alone, which makes
-    the probability depend on the absolute level of one logit (shifted by anything that moves all
-    logits together) and lets "No" rise with "Yes"; the two-way softmax is invariant to a shared
-    shift and compares exactly the two answers the prompt allows.
-    """
+    Score: s = z_Yes - z_No, the last position's logits of the "Yes" and "No" tokens, computed from those two rows
+    of lm_head only. p = sigmoid(s) = softmax([z_Yes, z_No])[0] is the probability of "Yes" against "No", and BCE is
+    taken on s. CoLLM instead uses sigmoid(z_Yes) alone, which makes the probability depend on the absolute level of
+    one logit (shifted by anything that moves all logits together) and lets "No" rise with "Yes"; the two-way
+    softmax is invariant to a shared shift and compares exactly the two answers the prompt allows."""
 
     def __init__(self, llm, yes_id, no_id, cf=None, proj_token_num=1, cf_bias=False):
         super().__init__()
@@ -264,9 +231,8 @@ class SASRecLLM(nn.Module):
             llm.lm_head.weight.device)
 
     def forward(self, input_ids, attention_mask, user_pos=None, item_pos=None, user=None, hist=None, item=None):
-        """(B, T) left-padded prompt ids and mask; for collaborative prompts also the (B, k) slot
-        positions and the CF encoder's inputs: user (B,), liked-item history (B, maxlen), item (B,).
-        -> s = z_Yes - z_No, (B,)"""
+        """(B, T) left-padded prompt ids and mask; for collaborative prompts also the (B, k) slot positions and the
+        CF encoder's inputs: user (B,), liked-item history (B, maxlen), item (B,). -> s = z_Yes - z_No, (B,)"""
         x = self.llm.model.embed_tokens(input_ids)                           # (B, T, D)
         if self.cf is not None:
             u, i = cf_vectors(self.cf, user, hist, item, self.cf_bias)       # (B, d) each, d = cf.dim (+2)

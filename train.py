@@ -31,8 +31,7 @@ from tools.dist import barrier, gather_scores, init_distributed, is_main, rank_w
 from tools.tables import markdown_table
 from tools.runs import cli, non_negative, number, positive
 
-CF_STAGES = ("sasrec", "pop", "mf", "ncf", "gru4rec", "mc")
-LLM_STAGES = ("icl", "text", "joint")
+CF_STAGES, LLM_STAGES = ("sasrec", "pop", "mf", "ncf", "gru4rec", "mc"), ("icl", "text", "joint")
 TEMPLATES, DTYPES = tuple(data.TEMPLATES), tuple(llama.DTYPES)  # (Run's fields shadow the modules data, runs)
 
 # Every stage's defaults (flags left at None take them). CF: chosen on ML-1M validation AUC (results/).
@@ -155,13 +154,12 @@ class Run:
         if self.stage == "all" and (given := [k for k in ("out", "cf_ckpt", "lora") if getattr(self, k)]):
             raise runs.RunError(f"--stage all writes and reads its stages under --runs ({self.runs}/sasrec, text, "
                                 f"joint); --{given[0].replace('_', '-')} is for one stage: give --runs instead")
-        if self.stage != "all":  # (--stage all: each stage takes its own)
+        if self.stage != "all":  # (--stage all: each stage takes these under --runs, each its own)
             self.dtype = self.dtype or runs.default_precision(self)[0]
             self.amp = self.amp or runs.default_amp(self.device, self.dtype)
             if self.compile is None:  # ~50 s of compiling: even at 20 steps, +11% at 100 (results/README.md)
                 self.compile = (self.stage in ("text", "joint") and self.llm != "tiny" and self.device == "cpu"
                                 and (self.max_steps or self.iters_per_epoch * self.max_epochs) >= COMPILE_FROM_STEPS)
-        if self.stage != "all":  # (its stages take these under --runs, each its own)
             self.out = self.out or os.path.join(self.runs, self.stage)
             self.cf_ckpt = self.cf_ckpt or os.path.join(self.runs, self.cf, "best.pt")
             self.lora = self.lora or os.path.join(self.runs, "text", "adapter")
@@ -212,7 +210,6 @@ def score_only(args, made, model, predict, ds):
 # -----------------------------------------------------------------------------
 # Stage 1: SASRec (and the CF baselines) on the interactions alone
 
-
 def build_cf(a, ds):
     limits.check_cf(a, ds)  # its memory, before it is built
     if a.stage == "sasrec":
@@ -255,8 +252,7 @@ def run_cf(args, ds=None):
                             "not split across ranks); run it with python train.py")
     ds = load_data(args, ds)
     runs.seed_everything(args.seed)
-    model = build_cf(args, ds)
-    predict = cf_predictor(ds, args.maxlen, args.device)
+    model, predict = build_cf(args, ds), cf_predictor(ds, args.maxlen, args.device)
     rows = ds.idx("train")
     for split in ("train", "valid", "test"):  # one class: nothing to learn, no AUC to pick an epoch by or report
         data.require_both_labels(ds, split)
@@ -277,7 +273,6 @@ def run_cf(args, ds=None):
 
 # -----------------------------------------------------------------------------
 # Stages 2 and 3 (and ICL): the LLM reads the prompt; s = z_Yes - z_No
-
 
 def inputs(args, tiny=True):
     """What a run reads (the data, the tokenizer, the LLM or tiny=the tiny one under --runs, the CF checkpoint
@@ -348,8 +343,7 @@ def build_llm_model(args, ds):
     if args.stage == "text":
         lora.inject(llm, r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout)  # only LoRA trains
     elif args.stage == "joint":
-        recorded = runs.read_made_from(args.lora)
-        if recorded:  # ours records its backbone and data; peft's own adapters do not
+        if recorded := runs.read_made_from(args.lora):  # ours records its backbone and data; peft's do not
             now = dict(runs.data_digests(ds), backbone=runs.files_digest(backbone))
             runs.check_made_from(f"--lora {args.lora}", recorded, now, ["catalog", "data", "backbone"])
         lora.load_adapter(llm, args.lora)
@@ -453,8 +447,7 @@ def read_run(path):
     ck = runs.read_checkpoint(path)
     try:
         saved = ck["args"]
-        unknown = set(saved) - {f.name for f in fields(Run)}
-        if unknown:
+        if unknown := set(saved) - {f.name for f in fields(Run)}:
             raise ValueError(f"written by another version of train.py (flags {sorted(unknown)}); retrain it here")
         for f in fields(Run):
             v, parse, choices = saved.get(f.name, f.default), f.metadata["type"], f.metadata["choices"]

@@ -180,11 +180,8 @@ def step(m, batch, cfg, device, amp):
         torch.cuda.synchronize(device)
     m.elapsed += time.perf_counter() - t0
     lengths = mask.sum(1).tolist()
-    m.tokens += sum(lengths)
-    m.padded += mask.numel()
-    m.samples += len(lengths)
-    m.useful += flops(cfg, lengths, m.phase == "train")
-    m.steps += 1
+    m.tokens, m.padded, m.samples = m.tokens + sum(lengths), m.padded + mask.numel(), m.samples + len(lengths)
+    m.useful, m.steps = m.useful + flops(cfg, lengths, m.phase == "train"), m.steps + 1
     if device.type == "cuda":
         m.peak_mem = max(m.peak_mem, torch.cuda.max_memory_allocated() / 2**20)
 

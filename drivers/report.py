@@ -40,14 +40,12 @@ def render_readme(text, root="."):
     """The README with every generated block rebuilt from the files its marker names. A table row is
     `label: a.json`, or `label: a.json + b.json + ...` for the mean ± sample std over those runs (seeds)."""
     def inside(spec, suffix):  # a README someone else wrote may not embed /etc/passwd, ../secret or .ssh/id_rsa
-        path = Path(root, spec.strip())
-        if os.path.isabs(spec.strip()) or os.path.commonpath([os.path.realpath(path), os.path.realpath(root)]) != \
-                os.path.realpath(root):
-            raise ValueError(f"README marker names {spec.strip()[:80]!r}; expected a path inside {root}")
-        if path.suffix != suffix or any(p.startswith(".") for p in Path(os.path.relpath(os.path.realpath(path),
-                                                                                        os.path.realpath(root))).parts):
-            raise ValueError(f"README marker names {spec.strip()[:80]!r}; expected a {suffix} file, outside "
-                             "hidden folders")
+        spec = spec.strip()
+        path, real, top = Path(root, spec), os.path.realpath(Path(root, spec)), os.path.realpath(root)
+        if os.path.isabs(spec) or os.path.commonpath([real, top]) != top:
+            raise ValueError(f"README marker names {spec[:80]!r}; expected a path inside {root}")
+        if path.suffix != suffix or any(p.startswith(".") for p in Path(os.path.relpath(real, top)).parts):
+            raise ValueError(f"README marker names {spec[:80]!r}; expected a {suffix} file, outside hidden folders")
         return path
 
     def block(kind, spec):
@@ -97,8 +95,7 @@ def refuse_into(into, run_dirs):
 def collect(run_dirs, into):
     """Copy each run's metrics.json to INTO/<run name>.json: the files the README's tables cite."""
     names = [os.path.basename(os.path.abspath(d)) for d in run_dirs]
-    clash = sorted({n for n in names if names.count(n) > 1})
-    if clash:
+    if clash := sorted({n for n in names if names.count(n) > 1}):
         raise ValueError(f"--collect: two runs named {clash[0]} would write the same {into}/{clash[0]}.json; "
                          "collect them into different --into folders")
     refuse_into(into, run_dirs)
@@ -193,8 +190,7 @@ def build_table(root, command="", data=None):
     """ROOT.md from the finished rows under root, written and printed."""
     seeds, runs, stats = table_runs(root, ROWS)
     seconds = row_seconds(root)
-    total = datetime.timedelta(seconds=round(sum(seconds.values())))
-    n = len(seeds)
+    total, n = datetime.timedelta(seconds=round(sum(seconds.values()))), len(seeds)
     spread = "mean ± sample std" if n > 1 else "one seed, no std"
     # Bold lines, not headings: a README embeds this file inside its own sections.
     lines = [f"**{len(runs)} rows over {n} seed{'s' * (n > 1)} ({', '.join(map(str, seeds))}), {spread}**", ""]

@@ -28,36 +28,29 @@ TINY_TEXTS = ["Given a user who has watched the following movies: Toy Story (199
 
 
 def shapes(cfg: dict) -> dict:
-    """{HF tensor name: shape} of a Llama with config.json's values cfg, in HF's order; lm_head left out
-    when tied to the embedding, as HF saves it."""
+    """{HF tensor name: shape} of a Llama of config.json's values cfg, in HF's order; a tied lm_head left out, as HF."""
     D, F, V, hd = cfg["hidden_size"], cfg["intermediate_size"], cfg["vocab_size"], cfg.get("head_dim")
     q, kv = cfg["num_attention_heads"], cfg["num_key_value_heads"]
     hd = hd or D // q
-    out = {"model.embed_tokens.weight": (V, D)}
-    for i in range(cfg["num_hidden_layers"]):
-        p = f"model.layers.{i}."
-        out.update({p + "input_layernorm.weight": (D,), p + "self_attn.q_proj.weight": (q * hd, D),
-                    p + "self_attn.k_proj.weight": (kv * hd, D), p + "self_attn.v_proj.weight": (kv * hd, D),
-                    p + "self_attn.o_proj.weight": (D, q * hd), p + "post_attention_layernorm.weight": (D,),
-                    p + "mlp.gate_proj.weight": (F, D), p + "mlp.up_proj.weight": (F, D), p + "mlp.down_proj.weight": (D, F)})
-    out["model.norm.weight"] = (D,)
+    block = {"input_layernorm": (D,), "self_attn.q_proj": (q * hd, D), "self_attn.k_proj": (kv * hd, D),
+             "self_attn.v_proj": (kv * hd, D), "self_attn.o_proj": (D, q * hd), "post_attention_layernorm": (D,),
+             "mlp.gate_proj": (F, D), "mlp.up_proj": (F, D), "mlp.down_proj": (D, F)}
+    layers = {f"model.layers.{i}.{k}.weight": s for i in range(cfg["num_hidden_layers"]) for k, s in block.items()}
+    out = {"model.embed_tokens.weight": (V, D), **layers, "model.norm.weight": (D,)}
     return out if cfg.get("tie_word_embeddings") else {**out, "lm_head.weight": (V, D)}
 
 
 def random_state(cfg, dtype=torch.float32, device="cpu", seed=0) -> dict:
-    """A state dict for a Llama with config cfg (config.json's dict, or a llama.LlamaConfig) with HF's init
-    (normal, std initializer_range; norms 1), made on `device` in `dtype` directly (1.1 B never pass
-    through fp32)."""
-    cfg = config_json(cfg)
-    g = torch.Generator(device).manual_seed(seed)
+    """A state dict for a Llama with config cfg (config.json's dict, or a llama.LlamaConfig) with HF's init (normal,
+    std initializer_range; norms 1), made on `device` in `dtype` directly (1.1 B never pass through fp32)."""
+    cfg, g = config_json(cfg), torch.Generator(device).manual_seed(seed)
     return {k: torch.ones(shape, dtype=dtype, device=device) if k.endswith("norm.weight") else
             torch.empty(shape, dtype=dtype, device=device).normal_(0.0, cfg["initializer_range"], generator=g)
             for k, shape in shapes(cfg).items()}
 
 
 def config_json(cfg) -> dict:
-    """config.json for cfg (a dict, or a llama.LlamaConfig): TinyLlama's keys in its order (also readable
-    by transformers), cfg's values."""
+    """config.json for cfg (a dict, or a llama.LlamaConfig): TinyLlama's keys in its order, cfg's values."""
     return {**TINYLLAMA, **(asdict(cfg) if is_dataclass(cfg) else cfg)}
 
 

@@ -56,8 +56,7 @@ def available(device="cpu"):
 
 def fits(need, what, device="cpu"):
     """Refuse, as one line, what would need `need` bytes where `device` has fewer free."""
-    have = available(device)
-    if have is not None and need > have:
+    if (have := available(device)) is not None and need > have:
         gib = lambda n: f"{n / GiB:.1f}" if n < 1e5 * GiB else f"{min(n, 2 ** 100) / GiB:.3g}"  # noqa: E731
         raise SizeError(f"{what} needs about {gib(need)} GiB, more than the {gib(have)} GiB available")
 
@@ -89,7 +88,6 @@ def fits_torch_zip(path):
 
 # ----------------------------------------------------------------------------------------------
 # llama.py: config.json against the weights, before the model is built
-
 
 def check_config(cfg):
     """Every LlamaConfig field of its type and in range: a config.json value of the wrong kind or size
@@ -164,13 +162,11 @@ def check_checkpoint(cfg, config, files, dtype=torch.float32, device="cpu"):
         shape, path = shapes.get(k + ".weight", (s, None))
         if shape != s:
             raise CheckpointError(f"{path}: key {k + '.weight'!r} has shape {shape}, {config} implies {s}")
-    n = sum(math.prod(s) for s, _ in shapes.values())
-    dtype = dtype or torch.float32
+    n, dtype = sum(math.prod(s) for s, _ in shapes.values()), dtype or torch.float32
     fits(n * dtype.itemsize, f"{Path(config).parent}: {n:,} weights in {str(dtype)[6:]}", device)
 
 # ----------------------------------------------------------------------------------------------
 # lora.py: an adapter's sizes against its tensors, before inject allocates
-
 
 DECODER_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")  # HF Llama's
 
@@ -219,7 +215,6 @@ def check_adapter(adapter_dir, cfg, state=None):
 
 # ----------------------------------------------------------------------------------------------
 # train.py: a run's flags and its memory, before the model is built
-
 
 def check_flags(a):
     """Run a's flags that cannot work together, as they are parsed: before any data is read."""

@@ -18,7 +18,7 @@ import stat
 import sys
 import tempfile
 import time
-from contextlib import contextmanager, suppress
+from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +34,7 @@ LOCK = "run.lock"  # in a run directory while a run writes there: its pid, host 
 RUN_FILE = re.compile(r"(best|last|epoch_[0-9]+)\.pt|log\.jsonl|metrics\.json|rescored(-[0-9-]+)?\.json|"
                       r"adapter(\.(tmp|old)-\w+)?|[\w.-]+\.tmp|run\.lock|old-[\w-]+")
 MADE_FROM = "made_from.json"  # beside a tiny backbone or an adapter: the digests of what made it
+MAX_ERROR = 1000  # characters of an error line
 
 
 class RunError(ValueError):
@@ -42,9 +43,6 @@ class RunError(ValueError):
 
 def first_line(e):
     return (str(e).strip().splitlines() or [type(e).__name__])[0]
-
-
-MAX_ERROR = 1000  # characters of an error line
 
 
 def cli(main):
@@ -225,9 +223,7 @@ def _split(obj, tensors, path=""):
         ints = bool(obj) and all(isinstance(k, int) for k in obj)
         out = {str(k): _split(v, tensors, f"{path}/{k}") for k, v in obj.items()}
         return {"int_keys": out} if ints else out
-    if isinstance(obj, (list, tuple)):
-        return [_split(v, tensors, f"{path}/{i}") for i, v in enumerate(obj)]
-    return obj
+    return [_split(v, tensors, f"{path}/{i}") for i, v in enumerate(obj)] if isinstance(obj, (list, tuple)) else obj
 
 
 def _join(obj, tensors):
@@ -272,8 +268,7 @@ def read_checkpoint(path):
 
 
 def peek_args(path, key="args"):
-    """A checkpoint's flags (or another dict of its header: made_from) with no tensor read ({} if unreadable:
-    read_checkpoint says why)."""
+    """A checkpoint's flags (or another dict of its header: made_from), no tensor read; {} if unreadable."""
     with suppress(Exception):
         with safe_open(regular_file(path), framework="pt") as f:
             return dict(loads(f.metadata()["meta"])[key])
@@ -360,8 +355,6 @@ def data_digests(ds):
 # rebuilt under transformers 5.24 and 5.25 differ only in "transformers_version", and must digest alike.
 PROVENANCE = ("transformers_version", "peft_version", "_name_or_path")
 PROVENANCE_KEY = re.compile(b'"(' + "|".join(PROVENANCE).encode() + b')"')
-
-
 DIGEST_MAX = 64 << 30  # bytes: far above a 7B model's largest shard (10 GB)
 
 
@@ -493,8 +486,7 @@ def refuse_overlap(target, inputs, what="--out"):
 def own_run_dirs(outs, resume=False, overwrite=False, inputs=()):
     """Hold each directory in outs (locked by rank 0, which proves it writable) until every file is
     written; unless resuming it starts empty: --overwrite moves an earlier run's files aside."""
-    held = []
-    try:
+    with ExitStack() as held:
         for out in outs if is_main() else ():
             refuse_link(out)  # a link planted in a table root would take the run, and --overwrite, elsewhere
             refuse_overlap(out, inputs)
@@ -502,7 +494,7 @@ def own_run_dirs(outs, resume=False, overwrite=False, inputs=()):
                 raise RunError(f"{out} is a file; expected a run directory (--out)")
             try:
                 os.makedirs(out, exist_ok=True)
-                held.append(lock(out))
+                held.callback(unlock, *lock(out))
             except OSError as e:
                 raise RunError(f"{out}: cannot write there ({first_line(e)})") from None
             names = sorted(os.listdir(out))
@@ -522,9 +514,6 @@ def own_run_dirs(outs, resume=False, overwrite=False, inputs=()):
                 move_aside(out, old, "--overwrite")
         barrier()
         yield
-    finally:
-        for fd, path in held:
-            unlock(fd, path)
 
 
 def move_aside(out, names, why):
@@ -569,16 +558,6 @@ def lock(out):
                                  started=time.strftime("%Y-%m-%d %H:%M:%S"))).encode())
     HELD.add(os.path.realpath(out))
     return fd, path
-
-
-@contextmanager
-def holding(out):
-    """out/run.lock held meanwhile (eval.py, while it scores a run and writes beside it)."""
-    fd, path = lock(out)
-    try:
-        yield
-    finally:
-        unlock(fd, path)
 
 
 def unlock(fd, path):

@@ -2,11 +2,10 @@
 problem is a DataError naming the file, the line and what was expected): CoLLM's processed ML-1M
 split (TSV), and CoLLM's recipe on raw ratings (GroupLens' ML-1M files, Amazon's 2018 reviews).
 
-CoLLM's recipe (zyang1580/CoLLM, dataset/ml-1m/processing_ood.ipynb): join ratings with titles,
-label = rating >= 4; number calendar months (UTC) from the first month: months 14-23 train,
-24-28 valid, 29-33 test (other months are dropped); sort by (user, timestamp) with a stable sort
-and renumber users and items 1..N by first appearance (0 is padding). Or the paper's chronological
-8:1:1 split (`ratio`, Amazon's default).
+CoLLM's recipe (zyang1580/CoLLM, dataset/ml-1m/processing_ood.ipynb): join ratings with titles, label = rating >= 4;
+number calendar months (UTC) from the first month: months 14-23 train, 24-28 valid, 29-33 test (other months are
+dropped); sort by (user, timestamp) with a stable sort and renumber users and items 1..N by first appearance (0 is
+padding). Or the paper's chronological 8:1:1 split (`ratio`, Amazon's default).
 """
 import codecs
 import gzip
@@ -26,6 +25,7 @@ ID_MAX, TIME_MAX = 2**31 - 1, 10**11 - 1  # TIME_MAX: Unix seconds before the ye
 DIGITS = re.compile("[0-9]+")  # int() would also take " 1", "1_0", "+1" and "١"
 LINE_MAX = 64 << 20  # bytes in one line (Amazon's longest JSON lines are far shorter): no line fills memory
 GZ_RATIO = 100  # a .gz that decompresses to more is a bomb (Amazon's JSON lines: about 5 to 10 times)
+LONE_SURROGATE = re.compile(r"\\u[dD][89a-fA-F]")  # (a pair, an emoji's, is checked too, and passes)
 DECIMAL = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")  # float() also takes "nan", "1_0"
 
 
@@ -153,9 +153,6 @@ def _int(s):
     return v
 
 
-LONE_SURROGATE = re.compile(r"\\u[dD][89a-fA-F]")  # (a pair, an emoji's, is checked too, and passes)
-
-
 def _object(pairs):
     """A JSON object whose keys are each given once (json.loads lets the last of two win, silently)."""
     obj = dict(pairs)
@@ -165,8 +162,7 @@ def _object(pairs):
 
 
 def loads(text):
-    """json.loads, with an integer too large to be a float, a repeated key, or nesting too deep refused
-    (ValueError)."""
+    """json.loads, refusing (ValueError) an integer too large for a float, a repeated key, or nesting too deep."""
     if isinstance(text, (bytes, bytearray)):
         text = text.decode("utf-8")  # (json.loads would take UTF-16 and -32 too)
     try:
@@ -228,8 +224,7 @@ def read_text(path, what, max_bytes=64 << 20):
 
 def read_json(path, what, max_bytes=64 << 20, obj=False):
     """The value in a JSON file (UTF-8, at most max_bytes; with obj, a JSON object). A file that is missing, too
-    big, not UTF-8, not JSON or not an object is a DataError naming it and what it should hold (what: e.g. "a
-    run's metrics")."""
+    big, not UTF-8, not JSON or not an object is a DataError naming it and what it should hold."""
     value = _parse_json(read_text(path, what, max_bytes), path, what)
     if obj and not isinstance(value, dict):
         raise DataError(f"{path}: expected {what} (a JSON object), got {type(value).__name__}")
@@ -323,8 +318,7 @@ def from_ratings(name, domain, ratings, titles_raw, split, source, first_review_
     if not any(item in titles_raw for _, item, *_ in ratings):  # no ratings, or none of a titled item
         raise DataError(f"{source}: no ratings of items with a title; expected them in the metadata / movies file")
     user_raw, item_raw, rating, timestamp, line = (np.array(c) for c in zip(*ratings))
-    bad = np.flatnonzero(~((rating >= 1) & (rating <= 5)))  # NaN too
-    if bad.size:
+    if (bad := np.flatnonzero(~((rating >= 1) & (rating <= 5)))).size:  # NaN too
         raise DataError(f"{source}:{line[bad[0]]}: rating {float(rating[bad[0]]):g} is outside 1..5 stars")
     rows = dict(user=user_raw, item=item_raw, label=(rating >= 4).astype(np.int64), timestamp=timestamp,
                 split=np.full(len(rating), "", dtype=object))
@@ -404,8 +398,7 @@ def load_amazon(data_dir, split="ratio", reviews=None, meta=None):
     fields = dict(reviewerID=NAME, asin=NAME, overall=NUMBER, unixReviewTime=JSON_TIME)
     ratings = [(*_fields(reviews, n, obj, **fields), n) for n, obj in json_lines(reviews, what)]
     domain = "book" if re.match(r"books[_.]", os.path.basename(reviews).lower()) else "item"  # (not Notebook_*)
-    return from_ratings("amazon", domain, ratings, titles, split, reviews, first_review_only=True,
-                        max_id=AMAZON_MAX_ID)
+    return from_ratings("amazon", domain, ratings, titles, split, reviews, first_review_only=True, max_id=AMAZON_MAX_ID)
 
 
 FLAG = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}

@@ -16,8 +16,6 @@ from tools.sources import DataError, _fields, _is, integer, json_lines, read_jso
 
 COLUMNS = [("logloss", "Log Loss"), ("precision", "Precision"), ("recall", "Recall"), ("f1", "F1"),
            ("accuracy", "Accuracy"), ("auc", "AUC"), ("uauc", "UAUC")]
-
-
 SHARES = {"auc", "uauc", "precision", "recall", "f1", "accuracy"}  # metrics in 0..1
 
 
@@ -41,8 +39,8 @@ def md_table(head, rows):
 
 
 def rel_imp(ours, row):
-    """The paper's Rel.Imp. of `ours` (SASRecLLM) over `row`: the mean over m in {AUC, UAUC} of
-    (ours_m - row_m) / row_m. NaN when a metric is undefined or zero."""
+    """The paper's Rel.Imp. of `ours` over `row`: the mean over m in {AUC, UAUC} of (ours_m - row_m) / row_m.
+    NaN when a metric is undefined or zero."""
     terms = [(ours[m] - row[m]) / row[m] if ours[m] is not None and row[m] else float("nan") for m in ("auc", "uauc")]
     return float(np.mean(terms))
 
@@ -100,8 +98,7 @@ def numbers(where, obj, what, null=False, nest=True):
 
 def read_log(run_dir):
     """log.jsonl's epochs, [] when the run has none (Pop, ICL and the other closed-form rows)."""
-    path = Path(run_dir, "log.jsonl")
-    log = []
+    path, log = Path(run_dir, "log.jsonl"), []
     for n, obj in json_lines(path, "a run's log") if path.exists() else []:
         _fields(path, n, obj, epoch=(lambda v: integer(json.dumps(v)), "an integer >= 1"),  # 1, not "1", 1.0 or true
                 valid=_is(lambda v: isinstance(v, dict), "an object of metrics"))
