@@ -190,6 +190,7 @@ def main(argv=None):
             run = finished_run(args.run, args.data_dir, args.device, args.dtype, hold=None if args.into else held)
             if args.into:  # (into the LLM's folder, it would change the digest the run was made from)
                 runs.refuse_overlap(args.into, train.inputs(run[0]), "--into")
+                runs.refuse_artefact(args.into, "--into")
             [report] = score_run(run, test_only=args.test_only)
             print(numerics)
             print(f"wrote {write_rescore(report, args.run, args.into)}")

@@ -52,12 +52,13 @@ STAGE_DEFAULTS = {
 PATHS = ("data_dir", "reviews", "meta", "out", "runs", "llm", "tokenizer", "cf_ckpt", "lora")
 _TRAINED = ("sasrec", "mf", "ncf", "gru4rec")
 READS = {  # the flags that only some stages read (the others every stage), checked as typed (parse_args)
-    **dict.fromkeys(("dim", "dropout"), _TRAINED), **dict.fromkeys(("layers", "heads", "no_bias", "objective"), ("sasrec",)),
+    "dim": _TRAINED, "dropout": ("sasrec", "ncf", "gru4rec"), "amp": _TRAINED + LLM_STAGES,
+    **dict.fromkeys(("layers", "heads", "no_bias", "objective"), ("sasrec",)),
     # what is learned, and how (a budget, --max-epochs or --max-steps, any stage takes: a table's rows share one)
     **dict.fromkeys(("lr", "wd", "batch_size", "warmup_epochs", "clip"), _TRAINED + ("text", "joint")),
     "maxlen": ("sasrec", "gru4rec", "joint"),
-    **dict.fromkeys(("llm", "template", "tokenizer", "dtype", "pad_multiple", "eval_batch_size", "compile",
-                     "iters_per_epoch"), LLM_STAGES),
+    **dict.fromkeys(("llm", "template", "tokenizer", "dtype", "pad_multiple", "eval_batch_size", "compile"), LLM_STAGES),
+    "iters_per_epoch": ("text", "joint"),
     **dict.fromkeys(("lora_r", "lora_alpha", "lora_dropout"), ("text",)),
     **dict.fromkeys(("cf", "cf_ckpt", "lora", "freeze_cf", "cf_bias", "proj_token_num"), ("joint",))}
 COMPILE_FROM_STEPS = 100  # a real LLM's training steps from which --compile is the default on a CPU
@@ -166,7 +167,7 @@ class Run:
         self.data_dir = self.data_dir or data.DATA_DIR
         for k in PATHS:  # recorded as absolute paths: a run means the same files from any directory
             if getattr(self, k) is not None and (k, getattr(self, k)) != ("llm", "tiny"):  # (--out tiny: a folder)
-                setattr(self, k, os.path.abspath(getattr(self, k)))
+                setattr(self, k, os.path.abspath(runs.refuse_dotdot(getattr(self, k))))
 
 
 def parse_args(argv=None):

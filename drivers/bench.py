@@ -34,7 +34,7 @@ import llama
 import loop
 import lora
 import train
-from tools import backbones, limits, runs, tables
+from tools import backbones, limits, runs, sources, tables
 
 TINY = dict(vocab_size=1000, hidden_size=128, intermediate_size=344, num_hidden_layers=4,
             num_attention_heads=4, num_key_value_heads=2)
@@ -389,6 +389,9 @@ def main(argv=None):
         limits.check_threads(args.threads)
         torch.set_num_threads(args.threads)
     runs.check_device(args.device)
+    if (args.compile or args.candidates) and (cache := os.environ.get("TORCHINDUCTOR_CACHE_DIR")):  # (kernels land there)
+        runs.refuse_overlap(cache, [args.ckpt, args.tokenizer, *sources.input_dirs("ml1m", args.data_dir or data.DATA_DIR)],
+                            "TORCHINDUCTOR_CACHE_DIR")
     if args.ckpt:
         return run_ckpt(args)
     print(json.dumps((run_loop if args.check else run)(args, torch.device(args.device))))

@@ -3,6 +3,7 @@ JSON object (rows, like rates, seen and warm shares, UAUC users); `--export FILE
 JSON object per row, the paper's prompts included."""
 import argparse
 import json
+import os
 import sys
 
 import numpy as np
@@ -10,7 +11,7 @@ import numpy as np
 import data
 import metrics
 from tools import sources
-from tools.runs import cli, path, refuse_overlap, write_atomic
+from tools.runs import cli, path, refuse_artefact, refuse_overlap, write_atomic
 
 
 def stats(ds):
@@ -48,6 +49,7 @@ def main(argv=None):
     ds = data.load(args.dataset, args.data_dir, args.split, args.reviews, args.meta)
     if args.export:
         refuse_overlap(args.export, sources.input_dirs(args.dataset, args.data_dir, args.reviews, args.meta), "--export")
+        refuse_artefact(os.path.dirname(os.path.abspath(args.export)), "--export")
         export(ds, args.export)
     if args.stats or not args.export:
         print(json.dumps(stats(ds)))

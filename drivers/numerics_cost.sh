@@ -37,7 +37,8 @@ for job in "${jobs[@]}"; do
       t0=$(date +%s.%N)
       # shellcheck disable=SC2086
       log=$logs/$name-$mode-$k.log
-      if ! "${pre[@]}" python train.py $flags --runs "$scratch/runs" --out "$scratch/runs/$name" >"$log" 2>&1; then
+      where=(--out "$scratch/runs/$name") && [ "$name" != chain ] || where=()  # (--stage all: each under --runs)
+      if ! "${pre[@]}" python train.py $flags --runs "$scratch/runs" "${where[@]}" >"$log" 2>&1; then
           echo "error: the $name run ($mode) failed; the end of $log:" >&2
           tail -3 "$log" >&2
           exit 2

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 
 import train
-from tools.runs import (changed_flags, cli, json_bytes, made_from_changes, move_aside, path, peek_args, refuse_link,
-                        refuse_overlap, write_atomic)
+from tools.runs import (changed_flags, cli, files_digest, json_bytes, made_from_changes, move_aside, path, peek_args,
+                        refuse_artefact, refuse_link, refuse_overlap, write_atomic)
 from tools.sources import DECIMAL, TIME_MAX, DataError, _lines, integer, read_text
 from tools.svg import finite, svg_bars, svg_lines
 from tools.tables import (COLUMNS, _num, fmt, fmt_mean_std, markdown_table, md_table, mean_std, read_log, read_metrics,
@@ -87,6 +87,7 @@ def refuse_into(into, run_dirs):
     """--into neither a link nor in what a run read (its data, LLM, adapter...): one more file there changes
     the digest the run was made from, and eval.py, --resume and the joint stage then refuse the run."""
     refuse_link(into)
+    refuse_artefact(into, "--into")
     for best in (os.path.join(d, "best.pt") for d in run_dirs):
         if os.path.exists(best):
             refuse_overlap(into, train.inputs(train.read_run(best)[0]), "--into")
@@ -122,9 +123,9 @@ PAPER = {"ml1m": {"sasrec": (0.634, 0.607), "text": (0.689, 0.676), "joint": (0.
 def check_alike(dirs, want):
     """Refuse runs that may not share a row: each must have its flags of `want` ({flag: value} per run: a seed
     its --seed and its row's stage, a sweep's LR its --lr) and otherwise the first one's flags and inputs (how
-    and where a run ran, its device or paths, may differ; not how long: --max-steps, --max-minutes), else a
-    mean or a sweep would mix experiments."""
-    may = {f.name for f in fields(train.Run) if f.metadata["resume_may_change"]} - {"max_steps", "max_minutes"}
+    and where a run ran, its device or paths, may differ; not a smoke run's --max-steps; --max-minutes may, as
+    --stage all records each stage's deadline there), else a mean or a sweep would mix experiments."""
+    may = {f.name for f in fields(train.Run) if f.metadata["resume_may_change"]} - {"max_steps"}
     may |= set(want[0] if want else ())
     first = None
     for d, w in zip(dirs, want):
@@ -155,6 +156,13 @@ def table_runs(root, stages):
     runs = {s: ds for s, ds in dirs.items() if ds}
     for s, ds in runs.items():  # (a directory's name is no proof of the stage or seed that made it)
         check_alike(ds, [dict(seed=int(os.path.basename(os.path.dirname(d))[4:]), stage=s) for d in ds])
+    for d in runs.get("joint", []):  # each seed's joint run built on its own seed's CF run and adapter
+        made, cf = peek_args(os.path.join(d, "best.pt"), "made_from"), peek_args(os.path.join(d, "best.pt")).get("cf")
+        for key, part in (("cf", os.path.join(d, "..", str(cf), "best.pt")), ("adapter", os.path.join(d, "..", "text",
+                                                                                                      "adapter"))):
+            if os.path.exists(part) and made.get(key) != files_digest(part):
+                raise DataError(f"{d}: its {key} is not {os.path.normpath(part)} (digest {made.get(key)!r:.20}); a "
+                                "seed's joint run is built on that seed's runs (drivers/table.sh passes them)")
     return seeds, runs, {s: mean_std([read_metrics(d) for d in ds], ds) for s, ds in runs.items()}
 
 

@@ -512,8 +512,16 @@ def test_drivers_and_run_dirs_write_only_where_they_should(root, tmp_path, capsy
     (tmp_path / "lk" / "L").symlink_to(tmp_path / "victim_dir" / "inner", target_is_directory=True)
     with pytest.raises(runs.RunError, match="'..' after a symbolic link"):
         report.collect([str(tmp_path / "icl")], str(tmp_path / "lk" / "L" / ".."))
-    assert datainfo.main(["ml1m", "--data-dir", str(root), "--export", str(tmp_path / "lk" / "L" / ".." / "e.jsonl")]) == 2
-    assert "after a symbolic link" in one_error_line(capsys) and os.listdir(tmp_path / "victim_dir") == ["inner"]
+    with pytest.raises(SystemExit):  # every CLI's path flags (runs.path)
+        datainfo.main(["ml1m", "--data-dir", str(root), "--export", str(tmp_path / "lk" / "L" / ".." / "e.jsonl")])
+    assert "after a symbolic link" in capsys.readouterr().err and os.listdir(tmp_path / "victim_dir") == ["inner"]
+    for argv in (["--out", str(tmp_path / "lk" / "L" / ".." / "x")], ["--data-dir", str(tmp_path / "lk" / "L" / "..")]):
+        assert cf_run(root, tmp_path / "y", *argv) == 2  # train.py's abspath read it lexically, the kernel does not
+        assert "after a symbolic link" in one_error_line(capsys)
+    with pytest.raises(SystemExit):
+        ev.main([str(tmp_path / "lk" / "L" / ".." / "run")])
+    assert "after a symbolic link" in capsys.readouterr().err
+    assert os.listdir(tmp_path / "victim_dir") == ["inner"] and not (tmp_path / "lk" / "x").exists()
     unclosed = "<!-- file x.md -->\n" + "<!-- file " * 1000 + "\n<!-- file y.md -->\nz <!-- /generated -->\n"
     assert report.render_readme(unclosed, str(tmp_path)) == unclosed  # no closer on a line of its own: as it was
     (tmp_path / "tiny-llm").mkdir()  # --runs inside the data; a tiny-llm of someone else's files is kept
@@ -1315,7 +1323,10 @@ def test_compile_keeps_its_kernels_out_of_the_runs_inputs(root, tmp_path, capsys
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tiny_llm / "cache"))
     assert train.main(["--stage", "text", "--data-dir", str(root), "--llm", str(tiny_llm), "--compile", "--runs",
                        str(tmp_path), "--max-epochs", "1", "--threads", "1"]) == 2
-    assert "TORCHINDUCTOR_CACHE_DIR " in one_error_line(capsys) and not (tiny_llm / "cache").exists()
+    kernels = lambda: [p for p in (tiny_llm / "cache").rglob("*") if p.is_file()]  # noqa: E731 (torch may make the dir)
+    assert "TORCHINDUCTOR_CACHE_DIR " in one_error_line(capsys) and not kernels()
+    assert bench.main(["--ckpt", str(tiny_llm), "--candidates", "--data-dir", str(root), "--steps", "1"]) == 2
+    assert "TORCHINDUCTOR_CACHE_DIR " in one_error_line(capsys) and not kernels()  # (bench.py compiles too)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1413,6 +1424,37 @@ def test_runs_of_other_flags_share_no_row_of_a_table_or_sweep(root, tmp_path, ca
     assert "trained with --lr 0.05, not 0.001" in one_error_line(capsys)
 
 
+def test_a_table_row_is_each_seeds_own_run_and_no_tool_writes_into_a_run(root, tmp_path, capsys):
+    """report --table took a metrics.json copied in from another run, and a seed's joint run built on seed 0's
+    parts; eval.py --into, --collect and datainfo --export wrote into another run's folder (its figures replaced)."""
+    table = tmp_path / "t"
+    assert cf_run(root, table / "seed0" / "mf") == 0 and cf_run(root, table / "seed1" / "mf", "--seed", "1") == 0
+    pop, mf = tmp_path / "metrics", table / "seed0" / "mf"  # a run named as the file it would replace
+    assert cf_run(root, pop, "--stage", "pop") == 0
+    before = (mf / "metrics.json").read_bytes()
+    capsys.readouterr()
+    for main, argv in ((ev.main, [str(pop), "--into", str(mf)]), (report.main, ["--collect", str(pop), "--into", str(mf)]),
+                       (datainfo.main, ["ml1m", "--data-dir", str(root), "--export", str(mf / "rows.jsonl")])):
+        assert main(argv) == 2 and f"{mf} holds best.pt: a run's" in one_error_line(capsys)
+    assert (mf / "metrics.json").read_bytes() == before and sorted(os.listdir(mf)) == sorted(os.listdir(table / "seed1" / "mf"))
+    shutil.copy(pop / "metrics.json", table / "seed1" / "mf" / "metrics.json")  # Pop's figures as seed 1's MF
+    assert report.main(["--table", str(table)]) == 2 and "its metrics.json is of epoch 0, its best.pt" in one_error_line(capsys)
+    parts = tmp_path / "parts"
+    for k in (0, 1):
+        for stage in ("sasrec", "text", "joint"):
+            (parts / f"seed{k}" / stage).mkdir(parents=True)
+            fake_best(parts / f"seed{k}" / stage, cf="sasrec")
+        (parts / f"seed{k}" / "text" / "adapter").mkdir()
+        (parts / f"seed{k}" / "text" / "adapter" / "adapter_config.json").write_text(str(k))
+    for k, own in ((0, 0), (1, 0)):  # seed 1's joint run made from seed 0's SASRec and adapter
+        made = dict(cf=runs.files_digest(str(parts / f"seed{own}" / "sasrec" / "best.pt")),
+                    adapter=runs.files_digest(str(parts / f"seed{own}" / "text" / "adapter")))
+        runs.save_atomic(dict(args=dict(seed=k, stage="joint", cf="sasrec"), made_from=made, model={}),
+                         str(parts / f"seed{k}" / "joint" / "best.pt"))
+    with pytest.raises(sources.DataError, match=r"seed1/joint: its cf is not .*seed1/sasrec/best.pt"):
+        report.table_runs(str(parts), ["sasrec", "text", "joint"])
+
+
 def test_the_joint_stage_builds_on_finished_runs_only(root, tmp_path, capsys, tiny_llm):
     """A paused SASRec (last.pt, no metrics.json) was taken as the joint stage's CF model without a word."""
     r = tmp_path / "r"
@@ -1464,6 +1506,19 @@ def test_numerics_cost_writes_through_no_planted_link_and_says_why_it_failed(tmp
     assert "not found" in out.stderr and (tmp_path / "victim").read_text() == "keep me"
 
 
+def test_numerics_cost_runs_the_chain_as_train_py_takes_it(tmp_path):
+    """CHAIN=1 gave --stage all an --out, which train.py refuses: the documented command always failed."""
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "python").write_text(f'#!/bin/sh\n[ "$1" = -c ] && echo avx2 && exit 0\necho "$@" >> {tmp_path / "calls"}\n')
+    (tmp_path / "bin" / "python").chmod(0o755)
+    out = subprocess.run(["bash", "drivers/numerics_cost.sh", str(tmp_path / "nc")], cwd=ROOT, capture_output=True,
+                         text=True, env={**os.environ, "PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}", "REPEATS": "1",
+                                         "CHAIN": "1"})
+    calls = (tmp_path / "calls").read_text().splitlines()
+    assert out.returncode == 0 and len(calls) == 4, out.stderr
+    assert all(("--out" in c) == ("--stage sasrec" in c) for c in calls), calls
+
+
 @pytest.mark.parametrize("argv, words", [
     (["--stage", "mf", "--objective", "next"], "--objective: --stage mf does not read it"),  # BCE, no bias init
     (["--stage", "joint", "--dim", "128"], "--dim: --stage joint does not read it"),  # the CF checkpoint's own
@@ -1477,6 +1532,9 @@ def test_numerics_cost_writes_through_no_planted_link_and_says_why_it_failed(tmp
     (["--stage", "mc", "--batch-size", "3"], "--batch-size: --stage mc does not read it"),
     (["--stage", "icl", "--wd", "5"], "--wd: --stage icl does not read it"),  # scored once, never trained
     (["--stage", "mf", "--maxlen", "3"], "--maxlen: --stage mf does not read it"),  # no history in MF
+    (["--stage", "mf", "--dropout", "0.5"], "--dropout: --stage mf does not read it"),  # MF has no dropout
+    (["--stage", "icl", "--iters-per-epoch", "5"], "--iters-per-epoch: --stage icl does not read it"),
+    (["--stage", "pop", "--amp", "bf16"], "--amp: --stage pop does not read it"),
     (["--stage", "all", "--objective", "next", "--template", "x"], "argument --template: invalid choice")])
 def test_a_flag_the_stage_does_not_read_is_refused(argv, words, capsys):
     """Accepted, recorded in the checkpoint and ignored: --dim 128 --lora-r 2 on a joint run gave the plain run's

@@ -157,10 +157,21 @@ def number(low, high=None, kind=float, low_open=False):
 
 
 def path(text):
-    """An argparse type: a path, never empty ("--into $DIR" with DIR unset must not mean "no --into")."""
+    """An argparse type: a path, never empty ("--into $DIR" with DIR unset must not mean "no --into"), never
+    one that leads elsewhere than it reads (refuse_dotdot)."""
     if not text:
         raise argparse.ArgumentTypeError("expected a path, got ''")
-    return text
+    try:
+        return refuse_dotdot(text)
+    except RunError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def refuse_dotdot(p):
+    """"link/.." is the link target's parent to the kernel, the link's folder to os.path.abspath: refused."""
+    if os.path.realpath(p) != os.path.realpath(os.path.normpath(p)):
+        raise RunError(f"{p}: a '..' after a symbolic link leads elsewhere than it reads; spell the path without it")
+    return p
 
 
 positive = number(1, kind=int)      # a batch size, a count of epochs
@@ -180,8 +191,7 @@ def refuse_link(path):
     """Nothing is written through a symbolic link planted where a run writes: it could point anywhere."""
     if os.path.islink(os.path.normpath(path)):  # ("link/" and "link/." are the folder it points to, not a link)
         raise RunError(f"{path} is a symbolic link; refusing to write through it (remove it, or use another --out)")
-    if os.path.realpath(path) != os.path.realpath(os.path.normpath(path)):  # "link/..": the target's parent
-        raise RunError(f"{path}: a '..' after a symbolic link leads elsewhere than it reads; spell the path without it")
+    refuse_dotdot(path)
 
 
 def write_atomic(path, data: bytes):
@@ -271,8 +281,26 @@ def peek_args(path, key="args"):
     """A checkpoint's flags (or another dict of its header: made_from), no tensor read; {} if unreadable."""
     with suppress(Exception):
         with safe_open(regular_file(path), framework="pt") as f:
-            return dict(loads(f.metadata()["meta"])[key])
+            return dict(loads(f.metadata()["meta"])[key]) if key else loads(f.metadata()["meta"])
     return {}
+
+
+def refuse_artefact(folder, what):
+    """No tool writes into a run's, an adapter's or a backbone's folder but the one that made it: a file there
+    replaces the run's figures, or changes the digest other runs were made from."""
+    if hit := next((f for f in ("best.pt", "last.pt", LOCK, MADE_FROM, "adapter_config.json", "config.json")
+                    if os.path.exists(os.path.join(folder, f))), None):
+        raise RunError(f"{what} {folder} holds {hit}: a run's, an adapter's or a backbone's folder; write elsewhere")
+
+
+def check_metrics_of(run_dir, m):
+    """A run's metrics.json `m` is its best.pt's (where it has one): a copied-in file is another run's figures."""
+    best = os.path.join(run_dir, "best.pt")
+    h = peek_args(best, None) if os.path.exists(best) else {}  # ({} unreadable; a run's best.pt has an epoch)
+    if "epoch" in h and h["epoch"] != m.get("best_epoch"):
+        raise RunError(f"{run_dir}: its metrics.json is of epoch {m.get('best_epoch')!r:.20}, its best.pt of epoch "
+                       f"{h['epoch']!r:.20}; expected one run's files (a metrics.json copied in from another run?)")
+    return m
 
 
 def json_bytes(obj):

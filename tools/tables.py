@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tools.runs import check_metrics_of
 from tools.sources import DataError, _fields, _is, integer, json_lines, read_json
 
 
@@ -114,7 +115,7 @@ def read_metrics(run_dir):
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path} not found: the run is unfinished or was never trained "
                                 f"(python train.py ... --out {run_dir}, with --resume to finish it)")
-    return read_metrics_file(path)
+    return check_metrics_of(run_dir, read_metrics_file(path))
 
 
 def read_metrics_file(path):
