@@ -345,8 +345,8 @@ def build_llm_model(args, ds):
         lora.inject(llm, r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout)  # only LoRA trains
     elif args.stage == "joint":
         if recorded := runs.read_made_from(args.lora):  # ours records its backbone and data; peft's do not
-            now = dict(runs.data_digests(ds), backbone=runs.files_digest(backbone))
-            runs.check_made_from(f"--lora {args.lora}", recorded, now, ["catalog", "data", "backbone"])
+            now = dict(runs.data_digests(ds), backbone=runs.files_digest(backbone), template=args.template)
+            runs.check_made_from(f"--lora {args.lora}", recorded, now, ["catalog", "data", "backbone", "template"])
         lora.load_adapter(llm, args.lora)
         llm.requires_grad_(False)  # LoRA frozen in the joint stage
         cf = load_cf(args, ds)
@@ -418,7 +418,8 @@ def run_llm(args, ds=None):
     if args.stage == "text" and report is not None and is_main():
         # loop.train has reloaded the best epoch: publish its LoRA in peft's format (plug-and-play)
         runs.publish_dir(os.path.join(args.out, "adapter"), lambda d: (
-            lora.save_adapter(model.llm, d), runs.write_json(made, os.path.join(d, runs.MADE_FROM))))
+            lora.save_adapter(model.llm, d), runs.write_json(dict(made, template=args.template),
+                                                             os.path.join(d, runs.MADE_FROM))))
     barrier()
     return report
 

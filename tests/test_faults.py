@@ -713,6 +713,8 @@ def test_the_joint_stage_refuses_a_cf_checkpoint_of_another_model_or_history(roo
     capsys.readouterr()
     assert train.main(["--stage", "joint", *common, "--lora", str(tmp_path / "t_other" / "adapter")]) == 2
     assert "made from other inputs than these: data changed" in one_error_line(capsys)
+    assert train.main(["--stage", "joint", *common, "--template", "collm"]) == 2  # an adapter of the paper's prompts
+    assert "template changed (template paper then, collm now)" in one_error_line(capsys)
     old = {"rows": "r", "catalog": "c"}  # a run before the whole-data digest: compared on what it records
     assert runs.made_from_changes(old, dict(old, data="d")) == [] and runs.made_from_changes(old, {"data": "d"})
 
@@ -839,6 +841,11 @@ def test_prediction_files_say_what_they_hold(tmp_path, capsys):
                         ("1\t1\t1\t0.9\t1\tvalid\n1\t2\t0\t0.1\t0\tvalid\n", "0 test rows, 0 of them liked")):
         path.write_text(head.replace("\n", "\tsplit\n") + body)
         assert ev.main(["--preds", str(path), "--scores", "logits"]) == 2 and words in one_error_line(capsys)
+    path.write_text("\ufeff" + head + "1\t1\t1\t0.9\t1\n1\t2\t0\t0.2\t0\n")  # a BOM (Excel's): read past
+    assert ev.main(["--preds", str(path), "--scores", "logits"]) == 0 and "| test |" in capsys.readouterr().out
+    path.write_text((head + "1\t1\t1\t0.9\t1\n").replace("\n", "\r"))  # CR line ends: one line to readline
+    assert ev.main(["--preds", str(path), "--scores", "logits"]) == 2
+    assert "p.tsv:1: a carriage return inside a line" in one_error_line(capsys)
 
 
 def test_ratings_out_of_range_are_refused_on_their_line(tmp_path):

@@ -416,7 +416,7 @@ def read_made_from(d):
     return read_json(path, "the digests of what made it", obj=True) if path.exists() else {}
 
 
-NEWER = ("data",)  # made_from keys that runs before session 19 lack: compared where the record has them
+NEWER = ("data", "template")  # made_from keys that runs before session 19 lack: compared where recorded
 
 
 def made_from_changes(recorded, now, keys=None):

@@ -97,7 +97,11 @@ def _lines(path, what, encoding="utf-8"):
                     raise DataError(f"{path}:{n}: a line longer than {LINE_MAX} bytes; expected {what}")
                 if (read := read + len(raw)) > most:  # (a plain file never gets here)
                     raise DataError(f"{path}:{n}: decompresses to over {GZ_RATIO} times its size; expected {what}")
-                yield n, raw.decode(encoding).rstrip("\r\n")
+                line = raw.decode(encoding).rstrip("\r\n").removeprefix("\ufeff" if n == 1 else "")  # (a BOM)
+                if "\r" in line:  # (a file of CR line ends reads as one line: its errors would name line 1)
+                    raise DataError(f"{path}:{n}: a carriage return inside a line; expected {what} with LF or CRLF "
+                                    "line ends")
+                yield n, line
     except UnicodeDecodeError as e:
         raise DataError(f"{path}:{n}: expected {encoding} text (byte {e.object[e.start]:#04x} at column "
                         f"{e.start + 1})") from None
