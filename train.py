@@ -206,7 +206,7 @@ def bce_loss(model, b):
 
 def score_only(args, made, model, predict, ds):
     loop.save(args, "best.pt", made, model, 0, dict(auc=None))
-    return loop.finish(args, model, predict, ds)
+    return loop.finish(args, model, predict, ds, loop.autocast_for(args))  # (--amp, as eval.py re-scores it)
 
 # -----------------------------------------------------------------------------
 # Stage 1: SASRec (and the CF baselines) on the interactions alone

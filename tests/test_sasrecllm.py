@@ -206,6 +206,11 @@ def test_eval_rescores_in_the_runs_precision_or_the_one_asked(tmp_path, data_dir
     assert "| test |" in table and "| test_cold |" in table and "| valid |" not in table
     assert ev.main([str(tmp_path / "sasrec"), "--dtype", "float32"]) == 2  # a CF run has no LLM weights
     assert "is a 'sasrec' run, scored in fp32" in capsys.readouterr().err
+    icl = tmp_path / "icl"  # fp32 weights under bf16 autocast: ICL scored it without, eval.py with
+    assert train.main(["--stage", "icl", *common[:8], "--limit", "100", "--threads", "1", "--amp", "bf16"]) == 0
+    assert ev.main([str(icl)]) == 0
+    saved, again = (json.load(open(icl / f)) for f in ("metrics.json", "rescored.json"))
+    assert all(again[p]["logloss"] == pytest.approx(saved[p]["logloss"], abs=1e-9) for p in again)
 
 
 def test_a_bf16_run_on_a_cpu_without_native_bf16_says_it_is_slow(monkeypatch):
