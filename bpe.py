@@ -128,11 +128,12 @@ class BPETokenizer(AnswerIds):
     def _read(self, spec):
         """The vocabulary, merges and options of tokenizer.json's spec; what is not implemented is refused."""
         model, pre = spec["model"], spec.get("pre_tokenizer") or {}
-        steps = pre.get("pretokenizers", [pre])  # a Sequence, or a single pre-tokenizer
+        steps = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else [pre]  # (a list elsewhere: ignored)
         types = [s.get("type") for s in steps]
         added = spec.get("added_tokens", [])
         norm = spec.get("normalizer") or {}  # none, one Unicode form, or a Sequence of them
-        norms = [n.get("type") for n in norm.get("normalizers", [norm] if norm else [])]
+        norms = [n.get("type") for n in (norm.get("normalizers", []) if norm.get("type") == "Sequence" else
+                                         [norm] if norm else [])]
         refused = {
             "model.type other than BPE": model.get("type") != "BPE",
             "BPE dropout": bool(model.get("dropout")),

@@ -25,8 +25,9 @@ import torch
 from tools import sources
 from tools.sources import DataError
 
-# The data root: --data-dir, else $SASRECLLM_DATA (absolute: the same from any directory), else data/.
-DATA_DIR = os.path.abspath(os.environ.get("SASRECLLM_DATA") or "data")
+# The data root: --data-dir, else $SASRECLLM_DATA (absolute: the same from any directory; "link/.." where the
+# kernel reads it, the link target's parent), else data/.
+DATA_DIR = os.path.realpath(os.environ.get("SASRECLLM_DATA") or "data")
 SPLITS = sources.SPLITS        # ("train", "valid", "test")
 WARM_MORE_THAN = 3             # the paper's warm rows: user and item each with more than 3 train rows
 PROMPT_TITLES = 10             # the prompt lists the last 10 liked titles

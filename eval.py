@@ -72,7 +72,10 @@ def row_scores(run, split):
     args, ds, model, make_predict = run
     s = loop.evaluate(model, make_predict(), ds, [split], loop.autocast_for(args), raw=True)[split]
     rows = ds.idx(split)
-    return {(int(u), int(i)): (float(x), int(y)) for u, i, y, x in zip(ds.user[rows], ds.item[rows], ds.label[rows], s)}
+    out = {(int(u), int(i)): (float(x), int(y)) for u, i, y, x in zip(ds.user[rows], ds.item[rows], ds.label[rows], s)}
+    if len(out) < len(rows):  # (a later row of a pair would replace the earlier: its score and label lost)
+        raise ValueError(f"{args.out}: its {split} split holds a (user, item) pair twice; --fuse matches rows by pair")
+    return out
 
 
 def fusion_table(run_a, run_b, data_dir=None):

@@ -351,19 +351,47 @@ def load_tokenizer(path):
     if not path.is_file():
         if not (path / "tokenizer.model").exists() and not (path / "tokenizer.json").exists():
             raise FileNotFoundError(f"{path}: no tokenizer.model (sentencepiece) or tokenizer.json (byte-level BPE)")
-        if (path / "tokenizer.model").exists() and (path / "tokenizer.json").exists() and "ByteLevel" in json.dumps(
-                [(spec := sources.read_json(path / "tokenizer.json", "an HF tokenizer.json", obj=True)).get("pre_tokenizer"),
-                 spec.get("decoder")]):  # (HF would read that one: its ids, and its Yes and No, differ)
-            raise CheckpointError(f"{path}: a sentencepiece tokenizer.model beside a byte-level tokenizer.json, two "
-                                  "tokenizers; keep the one the checkpoint was trained with")
+        if (path / "tokenizer.model").exists() and (path / "tokenizer.json").exists():  # (HF reads tokenizer.json)
+            return sentencepiece_beside_json(path)
         path = path / ("tokenizer.model" if (path / "tokenizer.model").exists() else "tokenizer.json")
     bpe = path.suffix == ".json"
     try:
-        return BPETokenizer(path) if bpe else Tokenizer(path)
+        return check_named_specials(BPETokenizer(path) if bpe else Tokenizer(path), path.parent)
     except (OSError, RuntimeError, KeyError, TypeError, AttributeError, json.JSONDecodeError) as e:
         # the tokenizer classes' own ValueErrors already name the file and pass through
         raise CheckpointError(f"{path}: expected {'an HF tokenizer.json' if bpe else 'a sentencepiece model'} "
                               f"({type(e).__name__}: {e})") from None
+
+
+def check_named_specials(tok, d):
+    """BOS and EOS as d's tokenizer_config.json and special_tokens_map.json (which HF reads last) name them, or
+    refused: HF would start every prompt with the token they name."""
+    for f in ("tokenizer_config.json", "special_tokens_map.json"):
+        spec = sources.read_json(d / f, f"an HF {f}", obj=True) if (d / f).is_file() else {}
+        for key, i in (("bos_token", tok.bos_id), ("eos_token", tok.eos_id)):
+            name = v.get("content") if isinstance(v := spec.get(key), dict) else v
+            if isinstance(name, str) and name != (own := tok.pieces([i])[0]):
+                raise CheckpointError(f"{d / f}: {key} {name!r:.40}, but the tokenizer's is {own!r:.40}; expected "
+                                      "one BOS and EOS (HF would use the named one)")
+    return tok
+
+
+def sentencepiece_beside_json(path):
+    """A directory with both files (as Llama-2's): tokenizer.model, if tokenizer.json holds the same vocabulary
+    (HF reads the latter; a byte-level one, or other ids for a piece, would make its Yes and No other tokens)."""
+    spec = sources.read_json(path / "tokenizer.json", "an HF tokenizer.json", obj=True)
+    if "ByteLevel" in json.dumps([spec.get("pre_tokenizer"), spec.get("decoder")]):
+        raise CheckpointError(f"{path}: a sentencepiece tokenizer.model beside a byte-level tokenizer.json, two "
+                              "tokenizers; keep the one the checkpoint was trained with")
+    tok = load_tokenizer(path / "tokenizer.model")
+    vocab = (spec.get("model") or {}).get("vocab")
+    vocab = {p[0]: i for i, p in enumerate(vocab) if isinstance(p, list) and p} if isinstance(vocab, list) else vocab
+    pieces = {tok.sp.id_to_piece(i): i for i in range(tok.vocab_size)}
+    added = [(t.get("content"), t.get("id")) for t in spec.get("added_tokens") or [] if isinstance(t, dict)]
+    if vocab != pieces or any(pieces.get(c) != i for c, i in added):
+        raise CheckpointError(f"{path}: tokenizer.json's vocabulary or added tokens differ from tokenizer.model's; "
+                              "two tokenizers (HF reads tokenizer.json): keep the one the checkpoint was trained with")
+    return tok
 
 
 def load(ckpt_dir, dtype=torch.float32, device="cpu"):

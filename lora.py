@@ -173,7 +173,10 @@ def load_adapter(model, adapter_dir):
         targets = cfg["target_modules"]
         if isinstance(targets, str):
             raise ValueError(f"{adapter_dir}: target_modules as a regex ({targets!r}) is not supported")
-        inject(model, tuple(targets), cfg["r"], cfg["lora_alpha"], cfg.get("lora_dropout", 0.0))
+        try:
+            inject(model, tuple(targets), cfg["r"], cfg["lora_alpha"], cfg.get("lora_dropout", 0.0))
+        except ValueError as e:  # (no such layer, r past a layer's width: said of the file that asks for it)
+            raise ValueError(f"{adapter_dir}/adapter_config.json: {e}") from None
     elif any((m.r, m.alpha) != (cfg["r"], cfg["lora_alpha"]) for m in lora_layers(model).values()):
         raise ValueError(f"{adapter_dir}: r {cfg['r']}, lora_alpha {cfg['lora_alpha']}, but the model's LoRA has "
                          "others (its scaling would stay): load it into a model without LoRA")

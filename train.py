@@ -346,7 +346,8 @@ def build_llm_model(args, ds):
     elif args.stage == "joint":
         if recorded := runs.read_made_from(args.lora):  # ours records its backbone and data; peft's do not
             now = dict(runs.data_digests(ds), backbone=runs.files_digest(backbone), template=args.template)
-            runs.check_made_from(f"--lora {args.lora}", recorded, now, ["catalog", "data", "backbone", "template"])
+            runs.check_made_from(f"--lora {args.lora}", recorded, now, ["catalog", "data", "domain", "backbone",
+                                                                        "template"])
         lora.load_adapter(llm, args.lora)
         llm.requires_grad_(False)  # LoRA frozen in the joint stage
         cf = load_cf(args, ds)

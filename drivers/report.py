@@ -23,6 +23,7 @@ from tools.tables import (COLUMNS, _num, fmt, fmt_mean_std, markdown_table, md_t
 
 
 def _write(path, text):
+    refuse_artefact(os.path.dirname(os.path.abspath(path)), f"{path}: its folder")  # (ROOT.md, ROOT/sweep.md...)
     write_atomic(path, text.encode("utf-8"))
     return path
 

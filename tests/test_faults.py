@@ -715,6 +715,10 @@ def test_the_joint_stage_refuses_a_cf_checkpoint_of_another_model_or_history(roo
     assert "made from other inputs than these: data changed" in one_error_line(capsys)
     assert train.main(["--stage", "joint", *common, "--template", "collm"]) == 2  # an adapter of the paper's prompts
     assert "template changed (template paper then, collm now)" in one_error_line(capsys)
+    made = json.loads((tmp_path / "text" / "adapter" / "made_from.json").read_text())
+    (tmp_path / "text" / "adapter" / "made_from.json").write_text(json.dumps(dict(made, domain="book")))
+    assert train.main(["--stage", "joint", *common]) == 2  # an adapter of "books" prompts, on "movies" ones
+    assert "domain changed (domain book then, movie now)" in one_error_line(capsys)
     old = {"rows": "r", "catalog": "c"}  # a run before the whole-data digest: compared on what it records
     assert runs.made_from_changes(old, dict(old, data="d")) == [] and runs.made_from_changes(old, {"data": "d"})
 
@@ -761,6 +765,9 @@ def test_an_adapter_feature_that_is_not_implemented_is_refused(tiny_llm, tmp_pat
     (tmp_path / "a" / "adapter_config.json").write_text(json.dumps({**cfg, "alora_invocation_tokens": [5, 6]}))
     with pytest.raises(ValueError, match="alora_invocation_tokens"):
         lora.load_adapter(llama.load_model(tiny_llm), tmp_path / "a")
+    (tmp_path / "a" / "adapter_config.json").write_text(json.dumps({**cfg, "target_modules": []}))
+    with pytest.raises(ValueError, match=r"a/adapter_config.json: "):
+        lora.load_adapter(llama.load_model(tiny_llm), tmp_path / "a")  # (inject's error, naming the file)
 
 
 @pytest.mark.parametrize("name", ["config.json", "model.safetensors", "model.safetensors.index.json", "tokenizer.model",
@@ -1431,6 +1438,31 @@ def test_runs_of_other_flags_share_no_row_of_a_table_or_sweep(root, tmp_path, ca
     assert "trained with --lr 0.05, not 0.001" in one_error_line(capsys)
 
 
+def test_a_data_variable_through_a_link_reads_where_the_shell_does(tmp_path):
+    """SASRECLLM_DATA=lnk/.. read the cwd's data (abspath dropped lnk/..), where the shell's lnk/.. is the target's
+    parent: another data set, without a word."""
+    write_data(tmp_path / "A")
+    (tmp_path / "A" / "sub").mkdir()
+    (tmp_path / "cwd").mkdir()
+    (tmp_path / "cwd" / "lnk").symlink_to(tmp_path / "A" / "sub", target_is_directory=True)
+    write_data(tmp_path / "cwd", tiny_rows()[:-1])  # the cwd's own data root: one row fewer
+    out = subprocess.run([sys.executable, "-m", "drivers.datainfo", "ml1m", "--stats"], cwd=tmp_path / "cwd",
+                         capture_output=True, text=True, env={**os.environ, "SASRECLLM_DATA": "lnk/..",
+                                                              "PYTHONPATH": str(ROOT)})
+    assert out.returncode == 0 and sum(json.loads(out.stdout)["rows"].values()) == len(tiny_rows()), out.stderr
+
+
+def test_the_fusion_probe_refuses_a_pair_it_would_count_once(root, monkeypatch):
+    """eval --fuse keyed rows by (user, item): a split holding a pair twice (GroupLens re-ratings can) lost one."""
+    ds = data.load("ml1m", root)
+    test = ds.idx("test")
+    ds.item[test[1]] = ds.item[test[0]]  # user 1's second test row: the first one's item again
+    monkeypatch.setattr(ev.loop, "evaluate", lambda *a, **k: {"test": np.zeros(len(test))})
+    run = (train.parse_args(["--stage", "mf", "--out", "R"]), ds, None, lambda: None)
+    with pytest.raises(ValueError, match=r"test split holds a \(user, item\) pair twice"):
+        ev.row_scores(run, "test")
+
+
 def test_a_table_row_is_each_seeds_own_run_and_no_tool_writes_into_a_run(root, tmp_path, capsys):
     """report --table took a metrics.json copied in from another run, and a seed's joint run built on seed 0's
     parts; eval.py --into, --collect and datainfo --export wrote into another run's folder (its figures replaced)."""
@@ -1443,6 +1475,7 @@ def test_a_table_row_is_each_seeds_own_run_and_no_tool_writes_into_a_run(root, t
     for main, argv in ((ev.main, [str(pop), "--into", str(mf)]), (report.main, ["--collect", str(pop), "--into", str(mf)]),
                        (datainfo.main, ["ml1m", "--data-dir", str(root), "--export", str(mf / "rows.jsonl")])):
         assert main(argv) == 2 and f"{mf} holds best.pt: a run's" in one_error_line(capsys)
+    assert report.main(["--sweep", str(mf)]) == 2 and "sweep.md: its folder" in one_error_line(capsys)
     assert (mf / "metrics.json").read_bytes() == before and sorted(os.listdir(mf)) == sorted(os.listdir(table / "seed1" / "mf"))
     shutil.copy(pop / "metrics.json", table / "seed1" / "mf" / "metrics.json")  # Pop's figures as seed 1's MF
     assert report.main(["--table", str(table)]) == 2 and "its metrics.json is of epoch 0, its best.pt" in one_error_line(capsys)

@@ -139,6 +139,8 @@ def test_unicode_normalizers_match_hf(tmp_path, normalizer):
 
 @pytest.mark.parametrize("change,words", [
     ({"normalizer": {"type": "Lowercase"}}, "normalizer"),
+    ({"normalizer": {"type": "Lowercase", "normalizers": [{"type": "NFC"}]}}, r"normalizer \['Lowercase'\]"),  # (HF)
+    ({"pre_tokenizer": {"type": "Whitespace", "pretokenizers": [BYTE_LEVEL]}}, r"pre_tokenizer \['Whitespace'\]"),
     ({"pre_tokenizer": {"type": "Metaspace"}}, "pre_tokenizer"),
     ({"pre_tokenizer": {**BYTE_LEVEL, "add_prefix_space": True}}, "add_prefix_space"),
     ({"added_tokens": [{"id": 300, "content": "", "special": True}]}, "empty content"),  # matched between every char
@@ -188,6 +190,23 @@ def test_load_picks_the_tokenizer_and_checks_vocab_size(tmp_path):
         llama.load(d)
 
 
+def test_a_bos_or_eos_named_otherwise_beside_the_tokenizer_is_refused(tmp_path, tokenizer_path):
+    """HF starts prompts with the BOS that tokenizer_config.json or special_tokens_map.json names (the latter
+    winning); ours used the tokenizer's own: another first token, silently."""
+    d = write_tiny_bpe(tmp_path / "bpe")
+    own = llama.load_tokenizer(d)
+    (d / "special_tokens_map.json").write_text(json.dumps({"bos_token": {"content": own.pieces([own.eos_id])[0]}}))
+    with pytest.raises(llama.CheckpointError, match="special_tokens_map.json: bos_token"):
+        llama.load_tokenizer(d)
+    (tmp_path / "sp").mkdir()
+    shutil.copy(tokenizer_path, tmp_path / "sp" / "tokenizer.model")
+    (tmp_path / "sp" / "tokenizer_config.json").write_text(json.dumps({"bos_token": "<s>", "eos_token": "</s>"}))
+    assert llama.load_tokenizer(tmp_path / "sp").bos_id == 1  # the same names: as before
+    (tmp_path / "sp" / "tokenizer_config.json").write_text(json.dumps({"bos_token": "</s>"}))
+    with pytest.raises(llama.CheckpointError, match="tokenizer_config.json: bos_token '</s>', but the tokenizer's is '<s>'"):
+        llama.load_tokenizer(tmp_path / "sp")
+
+
 def test_tokenizer_model_wins_over_a_tokenizer_json_that_is_not_byte_level(tmp_path, tokenizer_path):
     """Llama-2 checkpoints ship both files; their tokenizer.json is not byte-level (Metaspace, byte fallback). A
     byte-level one beside a tokenizer.model is another tokenizer, which HF would read: refused, not outvoted."""
@@ -197,9 +216,18 @@ def test_tokenizer_model_wins_over_a_tokenizer_json_that_is_not_byte_level(tmp_p
         llama.load_tokenizer(d)
     assert isinstance(llama.load_tokenizer(d / "tokenizer.json"), bpe.BPETokenizer)  # named: that one
     spec = json.loads((d / "tokenizer.json").read_text())
-    spec.update(pre_tokenizer={"type": "Metaspace", "replacement": "\u2581"}, decoder={"type": "ByteFallback"})
+    sp = llama.load_tokenizer(tokenizer_path).sp
+    pieces = {sp.id_to_piece(i): i for i in range(sp.vocab_size())}  # Llama-2's: the same vocabulary in both
+    spec.update(pre_tokenizer={"type": "Metaspace", "replacement": "\u2581"}, decoder={"type": "ByteFallback"},
+                model={"type": "BPE", "vocab": pieces}, added_tokens=[{"id": 1, "content": "<s>", "special": True}])
     (d / "tokenizer.json").write_text(json.dumps(spec))
+    (d / "tokenizer_config.json").write_text(json.dumps({"bos_token": "<s>", "eos_token": "</s>"}))  # Llama-2's
     assert isinstance(llama.load_tokenizer(d), llama.Tokenizer)
+    for swap in ("\u2581Yes", "\u2581No"), ("<s>", "</s>"):  # HF's Yes would be our No: every score's sign flipped
+        p = dict(spec, model={"type": "BPE", "vocab": {**pieces, swap[0]: pieces[swap[1]], swap[1]: pieces[swap[0]]}})
+        (d / "tokenizer.json").write_text(json.dumps(p))
+        with pytest.raises(llama.CheckpointError, match="tokenizer.json's vocabulary or added tokens differ"):
+            llama.load_tokenizer(d)
 
 
 # ----------------------------------------------------------------------------------------------

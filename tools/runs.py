@@ -372,11 +372,12 @@ def digest(*parts):
 
 def data_digests(ds):
     """{rows: the rows this run loaded, labels and splits too; catalog: what the ids mean, any --limit;
-    data: the whole data set a --limit or --valid-rows slice was cut from (two slices of it differ in rows)}."""
+    data: the whole data set a --limit or --valid-rows slice was cut from (two slices of it differ in rows);
+    domain: the prompts' noun}."""
     catalog = json.dumps([ds.name, ds.n_users, ds.n_items, ds.titles]).encode()
     rows = lambda d: digest(d.user, d.item, d.label, d.timestamp, d.split.astype("U5"),  # noqa: E731
                             d.history.liked, d.history.start, catalog)
-    return dict(rows=rows(ds), catalog=digest(catalog), data=rows(ds.whole or ds))
+    return dict(rows=rows(ds), catalog=digest(catalog), data=rows(ds.whole or ds), domain=ds.domain)  # (the noun)
 
 
 # Keys that record which library version wrote a config, not what the model computes: the same weights
@@ -416,7 +417,7 @@ def read_made_from(d):
     return read_json(path, "the digests of what made it", obj=True) if path.exists() else {}
 
 
-NEWER = ("data", "template")  # made_from keys that runs before session 19 lack: compared where recorded
+NEWER = ("data", "domain", "template")  # made_from keys that runs before session 19 lack: compared where recorded
 
 
 def made_from_changes(recorded, now, keys=None):
