@@ -22,7 +22,7 @@ import numpy as np
 import llama
 import loop
 import train
-from metrics import PARTS, metrics, sigmoid
+from metrics import PARTS, auc, metrics, sigmoid, uauc
 from tools import runs, sources
 from tools.tables import _num, fmt, fmt_mean_std, markdown_table, md_table, mean_std, read_metrics
 
@@ -121,7 +121,12 @@ def preds_table(path, scores):
     for pos, neg in (("seen", "unseen"), ("warm", "cold")):
         if pos in d:
             parts += [(f"test_{pos}", test & d[pos]), (f"test_{neg}", test & ~d[pos])]
-    rows = [(name, metrics(d["user"][m], d["label"][m], s[m])) for name, m in parts if m.any()]
+    rows = []
+    for name, m in ((n, m) for n, m in parts if m.any()):
+        r = metrics(d["user"][m], d["label"][m], s[m])
+        if scores == "probs":  # AUC and UAUC from the probabilities' own order: two close ones can share a logit
+            r.update(auc=auc(d["label"][m], d["score"][m]), uauc=uauc(d["user"][m], d["label"][m], d["score"][m])[0])
+        rows.append((name, r))
     return markdown_table(rows, rel=False)
 
 

@@ -828,6 +828,12 @@ def test_probabilities_near_0_and_1_keep_their_order(tmp_path, capsys):
     assert ev.main(["--preds", str(path), "--scores", "probs"]) == 0
     row = capsys.readouterr().out.splitlines()[-1].split("|")
     assert [c.strip() for c in row[-3:-1]] == ["0.7500", "1.0000"], row  # AUC, UAUC
+    tie = float(np.nextafter(0.04097352, 1))  # one ulp apart: the same logit in float64, not the same probability
+    path.write_text(f"user_id\titem_id\tlabel\tscore\n1\t1\t0\t0.04097352\n1\t2\t1\t{tie!r}\n"
+                    "2\t1\t0\t0.0\n2\t2\t1\t5e-324\n")
+    assert ev.main(["--preds", str(path), "--scores", "probs"]) == 0
+    row = capsys.readouterr().out.splitlines()[-1].split("|")
+    assert [c.strip() for c in row[-3:-1]] == ["0.7500", "1.0000"], row  # as sklearn orders them (ties: 0.5, 0.5)
 
 
 def test_prediction_files_say_what_they_hold(tmp_path, capsys):
