@@ -367,4 +367,5 @@ def data_slice(ds, limit=0, valid_rows=0):
     a = arrays  # seen and warm of the train rows kept, which the run learns from (not the whole data's)
     arrays["seen"], arrays["warm"] = seen_warm(a["user"], a["item"], a["split"], ds.n_users, ds.n_items)
     h = ds.history
-    return replace(ds, history=Histories(h.liked, h.start[keep], h.end[keep]), whole=ds.whole or ds, **arrays)
+    whole = ds if ds.whole is None else ds.whole  # (a slice of a slice: the same whole data set)
+    return replace(ds, history=Histories(h.liked, h.start[keep], h.end[keep]), whole=whole, **arrays)

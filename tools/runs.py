@@ -377,7 +377,9 @@ def data_digests(ds):
     catalog = json.dumps([ds.name, ds.n_users, ds.n_items, ds.titles]).encode()
     rows = lambda d: digest(d.user, d.item, d.label, d.timestamp, d.split.astype("U5"),  # noqa: E731
                             d.history.liked, d.history.start, catalog)
-    return dict(rows=rows(ds), catalog=digest(catalog), data=rows(ds.whole or ds), domain=ds.domain)  # (the noun)
+    loaded = rows(ds)  # (a whole data set is its own "data": digested once)
+    return dict(rows=loaded, catalog=digest(catalog), data=loaded if ds.whole is None else rows(ds.whole),
+                domain=ds.domain)
 
 
 # Keys that record which library version wrote a config, not what the model computes: the same weights
