@@ -43,12 +43,13 @@ def train(run, made_from, model, batches, loss_fn, predict, ds):
                                       if f == "metrics.json" or f.startswith("rescored")], "--resume")
     elif run.resume:  # it stopped in its first epoch
         say(f"--resume: {run.out} has no last.pt yet; starting at epoch 1")
-    steps, t_run = 0, time.time()
+    steps, t_run, cut = 0, time.time(), 0  # cut: 1 when a budget ends the run before its epochs or patience do
     while epoch < run.max_epochs and best["bad_epochs"] < run.patience:
         if run.max_minutes and time.time() - t_run > 60 * run.max_minutes:
             say(f"--max-minutes {run.max_minutes:g}: no new epoch after {epoch}")
+            cut = 1
             break
-        epoch += 1
+        epoch, first_step = epoch + 1, steps
         model.train()
         t0 = t_said = time.time()
         loss_sum, n_seen, tokens = torch.zeros((), dtype=torch.float64, device=run.device), 0, 0  # no sync per step
@@ -96,6 +97,7 @@ def train(run, made_from, model, batches, loss_fn, predict, ds):
             f"{best['auc']:.4f}@{best['epoch']} | lr {log['lr']:.2e} | {log['seconds']:.1f}s")
         if run.max_steps and steps >= run.max_steps:
             say(f"--max-steps {run.max_steps}: stopping after {steps} steps")
+            cut = int(steps - first_step < n or epoch < run.max_epochs and best["bad_epochs"] < run.patience)
             break
         if run.stop_after and epoch >= run.stop_after:
             say(f"--stop-after {run.stop_after}: stopping early (continue with --resume)")
@@ -106,7 +108,7 @@ def train(run, made_from, model, batches, loss_fn, predict, ds):
                 f"{epoch} (continue with --resume)")
             return None
     say(f"done: best valid AUC {best['auc']:.4f} at epoch {best['epoch']} ({(time.time() - t_run) / 60:.1f} min)")
-    return finish(run, model, predict, ds, autocast)
+    return finish(run, model, predict, ds, autocast, dict(cut_short=cut))
 
 
 def lr_lambda(warmup_steps, total_steps):
@@ -229,12 +231,13 @@ def resume_from(run, made_from, model, opt, sched, scaler, n):
     return epoch, best, log
 
 
-def finish(run, model, predict, ds, autocast=nullcontext):
-    """Reload best.pt, score valid and test, write metrics.json (test's warm/cold parts too)."""
+def finish(run, model, predict, ds, autocast=nullcontext, more=None):
+    """Reload best.pt, score valid and test, write metrics.json (test's warm/cold parts too; `more`: how training
+    ended, cut_short 1 when --max-minutes or --max-steps stopped it first, which no table row may mix)."""
     barrier()  # rank 0 has written best.pt
     ck = runs.read_checkpoint(path := os.path.join(run.out, "best.pt"))
     load_trainable(model, ck["model"], path)
-    report = dict(evaluate(model, predict, ds, autocast=autocast), best_epoch=ck["epoch"])
+    report = dict(evaluate(model, predict, ds, autocast=autocast), best_epoch=ck["epoch"], **(more or {}))
     runs.write_json(report, os.path.join(run.out, "metrics.json"))
     say(f"test auc {report['test']['auc']:.4f} | valid auc {report['valid']['auc']:.4f} -> {run.out}/metrics.json")
     return report

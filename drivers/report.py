@@ -140,7 +140,22 @@ def check_alike(dirs, want):
         if changed:
             raise DataError(f"{d} and {first[0]} differ in more than {', '.join(w)}: {'; '.join(changed)[:300]}; "
                             "a row's runs must share their flags and data (train it again, or use another root)")
+        if first and cut_short(first[0], first[1]) != cut_short(d, args):  # (a budget given at --resume: not in args)
+            short, done = (d, first[0]) if cut_short(d, args) else (first[0], d)
+            raise DataError(f"{short} stopped before its --max-epochs and --patience ended it (a --max-minutes or "
+                            f"--max-steps budget), {done} did not; a row's runs must end alike (resume the short one "
+                            "without the budget)")
         first = first or (d, args, made)
+
+
+def cut_short(run_dir, args):
+    """Did a budget (--max-minutes, --max-steps) stop the run before --max-epochs or --patience did? metrics.json
+    says (cut_short); runs older than it by their log and best epoch. The closed-form rows train nothing: never."""
+    if os.path.exists(os.path.join(run_dir, "metrics.json")) and "cut_short" in (m := read_metrics(run_dir)):
+        return m["cut_short"] == 1
+    top, wait, best = (v if type(v) is int else 0 for v in (
+        args.get("max_epochs"), args.get("patience"), peek_args(os.path.join(run_dir, "best.pt"), None).get("epoch")))
+    return len(log := read_log(run_dir)) > 0 and len(log) < top and len(log) - best < wait
 
 
 def table_runs(root, stages):

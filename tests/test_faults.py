@@ -1684,3 +1684,24 @@ def test_drivers_refuse_what_they_would_ignore_and_give_each_row_its_own_flags(t
         with pytest.raises(SystemExit):
             main(argv)
         assert words in capsys.readouterr().err
+
+
+def test_a_run_a_budget_cut_short_at_resume_shares_no_row_with_finished_runs(root, tmp_path, capsys):
+    """--max-minutes and --max-steps may be given at --resume, and best.pt keeps the flags a run started with: a
+    seed stopped by one, a budget its best.pt does not show, was averaged beside seeds that trained to the end."""
+    table = tmp_path / "table"
+    assert cf_run(root, table / "seed0" / "mf") == 0
+    assert cf_run(root, table / "seed1" / "mf", "--seed", "1", "--stop-after", "1") == 0
+    assert cf_run(root, table / "seed1" / "mf", "--seed", "1", "--resume", "--max-steps", "1") == 0  # epoch 2 cut
+    assert json.loads((table / "seed1" / "mf" / "metrics.json").read_text())["cut_short"] == 1
+    capsys.readouterr()
+    assert report.main(["--table", str(table)]) == 2
+    assert "seed1/mf stopped before its --max-epochs and --patience ended it" in one_error_line(capsys)
+    assert cf_run(root, table / "seed1" / "mf", "--seed", "1", "--resume", "--max-steps", "1000") == 0  # finished
+    assert json.loads((table / "seed1" / "mf" / "metrics.json").read_text())["cut_short"] == 0
+    assert report.main(["--table", str(table)]) in (0, None)
+    for m in table.glob("seed*/mf/metrics.json"):  # runs older than cut_short: by their log (epoch 1 of 2 run)
+        m.write_text(json.dumps({k: v for k, v in json.loads(m.read_text()).items() if k != "cut_short"}))
+    (table / "seed1" / "mf" / "log.jsonl").write_text((table / "seed1" / "mf" / "log.jsonl").read_text().splitlines()[0])
+    capsys.readouterr()
+    assert report.main(["--table", str(table)]) == 2 and "stopped before its --max-epochs" in one_error_line(capsys)

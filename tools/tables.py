@@ -123,8 +123,10 @@ def read_metrics_file(path):
     m = numbers(path, read_json(path, "a run's metrics"), "a run's metrics")
     if m.get("best_epoch") is not None and not (type(m["best_epoch"]) is int and m["best_epoch"] >= 0):
         raise DataError(f"{path}: best_epoch is {m['best_epoch']}; expected an epoch, an integer >= 0 (0: no training)")
+    if m.get("cut_short", 0) not in (0, 1):  # (loop.finish: 1 when a budget ended the training first)
+        raise DataError(f"{path}: cut_short is {m['cut_short']}; expected 0 or 1")
     for part, ms in m.items():
-        if part != "best_epoch" and not isinstance(ms, dict):
+        if part not in ("best_epoch", "cut_short") and not isinstance(ms, dict):
             raise DataError(f"{path}: {part} is {json.dumps(ms)[:60]}; expected an object of metrics")
         if isinstance(ms, dict) and (lost := [k for k, _ in COLUMNS if k not in ms]):
             raise DataError(f"{path}: {part} has no {lost[0]}; expected the metrics {', '.join(k for k, _ in COLUMNS)}")
