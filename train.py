@@ -77,7 +77,7 @@ class Run:
     """One run: every flag of train.py. Saved in each checkpoint, so that a run rebuilds itself."""
     stage: str = flag(None, "which stage (or all: sasrec, text, joint in turn)",
                       choices=CF_STAGES + LLM_STAGES + ("all",))
-    data: str = flag("ml1m", "ml1m, movielens or amazon")
+    data: str = flag("ml1m", "ml1m, movielens or amazon", choices=("ml1m", "movielens", "amazon"))
     split: str = flag(None, "CoLLM's month windows, or the paper's 8:1:1 (amazon's default)",
                       choices=("months", "ratio"))
     reviews: str = flag(None, "amazon: reviews file (default DATA/amazon-book/Books_5.json.gz)", resume_may_change=True)

@@ -3,11 +3,13 @@ the CLI and its error messages."""
 import csv
 import gzip
 import json
+import os
 import re
 from collections import Counter
 import subprocess
 import sys
 import time
+import tracemalloc
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -762,6 +764,7 @@ def test_inputs_that_are_no_regular_file_or_hold_a_huge_line_are_one_error(tmp_p
         signal.alarm(0)
         signal.signal(signal.SIGALRM, old)
     monkeypatch.setattr(sources, "LINE_MAX", 50)
+    monkeypatch.setattr(sources, "JSON_LINE_MAX", 50)
     path = tmp_path / "p.tsv"
     path.write_text("user_id\titem_id\tlabel\tscore\n1\t2\t1\t0.5\n" + "1" * 60 + "\n")
     with pytest.raises(DataError, match=r"p.tsv:3: a line longer than 50 bytes"):
@@ -892,3 +895,53 @@ def test_the_mc_memory_check_counts_the_fits_float64_temporaries(ml1m, monkeypat
     monkeypatch.setattr(limits, "available", lambda device: 20 * cells)  # room for 5 fp32 tables, not 3 float64 ones
     with pytest.raises(limits.SizeError, match="--stage mc"):
         limits.check_cf(a, ml1m)
+
+
+def test_a_movies_dat_of_two_encodings_and_other_hostile_data_files(tmp_path, capsys):
+    """One non-UTF-8 byte made the whole movies.dat latin-1 (every UTF-8 title mojibake, exit 0), and a sparse 2 GB
+    movies.dat was read to its end first; a score of 40,000 digits took a minute (the decimal pattern backtracked over
+    every split of the digits); a damaged .gz body was a zlib traceback; a directory in a data file's place leaked
+    its descriptor, a link loop was 'not found'; one 200-character Amazon id made every row 800 bytes wide."""
+    _write_grouplens(tmp_path / "mixed", GROUPLENS)
+    movies = tmp_path / "mixed" / "ml-1m" / "movies.dat"
+    movies.write_bytes(movies.read_bytes() + "50::Café (1990)::Comedy\n".encode("utf-8"))  # latin-1 with a UTF-8 line
+    with pytest.raises(DataError, match=r"movies.dat: byte 0xe9 at offset .* is not UTF-8, and bytes b'\\xc3\\xa9' at"):
+        data.load("movielens", tmp_path / "mixed")
+    movies.write_bytes(movies.read_bytes().replace("Café (1990)".encode("utf-8"), b"Caf\x92s (1990)"))  # cp1252
+    with pytest.raises(DataError, match=r"bytes b'\\x92' at offset [0-9]+ are not latin-1 text"):
+        data.load("movielens", tmp_path / "mixed")
+    os.truncate(movies, 2 << 30)  # sparse: no disk, and no time to read
+    with pytest.raises(DataError, match=r"movies.dat: expected GroupLens' .* in at most [0-9]+ bytes, got 2147483648"):
+        data.load("movielens", tmp_path / "mixed")
+    preds = tmp_path / "p.tsv"
+    preds.write_text("user_id\titem_id\tlabel\tscore\n1\t1\t1\t0.5\n1\t2\t0\t" + "1" * 40000 + "x\n")
+    t0 = time.perf_counter()
+    with pytest.raises(DataError, match=r"p.tsv:3: expected a finite number as score"):
+        sources.read_preds(preds)
+    assert time.perf_counter() - t0 < 5  # (was 66 s: a hang, not a speed figure)
+    assert [sources.real(x) for x in ("1", "1.", ".5", "-2.5e3", "+3")] == [1.0, 1.0, 0.5, -2500.0, 3.0]
+    raw = bytearray(gzip.compress("".join(json.dumps(dict(REVIEWS[0], unixReviewTime=k)) + "\n"
+                                          for k in range(2000)).encode(), mtime=0))
+    raw[200:240] = bytes(x ^ 255 for x in raw[200:240])
+    (bad := tmp_path / "bad.json.gz").write_bytes(bytes(raw))
+    with pytest.raises(DataError, match=r"bad.json.gz:1: expected readable text \(Error -3 while decompressing"):
+        list(sources.json_lines(bad, "x"))
+    (tmp_path / "dir.tsv").mkdir()
+    (tmp_path / "loop.tsv").symlink_to(tmp_path / "loop.tsv")
+    fds = len(os.listdir("/proc/self/fd"))
+    for _ in range(20):
+        with pytest.raises(DataError, match=r"dir.tsv is not a regular file"):
+            list(sources._lines(tmp_path / "dir.tsv", "x"))
+    assert len(os.listdir("/proc/self/fd")) == fds
+    with pytest.raises(DataError, match=r"loop.tsv:1: expected readable text \(Too many levels of symbolic links\)"):
+        list(sources._lines(tmp_path / "loop.tsv", "x"))
+    _write_jsonl(tmp_path / "m.json", META)
+    peaks = []
+    for long_id in ("Z", "Z" * 200):  # the same 20,000 reviews but for one user's id
+        _write_jsonl(tmp_path / "r.json", [dict(REVIEWS[0], reviewerID=long_id if k == 0 else f"u{k % 500}",
+                                                unixReviewTime=k) for k in range(20000)])
+        tracemalloc.start()
+        sources.load_amazon(tmp_path, reviews=str(tmp_path / "r.json"), meta=str(tmp_path / "m.json"))
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+    assert peaks[1] < 1.2 * peaks[0], peaks  # (numpy's string columns: 3x)

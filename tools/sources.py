@@ -7,7 +7,6 @@ number calendar months (UTC) from the first month: months 14-23 train, 24-28 val
 dropped); sort by (user, timestamp) with a stable sort and renumber users and items 1..N by first appearance (0 is
 padding). Or the paper's chronological 8:1:1 split (`ratio`, Amazon's default).
 """
-import codecs
 import gzip
 import json
 import math
@@ -15,6 +14,7 @@ import os
 import re
 import stat
 import sys
+import zlib
 from collections import Counter
 
 import numpy as np
@@ -23,10 +23,12 @@ SPLITS = ("train", "valid", "test")
 AMAZON_MAX_ID = 4000  # the paper keeps Amazon Book user and item ids <= 4000
 ID_MAX, TIME_MAX = 2**31 - 1, 10**11 - 1  # TIME_MAX: Unix seconds before the year 5138 (1e20 overflowed months)
 DIGITS = re.compile("[0-9]+")  # int() would also take " 1", "1_0", "+1" and "١"
-LINE_MAX = 64 << 20  # bytes in one line (Amazon's longest JSON lines are far shorter): no line fills memory
+LINE_MAX = 64 << 20  # bytes in one line: no line fills memory
+JSON_LINE_MAX = 8 << 20  # bytes in one JSON line (Amazon's longest: ~10 KB); Python's objects take ~25x a line's bytes
 GZ_RATIO = 100  # a .gz that decompresses to more is a bomb (Amazon's JSON lines: about 5 to 10 times)
 LONE_SURROGATE = re.compile(r"\\u[dD][89a-fA-F]")  # (a pair, an emoji's, is checked too, and passes)
-DECIMAL = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")  # float() also takes "nan", "1_0"
+# float() also takes "nan" and "1_0"; one way to match each text ("[0-9]+\.?[0-9]*" tried every split of a digit run)
+DECIMAL = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?")
 
 
 class DataError(ValueError):
@@ -41,8 +43,8 @@ def integer(text, low=1, high=ID_MAX):
 
 
 def real(text):
-    """The finite float that text, a decimal literal alone, spells; else ValueError."""
-    if not (DECIMAL.fullmatch(text) and math.isfinite(float(text))):
+    """The finite float that text, a decimal literal alone of at most 400 characters, spells; else ValueError."""
+    if not (len(text) <= 400 and DECIMAL.fullmatch(text) and math.isfinite(float(text))):
         raise ValueError(text)
     return float(text)
 
@@ -77,24 +79,26 @@ JSON_TIME = (lambda v: integer(json.dumps(v), 0, TIME_MAX), f"an integer 0..{TIM
 def _open(path, what):
     """path opened to read bytes, if it is a regular file: a FIFO would wait forever, /dev/zero never end
     (O_NONBLOCK: opening a FIFO waits for no writer; the type is checked on what was opened)."""
-    f = open(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb")
-    if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-        f.close()
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
         raise DataError(f"{path} is not a regular file (a directory, FIFO or device); expected {what}")
-    return f
+    return open(fd, "rb")
 
 
-def _lines(path, what, encoding="utf-8"):
-    """Yields (line number, line); .gz is decompressed. A bad byte is reported on its own line."""
-    if not os.path.exists(path):
+def _lines(path, what, encoding="utf-8", line_max=None):
+    """Yields (line number, line), each of at most line_max (LINE_MAX) bytes; .gz is decompressed. A bad byte is
+    reported on its own line."""
+    line_max = line_max or LINE_MAX
+    if not os.path.lexists(path):
         raise DataError(f"{path} not found (data root: --data-dir, $SASRECLLM_DATA or data/); expected {what}")
     n = 0
     try:
         with _open(path, what) as file, (gzip.open(file) if str(path).endswith(".gz") else file) as f:
-            most, read = GZ_RATIO * os.fstat(file.fileno()).st_size + LINE_MAX, 0
-            for n, raw in enumerate(iter(lambda: f.readline(LINE_MAX + 1), b""), start=1):
-                if len(raw) > LINE_MAX:
-                    raise DataError(f"{path}:{n}: a line longer than {LINE_MAX} bytes; expected {what}")
+            most, read = GZ_RATIO * os.fstat(file.fileno()).st_size + line_max, 0
+            for n, raw in enumerate(iter(lambda: f.readline(line_max + 1), b""), start=1):
+                if len(raw) > line_max:
+                    raise DataError(f"{path}:{n}: a line longer than {line_max} bytes; expected {what}")
                 if (read := read + len(raw)) > most:  # (a plain file never gets here)
                     raise DataError(f"{path}:{n}: decompresses to over {GZ_RATIO} times its size; expected {what}")
                 line = raw.decode(encoding).rstrip("\r\n").removeprefix("\ufeff" if n == 1 else "")  # (a BOM)
@@ -105,21 +109,28 @@ def _lines(path, what, encoding="utf-8"):
     except UnicodeDecodeError as e:
         raise DataError(f"{path}:{n}: expected {encoding} text (byte {e.object[e.start]:#04x} at column "
                         f"{e.start + 1})") from None
-    except (OSError, EOFError) as e:  # a truncated or damaged .gz
-        raise DataError(f"{path}:{n + 1}: expected readable text ({e})") from None
+    except (OSError, EOFError, zlib.error) as e:  # a missing, truncated or damaged file (a link loop: OSError)
+        why = (e.strerror if isinstance(e, OSError) else None) or e
+        raise DataError(f"{path}:{n + 1}: expected readable text ({why})") from None
 
 
-def decodes(path, what, encoding="utf-8"):
-    """Whether the whole file decodes in `encoding` (read a block at a time)."""
-    decoder = codecs.getincrementaldecoder(encoding)()
-    with _open(path, what) as f:
-        try:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                decoder.decode(block)
-            decoder.decode(b"", final=True)
-        except UnicodeDecodeError:
-            return False
-    return True
+# A file that is not UTF-8 but holds UTF-8's multi-byte sequences, or cp1252's C1 bytes, is no latin-1 text either.
+NOT_LATIN1 = re.compile(rb"[\x80-\x9f]|[\xc2-\xdf][\x80-\xbf]|[\xe0-\xef][\x80-\xbf]{2}|[\xf0-\xf4][\x80-\xbf]{3}")
+
+
+def utf8_or_latin1(path, what, max_bytes=LINE_MAX):
+    """The encoding of a file (at most max_bytes) that is UTF-8 or latin-1 throughout; else a DataError: a file of
+    both, read as latin-1, would turn every UTF-8 title into mojibake ("CafÃ©")."""
+    raw = read_bytes(path, what, max_bytes)
+    try:
+        raw.decode("utf-8")
+        return "utf-8"
+    except UnicodeDecodeError as e:
+        if hit := NOT_LATIN1.search(raw):
+            raise DataError(f"{path}: byte {e.object[e.start]:#04x} at offset {e.start} is not UTF-8, and bytes "
+                            f"{hit.group()!r} at offset {hit.start()} are not latin-1 text; expected {what} in one "
+                            "of them throughout") from None
+    return "latin-1"
 
 
 def read_table(path, names, what, sep="\t", header=True, ints=(), encoding="utf-8", parse=None, free=None):
@@ -237,7 +248,7 @@ def read_json(path, what, max_bytes=64 << 20, obj=False):
 
 def json_lines(path, what):
     """Yields (line number, object) from a JSON-lines file, plain or .gz."""
-    for n, line in filter(lambda nl: nl[1].strip(), _lines(path, what)):
+    for n, line in filter(lambda nl: nl[1].strip(), _lines(path, what, line_max=JSON_LINE_MAX)):
         obj = _parse_json(line, f"{path}:{n}", "one JSON object per line")
         if not isinstance(obj, dict):
             raise DataError(f"{path}:{n}: expected a JSON object, got {type(obj).__name__}")
@@ -321,12 +332,18 @@ def from_ratings(name, domain, ratings, titles_raw, split, source, first_review_
     merge drops them; the merge groups rows by item (by first appearance), the order that ties keep."""
     if not any(item in titles_raw for _, item, *_ in ratings):  # no ratings, or none of a titled item
         raise DataError(f"{source}: no ratings of items with a title; expected them in the metadata / movies file")
-    user_raw, item_raw, rating, timestamp, line = (np.array(c) for c in zip(*ratings))
+    users, items, rating, timestamp, line = zip(*ratings)
+    # Raw ids as their rank among the distinct ids, which sort as the ids do (numbers or strings): a string column
+    # would take its longest id's width in every row (one 200-character id, 800 bytes a row).
+    user_ids, item_ids = sorted(set(users)), sorted(set(items))
+    user_raw, item_raw = (np.fromiter(map({v: k for k, v in enumerate(ids)}.__getitem__, col), np.int64, len(col))
+                          for ids, col in ((user_ids, users), (item_ids, items)))
+    rating, timestamp, line = np.array(rating), np.array(timestamp), np.array(line)
     if (bad := np.flatnonzero(~((rating >= 1) & (rating <= 5)))).size:  # NaN too
         raise DataError(f"{source}:{line[bad[0]]}: rating {float(rating[bad[0]]):g} is outside 1..5 stars")
     rows = dict(user=user_raw, item=item_raw, label=(rating >= 4).astype(np.int64), timestamp=timestamp,
                 split=np.full(len(rating), "", dtype=object))
-    titled, notes = np.array([i in titles_raw for i in item_raw.tolist()], dtype=bool), []
+    titled, notes = np.array([i in titles_raw for i in items], dtype=bool), []
     if not titled.all():  # stderr below: stdout may be --stats' JSON
         notes.append(f"{source}: dropped {(~titled).sum()} ratings of {len(set(item_raw[~titled].tolist()))} "
                      "items without a title, as CoLLM's merge with the titles does")
@@ -364,7 +381,7 @@ def from_ratings(name, domain, ratings, titles_raw, split, source, first_review_
         rows["split"][order] = ["train"] * n_train + ["valid"] * n_valid + ["test"] * (len(order) - n_train - n_valid)
     rows = _take(rows, np.concatenate([np.flatnonzero(rows["split"] == s) for s in SPLITS]))
     at = np.unique(rows["item"], return_index=True)[1]  # a row of each item id, 1..N in turn
-    titles = [""] + [titles_raw[raw] for raw in rows.pop("raw_item")[at].tolist()]
+    titles = [""] + [titles_raw[item_ids[k]] for k in rows.pop("raw_item")[at].tolist()]
     return dict(rows, split=rows["split"].astype(str), name=name, domain=domain, titles=titles, source=source,
                 notes=notes)
 
@@ -375,7 +392,7 @@ def load_movielens(data_dir, split="months"):
     what = f"GroupLens' ml-1m/ in {data_dir}: unzip https://files.grouplens.org/datasets/movielens/ml-1m.zip there"
     path = os.path.join(data_dir, "ml-1m", "movies.dat")  # GroupLens' is latin-1; one saved again, UTF-8
     movies = read_table(path, ["MovieID", "Title", "Genres"], what, "::", False, ["MovieID"],
-                        "utf-8" if os.path.exists(path) and decodes(path, what) else "latin-1", dict(Title=TITLE), 1)
+                        utf8_or_latin1(path, what) if os.path.lexists(path) else "utf-8", dict(Title=TITLE), 1)
     titles, title_line = {}, {}
     for n, (mid, title, _genres) in movies:
         _once(title_line, mid, n, path, f"MovieID {mid} repeats", "each movie")
