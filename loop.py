@@ -82,22 +82,21 @@ def train(run, made_from, model, batches, loss_fn, predict, ds):
         m = evaluate(model, predict, ds, ["valid"], autocast)["valid"]
         if m["auc"] > best["auc"] or best["epoch"] == 0:  # the first epoch counts even when AUC is undefined
             best = dict(auc=m["auc"], epoch=epoch, bad_epochs=0)
-            save(run, "best.pt", made_from, model, epoch, best)
         else:
             best["bad_epochs"] += 1
-        if epoch % CHECKPOINT_EVERY == 0:
-            save(run, f"epoch_{epoch:03d}.pt", made_from, model, epoch, best)
         log = dict(epoch=epoch, train_loss=all_sum(loss_sum) / n_seen, valid=m, lr=sched.get_last_lr()[0],
-                   seconds=time.time() - t0, samples_per_s=n_seen / train_seconds,
+                   seconds=time.time() - t0, samples_per_s=n_seen / train_seconds, steps=steps - first_step,
                    **(dict(tokens_per_s=tokens / train_seconds) if tokens else {}))
         history.append(log)  # last.pt keeps the log, so a failed log.jsonl write loses no line on --resume
+        # last.pt first: a run stopped before the next writes resumes from it and writes them (checkpoint_epoch)
         save(run, "last.pt", made_from, model, epoch, best, opt, sched, scaler, history)
+        checkpoint_epoch(run, made_from, model, epoch, best)
         write_log(run, history)
         say(f"epoch {epoch:3d} | loss {log['train_loss']:.4f} | valid auc {m['auc']:.4f} uauc {m['uauc']:.4f} | best "
             f"{best['auc']:.4f}@{best['epoch']} | lr {log['lr']:.2e} | {log['seconds']:.1f}s")
         if run.max_steps and steps >= run.max_steps:
             say(f"--max-steps {run.max_steps}: stopping after {steps} steps")
-            cut = int(steps - first_step < n or epoch < run.max_epochs and best["bad_epochs"] < run.patience)
+            cut = int(epoch < run.max_epochs and best["bad_epochs"] < run.patience)
             break
         if run.stop_after and epoch >= run.stop_after:
             say(f"--stop-after {run.stop_after}: stopping early (continue with --resume)")
@@ -108,7 +107,8 @@ def train(run, made_from, model, batches, loss_fn, predict, ds):
                 f"{epoch} (continue with --resume)")
             return None
     say(f"done: best valid AUC {best['auc']:.4f} at epoch {best['epoch']} ({(time.time() - t_run) / 60:.1f} min)")
-    return finish(run, model, predict, ds, autocast, dict(cut_short=cut))
+    cut |= any(h.get("steps", n) < n for h in history)  # an epoch --max-steps cut, in this call or an earlier one
+    return finish(run, model, predict, ds, autocast, dict(cut_short=int(cut)))
 
 
 def lr_lambda(warmup_steps, total_steps):
@@ -190,6 +190,17 @@ def save(run, name, made_from, model, epoch, best, opt=None, sched=None, scaler=
     runs.save_atomic(ck, os.path.join(run.out, name))
 
 
+def checkpoint_epoch(run, made_from, model, epoch, best, only_missing=False):
+    """best.pt when this epoch is the best, and every CHECKPOINT_EVERY epochs epoch_NNN.pt (with only_missing, those
+    a run stopped after its last.pt's write lacks: a best.pt of an earlier epoch, or none, is this one's now)."""
+    for name, due in (("best.pt", best["epoch"] == epoch), (f"epoch_{epoch:03d}.pt", epoch % CHECKPOINT_EVERY == 0)):
+        path = os.path.join(run.out, name)
+        if due and not (only_missing and runs.peek_args(path, None).get("epoch") == epoch):
+            save(run, name, made_from, model, epoch, best)
+            if only_missing:
+                say(f"--resume: {path} of epoch {epoch} written from last.pt (the run stopped before it)")
+
+
 def resume_from(run, made_from, model, opt, sched, scaler, n):
     path = os.path.join(run.out, "last.pt")
     ck = runs.read_checkpoint(path)
@@ -216,6 +227,7 @@ def resume_from(run, made_from, model, opt, sched, scaler, n):
                              "(a log line per epoch; the best epoch within them, its AUC the log's; AUC in 0..1)")
         runs.check_resumed(opt, sched, scaler, fresh, steps=epoch * n)
         runs.set_rng_state(ck["rng"])
+        checkpoint_epoch(run, made_from, model, epoch, best, only_missing=True)
         best_pt = runs.read_checkpoint(os.path.join(run.out, "best.pt"))  # the model the run ends by scoring:
         if best_pt["epoch"] != best["epoch"] or runs.made_from_changes(best_pt["made_from"], made_from) or not same_auc(
                 best_pt["best_valid_auc"], best["auc"]) or runs.changed_flags(best_pt["args"], ck["args"], may_change):

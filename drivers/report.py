@@ -144,7 +144,7 @@ def check_alike(dirs, want):
             short, done = (d, first[0]) if cut_short(d, args) else (first[0], d)
             raise DataError(f"{short} stopped before its --max-epochs and --patience ended it (a --max-minutes or "
                             f"--max-steps budget), {done} did not; a row's runs must end alike (resume the short one "
-                            "without the budget)")
+                            "without the budget, or train it again)")
         first = first or (d, args, made)
 
 

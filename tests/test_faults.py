@@ -1697,7 +1697,13 @@ def test_a_run_a_budget_cut_short_at_resume_shares_no_row_with_finished_runs(roo
     capsys.readouterr()
     assert report.main(["--table", str(table)]) == 2
     assert "seed1/mf stopped before its --max-epochs and --patience ended it" in one_error_line(capsys)
-    assert cf_run(root, table / "seed1" / "mf", "--seed", "1", "--resume", "--max-steps", "1000") == 0  # finished
+    assert cf_run(root, table / "seed1" / "mf", "--seed", "1", "--resume", "--max-steps", "1000") == 0  # no epoch left
+    assert json.loads((table / "seed1" / "mf" / "metrics.json").read_text())["cut_short"] == 1  # (epoch 2: one step)
+    assert report.main(["--table", str(table)]) == 2 and "stopped before its --max-epochs" in one_error_line(capsys)
+    assert cf_run(root, table / "seed1" / "mf", "--seed", "1", "--stop-after", "1", "--overwrite") == 0
+    assert cf_run(root, table / "seed1" / "mf", "--seed", "1", "--resume", "--max-minutes", "1e-9") == 0
+    assert json.loads((table / "seed1" / "mf" / "metrics.json").read_text())["cut_short"] == 1  # (no epoch 2)
+    assert cf_run(root, table / "seed1" / "mf", "--seed", "1", "--resume") == 0  # epoch 2, whole
     assert json.loads((table / "seed1" / "mf" / "metrics.json").read_text())["cut_short"] == 0
     assert report.main(["--table", str(table)]) in (0, None)
     for m in table.glob("seed*/mf/metrics.json"):  # runs older than cut_short: by their log (epoch 1 of 2 run)

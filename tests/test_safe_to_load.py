@@ -16,6 +16,7 @@ import torch
 
 import eval as ev
 import lora
+import loop
 import train
 import walk
 from test_faults import cf_run, one_error_line, write_data
@@ -427,3 +428,23 @@ def test_resumed_optimizer_scheduler_and_scaler_states_are_checked_against_fresh
     for what, edit in edits.items():
         with pytest.raises(ValueError):
             resumed(edit)
+
+
+@pytest.mark.parametrize("name, nth", [("best.pt", 2), ("last.pt", 2), ("epoch_002.pt", 1)])
+def test_a_run_stopped_between_its_checkpoints_writes_resumes(data_dir, tmp_path, capsys, monkeypatch, name, nth):
+    """best.pt was written before last.pt: a run stopped between the two (a kill, a full disk) after an epoch that
+    improved held a best.pt newer than its last.pt, and --resume refused it as a stranger's, the run lost."""
+    flags = ["--stage", "mf", "--data-dir", str(data_dir), "--limit", "400", "--max-epochs", "3", "--patience", "9",
+             "--batch-size", "16", "--threads", "1"]  # (valid AUC improves at epochs 2 and 3)
+    monkeypatch.setattr(loop, "CHECKPOINT_EVERY", 2)
+    assert train.main([*flags, "--out", str(tmp_path / "whole")]) == 0
+    out = tmp_path / "mf"
+    with monkeypatch.context() as m:
+        full_disk_at(m, name, nth)
+        assert train.main([*flags, "--out", str(out)]) == 2
+    capsys.readouterr()
+    assert train.main([*flags, "--out", str(out), "--resume"]) == 0
+    assert ("written from last.pt" in capsys.readouterr().out) == (name != "last.pt")
+    (log, m1, w1), (whole_log, m2, w2) = run_record(out), run_record(tmp_path / "whole")
+    assert log == whole_log and m1 == m2 and all(torch.equal(w1[k], w2[k]) for k in w2)
+    assert runs.read_checkpoint(str(out / "epoch_002.pt"))["epoch"] == 2
