@@ -419,8 +419,8 @@ def run_llm(args, ds=None):
     if args.stage == "text" and report is not None and is_main():
         # loop.train has reloaded the best epoch: publish its LoRA in peft's format (plug-and-play)
         runs.publish_dir(os.path.join(args.out, "adapter"), lambda d: (
-            lora.save_adapter(model.llm, d), runs.write_json(dict(made, template=args.template),
-                                                             os.path.join(d, runs.MADE_FROM))))
+            lora.save_adapter(model.llm, d), runs.write_json(dict(made, template=args.template, run=dict(
+                epoch=report["best_epoch"], valid_auc=report["valid"]["auc"])), os.path.join(d, runs.MADE_FROM))))
     barrier()
     return report
 

@@ -15,7 +15,7 @@ import numpy as np
 
 import train
 from tools.runs import (changed_flags, cli, files_digest, json_bytes, made_from_changes, move_aside, path, peek_args,
-                        refuse_artefact, refuse_link, refuse_overlap, write_atomic)
+                        read_made_from, refuse_artefact, refuse_link, refuse_overlap, write_atomic)
 from tools.sources import DECIMAL, TIME_MAX, DataError, _lines, integer, read_text
 from tools.svg import finite, svg_bars, svg_lines
 from tools.tables import (COLUMNS, _num, fmt, fmt_mean_std, markdown_table, md_table, mean_std, read_log, read_metrics,
@@ -174,11 +174,19 @@ def table_runs(root, stages):
         check_alike(ds, [dict(seed=int(os.path.basename(os.path.dirname(d))[4:]), stage=s) for d in ds])
     for d in runs.get("joint", []):  # each seed's joint run built on its own seed's CF run and adapter
         made, cf = peek_args(os.path.join(d, "best.pt"), "made_from"), peek_args(os.path.join(d, "best.pt")).get("cf")
-        for key, part in (("cf", os.path.join(d, "..", str(cf), "best.pt")), ("adapter", os.path.join(d, "..", "text",
-                                                                                                      "adapter"))):
+        seed = os.path.join(root, os.path.basename(os.path.dirname(d)))  # (not d/..: the kernel reads a link's)
+        for key, part in (("cf", os.path.join(seed, str(cf), "best.pt")), ("adapter", os.path.join(seed, "text",
+                                                                                                    "adapter"))):
             if os.path.exists(part) and made.get(key) != files_digest(part):
                 raise DataError(f"{d}: its {key} is not {os.path.normpath(part)} (digest {made.get(key)!r:.20}); a "
                                 "seed's joint run is built on that seed's runs (drivers/table.sh passes them)")
+    for d in runs.get("text", []):  # its adapter is its best epoch's (made_from.json says since session 20)
+        made, h = read_made_from(os.path.join(d, "adapter")).get("run"), peek_args(os.path.join(d, "best.pt"), None)
+        own = dict(epoch=h.get("epoch"), valid_auc=h.get("best_valid_auc"))
+        if made is not None and made != own and not (own["valid_auc"] != own["valid_auc"] and made == dict(own,
+                                                                                                     valid_auc=None)):
+            raise DataError(f"{d}/adapter was made by another run ({made!r:.60}) than {d}/best.pt ({own!r:.60}); "
+                            "expected the run's own adapter")
     return seeds, runs, {s: mean_std([read_metrics(d) for d in ds], ds) for s, ds in runs.items()}
 
 

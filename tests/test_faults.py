@@ -1484,7 +1484,7 @@ def test_a_table_row_is_each_seeds_own_run_and_no_tool_writes_into_a_run(root, t
     assert report.main(["--sweep", str(mf)]) == 2 and "sweep.md: its folder" in one_error_line(capsys)
     assert (mf / "metrics.json").read_bytes() == before and sorted(os.listdir(mf)) == sorted(os.listdir(table / "seed1" / "mf"))
     shutil.copy(pop / "metrics.json", table / "seed1" / "mf" / "metrics.json")  # Pop's figures as seed 1's MF
-    assert report.main(["--table", str(table)]) == 2 and "its metrics.json is of epoch 0, its best.pt" in one_error_line(capsys)
+    assert report.main(["--table", str(table)]) == 2 and "its metrics.json is of epoch 0 (valid AUC" in one_error_line(capsys)
     parts = tmp_path / "parts"
     for k in (0, 1):
         for stage in ("sasrec", "text", "joint"):
@@ -1711,3 +1711,50 @@ def test_a_run_a_budget_cut_short_at_resume_shares_no_row_with_finished_runs(roo
     (table / "seed1" / "mf" / "log.jsonl").write_text((table / "seed1" / "mf" / "log.jsonl").read_text().splitlines()[0])
     capsys.readouterr()
     assert report.main(["--table", str(table)]) == 2 and "stopped before its --max-epochs" in one_error_line(capsys)
+
+
+def test_a_table_takes_no_file_or_run_of_another_run(data_dir, tmp_path, capsys):
+    """report --table tied a metrics.json to its run by the best epoch alone (another seed's of the same epoch, or
+    a log.jsonl, was averaged in); a seed's adapter replaced by another seed's went unseen; and a joint run's
+    directory linked in from another table was checked against that table's CF run (d/.. is the link target's)."""
+    t = tmp_path / "t"
+    for s in (0, 1):  # (a slice of ML-1M: the toy rows' valid AUC is one value for most models)
+        assert cf_run(data_dir, t / f"seed{s}" / "mf", "--seed", str(s), "--limit", "400", "--max-epochs", "1") == 0
+    keep = (t / "seed1" / "mf" / "metrics.json").read_bytes()
+    shutil.copy(t / "seed0" / "mf" / "metrics.json", t / "seed1" / "mf" / "metrics.json")  # (both best at epoch 1)
+    capsys.readouterr()
+    assert report.main(["--table", str(t)]) == 2 and "seed1/mf: its metrics.json is of epoch 1 (valid AUC" in \
+        one_error_line(capsys)
+    (t / "seed1" / "mf" / "metrics.json").write_bytes(keep)
+    shutil.copy(t / "seed1" / "mf" / "log.jsonl", t / "seed0" / "mf" / "log.jsonl")  # (seed 0's: the cost row's)
+    assert report.main(["--table", str(t)]) == 2 and "seed0/mf: its log.jsonl does not hold its best.pt's epoch" in \
+        one_error_line(capsys)
+    shutil.rmtree(t)
+    common = ["--data", "ml1m", "--data-dir", str(data_dir), "--limit", "200", "--llm", "tiny", "--max-epochs", "1",
+              "--iters-per-epoch", "2", "--batch-size", "8", "--threads", "1"]
+    for table, lr, seeds in (("t", "0.003", (0, 1)), ("a", "0.01", (0,))):
+        for s in seeds:
+            seed = tmp_path / table / f"seed{s}"
+            assert cf_run(data_dir, seed / "mf", "--seed", str(s), "--lr", lr, "--limit", "200") == 0
+            assert train.main(["--stage", "text", *common, "--seed", str(s), "--out", str(seed / "text"),
+                               "--runs", str(seed)]) == 0
+            assert train.main(["--stage", "joint", "--cf", "mf", *common, "--seed", str(s), "--out", str(seed / "joint"),
+                               "--runs", str(seed)]) == 0
+    assert report.main(["--table", str(tmp_path / "t")]) in (0, None)
+    (tmp_path / "t" / "seed0" / "joint").rename(tmp_path / "joint0")
+    (tmp_path / "t" / "seed0" / "joint").symlink_to(tmp_path / "a" / "seed0" / "joint")  # on a's MF run
+    capsys.readouterr()
+    assert report.main(["--table", str(tmp_path / "t")]) == 2 and "seed0/joint: its cf is not" in one_error_line(capsys)
+    (tmp_path / "t" / "seed0" / "joint").unlink()
+    (tmp_path / "joint0").rename(tmp_path / "t" / "seed0" / "joint")
+    adapter = tmp_path / "t" / "seed1" / "text" / "adapter"
+    shutil.rmtree(adapter)
+    shutil.copytree(tmp_path / "t" / "seed0" / "text" / "adapter", adapter)  # seed 0's LoRA in seed 1's text run
+    assert report.main(["--table", str(tmp_path / "t")]) == 2  # (seed 1's joint run: on seed 1's adapter, unlike it)
+    assert "seed1/joint: its adapter is not" in one_error_line(capsys)
+    shutil.rmtree(tmp_path / "t" / "seed1" / "joint")  # a joint run trained on the copy: its text run is another's
+    assert train.main(["--stage", "joint", "--cf", "mf", *common, "--seed", "1", "--out",
+                       str(tmp_path / "t" / "seed1" / "joint"), "--runs", str(tmp_path / "t" / "seed1")]) == 0
+    capsys.readouterr()
+    assert report.main(["--table", str(tmp_path / "t")]) == 2
+    assert "seed1/text/adapter was made by another run" in one_error_line(capsys)

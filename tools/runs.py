@@ -293,13 +293,20 @@ def refuse_artefact(folder, what):
         raise RunError(f"{what} {folder} holds {hit}: a run's, an adapter's or a backbone's folder; write elsewhere")
 
 
-def check_metrics_of(run_dir, m):
-    """A run's metrics.json `m` is its best.pt's (where it has one): a copied-in file is another run's figures."""
+def check_metrics_of(run_dir, m=None, log=None):
+    """A run's metrics.json `m` and log.jsonl's epochs `log` are its best.pt's (where it has one): a file copied in
+    from another run holds its figures. Both name best.pt's epoch, and a trained run's valid AUC there."""
     best = os.path.join(run_dir, "best.pt")
     h = peek_args(best, None) if os.path.exists(best) else {}  # ({} unreadable; a run's best.pt has an epoch)
-    if "epoch" in h and h["epoch"] != m.get("best_epoch"):
-        raise RunError(f"{run_dir}: its metrics.json is of epoch {m.get('best_epoch')!r:.20}, its best.pt of epoch "
-                       f"{h['epoch']!r:.20}; expected one run's files (a metrics.json copied in from another run?)")
+    e, auc = h.get("epoch"), h.get("best_valid_auc")
+    same = lambda a: not isinstance(auc, float) or a == auc or auc != auc and a is None  # noqa: E731 (NaN: null)
+    if m is not None and ("epoch" in h and e != m.get("best_epoch") or not same(m.get("valid", {}).get("auc"))):
+        raise RunError(f"{run_dir}: its metrics.json is of epoch {m.get('best_epoch')!r:.20} (valid AUC "
+                       f"{m.get('valid', {}).get('auc')!r:.20}), its best.pt of epoch {e!r:.20} ({auc!r:.20}); "
+                       "expected one run's files (a metrics.json copied in from another run?)")
+    if log and type(e) is int and e >= 1 and not (len(log) >= e and same(log[e - 1]["valid"].get("auc"))):
+        raise RunError(f"{run_dir}: its log.jsonl does not hold its best.pt's epoch {e} (valid AUC {auc!r:.20}); "
+                       "expected one run's files (a log.jsonl copied in from another run?)")
     return m
 
 

@@ -107,6 +107,7 @@ def read_log(run_dir):
             raise DataError(f"{path}:{n}: epoch {obj['epoch']}; expected {len(log) + 1}, the epochs in order from 1")
         log.append(numbers(f"{path}:{n}", obj, "an epoch"))
         in_range(f"{path}:{n}", "valid", obj["valid"])
+    check_metrics_of(run_dir, log=log)
     return log
 
 
