@@ -158,13 +158,19 @@ def cut_short(run_dir, args):
     return len(log := read_log(run_dir)) > 0 and len(log) < top and len(log) - best < wait
 
 
+SEED = r"seed(0|[1-9][0-9]{0,2})"  # a seed's folder in a table's root (table.sh's SEEDS: 1..999)
+
+
 def table_runs(root, stages):
     """(seeds, {stage: [its run dir on each seed that has one]}, {stage: mean_std over them}) for the
     stages with runs under a table root. A row may have fewer seeds than the table (Pop and ICL are
     deterministic: seed 0 alone); a run directory without metrics.json is an error that names it."""
     names = os.listdir(root) if os.path.isdir(root) else []
-    seeds = sorted(int(n[4:]) for n in names if re.fullmatch(r"seed(0|[1-9][0-9]*)", n)
-                   and any(os.path.isdir(os.path.join(root, n, s)) for s in stages))  # (a seed that holds a row)
+    holds = lambda n: any(os.path.isdir(os.path.join(root, n, s)) for s in stages)  # noqa: E731 (a seed that holds a row)
+    if odd := next((n for n in names if n.startswith("seed") and holds(n) and not re.fullmatch(SEED, n)), None):
+        raise DataError(f"{os.path.join(root, odd)}: expected seed<N> (seed0, seed1...) for a seed's runs; rename it, "
+                        "or move it out of the table's root")
+    seeds = sorted(int(n[4:]) for n in names if re.fullmatch(SEED, n) and holds(n))
     if not seeds:
         raise FileNotFoundError(f"{root}: no seed<N>/ run directories; expected the root that drivers/table.sh "
                                 "wrote (e.g. runs/table_ml1m)")

@@ -423,7 +423,7 @@ def test_numbers_past_range_and_lookalike_digits_are_one_line(root, tmp_path, ca
     assert report.main(["--table", str(table)]) == 2
     assert "metrics.json: expected a run's metrics (integer 10000" in one_error_line(capsys)
     (table / "seed0").rename(table / "seed01")  # not seed 1, nor seed 0: no seed at all
-    assert report.main(["--table", str(table)]) == 2 and "no seed<N>/ run directories" in one_error_line(capsys)
+    assert report.main(["--table", str(table)]) == 2 and "seed01: expected seed<N>" in one_error_line(capsys)
     with pytest.raises(SystemExit):  # argparse's: a flag's value echoed in 40 characters at most
         cf_run(root, tmp_path / "s", "--seed", "1" + "0" * 5000)
     err = capsys.readouterr().err.strip().splitlines()[-1]
@@ -1758,3 +1758,24 @@ def test_a_table_takes_no_file_or_run_of_another_run(data_dir, tmp_path, capsys)
     capsys.readouterr()
     assert report.main(["--table", str(tmp_path / "t")]) == 2
     assert "seed1/text/adapter was made by another run" in one_error_line(capsys)
+
+
+def test_no_tool_writes_inside_a_run_and_a_tables_seed_folders_are_named_so(root, tmp_path, capsys):
+    """Only a run's own folder was checked: eval --into RUN/sub wrote inside another run, and --out RUN/old-x
+    trained a run among another's set-aside files; --resume --overwrite ignored --overwrite; a table root's seed01/
+    or seed-1/ was left out of the table without a word."""
+    run = tmp_path / "run"
+    assert cf_run(root, run) == 0
+    capsys.readouterr()
+    assert ev.main([str(run), "--into", str(run / "sub")]) == 2
+    assert f"--into {run / 'sub'} is inside {run}, which holds best.pt" in one_error_line(capsys)
+    assert cf_run(root, run / "old-inner") == 2 and f"is inside {run}, which holds best.pt" in one_error_line(capsys)
+    assert not (run / "sub").exists() and not (run / "old-inner").exists()
+    assert cf_run(root, run, "--resume", "--overwrite") == 2 and "give one of them" in one_error_line(capsys)
+    table = tmp_path / "t"
+    assert cf_run(root, table / "seed0" / "mf") == 0
+    for odd in ("seed01", "seed-1", "seed1.0"):
+        shutil.copytree(table / "seed0", table / odd)
+        capsys.readouterr()
+        assert report.main(["--table", str(table)]) == 2 and f"{table / odd}: expected seed<N>" in one_error_line(capsys)
+        shutil.rmtree(table / odd)

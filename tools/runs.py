@@ -285,12 +285,16 @@ def peek_args(path, key="args"):
     return {}
 
 
-def refuse_artefact(folder, what):
-    """No tool writes into a run's, an adapter's or a backbone's folder but the one that made it: a file there
-    replaces the run's figures, or changes the digest other runs were made from."""
-    if hit := next((f for f in ("best.pt", "last.pt", LOCK, MADE_FROM, "adapter_config.json", "config.json")
-                    if os.path.exists(os.path.join(folder, f))), None):
-        raise RunError(f"{what} {folder} holds {hit}: a run's, an adapter's or a backbone's folder; write elsewhere")
+def refuse_artefact(folder, what, itself=True):
+    """No tool writes into a run's, an adapter's or a backbone's folder, or a folder inside a run's or an
+    adapter's, but the one that made it: a file there replaces the run's figures, changes the digest other runs
+    were made from, or is a run inside a run (itself=False: folder's ancestors alone, --out's)."""
+    folder = os.path.abspath(folder)
+    for d in [folder] * itself + list(map(str, Path(folder).parents)):
+        marks = ("best.pt", "last.pt", LOCK, MADE_FROM, "adapter_config.json") + ("config.json",) * (d == folder)
+        if hit := next((f for f in marks if os.path.exists(os.path.join(d, f))), None):
+            where = folder if d == folder else f"{folder} is inside {d}, which"
+            raise RunError(f"{what} {where} holds {hit}: a run's, an adapter's or a backbone's folder; write elsewhere")
 
 
 def check_metrics_of(run_dir, m=None, log=None):
@@ -524,10 +528,13 @@ def refuse_overlap(target, inputs, what="--out"):
 def own_run_dirs(outs, resume=False, overwrite=False, inputs=()):
     """Hold each directory in outs (locked by rank 0, which proves it writable) until every file is
     written; unless resuming it starts empty: --overwrite moves an earlier run's files aside."""
+    if resume and overwrite:  # (one would be ignored)
+        raise RunError("--resume continues a run and --overwrite starts it over; give one of them")
     with ExitStack() as held:
         for out in outs if is_main() else ():
             refuse_link(out)  # a link planted in a table root would take the run, and --overwrite, elsewhere
             refuse_overlap(out, inputs)
+            refuse_artefact(out, "--out", itself=False)  # (RUN/old-x: a run among another's set-aside files)
             if os.path.exists(out) and not os.path.isdir(out):
                 raise RunError(f"{out} is a file; expected a run directory (--out)")
             try:
