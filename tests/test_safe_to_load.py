@@ -20,7 +20,7 @@ import loop
 import train
 import walk
 from test_faults import cf_run, one_error_line, write_data
-from tools import runs
+from tools import limits, runs
 
 
 @pytest.fixture
@@ -448,3 +448,15 @@ def test_a_run_stopped_between_its_checkpoints_writes_resumes(data_dir, tmp_path
     (log, m1, w1), (whole_log, m2, w2) = run_record(out), run_record(tmp_path / "whole")
     assert log == whole_log and m1 == m2 and all(torch.equal(w1[k], w2[k]) for k in w2)
     assert runs.read_checkpoint(str(out / "epoch_002.pt"))["epoch"] == 2
+
+
+def test_a_checkpoint_larger_than_memory_is_refused_before_it_is_read(root, tmp_path, capsys):
+    """read_checkpoint read every tensor its header declared before any check: a sparse best.pt (no disk) of the
+    machine's memory was allocated and filled, and its digest doubled it."""
+    out = tmp_path / "run"
+    assert cf_run(root, out) == 0
+    os.truncate(out / "best.pt", 1 << 42)  # 4 TiB, sparse
+    with pytest.raises(limits.SizeError, match=r"best.pt \(its tensors\) needs about 4096.0 GiB"):
+        runs.read_checkpoint(str(out / "best.pt"))
+    capsys.readouterr()
+    assert ev.main([str(out)]) == 2 and "best.pt (its tensors) needs about 4096.0 GiB" in one_error_line(capsys)

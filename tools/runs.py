@@ -26,6 +26,7 @@ import safetensors.torch
 import torch
 from safetensors import SafetensorError, safe_open
 
+from tools import limits
 from tools.dist import barrier, is_main, say
 from tools.sources import DECIMAL, loads, read_json, regular_file
 
@@ -251,7 +252,7 @@ def _sha256(meta, tensors):
     for k in sorted(tensors):
         t = tensors[k]
         h.update(f"{k}|{t.dtype}|{tuple(t.shape)}".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        h.update(t.reshape(-1).view(torch.uint8).numpy())  # (its buffer: no copy)
     return h.hexdigest()
 
 
@@ -265,6 +266,7 @@ def save_atomic(obj, path):
 def read_checkpoint(path):
     """A checkpoint that save_atomic wrote (its tensors on the CPU), its digest checked, or one error line."""
     regular_file(path, "a checkpoint")
+    limits.fits(os.path.getsize(path), f"{path} (its tensors)")  # (before reading: a sparse file costs no disk)
     try:
         with safe_open(path, framework="pt") as f:
             head, tensors = f.metadata() or {}, {k: f.get_tensor(k) for k in f.keys()}
