@@ -202,9 +202,9 @@ class BPETokenizer(AnswerIds):
         by (rank, position of the left part), so a long word costs n log n, not n^2 (8,000 letters: 5 s)."""
         ids = self.cache.get(word)
         if ids is None:
-            parts = [BYTE_TO_CHAR[b] for b in word.encode("utf-8")]
-            if self.ignore_merges and "".join(parts) in self.vocab:
-                parts = ["".join(parts)]
+            chars = "".join(BYTE_TO_CHAR[b] for b in word.encode("utf-8"))
+            # a byte with no token is dropped before any merge, as HF drops it (then its neighbours may merge)
+            parts = [chars] if self.ignore_merges and chars in self.vocab else [c for c in chars if c in self.vocab]
             n, heap = len(parts), []
             left, right = list(range(-1, n - 1)), list(range(1, n + 1))  # the live neighbours (-1, n: none)
 
@@ -223,8 +223,7 @@ class BPETokenizer(AnswerIds):
                     left[right[k]] = k
                 push(left[k])
                 push(k)
-            # skipped: the merged-away parts (None), and a byte with no token (as HF drops it)
-            ids = self.cache[word] = [self.vocab[p] for p in parts if p in self.vocab]
+            ids = self.cache[word] = [self.vocab[p] for p in parts if p is not None]  # (None: merged away)
         return ids
 
     def encode(self, text: str, bos: bool = True, special: bool = True) -> list:

@@ -415,3 +415,10 @@ def test_a_special_token_of_another_type_names_tokenizer_config(tmp_path, value)
     (d / "tokenizer_config.json").write_text(json.dumps({"bos_token": value, "eos_token": "<|im_end|>"}))
     with pytest.raises(ValueError, match=r"tokenizer_config.json: bos_token is \[?.{0,20}; expected the text of a token"):
         llama.load_tokenizer(d)
+
+
+def test_a_byte_smollm2_lacks_is_dropped_before_the_merges(tok, hf_tok):
+    """SmolLM2's vocabulary lacks some bytes (0x04, 0x13, 0xf5...): HF drops them, then merges their neighbours;
+    bpe.py merged first, so a pair across the dropped byte stayed two tokens ('!\\x04!': [17, 17], HF [10095])."""
+    texts = ["!\x04!", "Heat (1995)\x13)", "a\x04\x06b", "\x04", "Toy\x1dStory", "x\xf5y"]
+    assert [tok.encode(t, bos=False) for t in texts] == hf_ids(hf_tok, texts)
