@@ -347,32 +347,49 @@ def load_tokenizer(path):
     holds tokenizer.model, else BPETokenizer (byte-level BPE; SmolLM2) when it holds tokenizer.json.
     tokenizer.model wins because Llama-2 checkpoints ship both, and their tokenizer.json is not
     byte-level. path may also be one of the two files itself."""
-    path = Path(path)
+    path, both = Path(path), False
     if not path.is_file():
         if not (path / "tokenizer.model").exists() and not (path / "tokenizer.json").exists():
             raise FileNotFoundError(f"{path}: no tokenizer.model (sentencepiece) or tokenizer.json (byte-level BPE)")
-        if (path / "tokenizer.model").exists() and (path / "tokenizer.json").exists():  # (HF reads tokenizer.json)
-            return sentencepiece_beside_json(path)
-        path = path / ("tokenizer.model" if (path / "tokenizer.model").exists() else "tokenizer.json")
+        both = (path / "tokenizer.model").exists() and (path / "tokenizer.json").exists()  # (HF reads tokenizer.json)
+        path = path / ("tokenizer.json" if both or not (path / "tokenizer.model").exists() else "tokenizer.model")
     bpe = path.suffix == ".json"
     try:
+        if both:
+            return sentencepiece_beside_json(path.parent)
         return check_named_specials(BPETokenizer(path) if bpe else Tokenizer(path), path.parent)
-    except (OSError, RuntimeError, KeyError, TypeError, AttributeError, json.JSONDecodeError) as e:
+    except (OSError, RuntimeError, KeyError, TypeError, AttributeError, IndexError, json.JSONDecodeError) as e:
         # the tokenizer classes' own ValueErrors already name the file and pass through
         raise CheckpointError(f"{path}: expected {'an HF tokenizer.json' if bpe else 'a sentencepiece model'} "
                               f"({type(e).__name__}: {e})") from None
 
 
 def check_named_specials(tok, d):
-    """BOS and EOS as d's tokenizer_config.json and special_tokens_map.json (which HF reads last) name them, or
-    refused: HF would start every prompt with the token they name."""
+    """BOS and EOS as d's tokenizer_config.json and special_tokens_map.json (which HF reads last) name them, and
+    no token there that the tokenizer lacks, or refused: HF would start every prompt with the token they name, or
+    add the token (a new id, matched inside the text). Keys that change how HF splits text are refused too."""
+    ids = {p: i for i, p in enumerate(tok.pieces(range(tok.vocab_size)))}
     for f in ("tokenizer_config.json", "special_tokens_map.json"):
         spec = sources.read_json(d / f, f"an HF {f}", obj=True) if (d / f).is_file() else {}
         for key, i in (("bos_token", tok.bos_id), ("eos_token", tok.eos_id)):
             name = v.get("content") if isinstance(v := spec.get(key), dict) else v
-            if isinstance(name, str) and name != (own := tok.pieces([i])[0]):
+            if isinstance(name, str) and (i is None or i < 0 or name != tok.pieces([i])[0]):
+                own = tok.pieces([i])[0] if i is not None and i >= 0 else None
                 raise CheckpointError(f"{d / f}: {key} {name!r:.40}, but the tokenizer's is {own!r:.40}; expected "
                                       "one BOS and EOS (HF would use the named one)")
+        named = [(None, t) for k in ("additional_special_tokens", "extra_special_tokens") for t in spec.get(k) or []]
+        decoder = spec.get("added_tokens_decoder") or {}
+        named += [(k, t) for k, t in decoder.items()] if isinstance(decoder, dict) else [(None, decoder)]
+        for at, t in named:  # (hub files repeat the tokenizer's own added tokens here: those pass)
+            c = t.get("content") if isinstance(t, dict) else t
+            if not isinstance(c, str) or c not in ids or at is not None and str(ids[c]) != at:
+                where = f" at id {at:.12}" if at is not None else ""
+                raise CheckpointError(f"{d / f}: names the token {c!r:.40}{where}, which the tokenizer does not hold "
+                                      "there; HF would add it (expected none)")
+        if bad := [k for k in ("add_prefix_space", "add_eos_token") if spec.get(k)] + ["add_bos_token"] * (
+                spec.get("add_bos_token") is False):
+            raise CheckpointError(f"{d / f}: {bad[0]} {spec.get(bad[0])}, which changes how HF splits or frames the "
+                                  "text; not supported here (remove it, or use HF)")
     return tok
 
 

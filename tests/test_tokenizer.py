@@ -422,3 +422,31 @@ def test_a_byte_smollm2_lacks_is_dropped_before_the_merges(tok, hf_tok):
     bpe.py merged first, so a pair across the dropped byte stayed two tokens ('!\\x04!': [17, 17], HF [10095])."""
     texts = ["!\x04!", "Heat (1995)\x13)", "a\x04\x06b", "\x04", "Toy\x1dStory", "x\xf5y"]
     assert [tok.encode(t, bos=False) for t in texts] == hf_ids(hf_tok, texts)
+
+
+@pytest.mark.parametrize("config, why", [
+    ({"added_tokens_decoder": {"266": {"content": " Yes", "special": False}}}, "names the token ' Yes' at id 266"),
+    ({"added_tokens_decoder": {"1": {"content": "<|im_end|>"}}}, "names the token '<|im_end|>' at id 1"),
+    ({"additional_special_tokens": ["<|new|>"]}, "names the token '<|new|>'"),
+    ({"add_prefix_space": True}, "add_prefix_space True, which changes how HF splits"),
+    ({"add_eos_token": True}, "add_eos_token True"), ({"add_bos_token": False}, "add_bos_token False")])
+def test_tokenizer_config_keys_that_change_hfs_ids_are_refused(tmp_path, config, why):
+    """Only BOS and EOS were read from tokenizer_config.json: a token it adds (HF gives it a new id, and matches
+    it inside the text), or add_prefix_space (HF splits ' Yes' otherwise), changed HF's ids and not ours."""
+    d = write_tiny_bpe(tmp_path)
+    base = json.loads((d / "tokenizer_config.json").read_text())  # BOS, EOS
+    own = {"added_tokens_decoder": {"0": {"content": "<|endoftext|>"}}, "additional_special_tokens": ["<|im_end|>"]}
+    (d / "tokenizer_config.json").write_text(json.dumps({**base, **own}))  # its own added tokens, repeated: read
+    assert llama.load_tokenizer(d).vocab_size == 266
+    (d / "tokenizer_config.json").write_text(json.dumps({**base, **config}))
+    with pytest.raises(llama.CheckpointError, match=re.escape(why)):
+        llama.load_tokenizer(d)
+
+
+@pytest.mark.parametrize("spec", ['{"model": [1]}', '{"added_tokens": 5, "model": {"vocab": {}}}',
+                                  '{"model": {"vocab": [[["x"], 0]]}}'])
+def test_a_malformed_tokenizer_json_beside_a_tokenizer_model_is_one_error(tmp_path, tokenizer_path, spec):
+    shutil.copy(tokenizer_path, tmp_path / "tokenizer.model")
+    (tmp_path / "tokenizer.json").write_text(spec)
+    with pytest.raises(llama.CheckpointError, match=r"tokenizer.json: expected an HF tokenizer.json \("):
+        llama.load_tokenizer(tmp_path)
