@@ -154,6 +154,12 @@ class BPETokenizer(AnswerIds):
                 any(t.get("lstrip") or t.get("rstrip") or t.get("single_word") for t in added),
             "added tokens that are not special (HF matches them in data text too)":  # (encode(special=False))
                 any(t.get("special") is not True for t in added),
+            "added tokens with normalized true under a normalizer (HF matches them in the normalized text)":
+                bool(norms) and any(t.get("normalized") is not False for t in added),
+            "ignore_merges other than true or false": type(model.get("ignore_merges", False)) is not bool,
+            "a merge other than 'a b' or [a, b]": any(not (isinstance(m, str) or isinstance(m, list) and len(m) == 2
+                                                         and all(isinstance(x, str) for x in m))
+                                                      for m in model.get("merges", [])),
         }
         for what, bad in refused.items():
             if bad:

@@ -239,6 +239,9 @@ class Llama(nn.Module):
 def weight_files(ckpt_dir) -> list:
     """model.safetensors, or the shards that model.safetensors.index.json names."""
     ckpt_dir = Path(ckpt_dir)
+    if (ckpt_dir / "adapter_config.json").exists():  # (from_pretrained loads its base and applies it)
+        raise CheckpointError(f"{ckpt_dir}: holds adapter_config.json, a LoRA adapter HF would apply over the weights; "
+                              "give it as --lora, from a folder of its own")
     index = ckpt_dir / "model.safetensors.index.json"
     if index.exists() and (ckpt_dir / "model.safetensors").exists():  # (HF reads the one file, we read the index)
         raise CheckpointError(f"{ckpt_dir}: both model.safetensors and {index.name}; expected one of them")

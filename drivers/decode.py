@@ -30,7 +30,8 @@ def main(argv=None):
         h = model(input_ids=torch.tensor([ids]))[:, -1]  # (1, D)
         yes, no = model.token_logits(h, [tok.yes_id, tok.no_id])[0].tolist()
         while len(new) < args.max_new_tokens:  # greedy, without a KV cache: each step re-runs it all
-            nxt = int(model.logits(model(input_ids=torch.tensor([ids + new]))[0, -1]).argmax())
+            # the tokenizer's ids only: a table padded past its vocabulary (allowed) has rows no token names
+            nxt = int(model.logits(model(input_ids=torch.tensor([ids + new]))[0, -1])[:tok.vocab_size].argmax())
             if nxt == tok.eos_id:
                 break
             new.append(nxt)

@@ -3,6 +3,7 @@
 All models here are toy-sized (hidden 64, 2 layers) and run in well under a second each.
 """
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import llama
+import test_tokenizer
 from drivers import decode
 from tools import backbones
 
@@ -318,3 +320,30 @@ def test_real_ml1m_prompt_length(tokenizer_path, data_dir):
     assert len(ids) == 181
     lengths = [len(tok.encode(data.prompt(ds, int(i), False), bos=True)) for i in rows[:300]]
     assert 120 < sum(lengths) / len(lengths) < 230 and max(lengths) < 2048
+
+
+def test_checkpoint_folders_hf_would_read_otherwise_are_refused(tmp_path, capsys):
+    """An adapter beside the weights (from_pretrained applies it), added tokens matched in normalized text, and
+    tokenizer.json values HF refuses (ignore_merges "no", a merge as an object) loaded here as something else;
+    decode.py's greedy step picked an id past the tokenizer's (a padded embedding table), then crashed."""
+    tiny = backbones.make_tiny(tmp_path / "tiny", texts=["Toy Story (1995)"])
+    (tiny / "adapter_config.json").write_text("{}")
+    with pytest.raises(llama.CheckpointError, match="holds adapter_config.json, a LoRA adapter HF would apply"):
+        llama.load_model(tiny)
+    (tiny / "adapter_config.json").unlink()
+    for change, why in (({"normalizer": {"type": "NFKC"}}, "added tokens with normalized true under a normalizer"),
+                        ({"model": {"ignore_merges": "no"}}, "ignore_merges other than true or false"),
+                        ({"model": {"merges": [{"a": "b", "c": "d"}]}}, "a merge other than 'a b' or")):
+        spec = json.loads((test_tokenizer.write_tiny_bpe(tmp_path / "bpe") / "tokenizer.json").read_text())
+        for k, v in change.items():
+            spec[k] = {**spec[k], **v} if k == "model" else v
+        for t in spec["added_tokens"]:
+            t["normalized"] = True
+        (tmp_path / "bpe" / "tokenizer.json").write_text(json.dumps(spec))
+        with pytest.raises(ValueError, match=re.escape(why)):
+            llama.load_tokenizer(tmp_path / "bpe")
+    sp = llama.load_tokenizer(tiny).vocab_size
+    cfg = dict(json.loads((tiny / "config.json").read_text()), vocab_size=20 * sp)  # padded, as tables often are
+    backbones.write_random(tmp_path / "padded", cfg, tiny / "tokenizer.model")
+    assert decode.main([str(tmp_path / "padded")]) in (0, None)
+    assert all(i < sp for i in json.loads(capsys.readouterr().out)["new_ids"])
