@@ -148,11 +148,12 @@ def load_adapter(model, adapter_dir):
     key must exist in the model with the same shape, and every LoRA layer must be covered."""
     adapter_dir = Path(adapter_dir)
     cfg = sources.read_json(adapter_dir / "adapter_config.json", "peft's adapter_config.json", obj=True)  # (bounded)
-    if cfg.get("peft_type", "LORA") != "LORA":
-        raise ValueError(f"{adapter_dir}: peft_type {cfg['peft_type']!r}; lora.py implements plain LoRA only")
+    if cfg.get("peft_type") != "LORA":  # (peft refuses a config without it)
+        raise ValueError(f"{adapter_dir}: peft_type {cfg.get('peft_type')!r:.40}; lora.py implements LORA only")
     # Any other feature peft writes (DoRA, rsLoRA, aLoRA's invocation tokens, rank patterns, ...) would
     # change the numbers; it is refused unless it is off, never read as plain LoRA.
-    off = lambda k: (None, []) if k == "layers_to_transform" else (None, False, 0, "none", {}, [])  # (0: layer 0)
+    off = lambda k: {"layers_to_transform": (None, []),  # (0: layer 0)
+                     "bias": ("none",)}.get(k, (None, False, 0, "none", {}, []))  # (peft refuses bias false)
     unknown = sorted(k for k, v in cfg.items() if k not in PLAIN_LORA_KEYS and not any(v is o or v == o for o in off(k)))
     init = cfg.get("init_lora_weights", True)  # pissa and olora move part of W into the adapter: W is not ours
     if unknown or not (init is True or init is False or init in ("gaussian", "eva")):

@@ -1779,3 +1779,15 @@ def test_no_tool_writes_inside_a_run_and_a_tables_seed_folders_are_named_so(root
         capsys.readouterr()
         assert report.main(["--table", str(table)]) == 2 and f"{table / odd}: expected seed<N>" in one_error_line(capsys)
         shutil.rmtree(table / odd)
+
+
+@pytest.mark.parametrize("edit, words", [({"bias": False}, "adapter uses ['bias']"),
+                                         ({"peft_type": None}, "peft_type None; lora.py implements LORA only")])
+def test_an_adapter_config_peft_refuses_is_refused(tiny_llm, tmp_path, edit, words):
+    """bias false and a config with no peft_type loaded as plain LoRA here; peft refuses both."""
+    lora.save_adapter(lora.inject(llama.load_model(tiny_llm)), tmp_path / "a")
+    cfg = {k: v for k, v in json.loads((tmp_path / "a" / "adapter_config.json").read_text()).items() if k not in edit}
+    cfg.update({k: v for k, v in edit.items() if v is not None})
+    (tmp_path / "a" / "adapter_config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match=words.replace("[", r"\[")):
+        lora.load_adapter(llama.load_model(tiny_llm), tmp_path / "a")

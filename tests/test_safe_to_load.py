@@ -55,7 +55,8 @@ def test_no_loader_runs_a_hostile_pickle(root, tmp_path, capsys):
             train.load_cf(train.parse_args(["--stage", "joint", "--cf", "mf", "--cf-ckpt", str(path)]), None)
     adapter = tmp_path / "adapter"                                             # an adapter's legacy .bin
     adapter.mkdir()
-    (adapter / "adapter_config.json").write_text(json.dumps(dict(r=2, lora_alpha=4, target_modules=["q_proj"])))
+    (adapter / "adapter_config.json").write_text(json.dumps(dict(peft_type="LORA", r=2, lora_alpha=4,
+                                                                 target_modules=["q_proj"])))
     torch.save({"x": Payload(marker)}, adapter / "adapter_model.bin")
     model = torch.nn.Module()
     model.q_proj = torch.nn.Linear(4, 4)
