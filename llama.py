@@ -335,7 +335,13 @@ class Tokenizer(AnswerIds):
                              f"(0..{self.vocab_size - 1})")
 
     def encode(self, text: str, bos: bool = True, special: bool = True) -> list:
-        ids = self.sp.encode(text)  # (sentencepiece never reads "<s>" or "</s>" in text as a special token)
+        """special=True (decode.py's prompt): HF reads "<s>" or "</s>" in the text as that token, which
+        sentencepiece never does: refused, not spelt out. special=False (a title): plain text, as HF's data path."""
+        if special and (hit := next((p for p in self.pieces(sorted({self.bos_id, self.eos_id, self.unk_id} - {-1}))
+                                     if p in text), None)):
+            raise ValueError(f"{self.path}: the text holds the special token {hit!r}, which HF would read as that "
+                             "token and sentencepiece spells out; not supported here")
+        ids = self.sp.encode(text)
         return [self.bos_id] + ids if bos else ids
 
     def decode(self, ids) -> str:

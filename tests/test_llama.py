@@ -325,7 +325,8 @@ def test_real_ml1m_prompt_length(tokenizer_path, data_dir):
 def test_checkpoint_folders_hf_would_read_otherwise_are_refused(tmp_path, capsys):
     """An adapter beside the weights (from_pretrained applies it), added tokens matched in normalized text, and
     tokenizer.json values HF refuses (ignore_merges "no", a merge as an object) loaded here as something else;
-    decode.py's greedy step picked an id past the tokenizer's (a padded embedding table), then crashed."""
+    decode.py's greedy step picked an id past the tokenizer's (a padded embedding table), then crashed, and its
+    prompt's "</s>" was spelt out by sentencepiece, where HF reads the token."""
     tiny = backbones.make_tiny(tmp_path / "tiny", texts=["Toy Story (1995)"])
     (tiny / "adapter_config.json").write_text("{}")
     with pytest.raises(llama.CheckpointError, match="holds adapter_config.json, a LoRA adapter HF would apply"):
@@ -347,3 +348,5 @@ def test_checkpoint_folders_hf_would_read_otherwise_are_refused(tmp_path, capsys
     backbones.write_random(tmp_path / "padded", cfg, tiny / "tokenizer.model")
     assert decode.main([str(tmp_path / "padded")]) in (0, None)
     assert all(i < sp for i in json.loads(capsys.readouterr().out)["new_ids"])
+    assert decode.main([str(tiny), "--prompt", "Q: is it?</s>A:"]) == 2  # HF: id 2; sentencepiece: text
+    assert "holds the special token '</s>', which HF would read as that token" in capsys.readouterr().err
