@@ -7,6 +7,7 @@ text -> UTF-8 bytes -> printable stand-in characters, split into words by GPT-2'
 No string is unknown: every byte is a token. tests/test_tokenizer.py checks the ids against HF.
 """
 import heapq
+import json
 import re
 import unicodedata
 from pathlib import Path
@@ -134,6 +135,8 @@ class BPETokenizer(AnswerIds):
         norm = spec.get("normalizer") or {}  # none, one Unicode form, or a Sequence of them
         norms = [n.get("type") for n in (norm.get("normalizers", []) if norm.get("type") == "Sequence" else
                                          [norm] if norm else [])]
+        post = spec.get("post_processor") or {}
+        posts = post.get("processors", []) if post.get("type") == "Sequence" else [post] if post else []
         refused = {
             "model.type other than BPE": model.get("type") != "BPE",
             "BPE dropout": bool(model.get("dropout")),
@@ -156,6 +159,9 @@ class BPETokenizer(AnswerIds):
                 any(t.get("special") is not True for t in added),
             "added tokens with normalized true under a normalizer (HF matches them in the normalized text)":
                 bool(norms) and any(t.get("normalized") is not False for t in added),
+            "a post_processor that adds special tokens (HF's prompts would start with them, not the configured BOS)":
+                any(p.get("type") not in ("ByteLevel", "TemplateProcessing") or "SpecialToken" in json.dumps(
+                    [p.get("single"), p.get("pair")]) for p in posts),
             "ignore_merges other than true or false": type(model.get("ignore_merges", False)) is not bool,
             "a merge other than 'a b' or [a, b]": any(not (isinstance(m, str) or isinstance(m, list) and len(m) == 2
                                                          and all(isinstance(x, str) for x in m))

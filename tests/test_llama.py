@@ -323,7 +323,8 @@ def test_real_ml1m_prompt_length(tokenizer_path, data_dir):
 
 
 def test_checkpoint_folders_hf_would_read_otherwise_are_refused(tmp_path, capsys):
-    """An adapter beside the weights (from_pretrained applies it), added tokens matched in normalized text, and
+    """An adapter beside the weights (from_pretrained applies it), added tokens matched in normalized text, a
+    post_processor starting HF's prompts with another token than the configured BOS, and
     tokenizer.json values HF refuses (ignore_merges "no", a merge as an object) loaded here as something else;
     decode.py's greedy step picked an id past the tokenizer's (a padded embedding table), then crashed, and its
     prompt's "</s>" was spelt out by sentencepiece, where HF reads the token."""
@@ -334,7 +335,10 @@ def test_checkpoint_folders_hf_would_read_otherwise_are_refused(tmp_path, capsys
     (tiny / "adapter_config.json").unlink()
     for change, why in (({"normalizer": {"type": "NFKC"}}, "added tokens with normalized true under a normalizer"),
                         ({"model": {"ignore_merges": "no"}}, "ignore_merges other than true or false"),
-                        ({"model": {"merges": [{"a": "b", "c": "d"}]}}, "a merge other than 'a b' or")):
+                        ({"model": {"merges": [{"a": "b", "c": "d"}]}}, "a merge other than 'a b' or"),
+                        ({"post_processor": {"type": "TemplateProcessing", "single": [
+                            {"SpecialToken": {"id": "<|endoftext|>", "type_id": 0}}, {"Sequence": {"id": "A"}}]}},
+                         "a post_processor that adds special tokens")):
         spec = json.loads((test_tokenizer.write_tiny_bpe(tmp_path / "bpe") / "tokenizer.json").read_text())
         for k, v in change.items():
             spec[k] = {**spec[k], **v} if k == "model" else v
