@@ -395,8 +395,9 @@ def check_named_specials(tok, d):
                 where = f" at id {at:.12}" if at is not None else ""
                 raise CheckpointError(f"{d / f}: names the token {c!r:.40}{where}, which the tokenizer does not hold "
                                       "there; HF would add it (expected none)")
-        if bad := [k for k in ("add_prefix_space", "add_eos_token") if spec.get(k)] + ["add_bos_token"] * (
-                spec.get("add_bos_token") is False):
+        sp = isinstance(tok, Tokenizer)  # (sentencepiece puts "▁" before the first word: a prefix space)
+        if bad := [k for k, v in (("add_prefix_space", sp), ("add_eos_token", False), ("add_bos_token", True))
+                   if spec.get(k) is not None and spec.get(k) != v]:
             raise CheckpointError(f"{d / f}: {bad[0]} {spec.get(bad[0])}, which changes how HF splits or frames the "
                                   "text; not supported here (remove it, or use HF)")
     return tok

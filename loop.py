@@ -53,7 +53,7 @@ def train(run, made_from, model, batches, loss_fn, predict, ds):
         model.train()
         t0 = t_said = time.time()
         loss_sum, n_seen, tokens = torch.zeros((), dtype=torch.float64, device=run.device), 0, 0  # no sync per step
-        for b in batches(epoch):
+        for b in (epoch_batches := batches(epoch)):
             b = b.to(run.device)
             with autocast():
                 loss = loss_fn(model, b)
@@ -86,6 +86,7 @@ def train(run, made_from, model, batches, loss_fn, predict, ds):
             best["bad_epochs"] += 1
         log = dict(epoch=epoch, train_loss=all_sum(loss_sum) / n_seen, valid=m, lr=sched.get_last_lr()[0],
                    seconds=time.time() - t0, samples_per_s=n_seen / train_seconds, steps=steps - first_step,
+                   partial=int(steps - first_step < len(epoch_batches)),  # (--max-steps stopped it)
                    **(dict(tokens_per_s=tokens / train_seconds) if tokens else {}))
         history.append(log)  # last.pt keeps the log, so a failed log.jsonl write loses no line on --resume
         # last.pt first: a run stopped before the next writes resumes from it and writes them (checkpoint_epoch)
@@ -107,7 +108,7 @@ def train(run, made_from, model, batches, loss_fn, predict, ds):
                 f"{epoch} (continue with --resume)")
             return None
     say(f"done: best valid AUC {best['auc']:.4f} at epoch {best['epoch']} ({(time.time() - t_run) / 60:.1f} min)")
-    cut |= any(h.get("steps", n) < n for h in history)  # an epoch --max-steps cut, in this call or an earlier one
+    cut |= any(h.get("partial") for h in history)  # an epoch --max-steps cut, in this call or an earlier one
     return finish(run, model, predict, ds, autocast, dict(cut_short=int(cut)))
 
 
@@ -228,12 +229,13 @@ def resume_from(run, made_from, model, opt, sched, scaler, n):
         runs.check_resumed(opt, sched, scaler, fresh, steps=epoch * n)
         runs.set_rng_state(ck["rng"])
         checkpoint_epoch(run, made_from, model, epoch, best, only_missing=True)
+        barrier()  # (rank 0 wrote them)
         best_pt = runs.read_checkpoint(os.path.join(run.out, "best.pt"))  # the model the run ends by scoring:
         if best_pt["epoch"] != best["epoch"] or runs.made_from_changes(best_pt["made_from"], made_from) or not same_auc(
                 best_pt["best_valid_auc"], best["auc"]) or runs.changed_flags(best_pt["args"], ck["args"], may_change):
             raise ValueError(f"its best.pt is not its best epoch {best['epoch']} (a best.pt of epoch "
                              f"{best_pt['epoch']!r:.20}, or of other flags or inputs)")
-    except runs.RunError:
+    except (runs.RunError, limits.SizeError):  # (too big for memory now is no damage)
         raise
     except (ValueError, TypeError, KeyError, AttributeError, IndexError, RuntimeError, OverflowError) as e:
         raise runs.RunError(f"{path}: its resume state is damaged or foreign ({type(e).__name__}: "
@@ -244,12 +246,14 @@ def resume_from(run, made_from, model, opt, sched, scaler, n):
 
 
 def finish(run, model, predict, ds, autocast=nullcontext, more=None):
-    """Reload best.pt, score valid and test, write metrics.json (test's warm/cold parts too; `more`: how training
-    ended, cut_short 1 when --max-minutes or --max-steps stopped it first, which no table row may mix)."""
+    """Reload best.pt, score valid and test, write metrics.json (test's warm/cold parts too, best.pt's epoch and
+    valid AUC as training measured it; `more`: how training ended, cut_short 1 when --max-minutes or --max-steps
+    stopped it first, which no table row may mix)."""
     barrier()  # rank 0 has written best.pt
     ck = runs.read_checkpoint(path := os.path.join(run.out, "best.pt"))
     load_trainable(model, ck["model"], path)
-    report = dict(evaluate(model, predict, ds, autocast=autocast), best_epoch=ck["epoch"], **(more or {}))
+    report = dict(evaluate(model, predict, ds, autocast=autocast), best_epoch=ck["epoch"],  # (valid re-scored:
+                  best_valid_auc=ck["best_valid_auc"], **(more or {}))  # training's figure ties it to best.pt)
     runs.write_json(report, os.path.join(run.out, "metrics.json"))
     say(f"test auc {report['test']['auc']:.4f} | valid auc {report['valid']['auc']:.4f} -> {run.out}/metrics.json")
     return report

@@ -420,7 +420,7 @@ def run_llm(args, ds=None):
         # loop.train has reloaded the best epoch: publish its LoRA in peft's format (plug-and-play)
         runs.publish_dir(os.path.join(args.out, "adapter"), lambda d: (
             lora.save_adapter(model.llm, d), runs.write_json(dict(made, template=args.template, run=dict(
-                epoch=report["best_epoch"], valid_auc=report["valid"]["auc"])), os.path.join(d, runs.MADE_FROM))))
+                epoch=report["best_epoch"], valid_auc=report["best_valid_auc"])), os.path.join(d, runs.MADE_FROM))))
     barrier()
     return report
 

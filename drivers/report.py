@@ -142,9 +142,9 @@ def check_alike(dirs, want):
                             "a row's runs must share their flags and data (train it again, or use another root)")
         if first and cut_short(first[0], first[1]) != cut_short(d, args):  # (a budget given at --resume: not in args)
             short, done = (d, first[0]) if cut_short(d, args) else (first[0], d)
-            raise DataError(f"{short} stopped before its --max-epochs and --patience ended it (a --max-minutes or "
-                            f"--max-steps budget), {done} did not; a row's runs must end alike (resume the short one "
-                            "without the budget, or train it again)")
+            raise DataError(f"{short} was cut short by a --max-minutes or --max-steps budget (an epoch cut, or epochs "
+                            f"left that --max-epochs and --patience would run), {done} was not; a row's runs must end "
+                            "alike (resume the short one without the budget, or train it again if an epoch was cut)")
         first = first or (d, args, made)
 
 

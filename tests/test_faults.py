@@ -1696,10 +1696,10 @@ def test_a_run_a_budget_cut_short_at_resume_shares_no_row_with_finished_runs(roo
     assert json.loads((table / "seed1" / "mf" / "metrics.json").read_text())["cut_short"] == 1
     capsys.readouterr()
     assert report.main(["--table", str(table)]) == 2
-    assert "seed1/mf stopped before its --max-epochs and --patience ended it" in one_error_line(capsys)
+    assert "seed1/mf was cut short by a --max-minutes or --max-steps budget" in one_error_line(capsys)
     assert cf_run(root, table / "seed1" / "mf", "--seed", "1", "--resume", "--max-steps", "1000") == 0  # no epoch left
     assert json.loads((table / "seed1" / "mf" / "metrics.json").read_text())["cut_short"] == 1  # (epoch 2: one step)
-    assert report.main(["--table", str(table)]) == 2 and "stopped before its --max-epochs" in one_error_line(capsys)
+    assert report.main(["--table", str(table)]) == 2 and "was cut short by a --max-minutes" in one_error_line(capsys)
     assert cf_run(root, table / "seed1" / "mf", "--seed", "1", "--stop-after", "1", "--overwrite") == 0
     assert cf_run(root, table / "seed1" / "mf", "--seed", "1", "--resume", "--max-minutes", "1e-9") == 0
     assert json.loads((table / "seed1" / "mf" / "metrics.json").read_text())["cut_short"] == 1  # (no epoch 2)
@@ -1710,7 +1710,7 @@ def test_a_run_a_budget_cut_short_at_resume_shares_no_row_with_finished_runs(roo
         m.write_text(json.dumps({k: v for k, v in json.loads(m.read_text()).items() if k != "cut_short"}))
     (table / "seed1" / "mf" / "log.jsonl").write_text((table / "seed1" / "mf" / "log.jsonl").read_text().splitlines()[0])
     capsys.readouterr()
-    assert report.main(["--table", str(table)]) == 2 and "stopped before its --max-epochs" in one_error_line(capsys)
+    assert report.main(["--table", str(table)]) == 2 and "was cut short by a --max-minutes" in one_error_line(capsys)
 
 
 def test_a_table_takes_no_file_or_run_of_another_run(data_dir, tmp_path, capsys):
@@ -1791,3 +1791,25 @@ def test_an_adapter_config_peft_refuses_is_refused(tiny_llm, tmp_path, edit, wor
     (tmp_path / "a" / "adapter_config.json").write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match=words.replace("[", r"\[")):
         lora.load_adapter(llama.load_model(tiny_llm), tmp_path / "a")
+
+
+def test_a_run_rescored_otherwise_or_of_an_undefined_auc_is_still_its_own(tmp_path, data_dir, capsys):
+    """The tie of metrics.json to best.pt compared the re-scored valid AUC with training's: a bf16 run resumed with
+    another --eval-batch-size (allowed) differs in the last digits, and was refused as a copy; a log's NaN AUC (an
+    undefined best epoch, read back as NaN, not null) was refused too."""
+    flags = ["--stage", "text", "--data-dir", str(data_dir), "--limit", "200", "--llm", "tiny", "--runs",
+             str(tmp_path), "--amp", "bf16", "--dtype", "bfloat16", "--max-epochs", "2", "--iters-per-epoch", "2",
+             "--batch-size", "8", "--threads", "1", "--out", str(tmp_path / "text")]
+    assert train.main([*flags, "--stop-after", "2"]) == 0  # both epochs scored in batches of 32, and paused
+    assert train.main([*flags, "--resume", "--eval-batch-size", "1"]) == 0  # no epoch left: best.pt re-scored
+    m = tables.read_metrics(tmp_path / "text")
+    assert m["valid"]["auc"] != m["best_valid_auc"]  # (bf16: re-scored in batches of 1, other last digits)
+    assert m["best_valid_auc"] == runs.peek_args(str(tmp_path / "text" / "best.pt"), None)["best_valid_auc"]
+    log = [json.loads(line) for line in (tmp_path / "text" / "log.jsonl").read_text().splitlines()]
+    ck = runs.read_checkpoint(str(tmp_path / "text" / "best.pt"))
+    for h in log:
+        h["valid"]["auc"] = float("nan")
+    (tmp_path / "text" / "log.jsonl").write_text("".join(json.dumps(h) + "\n" for h in log))
+    meta = runs.peek_args(str(tmp_path / "text" / "best.pt"), None)
+    runs.save_atomic(dict(meta, best_valid_auc=float("nan"), model=ck["model"]), str(tmp_path / "text" / "best.pt"))
+    assert len(tables.read_log(tmp_path / "text")) == 2

@@ -443,6 +443,16 @@ def test_tokenizer_config_keys_that_change_hfs_ids_are_refused(tmp_path, config,
         llama.load_tokenizer(d)
 
 
+def test_add_prefix_space_is_refused_where_it_is_not_what_the_tokenizer_does(tmp_path, tokenizer_path):
+    """sentencepiece puts "▁" before the first word, which HF does with add_prefix_space true (false: refused)."""
+    shutil.copy(tokenizer_path, tmp_path / "tokenizer.model")
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"add_prefix_space": True}))
+    assert llama.load_tokenizer(tmp_path).vocab_size == 32000
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"add_prefix_space": False}))
+    with pytest.raises(llama.CheckpointError, match="add_prefix_space False, which changes how HF splits"):
+        llama.load_tokenizer(tmp_path)
+
+
 @pytest.mark.parametrize("spec", ['{"model": [1]}', '{"added_tokens": 5, "model": {"vocab": {}}}',
                                   '{"model": {"vocab": [[["x"], 0]]}}'])
 def test_a_malformed_tokenizer_json_beside_a_tokenizer_model_is_one_error(tmp_path, tokenizer_path, spec):

@@ -305,10 +305,11 @@ def check_metrics_of(run_dir, m=None, log=None):
     best = os.path.join(run_dir, "best.pt")
     h = peek_args(best, None) if os.path.exists(best) else {}  # ({} unreadable; a run's best.pt has an epoch)
     e, auc = h.get("epoch"), h.get("best_valid_auc")
-    same = lambda a: not isinstance(auc, float) or a == auc or auc != auc and a is None  # noqa: E731 (NaN: null)
-    if m is not None and ("epoch" in h and e != m.get("best_epoch") or not same(m.get("valid", {}).get("auc"))):
+    same = lambda a: not isinstance(auc, float) or a == auc or auc != auc and (a is None or a != a)  # noqa: E731
+    if m is not None and ("epoch" in h and e != m.get("best_epoch") or "best_valid_auc" in m  # (NaN: null, or NaN)
+                          and not same(m["best_valid_auc"])):  # (runs before session 20: the epoch alone)
         raise RunError(f"{run_dir}: its metrics.json is of epoch {m.get('best_epoch')!r:.20} (valid AUC "
-                       f"{m.get('valid', {}).get('auc')!r:.20}), its best.pt of epoch {e!r:.20} ({auc!r:.20}); "
+                       f"{m.get('best_valid_auc')!r:.20}), its best.pt of epoch {e!r:.20} ({auc!r:.20}); "
                        "expected one run's files (a metrics.json copied in from another run?)")
     if log and type(e) is int and e >= 1 and not (len(log) >= e and same(log[e - 1]["valid"].get("auc"))):
         raise RunError(f"{run_dir}: its log.jsonl does not hold its best.pt's epoch {e} (valid AUC {auc!r:.20}); "

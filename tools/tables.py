@@ -121,13 +121,16 @@ def read_metrics(run_dir):
 
 def read_metrics_file(path):
     """A metrics.json (a run's, or a copy under results/): parts of numbers or null, each in its range."""
-    m = numbers(path, read_json(path, "a run's metrics"), "a run's metrics")
+    m = read_json(path, "a run's metrics", obj=True)
+    numbers(path, {k: v for k, v in m.items() if k != "best_valid_auc"}, "a run's metrics")
+    if not ((auc := m.get("best_valid_auc")) is None or type(auc) is float and 0 <= auc <= 1):  # (null: undefined)
+        raise DataError(f"{path}: best_valid_auc is {json.dumps(auc)[:40]}; expected a number 0..1 or null")
     if m.get("best_epoch") is not None and not (type(m["best_epoch"]) is int and m["best_epoch"] >= 0):
         raise DataError(f"{path}: best_epoch is {m['best_epoch']}; expected an epoch, an integer >= 0 (0: no training)")
     if m.get("cut_short", 0) not in (0, 1):  # (loop.finish: 1 when a budget ended the training first)
         raise DataError(f"{path}: cut_short is {m['cut_short']}; expected 0 or 1")
     for part, ms in m.items():
-        if part not in ("best_epoch", "cut_short") and not isinstance(ms, dict):
+        if part not in ("best_epoch", "cut_short", "best_valid_auc") and not isinstance(ms, dict):
             raise DataError(f"{path}: {part} is {json.dumps(ms)[:60]}; expected an object of metrics")
         if isinstance(ms, dict) and (lost := [k for k, _ in COLUMNS if k not in ms]):
             raise DataError(f"{path}: {part} has no {lost[0]}; expected the metrics {', '.join(k for k, _ in COLUMNS)}")
