@@ -937,9 +937,9 @@ def test_a_movies_dat_of_two_encodings_and_other_hostile_data_files(tmp_path, ca
         list(sources._lines(tmp_path / "loop.tsv", "x"))
     _write_jsonl(tmp_path / "m.json", META)
     peaks = []
-    for long_id in ("Z", "Z" * 200):  # the same 20,000 reviews but for one user's id
+    for long_id in ("Z", "Z" * 200):  # the same 5,000 reviews but for one user's id
         _write_jsonl(tmp_path / "r.json", [dict(REVIEWS[0], reviewerID=long_id if k == 0 else f"u{k % 500}",
-                                                unixReviewTime=k) for k in range(20000)])
+                                                unixReviewTime=k) for k in range(5000)])
         tracemalloc.start()
         sources.load_amazon(tmp_path, reviews=str(tmp_path / "r.json"), meta=str(tmp_path / "m.json"))
         peaks.append(tracemalloc.get_traced_memory()[1])
