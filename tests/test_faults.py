@@ -9,6 +9,7 @@ import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import sys
 
 import numpy as np
@@ -1813,3 +1814,13 @@ def test_a_run_rescored_otherwise_or_of_an_undefined_auc_is_still_its_own(tmp_pa
     meta = runs.peek_args(str(tmp_path / "text" / "best.pt"), None)
     runs.save_atomic(dict(meta, best_valid_auc=float("nan"), model=ck["model"]), str(tmp_path / "text" / "best.pt"))
     assert len(tables.read_log(tmp_path / "text")) == 2
+
+
+@pytest.mark.parametrize("home", ["", "rel"])
+def test_an_empty_or_relative_home_keeps_compiled_kernels_in_the_temp_folder(home):
+    """HOME="" made the portable kernel cache /.cache/... (Python reads it as "/"), a relative HOME the cwd's."""
+    code = "from tools import runs; print(runs.PORTABLE['TORCHINDUCTOR_CACHE_DIR'])"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                         env={**os.environ, "HOME": home})
+    want = os.path.join(tempfile.gettempdir(), ".cache", "sasrecllm", "torchinductor-avx2")
+    assert out.stdout.strip() == want, out.stderr

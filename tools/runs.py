@@ -104,8 +104,10 @@ def native_bf16(own_cap=True):
 # variable once, at its first use, not at import: so numerics() works until torch's first op, and not after.
 # Inductor keys its kernel cache without the ISA it was told: AVX512 kernels cached by a native run crashed a
 # portable --compile run (seen on an AMD EPYC), so portable runs keep their own cache.
+# HOME="" reads as "/" (and a relative HOME as the cwd): the kernels then land where no one looks
+HOME = h if os.environ.get("HOME") != "" and os.path.isabs(h := os.path.expanduser("~")) else tempfile.gettempdir()
 PORTABLE = dict(ATEN_CPU_CAPABILITY="avx2", MKL_CBWR="AVX2", ONEDNN_MAX_CPU_ISA="AVX2",
-                TORCHINDUCTOR_CACHE_DIR=os.path.join(os.path.expanduser("~"), ".cache", "sasrecllm", "torchinductor-avx2"))
+                TORCHINDUCTOR_CACHE_DIR=os.path.join(HOME, ".cache", "sasrecllm", "torchinductor-avx2"))
 SET_HERE = set()  # the PORTABLE variables numerics() set in this process, not its caller
 
 
