@@ -330,7 +330,9 @@ def sweep_table(root, command):
     table = md_table(["lr", "train loss", "valid AUC", "valid UAUC", "valid rows", "seconds"],
                      [[lr, fmt(e["train_loss"]), fmt(auc), fmt(e["valid"]["uauc"]), str(e["valid"]["n"]),
                        f"{e['seconds']:.0f}"] for auc, lr, e in rows])
-    return f"`{command}`\n\n{table}\n"
+    lrs = ", ".join(sorted(logs, key=float))  # (an earlier call's LRS too: the command names the last call's alone)
+    return (f"`{command}`\n\nThe rows: every lr<LR>/ under {root} (lr {lrs}), this call's and any earlier "
+            f"one's.\n\n{table}\n")
 
 
 @cli

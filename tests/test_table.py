@@ -199,9 +199,9 @@ def test_lr_sweep_chooses_on_valid_only(tmp_path, data_dir):
     """drivers/lr_sweep.sh: one epoch per LR, no test scoring (no metrics.json), and sweep.md lists each
     LR's first-epoch valid AUC from its log, best first; a second call trains nothing."""
     root = tmp_path / "sweep"
-    call = lambda: subprocess.run(
+    call = lambda lrs="1e-3 1e-2": subprocess.run(
         ["bash", "drivers/lr_sweep.sh", str(root), "--stage", "sasrec", "--data-dir", str(data_dir), "--limit", "300",
-         "--threads", "1"], cwd=ROOT, env={**os.environ, "LRS": "1e-3 1e-2", "OMP_NUM_THREADS": "1"},
+         "--threads", "1"], cwd=ROOT, env={**os.environ, "LRS": lrs, "OMP_NUM_THREADS": "1"},
         capture_output=True, text=True, timeout=300)
     out = call()
     assert out.returncode == 0, out.stderr[-2000:]
@@ -213,6 +213,8 @@ def test_lr_sweep_chooses_on_valid_only(tmp_path, data_dir):
         sorted(((lr, round(a, 4)) for lr, a in aucs.items()), key=lambda t: -t[1])
     again = call()
     assert again.returncode == 0 and again.stdout.count("done before, skipped") == 2
+    assert call("1e-3").returncode == 0  # sweep.md names the last call, and says which rows it holds: both
+    assert "LRS='1e-3' bash" in (md := (root / "sweep.md").read_text()) and "(lr 1e-3, 1e-2)" in md
 
 
 @pytest.mark.parametrize("how", ["--dtype bfloat16", "--dtype=bfloat16", "--amp bf16",
