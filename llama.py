@@ -326,7 +326,10 @@ class Tokenizer(AnswerIds):
         # From its bytes (a regular file, bounded), not model_file=: a FIFO would block sentencepiece forever.
         # (LoadFromSerializedProto, not model_proto=, which skips an empty file and leaves no model loaded.)
         self.sp = spm.SentencePieceProcessor()
-        self.sp.LoadFromSerializedProto(sources.read_bytes(path, "a sentencepiece tokenizer.model"))
+        self.sp.LoadFromSerializedProto(raw := sources.read_bytes(path, "a sentencepiece tokenizer.model"))
+        if (kind := limits.sentencepiece_type(raw)) != 2:  # (Llama 2's and TinyLlama's are BPE)
+            raise ValueError(f"{path}: a sentencepiece model of type {kind} (1: Unigram), not BPE (2); transformers "
+                             "reads it as BPE, sentencepiece as it is: two tokenizations, refused")
         self.bos_id, self.eos_id, self.unk_id = self.sp.bos_id(), self.sp.eos_id(), self.sp.unk_id()
         self.vocab_size = self.sp.vocab_size()
         if not (0 <= self.bos_id < self.vocab_size and 0 <= self.unk_id < self.vocab_size):

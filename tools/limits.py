@@ -89,6 +89,32 @@ def fits_torch_zip(path):
 # ----------------------------------------------------------------------------------------------
 # llama.py: config.json against the weights, before the model is built
 
+def sentencepiece_type(raw):
+    """TrainerSpec.model_type of a sentencepiece ModelProto's bytes (its field 2, that message's field 3; absent:
+    1, UNIGRAM; 2 is BPE), read from the protobuf wire format: sentencepiece does not say, and protobuf is no
+    dependency here."""
+    def fields(b):  # (field number, value): varints as ints, length-delimited as bytes
+        i = 0
+        while i < len(b):
+            key, i = varint(b, i)
+            if key & 7 == 0:
+                v, i = varint(b, i)
+            elif key & 7 == 2:
+                n, i = varint(b, i)
+                v, i = b[i:i + n], i + n
+            else:  # fixed 64 or 32 bits
+                v, i = None, i + {1: 8, 5: 4}[key & 7]
+            yield key >> 3, v
+
+    def varint(b, i):
+        v = shift = 0
+        while b[i] & 0x80:
+            v, i, shift = v | (b[i] & 0x7F) << shift, i + 1, shift + 7
+        return v | b[i] << shift, i + 1
+    spec = next((v for f, v in fields(raw) if f == 2), b"")
+    return next((v for f, v in fields(spec) if f == 3), 1)
+
+
 def check_config(cfg):
     """Every LlamaConfig field of its type and in range: a config.json value of the wrong kind or size
     fails as it is read, not mid-allocation or mid-forward (an rms_norm_eps of inf scores every row alike)."""
