@@ -586,7 +586,8 @@ def test_a_metrics_file_out_of_range_is_one_line_not_a_broken_plot(tmp_path, cap
         {"epoch": 1, "train_loss": 0.6, "seconds": 1.0, "valid": dict(auc=None, uauc=None, n=9)}) + "\n")
     fake_best(sweep / "lr1e-2", lr=1e-2)
     assert report.main(["--sweep", str(sweep)]) in (0, None)
-    assert [line.split("|")[1].strip() for line in (sweep / "sweep.md").read_text().splitlines()[4:]] == \
+    assert [line.split("|")[1].strip() for line in (sweep / "sweep.md").read_text().splitlines()
+            if line.startswith("|")][2:] == \
         ["1e-4", "1e-3", "3e-3", "1e-2"]  # best valid AUC first, an undefined one last
     shutil.rmtree(sweep / "lr1e-2")
     forged = sweep / "lr2e-3 | 0.0 | 0.99 | 0.99 | 9 | 0 |\n| 9e-9"  # a directory's name is no table row
@@ -897,7 +898,7 @@ def test_a_tokenizer_of_unknown_answers_or_ids_outside_it_is_refused(tmp_path):
     import sentencepiece as spm
     buf = io.BytesIO()
     spm.SentencePieceTrainer.train(sentence_iterator=iter(["Yes No abc"] * 50), model_writer=buf, vocab_size=30,
-                                   bos_id=-1, hard_vocab_limit=False, num_threads=1, minloglevel=2)
+                                   model_type="bpe", bos_id=-1, hard_vocab_limit=False, num_threads=1, minloglevel=2)
     (tmp_path / "tokenizer.model").write_bytes(buf.getvalue())
     with pytest.raises(ValueError, match="bos id -1 or unk id 0 is not a token"):
         llama.Tokenizer(tmp_path / "tokenizer.model")

@@ -68,14 +68,20 @@ def test_a_short_tiny_chain_repeats_bit_for_bit(data_dir, tmp_path):
 
 def test_portable_numerics_are_chosen_before_torch_s_first_op(tmp_path):
     """The place that works: train.main turns them on before any op, and says so in its first line; a
-    process that ran an op first has its kernels chosen, and the line says they are not portable."""
+    process that ran an op first has its kernels chosen, and the line says they are not portable (on a CPU
+    wider than AVX2: on an AVX2-only one torch's own choice is the AVX2 path, and the line says portable)."""
     from test_faults import write_data
     root = write_data(tmp_path / "data")
     env = {k: v for k, v in os.environ.items() if k not in runs.PORTABLE}
+    native = subprocess.run([sys.executable, "-c", "import torch; print(torch.backends.cpu.get_cpu_capability())"],
+                            env=env, capture_output=True, text=True, check=True).stdout.strip()
     run = ["import sys; sys.path.insert(0, {root!r}); import train; "
            "train.main(['--stage', 'pop', '--data-dir', {data!r}, '--out', {out!r}])"]
-    for first_op, want in (("", "numerics: portable (one AVX2 kernel path"), ("import torch; torch.ones(2).sum(); ",
-                                                                               "numerics: NOT portable")):
-        code = first_op + run[0].format(root=str(ROOT), data=str(root), out=str(tmp_path / f"pop{len(first_op)}"))
-        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    portable, not_portable = "numerics: portable (one AVX2 kernel path", "numerics: NOT portable"
+    for first_op, extra, want in (("", {}, portable),
+                                  ("import torch; torch.ones(2).sum(); ", {}, portable if native == "AVX2" else not_portable),
+                                  ("", dict(ATEN_CPU_CAPABILITY="default"), not_portable)):  # the caller's own choice
+        code = first_op + run[0].format(root=str(ROOT), data=str(root), out=str(tmp_path / f"pop{len(first_op)}{len(extra)}"))
+        out = subprocess.run([sys.executable, "-c", code], env={**env, **extra}, capture_output=True, text=True,
+                             check=True).stdout
         assert out.splitlines()[0].startswith(want), out
