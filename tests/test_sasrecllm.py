@@ -182,9 +182,9 @@ def test_eval_rescores_in_the_runs_precision_or_the_one_asked(tmp_path, data_dir
     eval scores under the run's autocast, as training did. --dtype float32 re-scores it in fp32 (the
     way out where bf16 would be emulated), close to the bf16 figures but not theirs; --shuffle-cf
     --test-only scores the test parts alone."""
-    common = ["--data", "ml1m", "--data-dir", str(data_dir), "--llm", "tiny", "--runs", str(tmp_path), "--limit", "100",
+    common = ["--data", "ml1m", "--data-dir", str(data_dir), "--llm", "tiny", "--runs", str(tmp_path), "--limit", "50",
               "--max-epochs", "1", "--iters-per-epoch", "2", "--threads", "1", "--dtype", "bfloat16"]
-    assert train.main(["--stage", "sasrec", "--data-dir", str(data_dir), "--runs", str(tmp_path), "--limit", "100",
+    assert train.main(["--stage", "sasrec", "--data-dir", str(data_dir), "--runs", str(tmp_path), "--limit", "50",
                        "--max-epochs", "1", "--threads", "1"]) == 0
     assert train.main(["--stage", "text", *common]) == 0
     assert train.main(["--stage", "joint", *common]) == 0
@@ -207,7 +207,7 @@ def test_eval_rescores_in_the_runs_precision_or_the_one_asked(tmp_path, data_dir
     assert ev.main([str(tmp_path / "sasrec"), "--dtype", "float32"]) == 2  # a CF run has no LLM weights
     assert "is a 'sasrec' run, scored in fp32" in capsys.readouterr().err
     icl = tmp_path / "icl"  # fp32 weights under bf16 autocast: ICL scored it without, eval.py with
-    assert train.main(["--stage", "icl", *common[:8], "--limit", "100", "--threads", "1", "--amp", "bf16"]) == 0
+    assert train.main(["--stage", "icl", *common[:8], "--limit", "50", "--threads", "1", "--amp", "bf16"]) == 0
     assert ev.main([str(icl)]) == 0
     saved, again = (json.load(open(icl / f)) for f in ("metrics.json", "rescored.json"))
     assert all(again[p]["logloss"] == pytest.approx(saved[p]["logloss"], abs=1e-9) for p in again)
