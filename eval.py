@@ -151,7 +151,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                  allow_abbrev=False)
     ap.add_argument("run", nargs="?", type=runs.path, help="a finished run directory: re-score its best.pt")
-    ap.add_argument("--device", default=None, help="score on this device, not the run's own (a GPU run on cpu)")
+    ap.add_argument("--device", default=None, type=runs.device, help="score on this device, not the run's own (a GPU run on cpu)")
     ap.add_argument("--data-dir", type=runs.path, help="the data root, if it moved since training")
     ap.add_argument("--dtype", default=None, choices=llama.DTYPES,
                     help="an LLM run's weights in this dtype, not its own (a bf16 run on a CPU without native bf16)")

@@ -167,7 +167,7 @@ class Run:
         self.data_dir = self.data_dir or data.DATA_DIR
         for k in PATHS:  # recorded as absolute paths: a run means the same files from any directory
             if getattr(self, k) is not None and (k, getattr(self, k)) != ("llm", "tiny"):  # (--out tiny: a folder)
-                setattr(self, k, os.path.abspath(runs.refuse_dotdot(getattr(self, k))))
+                setattr(self, k, os.path.abspath(runs.check_path(getattr(self, k))))
 
 
 def parse_args(argv=None):

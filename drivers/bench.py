@@ -259,6 +259,11 @@ def peak(device, seconds=1.0):
 def run(args, device):
     """The bench on random weights: its one JSON line, as a dict."""
     with_hf = not args.no_hf and importlib.util.find_spec("peft") is not None
+    cfg, T = llama.LlamaConfig(**SHAPES[args.shape]), -(-400 // args.pad_multiple) * args.pad_multiple  # (the longest)
+    limits.fits(args.steps * (args.train_batch + args.score_batch) * T * 52 + limits.activations(  # (ids: lists, tensors)
+        cfg, max(args.train_batch, args.score_batch), T, cfg.num_hidden_layers) * (1 + with_hf),
+        f"--steps {args.steps} --train-batch {args.train_batch} --score-batch {args.score_batch} --pad-multiple "
+        f"{args.pad_multiple} at the {args.shape} shape: this bench", device)
     impls = build(SHAPES[args.shape], llama.DTYPES[LLAMA_DTYPE[args.dtype]], device, with_hf,
                   ("compiled",) if args.compile else ())
     vocab = impls[0].model.cfg.vocab_size
@@ -363,7 +368,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                 allow_abbrev=False)
     p.add_argument("--shape", choices=list(SHAPES), help="default: tiny (--check: tinyllama)")
-    p.add_argument("--device", help="default: cpu (--check: cuda)")
+    p.add_argument("--device", type=runs.device, help="default: cpu (--check: cuda)")
     p.add_argument("--dtype", choices=list(LLAMA_DTYPE), help="bf16: bf16 weights and autocast (--check on cuda)")
     p.add_argument("--train-batch", type=SIZE, default=16)
     p.add_argument("--score-batch", type=SIZE, default=64)

@@ -10,7 +10,7 @@ import sys
 import torch
 
 from llama import load
-from tools.runs import cli, number, path
+from tools.runs import cli, number, path, utf8
 
 
 @cli
@@ -18,7 +18,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                 allow_abbrev=False)
     p.add_argument("ckpt", metavar="DIR", type=path, help="greedy-decode --prompt with the checkpoint in DIR")
-    p.add_argument("--prompt", default="Is the sky blue? Answer Yes or No.")
+    p.add_argument("--prompt", default="Is the sky blue? Answer Yes or No.", type=utf8)
     p.add_argument("--max-new-tokens", type=number(1, 4096, int), default=8)
     args = p.parse_args(argv)
     model, tok = load(args.ckpt)

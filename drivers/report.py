@@ -15,7 +15,7 @@ import numpy as np
 
 import train
 from tools.runs import (changed_flags, cli, files_digest, json_bytes, made_from_changes, move_aside, path, peek_args,
-                        read_made_from, refuse_artefact, refuse_link, refuse_overlap, write_atomic)
+                        read_made_from, refuse_artefact, refuse_link, refuse_overlap, utf8, write_atomic)
 from tools.sources import DECIMAL, TIME_MAX, DataError, _lines, integer, read_text
 from tools.svg import finite, svg_bars, svg_lines
 from tools.tables import (COLUMNS, _num, fmt, fmt_mean_std, markdown_table, md_table, mean_std, read_log, read_metrics,
@@ -339,7 +339,7 @@ def sweep_table(root, command):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, allow_abbrev=False)
     ap.add_argument("--table", metavar="ROOT", type=path, help="Table 1 over ROOT/seed<s>/<stage> -> ROOT.md")
-    ap.add_argument("--command", default="", help="--table: the commands that trained it (one a line), printed above the table")
+    ap.add_argument("--command", default="", type=utf8, help="--table: the commands that trained it (one a line), printed above the table")
     ap.add_argument("--paper", metavar="DATA", choices=list(PAPER),
                     help="--table: set the paper's figures on DATA (ml1m) beside ours")
     ap.add_argument("--plot", metavar="ROOT", type=path,

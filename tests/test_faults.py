@@ -1825,3 +1825,48 @@ def test_an_empty_or_relative_home_keeps_compiled_kernels_in_the_temp_folder(hom
                          env={**os.environ, "HOME": home})
     want = os.path.join(tempfile.gettempdir(), ".cache", "sasrecllm", "torchinductor-avx2")
     assert out.stdout.strip() == want, out.stderr
+
+
+def test_a_path_flag_is_utf8_expanded_and_of_bounded_depth(root, tmp_path, capsys, monkeypatch):
+    """One parser for every path flag: a path 300 folders deep overflowed os.makedirs' recursion (a traceback); a
+    name that is not UTF-8 failed at the first checkpoint, after the epoch; "--out=~/x" (no shell to expand it)
+    made a folder named "~" in the cwd. The same for eval's --into; text flags and --device '' alike."""
+    deep = str(tmp_path / ("a/" * 300))
+    assert cf_run(root, deep) == 2 and "more than 256 folders deep" in one_error_line(capsys)
+    assert not (tmp_path / "a").exists()
+    bad = str(tmp_path / "bad") + "\udcff"  # (the byte 0xff, as Python hands a name that is not UTF-8 to us)
+    assert cf_run(root, bad) == 2 and "a path that is not UTF-8" in one_error_line(capsys)
+    assert os.listdir(tmp_path) == ["data"]
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    assert cf_run(root, "~/x") == 0 and (tmp_path / "home" / "x" / "best.pt").exists()
+    assert not (tmp_path / "~").exists()
+    for argv, words in (([str(tmp_path / "home" / "x"), "--into", deep], "more than 256 folders deep"),
+                        ([str(tmp_path / "home" / "x"), "--device", ""], "expected cpu, cuda or cuda:N"),
+                        ([str(tmp_path / "home" / "x"), "--into", bad], "a path that is not UTF-8")):
+        with pytest.raises(SystemExit) as e:
+            ev.main(argv)
+        assert e.value.code == 2 and words in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        decode.main([str(tmp_path), "--prompt", "Yes \udcff"])  # (sentencepiece raised a RuntimeError on it)
+    assert e.value.code == 2 and "not UTF-8 text" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        bench.main(["--device", ""])
+    assert e.value.code == 2 and "expected cpu, cuda or cuda:N" in capsys.readouterr().err
+
+
+def test_memory_checks_count_the_epochs_step_lists_the_bench_and_ulimit(tmp_path, data_dir):
+    """A text stage of 1,000,000 steps of 500 rows passed its check (1 KiB a step counted; each step's list holds
+    its 500 ints, ~18 GB) and died of MemoryError; the bench allocated 8 GB for --pad-multiple 4096 unchecked; and
+    the memory free ignored `ulimit -v`. Each is now one error line before the allocation."""
+    code = ("import resource, sys; resource.setrlimit(resource.RLIMIT_AS, (6 << 30, resource.RLIM_INFINITY)); "
+            "sys.argv[0] = {0!r}; sys.path.insert(0, {1!r}); import runpy; runpy.run_path({0!r}, run_name='__main__')")
+    for script, flags in (("train.py", ["--stage", "text", "--llm", "tiny", "--limit", "2000", "--data-dir",
+                                        str(data_dir), "--runs", str(tmp_path), "--batch-size", "500",
+                                        "--iters-per-epoch", "1000000", "--threads", "1"]),
+                          ("drivers/bench.py", ["--no-hf", "--steps", "1", "--train-batch", "4096", "--pad-multiple",
+                                                "4096"])):
+        out = subprocess.run([sys.executable, "-c", code.format(str(ROOT / script), str(ROOT)), *flags], cwd=ROOT,
+                             capture_output=True, text=True, timeout=300)
+        assert out.returncode == 2 and out.stderr.splitlines()[-1].startswith("error: ") and \
+            "GiB available" in out.stderr and "Traceback" not in out.stderr, out.stderr[-2000:]

@@ -7,6 +7,7 @@ import math
 import os
 import pickletools
 import re
+import resource
 import zipfile
 from dataclasses import fields
 from pathlib import Path
@@ -49,7 +50,11 @@ def available(device="cpu"):
         return torch.cuda.mem_get_info(torch.device(device))[0] if torch.cuda.is_available() else None
     try:
         with open("/proc/meminfo") as f:
-            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+            free = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+        if (cap := resource.getrlimit(resource.RLIMIT_AS)[0]) != resource.RLIM_INFINITY:  # (ulimit -v)
+            with open("/proc/self/status") as f:
+                free = min(free, cap - next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize:")))
+        return free
     except (OSError, StopIteration, ValueError, IndexError):
         return None
 
@@ -303,15 +308,22 @@ def check_positions(a, ds, cfg, prompts, rows):
     return lengths
 
 
+def activations(cfg, B, T, layers):
+    """Bytes a (B, T) batch keeps through `layers` decoder layers: ~(12 D + 4 I) fp32 values a token a layer,
+    and the (B, heads, T, T) scores."""
+    D, I, nh = cfg.hidden_size, cfg.intermediate_size, cfg.num_attention_heads
+    return B * layers * (T * (12 * D + 4 * I) * 4 + nh * T * T * 10)
+
+
 def check_prompts(a, ds, cfg, prompts):
     """Run a's prompts, before any batch is made: check_positions, and the activations of the longest batch,
     padded to --pad-multiple, within the memory free (the weights are loaded by now)."""
     lengths = check_positions(a, ds, cfg, prompts, range(len(prompts)))
     T = -(-int(lengths.max()) // a.pad_multiple) * a.pad_multiple
-    D, I, L, nh = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers, cfg.num_attention_heads
-    acts = [B * layers * (T * (12 * D + 4 * I) * 4 + nh * T * T * 10) for B, layers in
-            ((min(a.eval_batch_size, len(ds)), 2), (0 if a.stage == "icl" else min(a.batch_size, len(ds)), L))]
-    # (and each step's list of rows, built for the epoch: 180-640 bytes a step seen, counted as 1 KiB)
-    fits(max(acts) + 1024 * a.iters_per_epoch, f"--batch-size {a.batch_size} --eval-batch-size {a.eval_batch_size} "
+    acts = [activations(cfg, B, T, layers) for B, layers in ((min(a.eval_batch_size, len(ds)), 2),
+            (0 if a.stage == "icl" else min(a.batch_size, len(ds)), cfg.num_hidden_layers))]
+    # (and each step's list of rows, built for the epoch: a list of B ints, 36 bytes each, and ~1 KiB besides)
+    steps = a.iters_per_epoch * (1024 + 36 * min(a.batch_size, len(ds)))
+    fits(max(acts) + steps, f"--batch-size {a.batch_size} --eval-batch-size {a.eval_batch_size} "
          f"--pad-multiple {a.pad_multiple} --iters-per-epoch {a.iters_per_epoch} (prompts of up to {lengths.max()} "
          f"tokens, padded to {T}) on --llm {a.llm}: this run", a.device)

@@ -70,13 +70,24 @@ def cli(main):
     return run
 
 
+DEVICE = re.compile(r"cpu|cuda(:(0|[1-9][0-9]{0,3}))?")  # ASCII digits, one spelling of each
+
+
 def check_device(device):
-    if not re.fullmatch(r"cpu|cuda(:(0|[1-9][0-9]{0,3}))?", device):  # ASCII digits, one spelling of each
+    if not DEVICE.fullmatch(device):
         raise RunError(f"--device {device}: expected cpu, cuda or cuda:N")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise RunError(f"--device {device}, but torch {torch.__version__} sees no CUDA device; use --device cpu")
     if device.startswith("cuda:") and int(device[5:]) >= torch.cuda.device_count():
         raise RunError(f"--device {device}, but torch sees {torch.cuda.device_count()} CUDA device(s)")
+
+
+def device(text):
+    """An argparse type: a device's spelling ("--device ''" is no device, not the default one); check_device
+    then asks torch for it."""
+    if not DEVICE.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"expected cpu, cuda or cuda:N, got {text[:40]!r}")
+    return text
 
 
 def default_precision(a, own_cap=True):
@@ -160,14 +171,40 @@ def number(low, high=None, kind=float, low_open=False):
 
 
 def path(text):
-    """An argparse type: a path, never empty ("--into $DIR" with DIR unset must not mean "no --into"), never
-    one that leads elsewhere than it reads (refuse_dotdot)."""
+    """An argparse type: a path, never empty ("--into $DIR" with DIR unset must not mean "no --into"), as
+    check_path reads it."""
     if not text:
         raise argparse.ArgumentTypeError("expected a path, got ''")
     try:
-        return refuse_dotdot(text)
+        return check_path(text)
     except RunError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def utf8(value):
+    """An argparse type: text that is UTF-8 (bytes the system could not decode arrive as lone surrogates)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise argparse.ArgumentTypeError(f"{ascii(value)[:80]}: not UTF-8 text") from None
+    return value
+
+
+PATH_PARTS = 256  # folders deep at most: os.makedirs recurses once per missing folder
+
+
+def check_path(p):
+    """A path as a flag gives it: UTF-8 (a name that is not fails at the first checkpoint, after the work), "~"
+    expanded as the shell would have ("--out=~/runs" reaches us unexpanded), at most PATH_PARTS folders deep,
+    and never one that leads elsewhere than it reads (refuse_dotdot)."""
+    try:
+        p.encode("utf-8")
+    except UnicodeEncodeError:
+        raise RunError(f"{ascii(p)[:200]}: a path that is not UTF-8; rename it") from None
+    p = os.path.expanduser(p)
+    if os.path.abspath(p).count(os.sep) > PATH_PARTS:
+        raise RunError(f"{p[:60]}...: more than {PATH_PARTS} folders deep")
+    return refuse_dotdot(p)
 
 
 def refuse_dotdot(p):
