@@ -15,11 +15,13 @@ import pytest
 import torch
 
 import eval as ev
+import llama
 import lora
 import loop
 import train
 import walk
 from test_faults import cf_run, one_error_line, write_data
+from drivers import report
 from tools import limits, runs
 
 
@@ -461,3 +463,33 @@ def test_a_checkpoint_larger_than_memory_is_refused_before_it_is_read(root, tmp_
         runs.read_checkpoint(str(out / "best.pt"))
     capsys.readouterr()
     assert ev.main([str(out)]) == 2 and "best.pt (its tensors) needs about 4096.0 GiB" in one_error_line(capsys)
+
+
+def test_a_header_of_another_kind_a_log_of_objects_a_mapped_giant_and_20000_layers(mf_run, tmp_path, capsys,
+                                                                                    tiny_dir):
+    """A checkpoint's metadata that is JSON but not an object (eval: AttributeError), a log.jsonl whose
+    samples_per_s is an object (report --table: TypeError), a safetensors file larger than memory (safe_open's
+    mmap: RuntimeError) and a config.json of 20,000 tiny layers (a load of hours): one line each, at once."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+    root, src = mf_run
+    out = tmp_path / "seed0" / "mf"
+    shutil.copytree(src, out)
+    with safe_open(str(src / "best.pt"), framework="pt") as f:
+        tensors, meta = {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
+    save_file(tensors, str(out / "best.pt"), metadata=dict(meta, meta="[1]"))
+    capsys.readouterr()
+    assert ev.main([str(out)]) == 2 and str(out / "best.pt") in one_error_line(capsys)
+    shutil.copy(src / "best.pt", out / "best.pt")
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    log[0]["samples_per_s"] = {"x": 1}
+    (out / "log.jsonl").write_text("".join(json.dumps(e) + "\n" for e in log))
+    assert report.main(["--table", str(tmp_path)]) == 2 and "expected samples_per_s to be a number" in \
+        one_error_line(capsys)
+    big = tmp_path / "big"
+    shutil.copytree(tiny_dir, big)
+    os.truncate(big / "model.safetensors", 1 << 42)  # 4 TiB, sparse: its header as it was
+    with pytest.raises(limits.SizeError, match="model.safetensors: mapping it needs about 4096.0 GiB"):
+        llama.load(big)
+    with pytest.raises(ValueError, match="num_hidden_layers is 20000; expected an integer >= 1 and <= 1024"):
+        llama.LlamaConfig.from_dict({**json.loads((tiny_dir / "config.json").read_text()), "num_hidden_layers": 20000})

@@ -120,6 +120,9 @@ def sentencepiece_type(raw):
     return next((v for f, v in fields(spec) if f == 3), 1)
 
 
+LAYERS_MAX = 1024  # decoder layers (TinyLlama: 22; the largest Llamas: 126)
+
+
 def check_config(cfg):
     """Every LlamaConfig field of its type and in range: a config.json value of the wrong kind or size
     fails as it is read, not mid-allocation or mid-forward (an rms_norm_eps of inf scores every row alike)."""
@@ -132,6 +135,8 @@ def check_config(cfg):
                 raise ValueError(f"{f.name} is {short(v)}; expected " + ("true or false" if f.type is bool else "a string"))
         elif f.name == "rms_norm_eps":  # in fp32 and bf16: 1e-300 is 0 there (a zero row's norm divides by 0)
             expect(f.name, v, float, 1e-30, 1, high_open=True)
+        elif f.name == "num_hidden_layers":  # each layer a module of its own: 20,000 tiny ones took hours to load
+            expect(f.name, v, int, 1, LAYERS_MAX)
         elif f.name == "rope_theta":  # RoPE's base, in fp32: 1e-300 is 0 there (inv_freq inf, every score NaN)
             expect(f.name, v, float, 1, 3.4e38)
         else:  # sizes >= 1; head_dim (0: derived), token ids, initializer_range >= 0
@@ -168,8 +173,9 @@ def check_checkpoint(cfg, config, files, dtype=torch.float32, device="cpu"):
     model is built (1e9 layers never finish building, even on the meta device); then the weights against memory."""
     shapes = {}
     for path in files:
-        try:
-            with safe_open(regular_file(path, "a safetensors file"), framework="pt") as f:
+        try:  # (safe_open maps the whole file: one larger than memory fails there, in words of its own)
+            fits(os.path.getsize(regular_file(path, "a safetensors file")), f"{path}: mapping it", device="cpu")
+            with safe_open(path, framework="pt") as f:
                 for k in f.keys():
                     check_float(path, k, (s := f.get_slice(k)).get_dtype())
                     if k in shapes:  # (read in turn, the later shard's would silently win)
@@ -220,7 +226,8 @@ def check_adapter(adapter_dir, cfg, state=None):
     weights = weights if state is None else weights.with_suffix(".bin")
     try:
         if state is None:
-            with safe_open(regular_file(weights, "an adapter's safetensors"), framework="pt") as f:
+            fits(os.path.getsize(regular_file(weights, "an adapter's safetensors")), f"{weights}: mapping it")
+            with safe_open(weights, framework="pt") as f:
                 shapes = {}
                 for k in f.keys():
                     check_float(weights, k, (s := f.get_slice(k)).get_dtype())

@@ -60,7 +60,7 @@ def cli(main):
             return 1 if isinstance(e, FloatingPointError) else 2
         except (MemoryError, RuntimeError) as e:  # numpy's or torch's out of memory, from a size no check foresaw
             if isinstance(e, RuntimeError) and not isinstance(e, torch.OutOfMemoryError) \
-                    and "can't allocate memory" not in str(e):  # (the CPU allocator's words)
+                    and not re.search("can't allocate memory|Cannot allocate memory", str(e)):  # (the allocator's, mmap's)
                 raise
             print(f"error: out of memory ({first_line(e)[:200]})", file=sys.stderr)
             return 1
@@ -322,7 +322,9 @@ def peek_args(path, key="args"):
     """A checkpoint's flags (or another dict of its header: made_from), no tensor read; {} if unreadable."""
     with suppress(Exception):
         with safe_open(regular_file(path), framework="pt") as f:
-            return dict(loads(f.metadata()["meta"])[key]) if key else loads(f.metadata()["meta"])
+            meta = loads(f.metadata()["meta"])
+            if isinstance(meta, dict):  # (valid JSON, but a list or a string: unreadable too)
+                return dict(meta[key]) if key else meta
     return {}
 
 

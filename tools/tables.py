@@ -83,14 +83,15 @@ def mean_std(reports, names=None):
     return out
 
 
-def numbers(where, obj, what, null=False, nest=True):
-    """obj, a JSON object whose values are numbers (or null, with null=True) or, one level down, objects of
-    numbers or null (metrics: null is undefined); else a DataError naming where (file or file:line) and the key."""
+def numbers(where, obj, what, null=False, nest=lambda k: True):
+    """obj, a JSON object whose values are numbers (or null, with null=True) or, one level down where nest(key),
+    objects of numbers or null (metrics: null is undefined); else a DataError naming where (file or file:line)
+    and the key."""
     if not isinstance(obj, dict):
         raise DataError(f"{where}: expected {what} (a JSON object), got {type(obj).__name__}")
     for k, v in obj.items():
-        if nest and isinstance(v, dict):
-            numbers(f"{where}: {k}", v, "metrics", True, False)
+        if nest(k) and isinstance(v, dict):
+            numbers(f"{where}: {k}", v, "metrics", True, lambda k: False)
         elif not (type(v) in (int, float) and not abs(v) > 1e12 or null and v is None):  # (NaN: undefined; not a bool)
             raise DataError(f"{where}: expected {k} to be a number{' or null' * null}, got {json.dumps(v)[:60]}"
                             + " (larger than 1e12)" * (type(v) in (int, float)))
@@ -105,7 +106,7 @@ def read_log(run_dir):
                 valid=_is(lambda v: isinstance(v, dict), "an object of metrics"))
         if obj["epoch"] != len(log) + 1:  # (a log edited by hand: one figure drawn twice, a cost table wrong)
             raise DataError(f"{path}:{n}: epoch {obj['epoch']}; expected {len(log) + 1}, the epochs in order from 1")
-        log.append(numbers(f"{path}:{n}", obj, "an epoch"))
+        log.append(numbers(f"{path}:{n}", obj, "an epoch", nest=lambda k: k == "valid"))  # (the rest: numbers)
         in_range(f"{path}:{n}", "valid", obj["valid"])
     check_metrics_of(run_dir, log=log)
     return log
