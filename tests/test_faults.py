@@ -949,7 +949,9 @@ def _two_shards(d):
 
 
 HOSTILE_CONFIGS = {  # words in the error line -> the edit; each error names the file
-    "config.json: num_hidden_layers is 1000000000, but the weights": _edit_config("num_hidden_layers", 10 ** 9),
+    "config.json: num_hidden_layers is 1000000000; expected an integer >= 1 and <= 1024":
+        _edit_config("num_hidden_layers", 10 ** 9),
+    "config.json: num_hidden_layers is 30, but the weights": _edit_config("num_hidden_layers", 30),
     "config.json: num_hidden_layers is 1000000000.0; expected an integer >= 1": _edit_config("num_hidden_layers", 1e9),
     "config.json: rms_norm_eps is inf; expected a finite number >= 1e-30 and < 1": _config_text('"rms_norm_eps": 1e-05', '"rms_norm_eps": 1e999'),
     "config.json: rope_theta is 0; expected a finite number >= 1 and <= 3.4e+38": _edit_config("rope_theta", 0),
@@ -998,6 +1000,10 @@ def test_an_eos_list_of_ints_loads_as_hf_allows(tiny_llm, tmp_path):
 
 def test_weights_that_cannot_fit_are_refused_before_they_are_read(tiny_llm, monkeypatch):
     monkeypatch.setattr(limits, "available", lambda device="cpu": 2 ** 10)  # 1 KiB free
+    with pytest.raises(limits.SizeError, match=rf"{tiny_llm}/model.safetensors: mapping it needs about 0.0 GiB, more"):
+        llama.load_model(tiny_llm)  # (safe_open maps the whole file: checked first)
+    real = limits.fits  # the file mapped, its weights as the header declares them
+    monkeypatch.setattr(limits, "fits", lambda need, what, device="cpu": what.endswith("mapping it") or real(need, what))
     with pytest.raises(limits.SizeError, match=rf"{tiny_llm}: [\d,]+ weights in float32 needs about 0.0 GiB, more"):
         llama.load_model(tiny_llm)
 
