@@ -181,12 +181,15 @@ def path(text):
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def is_utf8(text):
+    """Whether text encodes as UTF-8: bytes the system could not decode arrive as lone surrogates."""
+    return not any("\ud800" <= c <= "\udfff" for c in text)
+
+
 def utf8(value):
-    """An argparse type: text that is UTF-8 (bytes the system could not decode arrive as lone surrogates)."""
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise argparse.ArgumentTypeError(f"{ascii(value)[:80]}: not UTF-8 text") from None
+    """An argparse type: text that is UTF-8."""
+    if not is_utf8(value):
+        raise argparse.ArgumentTypeError(f"{ascii(value)[:80]}: not UTF-8 text")
     return value
 
 
@@ -197,10 +200,8 @@ def check_path(p):
     """A path as a flag gives it: UTF-8 (a name that is not fails at the first checkpoint, after the work), "~"
     expanded as the shell would have ("--out=~/runs" reaches us unexpanded), at most PATH_PARTS folders deep,
     and never one that leads elsewhere than it reads (refuse_dotdot)."""
-    try:
-        p.encode("utf-8")
-    except UnicodeEncodeError:
-        raise RunError(f"{ascii(p)[:200]}: a path that is not UTF-8; rename it") from None
+    if not is_utf8(p):
+        raise RunError(f"{ascii(p)[:200]}: a path that is not UTF-8; rename it")
     p = os.path.expanduser(p)
     if os.path.abspath(p).count(os.sep) > PATH_PARTS:
         raise RunError(f"{p[:60]}...: more than {PATH_PARTS} folders deep")
