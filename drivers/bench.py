@@ -241,11 +241,11 @@ def measure(impls, batches, device, amp, orders, peak_tflops):
 def peak(device, seconds=1.0):
     """(TFLOP/s, its kind): PEAK_TFLOPS on CUDA; on a CPU, the faster plain (2048 x 576) @ (576 x 1536) matmul
     on this process's threads, bf16 or fp32: bf16 where the CPU has native bf16 units (AMX: about 10x fp32),
-    fp32 where bf16 is emulated."""
+    fp32 where bf16 is emulated (and not timed: one emulated bf16 matmul takes seconds on an AVX2-only CPU)."""
     if device.type == "cuda":
         return PEAK_TFLOPS, "CUDA"
     rates = []
-    for dtype, kind in ((torch.bfloat16, "bf16"), (torch.float32, "fp32")):
+    for dtype, kind in ((torch.bfloat16, "bf16"), (torch.float32, "fp32"))[0 if runs.native_bf16() else 1:]:
         a, b = torch.randn(2048, 576, dtype=dtype), torch.randn(576, 1536, dtype=dtype)
         a @ b  # a warm-up, untimed
         n, t0 = 0, time.perf_counter()

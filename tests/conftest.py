@@ -29,7 +29,29 @@ os.environ.setdefault("SASRECLLM_DATA", str(DATA_DIR))  # before data.py reads i
 import metrics  # noqa: E402  (the project root is on sys.path only now)
 import data  # noqa: E402
 from data import pad_left  # noqa: E402
-from tools import backbones, runs  # noqa: E402
+from tools import backbones, runs, sources  # noqa: E402
+
+# The shared ML-1M split is read-only, and about 70 in-process runs of a suite load it (0.7 s a parse): each
+# worker parses it once per spelling of its folder and identity of its files (an edit is read afresh), and every
+# run gets its own copy. Any other folder, such as the files a test writes, is parsed every time.
+_parse_ml1m, _parsed_ml1m = sources.load_ml1m, {}
+
+
+def _load_ml1m_once(data_dir):
+    folder = os.path.join(data_dir, "ml1m")
+    try:
+        key = (str(data_dir), os.getcwd(), *((s.st_dev, s.st_ino, s.st_size, s.st_mtime_ns) for s in
+                                             (os.stat(os.path.join(folder, f)) for f in ("interactions.tsv", "items.tsv"))))
+    except OSError:
+        return _parse_ml1m(data_dir)
+    if os.path.realpath(folder) != os.path.realpath(DATA_DIR / "ml1m"):
+        return _parse_ml1m(data_dir)
+    if key not in _parsed_ml1m:
+        _parsed_ml1m[key] = _parse_ml1m(data_dir)
+    return {k: v.copy() if isinstance(v, (np.ndarray, list)) else v for k, v in _parsed_ml1m[key].items()}
+
+
+sources.load_ml1m = _load_ml1m_once
 
 # A real pretrained Llama-family model, built by ../shared/tools/get_smollm2.py into the cache.
 CACHE = Path(os.environ.get("SASRECLLM_CACHE", Path.home() / ".cache" / "sasrecllm"))

@@ -294,9 +294,10 @@ def test_walk_scores_the_row_as_training_does(chain, data_dir, capsys):
 
 def test_text_and_joint_steps_on_a_real_pretrained_llm(smol_dir, data_dir, tmp_path):
     """One text-stage step and one joint-stage step on SmolLM2-135M-Instruct (byte-level BPE, tied
-    embeddings, GQA 9/3): the real-LLM path runs, writes a peft adapter and a joint checkpoint."""
+    embeddings, GQA 9/3): the real-LLM path runs, writes a peft adapter and a joint checkpoint. (Validation on 2
+    of the 5 valid rows: each of the 3 scorings of a stage costs seconds a row here.)"""
     common = ["--data", "ml1m", "--data-dir", str(data_dir), "--llm", str(smol_dir), "--runs", str(tmp_path),
-              "--limit", "5", "--max-steps", "1", "--batch-size", "2", "--eval-batch-size", "5",
+              "--limit", "5", "--valid-rows", "2", "--max-steps", "1", "--batch-size", "2", "--eval-batch-size", "5",
               "--iters-per-epoch", "0", "--threads", str(torch.get_num_threads())]
     assert train.main(["--stage", "sasrec", "--data", "ml1m", "--data-dir", str(data_dir), "--runs", str(tmp_path),
                        "--limit", "50", "--max-epochs", "1", "--threads", str(torch.get_num_threads())]) == 0
