@@ -332,10 +332,10 @@ class Tokenizer(AnswerIds):
                              "reads it as BPE, sentencepiece as it is: two tokenizations, refused")
         self.bos_id, self.eos_id, self.unk_id = self.sp.bos_id(), self.sp.eos_id(), self.sp.unk_id()
         self.vocab_size = self.sp.vocab_size()
-        if not (0 <= self.bos_id < self.vocab_size and 0 <= self.unk_id < self.vocab_size):
-            # (every prompt starts with BOS, and UNK holds the slots)
-            raise ValueError(f"{path}: bos id {self.bos_id} or unk id {self.unk_id} is not a token "
-                             f"(0..{self.vocab_size - 1})")
+        if not all(0 <= i < self.vocab_size for i in (self.bos_id, self.eos_id, self.unk_id)):
+            # (every prompt starts with BOS, UNK holds the slots, EOS ends a decode: a config.json needs all three)
+            raise ValueError(f"{path}: bos id {self.bos_id}, eos id {self.eos_id} or unk id {self.unk_id} is not a "
+                             f"token (0..{self.vocab_size - 1})")
 
     def encode(self, text: str, bos: bool = True, special: bool = True) -> list:
         """special=True (decode.py's prompt): HF reads "<s>" or "</s>" in the text as that token, which

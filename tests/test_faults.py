@@ -11,6 +11,7 @@ import socket
 import subprocess
 import tempfile
 import sys
+import types
 
 import numpy as np
 import pytest
@@ -900,8 +901,19 @@ def test_a_tokenizer_of_unknown_answers_or_ids_outside_it_is_refused(tmp_path):
     spm.SentencePieceTrainer.train(sentence_iterator=iter(["Yes No abc"] * 50), model_writer=buf, vocab_size=30,
                                    model_type="bpe", bos_id=-1, hard_vocab_limit=False, num_threads=1, minloglevel=2)
     (tmp_path / "tokenizer.model").write_bytes(buf.getvalue())
-    with pytest.raises(ValueError, match="bos id -1 or unk id 0 is not a token"):
+    with pytest.raises(ValueError, match="bos id -1, eos id 2 or unk id 0 is not a token"):
         llama.Tokenizer(tmp_path / "tokenizer.model")
+    buf = io.BytesIO()  # no EOS: the tiny backbone's config.json was written, then refused (eos_token_id -1)
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(["Yes No abc"] * 50), model_writer=buf, vocab_size=30,
+                                   model_type="bpe", eos_id=-1, hard_vocab_limit=False, num_threads=1, minloglevel=2)
+    (tmp_path / "tokenizer.model").write_bytes(buf.getvalue())
+    with pytest.raises(ValueError, match="bos id 1, eos id -1 or unk id 0 is not a token"):
+        llama.Tokenizer(tmp_path / "tokenizer.model")
+    with pytest.raises(ValueError, match="eos id -1"):  # before the backbone is written
+        train.backbone_dir(train.parse_args(["--stage", "icl", "--llm", "tiny", "--tokenizer",
+                                             str(tmp_path / "tokenizer.model"), "--runs", str(tmp_path / "runs")]),
+                           types.SimpleNamespace(titles=["", "Heat (1995)"]))
+    assert not (tmp_path / "runs").exists()
 
 
 def test_a_bad_byte_is_reported_on_its_own_line(root):

@@ -252,6 +252,9 @@ EDITS = {  # a checkpoint is input like any other: each is one line naming the f
     "device None": lambda ck: ck["args"].update(device=None),
     "heads that do not divide dim": lambda ck: ck["args"].update(stage="sasrec", heads=3),
     "made_from a list": lambda ck: ck.update(made_from=[1]),
+    "made_from of int keys": lambda ck: ck.update(made_from={1: "x"}),  # (eval, walk: TypeError in sorted())
+    "a model of int keys": lambda ck: ck.update(model=dict(enumerate(ck["model"].values()))),
+    "100000 SASRec blocks": lambda ck: ck["args"].update(stage="sasrec", layers=10 ** 5),  # (minutes of building)
     "a foreign flag": lambda ck: ck["args"].update(colour="blue"),
     "a flag of a megabyte": lambda ck: ck["args"].update(lr="A" * 10 ** 6),  # echoed, cut to one short line
 }
@@ -493,3 +496,40 @@ def test_a_header_of_another_kind_a_log_of_objects_a_mapped_giant_and_20000_laye
         llama.load(big)
     with pytest.raises(ValueError, match="num_hidden_layers is 20000; expected an integer >= 1 and <= 1024"):
         llama.LlamaConfig.from_dict({**json.loads((tiny_dir / "config.json").read_text()), "num_hidden_layers": 20000})
+
+
+def test_int_keys_as_written_the_layers_flag_capped_and_a_header_of_pairs(mf_run, tmp_path, capsys):
+    """int_keys keys were read by int(): "+0", " 1", "0_3" or "٠" resumed as 0..3 (and "0" beside "+0" collapsed);
+    --layers had no cap (100,000 blocks: minutes before any row); a made_from or args written as [[key, value]]
+    pairs became a dict of int keys in report --table (TypeError in sorted())."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+    root, src = mf_run
+    out = tmp_path / "mf"
+    shutil.copytree(src, out)
+    with safe_open(str(src / "last.pt"), framework="pt") as f:
+        tensors, head = {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
+    state = json.loads(head["meta"])["optimizer"]["state"]["int_keys"]
+    assert "0" in state and "00" not in state  # (a parameter's moments, by its index)
+    for spelled in ("+0", " 0", "0_0", "\u0660", "00"):
+        meta = head["meta"].replace('"int_keys": {"0":', '"int_keys": {"' + spelled + '":', 1)
+        assert meta != head["meta"]
+        save_file(tensors, str(out / "last.pt"), metadata=dict(head, meta=meta, sha256=runs._sha256(meta, tensors)))
+        capsys.readouterr()
+        assert cf_run(root, out, "--resume", "--max-epochs", "3") == 2
+        assert str(out / "last.pt") in (line := one_error_line(capsys)) and "is not an integer as a checkpoint" in line
+    capsys.readouterr()
+    assert cf_run(root, tmp_path / "deep", "--stage", "sasrec", "--layers", "100000") == 2
+    assert "--layers 100000: expected at most 1024 blocks" in one_error_line(capsys)
+    table = tmp_path / "t"
+    for s in (0, 1):
+        shutil.copytree(src, table / f"seed{s}" / "mf")
+    with safe_open(str(src / "best.pt"), framework="pt") as f:
+        tensors, head = {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
+    meta = json.loads(head["meta"])
+    for key in ("made_from", "args"):
+        edited = dict(meta, **{key: [[k, v] for k, v in meta[key].items()] + [[1, "x"]]})
+        edited["args"] = edited["args"] if key == "made_from" else edited["args"] + [["seed", 1]]
+        save_file(tensors, str(table / "seed1" / "mf" / "best.pt"), metadata=dict(head, meta=json.dumps(edited)))
+        capsys.readouterr()
+        assert report.main(["--table", str(table)]) == 2 and "seed1/mf" in one_error_line(capsys)

@@ -256,6 +256,8 @@ def check_adapter(adapter_dir, cfg, state=None):
 
 def check_flags(a):
     """Run a's flags that cannot work together, as they are parsed: before any data is read."""
+    if a.layers > LAYERS_MAX:  # (the blocks are built one by one: 100,000 of them took minutes before any row)
+        raise SizeError(f"--layers {a.layers}: expected at most {LAYERS_MAX} blocks (the paper's SASRec has 2)")
     if a.stage == "sasrec" and a.dim % a.heads:
         raise SizeError(f"--heads {a.heads} does not divide --dim {a.dim}: SASRec splits the width into equal heads")
     if a.max_epochs is not None and a.warmup_epochs > a.max_epochs:  # (1e308 would overflow the step count)

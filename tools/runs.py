@@ -28,7 +28,7 @@ from safetensors import SafetensorError, safe_open
 
 from tools import limits
 from tools.dist import barrier, is_main, say
-from tools.sources import DECIMAL, loads, read_json, regular_file
+from tools.sources import DECIMAL, DIGITS, loads, read_json, regular_file
 
 LOCK = "run.lock"  # in a run directory while a run writes there: its pid, host and start
 # What a run directory may hold: the files train.py and eval.py write there, their temporaries, earlier runs
@@ -280,7 +280,9 @@ def _split(obj, tensors, path=""):
 def _join(obj, tensors):
     if isinstance(obj, dict) and set(obj) == {"tensor"}:
         return tensors[obj["tensor"]]
-    if isinstance(obj, dict) and set(obj) == {"int_keys"}:
+    if isinstance(obj, dict) and set(obj) == {"int_keys"}:  # (as _split spells them: "7", never "07", "+7" or "7_0")
+        if bad := next((k for k in obj["int_keys"] if not (DIGITS.fullmatch(k) and k == str(int(k)))), None):
+            raise ValueError(f"int_keys key {bad!r:.40} is not an integer as a checkpoint writes one")
         return {int(k): _join(v, tensors) for k, v in obj["int_keys"].items()}
     if isinstance(obj, dict):
         return {k: _join(v, tensors) for k, v in obj.items()}
@@ -314,7 +316,11 @@ def read_checkpoint(path):
             raise RunError(f"not a {FORMAT} file (format {head.get('format')!r})")
         if _sha256(head["meta"], tensors) != head.get("sha256"):
             raise RunError("its bytes do not match the SHA-256 it was written with: the file is damaged")
-        return _join(loads(head["meta"]), tensors)
+        ck = _join(loads(head["meta"]), tensors)
+        for key in ("args", "made_from", "model"):  # (objects of names: an int_keys object there is no run's)
+            if not isinstance(part := ck.get(key, {}), dict) or not all(isinstance(k, str) for k in part):
+                raise RunError(f"its {key} is not an object of names")
+        return ck
     except Exception as e:  # a missing, truncated, foreign or hostile file fails in many ways; none runs code
         raise RunError(f"{path}: cannot read this checkpoint ({type(e).__name__}: {first_line(e)})") from None
 
@@ -324,8 +330,8 @@ def peek_args(path, key="args"):
     with suppress(Exception):
         with safe_open(regular_file(path), framework="pt") as f:
             meta = loads(f.metadata()["meta"])
-            if isinstance(meta, dict):  # (valid JSON, but a list or a string: unreadable too)
-                return dict(meta[key]) if key else meta
+            if isinstance(meta, dict) and (not key or isinstance(meta[key], dict)):  # (a list, a string: unreadable)
+                return meta[key] if key else meta
     return {}
 
 
