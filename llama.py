@@ -68,6 +68,9 @@ class LlamaConfig:
         if d.get("transformers_weights"):  # (HF loads the file it names; we would read model.safetensors)
             raise ValueError(f"transformers_weights={d['transformers_weights']!r:.40}: another weights file is not "
                              "implemented")
+        if d.get("quantization_config"):  # (HF would quantize the weights, or expect them quantized: other scores)
+            raise ValueError(f"quantization_config={d['quantization_config']!r:.60}: quantized weights are not "
+                             "implemented; give a full-precision checkpoint")
         if d.get("attention_bias") or d.get("mlp_bias"):
             raise ValueError("attention_bias/mlp_bias=true: biases in the projections are not implemented")
         if d.get("attention_dropout"):  # (HF drops attention weights while training: the text stage would differ)

@@ -23,8 +23,13 @@ root=${1:?usage: bash drivers/table.sh ROOT [train.py flags...]}
 shift
 all_rows="pop mf ncf gru4rec mc sasrec icl text joint"  # Table 1's rows, in its order
 words=("$@")  # what reaches train.py beside the flags set here: the arguments and every *_FLAGS
-for name in LLM CF ${all_rows^^}; do
+for name in SHUFFLE LLM CF ${all_rows^^}; do
     name=${name}_FLAGS
+    if [[ ${!name:-} == *$'\n'* ]]; then  # (read -ra stops at the first newline: the flags after it were dropped)
+        echo "error: $name holds a newline; give its flags on one line, separated by spaces" >&2
+        exit 2
+    fi
+    [ "$name" = SHUFFLE_FLAGS ] && continue  # (eval.py's flags, checked by eval.py)
     read -ra more <<<"${!name:-}"
     words+=("${more[@]}")
 done

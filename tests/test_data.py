@@ -534,7 +534,7 @@ def test_valid_rows_is_a_fixed_subset_of_valid_only(ml1m):
 # strict readers: one integer parser (ASCII digits, in range), one float parser, no blank titles,
 # JSON fields of the JSON type their meaning needs, unique prediction pairs, every error names its file
 
-BAD_INTS = ["1_0", " 1", "1 ", "1.0", "+1", "-1", "0", "1e3", "0x10", "１", "١٢", "99999999999999999999", ""]
+BAD_INTS = ["1_0", " 1", "1 ", "1.0", "+1", "-1", "0", "01", "00", "1e3", "0x10", "１", "١٢", "99999999999999999999", ""]
 PREDS_HEAD = "user_id\titem_id\tlabel\tscore\n"
 
 

@@ -980,6 +980,8 @@ HOSTILE_CONFIGS = {  # words in the error line -> the edit; each error names the
         d / "model.safetensors.index.json").write_text('{"weight_map": {}}'),  # HF reads the one, we read the other
     "config.json: transformers_weights='other.safetensors': another weights file": _edit_config(
         "transformers_weights", "other.safetensors"),
+    "config.json: quantization_config={'quant_method': 'bitsandbytes'}: quantized weights": _edit_config(
+        "quantization_config", {"quant_method": "bitsandbytes"}),
     "model.safetensors: key 'model.norm.weight' holds NaN or inf values": lambda d: save_file(
         {**load_file(d / "model.safetensors"), "model.norm.weight": torch.full((64,), float("inf"))},
         d / "model.safetensors"),  # (decode printed NaN, as no JSON, with exit 0)
@@ -1674,7 +1676,10 @@ def test_drivers_refuse_what_they_would_ignore_and_give_each_row_its_own_flags(t
     for extra, words in (({"ROWS": ""}, "ROWS is set but empty"), ({"ROWS": "pop", "MF_FLAGS": "--lr 1"},
                          "MF_FLAGS is set, but ROWS (pop) holds none of the rows it is for (mf)"),
                          ({"ROWS": "pop", "LLM_FLAGS": "--compile"}, "LLM_FLAGS is set, but ROWS (pop) holds none"),
-                         ({"ROWS": "pop", "SHUFFLE_FLAGS": "--test-only"}, "SHUFFLE_FLAGS is set, but ROWS (pop)")):
+                         ({"ROWS": "pop", "SHUFFLE_FLAGS": "--test-only"}, "SHUFFLE_FLAGS is set, but ROWS (pop)"),
+                         # (read -ra kept the first line: --max-epochs 1 was dropped, a --seed after it unseen)
+                         ({"ROWS": "mf", "CF_FLAGS": "--lr 0.01\n--max-epochs 1 --seed 7"}, "CF_FLAGS holds a newline"),
+                         ({"ROWS": "joint", "SHUFFLE_FLAGS": "--test-only\n--bogus"}, "SHUFFLE_FLAGS holds a newline")):
         out = subprocess.run(["bash", "drivers/table.sh", str(tmp_path / "t")], cwd=ROOT, capture_output=True,
                              text=True, env={**env, **extra})
         assert out.returncode == 2 and words in out.stderr, (extra, out.stderr)

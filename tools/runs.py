@@ -281,7 +281,7 @@ def _join(obj, tensors):
     if isinstance(obj, dict) and set(obj) == {"tensor"}:
         return tensors[obj["tensor"]]
     if isinstance(obj, dict) and set(obj) == {"int_keys"}:  # (as _split spells them: "7", never "07", "+7" or "7_0")
-        if bad := next((k for k in obj["int_keys"] if not (DIGITS.fullmatch(k) and k == str(int(k)))), None):
+        if bad := next((k for k in obj["int_keys"] if not DIGITS.fullmatch(k)), None):
             raise ValueError(f"int_keys key {bad!r:.40} is not an integer as a checkpoint writes one")
         return {int(k): _join(v, tensors) for k, v in obj["int_keys"].items()}
     if isinstance(obj, dict):

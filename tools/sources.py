@@ -22,7 +22,7 @@ import numpy as np
 SPLITS = ("train", "valid", "test")
 AMAZON_MAX_ID = 4000  # the paper keeps Amazon Book user and item ids <= 4000
 ID_MAX, TIME_MAX = 2**31 - 1, 10**11 - 1  # TIME_MAX: Unix seconds before the year 5138 (1e20 overflowed months)
-DIGITS = re.compile("[0-9]+")  # int() would also take " 1", "1_0", "+1" and "١"
+DIGITS = re.compile("0|[1-9][0-9]*")  # int() would also take " 1", "1_0", "+1", "١" and "01": one spelling each
 LINE_MAX = 64 << 20  # bytes in one line: no line fills memory
 JSON_LINE_MAX = 8 << 20  # bytes in one JSON line (Amazon's longest: ~10 KB); Python's objects take ~25x a line's bytes
 GZ_RATIO = 100  # a .gz that decompresses to more is a bomb (Amazon's JSON lines: about 5 to 10 times)
