@@ -1052,12 +1052,12 @@ def little_memory(monkeypatch):
 
 @pytest.mark.parametrize("flags, words", [
     (["--dim", "100000"], "--stage sasrec --dim 100000 --layers 2 --heads 4 --maxlen 25 --batch-size 1024 on 60 rows"),
-    (["--layers", "100000"], "--layers 100000 "), (["--maxlen", "1000000"], "--maxlen 1000000 "),
+    (["--layers", "100000"], "--layers 100000: expected at most 1024 blocks"), (["--maxlen", "1000000"], "--maxlen 1000000 "),
     (["--heads", "3"], "--heads 3 does not divide --dim 64"), (["--threads", "100000"], "--threads 100000: ")])
 def test_hostile_cf_flags_are_one_line_before_the_model_is_built(root, tmp_path, capsys, little_memory, flags, words):
     assert train.main(["--stage", "sasrec", "--data-dir", str(root), "--out", str(tmp_path / "s"), *flags]) == 2
     err = one_error_line(capsys)
-    memory = flags[0] not in ("--heads", "--threads")
+    memory = flags[0] not in ("--heads", "--threads", "--layers")
     assert words in err and ("GiB, more than the 16.0 GiB available" in err) == memory
 
 
@@ -1231,11 +1231,14 @@ def test_the_fp32_runs_own_isa_cap_does_not_hide_the_cpus_bf16(monkeypatch):
     assert runs.precision_note(a).startswith("fp32: this CPU has no native bf16")
 
 
-def test_sasrec_blocks_count_their_modules_not_only_their_tensors(root, tmp_path, capsys, little_memory):
-    """A million 4-wide blocks: 13 GiB of tensors and activations passed, then ~35 KB of modules each (35 GB)."""
-    assert train.main(["--stage", "sasrec", "--data-dir", str(root), "--out", str(tmp_path / "s"), "--layers", "1000000",
-                       "--dim", "4", "--heads", "1", "--batch-size", "1"]) == 2
-    assert "GiB, more than the 16.0 GiB available" in one_error_line(capsys)
+def test_sasrec_blocks_count_their_modules_not_only_their_tensors(root, tmp_path, capsys, monkeypatch):
+    """A million 4-wide blocks: 13 GiB of tensors and activations passed, then ~35 KB of modules each (35 GB).
+    (--layers is now at most 1024: 1,024 such blocks, 12 MiB of tensors and activations, 64 MiB counted for their
+    modules, against 32 MiB free.)"""
+    monkeypatch.setattr(limits, "available", lambda device="cpu": 32 << 20)
+    assert train.main(["--stage", "sasrec", "--data-dir", str(root), "--out", str(tmp_path / "s"), "--layers", "1024",
+                       "--dim", "4", "--heads", "1", "--batch-size", "1", "--max-epochs", "1", "--max-steps", "1"]) == 2
+    assert "--layers 1024 --heads 1" in (err := one_error_line(capsys)) and "more than the 0.0 GiB available" in err
 
 
 def test_a_run_written_into_its_own_tiny_backbone_is_refused(root, tmp_path, capsys):
