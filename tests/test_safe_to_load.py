@@ -533,3 +533,28 @@ def test_int_keys_as_written_the_layers_flag_capped_and_a_header_of_pairs(mf_run
         save_file(tensors, str(table / "seed1" / "mf" / "best.pt"), metadata=dict(head, meta=json.dumps(edited)))
         capsys.readouterr()
         assert report.main(["--table", str(table)]) == 2 and "seed1/mf" in one_error_line(capsys)
+
+
+def test_a_metrics_json_without_its_auc_and_a_log_of_negative_or_nan_rates(mf_run, tmp_path, capsys):
+    """Another run's metrics.json of the same best epoch, its best_valid_auc deleted, was taken as this run's (read
+    as a run from before session 20, the epoch alone compared); a log.jsonl's samples_per_s of -5000 or NaN went
+    into the table's cost rows."""
+    _, src = mf_run
+    run = tmp_path / "t" / "seed0" / "mf"
+    shutil.copytree(src, run)
+    m = json.loads((src / "metrics.json").read_text())
+    m.pop("best_valid_auc")
+    (run / "metrics.json").write_text(json.dumps(m))
+    capsys.readouterr()
+    assert report.main(["--table", str(tmp_path / "t")]) == 2 and "its metrics.json is of epoch" in one_error_line(capsys)
+    assert report.main(["--collect", str(run), "--into", str(tmp_path / "out")]) == 2
+    assert "its metrics.json is of epoch" in one_error_line(capsys)
+    shutil.copy(src / "metrics.json", run / "metrics.json")
+    assert report.main(["--table", str(tmp_path / "t")]) in (0, None)
+    log = [json.loads(line) for line in (src / "log.jsonl").read_text().splitlines()]
+    for key, bad in (("samples_per_s", -5000.0), ("samples_per_s", float("nan")), ("seconds", -1.0)):
+        (run / "log.jsonl").write_text("".join(json.dumps({**e, key: bad} if i == 0 else e) + "\n"
+                                               for i, e in enumerate(log)))
+        capsys.readouterr()
+        assert report.main(["--table", str(tmp_path / "t")]) == 2
+        assert f"log.jsonl:1: {key} is {bad}; expected a time or a rate" in one_error_line(capsys)

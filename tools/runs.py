@@ -354,8 +354,9 @@ def check_metrics_of(run_dir, m=None, log=None):
     h = peek_args(best, None) if os.path.exists(best) else {}  # ({} unreadable; a run's best.pt has an epoch)
     e, auc = h.get("epoch"), h.get("best_valid_auc")
     same = lambda a: not isinstance(auc, float) or a == auc or auc != auc and (a is None or a != a)  # noqa: E731
-    if m is not None and ("epoch" in h and e != m.get("best_epoch") or "best_valid_auc" in m  # (NaN: null, or NaN)
-                          and not same(m["best_valid_auc"])):  # (runs before session 20: the epoch alone)
+    if m is not None and ("epoch" in h and e != m.get("best_epoch") or ("best_valid_auc" in m or isinstance(auc, float))
+                          and not same(m.get("best_valid_auc", "none"))):  # (NaN: null, or NaN; runs before
+        # session 20 wrote the epoch alone, in both files: a metrics.json without the AUC its best.pt has is not its)
         raise RunError(f"{run_dir}: its metrics.json is of epoch {m.get('best_epoch')!r:.20} (valid AUC "
                        f"{m.get('best_valid_auc')!r:.20}), its best.pt of epoch {e!r:.20} ({auc!r:.20}); "
                        "expected one run's files (a metrics.json copied in from another run?)")

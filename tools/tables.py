@@ -108,8 +108,13 @@ def read_log(run_dir):
             raise DataError(f"{path}:{n}: epoch {obj['epoch']}; expected {len(log) + 1}, the epochs in order from 1")
         log.append(numbers(f"{path}:{n}", obj, "an epoch", nest=lambda k: k == "valid"))  # (the rest: numbers)
         in_range(f"{path}:{n}", "valid", obj["valid"])
+        if bad := next((k for k in RATES if k in obj and not 0 <= obj[k] < math.inf), None):  # (NaN fails too)
+            raise DataError(f"{path}:{n}: {bad} is {obj[bad]}; expected a time or a rate, a finite number >= 0")
     check_metrics_of(run_dir, log=log)
     return log
+
+
+RATES = ("seconds", "samples_per_s", "tokens_per_s", "lr")
 
 
 def read_metrics(run_dir):
