@@ -22,11 +22,22 @@ if [[ " pop mc icl all " == *" $stage "* ]]; then  # (they train no epoch: they 
     exit 2
 fi
 lrs=(${LRS:?set LRS, e.g. LRS=\"1e-4 3e-4 1e-3\"})
+if [[ $LRS == *[$'\n\t']* ]]; then  # (sweep.md quotes LRS in its command line: one line, spaces between)
+    echo "error: LRS holds a newline or a tab; give the learning rates on one line, separated by spaces" >&2
+    exit 2
+fi
+seen=" "
 for lr in "${lrs[@]}"; do  # each is a directory's name: a number, never "../x"
     if ! [[ $lr =~ ^[0-9]{1,20}(\.[0-9]{1,20})?([eE][-+]?[0-9]{1,3})?$ ]]; then
         echo "error: LRS holds ${lr:0:40}; expected learning rates such as 1e-4 3e-4" >&2
         exit 2
     fi
+    value=$(awk -v x="$lr" 'BEGIN { printf "%.17g", x + 0 }')  # (1e-3 and 0.001: one rate, two rows)
+    if [[ $seen == *" $value "* ]]; then
+        echo "error: LRS holds the learning rate $lr twice (spelled alike or not); give each once" >&2
+        exit 2
+    fi
+    seen+="$value "
 done
 mkdir -p -- "$root"
 for lr in "${lrs[@]}"; do

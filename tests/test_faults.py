@@ -457,7 +457,8 @@ def test_drivers_and_run_dirs_write_only_where_they_should(root, tmp_path, capsy
         out = subprocess.run(["bash", "drivers/table.sh", str(tmp_path / "t")], cwd=ROOT, capture_output=True, text=True,
                              env={**env, name: value})
         assert out.returncode == 2 and words in out.stderr, (name, value, out.stderr)
-    for lrs in ("../../x", "*", "1e-3 $(touch x)"):  # lr_sweep.sh: LRS names directories (and was globbed)
+    for lrs in ("../../x", "*", "1e-3 $(touch x)", "1e-3 0.001", "1e-3\n1e-2"):  # lr_sweep.sh: LRS names directories
+        # (and was globbed); one rate spelled twice made two rows of one run; a newline split sweep.md's command
         out = subprocess.run(["bash", "drivers/lr_sweep.sh", str(tmp_path / "sw"), "--stage", "mf"], cwd=ROOT,
                              capture_output=True, text=True, env={**env, "LRS": lrs})
         assert out.returncode == 2 and "error: LRS holds" in out.stderr and not (tmp_path / "x").exists(), out.stderr
