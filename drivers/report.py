@@ -63,6 +63,8 @@ def render_readme(text, root="."):
                 raise ValueError(f"README table row {row[:80]!r}; expected 'label: a.json [+ b.json...]'")
             label, paths = (x.strip() for x in row.rsplit(":", 1))
             paths = [p.strip() for p in paths.split("+")]
+            if len({os.path.realpath(inside(p, ".json")) for p in paths}) < len(paths):  # (a std of 0 over one run)
+                raise ValueError(f"README table row {row[:80]!r} names one file twice; expected each seed's run once")
             ms = [read_metrics_file(inside(p, ".json")) for p in paths]
             for p, m in zip(paths, ms):
                 if not isinstance(m, dict) or not isinstance(m.get(part), dict):  # (best_epoch is a number)

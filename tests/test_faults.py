@@ -493,6 +493,9 @@ def test_drivers_and_run_dirs_write_only_where_they_should(root, tmp_path, capsy
     for marker in ("file /etc/hostname", "file ../outside.md", "table test | a: /etc/hostname"):
         with pytest.raises(ValueError, match="expected a path inside"):
             report.render_readme(f"<!-- {marker} -->\n<!-- /generated -->\n", str(tmp_path))
+    for twice in ("a.json + a.json", "a.json + ./a.json", "a.json + sub/../a.json"):  # ("± 0.0000": one run, no spread)
+        with pytest.raises(ValueError, match="names one file twice"):
+            report.render_readme(f"<!-- table test | SASRec: {twice} -->\n<!-- /generated -->\n", str(tmp_path))
     (tmp_path / ".ssh").mkdir()
     (tmp_path / ".ssh" / "id_rsa.md").write_text("SECRET")  # inside the README's folder, and still not its to embed
     (tmp_path / "id_rsa").write_text("SECRET")
