@@ -206,11 +206,12 @@ def row_seconds(root):
     for n, line in filter(lambda nl: nl[1].strip(), lines):
         try:
             name, sec, *how = line.split("\t")
-            if how not in ([], ["started"], ["resumed"]):
+            if how not in ([], ["started"], ["resumed"]) or not re.fullmatch(r"seed(0|[1-9][0-9]*)/(" + "|".join(
+                    ROWS) + ")", name):  # (table.sh's names: "seed9/zzz" or "./seed0/mf" added time to the total)
                 raise ValueError(how)
             sec = integer(sec, 0, TIME_MAX)
         except ValueError:
-            raise DataError(f"{path}:{n}: expected name TAB seconds 0..{TIME_MAX} [TAB started or resumed], "
+            raise DataError(f"{path}:{n}: expected seed<N>/<row> TAB seconds 0..{TIME_MAX} [TAB started or resumed], "
                             f"got {line[:60]!r}") from None
         seconds[name] = sec + (seconds.get(name, 0) if how == ["resumed"] else 0)
     if sum(seconds.values()) > TIME_MAX:  # (timedelta's limit is 1000 times that)
@@ -229,8 +230,9 @@ def cost_row(name, run_dir, seconds):
 def build_table(root, command="", data=None):
     """ROOT.md from the finished rows under root, written and printed."""
     seeds, runs, stats = table_runs(root, ROWS)
-    seconds = row_seconds(root)
-    total, n = datetime.timedelta(seconds=round(sum(seconds.values()))), len(seeds)
+    seconds = row_seconds(root)  # the rows of this table alone add to the total (a row never finished: none)
+    mine = sum(seconds.get(os.path.relpath(d, root), 0) for ds in runs.values() for d in ds)
+    total, n = datetime.timedelta(seconds=round(mine)), len(seeds)
     spread = "mean ± sample std" if n > 1 else "one seed, no std"
     # Bold lines, not headings: a README embeds this file inside its own sections.
     lines = [f"**{len(runs)} rows over {n} seed{'s' * (n > 1)} ({', '.join(map(str, seeds))}), {spread}**", ""]

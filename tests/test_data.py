@@ -797,9 +797,13 @@ def test_report_inputs_are_typed_and_its_writes_atomic(tmp_path, capsys):
               'log.jsonl:1: expected samples_per_s to be a number, got "fast"'),
              ("log.jsonl", '{"epoch": 1, "valid": {"auc": "x"}}', "log.jsonl:1: valid: expected auc to be a number or"),
              ("metrics.json", "[1]", "metrics.json: expected a run's metrics (a JSON object), got list"),
-             ("times.tsv", "seed0/sasrec\tinf", "times.tsv:1: expected name TAB seconds"),
-             ("times.tsv", "\nabc", "times.tsv:2: expected name TAB seconds"),
-             ("times.tsv", "a\t5\tpaused", "times.tsv:1: expected name TAB seconds")]
+             ("times.tsv", "seed0/sasrec\tinf", "times.tsv:1: expected seed<N>/<row> TAB seconds"),
+             ("times.tsv", "\nabc", "times.tsv:2: expected seed<N>/<row> TAB seconds"),
+             ("times.tsv", "seed0/sasrec\t5\tpaused", "times.tsv:1: expected seed<N>/<row> TAB seconds"),
+             # names table.sh never writes (they added a day to the table's total)
+             ("times.tsv", "seed9/zzz\t99999\tstarted", "times.tsv:1: expected seed<N>/<row> TAB seconds"),
+             ("times.tsv", "./seed0/sasrec\t5", "times.tsv:1: expected seed<N>/<row> TAB seconds"),
+             ("times.tsv", "seed01/sasrec\t5", "times.tsv:1: expected seed<N>/<row> TAB seconds")]
     for name, text, words in cases:
         (run / "log.jsonl").write_text(good + "\n")
         (run / "metrics.json").write_text(json.dumps({"test": {**METRICS, "uauc": None}, "best_epoch": 1}))
@@ -808,9 +812,10 @@ def test_report_inputs_are_typed_and_its_writes_atomic(tmp_path, capsys):
         assert report.main(["--table", str(root)]) == 2, name
         err = capsys.readouterr().err
         assert err.startswith("error: ") and words in err and err.count("\n") == 1, err
-    (root / "times.tsv").write_text("seed0/sasrec\t12\tstarted\n")
+    (root / "times.tsv").write_text("seed0/sasrec\t12\tstarted\nseed1/mf\t86400\tstarted\n")  # (a row not finished)
     assert report.main(["--table", str(root)]) == 0
-    assert "| SASRec | 0:00:12 | 1 (1) | 10.0 | - |" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "add up to 0:00:12" in out and "| SASRec | 0:00:12 | 1 (1) | 10.0 | - |" in out  # this table's rows alone
     victim.write_text("keep me")
     (tmp_path / "t.md").unlink()
     (tmp_path / "t.md").symlink_to(victim)

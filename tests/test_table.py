@@ -191,8 +191,9 @@ def test_minutes_pauses_a_row_and_the_next_call_resumes_it(tmp_path, data_dir):
     assert [(n, how) for n, _, how in lines] == [("seed0/sasrec", "started"), ("seed0/sasrec", "resumed")]
     assert report.row_seconds(root) == {"seed0/sasrec": sum(float(sec) for _, sec, _ in lines)}
     # a row started over replaces its time; resumed parts add to it; old two-column lines still read
-    (root / "times.tsv").write_text("a\t10\tstarted\na\t5\tresumed\nb\t4\na\t7\tstarted\na\t3\tresumed\n")
-    assert report.row_seconds(root) == {"a": 10.0, "b": 4.0}
+    (root / "times.tsv").write_text("seed0/mf\t10\tstarted\nseed0/mf\t5\tresumed\nseed1/mf\t4\nseed0/mf\t7\tstarted\n"
+                                    "seed0/mf\t3\tresumed\n")
+    assert report.row_seconds(root) == {"seed0/mf": 10.0, "seed1/mf": 4.0}
 
 
 def test_lr_sweep_chooses_on_valid_only(tmp_path, data_dir):
