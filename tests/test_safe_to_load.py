@@ -537,8 +537,8 @@ def test_int_keys_as_written_the_layers_flag_capped_and_a_header_of_pairs(mf_run
 
 def test_a_metrics_json_without_its_auc_and_a_log_of_negative_or_nan_rates(mf_run, tmp_path, capsys):
     """Another run's metrics.json of the same best epoch, its best_valid_auc deleted, was taken as this run's (read
-    as a run from before session 20, the epoch alone compared); a log.jsonl's samples_per_s of -5000 or NaN went
-    into the table's cost rows."""
+    as a run from before session 20, the epoch alone compared); a log.jsonl cut short or extended by a copied line,
+    or with a samples_per_s of -5000 or NaN, went into the table's cost rows."""
     _, src = mf_run
     run = tmp_path / "t" / "seed0" / "mf"
     shutil.copytree(src, run)
@@ -552,6 +552,12 @@ def test_a_metrics_json_without_its_auc_and_a_log_of_negative_or_nan_rates(mf_ru
     shutil.copy(src / "metrics.json", run / "metrics.json")
     assert report.main(["--table", str(tmp_path / "t")]) in (0, None)
     log = [json.loads(line) for line in (src / "log.jsonl").read_text().splitlines()]
+    assert len(log) == 2 and json.loads((src / "metrics.json").read_text())["cut_short"] == 0
+    for lines in (log[:1], log + [{**log[-1], "epoch": 3}]):  # a line cut, or one copied in: "1 (1)", "3 (1)" epochs
+        (run / "log.jsonl").write_text("".join(json.dumps(e) + "\n" for e in lines))
+        capsys.readouterr()
+        assert report.main(["--table", str(tmp_path / "t")]) == 2
+        assert f"log.jsonl: {len(lines)} epochs; its last.pt is of epoch 2" in one_error_line(capsys)
     for key, bad in (("samples_per_s", -5000.0), ("samples_per_s", float("nan")), ("seconds", -1.0)):
         (run / "log.jsonl").write_text("".join(json.dumps({**e, key: bad} if i == 0 else e) + "\n"
                                                for i, e in enumerate(log)))
