@@ -63,9 +63,10 @@ def render_readme(text, root="."):
                 raise ValueError(f"README table row {row[:80]!r}; expected 'label: a.json [+ b.json...]'")
             label, paths = (x.strip() for x in row.rsplit(":", 1))
             paths = [p.strip() for p in paths.split("+")]
-            if len({os.path.realpath(inside(p, ".json")) for p in paths}) < len(paths):  # (a std of 0 over one run)
+            files = [inside(p, ".json") for p in paths]
+            if len(set(map(os.path.realpath, files))) < len(files):  # (a std of 0 over one run)
                 raise ValueError(f"README table row {row[:80]!r} names one file twice; expected each seed's run once")
-            ms = [read_metrics_file(inside(p, ".json")) for p in paths]
+            ms = [read_metrics_file(f) for f in files]
             for p, m in zip(paths, ms):
                 if not isinstance(m, dict) or not isinstance(m.get(part), dict):  # (best_epoch is a number)
                     raise ValueError(f"{p}: no '{part}' section of metrics; a README table marker names one (test...)")

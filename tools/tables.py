@@ -98,6 +98,9 @@ def numbers(where, obj, what, null=False, nest=lambda k: True):
     return obj
 
 
+RATES = ("seconds", "samples_per_s", "tokens_per_s", "lr")  # a log line's times and rates: finite, >= 0
+
+
 def read_log(run_dir):
     """log.jsonl's epochs, [] when the run has none (Pop, ICL and the other closed-form rows)."""
     path, log = Path(run_dir, "log.jsonl"), []
@@ -110,17 +113,14 @@ def read_log(run_dir):
         in_range(f"{path}:{n}", "valid", obj["valid"])
         if bad := next((k for k in RATES if k in obj and not 0 <= obj[k] < math.inf), None):  # (NaN fails too)
             raise DataError(f"{path}:{n}: {bad} is {obj[bad]}; expected a time or a rate, a finite number >= 0")
-    if (done := Path(run_dir, "metrics.json")).exists() and Path(run_dir, "last.pt").exists():  # a finished run:
-        last = peek_args(os.path.join(run_dir, "last.pt"), None).get("epoch")  # its log holds last.pt's epochs, but
+    if (done := Path(run_dir, "metrics.json")).exists() and (last_pt := Path(run_dir, "last.pt")).exists():  # finished:
+        last = peek_args(str(last_pt), None).get("epoch")  # its log holds last.pt's epochs, but
         cut = read_metrics_file(done).get("cut_short", 1)  # the one a budget cut short (its last.pt, no log line;
         # a run older than cut_short may have been)
         if type(last) is int and len(log) not in (last, last - cut):  # (a line cut or copied in: another cost row)
             raise DataError(f"{path}: {len(log)} epochs; its last.pt is of epoch {last} (expected one run's files)")
     check_metrics_of(run_dir, log=log)
     return log
-
-
-RATES = ("seconds", "samples_per_s", "tokens_per_s", "lr")
 
 
 def read_metrics(run_dir):
