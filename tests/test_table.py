@@ -162,7 +162,7 @@ def test_an_unfinished_row_is_run_again_alone_and_its_files_kept(table, data_dir
     (table / "seed0" / "pop" / "metrics.json").unlink()  # as if killed before it was written
     out = table_sh(table, data_dir, seeds=1)
     assert out.returncode == 0, out.stderr[-2000:]
-    started = re.findall(r"\[table\] (\S+), seed (\d): python train.py (.*)", out.stdout)
+    started = re.findall(r"\[table\] (\S+), seed (\d): \S*python train.py (.*)", out.stdout)
     assert [(s, k) for s, k, _ in started] == [("pop", "0")] and "--overwrite" in started[0][2]
     assert (table / "seed0" / "pop" / "metrics.json").exists()
     assert list((table / "seed0" / "pop").glob("old-*"))  # its partial files moved aside, not deleted
