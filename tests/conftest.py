@@ -189,6 +189,11 @@ def overfit_auc():
 SLOW_FIRST = ("test_table.py", "test_sasrecllm.py", "test_tokenizer.py", "test_train.py", "test_bench.py")
 
 
+def pytest_configure(config):
+    if hasattr(config.option, "loadscopereorder"):  # pytest-xdist >= 3.6 would order the files by their number
+        config.option.loadscopereorder = False       # of tests, not by SLOW_FIRST
+
+
 def pytest_collection_modifyitems(items):
     rank = {name: i for i, name in enumerate(SLOW_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(SLOW_FIRST)))

@@ -21,6 +21,7 @@ determinism between processes) start a real `python`, not this.
     <client> ARGS...                      # the shim conftest.py writes: forkserver.client(SOCKET, python)
 """
 import atexit
+import importlib
 import json
 import os
 import runpy
@@ -98,8 +99,9 @@ def run_child(req, fds, base_path):
         extra = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
         sys.path[:] = ([] if os.environ.get("PYTHONSAFEPATH") else [first]) + extra + base_path
         try:
-            if kind == "-m":
+            if kind == "-m":  # (in a __main__ of its own: runpy runs it in sys.modules["__main__"], this file's)
                 sys.argv = [argv[1], *argv[2:]]
+                sys.modules["__main__"] = types.ModuleType("__main__")
                 runpy._run_module_as_main(argv[1], alter_argv=True)
             elif kind == "-c":
                 sys.argv = ["-c", *argv[2:]]
@@ -107,12 +109,24 @@ def run_child(req, fds, base_path):
                 exec(compile(argv[1], "<string>", "exec"), main.__dict__)
             else:
                 sys.argv = list(argv)
-                runpy.run_path(argv[0], run_name="__main__")
+                try:
+                    with open(argv[0], "rb") as f:
+                        source = f.read()
+                except OSError as e:
+                    print(f"{sys.executable}: can't open file {os.path.abspath(argv[0])!r}: [Errno {e.errno}] "
+                          f"{e.strerror}", file=sys.stderr)
+                    raise SystemExit(2)
+                main = sys.modules["__main__"] = types.ModuleType("__main__")
+                main.__file__ = os.path.abspath(argv[0])
+                exec(compile(source, main.__file__, "exec"), main.__dict__)
             code = 0
         except SystemExit as e:
             code = exit_code(e)
-        except BaseException:
-            traceback.print_exc()
+        except BaseException as e:  # the traceback `python` prints: from the command's frames on
+            tb = e.__traceback__
+            while tb is not None and tb.tb_frame.f_code is run_child.__code__:
+                tb = tb.tb_next
+            sys.excepthook(type(e), e.with_traceback(tb), tb)  # (the hook prints e.__traceback__)
             code = 1
         try:
             atexit._run_exitfuncs()
@@ -157,9 +171,8 @@ def wait(conn, pid):
 
 
 def serve(path):
-    import numpy  # noqa: F401  (what every command imports, once)
-    import torch  # noqa: F401
-    import torch._dynamo  # noqa: F401
+    for name in ("numpy", "torch", "torch._dynamo"):  # what every command imports: once, here
+        importlib.import_module(name)
     mine = {p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p}
     base_path = [p for p in sys.path[1:] if p not in mine]  # sys.path[0]: this file's folder
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
