@@ -5,10 +5,13 @@ one of tools/backbones.py's random ones, answer as a language model? A driver be
 """
 import argparse
 import json
+import os
 import sys
 
 import torch
 
+if not __package__:  # run as a file (python drivers/x.py): the lesson's modules are one folder up
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from llama import load
 from tools.runs import cli, number, path, utf8
 

@@ -186,7 +186,10 @@ def overfit_auc():
 
 # The slowest files first (their fixtures train and build), so that `pytest -n auto --dist loadfile` gives the
 # other cores the many short files meanwhile, not a long file last while they idle; order within a file kept.
-SLOW_FIRST = ("test_table.py", "test_sasrecllm.py", "test_tokenizer.py", "test_train.py", "test_bench.py")
+# test_tokenizer builds SmolLM2 (~50 s) while the next core runs test_bench, which needs no SmolLM2: with
+# test_sasrecllm second, that core waited ~40 s on the build's lock.
+SLOW_FIRST = ("test_tokenizer.py", "test_bench.py", "test_train.py", "test_sasrecllm.py", "test_faults.py",
+              "test_table.py")
 
 
 def pytest_configure(config):

@@ -1299,7 +1299,7 @@ def test_a_metrics_files_epoch_and_counts_are_checked(tmp_path, edit, words):
 
 def test_the_sweep_and_the_table_run_from_anywhere_train_only_and_glob_nothing(root, tmp_path):
     """lr_sweep.sh ran the cwd's train.py (a stray one, or none); --stage mc scored test in a 'sweep on valid';
-    table.sh globbed ROWS='m?' into the row a file named mc in the cwd named."""
+    table.sh globbed ROWS='m?' into the row a file named mc in the cwd named; the Python drivers run as files."""
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     for stray in ("train.py", "tools.py", "drivers.py"):  # (python -m and -c put the cwd first on sys.path)
@@ -1316,6 +1316,12 @@ def test_the_sweep_and_the_table_run_from_anywhere_train_only_and_glob_nothing(r
     out = subprocess.run(["bash", str(ROOT / "drivers" / "table.sh"), "t"], cwd=elsewhere, capture_output=True,
                          text=True, env={**os.environ, "ROWS": "m?", "PYTHON": "true"})
     assert out.returncode == 2 and "error: ROWS" in out.stderr and not (elsewhere / "t").exists(), out.stderr
+    drivers = [subprocess.Popen([sys.executable, str(ROOT / "drivers" / f"{d}.py"), "--help"], cwd=elsewhere,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for d in ("report", "bench", "datainfo", "decode")]  # as files, not -m: a ModuleNotFoundError was
+    for p in drivers:                                                # all they said
+        stdout, stderr = p.communicate(timeout=120)
+        assert p.returncode == 0 and stdout.startswith("usage: ") and not stderr, (p.args, stderr[-1000:])
 
 
 def test_report_writes_no_file_into_what_a_run_read(root, tmp_path, capsys):
