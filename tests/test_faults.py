@@ -1082,6 +1082,20 @@ def llm_run(parts, stage, *flags):
                        "--out", str(runs_dir / f"{stage}-{len(os.listdir(runs_dir))}"), "--max-epochs", "1", *flags])
 
 
+def test_a_refused_run_leaves_no_folder_it_made(root, tmp_path, capsys):
+    """A run refused after its --out was made (a joint stage without its parts) left that folder, and the
+    parents it made, empty behind; a folder that was there before stays."""
+    def joint(out):
+        return train.main(["--stage", "joint", "--cf", "mf", "--data-dir", str(root), "--runs", str(tmp_path / "none"),
+                           "--out", str(out), "--threads", "1"])
+    assert joint(tmp_path / "new" / "deeper" / "joint") == 2
+    assert "the joint stage needs " in one_error_line(capsys) and sorted(os.listdir(tmp_path)) == ["data"]
+    (tmp_path / "kept").mkdir()
+    assert joint(tmp_path / "kept" / "joint") == 2
+    assert "the joint stage needs " in one_error_line(capsys) and not list((tmp_path / "kept").iterdir())
+    assert sorted(os.listdir(tmp_path)) == ["data", "kept"]
+
+
 @pytest.mark.parametrize("stage, flags, words", [
     ("icl", ["--pad-multiple", "1000000000"], "--pad-multiple 1000000000 --iters-per-epoch 400 (prompts of up to "),
     ("text", ["--iters-per-epoch", str(10 ** 13)], "--iters-per-epoch 10000000000000"),

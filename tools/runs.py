@@ -582,35 +582,46 @@ def own_run_dirs(outs, resume=False, overwrite=False, inputs=()):
     written; unless resuming it starts empty: --overwrite moves an earlier run's files aside."""
     if resume and overwrite:  # (one would be ignored)
         raise RunError("--resume continues a run and --overwrite starts it over; give one of them")
-    with ExitStack() as held:
-        for out in outs if is_main() else ():
-            refuse_link(out)  # a link planted in a table root would take the run, and --overwrite, elsewhere
-            refuse_overlap(out, inputs)
-            refuse_artefact(out, "--out", itself=False)  # (RUN/old-x: a run among another's set-aside files)
-            if os.path.exists(out) and not os.path.isdir(out):
-                raise RunError(f"{out} is a file; expected a run directory (--out)")
-            try:
-                os.makedirs(out, exist_ok=True)
-                held.callback(unlock, *lock(out))
-            except OSError as e:
-                raise RunError(f"{out}: cannot write there ({first_line(e)})") from None
-            names = sorted(os.listdir(out))
-            if not resume and (foreign := [f for f in names if not RUN_FILE.fullmatch(f)]):  # (--overwrite: moved)
-                raise RunError(f"{out} holds files no run writes ({', '.join(foreign[:3])}{', ...' * len(foreign[3:])})"
-                               "; --out must be a run directory: a new or empty one, or an earlier run's")
-            for name in names if resume else ():  # (a fresh run moves them aside, as all else)
-                refuse_link(os.path.join(out, name))
-            old = [f for f in names if f != LOCK and not f.startswith("old-")]
-            if resume and "last.pt" not in old and [f for f in old if not f.endswith(".tmp")]:  # (they'd be overwritten)
-                raise RunError(f"--resume: {out} has no last.pt to continue from, but an earlier run's files "
-                               f"({', '.join(old[:3])}); start over with --overwrite (they move to {out}/old-*)")
-            if old and not resume and not overwrite:
-                raise RunError(f"{out} holds an earlier run ({', '.join(old[:3])}{', ...' if old[3:] else ''}); "
-                               f"continue it with --resume, or start over with --overwrite (it moves to {out}/old-*)")
-            if not resume:
-                move_aside(out, old, "--overwrite")
-        barrier()
-        yield
+    made = []  # the directories this call makes: a run refused or failed before it wrote a file leaves none
+    try:
+        with ExitStack() as held:
+            for out in outs if is_main() else ():
+                refuse_link(out)  # a link planted in a table root would take the run, and --overwrite, elsewhere
+                refuse_overlap(out, inputs)
+                refuse_artefact(out, "--out", itself=False)  # (RUN/old-x: a run among another's set-aside files)
+                if os.path.exists(out) and not os.path.isdir(out):
+                    raise RunError(f"{out} is a file; expected a run directory (--out)")
+                d = os.path.abspath(out)
+                while not os.path.exists(d):  # (a parent made as well: removed as well, if the run leaves it empty)
+                    made.append(d)
+                    d = os.path.dirname(d)
+                try:
+                    os.makedirs(out, exist_ok=True)
+                    held.callback(unlock, *lock(out))
+                except OSError as e:
+                    raise RunError(f"{out}: cannot write there ({first_line(e)})") from None
+                names = sorted(os.listdir(out))
+                if not resume and (foreign := [f for f in names if not RUN_FILE.fullmatch(f)]):  # (--overwrite: moved)
+                    raise RunError(f"{out} holds files no run writes ({', '.join(foreign[:3])}{', ...' * len(foreign[3:])})"
+                                   "; --out must be a run directory: a new or empty one, or an earlier run's")
+                for name in names if resume else ():  # (a fresh run moves them aside, as all else)
+                    refuse_link(os.path.join(out, name))
+                old = [f for f in names if f != LOCK and not f.startswith("old-")]
+                if resume and "last.pt" not in old and [f for f in old if not f.endswith(".tmp")]:  # (they'd be overwritten)
+                    raise RunError(f"--resume: {out} has no last.pt to continue from, but an earlier run's files "
+                                   f"({', '.join(old[:3])}); start over with --overwrite (they move to {out}/old-*)")
+                if old and not resume and not overwrite:
+                    raise RunError(f"{out} holds an earlier run ({', '.join(old[:3])}{', ...' if old[3:] else ''}); "
+                                   f"continue it with --resume, or start over with --overwrite (it moves to {out}/old-*)")
+                if not resume:
+                    move_aside(out, old, "--overwrite")
+            barrier()
+            yield
+    except BaseException:
+        for d in sorted(made, key=lambda d: -d.count(os.sep)):  # deepest first; a folder holding anything stays
+            with suppress(OSError):
+                os.rmdir(d)
+        raise
 
 
 def move_aside(out, names, why):
