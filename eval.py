@@ -78,10 +78,33 @@ def row_scores(run, split):
     return out
 
 
-def fusion_table(run_a, run_b, data_dir=None):
+def fit_logistic(X, y, l2=1e-6, steps=100):
+    """Weights w minimising the log-loss of sigmoid(X @ w) on labels y (summed), plus l2/2 |w|^2: Newton's method,
+    each step halved until the loss falls (a full step from logits that saturate the sigmoid overshoots by
+    millions), until the Newton decrement is negligible."""
+    loss = lambda w: np.sum(np.logaddexp(0, X @ w) - y * (X @ w)) + l2 / 2 * w @ w  # noqa: E731
+    w = np.zeros(X.shape[1])
+    for _ in range(steps):
+        p = sigmoid(X @ w)
+        grad = X.T @ (p - y) + l2 * w
+        step = np.linalg.solve((X.T * p * (1 - p)) @ X + l2 * np.eye(len(w)), grad)
+        if grad @ step < 1e-12:  # the Newton decrement: the loss cannot fall by more than about half of it
+            return w
+        t = 1.0
+        while loss(w - t * step) > loss(w) and t > 1e-12:
+            t /= 2
+        w = w - t * step
+    raise ValueError(f"the logistic fit did not converge in {steps} Newton steps (weights {np.array2string(w, precision=3)})")
+
+
+def fusion_table(run_a, run_b, data_dir=None, device=None, dtype=None):
     """The fusion probe: a logistic regression over [A's logit, B's logit] (e.g. SASRec's and TALLRec's), fitted
     on the valid rows both runs scored, then scoring test. If it beats A on test, B holds signal A lacks."""
-    runs_ = [finished_run(r, data_dir) for r in (run_a, run_b)]
+    made = [runs.peek_args(os.path.join(r, "best.pt"), "made_from") for r in (run_a, run_b)]
+    if other := [k for k in ("data", "domain") if made[0].get(k) is None or made[0].get(k) != made[1].get(k)]:
+        raise ValueError(f"{run_a} and {run_b}: made from other data ({' and '.join(other)} differ in their "
+                         "best.pt); fuse two runs of one data set")
+    runs_ = [finished_run(r, data_dir, device, dtype) for r in (run_a, run_b)]
     split = {p: [row_scores(r, p) for r in runs_] for p in ("valid", "test")}
     keys = {p: sorted(set(a) & set(b)) for p, (a, b) in split.items()}
     for p, (a, b) in split.items():  # one data set: the same rows, each with the same label
@@ -91,11 +114,11 @@ def fusion_table(run_a, run_b, data_dir=None):
             raise ValueError(f"{run_a} and {run_b}: {why}; fuse two runs of one data set")
     X = {p: np.array([[1.0, a[k][0], b[k][0]] for k in keys[p]]) for p, (a, b) in split.items()}
     y = {p: np.array([split[p][0][k][1] for k in keys[p]], dtype=float) for p in split}
-    w = np.zeros(3)
-    for _ in range(50):  # Newton's method on the log-likelihood, a little L2 so that it never diverges
-        p = sigmoid(X["valid"] @ w)
-        w -= np.linalg.solve((X["valid"].T * p * (1 - p)) @ X["valid"] + 1e-6 * np.eye(3),
-                             X["valid"].T @ (p - y["valid"]) + 1e-6 * w)
+    for p, labels in y.items():  # (a fit on one class is its L2's artefact; an AUC of one class is undefined)
+        if labels.min() == labels.max():
+            raise ValueError(f"{run_a} and {run_b}: the {len(labels)} {p} rows both scored are all "
+                             f"{'liked' if labels[0] else 'disliked'}; the probe needs likes and dislikes in both")
+    w = fit_logistic(X["valid"], y["valid"])
     users = np.array([u for u, _ in keys["test"]])
     rows = [(f"{run_a} alone", metrics(users, y["test"], X["test"][:, 1])),
             (f"{run_b} alone", metrics(users, y["test"], X["test"][:, 2])),
@@ -172,8 +195,8 @@ def main(argv=None):
         ap.error("--preds scores its file alone; give no RUN")
     if args.into and modes:
         ap.error(f"--into keeps a plain re-score; {modes[0]} prints its table")
-    if args.fuse and (args.device or args.dtype or args.test_only):
-        ap.error("--fuse reads both runs as they were trained, on valid and test: no --device, --dtype or --test-only")
+    if args.fuse and args.test_only:
+        ap.error("--fuse fits on valid and scores test: no --test-only")
     if unread := [f"--{k.replace('_', '-')}" for k, v in vars(args).items() if v != ap.get_default(k) and not (
             k in ("run", "preds", "scores") and args.preds or k not in ("preds", "scores", "repeats") and args.run or
             k == "repeats" and (args.shuffle_cf or args.shuffle_text))]:  # (each mode's own; the rest was ignored)
@@ -189,7 +212,7 @@ def main(argv=None):
     elif args.run and (args.fuse or args.shuffle_cf or args.shuffle_text):
         with contextlib.redirect_stdout(sys.stderr):  # progress lines; stdout keeps the report alone
             print(numerics)
-            report = fusion_table(args.run, args.fuse, args.data_dir) if args.fuse else shuffle_report(
+            report = fusion_table(args.run, args.fuse, args.data_dir, args.device, args.dtype) if args.fuse else shuffle_report(
                 args.run, "cf" if args.shuffle_cf else "text", args.repeats, args.data_dir, args.device, args.dtype,
                 args.test_only)
         print(report)

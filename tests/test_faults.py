@@ -6,6 +6,7 @@ error for bad input."""
 import contextlib
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -648,7 +649,7 @@ def test_resume_and_eval_refuse_other_data_naming_what_changed(root, tmp_path, c
                        "--max-epochs", "1", "--batch-size", "16", "--threads", "1"]) == 0
     capsys.readouterr()
     assert ev.main([str(out), "--fuse", str(other)]) == 2  # (after the numerics line, as the progress lines)
-    assert "is labelled" in capsys.readouterr().err.splitlines()[-1]
+    assert "made from other data (data differ in their best.pt)" in capsys.readouterr().err.splitlines()[-1]
 
 
 def _flip(row):
@@ -1289,7 +1290,7 @@ def test_the_chain_stops_at_a_stage_that_did_not_finish(root, tmp_path, capsys):
 @pytest.mark.parametrize("flags, words", [
     (["R", "--shuffle-cf", "--shuffle-text"], "--shuffle-cf and --shuffle-text: one at a time"),
     (["R", "--shuffle-cf", "--into", "x"], "--into keeps a plain re-score; --shuffle-cf prints its table"),
-    (["R", "--fuse", "S", "--test-only"], "--fuse reads both runs as they were trained"),
+    (["R", "--fuse", "S", "--test-only"], "--fuse fits on valid and scores test: no --test-only"),
     (["R", "--preds", "p.tsv", "--scores", "probs"], "--preds scores its file alone; give no RUN")])
 def test_eval_refuses_modes_it_would_drop(flags, words, capsys):
     """The first mode ran and the others were dropped without a word (a table titled 'CF tokens permuted')."""
@@ -1516,6 +1517,36 @@ def test_the_fusion_probe_refuses_a_pair_it_would_count_once(root, monkeypatch):
     run = (train.parse_args(["--stage", "mf", "--out", "R"]), ds, None, lambda: None)
     with pytest.raises(ValueError, match=r"test split holds a \(user, item\) pair twice"):
         ev.row_scores(run, "test")
+
+
+def test_the_fusion_probe_fits_where_logits_saturate_and_refuses_one_class_or_other_data(root, tmp_path, capsys):
+    """eval --fuse's 50 plain Newton steps overshot once a logit saturated the sigmoid: weights of -6e7, a fused
+    test AUC of 0.46 printed as the fit's (the fit's own: 0.84); a valid overlap of one row, one class, was
+    fitted and reported; runs of two data sets were fused (every AUC nan)."""
+    assert cf_run(root, tmp_path / "mf") == 0 and cf_run(root, tmp_path / "s1", "--seed", "1") == 0
+    shutil.copytree(tmp_path / "mf", tmp_path / "hot")
+    ck = runs.read_checkpoint(str(tmp_path / "hot" / "best.pt"))
+    ck["model"]["item_bias.weight"].view(-1)[11] = 30.0  # one item's logits far out on the sigmoid
+    runs.save_atomic(ck, str(tmp_path / "hot" / "best.pt"))
+    capsys.readouterr()
+    assert ev.main([str(tmp_path / "hot"), "--fuse", str(tmp_path / "s1")]) == 0
+    rows = {line.split("|")[1].strip(): line.split("|")[2:-1] for line in capsys.readouterr().out.splitlines()
+            if line.startswith("| ")}
+    [fused] = [k for k in rows if k.startswith("fused: ")]
+    assert all(abs(float(w)) < 1000 for w in re.findall(r"[-+][0-9.]+", fused)), fused
+    col = [c.strip() for c in rows["model"]].index("AUC")
+    aucs = {k: float(v[col]) for k, v in rows.items() if k != "model"}
+    assert aucs[fused] >= min(aucs[f"{tmp_path / 'hot'} alone"], aucs[f"{tmp_path / 's1'} alone"]), aucs
+    w = ev.fit_logistic(X := np.array([[1.0, 30.0, 0.2], [1.0, -1.0, 1.5], [1.0, 0.5, -2.0], [1.0, 2.0, 0.1]]),
+                        y := np.array([0.0, 1.0, 0.0, 1.0]))
+    assert np.abs(X.T @ (ev.sigmoid(X @ w) - y) + 1e-6 * w).max() < 1e-5  # stationary: the penalised optimum
+    assert cf_run(root, tmp_path / "lim4", "--limit", "4") == 0 and cf_run(root, tmp_path / "vr6", "--valid-rows", "6") == 0
+    capsys.readouterr()
+    assert ev.main([str(tmp_path / "lim4"), "--fuse", str(tmp_path / "vr6")]) == 2
+    assert "the 1 valid rows both scored are all liked; the probe needs likes and dislikes" in \
+        capsys.readouterr().err.splitlines()[-1]
+    assert ev.main([str(tmp_path / "mf"), "--fuse", str(tmp_path / "s1"), "--device", "cpu"]) == 0  # (a CUDA run's
+    # pair on a CPU: "--device cuda ... use --device cpu" was said, and --device was refused with --fuse)
 
 
 def test_a_table_row_is_each_seeds_own_run_and_no_tool_writes_into_a_run(root, tmp_path, capsys):
