@@ -39,6 +39,7 @@ for lr in "${lrs[@]}"; do  # each is a directory's name: a number, never "../x"
     fi
     seen+="$value "
 done
+[ -e "$root" ] || trap 'rmdir -- "$root" 2>/dev/null || true' EXIT  # one this call made and left empty (refused): gone
 mkdir -p -- "$root"
 for lr in "${lrs[@]}"; do
     out=$root/lr$lr

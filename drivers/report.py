@@ -106,9 +106,10 @@ def collect(run_dirs, into):
         raise ValueError(f"--collect: two runs named {clash[0]} would write the same {into}/{clash[0]}.json; "
                          "collect them into different --into folders")
     refuse_into(into, run_dirs)
+    files = [(d, json_bytes(read_metrics(d)), name) for d, name in zip(run_dirs, names)]  # all read before one is written
     os.makedirs(into, exist_ok=True)
-    for d, name in zip(run_dirs, names):
-        new, target = json_bytes(read_metrics(d)), os.path.join(into, name + ".json")
+    for d, new, name in files:
+        target = os.path.join(into, name + ".json")
         if os.path.lexists(target) and not (os.path.isfile(target) and os.path.getsize(target) == len(new)
                                             and Path(target).read_bytes() == new):
             move_aside(into, [name + ".json"], "--collect")  # other figures under that name: kept, not overwritten

@@ -76,6 +76,7 @@ for name in LLM CF SHUFFLE ${all_rows^^}; do  # flags no row of ROWS would read:
         exit 2
     fi
 done
+[ -e "$root" ] || trap 'rmdir -- "$root" 2>/dev/null || true' EXIT  # one this call made and left empty (refused): gone
 mkdir -p -- "$root"
 no_link() {  # nothing is written through a link planted in ROOT: it could point anywhere
     for path; do

@@ -936,6 +936,8 @@ def test_no_tool_of_the_project_destroys_a_file(root, tmp_path, capsys):
     capsys.readouterr()
     assert report.main(["--collect", str(tmp_path / "a" / "mf"), str(tmp_path / "b" / "mf"), "--into", str(tmp_path / "x")]) == 2
     assert "two runs named mf" in one_error_line(capsys) and not (tmp_path / "x").exists()
+    assert report.main(["--collect", str(tmp_path / "a" / "mf"), str(tmp_path / "a"), "--into", str(tmp_path / "y")]) == 2
+    assert "metrics.json" in one_error_line(capsys) and not (tmp_path / "y").exists()  # (a half --collect: mf copied)
     for d in ("a", "a", "b"):  # the same figures again change nothing; other figures under mf.json are kept
         assert report.main(["--collect", str(tmp_path / d / "mf"), "--into", str(tmp_path / "x")]) in (0, None)
     kept = list((tmp_path / "x").glob("old-*/mf.json"))
@@ -1095,6 +1097,18 @@ def test_a_refused_run_leaves_no_folder_it_made(root, tmp_path, capsys):
     assert joint(tmp_path / "kept" / "joint") == 2
     assert "the joint stage needs " in one_error_line(capsys) and not list((tmp_path / "kept").iterdir())
     assert sorted(os.listdir(tmp_path)) == ["data", "kept"]
+
+
+@pytest.mark.parametrize("script, env, flags", [("table.sh", {"ROWS": "mf", "CF_FLAGS": "--lr nan"}, []),
+                                                 ("lr_sweep.sh", {"LRS": "1e-3"}, ["--stage", "mf", "--lr", "nan"])])
+def test_a_refused_table_or_sweep_leaves_no_root_it_made(tmp_path, script, env, flags):
+    """table.sh and lr_sweep.sh made ROOT before a row was refused, and left it empty; one there before stays."""
+    (tmp_path / "kept").mkdir()
+    for root in (tmp_path / "new", tmp_path / "kept"):
+        out = subprocess.run(["bash", str(ROOT / "drivers" / script), str(root), *flags], cwd=ROOT, capture_output=True,
+                             text=True, env={**os.environ, **env})
+        assert out.returncode == 2 and "argument --lr: expected a finite number" in out.stderr, out.stderr[-2000:]
+    assert sorted(os.listdir(tmp_path)) == ["kept"] and not list((tmp_path / "kept").iterdir())
 
 
 @pytest.mark.parametrize("stage, flags, words", [
