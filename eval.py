@@ -55,6 +55,8 @@ def score_run(run, shuffle=None, repeats=1, test_only=False):
 
 def shuffle_report(run_dir, shuffle, repeats=1, data_dir=None, device=None, dtype=None, test_only=False):
     """AUC and UAUC per part, unshuffled, shuffled (mean ± std over `repeats` permutations), the drop."""
+    if (stage := runs.peek_args(os.path.join(run_dir, "best.pt")).get("stage", "joint")) != "joint":  # (before the
+        raise ValueError(f"--shuffle-{shuffle} needs a joint run, not a '{stage}' run")  # LLM is built: minutes)
     run = finished_run(run_dir, data_dir, device, dtype)  # built once for both the plain and the shuffled scores
     [plain] = score_run(run, test_only=test_only)
     stats = mean_std(score_run(run, shuffle, repeats, test_only))

@@ -1533,7 +1533,8 @@ def test_the_fusion_probe_refuses_a_pair_it_would_count_once(root, monkeypatch):
         ev.row_scores(run, "test")
 
 
-def test_the_fusion_probe_fits_where_logits_saturate_and_refuses_one_class_or_other_data(root, tmp_path, capsys):
+def test_the_fusion_probe_fits_where_logits_saturate_and_refuses_one_class_or_other_data(root, tmp_path, capsys,
+                                                                                         monkeypatch):
     """eval --fuse's 50 plain Newton steps overshot once a logit saturated the sigmoid: weights of -6e7, a fused
     test AUC of 0.46 printed as the fit's (the fit's own: 0.84); a valid overlap of one row, one class, was
     fitted and reported; runs of two data sets were fused (every AUC nan)."""
@@ -1561,6 +1562,10 @@ def test_the_fusion_probe_fits_where_logits_saturate_and_refuses_one_class_or_ot
         capsys.readouterr().err.splitlines()[-1]
     assert ev.main([str(tmp_path / "mf"), "--fuse", str(tmp_path / "s1"), "--device", "cpu"]) == 0  # (a CUDA run's
     # pair on a CPU: "--device cuda ... use --device cpu" was said, and --device was refused with --fuse)
+    monkeypatch.setattr(ev, "finished_run", None)  # --shuffle-* of a run not joint: refused before it is rebuilt
+    for flag in ("--shuffle-cf", "--shuffle-text"):
+        assert ev.main([str(tmp_path / "mf"), flag]) == 2
+        assert f"{flag} needs a joint run, not a 'mf' run" in capsys.readouterr().err.splitlines()[-1]
 
 
 def test_a_table_row_is_each_seeds_own_run_and_no_tool_writes_into_a_run(root, tmp_path, capsys):
