@@ -84,7 +84,9 @@ def fit_logistic(X, y, l2=1e-6, steps=100):
     """Weights w minimising the log-loss of sigmoid(X @ w) on labels y (summed), plus l2/2 |w|^2: Newton's method,
     each step halved until the loss falls (a full step from logits that saturate the sigmoid overshoots by
     millions), until the Newton decrement is negligible."""
-    loss = lambda w: np.sum(np.logaddexp(0, X @ w) - y * (X @ w)) + l2 / 2 * w @ w  # noqa: E731
+    if not np.isfinite(X).all():
+        raise ValueError("a logit that is not finite; the probe fits finite logits only")
+    loss = lambda w: np.sum(np.logaddexp(0, np.where(y == 1, -(X @ w), X @ w))) + l2 / 2 * w @ w  # noqa: E731
     w = np.zeros(X.shape[1])
     for _ in range(steps):
         p = sigmoid(X @ w)
@@ -93,7 +95,7 @@ def fit_logistic(X, y, l2=1e-6, steps=100):
         if grad @ step < 1e-12:  # the Newton decrement: the loss cannot fall by more than about half of it
             return w
         t = 1.0
-        while loss(w - t * step) > loss(w) and t > 1e-12:
+        while not loss(w - t * step) <= loss(w) and t > 1e-12:  # (a NaN loss is no decrease)
             t /= 2
         w = w - t * step
     raise ValueError(f"the logistic fit did not converge in {steps} Newton steps (weights {np.array2string(w, precision=3)})")
@@ -102,11 +104,11 @@ def fit_logistic(X, y, l2=1e-6, steps=100):
 def fusion_table(run_a, run_b, data_dir=None, device=None, dtype=None):
     """The fusion probe: a logistic regression over [A's logit, B's logit] (e.g. SASRec's and TALLRec's), fitted
     on the valid rows both runs scored, then scoring test. If it beats A on test, B holds signal A lacks."""
-    made = [runs.peek_args(os.path.join(r, "best.pt"), "made_from") for r in (run_a, run_b)]
-    if other := [k for k in ("data", "domain") if made[0].get(k) is None or made[0].get(k) != made[1].get(k)]:
+    runs_ = [finished_run(r, data_dir, device, dtype) for r in (run_a, run_b)]
+    a, b = (runs.peek_args(os.path.join(r, "best.pt"), "made_from") for r in (run_a, run_b))
+    if other := [k for k in ("data", "domain") if k in a and k in b and a[k] != b[k]]:  # (an older run may lack one)
         raise ValueError(f"{run_a} and {run_b}: made from other data ({' and '.join(other)} differ in their "
                          "best.pt); fuse two runs of one data set")
-    runs_ = [finished_run(r, data_dir, device, dtype) for r in (run_a, run_b)]
     split = {p: [row_scores(r, p) for r in runs_] for p in ("valid", "test")}
     keys = {p: sorted(set(a) & set(b)) for p, (a, b) in split.items()}
     for p, (a, b) in split.items():  # one data set: the same rows, each with the same label

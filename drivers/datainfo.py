@@ -9,7 +9,7 @@ import sys
 import numpy as np
 
 if not __package__:  # run as a file (python drivers/x.py): the lesson's modules are one folder up
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.realpath(__file__))))  # (as python: links resolved)
 import data
 import metrics
 from tools import sources

@@ -39,7 +39,9 @@ for lr in "${lrs[@]}"; do  # each is a directory's name: a number, never "../x"
     fi
     seen+="$value "
 done
-[ -e "$root" ] || trap 'rmdir -- "$root" 2>/dev/null || true' EXIT  # one this call made and left empty (refused): gone
+top= d=$root  # the folders mkdir -p makes, ROOT up to top: removed if a refused row leaves them empty
+while [ ! -e "$d" ]; do top=$d d=$(dirname -- "$d"); done
+[ -z "$top" ] || trap 'd=$root; while rmdir -- "$d" 2>/dev/null && [ "$d" != "$top" ]; do d=$(dirname -- "$d"); done' EXIT
 mkdir -p -- "$root"
 for lr in "${lrs[@]}"; do
     out=$root/lr$lr

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 if not __package__:  # run as a file (python drivers/x.py): the lesson's modules are one folder up
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.realpath(__file__))))  # (as python: links resolved)
 import train
 from tools.runs import (changed_flags, cli, files_digest, json_bytes, made_from_changes, move_aside, path, peek_args,
                         read_made_from, refuse_artefact, refuse_link, refuse_overlap, utf8, write_atomic)

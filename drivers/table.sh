@@ -76,7 +76,9 @@ for name in LLM CF SHUFFLE ${all_rows^^}; do  # flags no row of ROWS would read:
         exit 2
     fi
 done
-[ -e "$root" ] || trap 'rmdir -- "$root" 2>/dev/null || true' EXIT  # one this call made and left empty (refused): gone
+top= d=$root  # the folders mkdir -p makes, ROOT up to top: removed if a refused row leaves them empty
+while [ ! -e "$d" ]; do top=$d d=$(dirname -- "$d"); done
+[ -z "$top" ] || trap 'd=$root; while rmdir -- "$d" 2>/dev/null && [ "$d" != "$top" ]; do d=$(dirname -- "$d"); done' EXIT
 mkdir -p -- "$root"
 no_link() {  # nothing is written through a link planted in ROOT: it could point anywhere
     for path; do

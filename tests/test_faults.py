@@ -1104,7 +1104,7 @@ def test_a_refused_run_leaves_no_folder_it_made(root, tmp_path, capsys):
 def test_a_refused_table_or_sweep_leaves_no_root_it_made(tmp_path, script, env, flags):
     """table.sh and lr_sweep.sh made ROOT before a row was refused, and left it empty; one there before stays."""
     (tmp_path / "kept").mkdir()
-    for root in (tmp_path / "new", tmp_path / "kept"):
+    for root in (tmp_path / "new" / "deeper", tmp_path / "kept"):  # (the parent mkdir -p made: gone as well)
         out = subprocess.run(["bash", str(ROOT / "drivers" / script), str(root), *flags], cwd=ROOT, capture_output=True,
                              text=True, env={**os.environ, **env})
         assert out.returncode == 2 and "argument --lr: expected a finite number" in out.stderr, out.stderr[-2000:]
@@ -1345,9 +1345,11 @@ def test_the_sweep_and_the_table_run_from_anywhere_train_only_and_glob_nothing(r
     out = subprocess.run(["bash", str(ROOT / "drivers" / "table.sh"), "t"], cwd=elsewhere, capture_output=True,
                          text=True, env={**os.environ, "ROWS": "m?", "PYTHON": "true"})
     assert out.returncode == 2 and "error: ROWS" in out.stderr and not (elsewhere / "t").exists(), out.stderr
-    drivers = [subprocess.Popen([sys.executable, str(ROOT / "drivers" / f"{d}.py"), "--help"], cwd=elsewhere,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-               for d in ("report", "bench", "datainfo", "decode")]  # as files, not -m: a ModuleNotFoundError was
+    (elsewhere / "linked.py").symlink_to(ROOT / "drivers" / "datainfo.py")  # (python resolves it for sys.path[0])
+    drivers = [subprocess.Popen([sys.executable, str(path), "--help"], cwd=elsewhere, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+               for path in [ROOT / "drivers" / f"{d}.py" for d in ("report", "bench", "datainfo", "decode")]
+               + [elsewhere / "linked.py"]]  # as files, not -m: a ModuleNotFoundError was
     for p in drivers:                                                # all they said
         stdout, stderr = p.communicate(timeout=120)
         assert p.returncode == 0 and stdout.startswith("usage: ") and not stderr, (p.args, stderr[-1000:])
@@ -1562,6 +1564,13 @@ def test_the_fusion_probe_fits_where_logits_saturate_and_refuses_one_class_or_ot
         capsys.readouterr().err.splitlines()[-1]
     assert ev.main([str(tmp_path / "mf"), "--fuse", str(tmp_path / "s1"), "--device", "cpu"]) == 0  # (a CUDA run's
     # pair on a CPU: "--device cuda ... use --device cpu" was said, and --device was refused with --fuse)
+    shutil.copytree(tmp_path / "s1", tmp_path / "older")  # a run from before made_from held data and domain
+    ck = runs.read_checkpoint(str(tmp_path / "older" / "best.pt"))
+    ck["made_from"] = {k: v for k, v in ck["made_from"].items() if k not in ("data", "domain", "template")}
+    runs.save_atomic(ck, str(tmp_path / "older" / "best.pt"))
+    assert ev.main([str(tmp_path / "mf"), "--fuse", str(tmp_path / "older")]) == 0  # (refused as "other data")
+    with pytest.raises(ValueError, match="not finite"):  # (a NaN loss was taken for a decrease)
+        ev.fit_logistic(np.array([[1.0, np.inf, 0.0], [1.0, 0.0, 1.0]]), np.array([1.0, 0.0]))
     monkeypatch.setattr(ev, "finished_run", None)  # --shuffle-* of a run not joint: refused before it is rebuilt
     for flag in ("--shuffle-cf", "--shuffle-text"):
         assert ev.main([str(tmp_path / "mf"), flag]) == 2
