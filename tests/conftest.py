@@ -106,16 +106,17 @@ def fast_python():
     """PYTHON for the drivers' shell scripts (table.sh, lr_sweep.sh): a client of tests/forkserver.py,
     which imported torch once, so each row they start saves ~4 s of imports. PYTHON set, or
     SASRECLLM_FORKSERVER=0: the scripts' own. Tests of a process itself start sys.executable."""
+    sock = os.path.join(tempfile.gettempdir(), "sasrecllm-fs-xxxxxxxx", "socket")
+    if "PYTHON" in os.environ or os.environ.get("SASRECLLM_FORKSERVER") == "0" or len(os.fsencode(sock)) > 100:
+        yield None  # (AF_UNIX: a path of at most 108 bytes)
+        return
     folder = tempfile.mkdtemp(prefix="sasrecllm-fs-")
     sock = os.path.join(folder, "socket")
-    if "PYTHON" in os.environ or os.environ.get("SASRECLLM_FORKSERVER") == "0" or len(sock) > 100:  # (AF_UNIX: 108)
-        yield None
-        return
     server = subprocess.Popen([sys.executable, str(ROOT / "tests" / "forkserver.py"), sock],
                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
-    shim = Path(folder) / "python"
+    shim = Path(folder) / "python"  # (a server that died: the client runs the real python at once)
     shim.write_text(f"#!{sys.executable} -S\nimport sys\nsys.path.insert(0, {str(ROOT / 'tests')!r})\n"
-                    f"import forkserver\nforkserver.client({sock!r}, {sys.executable!r})\n")
+                    f"import forkserver\nforkserver.client({sock!r}, {sys.executable!r}, {server.pid})\n")
     shim.chmod(0o755)
     os.environ["PYTHON"] = str(shim)
     try:

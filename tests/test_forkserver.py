@@ -28,11 +28,11 @@ def shim(fast_python):
     return str(fast_python)
 
 
-def both(shim, args, cwd, **env):
-    """(real python's result, the fork server's) for the same command, input and environment."""
+def both(shim, args, cwd, umask=-1, **env):
+    """(real python's result, the fork server's) for the same command, input, environment and umask."""
     env = {**os.environ, **env}
-    return [subprocess.run([py, *args], cwd=cwd, env=env, input="abc", capture_output=True, text=True, timeout=120)
-            for py in (sys.executable, shim)]
+    return [subprocess.run([py, *args], cwd=cwd, env=env, input="abc", capture_output=True, text=True, timeout=120,
+                           umask=umask) for py in (sys.executable, shim)]
 
 
 @pytest.mark.parametrize("how", ["0", "3", "raise", "a message"])
@@ -47,6 +47,20 @@ def test_a_script_module_or_code_runs_as_python_runs_it(shim, tmp_path, how):
         real, served = both(shim, args, tmp_path, **env)
         assert (served.returncode, served.stdout, served.stderr) == (real.returncode, real.stdout, real.stderr), args
     assert real.returncode == 1 and "No module named 'pkg'" in real.stderr  # the last: a failure compared too
+
+
+@pytest.mark.parametrize("code", [
+    "import os, signal; os.kill(os.getpid(), signal.SIGTERM)",  # (a status of -15, not 241)
+    "import threading, time; threading.Thread(target=lambda: (time.sleep(0.2), print('thread done'))).start()",
+    "import os; print(oct(os.umask(0)))",
+    "f = open('left-open.txt', 'w'); f.write('hi')"])  # (flushed at the end)
+def test_a_command_ends_as_python_ends_it(shim, tmp_path, code):
+    real, served = both(shim, ["-c", code], tmp_path, umask=0o027)
+    assert (served.returncode, served.stdout, served.stderr) == (real.returncode, real.stdout, real.stderr)
+    if "left-open" in code:
+        assert (tmp_path / "left-open.txt").read_text() == "hi"
+        (tmp_path / "left-open.txt").unlink()
+        assert both(shim, ["-c", code], tmp_path)[1].returncode == 0 and (tmp_path / "left-open.txt").read_text() == "hi"
 
 
 def test_a_killed_client_takes_its_command_with_it(shim, tmp_path):
