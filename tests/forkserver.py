@@ -228,6 +228,7 @@ def wait(conn, pid):
 def serve(path):
     for name in ("numpy", "torch", "torch._dynamo"):  # what every command imports: once, here
         importlib.import_module(name)
+    gc.freeze()  # what is imported now: never collected, so a child's collection at its end scans its own objects
     mine = {p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p}
     base_path = [p for p in sys.path[1:] if p not in mine]  # sys.path[0]: this file's folder
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
