@@ -1085,7 +1085,7 @@ def llm_run(parts, stage, *flags):
                        "--out", str(runs_dir / f"{stage}-{len(os.listdir(runs_dir))}"), "--max-epochs", "1", *flags])
 
 
-def test_a_refused_run_leaves_no_folder_it_made(root, tmp_path, capsys):
+def test_a_refused_run_leaves_no_folder_it_made(root, tmp_path, capsys, monkeypatch):
     """A run refused after its --out was made (a joint stage without its parts) left that folder, and the
     parents it made, empty behind; a folder that was there before stays."""
     def joint(out):
@@ -1097,6 +1097,14 @@ def test_a_refused_run_leaves_no_folder_it_made(root, tmp_path, capsys):
     assert joint(tmp_path / "kept" / "joint") == 2
     assert "the joint stage needs " in one_error_line(capsys) and not list((tmp_path / "kept").iterdir())
     assert sorted(os.listdir(tmp_path)) == ["data", "kept"]
+    real_mkdir, theirs = os.mkdir, tmp_path / "theirs"
+    def raced(path, *a, **k):  # another process makes the parent between the run's look and its mkdir
+        if os.path.abspath(path) == str(theirs):
+            real_mkdir(path)
+        return real_mkdir(path, *a, **k)
+    monkeypatch.setattr(os, "mkdir", raced)
+    assert joint(theirs / "joint") == 2
+    assert "the joint stage needs " in one_error_line(capsys) and theirs.is_dir()  # (not the run's to remove)
 
 
 @pytest.mark.parametrize("script, env, flags", [("table.sh", {"ROWS": "mf", "CF_FLAGS": "--lr nan"}, []),

@@ -591,12 +591,15 @@ def own_run_dirs(outs, resume=False, overwrite=False, inputs=()):
                 refuse_artefact(out, "--out", itself=False)  # (RUN/old-x: a run among another's set-aside files)
                 if os.path.exists(out) and not os.path.isdir(out):
                     raise RunError(f"{out} is a file; expected a run directory (--out)")
-                d = os.path.abspath(out)
+                missing, d = [], os.path.abspath(out)
                 while not os.path.exists(d):  # (a parent made as well: removed as well, if the run leaves it empty)
-                    made.append(d)
+                    missing.append(d)
                     d = os.path.dirname(d)
                 try:
-                    os.makedirs(out, exist_ok=True)
+                    for d in reversed(missing):  # one by one: what another process made meanwhile is not ours
+                        with suppress(FileExistsError):
+                            os.mkdir(d)
+                            made.append(d)
                     held.callback(unlock, *lock(out))
                 except OSError as e:
                     raise RunError(f"{out}: cannot write there ({first_line(e)})") from None
