@@ -86,7 +86,9 @@ def fit_logistic(X, y, l2=1e-6, steps=100):
     millions), until the Newton decrement is negligible."""
     if not np.isfinite(X).all():
         raise ValueError("a logit that is not finite; the probe fits finite logits only")
-    loss = lambda w: np.sum(np.logaddexp(0, np.where(y == 1, -(X @ w), X @ w))) + l2 / 2 * w @ w  # noqa: E731
+    def loss(w):
+        z = X @ w
+        return np.sum(np.logaddexp(0, np.where(y == 1, -z, z))) + l2 / 2 * w @ w
     w = np.zeros(X.shape[1])
     for _ in range(steps):
         p = sigmoid(X @ w)
@@ -94,8 +96,8 @@ def fit_logistic(X, y, l2=1e-6, steps=100):
         step = np.linalg.solve((X.T * p * (1 - p)) @ X + l2 * np.eye(len(w)), grad)
         if grad @ step < 1e-12:  # the Newton decrement: the loss cannot fall by more than about half of it
             return w
-        t = 1.0
-        while not loss(w - t * step) <= loss(w) and t > 1e-12:  # (a NaN loss is no decrease)
+        t, now = 1.0, loss(w)
+        while not loss(w - t * step) <= now and t > 1e-12:  # (a NaN loss is no decrease)
             t /= 2
         w = w - t * step
     raise ValueError(f"the logistic fit did not converge in {steps} Newton steps (weights {np.array2string(w, precision=3)})")
