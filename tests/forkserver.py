@@ -74,9 +74,10 @@ def client(path, python, server):
     except OSError:
         os.execv(python, [python, *sys.argv[1:]])
     req = json.dumps(dict(argv=sys.argv[1:], cwd=os.getcwd(), env=dict(os.environ), umask=os.umask(0o22),
-                          nice=os.getpriority(os.PRIO_PROCESS, 0), rlimit_as=resource.getrlimit(resource.RLIMIT_AS)))
-    socket.send_fds(s, [len(req.encode()).to_bytes(8, "big")], [0, 1, 2])
-    s.sendall(req.encode())
+                          nice=os.getpriority(os.PRIO_PROCESS, 0), rlimit_as=resource.getrlimit(resource.RLIMIT_AS))
+                     ).encode()
+    socket.send_fds(s, [len(req).to_bytes(8, "big")], [0, 1, 2])
+    s.sendall(req)
     got = recv_exact(s, 4, eof_ok=True)
     if len(got) == 4:  # the command's pid: a Ctrl-C or a timeout's SIGTERM to this client is its
         pid = int.from_bytes(got, "big")
@@ -218,7 +219,11 @@ def wait(conn, pid):
                     conn.sendall(os.waitstatus_to_exitcode(status).to_bytes(4, "big", signed=True))
                 OPEN.discard(conn)
                 return
-            if select.select([conn], [], [], 0.05)[0] and not conn.recv(1):  # the client died
+            try:
+                gone = select.select([conn], [], [], 0.05)[0] and not conn.recv(1)  # the client died
+            except OSError:  # (ECONNRESET: so did it)
+                gone = True
+            if gone:
                 os.kill(pid, signal.SIGKILL)
                 os.waitpid(pid, 0)
                 OPEN.discard(conn)
